@@ -1,0 +1,51 @@
+"""Fixtures for the vpp tests: an Apps and Books sandbox on a real socket."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from apple_sandbox.server import serve_wsgi
+from apple_sandbox.vpp import VppSandbox
+
+
+class SandboxAdmin:
+    """Drives the sandbox's ``/_sandbox/`` admin routes over HTTP."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.api_url = url + "/mdm/v2/"
+        self._http = httpx.Client(base_url=url + "/_sandbox/", timeout=10)
+
+    def post(self, route: str, **body) -> dict:
+        response = self._http.post(route, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def issue_token(self, **body) -> str:
+        return self.post("tokens", **body)["sToken"]
+
+    def add_asset(self, stoken: str, adam_id: str, total: int, product_type: str = "App", **extra) -> dict:
+        return self.post("assets", sToken=stoken, adamId=adam_id, totalCount=total, productType=product_type, **extra)
+
+    def fault(self, path: str, **body) -> None:
+        self.post("faults", path=path, **body)
+
+    def state(self, stoken: str | None = None) -> dict:
+        response = self._http.get("state", params={"sToken": stoken} if stoken else {})
+        response.raise_for_status()
+        return response.json()
+
+    def requests(self, path: str) -> int:
+        return self.state()["requests"].get(path, 0)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+@pytest.fixture
+def vpp_sandbox():
+    running = serve_wsgi(VppSandbox(page_size=1000, event_polls=1))
+    admin = SandboxAdmin(running.url)
+    yield admin
+    admin.close()
+    running.stop()
