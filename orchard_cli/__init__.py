@@ -1,0 +1,1 @@
+"""The ``orchard`` command: talks to the services over RabbitMQ RPC."""

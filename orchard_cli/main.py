@@ -1,0 +1,40 @@
+"""``orchard``: operate Orchard from a terminal."""
+from __future__ import annotations
+
+import warnings
+
+warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
+
+import eventlet  # noqa: E402
+
+eventlet.monkey_patch()  # noqa: E402  the RPC client is Nameko's, which expects a cooperative process
+
+import click
+
+from orchard_cli.output import print_table
+from orchard_cli.rpc import call
+
+SERVICES = ("push", "enrollment", "vpp", "roster", "directory")
+
+
+@click.group()
+def cli() -> None:
+    """Orchard: Apple push certificates, enrollment, Apps and Books, rosters and directories."""
+
+
+@cli.command()
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each service.")
+def health(timeout: float) -> None:
+    """Show whether each service answers, and its version and database."""
+    rows, failed = [], False
+    for service in SERVICES:
+        try:
+            answer = call(service, "health", timeout=timeout)
+            rows.append({"service": service, "status": "healthy", "version": answer["version"],
+                         "database": answer["database"]})
+        except click.ClickException as exc:
+            failed = True
+            rows.append({"service": service, "status": "error", "version": None, "database": exc.message})
+    print_table(rows, ["service", "status", "version", "database"])
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,4 @@
+from services.roster.adapters.tables import metadata
+from shared.migrations import run_environment
+
+run_environment(metadata)

@@ -1,0 +1,314 @@
+"""Orchard's entrypoints: Nameko's, plus transactions, typed errors, retries and leases.
+
+- ``rpc``: commits the worker's unit of work before the reply is sent; an
+  unexpected exception reaches the caller as ``InternalError`` with a reference
+  to the service log, never as a stack trace.
+- ``event_handler(EventClass)``: decodes the payload with the shared contract,
+  skips redeliveries (inbox keyed by event id, in the same transaction as the
+  handler's changes), commits before the message is acknowledged, and sends a
+  failing message to a delayed retry queue, then to a dead-letter queue.
+- ``periodic(interval)``: a jittered timer that runs on one replica at a time.
+- ``http(method, url)``: on the service's own address, errors as JSON.
+
+Each commits ``self.db`` (the service's ``Database`` unit of work) when the
+method returns; an exception rolls it back.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import random
+import socket
+from datetime import timedelta
+from typing import Any, Callable
+
+import eventlet
+from eventlet import Timeout
+from kombu import Queue
+from nameko import exceptions as nameko_exceptions
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT, WEB_SERVER_CONFIG_KEY
+from nameko.events import EventHandler
+from nameko.exceptions import RpcTimeout
+from nameko.extensions import DependencyProvider
+from nameko.rpc import Rpc, RpcProxy
+from nameko.timer import Timer
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, parse_address
+from werkzeug.wrappers import Response
+
+from shared import errors, leases, logs, metrics
+from shared.auth import Actor, actor_from_context, require, system_actor
+from shared.config import service_settings
+from shared.contracts.base import Event
+from shared.storage import Database, utc_now
+
+log = logging.getLogger(__name__)
+
+for _error in errors.ALL_ERRORS:  # callers get our error types back, not RemoteError
+    nameko_exceptions.registry[nameko_exceptions.get_module_path(_error)] = _error
+
+RETRY_DELAYS_SECONDS = (1, 5, 30, 120)
+HTTP_STATUS = {
+    errors.ValidationError: 400, errors.PermissionDenied: 403, errors.NotFound: 404,
+    errors.Conflict: 409, errors.UpstreamError: 502,
+}
+
+
+def _committing(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def run_in_unit_of_work(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = fn(self, *args, **kwargs)
+        self.db.commit()
+        return result
+
+    return run_in_unit_of_work
+
+
+def _internal_error(worker_ctx: Any, exc_info: Any) -> errors.InternalError:
+    reference = worker_ctx.call_id
+    log.error("unexpected error in %s (reference %s)", reference, reference, exc_info=exc_info)
+    return errors.InternalError(
+        f"Orchard could not complete {worker_ctx.service_name}.{worker_ctx.entrypoint.method_name} because of an "
+        f"internal error (reference {reference}); the service's log has the details"
+    )
+
+
+class OrchardRpc(Rpc):
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("expected_exceptions", errors.EXPECTED_ERRORS)
+        super().__init__(**kwargs)
+
+    def handle_result(self, message: Any, worker_ctx: Any, result: Any, exc_info: Any) -> Any:
+        if exc_info is not None and not isinstance(exc_info[1], errors.ALL_ERRORS):
+            exc = _internal_error(worker_ctx, exc_info)
+            exc_info = (type(exc), exc, None)
+        return super().handle_result(message, worker_ctx, result, exc_info)
+
+
+def rpc(fn: Callable | None = None, *, sensitive_arguments: tuple[str, ...] = ()) -> Any:
+    """``@rpc`` or ``@rpc(sensitive_arguments=("password",))`` (redacted from traces)."""
+    def decorate(method: Callable) -> Callable:
+        return OrchardRpc.decorator(sensitive_arguments=sensitive_arguments)(_committing(method))
+
+    return decorate(fn) if fn is not None else decorate
+
+
+class OrchardEventHandler(EventHandler):
+    """A ``SERVICE_POOL`` handler whose failures are retried, then dead-lettered, never dropped."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rerouter = Publisher(
+            self.container.config[AMQP_URI_CONFIG_KEY], use_confirms=True, delivery_mode=PERSISTENT,
+            serializer=self.container.config.get("serializer", "json"),
+        )
+
+    def handle_result(self, message: Any, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> Any:
+        if exc_info is not None:
+            try:
+                self._reroute(message, exc_info[1])
+            except Exception:
+                log.warning("could not reroute a failed %s event; returning it to its queue", self.event_type,
+                            exc_info=True)
+                self.queue_consumer.requeue_message(message)
+                return result, exc_info
+        self.queue_consumer.ack_message(message)
+        return result, exc_info
+
+    def _reroute(self, message: Any, exc: BaseException) -> None:
+        queue = self.queue.name
+        headers = dict(message.headers or {})
+        attempts = int(headers.get("x-orchard-attempts", 0)) + 1
+        headers["x-orchard-attempts"] = attempts
+        headers["x-orchard-queue"] = queue
+        headers["x-orchard-error"] = f"{type(exc).__name__}: {exc}"[:500]
+        poison = isinstance(exc, errors.ValidationError)  # the payload itself is wrong: retrying cannot help
+        service = self.container.service_name
+        if poison or attempts > len(RETRY_DELAYS_SECONDS):
+            headers["x-orchard-failed-at"] = utc_now().isoformat()
+            target = Queue(dead_letter_queue_name(queue), durable=True, auto_delete=False)
+            metrics.DEAD_LETTERS.labels(service, self.method_name).inc()
+            log.error("event %s dead-lettered to %s after %d attempt(s): %s", self.event_type, target.name,
+                      attempts, headers["x-orchard-error"])
+        else:
+            delay = RETRY_DELAYS_SECONDS[attempts - 1]
+            target = Queue(f"{queue}.retry-{delay}s", durable=True, auto_delete=False, queue_arguments={
+                "x-message-ttl": delay * 1000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
+            })
+            metrics.EVENTS_RETRIED.labels(service, self.method_name).inc()
+        self.rerouter.publish(message.payload, exchange="", routing_key=target.name, headers=headers,
+                              declare=[target])
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    return f"{queue}.dead-letters"
+
+
+def event_handler(event_cls: type[Event]) -> Callable[[Callable], Callable]:
+    """Handle ``event_cls`` events: the method receives the decoded event, once per event id."""
+    def decorate(fn: Callable) -> Callable:
+        handler = fn.__name__
+
+        @functools.wraps(fn)
+        def handle_once(self: Any, payload: Any) -> Any:
+            event = event_cls.from_payload(payload)
+            if not self.db.claim_event(handler, event.event_id):
+                metrics.EVENTS_DUPLICATE.labels(self.name, handler).inc()
+                return None
+            result = fn(self, event)
+            self.db.commit()
+            return result
+
+        return OrchardEventHandler.decorator(event_cls.SOURCE, event_cls.TYPE)(handle_once)
+
+    return decorate
+
+
+class Periodic(Timer):
+    """A timer with jitter that only one replica runs at a time.
+
+    The replica that takes the lease keeps it while it runs the job (it renews
+    at every tick); if it dies, another takes over once the lease expires, after
+    two intervals. Keep intervals short (a minute or so) and let the job pick
+    the work that is due, so failover is quick.
+    """
+
+    def __init__(self, interval: float, jitter: float = 0.1, **kwargs: Any):
+        super().__init__(interval, **kwargs)
+        self.jitter = jitter
+
+    def setup(self) -> None:
+        super().setup()
+        self.lease_name = f"{self.container.service_name}.{self.method_name}"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self.container):x}"
+
+    def _database(self) -> Database:
+        return next(d for d in self.container.dependencies if isinstance(d, Database))
+
+    def _jittered_interval(self) -> float:
+        return self.interval * (1 + random.uniform(-self.jitter, self.jitter))
+
+    def _run(self) -> None:
+        delay = 0 if self.eager else self._jittered_interval()
+        while True:
+            with Timeout(delay, exception=False):
+                self.should_stop.wait()
+                break
+            self.tick()
+            delay = self._jittered_interval()
+
+    def tick(self) -> None:
+        database = self._database()
+        hold = timedelta(seconds=2 * self.interval)
+        if not leases.acquire(database.engine, database.kernel.leases, self.lease_name, self.holder, hold):
+            metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "skipped").inc()
+            return
+        metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "ran").inc()
+        self.handle_timer_tick()
+        self.worker_complete.wait()
+        self.worker_complete.reset()
+        leases.hold_until(database.engine, database.kernel.leases, self.lease_name, self.holder, utc_now() + hold)
+
+
+def periodic(interval: float, jitter: float = 0.1, eager: bool = False) -> Callable[[Callable], Callable]:
+    def decorate(fn: Callable) -> Callable:
+        return Periodic.decorator(interval=interval, jitter=jitter, eager=eager)(_committing(fn))
+
+    return decorate
+
+
+class ServiceWebServer(WebServer):
+    """Nameko's web server, bound to ``SERVICES.<name>.http_address`` so services don't collide."""
+
+    @property
+    def bind_addr(self) -> Any:
+        settings = service_settings(self.container.config, self.container.service_name)
+        address = settings.get("http_address") or self.container.config.get(WEB_SERVER_CONFIG_KEY, "0.0.0.0:8000")
+        return parse_address(address)
+
+
+class OrchardHttp(HttpRequestHandler):
+    server = ServiceWebServer()
+
+    def __init__(self, method: str, url: str, **kwargs: Any):
+        kwargs.setdefault("expected_exceptions", errors.EXPECTED_ERRORS)
+        super().__init__(method, url, **kwargs)
+
+    def response_from_exception(self, exc: Exception) -> Response:
+        status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
+        if status == 500 and not isinstance(exc, errors.InternalError):
+            exc = errors.InternalError(f"internal error in {self.container.service_name}; see the service log")
+            log.error("unexpected error in HTTP %s %s", self.method, self.url, exc_info=True)
+        body = {"error": type(exc).__name__, "message": str(exc)}
+        return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def http(method: str, url: str) -> Callable[[Callable], Callable]:
+    def decorate(fn: Callable) -> Callable:
+        return OrchardHttp.decorator(method, url)(_committing(fn))
+
+    return decorate
+
+
+class Access:
+    """The actor of the current worker, and the policy checks on it."""
+
+    def __init__(self, worker_ctx: Any):
+        self._worker_ctx = worker_ctx
+
+    @property
+    def actor(self) -> Actor:
+        return actor_from_context(self._worker_ctx.data.get("actor"))
+
+    def require(self, permission: str) -> Actor:
+        return require(self.actor, permission)
+
+
+class Auth(DependencyProvider):
+    """Gives workers the acting user; timers, event handlers and HTTP act as the service itself.
+
+    HTTP entrypoints authenticate their callers themselves (API tokens, bearer
+    tokens, devices) and call other services as the system.
+    """
+
+    def get_dependency(self, worker_ctx: Any) -> Access:
+        return Access(worker_ctx)
+
+    def worker_setup(self, worker_ctx: Any) -> None:
+        logs.bind_worker(worker_ctx)
+        if not isinstance(worker_ctx.entrypoint, Rpc):
+            worker_ctx.data["actor"] = system_actor(self.container.service_name).to_context()
+
+
+class _TimedServiceProxy:
+    def __init__(self, proxy: Any, service: str, timeout: float):
+        self._proxy, self._service, self._timeout = proxy, service, timeout
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            reply = getattr(self._proxy, method).call_async(*args, **kwargs)
+            try:
+                with eventlet.Timeout(self._timeout):
+                    return reply.result()
+            except (eventlet.Timeout, RpcTimeout):
+                raise errors.UpstreamError(
+                    f"the {self._service} service did not answer {method} within {self._timeout:g} s; "
+                    f"check that it is running"
+                ) from None
+
+        return call
+
+
+class ServiceRpc(RpcProxy):
+    """An RPC proxy to another Orchard service with a timeout (Nameko's has none)."""
+
+    def __init__(self, target_service: str, timeout: float | None = None, **kwargs: Any):
+        super().__init__(target_service, **kwargs)
+        self.timeout = timeout
+
+    def get_dependency(self, worker_ctx: Any) -> _TimedServiceProxy:
+        timeout = self.timeout or float(self.container.config.get("RPC_TIMEOUT", 30))
+        return _TimedServiceProxy(super().get_dependency(worker_ctx), self.target_service, timeout)

@@ -1,0 +1,43 @@
+"""Leases: at most one replica of a service runs a given job at a given time.
+
+A lease is a row (name, holder, expires_at) in the service's own database. Taking
+it is a single conditional UPDATE (or an INSERT for a new name), which the
+database serialises, so two replicas can never both succeed.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from shared.storage import utc_now
+
+
+def acquire(engine: Engine, leases: sa.Table, name: str, holder: str, duration: timedelta,
+            now: datetime | None = None) -> bool:
+    """Take or extend the lease ``name`` for ``holder``; False while someone else holds it."""
+    now = now or utc_now()
+    expires = now + duration
+    with engine.begin() as connection:
+        updated = connection.execute(
+            leases.update()
+            .where(leases.c.name == name, sa.or_(leases.c.expires_at <= now, leases.c.holder == holder))
+            .values(holder=holder, expires_at=expires)
+        ).rowcount
+        if updated:
+            return True
+    try:
+        with engine.begin() as connection:
+            connection.execute(leases.insert().values(name=name, holder=holder, expires_at=expires))
+        return True
+    except sa.exc.IntegrityError:
+        return False  # another replica inserted it first
+
+
+def hold_until(engine: Engine, leases: sa.Table, name: str, holder: str, until: datetime) -> None:
+    """Keep the lease until ``until`` (after a run, so the job is not repeated within its interval)."""
+    with engine.begin() as connection:
+        connection.execute(
+            leases.update().where(leases.c.name == name, leases.c.holder == holder).values(expires_at=until)
+        )

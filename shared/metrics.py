@@ -1,0 +1,114 @@
+"""Prometheus metrics every Orchard service exports, and the endpoint that serves them.
+
+Generic metrics carry a ``service`` label so one dashboard covers every service;
+metrics a single service defines use the prefix ``orchard_<service>_``. The
+``/metrics`` endpoint runs on its own port (``SERVICES.<name>.metrics_port``),
+outside the worker pool, so it keeps answering when every worker is busy.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from importlib import metadata
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from nameko.events import EventHandler
+from nameko.extensions import DependencyProvider
+from nameko.rpc import Rpc
+from nameko.timer import Timer
+from nameko.web.handlers import HttpRequestHandler
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+
+from shared.config import service_settings
+from shared.errors import EXPECTED_ERRORS
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+ENTRYPOINT_CALLS = Counter(
+    "orchard_entrypoint_calls", "Entrypoint calls by outcome (success, expected_error, error).",
+    ["service", "entrypoint", "kind", "outcome"],
+)
+ENTRYPOINT_DURATION = Histogram(
+    "orchard_entrypoint_duration_seconds", "Time spent in an entrypoint.",
+    ["service", "entrypoint", "kind"], buckets=LATENCY_BUCKETS,
+)
+WORKERS_IN_FLIGHT = Gauge("orchard_workers_in_flight", "Workers running now.", ["service"])
+MAX_WORKERS = Gauge("orchard_max_workers", "Configured worker pool size.", ["service"])
+SERVICE_INFO = Gauge("orchard_service_info", "Always 1; labels say which service and version run.", ["service", "version"])
+EVENTS_PUBLISHED = Counter("orchard_events_published", "Events published from the outbox.", ["service", "event_type"])
+OUTBOX_PENDING = Gauge("orchard_outbox_pending_events", "Events committed but not yet published.", ["service"])
+EVENTS_DUPLICATE = Counter(
+    "orchard_events_duplicate", "Redelivered events skipped because they were already handled.", ["service", "handler"],
+)
+EVENTS_RETRIED = Counter("orchard_events_retried", "Failed event deliveries scheduled for another attempt.", ["service", "handler"])
+DEAD_LETTERS = Counter("orchard_dead_letters", "Events moved to a dead-letter queue.", ["service", "handler"])
+SCHEDULED_RUNS = Counter(
+    "orchard_scheduled_runs", "Scheduled job ticks by result (ran, skipped: another replica holds the lease).",
+    ["service", "job", "result"],
+)
+
+_servers: dict[int, Any] = {}
+
+disable_created_metrics()  # the _created series only add noise to dashboards
+
+
+def orchard_version() -> str:
+    try:
+        return metadata.version("orchard")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """Start the /metrics endpoint once per process and port."""
+    if port not in _servers:
+        _servers[port] = start_http_server(port, addr=host)
+
+
+def entrypoint_kind(entrypoint: Any) -> str:
+    if isinstance(entrypoint, Rpc):
+        return "rpc"
+    if isinstance(entrypoint, EventHandler):
+        return "event"
+    if isinstance(entrypoint, Timer):
+        return "timer"
+    if isinstance(entrypoint, HttpRequestHandler):
+        return "http"
+    return "other"
+
+
+def outcome_of(exc_info: Any) -> str:
+    if exc_info is None:
+        return "success"
+    return "expected_error" if isinstance(exc_info[1], EXPECTED_ERRORS) else "error"
+
+
+class Metrics(DependencyProvider):
+    """Times and counts every entrypoint of the service and serves ``/metrics``."""
+
+    def setup(self) -> None:
+        self.service = self.container.service_name
+        self.started: WeakKeyDictionary = WeakKeyDictionary()
+        settings = service_settings(self.container.config, self.service)
+        port = settings.get("metrics_port")
+        if port is not None:
+            serve_metrics(int(port))
+        SERVICE_INFO.labels(self.service, orchard_version()).set(1)
+        MAX_WORKERS.labels(self.service).set(int(self.container.config.get("max_workers", 10)))
+
+    def worker_setup(self, worker_ctx: Any) -> None:
+        self.started[worker_ctx] = time.perf_counter()
+        WORKERS_IN_FLIGHT.labels(self.service).inc()
+
+    def worker_result(self, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> None:
+        started = self.started.pop(worker_ctx, None)
+        WORKERS_IN_FLIGHT.labels(self.service).dec()
+        entrypoint = worker_ctx.entrypoint
+        kind = entrypoint_kind(entrypoint)
+        name = entrypoint.method_name
+        ENTRYPOINT_CALLS.labels(self.service, name, kind, outcome_of(exc_info)).inc()
+        if started is not None:
+            ENTRYPOINT_DURATION.labels(self.service, name, kind).observe(time.perf_counter() - started)

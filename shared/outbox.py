@@ -1,0 +1,111 @@
+"""Publishes what services wrote to their outbox table, after the transaction commits.
+
+A worker's commit wakes the relay, which publishes pending rows in order,
+persistently and with publisher confirms, and deletes them once RabbitMQ has
+confirmed them. If the process dies between the commit and the publish, the rows
+are still there and the next relay pass (this replica's or another's) sends
+them: delivery is at least once, and subscribers deduplicate by event id.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import eventlet
+import sqlalchemy as sa
+from eventlet.event import Event as GreenEvent
+from kombu import Queue
+from kombu.messaging import Exchange
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT
+from nameko.events import get_event_exchange
+
+from shared import metrics
+from shared.contracts.subscriptions import subscriptions_of_source
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+POLL_SECONDS = 2.0  # picks up rows left by a crashed process or another replica
+INBOX_RETENTION = timedelta(days=14)
+
+
+class OutboxRelay:
+    def __init__(self, container: Any, engine: sa.engine.Engine, kernel: Any):
+        self.service_name = container.service_name
+        self.engine = engine
+        self.outbox = kernel.outbox
+        self.inbox = kernel.inbox
+        self.exchange: Exchange = get_event_exchange(self.service_name, container.config)
+        # declare subscribers' queues so no event is lost before they first start
+        declare: list[Any] = [self.exchange] + [
+            Queue(s.queue_name, exchange=self.exchange, routing_key=s.event.TYPE, durable=True, auto_delete=False)
+            for s in subscriptions_of_source(self.service_name)
+        ]
+        self.publisher = Publisher(
+            container.config[AMQP_URI_CONFIG_KEY], use_confirms=True, delivery_mode=PERSISTENT,
+            serializer=container.config.get("serializer", "json"), declare=declare,
+            retry=True, retry_policy={"max_retries": 5, "interval_start": 0.5, "interval_step": 1, "interval_max": 5},
+        )
+        self._wakeup = GreenEvent()
+        self._running = False
+        self._thread = None
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = eventlet.spawn(self._run)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._thread is not None:
+            self.wake()
+            with eventlet.Timeout(10, False):  # let a pass in progress finish its batch
+                self._thread.wait()
+            self._thread.kill()
+            self._thread = None
+
+    def wake(self) -> None:
+        if not self._wakeup.ready():
+            self._wakeup.send(True)
+
+    def _run(self) -> None:
+        passes = 0
+        while self._running:
+            with eventlet.Timeout(POLL_SECONDS, False):
+                self._wakeup.wait()
+            self._wakeup = GreenEvent()
+            try:
+                while self.drain_once():
+                    pass
+                passes += 1
+                if passes % 1000 == 1:
+                    self._prune_inbox()
+            except Exception:  # the broker or the database is away: keep the rows, try again later
+                log.warning("outbox relay for %s could not publish; will retry", self.service_name, exc_info=True)
+                eventlet.sleep(POLL_SECONDS)
+
+    def drain_once(self) -> int:
+        """Publish one batch of pending events; the number published."""
+        with self.engine.begin() as connection:
+            query = sa.select(self.outbox).order_by(self.outbox.c.id).limit(BATCH_SIZE)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)  # replicas share the work
+            rows = connection.execute(query).all()
+            for row in rows:
+                self.publisher.publish(
+                    row.payload, exchange=self.exchange, routing_key=row.event_type,
+                    extra_headers={"nameko.call_id_stack": [f"{self.service_name}.outbox.{row.event_id}"]},
+                )
+                metrics.EVENTS_PUBLISHED.labels(self.service_name, row.event_type).inc()
+            if rows:
+                connection.execute(self.outbox.delete().where(self.outbox.c.id.in_([row.id for row in rows])))
+            pending = connection.execute(sa.select(sa.func.count()).select_from(self.outbox)).scalar_one()
+        metrics.OUTBOX_PENDING.labels(self.service_name).set(pending)
+        return len(rows)
+
+    def _prune_inbox(self) -> None:
+        from shared.storage import utc_now
+
+        with self.engine.begin() as connection:
+            connection.execute(self.inbox.delete().where(self.inbox.c.handled_at < utc_now() - INBOX_RETENTION))

@@ -1,0 +1,239 @@
+"""Each service's own database: engine, kernel tables and a session per worker.
+
+A service declares its tables on its own ``MetaData`` and adds the kernel's
+(outbox, inbox, audit log, leases) with ``add_kernel_tables``. The ``Database``
+dependency gives every worker a ``UnitOfWork``; Orchard's entrypoints commit it
+when the method returns, *before* the RPC reply is sent or the message is
+acknowledged, and roll it back otherwise.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from nameko.extensions import DependencyProvider
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.auth import Actor
+from shared.config import service_settings
+from shared.contracts.base import Event
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(sa.types.TypeDecorator):
+    """A timestamp that is always timezone-aware UTC, on SQLite as on PostgreSQL."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous; use UTC-aware ones")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def add_kernel_tables(metadata: sa.MetaData) -> None:
+    """Add the tables every service needs to the service's own metadata."""
+    sa.Table(
+        "outbox", metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("event_type", sa.String(100), nullable=False),
+        sa.Column("payload", sa.JSON, nullable=False),
+        sa.Column("created_at", UtcDateTime, nullable=False),
+    )
+    sa.Table(
+        "inbox", metadata,
+        sa.Column("handler", sa.String(200), primary_key=True),
+        sa.Column("event_id", sa.String(36), primary_key=True),
+        sa.Column("handled_at", UtcDateTime, nullable=False, index=True),
+    )
+    sa.Table(
+        "audit_log", metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", UtcDateTime, nullable=False),
+        sa.Column("actor_id", sa.String(200), nullable=False),
+        sa.Column("actor_role", sa.String(40), nullable=False),
+        sa.Column("action", sa.String(100), nullable=False),
+        sa.Column("target", sa.String(200), nullable=True, index=True),
+        sa.Column("details", sa.JSON, nullable=False),
+    )
+    sa.Table(
+        "leases", metadata,
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("holder", sa.String(200), nullable=False),
+        sa.Column("expires_at", UtcDateTime, nullable=False),
+    )
+
+
+def create_engine_for(url: str, pool_size: int = 10) -> Engine:
+    """An engine tuned for eventlet workers.
+
+    PostgreSQL goes through psycopg2, which eventlet makes cooperative; the pool
+    is at least as large as the worker pool so workers never queue for a
+    connection. SQLite's C calls cannot yield to the hub, so a process keeps a
+    single connection that workers take in turn (a green lock, not a busy loop
+    inside SQLite that would freeze every greenthread).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, pool_size=1, max_overflow=0, pool_timeout=120, poolclass=sa.pool.QueuePool,
+            connect_args={"check_same_thread": False, "timeout": 15},
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30)
+
+
+class KernelTables:
+    def __init__(self, metadata: sa.MetaData):
+        self.outbox = metadata.tables["outbox"]
+        self.inbox = metadata.tables["inbox"]
+        self.audit_log = metadata.tables["audit_log"]
+        self.leases = metadata.tables["leases"]
+
+
+class UnitOfWork:
+    """One worker's transaction: its session, the events it publishes, its audit entries.
+
+    Events are written to the outbox table in the same transaction as the change
+    they announce, so they are published if and only if the change commits.
+    """
+
+    def __init__(self, session_factory: sessionmaker, kernel: KernelTables, after_commit: Any):
+        self._session_factory = session_factory
+        self._kernel = kernel
+        self._after_commit = after_commit
+        self._session: Session | None = None
+        self._published = 0
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = self._session_factory()
+        return self._session
+
+    def publish(self, *events: Event) -> None:
+        if not events:
+            return
+        now = utc_now()
+        self.session.execute(
+            self._kernel.outbox.insert(),
+            [{"event_id": e.event_id, "event_type": e.TYPE, "payload": e.to_payload(), "created_at": now} for e in events],
+        )
+        self._published += len(events)
+
+    def audit(self, actor: Actor, action: str, target: str | None, details: dict[str, Any] | None = None) -> None:
+        self.session.execute(self._kernel.audit_log.insert().values(
+            at=utc_now(), actor_id=actor.id, actor_role=actor.role, action=action, target=target,
+            details=details or {},
+        ))
+
+    def audit_entries(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        table = self._kernel.audit_log
+        query = sa.select(table).order_by(table.c.id.desc()).limit(limit)
+        if target is not None:
+            query = query.where(table.c.target == target)
+        return [
+            {"at": row.at.isoformat(), "actor_id": row.actor_id, "actor_role": row.actor_role,
+             "action": row.action, "target": row.target, "details": row.details}
+            for row in self.session.execute(query)
+        ]
+
+    def claim_event(self, handler: str, event_id: str) -> bool:
+        """Record that ``handler`` handles ``event_id``; False if it already did (a redelivery)."""
+        inbox = self._kernel.inbox
+        seen = self.session.execute(
+            sa.select(inbox.c.event_id).where(inbox.c.handler == handler, inbox.c.event_id == event_id)
+        ).first()
+        if seen:
+            return False
+        self.session.execute(inbox.insert().values(handler=handler, event_id=event_id, handled_at=utc_now()))
+        return True
+
+    def commit(self) -> None:
+        if self._session is None:
+            return
+        self._session.commit()
+        if self._published:
+            self._published = 0
+            self._after_commit()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()  # rolls back anything not committed
+            self._session = None
+            self._published = 0
+
+
+class Database(DependencyProvider):
+    """The service's database, migrated at start, with a ``UnitOfWork`` per worker."""
+
+    def __init__(self, metadata: sa.MetaData, migrations: str):
+        self.metadata = metadata
+        self.migrations = migrations  # dotted package holding the Alembic environment
+
+    def setup(self) -> None:
+        from shared.migrations import upgrade
+        from shared.outbox import OutboxRelay
+
+        settings = service_settings(self.container.config, self.container.service_name)
+        url = settings.get("database_url") or f"sqlite:///var/{self.container.service_name}.db"
+        self.engine = create_engine_for(url, pool_size=int(self.container.config.get("max_workers", 10)) + 2)
+        upgrade(self.engine, self.migrations)
+        self.kernel = KernelTables(self.metadata)
+        self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
+        self.relay = OutboxRelay(self.container, self.engine, self.kernel)
+        self.units: dict[Any, UnitOfWork] = {}
+
+    def start(self) -> None:
+        self.relay.start()
+
+    def stop(self) -> None:
+        self.relay.stop()
+        self.engine.dispose()
+
+    def kill(self) -> None:
+        self.relay.stop()
+
+    def get_dependency(self, worker_ctx: Any) -> UnitOfWork:
+        unit = UnitOfWork(self.session_factory, self.kernel, self.relay.wake)
+        self.units[worker_ctx] = unit
+        return unit
+
+    def worker_teardown(self, worker_ctx: Any) -> None:
+        unit = self.units.pop(worker_ctx, None)
+        if unit is not None:
+            unit.close()
+
+    def check(self) -> str:
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        return "ok"

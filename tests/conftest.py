@@ -1,0 +1,79 @@
+"""Fixtures shared by every test: the broker, databases, configuration and RPC callers.
+
+The whole test process is cooperative (eventlet), as a service process is.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  must precede every other import
+
+import socket
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import pytest
+import sqlalchemy as sa
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from shared.auth import Actor
+
+SERVICE_NAMES = ("push", "enrollment", "vpp", "roster", "directory")
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ADMIN = Actor(id="admin@school.example", role="administrator")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def orchard_config(rabbit_config: dict, tmp_path: Any) -> dict:
+    """A full Orchard configuration on a fresh RabbitMQ vhost, SQLite files and free ports."""
+    services = {
+        name: {
+            "database_url": f"sqlite:///{tmp_path}/{name}.db",
+            "metrics_port": free_port(),
+            "http_address": f"127.0.0.1:{free_port()}",
+        }
+        for name in SERVICE_NAMES
+    }
+    return {**rabbit_config, "max_workers": 10, "serializer": "json", "RPC_TIMEOUT": 20, "SERVICES": services}
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    name = f"orchard_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: Any, tmp_path: Any) -> Iterator[str]:
+    """Each storage test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+    else:
+        with postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def rpc_as(orchard_config: dict):
+    """``with rpc_as(actor) as rpc: rpc.push.health()`` — a caller over the real broker."""
+    @contextmanager
+    def caller(actor: Actor | None = ADMIN, timeout: float = 20) -> Iterator[Any]:
+        context = {"actor": actor.to_context()} if actor is not None else {}
+        with ClusterRpcProxy(orchard_config, context_data=context, timeout=timeout) as proxy:
+            yield proxy
+
+    return caller
