@@ -1,0 +1,220 @@
+"""Apple School Manager roster objects -> roster records, following the sync preferences.
+
+Apple's roster endpoints return RosterPerson, RosterClass, RosterLocation and
+RosterCourse objects. Persons carry no type and no location: a person who teaches a
+class is a teacher, one who attends a class is a student, and their locations are
+those of their classes. A preference Apple's API cannot satisfy (the Person Number is
+not exposed) is reported as a warning in the preview, together with the fallback used.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterable, Mapping
+
+from shared.contracts.roster import (
+    ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord,
+)
+from shared.errors import ValidationError
+
+USER_ID_SOURCES = ("person_number", "person_id", "managed_apple_id_prefix", "sis_username",
+                   "email", "managed_apple_id")
+EMAIL_SOURCES = ("asm_email", "managed_apple_id", "managed_apple_id_without_subdomain")
+CLASS_NAME_SOURCES = ("class_id", "class_number", "name", "display_name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AsmPreferences:
+    """How one server token's roster is imported."""
+
+    sync_time: str | None = None  # "HH:MM" UTC for the daily automatic sync; None: manual
+    only_add_new: bool = False
+    user_id_source: str = "person_id"
+    email_source: str = "asm_email"
+    skip_student_email: bool = False  # "do not import e-mail for students"
+    import_users_without_location: bool = False
+    class_name_source: str = "name"
+    locations: tuple[str, ...] | None = None  # location unique identifiers to sync; None: all
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("user_id_source", self.user_id_source, USER_ID_SOURCES),
+            ("email_source", self.email_source, EMAIL_SOURCES),
+            ("class_name_source", self.class_name_source, CLASS_NAME_SOURCES),
+        ):
+            if value not in allowed:
+                raise ValidationError(f"{name} '{value}' is not one of {', '.join(allowed)}")
+        if self.sync_time is not None and not _is_clock_time(self.sync_time):
+            raise ValidationError(f"sync_time '{self.sync_time}' must be HH:MM (UTC), "
+                                  f"for example 02:30")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "AsmPreferences":
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"unknown preference(s) {', '.join(unknown)}; "
+                                  f"known ones are {', '.join(sorted(known))}")
+        if data.get("locations") is not None:
+            data["locations"] = tuple(data["locations"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["locations"] = list(self.locations) if self.locations is not None else None
+        return data
+
+
+def _is_clock_time(value: str) -> bool:
+    hours, _, minutes = value.partition(":")
+    return (hours.isdigit() and minutes.isdigit() and len(minutes) == 2
+            and 0 <= int(hours) < 24 and 0 <= int(minutes) < 60)
+
+
+@dataclass
+class AsmRoster:
+    """What the four roster endpoints returned (lists of Apple's JSON objects)."""
+
+    persons: list[dict[str, Any]] = field(default_factory=list)
+    classes: list[dict[str, Any]] = field(default_factory=list)
+    locations: list[dict[str, Any]] = field(default_factory=list)
+    courses: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class AsmMapping:
+    batch: ImportBatch
+    warnings: list[str]
+    skipped_without_location: int
+
+
+def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
+    warnings: list[str] = []
+    rejected: list[RejectedRow] = []
+    wanted_locations = set(prefs.locations) if prefs.locations is not None else None
+
+    locations = []
+    for loc in _dedupe(roster.locations):
+        if wanted_locations is None or loc["unique_identifier"] in wanted_locations:
+            locations.append(LocationRecord(location_id=loc["unique_identifier"],
+                                            name=loc.get("name") or loc["unique_identifier"]))
+    synced_locations = {loc.location_id for loc in locations}
+    course_names = {c["unique_identifier"]: c.get("name") for c in _dedupe(roster.courses)}
+
+    user_id_source = prefs.user_id_source
+    if user_id_source == "person_number":
+        warnings.append("the user ID is set to come from the Person Number, which Apple's roster "
+                        "API does not provide; the Person ID is used instead")
+        user_id_source = "person_id"
+
+    # a person's type and locations follow from the classes they are in
+    classes = [c for c in _dedupe(roster.classes)
+               if (c.get("status") or "Active") == "Active"
+               and (c.get("location") or {}).get("unique_identifier") in synced_locations]
+    teaches: dict[str, set[str]] = {}
+    attends: dict[str, set[str]] = {}
+    for cls in classes:
+        location_id = cls["location"]["unique_identifier"]
+        for person in cls.get("instructor_unique_identifiers") or ():
+            teaches.setdefault(person, set()).add(location_id)
+        for person in cls.get("student_unique_identifiers") or ():
+            attends.setdefault(person, set()).add(location_id)
+
+    users: list[UserRecord] = []
+    user_id_of: dict[str, str] = {}  # Apple's unique identifier -> our user ID
+    seen_ids: dict[str, int] = {}
+    skipped = 0
+    name_source_missing = 0
+    for row, person in enumerate(_dedupe(roster.persons), start=1):
+        apple_id = person["unique_identifier"]
+        in_classes = apple_id in teaches or apple_id in attends
+        if not in_classes and not prefs.import_users_without_location:
+            skipped += 1
+            continue
+        user_type = ("teacher" if apple_id in teaches else
+                     "student" if apple_id in attends or person.get("grade") else "staff")
+        user_id = _user_id(person, user_id_source)
+        if not user_id:
+            rejected.append(RejectedRow(sheet="Users", row=row, reason=(
+                f"{person.get('name') or apple_id} has no {user_id_source.replace('_', ' ')} "
+                f"in Apple School Manager, which the sync preferences use as user ID")))
+            continue
+        if user_id in seen_ids:
+            rejected.append(RejectedRow(sheet="Users", row=row, reason=(
+                f"user ID '{user_id}' ({user_id_source.replace('_', ' ')}) is shared with "
+                f"row {seen_ids[user_id]}; choose a user ID source that is unique")))
+            continue
+        seen_ids[user_id] = row
+        user_id_of[apple_id] = user_id
+        email = None if (user_type == "student" and prefs.skip_student_email) else _email(
+            person, prefs.email_source)
+        users.append(UserRecord(
+            user_id=user_id, user_type=user_type, first_name=person.get("first_name"),
+            last_name=person.get("last_name"), name=person.get("name"), email=email,
+            managed_apple_id=person.get("managed_apple_id"),
+            locations=sorted(teaches.get(apple_id, set()) | attends.get(apple_id, set())),
+            grade_level=person.get("grade") or None))
+
+    records = []
+    for cls in classes:
+        name = _class_name(cls, prefs.class_name_source)
+        if name is None:
+            name_source_missing += 1
+            name = cls.get("name") or cls["unique_identifier"]
+        course = cls.get("course") or {}
+        records.append(ClassRecord(
+            class_id=cls["unique_identifier"], name=name,
+            location_id=cls["location"]["unique_identifier"],
+            course_name=course.get("name") or course_names.get(course.get("unique_identifier")),
+            room=cls.get("room") or None,
+            teacher_ids=[user_id_of[p] for p in cls.get("instructor_unique_identifiers") or ()
+                         if p in user_id_of],
+            student_ids=[user_id_of[p] for p in cls.get("student_unique_identifiers") or ()
+                         if p in user_id_of]))
+
+    if skipped:
+        warnings.append(f"{skipped} user(s) in no class were skipped (their location is "
+                        f"unknown); allow importing users without a location to import them")
+    if name_source_missing:
+        warnings.append(f"{name_source_missing} class(es) have no "
+                        f"{prefs.class_name_source.replace('_', ' ')} in Apple School Manager; "
+                        f"their name is used instead")
+    batch = ImportBatch(source="asm", locations=locations, users=users, classes=records,
+                        rejected=rejected)
+    return AsmMapping(batch=batch, warnings=warnings, skipped_without_location=skipped)
+
+
+def _dedupe(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Apple's sync endpoints may repeat an object; the last copy wins."""
+    return list({o["unique_identifier"]: o for o in objects}.values())
+
+
+def _user_id(person: Mapping[str, Any], source: str) -> str | None:
+    if source == "person_id":
+        return person.get("person_id") or person.get("source_system_identifier")
+    if source == "managed_apple_id_prefix":
+        maid = person.get("managed_apple_id") or ""
+        return maid.split("@", 1)[0] or None
+    if source == "sis_username":
+        return person.get("sis_username")
+    if source == "email":
+        return person.get("email_address")
+    return person.get("managed_apple_id")
+
+
+def _email(person: Mapping[str, Any], source: str) -> str | None:
+    if source == "asm_email":
+        return person.get("email_address") or None
+    maid = person.get("managed_apple_id") or None
+    if maid is None or source == "managed_apple_id":
+        return maid
+    local, _, domain = maid.partition("@")
+    labels = domain.split(".")
+    # appleid.school.edu -> school.edu: drop the first label of a domain with three or more
+    return f"{local}@{'.'.join(labels[1:])}" if len(labels) > 2 else maid
+
+
+def _class_name(cls: Mapping[str, Any], source: str) -> str | None:
+    key = {"class_id": "source_system_identifier", "class_number": "class_number",
+           "name": "name", "display_name": "class_display_name"}[source]
+    return cls.get(key) or None

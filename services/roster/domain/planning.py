@@ -1,0 +1,660 @@
+"""The one import pipeline: compare a batch of records with the hierarchy, then apply.
+
+Every source (Apple School Manager, spreadsheets, the HTTP API, the directory) hands
+over an ``ImportBatch``; ``build_plan`` turns it into a ``Plan`` (what would be added,
+updated field by field, deleted, and which rows were rejected), and ``apply_plan``
+writes exactly that plan through a ``HierarchyWriter`` and returns the events to publish.
+
+The work is linear in the size of the batch and of the hierarchy: everything is looked
+up in dicts built once. A plan is a flat list of small ``Change`` rows in the order in
+which they must be written, so a service can store it as table rows and apply it in
+chunks without holding anything else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Protocol
+
+from shared.contracts.roster import (
+    USER_TYPES,
+    ClassDeleted,
+    ClassImported,
+    ClassRecord,
+    ClassUpdated,
+    GradeLevelRecord,
+    ImportBatch,
+    LocationRecord,
+    RejectedRow,
+    UserDeleted,
+    UserImported,
+    UserRecord,
+    UserUpdated,
+)
+from shared.contracts.base import Event
+from shared.errors import Conflict, ValidationError
+
+MAX_NAME_LENGTH = 255
+MAX_ID_LENGTH = 128
+DEFAULT_MAX_USER_DELETE_SHARE = 0.10
+
+# entities, in the order a reader expects them in a summary
+LOCATION, GRADE_LEVEL, USER, CLASS, MEMBERSHIP = (
+    "location", "grade_level", "user", "class", "membership")
+ENTITIES = (LOCATION, GRADE_LEVEL, USER, CLASS, MEMBERSHIP)
+ADD, UPDATE, DELETE = "add", "update", "delete"
+ACTIONS = (ADD, UPDATE, DELETE)
+
+# the sheet names a rejection is reported under (the spreadsheet template uses the same)
+SHEET_OF = {LOCATION: "Locations", GRADE_LEVEL: "Grade Levels", USER: "Users", CLASS: "Classes"}
+
+# the fields compared between an incoming record and the stored one
+USER_FIELDS = ("user_id", "user_type", "first_name", "last_name", "name", "email",
+               "managed_apple_id", "locations", "grade_level", "serial_numbers")
+CLASS_FIELDS = ("name", "location_id", "course_name", "room", "teacher_ids", "student_ids")
+
+# spreadsheets are one source whatever the file format, so a CSV import may delete
+# what an XLSX import created, but never what Apple School Manager or the directory did
+_SOURCE_FAMILY = {"csv": "spreadsheet", "xlsx": "spreadsheet"}
+
+
+def source_family(source: str) -> str:
+    return _SOURCE_FAMILY.get(source, source)
+
+
+# ---------------------------------------------------------------- ports
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    key: Any  # the storage's own identity; survives a change of user ID
+    record: UserRecord
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredClass:
+    record: ClassRecord
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredLocation:
+    record: LocationRecord
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredGradeLevel:
+    record: GradeLevelRecord
+    source: str
+
+
+class HierarchyReader(Protocol):
+    """The current hierarchy, as the planner needs it."""
+
+    def version(self) -> int:
+        """A number that changes whenever the hierarchy is written."""
+
+    def locations(self) -> Iterable[StoredLocation]: ...
+
+    def grade_levels(self) -> Iterable[StoredGradeLevel]: ...
+
+    def users(self) -> Iterable[StoredUser]: ...
+
+    def classes(self) -> Iterable[StoredClass]: ...
+
+
+class HierarchyWriter(Protocol):
+    """Writes one run of changes of the same entity and action, in one batch."""
+
+    def write(self, entity: str, action: str, changes: list["Change"], source: str) -> None: ...
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row of a plan.
+
+    ``natural_id`` is the id the source knows (user ID, class ID, ...); ``target`` the
+    stored key of the user an update or deletion touches. ``after`` is the whole record
+    after an add or update; ``before`` holds the old values of the changed fields of an
+    update, or the whole record of a deletion.
+    """
+
+    entity: str
+    action: str
+    natural_id: str
+    after: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
+    target: Any = None
+
+    def field_changes(self) -> dict[str, tuple[Any, Any]]:
+        """For an update: field -> (before, after)."""
+        if self.action != UPDATE or not self.before:
+            return {}
+        return {name: (old, (self.after or {}).get(name)) for name, old in self.before.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanOptions:
+    only_add_new: bool = False  # skip updates and deletions of existing data
+    delete_missing: bool = True  # a full import: what the source no longer lists goes
+    delete_user_ids: tuple[str, ...] = ()  # explicit deletions (the API's "delete" operation)
+    delete_class_ids: tuple[str, ...] = ()
+    max_user_delete_share: float = DEFAULT_MAX_USER_DELETE_SHARE
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "PlanOptions":
+        data = dict(data or {})
+        known = {"only_add_new", "delete_missing", "delete_user_ids", "delete_class_ids",
+                 "max_user_delete_share"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"unknown import option(s) {', '.join(unknown)}; "
+                                  f"known options are {', '.join(sorted(known))}")
+        for name in ("delete_user_ids", "delete_class_ids"):
+            if name in data:
+                data[name] = tuple(data[name] or ())
+        return cls(**data)
+
+
+@dataclass(kw_only=True)
+class PlanSummary:
+    source: str
+    base_version: int
+    counts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {e: {a: 0 for a in ACTIONS} for e in ENTITIES})
+    skipped_updates: int = 0
+    skipped_deletions: int = 0
+    unchanged_users: int = 0
+    existing_users: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    max_user_delete_share: float = DEFAULT_MAX_USER_DELETE_SHARE
+
+    @property
+    def user_delete_share(self) -> float:
+        if not self.existing_users:
+            return 0.0
+        return self.counts[USER][DELETE] / self.existing_users
+
+    @property
+    def needs_mass_delete_approval(self) -> bool:
+        return self.user_delete_share > self.max_user_delete_share
+
+    @property
+    def total_changes(self) -> int:
+        return sum(sum(actions.values()) for actions in self.counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "base_version": self.base_version,
+            "counts": self.counts,
+            "total_changes": self.total_changes,
+            "skipped_updates": self.skipped_updates,
+            "skipped_deletions": self.skipped_deletions,
+            "unchanged_users": self.unchanged_users,
+            "existing_users": self.existing_users,
+            "user_delete_share": round(self.user_delete_share, 4),
+            "max_user_delete_share": self.max_user_delete_share,
+            "needs_mass_delete_approval": self.needs_mass_delete_approval,
+            "rejected": [r.to_dict() for r in self.rejected],
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PlanSummary":
+        return cls(
+            source=data["source"], base_version=data["base_version"],
+            counts={e: dict(a) for e, a in data["counts"].items()},
+            skipped_updates=data["skipped_updates"], skipped_deletions=data["skipped_deletions"],
+            unchanged_users=data["unchanged_users"], existing_users=data["existing_users"],
+            rejected=[RejectedRow.from_dict(r) for r in data["rejected"]],
+            warnings=list(data["warnings"]), max_user_delete_share=data["max_user_delete_share"],
+        )
+
+
+@dataclass
+class Plan:
+    summary: PlanSummary
+    changes: list[Change]  # in the order they must be written
+
+
+# ---------------------------------------------------------------- building
+
+
+def build_plan(
+    hierarchy: HierarchyReader,
+    batch: ImportBatch,
+    options: PlanOptions | None = None,
+    *,
+    row_numbers: Mapping[str, Mapping[str, int]] | None = None,
+) -> Plan:
+    """Compare ``batch`` with the hierarchy; nothing is written.
+
+    ``row_numbers`` maps a sheet name to {natural id: row} so that a rejection names the
+    row of the file it came from; without it, the position in the batch is used.
+    """
+    return _Planner(hierarchy, batch, options or PlanOptions(), row_numbers or {}).build()
+
+
+class _Planner:
+    def __init__(self, hierarchy: HierarchyReader, batch: ImportBatch, options: PlanOptions,
+                 row_numbers: Mapping[str, Mapping[str, int]]):
+        self.hierarchy = hierarchy
+        self.batch = batch
+        self.options = options
+        self.row_numbers = row_numbers
+        self.family = source_family(batch.source)
+        self.summary = PlanSummary(source=batch.source, base_version=hierarchy.version(),
+                                   rejected=list(batch.rejected),
+                                   max_user_delete_share=options.max_user_delete_share)
+        # changes grouped by the phase in which they are written (see _PHASES)
+        self.phases: dict[tuple[str, str], list[Change]] = {p: [] for p in _PHASES}
+
+    def build(self) -> Plan:
+        location_ids = self._plan_locations()
+        self._plan_grade_levels(location_ids)
+        user_ids = self._plan_users(location_ids)
+        self._plan_classes(location_ids, user_ids)
+        changes = [c for phase in _PHASES for c in self.phases[phase]]
+        return Plan(summary=self.summary, changes=changes)
+
+    # -- helpers
+
+    def _reject(self, entity: str, natural_id: str, position: int, reason: str) -> None:
+        sheet = SHEET_OF[entity]
+        row = self.row_numbers.get(sheet, {}).get(natural_id, position)
+        self.summary.rejected.append(RejectedRow(sheet=sheet, row=row, reason=reason))
+
+    def _emit(self, change: Change) -> None:
+        self.phases[(change.entity, change.action)].append(change)
+        self.summary.counts[change.entity][change.action] += 1
+
+    def _may_delete(self, source: str) -> bool:
+        return self.options.delete_missing and source_family(source) == self.family
+
+    def _skip_deletion(self) -> bool:
+        if self.options.only_add_new:
+            self.summary.skipped_deletions += 1
+            return True
+        return False
+
+    # -- locations and grade levels
+
+    def _plan_locations(self) -> set[str]:
+        stored = {s.record.location_id: s for s in self.hierarchy.locations()}
+        seen: set[str] = set()
+        for position, location in enumerate(self.batch.locations, start=1):
+            problem = _id_problem("location ID", location.location_id) or _name_problem(
+                "location name", location.name, required=True)
+            if not problem and location.location_id in seen:
+                problem = f"location ID '{location.location_id}' appears more than once"
+            if problem:
+                self._reject(LOCATION, location.location_id, position, problem)
+                continue
+            seen.add(location.location_id)
+            old = stored.get(location.location_id)
+            after = location.to_dict()
+            if old is None:
+                self._emit(Change(LOCATION, ADD, location.location_id, after=after))
+            elif old.record.name != location.name:
+                if self.options.only_add_new:
+                    self.summary.skipped_updates += 1
+                else:
+                    self._emit(Change(LOCATION, UPDATE, location.location_id, after=after,
+                                      before={"name": old.record.name}))
+        self.missing_locations = [
+            s for lid, s in stored.items() if lid not in seen and self._may_delete(s.source)]
+        return set(stored) | seen
+
+    def _plan_grade_levels(self, location_ids: set[str]) -> None:
+        stored = {(s.record.name, s.record.location_id): s for s in self.hierarchy.grade_levels()}
+        seen: set[tuple[str, str | None]] = set()
+        for position, grade in enumerate(self.batch.grade_levels, start=1):
+            key = (grade.name, grade.location_id)
+            natural_id = _grade_level_id(grade)
+            problem = _name_problem("grade level name", grade.name, required=True)
+            if not problem and grade.location_id is not None and grade.location_id not in location_ids:
+                problem = f"unknown location ID '{grade.location_id}'; add it to the Locations sheet"
+            if problem:
+                self._reject(GRADE_LEVEL, natural_id, position, problem)
+                continue
+            if key in seen:
+                continue  # the same grade level listed twice is harmless
+            seen.add(key)
+            if key not in stored:
+                self._emit(Change(GRADE_LEVEL, ADD, natural_id, after=grade.to_dict()))
+        for key, old in stored.items():
+            if key not in seen and self._may_delete(old.source) and not self._skip_deletion():
+                self._emit(Change(GRADE_LEVEL, DELETE, _grade_level_id(old.record),
+                                  before=old.record.to_dict()))
+
+    # -- users
+
+    def _plan_users(self, location_ids: set[str]) -> set[str]:
+        """Plan user changes; returns the user IDs that exist once the plan is applied."""
+        stored_users = list(self.hierarchy.users())
+        self.summary.existing_users = len(stored_users)
+        by_id = {s.record.user_id: s for s in stored_users}
+        by_email = {s.record.email.lower(): s for s in stored_users if s.record.email}
+        matched: set[Any] = set()  # stored keys an incoming user matched
+        final_ids: set[str] = set()
+        explicit_deletes = set(self.options.delete_user_ids)
+        seen_ids: set[str] = set()
+        seen_emails: set[str] = set()
+        for position, user in enumerate(self.batch.users, start=1):
+            problem = _user_problem(user, location_ids)
+            email_key = user.email.lower() if user.email else None
+            if not problem and user.user_id in seen_ids:
+                problem = f"user ID '{user.user_id}' appears more than once"
+            if not problem and email_key and email_key in seen_emails:
+                problem = f"e-mail '{user.email}' belongs to another user in this import"
+            by_own_id = by_id.get(user.user_id)
+            by_own_email = by_email.get(email_key) if email_key else None
+            if (not problem and by_own_id and by_own_email
+                    and by_own_id.key != by_own_email.key):
+                problem = (f"user ID '{user.user_id}' and e-mail '{user.email}' belong to two "
+                           f"different existing users; fix one of them in the source")
+            if problem:
+                self._reject(USER, user.user_id, position, problem)
+                continue
+            seen_ids.add(user.user_id)
+            if email_key:
+                seen_emails.add(email_key)
+            old = by_own_id or by_own_email
+            final_ids.add(user.user_id)
+            if old is None:
+                self._emit(Change(USER, ADD, user.user_id, after=_user_dict(user)))
+                continue
+            if old.key in matched:
+                self._reject(USER, user.user_id, position,
+                             f"matches the same existing user as another row "
+                             f"(user ID '{old.record.user_id}')")
+                final_ids.discard(user.user_id)
+                continue
+            matched.add(old.key)
+            after = _user_dict(user)
+            before = _differences(_user_dict(old.record), after, USER_FIELDS)
+            if not before:
+                self.summary.unchanged_users += 1
+            elif self.options.only_add_new:
+                self.summary.skipped_updates += 1
+                final_ids.discard(user.user_id)
+                final_ids.add(old.record.user_id)
+            else:
+                self._emit(Change(USER, UPDATE, user.user_id, after=after, before=before,
+                                  target=old.key))
+        for stored in stored_users:
+            if stored.key in matched:
+                continue
+            uid = stored.record.user_id
+            wanted = uid in explicit_deletes or (self._may_delete(stored.source))
+            if wanted and not self._skip_deletion():
+                self._emit(Change(USER, DELETE, uid, before=_user_dict(stored.record),
+                                  target=stored.key))
+            else:
+                final_ids.add(uid)
+        unknown = explicit_deletes - set(by_id)
+        for uid in sorted(unknown):
+            self.summary.warnings.append(f"user '{uid}' to delete does not exist")
+        return final_ids
+
+    # -- classes and memberships
+
+    def _plan_classes(self, location_ids: set[str], user_ids: set[str]) -> None:
+        stored = {s.record.class_id: s for s in self.hierarchy.classes()}
+        explicit_deletes = set(self.options.delete_class_ids)
+        seen: set[str] = set()
+        for position, cls in enumerate(self.batch.classes, start=1):
+            problem = _class_problem(cls, location_ids)
+            if not problem and cls.class_id in seen:
+                problem = f"class ID '{cls.class_id}' appears more than once"
+            if not problem:
+                unknown_teachers = [t for t in cls.teacher_ids if t not in user_ids]
+                if unknown_teachers:
+                    problem = (f"unknown teacher ID(s) {', '.join(unknown_teachers)}; add them "
+                               f"to the Users sheet or fix the class")
+            if problem:
+                self._reject(CLASS, cls.class_id, position, problem)
+                continue
+            seen.add(cls.class_id)
+            unknown_students = [s for s in cls.student_ids if s not in user_ids]
+            if unknown_students:
+                self.summary.warnings.append(
+                    f"class '{cls.class_id}': unknown student ID(s) "
+                    f"{', '.join(unknown_students[:5])}{' ...' if len(unknown_students) > 5 else ''}"
+                    f" left out of the class")
+                left_out = set(unknown_students)
+                cls = _replace_students(cls, [s for s in cls.student_ids if s not in left_out])
+            after = _class_dict(cls)
+            old = stored.get(cls.class_id)
+            if old is None:
+                self._emit(Change(CLASS, ADD, cls.class_id, after=after))
+                self._plan_memberships(cls.class_id, {}, after)
+                continue
+            before = _differences(_class_dict(old.record), after, CLASS_FIELDS)
+            if not before:
+                continue
+            if self.options.only_add_new:
+                self.summary.skipped_updates += 1
+                continue
+            self._emit(Change(CLASS, UPDATE, cls.class_id, after=after, before=before))
+            self._plan_memberships(cls.class_id, _class_dict(old.record), after)
+        for class_id, old in stored.items():
+            if class_id in seen:
+                continue
+            wanted = class_id in explicit_deletes or self._may_delete(old.source)
+            if wanted and not self._skip_deletion():
+                before = _class_dict(old.record)
+                self._emit(Change(CLASS, DELETE, class_id, before=before))
+                self._plan_memberships(class_id, before, {})
+        self._plan_location_deletions(stored, seen)
+
+    def _plan_memberships(self, class_id: str, before: Mapping[str, Any],
+                          after: Mapping[str, Any]) -> None:
+        for role, key in (("teacher", "teacher_ids"), ("student", "student_ids")):
+            old = set(before.get(key) or ())
+            new = set(after.get(key) or ())
+            for user_id in sorted(new - old):
+                self._emit(Change(MEMBERSHIP, ADD, _membership_id(class_id, user_id, role)))
+            for user_id in sorted(old - new):
+                self._emit(Change(MEMBERSHIP, DELETE, _membership_id(class_id, user_id, role)))
+
+    def _plan_location_deletions(self, stored_classes: Mapping[str, StoredClass],
+                                 kept_class_ids: set[str]) -> None:
+        if not self.missing_locations:
+            return
+        # a location still used by a class or user that stays is kept
+        in_use: set[str] = set()
+        deleted_classes = {c.natural_id for c in self.phases[(CLASS, DELETE)]}
+        for class_id, stored in stored_classes.items():
+            if class_id not in deleted_classes:
+                in_use.add(stored.record.location_id)
+        for change in self.phases[(CLASS, ADD)] + self.phases[(CLASS, UPDATE)]:
+            in_use.add(change.after["location_id"])
+        for user in self.batch.users:
+            in_use.update(user.locations)
+        for stored in self.missing_locations:
+            lid = stored.record.location_id
+            if lid in in_use:
+                self.summary.warnings.append(
+                    f"location '{lid}' is no longer listed but still in use, so it is kept")
+            elif not self._skip_deletion():
+                self._emit(Change(LOCATION, DELETE, lid, before=stored.record.to_dict()))
+
+
+# the order in which changes are written: memberships and classes go before what they
+# point to is removed, and after what they point to exists
+_PHASES = (
+    (MEMBERSHIP, DELETE), (CLASS, DELETE),
+    (LOCATION, ADD), (LOCATION, UPDATE), (GRADE_LEVEL, ADD),
+    (USER, ADD), (USER, UPDATE),
+    (CLASS, ADD), (CLASS, UPDATE), (MEMBERSHIP, ADD),
+    (USER, DELETE), (GRADE_LEVEL, DELETE), (LOCATION, DELETE),
+)
+
+
+def _user_dict(user: UserRecord) -> dict[str, Any]:
+    data = user.to_dict()
+    data["locations"] = sorted(data["locations"])
+    data["serial_numbers"] = sorted(data["serial_numbers"])
+    return data
+
+
+def _class_dict(cls: ClassRecord) -> dict[str, Any]:
+    data = cls.to_dict()
+    data["teacher_ids"] = sorted(data["teacher_ids"])
+    data["student_ids"] = sorted(data["student_ids"])
+    return data
+
+
+def _replace_students(cls: ClassRecord, student_ids: list[str]) -> ClassRecord:
+    return ClassRecord(**{**cls.to_dict(), "student_ids": student_ids})
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                 fields: Iterable[str]) -> dict[str, Any]:
+    """The old values of the fields that differ."""
+    return {f: old.get(f) for f in fields if old.get(f) != new.get(f)}
+
+
+def _grade_level_id(grade: GradeLevelRecord) -> str:
+    return f"{grade.location_id or ''}/{grade.name}"
+
+
+def _membership_id(class_id: str, user_id: str, role: str) -> str:
+    return f"{class_id}\t{user_id}\t{role}"
+
+
+def membership_parts(natural_id: str) -> tuple[str, str, str]:
+    """(class ID, user ID, role) of a membership change."""
+    class_id, user_id, role = natural_id.split("\t")
+    return class_id, user_id, role
+
+
+def _id_problem(what: str, value: str) -> str | None:
+    if not value or not value.strip():
+        return f"{what} is empty"
+    if len(value) > MAX_ID_LENGTH:
+        return f"{what} is {len(value)} characters long; at most {MAX_ID_LENGTH} are allowed"
+    return None
+
+
+def _name_problem(what: str, value: str | None, *, required: bool = False) -> str | None:
+    if value is None or not value.strip():
+        return f"{what} is empty" if required else None
+    if len(value) > MAX_NAME_LENGTH:
+        return f"{what} is {len(value)} characters long; at most {MAX_NAME_LENGTH} are allowed"
+    return None
+
+
+def _user_problem(user: UserRecord, location_ids: set[str]) -> str | None:
+    problem = _id_problem("user ID", user.user_id)
+    if problem:
+        return problem
+    if user.user_type not in USER_TYPES:
+        return f"user type '{user.user_type}' is not one of {', '.join(USER_TYPES)}"
+    for what, value in (("first name", user.first_name), ("last name", user.last_name),
+                        ("name", user.name), ("e-mail", user.email),
+                        ("Managed Apple ID", user.managed_apple_id)):
+        problem = _name_problem(what, value)
+        if problem:
+            return problem
+    if not (user.name or user.first_name or user.last_name):
+        return "the user has no name"
+    if user.email and "@" not in user.email:
+        return f"e-mail '{user.email}' is not an e-mail address"
+    unknown = [lid for lid in user.locations if lid not in location_ids]
+    if unknown:
+        return f"unknown location ID(s) {', '.join(unknown)}; add them to the Locations sheet"
+    return None
+
+
+def _class_problem(cls: ClassRecord, location_ids: set[str]) -> str | None:
+    return (
+        _id_problem("class ID", cls.class_id)
+        or _name_problem("class name", cls.name, required=True)
+        or _name_problem("course name", cls.course_name)
+        or _name_problem("room", cls.room)
+        or (None if cls.location_id in location_ids else
+            f"unknown location ID '{cls.location_id}'; add it to the Locations sheet")
+    )
+
+
+# ---------------------------------------------------------------- applying
+
+
+def check_can_apply(summary: PlanSummary, current_version: int, *,
+                    allow_mass_delete: bool) -> None:
+    """Refuse a plan that is stale or deletes too many users without explicit consent."""
+    if summary.needs_mass_delete_approval and not allow_mass_delete:
+        raise Conflict(
+            f"this plan deletes {summary.counts[USER][DELETE]} of {summary.existing_users} "
+            f"users ({summary.user_delete_share:.0%}), more than the allowed "
+            f"{summary.max_user_delete_share:.0%}; check the source, then apply again "
+            f"with allow_mass_delete=True if the deletions are intended")
+    if current_version != summary.base_version:
+        raise Conflict("the roster changed since this plan was previewed; "
+                       "preview again and apply the new plan")
+
+
+def apply_plan(changes: Iterable[Change], writer: HierarchyWriter, source: str, *,
+               chunk_size: int = 5000) -> Iterator[Event]:
+    """Write ``changes`` (in plan order) in batches; yields the events to publish.
+
+    Consecutive changes of the same entity and action are written together, at most
+    ``chunk_size`` at a time. Events for a chunk are yielded after it is written.
+    """
+    run: list[Change] = []
+    for change in changes:
+        if run and ((run[0].entity, run[0].action) != (change.entity, change.action)
+                    or len(run) >= chunk_size):
+            yield from _write_run(run, writer, source)
+            run = []
+        run.append(change)
+    if run:
+        yield from _write_run(run, writer, source)
+
+
+def _write_run(run: list[Change], writer: HierarchyWriter, source: str) -> Iterator[Event]:
+    writer.write(run[0].entity, run[0].action, run, source)
+    for change in run:
+        event = event_for(change, source)
+        if event is not None:
+            yield event
+
+
+_USER_EVENTS = {ADD: UserImported, UPDATE: UserUpdated, DELETE: UserDeleted}
+_CLASS_EVENTS = {ADD: ClassImported, UPDATE: ClassUpdated, DELETE: ClassDeleted}
+_USER_EVENT_FIELDS = ("user_id", "user_type", "email", "managed_apple_id", "locations",
+                      "grade_level", "welcome_email")
+
+
+def event_for(change: Change, source: str) -> Event | None:
+    """The event an applied change publishes (memberships travel inside class events)."""
+    if change.entity == USER:
+        record = change.after if change.action != DELETE else change.before
+        assert record is not None
+        fields = {f: record.get(f) for f in _USER_EVENT_FIELDS}
+        fields["locations"] = list(fields["locations"] or [])
+        fields["welcome_email"] = bool(fields["welcome_email"]) and change.action == ADD
+        return _USER_EVENTS[change.action](name=display_name(record), source=source, **fields)
+    if change.entity == CLASS:
+        record = change.after if change.action != DELETE else change.before
+        assert record is not None
+        return _CLASS_EVENTS[change.action](
+            class_id=change.natural_id, name=record["name"], location_id=record["location_id"],
+            course_name=record.get("course_name"), teacher_ids=list(record["teacher_ids"]),
+            student_ids=list(record["student_ids"]), source=source)
+    return None
+
+
+def display_name(user: Mapping[str, Any]) -> str | None:
+    if user.get("name"):
+        return user["name"]
+    parts = [p for p in (user.get("first_name"), user.get("last_name")) if p]
+    return " ".join(parts) or None

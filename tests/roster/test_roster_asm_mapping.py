@@ -1,0 +1,150 @@
+"""Apple School Manager roster objects mapped by the sync preferences."""
+from __future__ import annotations
+
+import pytest
+
+from services.roster.domain.asm_mapping import AsmPreferences, AsmRoster, map_roster
+from shared.errors import ValidationError
+
+
+def person(uid, **kw):
+    base = {"unique_identifier": uid, "source_system_identifier": f"sis-{uid}",
+            "person_id": f"pid-{uid}", "name": f"Name {uid}", "first_name": "First",
+            "last_name": uid, "managed_apple_id": f"{uid}@appleid.school.edu",
+            "email_address": f"{uid}@mail.school.edu", "sis_username": f"user.{uid}",
+            "status": "Active", "source": "SIS"}
+    base.update(kw)
+    return base
+
+
+def roster(**kw):
+    persons = [person("T1"), person("S1", grade="7"), person("S2", grade="8"),
+               person("X1"), person("S3", grade="7")]
+    classes = [
+        {"unique_identifier": "C1", "source_system_identifier": "cls-1", "name": "Maths 7",
+         "class_number": "M7", "class_display_name": "Maths (7)", "room": "B1",
+         "location": {"unique_identifier": "L1", "name": "North"},
+         "course": {"unique_identifier": "CO1", "name": "Maths"},
+         "instructor_unique_identifiers": ["T1"], "student_unique_identifiers": ["S1", "S2"],
+         "status": "Active"},
+        {"unique_identifier": "C2", "name": "Art", "location": {"unique_identifier": "L2",
+                                                                "name": "South"},
+         "course": {"unique_identifier": "CO2"}, "instructor_unique_identifiers": ["T1"],
+         "student_unique_identifiers": ["S3"], "status": "Active"},
+        {"unique_identifier": "C3", "name": "Old", "location": {"unique_identifier": "L1"},
+         "instructor_unique_identifiers": ["X1"], "student_unique_identifiers": [],
+         "status": "Inactive"},
+    ]
+    locations = [{"unique_identifier": "L1", "name": "North"},
+                 {"unique_identifier": "L2", "name": "South"}]
+    courses = [{"unique_identifier": "CO2", "name": "Art course"}]
+    data = dict(persons=persons, classes=classes, locations=locations, courses=courses)
+    data.update(kw)
+    return AsmRoster(**data)
+
+
+def users_by_id(mapping):
+    return {u.user_id: u for u in mapping.batch.users}
+
+
+def test_type_and_locations_follow_class_membership():
+    mapping = map_roster(roster(), AsmPreferences())
+    users = users_by_id(mapping)
+    assert users["pid-T1"].user_type == "teacher" and users["pid-T1"].locations == ["L1", "L2"]
+    assert users["pid-S1"].user_type == "student" and users["pid-S1"].grade_level == "7"
+    assert users["pid-S3"].locations == ["L2"]
+    assert "pid-X1" not in users  # only in an inactive class
+    assert mapping.skipped_without_location == 1
+    assert any("1 user(s) in no class were skipped" in w for w in mapping.warnings)
+    classes = {c.class_id: c for c in mapping.batch.classes}
+    assert set(classes) == {"C1", "C2"}
+    assert classes["C1"].teacher_ids == ["pid-T1"] and classes["C1"].student_ids == ["pid-S1", "pid-S2"]
+    assert classes["C2"].course_name == "Art course"  # looked up in the course list
+
+
+def test_users_without_location_can_be_imported():
+    mapping = map_roster(roster(), AsmPreferences(import_users_without_location=True))
+    assert users_by_id(mapping)["pid-X1"].user_type == "staff"
+    assert users_by_id(mapping)["pid-X1"].locations == []
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("person_id", "pid-S1"), ("managed_apple_id_prefix", "S1"), ("sis_username", "user.S1"),
+    ("email", "S1@mail.school.edu"), ("managed_apple_id", "S1@appleid.school.edu"),
+])
+def test_user_id_sources(source, expected):
+    mapping = map_roster(roster(), AsmPreferences(user_id_source=source))
+    assert expected in users_by_id(mapping)
+
+
+def test_person_number_is_not_available_and_says_so():
+    mapping = map_roster(roster(), AsmPreferences(user_id_source="person_number"))
+    assert "pid-S1" in users_by_id(mapping)
+    assert any("Person Number" in w and "Person ID is used instead" in w for w in mapping.warnings)
+
+
+def test_missing_id_source_rejects_that_person():
+    persons = [person("T1"), person("S1", sis_username=None), person("S2"), person("S3")]
+    mapping = map_roster(roster(persons=persons), AsmPreferences(user_id_source="sis_username"))
+    assert "user.S1" not in users_by_id(mapping)
+    (rejected,) = mapping.batch.rejected
+    assert "no sis username" in rejected.reason
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("asm_email", "S1@mail.school.edu"), ("managed_apple_id", "S1@appleid.school.edu"),
+    ("managed_apple_id_without_subdomain", "S1@school.edu"),
+])
+def test_email_sources(source, expected):
+    mapping = map_roster(roster(), AsmPreferences(email_source=source))
+    assert users_by_id(mapping)["pid-S1"].email == expected
+
+
+def test_do_not_import_email_for_students():
+    users = users_by_id(map_roster(roster(), AsmPreferences(skip_student_email=True)))
+    assert users["pid-S1"].email is None and users["pid-T1"].email == "T1@mail.school.edu"
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("class_id", "cls-1"), ("class_number", "M7"), ("name", "Maths 7"), ("display_name", "Maths (7)"),
+])
+def test_class_name_sources(source, expected):
+    mapping = map_roster(roster(), AsmPreferences(class_name_source=source))
+    names = {c.class_id: c.name for c in mapping.batch.classes}
+    assert names["C1"] == expected
+    if source != "name":  # C2 has only a name
+        assert names["C2"] == "Art" and any("1 class(es)" in w for w in mapping.warnings)
+
+
+def test_only_chosen_locations_are_synced():
+    mapping = map_roster(roster(), AsmPreferences(locations=("L2",)))
+    assert [loc.location_id for loc in mapping.batch.locations] == ["L2"]
+    assert [c.class_id for c in mapping.batch.classes] == ["C2"]
+    assert users_by_id(mapping)["pid-T1"].locations == ["L2"]
+    assert "pid-S1" not in users_by_id(mapping)
+
+
+def test_repeated_objects_from_sync_endpoints_are_deduplicated():
+    data = roster()
+    data.persons.append(person("S1", grade="9"))
+    users = users_by_id(map_roster(data, AsmPreferences()))
+    assert users["pid-S1"].grade_level == "9"
+
+
+def test_duplicate_user_ids_are_rejected():
+    persons = [person("T1"), person("S1", person_id="same"), person("S2", person_id="same"),
+               person("S3")]
+    mapping = map_roster(roster(persons=persons), AsmPreferences())
+    assert "shared with row" in mapping.batch.rejected[0].reason
+
+
+def test_preferences_validate_and_round_trip():
+    prefs = AsmPreferences.from_dict({"sync_time": "02:30", "locations": ["L1"],
+                                      "user_id_source": "sis_username"})
+    assert AsmPreferences.from_dict(prefs.to_dict()) == prefs
+    with pytest.raises(ValidationError, match="sync_time"):
+        AsmPreferences.from_dict({"sync_time": "25:00"})
+    with pytest.raises(ValidationError, match="user_id_source"):
+        AsmPreferences.from_dict({"user_id_source": "shoe_size"})
+    with pytest.raises(ValidationError, match="unknown preference"):
+        AsmPreferences.from_dict({"colour": "red"})

@@ -1,0 +1,128 @@
+"""The Mosyle Manager API v2 compatible wire format."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.roster.domain import mosyle_api as m
+from services.roster.domain import planning
+from services.roster.domain.mosyle_openapi import openapi_document
+from shared.contracts.roster import ClassRecord, UserRecord
+
+
+def test_payload_from_json_or_form_content():
+    payload = m.decode_payload('{"accessToken": "tok", "options": {}}')
+    assert payload["accessToken"] == "tok"
+    with pytest.raises(m.WireError, match="accessToken is missing"):
+        m.decode_payload('{"options": {}}')
+    with pytest.raises(m.WireError, match="not valid JSON"):
+        m.decode_payload("content=")
+    with pytest.raises(m.WireError, match="no body"):
+        m.decode_payload(b"")
+
+
+def test_list_options():
+    options = m.ListOptions.from_payload(
+        {"options": {"page": "2", "page_size": 10, "specific_columns": ["id", "email"],
+                     "types": ["S", "staff"]}}, m.USER_COLUMNS)
+    assert (options.page, options.page_size, options.offset) == (2, 10, 10)
+    assert options.user_types == ("student", "staff")
+    assert m.ListOptions.from_payload({}, m.USER_COLUMNS).page == 1
+    with pytest.raises(m.WireError, match="unknown column"):
+        m.ListOptions.from_payload({"options": {"specific_columns": ["shoe"]}}, m.USER_COLUMNS)
+    with pytest.raises(m.WireError, match="page must be"):
+        m.ListOptions.from_payload({"options": {"page": 0}}, m.USER_COLUMNS)
+    with pytest.raises(m.WireError, match="S, T or STAFF"):
+        m.ListOptions.from_payload({"options": {"types": ["P"]}}, m.USER_COLUMNS)
+
+
+def test_user_and_class_to_wire_and_list_response():
+    user = UserRecord(user_id="s1", user_type="student", first_name="Ann", last_name="Lee",
+                      email="a@x.edu", locations=["L1"], grade_level="7")
+    wire = m.user_to_wire(user, {"L1": "North"})
+    assert wire == {"id": "s1", "name": "Ann Lee", "type": "S", "email": "a@x.edu",
+                    "managed_appleid": "", "locations": [{"name": "North", "grade_level": "7"}],
+                    "serial_numbers": []}
+    options = m.ListOptions(page=1, page_size=50, specific_columns=("id", "type"))
+    body = m.list_response("users", [m.user_to_wire(user, {}, options.specific_columns)], 1, options)
+    assert body == {"status": "OK", "response": {"users": [{"id": "s1", "type": "S"}],
+                                                 "rows": 1, "page": 1, "page_size": 50}}
+    cls = ClassRecord(class_id="c1", name="Maths 7A", location_id="L1", course_name="Maths",
+                      teacher_ids=["t1", "t2"], student_ids=["s1"])
+    assert m.class_to_wire(cls, {"L1": "North"}) == {
+        "id": "c1", "course_name": "Maths", "class_name": "Maths 7A", "location": "North",
+        "idteacher": "t1", "students": ["s1"], "room": "", "coordinators": ["t2"]}
+
+
+def test_user_elements_both_location_shapes_and_per_element_errors():
+    payload = {"accessToken": "t", "elements": [
+        {"operation": "save", "id": "s1", "name": "Ann", "type": "S",
+         "locations": [{"name": "North", "grade_level": "7"}], "welcome_email": 1},
+        {"operation": "save", "id": "t1", "name": "Tom", "type": "T",
+         "locations": [["Brand New", ""]], "assign_device": {"serial_number": "f9fxk0"}},
+        {"operation": "save", "id": "x1", "name": "Bad", "type": "PARENT"},
+        {"operation": "delete", "id": "old"},
+        {"operation": "explode", "id": "y"},
+    ]}
+    request = m.user_write_request(payload, {"North": "L1"})
+    users = {u.user_id: u for u in request.batch.users}
+    assert users["s1"].locations == ["L1"] and users["s1"].grade_level == "7"
+    assert users["s1"].welcome_email is True
+    assert users["t1"].locations == ["Brand New"] and users["t1"].serial_numbers == ["F9FXK0"]
+    assert [loc.location_id for loc in request.batch.locations] == ["Brand New"]
+    assert request.delete_ids == ["old"]
+    assert set(request.errors) == {3, 5}
+    response = m.write_response(request, [])
+    statuses = [r["status"] for r in response["response"]]
+    assert statuses == ["OK", "OK", "ERROR", "OK", "ERROR"]
+    assert "PARENT" in response["response"][2]["error"]
+
+
+def test_planner_rejections_are_reported_on_their_element(hierarchy):
+    payload = {"accessToken": "t", "elements": [
+        {"id": "c1", "class_name": "Maths", "location": "North", "idteacher": "ghost",
+         "students": "s1,s2"},
+        {"id": "c2", "class_name": "Art", "location": "North"},
+    ]}
+    request = m.class_write_request(payload, {})
+    plan = planning.build_plan(hierarchy, request.batch,
+                               planning.PlanOptions(delete_missing=False),
+                               row_numbers=request.row_numbers)
+    response = m.write_response(request, plan.summary.rejected)
+    assert [r["status"] for r in response["response"]] == ["ERROR", "OK"]
+    assert "ghost" in response["response"][0]["error"]
+    assert plan.summary.counts["class"]["add"] == 1
+    assert plan.summary.counts["location"]["add"] == 1
+
+
+def test_a_refused_write_marks_every_accepted_element():
+    request = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "s1", "name": "A", "type": "S"}, {"id": "s2", "type": "S"}]}, {})
+    response = m.write_response(request, [], failed="the roster is busy")
+    assert [r["error"] for r in response["response"]] == ["the roster is busy", "name is missing"]
+
+
+def test_elements_must_be_a_list():
+    with pytest.raises(m.WireError, match="non-empty list"):
+        m.user_write_request({"accessToken": "t", "elements": {}}, {})
+
+
+def test_openapi_document_is_plain_json_with_the_four_endpoints():
+    document = json.loads(json.dumps(openapi_document("https://orchard.example")))
+    assert document["openapi"] == "3.0.3"
+    assert set(document["paths"]) == {"/v2/listusers", "/v2/users", "/v2/listclasses", "/v2/classes"}
+    # every $ref resolves
+    refs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            refs.extend(v for k, v in node.items() if k == "$ref")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(document)
+    schemas = document["components"]["schemas"]
+    assert refs and all(r.rsplit("/", 1)[-1] in schemas for r in refs)

@@ -1,0 +1,214 @@
+"""Spreadsheet template and reader, including every bad input the import must survive."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import zipfile
+
+import openpyxl
+import pytest
+
+from services.roster.adapters import spreadsheets as s
+from services.roster.domain import planning
+from shared.errors import ValidationError
+
+HEADERS = {sheet: [h for h, _ in cols] for sheet, cols in s.COLUMNS.items()}
+LOCATION = ["north", "North School"]
+TEACHER = ["t1", "Teacher", "Tom", "Tutor", "t1@x.edu", "", "north", "", ""]
+
+
+def student(uid, **kw):
+    row = {"User ID": uid, "Type": "Student", "First Name": "Ann", "Last Name": "Lee",
+           "Email": f"{uid}@x.edu", "Managed Apple ID": "", "Location IDs": "north",
+           "Grade Level": "7", "Device Serial Numbers": ""}
+    row.update(kw)
+    return [row[h] for h in HEADERS["Users"]]
+
+
+def workbook(users=(), classes=(), locations=(LOCATION,), grades=(), drop_sheet=None,
+             headers=None) -> bytes:
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    content = {"Users": users, "Locations": locations, "Grade Levels": grades, "Classes": classes}
+    for sheet, rows in content.items():
+        if sheet == drop_sheet:
+            continue
+        ws = book.create_sheet(sheet)
+        ws.append((headers or {}).get(sheet, HEADERS[sheet]))
+        for row in rows:
+            ws.append(list(row))
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def csv_zip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
+
+
+def minimal_csv_files(users_csv: bytes) -> dict[str, bytes]:
+    return {"users.csv": users_csv, "locations.csv": b"Location ID,Name\nnorth,North\n",
+            "grade_levels.csv": b"Name,Location ID\n", "classes.csv": ",".join(
+                HEADERS["Classes"]).encode() + b"\n"}
+
+
+def reasons(result):
+    return {(r.sheet, r.row): r.reason for r in result.batch.rejected}
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_template_has_all_sheets_headers_and_an_example_that_reads_back(fmt):
+    template = s.spreadsheet_template(fmt)
+    result = s.read_spreadsheet(f"template.{fmt}", template)
+    batch = result.batch
+    assert batch.source == fmt and batch.rejected == []
+    assert [u.user_id for u in batch.users] == ["s-1001"]
+    assert batch.users[0].serial_numbers == ["F9FXK0AAHG7J"]
+    assert batch.classes[0].student_ids == ["s-1001", "s-1002"]
+    assert [loc.location_id for loc in batch.locations] == ["north"]
+    if fmt == "xlsx":
+        book = openpyxl.load_workbook(io.BytesIO(template))
+        assert book.sheetnames == ["Users", "Locations", "Grade Levels", "Classes"]
+        assert [c.value for c in book["Users"][1]] == HEADERS["Users"]
+    else:
+        names = zipfile.ZipFile(io.BytesIO(template)).namelist()
+        assert sorted(names) == ["classes.csv", "grade_levels.csv", "locations.csv", "users.csv"]
+
+
+def test_unknown_template_format():
+    with pytest.raises(ValidationError, match="xlsx or csv"):
+        s.spreadsheet_template("ods")
+
+
+def test_a_good_workbook_reads_into_records():
+    data = workbook(users=[TEACHER, student("s1"), student("s2")],
+                    classes=[["c1", "Maths", "Maths", "north", "B1", "t1", "s1, s2"]],
+                    grades=[["7", "north"]])
+    batch = s.read_spreadsheet("roster.xlsx", data).batch
+    assert batch.rejected == []
+    assert [(u.user_id, u.user_type) for u in batch.users] == [
+        ("t1", "teacher"), ("s1", "student"), ("s2", "student")]
+    assert batch.classes[0].teacher_ids == ["t1"]
+    assert batch.grade_levels[0].name == "7"
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"%PDF-1.7 something", "not a spreadsheet"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 100, "Excel 97-2003"),
+    (b"User ID,Type\ns1,Student\n", "single text/CSV file"),
+    (b"PK\x03\x04garbage", "damaged"),
+])
+def test_wrong_file_type_is_detected_by_content(content, match):
+    with pytest.raises(ValidationError, match=match):
+        s.read_spreadsheet("roster.xlsx", content)
+
+
+def test_a_zip_that_is_neither_xlsx_nor_csv_template():
+    with pytest.raises(ValidationError, match="neither an XLSX"):
+        s.read_spreadsheet("roster.xlsx", csv_zip({"photo.jpg": b"x"}))
+
+
+def test_missing_sheet_is_named():
+    with pytest.raises(ValidationError, match="no sheet 'Grade Levels'.*do not delete"):
+        s.read_spreadsheet("roster.xlsx", workbook(drop_sheet="Grade Levels"))
+
+
+def test_missing_header_is_named():
+    headers = {"Users": [h for h in HEADERS["Users"] if h != "Email"]}
+    with pytest.raises(ValidationError, match="sheet 'Users' is missing the header 'Email'"):
+        s.read_spreadsheet("roster.xlsx", workbook(headers=headers))
+
+
+def test_missing_csv_file_is_named():
+    files = minimal_csv_files(b"User ID\n")
+    del files["classes.csv"]
+    with pytest.raises(ValidationError, match="no file 'classes.csv'"):
+        s.read_spreadsheet("roster.zip", csv_zip(files))
+
+
+def test_csv_with_bom_and_semicolons():
+    users = ("\ufeff" + ";".join(HEADERS["Users"]) + "\n"
+             "s1;Student;Zoë;Lee;s1@x.edu;;north;7;\n").encode()
+    batch = s.read_spreadsheet("roster.zip", csv_zip(minimal_csv_files(users))).batch
+    assert batch.rejected == []
+    assert batch.users[0].user_id == "s1" and batch.users[0].first_name == "Zoë"
+
+
+def test_csv_that_is_not_utf8():
+    users = (",".join(HEADERS["Users"]) + "\ns1,Student,Zo\xeb,Lee,,,north,,\n").encode("latin-1")
+    with pytest.raises(ValidationError, match="not UTF-8"):
+        s.read_spreadsheet("roster.zip", csv_zip(minimal_csv_files(users)))
+
+
+def test_trailing_empty_rows_are_ignored():
+    users = (",".join(HEADERS["Users"]) + "\ns1,Student,A,B,,,north,,\n,,,,,,,,\n\n;;\n").encode()
+    csv_batch = s.read_spreadsheet("roster.zip", csv_zip(minimal_csv_files(users))).batch
+    xlsx_batch = s.read_spreadsheet("roster.xlsx", workbook(
+        users=[student("s1"), [None] * 9, ["", "", ""]])).batch
+    for batch in (xlsx_batch,):
+        assert batch.rejected == [] and len(batch.users) == 1
+    # ";;" in a comma-separated file is a row with text, so it is rejected, not ignored
+    assert len(csv_batch.users) == 1 and [r.row for r in csv_batch.rejected] == [5]
+
+
+def test_formulas_are_rejected_per_row():
+    data = workbook(users=[student("s1"), student("s2", **{"Last Name": "=UPPER(C3)"}),
+                           student("s3")])
+    result = s.read_spreadsheet("roster.xlsx", data)
+    assert [u.user_id for u in result.batch.users] == ["s1", "s3"]
+    assert "formula" in reasons(result)[("Users", 3)]
+
+
+def test_dates_and_numbers_in_cells():
+    data = workbook(users=[student("s1", **{"Grade Level": dt.datetime(2024, 7, 1)}),
+                           student(12345), student("s3", **{"Grade Level": 7.5})])
+    result = s.read_spreadsheet("roster.xlsx", data)
+    assert "date" in reasons(result)[("Users", 2)]
+    assert "7.5" in reasons(result)[("Users", 4)]
+    assert [u.user_id for u in result.batch.users] == ["12345"]  # an ID stored as a number
+
+
+def test_duplicate_user_ids_in_a_file():
+    result = s.read_spreadsheet("roster.xlsx", workbook(users=[student("s1"), student("s1")]))
+    assert len(result.batch.users) == 1
+    assert reasons(result) == {("Users", 3): "user ID 's1' already appears in row 2"}
+
+
+def test_wrong_user_type():
+    result = s.read_spreadsheet("roster.xlsx", workbook(users=[student("s1", Type="Parent")]))
+    assert "type 'Parent' is not one of Student, Teacher, Staff" in reasons(result)[("Users", 2)]
+
+
+def test_unknown_teacher_and_over_long_name_are_rejected_with_their_rows(hierarchy):
+    data = workbook(users=[TEACHER, student("s1", **{"First Name": "A" * 300}), student("s2")],
+                    classes=[["c1", "Maths", "", "north", "", "t1", "s2"],
+                             ["c2", "Art", "", "north", "", "ghost", "s2"]])
+    result = s.read_spreadsheet("roster.xlsx", data)
+    plan = planning.build_plan(hierarchy, result.batch, row_numbers=result.row_numbers)
+    rejected = {(r.sheet, r.row): r.reason for r in plan.summary.rejected}
+    assert "300 characters" in rejected[("Users", 3)]
+    assert "ghost" in rejected[("Classes", 3)]
+    assert plan.summary.counts["user"]["add"] == 2 and plan.summary.counts["class"]["add"] == 1
+
+
+def test_zip_bomb_is_refused_before_reading():
+    bomb = csv_zip({"users.csv": b"0" * (30 * 1024 * 1024), "xl/workbook.xml": b""})
+    with pytest.raises(ValidationError, match="zip bomb"):
+        s.read_spreadsheet("roster.xlsx", bomb)
+
+
+def test_declared_total_size_is_checked(monkeypatch):
+    monkeypatch.setattr(s, "MAX_UNCOMPRESSED_BYTES", 1000)
+    with pytest.raises(ValidationError, match="would expand"):
+        s.read_spreadsheet("roster.xlsx", workbook())
+
+
+def test_progress_is_reported():
+    seen = []
+    s.read_spreadsheet("roster.xlsx", workbook(users=[student(f"s{i}") for i in range(12000)]),
+                       progress=seen.append)
+    assert seen[:2] == [5000, 10000]
