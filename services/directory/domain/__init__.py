@@ -1,0 +1,1 @@
+"""The directory service's rules: profiles, mapping directory entries to roster records, sign-in."""

@@ -1,0 +1,81 @@
+"""Checking a user's password against the directory, with failed attempts rate limited."""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from services.directory.domain.ports import PasswordDirectory
+from services.directory.domain.profile import LdapProfile
+from shared.errors import PermissionDenied, ValidationError
+
+
+@dataclass(frozen=True)
+class AuthenticationResult:
+    authenticated: bool
+    user_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"authenticated": self.authenticated, "user_id": self.user_id}
+
+
+class FailedSignInLimiter:
+    """At most ``max_failures`` failed sign-ins per username within ``window`` seconds.
+
+    Counted per username whether or not it exists, so the limit reveals nothing.
+    """
+
+    def __init__(self, clock: Callable[[], float], max_failures: int = 5, window: float = 900.0):
+        self._clock = clock
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def check(self, username: str) -> None:
+        failures = self._recent(_key(username))
+        if len(failures) >= self.max_failures:
+            wait = math.ceil((failures[0] + self.window - self._clock()) / 60)
+            raise PermissionDenied(f"too many failed sign-ins for this username; try again in {wait} minute(s)")
+
+    def record_failure(self, username: str) -> None:
+        key = _key(username)
+        self._recent(key).append(self._clock())
+        if len(self._failures) > 10_000:  # forget usernames whose failures have all expired
+            for stale in [k for k, v in self._failures.items() if not self._recent(k)]:
+                del self._failures[stale]
+
+    def reset(self, username: str) -> None:
+        self._failures.pop(_key(username), None)
+
+    def _recent(self, key: str) -> deque[float]:
+        failures = self._failures.setdefault(key, deque())
+        horizon = self._clock() - self.window
+        while failures and failures[0] <= horizon:
+            failures.popleft()
+        return failures
+
+
+def _key(username: str) -> str:
+    return username.strip().casefold()
+
+
+def authenticate(directory: PasswordDirectory, profile: LdapProfile, limiter: FailedSignInLimiter,
+                 username: str, password: str) -> AuthenticationResult:
+    """Find the user by the login attribute with the service account, then bind as them.
+
+    An empty password is refused before any bind: LDAP treats a simple bind with a
+    DN and no password as an unauthenticated bind, which "succeeds".
+    """
+    if not isinstance(username, str) or not username.strip():
+        raise ValidationError("a username is required")
+    if not isinstance(password, str) or not password:
+        raise ValidationError("a password is required")
+    limiter.check(username)
+    found = directory.find_user(profile.sync.users.filter, profile.authentication.login_attribute,
+                                username.strip(), profile.sync.users.user_id)
+    if found is not None and directory.password_matches(found.dn, password):
+        limiter.reset(username)
+        return AuthenticationResult(True, found.user_id)
+    limiter.record_failure(username)
+    return AuthenticationResult(False)

@@ -1,0 +1,200 @@
+"""The LDAP adapter against a real slapd shaped like Active Directory (LDAPS and StartTLS)."""
+from __future__ import annotations
+
+import ssl
+import time
+
+import pytest
+import trustme
+from ldap3 import SIMPLE, Connection, Server, Tls
+from ldap3.core.exceptions import LDAPConfidentialityRequiredResult
+
+from services.directory.adapters.ldap_directory import LdapDirectory
+from services.directory.domain.authentication import FailedSignInLimiter, authenticate
+from services.directory.domain.connection_test import run_connection_test
+from services.directory.domain.profile import parse_profile
+from services.directory.domain.sync import read_import_batch
+from shared.errors import UpstreamError, ValidationError
+from tests.slapd import CERTIFICATE_DAYS, LIMITED_DN
+
+SECURITY = ["ldaps", "starttls"]
+
+
+def directory_for(data):
+    return LdapDirectory(parse_profile(data).connection)
+
+
+def test_the_server_refuses_binds_without_tls(slapd):
+    plain = Connection(Server("127.0.0.1", port=slapd.plain_port), user=slapd.service_dn,
+                       password=slapd.service_password, authentication=SIMPLE, raise_exceptions=True)
+    with pytest.raises(LDAPConfidentialityRequiredResult):
+        plain.bind()
+    plain.unbind()
+
+
+def test_a_plain_ldap_profile_is_refused(profile_data):
+    with pytest.raises(ValidationError, match="only secure connections are supported"):
+        parse_profile(profile_data(security="ldap"))
+
+
+@pytest.mark.parametrize("security", SECURITY)
+def test_a_server_certificate_from_another_ca_is_refused(profile_data, security):
+    other_ca = trustme.CA().cert_pem.bytes().decode()
+    directory = directory_for(profile_data(security, ca_pem=other_ca))
+    with pytest.raises(UpstreamError, match="TLS with .* failed .certificate verify failed.* signed by the configured CA"):
+        with directory.bound():
+            pass
+
+
+@pytest.mark.parametrize("security", SECURITY)
+def test_the_certificate_must_name_the_host(profile_data, security):
+    with pytest.raises(UpstreamError, match="TLS with 127.0.0.1.* failed .the server's certificate does not name 127"):
+        with directory_for(profile_data(security, host="127.0.0.1")).bound():
+            pass
+
+
+def test_the_system_store_does_not_trust_a_private_ca(profile_data):
+    with pytest.raises(UpstreamError, match="system's certificate store"):
+        with directory_for(profile_data(ca_pem=None)).bound():
+            pass
+
+
+@pytest.mark.parametrize("security", SECURITY)
+def test_a_wrong_bind_password_is_reported(profile_data, security):
+    with pytest.raises(UpstreamError, match="refused the bind as CN=orchard-sync") as raised:
+        with directory_for(profile_data(security, bind_password="not-it")).bound():
+            pass
+    assert "not-it" not in str(raised.value)
+
+
+def test_paged_search_reads_past_the_server_size_limit(slapd, profile_data):
+    user_filter = "(&(objectCategory=person)(objectClass=user))"
+    raw = Connection(Server("localhost", port=slapd.ldaps_port, use_ssl=True,
+                            tls=Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=slapd.ca_pem)),
+                     user=slapd.service_dn, password=slapd.service_password, auto_bind=True, raise_exceptions=True)
+    raw.search(slapd.base_dn, user_filter, attributes=["cn"])  # the server stops an unpaged search at 1,000
+    assert (raw.result["description"], len(raw.response)) == ("sizeLimitExceeded", 1000)
+    raw.unbind()
+    with directory_for(profile_data()).bound() as directory:
+        names = [e.first("sAMAccountName") for e in directory.search(user_filter, ["sAMAccountName"])]
+    assert len(names) == len(slapd.tree.people) > 1000
+    assert set(names) == {p.sam for p in slapd.tree.people}
+
+
+@pytest.mark.parametrize("security", SECURITY)
+def test_sync_maps_the_directory_with_active_directory_defaults(slapd, profile_data, security):
+    profile = parse_profile(profile_data(security))
+    with LdapDirectory(profile.connection).bound() as directory:
+        batch = read_import_batch(directory, profile)
+    tree = slapd.tree
+    assert batch.rejected == []
+    assert len(batch.users) == len(tree.people)
+    users = {u.user_id: u for u in batch.users}
+    for person in (tree.person("s00001"), tree.person("s00007"), tree.person("t00001"), tree.person("f00003")):
+        user = users[person.sam]
+        assert user.user_type == person.kind
+        assert user.name == (person.display_name or f"{person.given_name} {person.surname}")
+        assert user.email == f"{person.sam}@orchard.test"
+        assert user.locations == [person.school]
+        assert user.grade_level == (f"Grade {person.grade}" if person.grade else None)
+    assert {(g.name, g.location_id) for g in batch.grade_levels} == {
+        (f"Grade {g}", s) for g in ("9", "10", "11", "12") for s in tree.shape.schools}
+    classes = {c.class_id: c for c in batch.classes}
+    assert len(classes) == len(tree.classes)
+    for group in tree.classes[:3]:
+        record = classes[group.cn]
+        assert (record.name, record.location_id) == (group.description, group.school)
+        assert record.teacher_ids == [group.teacher.sam]
+        assert record.student_ids == [s.sam for s in group.students]
+    assert sorted(loc.location_id for loc in batch.locations) == sorted(tree.shape.schools)
+
+
+def test_sync_with_openldap_style_mapping(slapd, profile_data):
+    profile = parse_profile(profile_data(sync={
+        "users": {"filter": "(&(objectClass=inetOrgPerson)(employeeType=student))", "user_id": "uid",
+                  "display_name": "cn", "grade_level": "departmentNumber", "default_user_type": "student"}}))
+    with LdapDirectory(profile.connection).bound() as directory:
+        batch = read_import_batch(directory, profile)
+    students = slapd.tree.of_kind("student")
+    assert len(batch.users) == len(students)
+    first = batch.users[0]
+    assert (first.user_id, first.name, first.grade_level, first.user_type) == (
+        students[0].sam, students[0].sam, students[0].grade, "student")
+
+
+def test_a_search_the_server_stops_early_is_an_error_not_a_partial_read(profile_data):
+    profile = parse_profile(profile_data(bind_dn=LIMITED_DN))
+    with LdapDirectory(profile.connection).bound() as directory:
+        with pytest.raises(UpstreamError, match="stopped the search .* early .sizeLimitExceeded"):
+            read_import_batch(directory, profile)
+
+
+def test_a_filter_matching_nothing_is_an_error(profile_data):
+    profile = parse_profile(profile_data(sync={"users": {"filter": "(sAMAccountName=nobody-here)"}}))
+    with LdapDirectory(profile.connection).bound() as directory:
+        with pytest.raises(UpstreamError, match="matched nothing"):
+            read_import_batch(directory, profile)
+
+
+@pytest.mark.parametrize("security", SECURITY)
+def test_connection_test_reports_every_step(slapd, profile_data, security):
+    profile = parse_profile(profile_data(security))
+    steps = run_connection_test(LdapDirectory(profile.connection), profile, time.monotonic,
+                                test_user=("t00001", "correct horse battery"))
+    by_step = {s.step: s for s in steps}
+    assert [s.step for s in steps] == ["connect", "tls", "bind", "search grade levels", "search users",
+                                       "search classes", "authenticate"]
+    assert all(s.ok for s in steps), [s.to_dict() for s in steps if not s.ok]
+    assert "CN=localhost" in by_step["tls"].data["subject"]
+    assert by_step["tls"].data["days_left"] in (CERTIFICATE_DAYS - 1, CERTIFICATE_DAYS)
+    users = by_step["search users"].data
+    assert users["count"] == len(slapd.tree.people)
+    assert len(users["samples"]) == 3 and users["samples"][0]["user_id"] == "s00001"
+    assert by_step["authenticate"].data["user_id"] == "t00001"
+
+
+def test_connection_test_stops_at_the_failing_step(profile_data, slapd):
+    profile = parse_profile(profile_data(bind_password="wrong"))
+    steps = run_connection_test(LdapDirectory(profile.connection), profile, time.monotonic)
+    assert [(s.step, s.ok) for s in steps] == [("connect", True), ("tls", True), ("bind", False)]
+    closed = parse_profile(profile_data(port=1))
+    (connect,) = run_connection_test(LdapDirectory(closed.connection), closed, time.monotonic)
+    assert not connect.ok and "cannot connect to localhost:1" in connect.detail
+
+
+@pytest.fixture
+def sign_in(profile_data):
+    profile = parse_profile(profile_data("starttls"))
+    limiter = FailedSignInLimiter(time.monotonic)
+
+    def attempt(username, password, login_attribute="sAMAccountName"):
+        p = parse_profile(profile_data("starttls", authentication={"enabled": True, "login_attribute": login_attribute}))
+        with LdapDirectory(profile.connection).bound() as directory:
+            return authenticate(directory, p, limiter, username, password)
+    return attempt
+
+
+def test_authentication_succeeds_with_the_right_password(sign_in):
+    result = sign_in("t00001", "correct horse battery")
+    assert (result.authenticated, result.user_id) == (True, "t00001")
+    result = sign_in("t00001@orchard.test", "correct horse battery", login_attribute="userPrincipalName")
+    assert (result.authenticated, result.user_id) == (True, "t00001")
+
+
+def test_a_wrong_password_and_an_unknown_user_look_the_same(sign_in):
+    wrong = sign_in("t00001", "incorrect")
+    unknown = sign_in("no-such-user", "incorrect")
+    assert wrong.to_dict() == unknown.to_dict() == {"authenticated": False, "user_id": None}
+
+
+def test_an_empty_password_is_refused(sign_in, profile_data, slapd):
+    with pytest.raises(ValidationError, match="a password is required"):
+        sign_in("t00001", "")
+    directory = directory_for(profile_data())
+    assert directory.password_matches(slapd.tree.person("t00001").dn, "") is False
+
+
+def test_filter_characters_in_usernames_are_escaped(sign_in):
+    assert sign_in("lee*)(x", "parenthesised pass").to_dict() == {"authenticated": True, "user_id": "lee*)(x"}
+    for username in ("*", "t0000*", "*)(sAMAccountName=t00001", "t00001)(|(objectClass=*"):
+        assert sign_in(username, "correct horse battery").authenticated is False

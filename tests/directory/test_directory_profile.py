@@ -1,0 +1,89 @@
+"""Profile validation: secure connections only, secrets never shown, AD defaults."""
+from __future__ import annotations
+
+import pytest
+import trustme
+
+from services.directory.domain.profile import AD_USER_FILTER, apply_changes, parse_profile, profile_view
+from shared.errors import ValidationError
+
+CA_PEM = trustme.CA().cert_pem.bytes().decode()
+
+
+def request(**overrides):
+    data = {"name": "District AD", "host": "dc1.school.example", "security": "ldaps", "ca_pem": CA_PEM,
+            "bind_dn": "CN=orchard,OU=Service,DC=school,DC=example", "bind_password": "s3cret!",
+            "base_dn": "DC=school,DC=example"}
+    data.update(overrides)
+    return data
+
+
+def test_defaults_fit_active_directory():
+    profile = parse_profile(request())
+    assert profile.connection.port == 636
+    assert parse_profile(request(security="starttls")).connection.port == 389
+    users = profile.sync.users
+    assert (users.filter, users.user_id, users.email, users.display_name, users.first_name, users.last_name) == (
+        AD_USER_FILTER, "sAMAccountName", "mail", "displayName", "givenName", "sn")
+    assert profile.authentication.login_attribute == "sAMAccountName"
+    assert profile.sync.grade_levels.filter is None and profile.sync.classes.filter is None
+
+
+@pytest.mark.parametrize("security", ["ldap", "plain", "none", "LDAP"])
+def test_plain_ldap_is_refused(security):
+    with pytest.raises(ValidationError, match="only secure connections are supported"):
+        parse_profile(request(security=security, port=389))
+
+
+def test_system_store_when_no_ca_is_given():
+    assert parse_profile(request(ca_pem=None)).connection.ca_pem is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"host": "ldaps://dc1.school.example"}, "host name"),
+    ({"port": 70000}, "port"),
+    ({"port": "636"}, "port"),
+    ({"ca_pem": "not a certificate"}, "not a PEM certificate"),
+    ({"bind_dn": "orchard"}, "distinguished name"),
+    ({"bind_password": ""}, "bind_password is required"),
+    ({"base_dn": ""}, "base_dn"),
+    ({"connect_timeout": 0}, "connect_timeout"),
+    ({"operation_timeout": 10_000}, "operation_timeout"),
+    ({"sync": {"users": {"filter": "(&(objectClass=user)"}}}, "not an LDAP filter"),
+    ({"sync": {"users": {"user_id": "sAM AccountName"}}}, "attribute name"),
+    ({"sync": {"users": {"user_types": [{"user_type": "pupil", "ou": "OU=X,DC=y"}]}}}, "user_type"),
+    ({"sync": {"users": {"user_types": [{"user_type": "student"}]}}}, "exactly one of"),
+    ({"sync": {"daily_sync_time": "25:00"}}, "HH:MM"),
+    ({"sync": {"only_add_new": "yes"}}, "true or false"),
+])
+def test_bad_requests_say_what_is_wrong(overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        parse_profile(request(**overrides))
+
+
+def test_the_password_is_never_shown():
+    profile = parse_profile(request())
+    assert "s3cret!" not in repr(profile)
+    assert "s3cret!" not in str(profile_view(profile))
+    assert "bind_password" not in profile_view(profile)
+    assert profile.connection.bind_password.reveal() == "s3cret!"
+
+
+def test_changes_keep_the_password_and_revalidate():
+    profile = parse_profile(request())
+    changed = apply_changes(profile, {"port": 3269, "sync": {"users": {"user_id": "uid"}, "welcome_email": True}})
+    assert changed.connection.port == 3269
+    assert changed.connection.bind_password.reveal() == "s3cret!"
+    assert changed.sync.users.user_id == "uid" and changed.sync.users.email == "mail"
+    assert changed.sync.welcome_email is True
+    assert apply_changes(profile, {"bind_password": "new"}).connection.bind_password.reveal() == "new"
+    with pytest.raises(ValidationError, match="only secure connections"):
+        apply_changes(profile, {"security": "ldap"})
+
+
+def test_a_view_parses_back_to_the_same_profile():
+    profile = parse_profile(request(sync={"users": {"user_types": [{"user_type": "staff", "ou": "OU=Staff,DC=x"}],
+                                                    "grade_level": "departmentNumber", "email": None},
+                                          "daily_sync_time": "02:30"}))
+    again = parse_profile({**profile_view(profile), "bind_password": "s3cret!"})
+    assert again == profile
