@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 for _error in errors.ALL_ERRORS:  # callers get our error types back, not RemoteError
     nameko_exceptions.registry[nameko_exceptions.get_module_path(_error)] = _error
 
-RETRY_DELAYS_SECONDS = (1, 5, 30, 120)
+#: seconds before each new attempt of a failed event; then it is dead-lettered (``EVENT_RETRY_DELAYS``)
+DEFAULT_RETRY_DELAYS = (1, 5, 30, 120)
 HTTP_STATUS = {
     errors.ValidationError: 400, errors.PermissionDenied: 403, errors.NotFound: 404,
     errors.Conflict: 409, errors.UpstreamError: 502,
@@ -127,16 +128,18 @@ class OrchardEventHandler(EventHandler):
         headers["x-orchard-error"] = f"{type(exc).__name__}: {exc}"[:500]
         poison = isinstance(exc, errors.ValidationError)  # the payload itself is wrong: retrying cannot help
         service = self.container.service_name
-        if poison or attempts > len(RETRY_DELAYS_SECONDS):
+        delays = self.container.config.get("EVENT_RETRY_DELAYS") or DEFAULT_RETRY_DELAYS
+        if poison or attempts > len(delays):
             headers["x-orchard-failed-at"] = utc_now().isoformat()
             target = Queue(dead_letter_queue_name(queue), durable=True, auto_delete=False)
             metrics.DEAD_LETTERS.labels(service, self.method_name).inc()
             log.error("event %s dead-lettered to %s after %d attempt(s): %s", self.event_type, target.name,
                       attempts, headers["x-orchard-error"])
         else:
-            delay = RETRY_DELAYS_SECONDS[attempts - 1]
-            target = Queue(f"{queue}.retry-{delay}s", durable=True, auto_delete=False, queue_arguments={
-                "x-message-ttl": delay * 1000, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
+            delay_ms = int(float(delays[attempts - 1]) * 1000)
+            # one queue per delay: messages expire in order, then RabbitMQ routes them back to the handler's queue
+            target = Queue(f"{queue}.retry-{delay_ms}ms", durable=True, auto_delete=False, queue_arguments={
+                "x-message-ttl": delay_ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
             })
             metrics.EVENTS_RETRIED.labels(service, self.method_name).inc()
         self.rerouter.publish(message.payload, exchange="", routing_key=target.name, headers=headers,
@@ -172,7 +175,7 @@ class Periodic(Timer):
 
     The replica that takes the lease keeps it while it runs the job (it renews
     at every tick); if it dies, another takes over once the lease expires, after
-    two intervals. Keep intervals short (a minute or so) and let the job pick
+    two intervals and ten seconds. Keep intervals short (a minute or so) and let the job pick
     the work that is due, so failover is quick.
     """
 
@@ -202,7 +205,8 @@ class Periodic(Timer):
 
     def tick(self) -> None:
         database = self._database()
-        hold = timedelta(seconds=2 * self.interval)
+        # two intervals plus slack for a slow tick: only a replica that stopped ticking loses the lease
+        hold = timedelta(seconds=2 * self.interval + 10)
         if not leases.acquire(database.engine, database.kernel.leases, self.lease_name, self.holder, hold):
             metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "skipped").inc()
             return

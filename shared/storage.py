@@ -92,6 +92,9 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
     inside SQLite that would freeze every greenthread).
     """
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy 2.1 would pick psycopg 3, whose C build blocks the event loop
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +112,7 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30)
+    return sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30)
 
 
 class KernelTables:

@@ -18,7 +18,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from shared.auth import Actor
 
 SERVICE_NAMES = ("push", "enrollment", "vpp", "roster", "directory")
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 ADMIN = Actor(id="admin@school.example", role="administrator")
 
 

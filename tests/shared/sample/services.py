@@ -1,0 +1,91 @@
+"""Two tiny services that exercise the kernel the way the real ones use it."""
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from nameko.extensions import DependencyProvider
+
+from shared.contracts.base import Event
+from shared.entrypoints import event_handler, http, periodic, rpc
+from shared.errors import NotFound, ValidationError
+from shared.service import OrchardService
+from shared.storage import Database, add_kernel_tables, utc_now
+
+metadata = sa.MetaData()
+add_kernel_tables(metadata)
+notes = sa.Table(
+    "notes", metadata,
+    sa.Column("note_id", sa.String(50), primary_key=True),
+    sa.Column("text", sa.String(200), nullable=False),
+    sa.Column("holder", sa.String(200), nullable=True),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoteTaken(Event):
+    SOURCE = "notes"
+    note_id: str
+    text: str
+
+
+class NotesService(OrchardService):
+    name = "notes"
+    db = Database(metadata, migrations="tests.shared.sample.migrations")
+
+    @rpc
+    def take_note(self, note_id: str, text: str, then_fail: bool = False) -> dict:
+        actor = self.auth.require("notes:write")
+        self.db.session.execute(notes.insert().values(note_id=note_id, text=text))
+        self.db.publish(NoteTaken(note_id=note_id, text=text))
+        self.db.audit(actor, "note.taken", f"note:{note_id}", {"length": len(text)})
+        if then_fail:
+            raise ValidationError("the note was refused after it was written")
+        return {"note_id": note_id}
+
+    @rpc
+    def count(self) -> int:
+        return self.db.session.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one()
+
+    @rpc
+    def sleep_in_database(self, seconds: float) -> None:
+        self.db.session.execute(sa.text("SELECT pg_sleep(:s)"), {"s": seconds})
+
+    @rpc
+    def explode(self) -> None:
+        raise KeyError("a secret-looking detail that must not reach the caller")
+
+    @http("GET", "/notes/<note_id>")
+    def get_note(self, request, note_id: str) -> str:
+        row = self.db.session.execute(sa.select(notes).where(notes.c.note_id == note_id)).first()
+        if row is None:
+            raise NotFound(f"no note {note_id}")
+        return row.text
+
+
+class ListenerService(OrchardService):
+    name = "listener"
+    db = Database(metadata, migrations="tests.shared.sample.migrations")
+
+    @event_handler(NoteTaken)
+    def on_note_taken(self, event: NoteTaken) -> None:
+        if event.text == "boom":
+            raise RuntimeError("this handler cannot cope with boom")
+        self.db.session.execute(notes.insert().values(note_id=event.note_id, text=event.text))
+
+    @rpc
+    def seen(self) -> list:
+        return [row.note_id for row in self.db.session.execute(sa.select(notes).order_by(notes.c.note_id))]
+
+
+class ReplicaId(DependencyProvider):
+    def get_dependency(self, worker_ctx) -> str:
+        return f"{id(self.container):x}"
+
+
+class TickerService(OrchardService):
+    name = "ticker"
+    db = Database(metadata, migrations="tests.shared.sample.migrations")
+    replica = ReplicaId()
+
+    @periodic(interval=0.1, jitter=0.2, eager=True)
+    def tick(self) -> None:
+        self.db.session.execute(notes.insert().values(note_id=utc_now().isoformat(), text="tick", holder=self.replica))

@@ -1,0 +1,176 @@
+"""The kernel at work on the real broker and databases: transactions, outbox, inbox,
+retries and dead letters, leases, typed errors over RPC and HTTP, metrics."""
+import json
+import time
+
+import eventlet
+import httpx
+import pytest
+import sqlalchemy as sa
+from kombu import Connection
+from nameko.amqp.publish import Publisher
+from nameko.events import get_event_exchange
+
+from shared.errors import InternalError, ValidationError
+from shared.storage import create_engine_for
+from tests.conftest import postgres_database
+from tests.shared.sample.services import ListenerService, NoteTaken, NotesService, TickerService, notes
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def orchard_config(orchard_config, tmp_path):
+    """The sample services get their own databases and ports, like the real five."""
+    from tests.conftest import free_port
+
+    for name in ("notes", "listener", "ticker"):
+        orchard_config["SERVICES"][name] = {
+            "database_url": f"sqlite:///{tmp_path}/{name}.db", "metrics_port": free_port(),
+            "http_address": f"127.0.0.1:{free_port()}",
+        }
+    return orchard_config
+
+
+def test_a_committed_change_is_published_and_handled_once(runner_factory, orchard_config, rpc_as):
+    runner = runner_factory(orchard_config, NotesService, ListenerService)
+    runner.start()
+    with rpc_as() as rpc:
+        rpc.notes.take_note("n1", "hello")
+        assert wait_for(lambda: rpc.listener.seen(), what="the listener to see n1") == ["n1"]
+        audit = rpc.notes.audit_log(target="note:n1")
+        assert audit[0]["action"] == "note.taken" and audit[0]["actor_id"] == "admin@school.example"
+
+        # a redelivery of the same event (same id) changes nothing
+        duplicate = NoteTaken(note_id="n2", text="twice")
+        publish_raw(orchard_config, "notes", "NoteTaken", duplicate.to_payload())
+        publish_raw(orchard_config, "notes", "NoteTaken", duplicate.to_payload())
+        wait_for(lambda: "n2" in rpc.listener.seen(), what="n2")
+        eventlet.sleep(0.5)
+        assert rpc.listener.seen() == ["n1", "n2"]
+
+
+def test_a_rolled_back_change_publishes_nothing(runner_factory, orchard_config, rpc_as):
+    runner = runner_factory(orchard_config, NotesService, ListenerService)
+    runner.start()
+    with rpc_as() as rpc:
+        with pytest.raises(ValidationError, match="refused after it was written"):
+            rpc.notes.take_note("gone", "never", then_fail=True)
+        rpc.notes.take_note("kept", "after")
+        wait_for(lambda: rpc.listener.seen() == ["kept"], what="only the committed note")
+        assert rpc.notes.count() == 1
+
+
+def test_failing_and_malformed_events_are_dead_lettered_and_the_rest_flows(runner_factory, orchard_config, rpc_as):
+    orchard_config["EVENT_RETRY_DELAYS"] = [0.1, 0.2]
+    runner = runner_factory(orchard_config, NotesService, ListenerService)
+    runner.start()
+    queue = "evt-notes-NoteTaken--listener.on_note_taken"
+    with rpc_as() as rpc:
+        rpc.notes.take_note("bad", "boom")
+        publish_raw(orchard_config, "notes", "NoteTaken", {"text": "no id at all"})
+        rpc.notes.take_note("good", "fine")
+        wait_for(lambda: "good" in rpc.listener.seen(), what="the good note")
+        parked = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(peek(orchard_config, queue + ".dead-letters")),
+                          what="two dead letters")
+    by_error = {m["headers"]["x-orchard-error"].split(":")[0]: m for m in parked}
+    assert by_error["RuntimeError"]["headers"]["x-orchard-attempts"] == 3  # first try + two retries
+    assert by_error["RuntimeError"]["payload"]["note_id"] == "bad"
+    assert by_error["ValidationError"]["headers"]["x-orchard-attempts"] == 1  # malformed: parked at once
+    metrics = httpx.get(f"http://127.0.0.1:{orchard_config['SERVICES']['listener']['metrics_port']}/metrics").text
+    assert 'orchard_dead_letters_total{handler="on_note_taken",service="listener"} 2.0' in metrics
+
+
+def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runner_factory, orchard_config, rpc_as):
+    runner = runner_factory(orchard_config, NotesService)
+    runner.start()
+    with rpc_as() as rpc:
+        with pytest.raises(InternalError) as raised:
+            rpc.notes.explode()
+    assert "secret-looking" not in str(raised.value) and "reference" in str(raised.value)
+
+
+def test_http_entrypoints_map_typed_errors_to_json(runner_factory, orchard_config, rpc_as):
+    runner = runner_factory(orchard_config, NotesService)
+    runner.start()
+    with rpc_as() as rpc:
+        rpc.notes.take_note("h1", "over http")
+    base = f"http://{orchard_config['SERVICES']['notes']['http_address']}"
+    assert httpx.get(f"{base}/notes/h1").text == "over http"
+    missing = httpx.get(f"{base}/notes/nope")
+    assert missing.status_code == 404 and missing.json() == {"error": "NotFound", "message": "no note nope"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_storage_commits_on_sqlite_and_postgresql(backend, runner_factory, orchard_config, rpc_as, tmp_path):
+    with (postgres_database() if backend == "postgresql" else _sqlite(tmp_path)) as url:
+        orchard_config["SERVICES"]["notes"]["database_url"] = url
+        runner = runner_factory(orchard_config, NotesService)
+        runner.start()
+        with rpc_as() as rpc:
+            rpc.notes.take_note("p1", "persisted")
+            with pytest.raises(ValidationError):
+                rpc.notes.take_note("p2", "rolled back", then_fail=True)
+        runner.stop()
+        engine = create_engine_for(url)
+        with engine.connect() as connection:
+            assert [r.note_id for r in connection.execute(sa.select(notes))] == ["p1"]
+        engine.dispose()
+
+
+def test_postgresql_queries_do_not_block_other_workers(runner_factory, orchard_config, rpc_as):
+    with postgres_database() as url:
+        orchard_config["SERVICES"]["notes"]["database_url"] = url
+        runner = runner_factory(orchard_config, NotesService)
+        runner.start()
+        with rpc_as() as rpc:
+            started = time.monotonic()
+            replies = [rpc.notes.sleep_in_database.call_async(1.0) for _ in range(2)]
+            for reply in replies:
+                reply.result()
+            elapsed = time.monotonic() - started
+        runner.stop()
+    assert elapsed < 1.8, f"two concurrent 1 s queries took {elapsed:.2f} s: the driver blocks the event loop"
+
+
+def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_config, tmp_path):
+    runner = runner_factory(orchard_config, TickerService)
+    runner.start()
+    other = runner_factory(orchard_config, TickerService)  # a second replica on the same database
+    other.start()
+    eventlet.sleep(1.5)
+    runner.stop()
+    other.stop()
+    engine = create_engine_for(f"sqlite:///{tmp_path}/ticker.db")
+    with engine.connect() as connection:
+        holders = [row.holder for row in connection.execute(sa.select(notes.c.holder))]
+    assert len(holders) >= 5 and len(set(holders)) == 1
+
+
+def _sqlite(tmp_path):
+    from contextlib import nullcontext
+    return nullcontext(f"sqlite:///{tmp_path}/storage.db")
+
+
+def publish_raw(config, source, event_type, payload):
+    Publisher(config["AMQP_URI"], use_confirms=True).publish(
+        payload, exchange=get_event_exchange(source, config), routing_key=event_type)
+
+
+def peek(config, queue_name):
+    """Read a queue's messages and put them back."""
+    messages = []
+    with Connection(config["AMQP_URI"]) as connection:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue_name, passive=True)
+        except Exception:
+            return []
+        held = []
+        while (message := channel.basic_get(queue_name, no_ack=False)) is not None:
+            held.append(message)
+            messages.append({"headers": message.headers, "payload": json.loads(message.body)})
+        for message in held:
+            channel.basic_reject(message.delivery_tag, requeue=True)
+    return messages

@@ -1,0 +1,86 @@
+"""The kernel's plain-Python pieces: configuration, contracts, policy, secrets."""
+import pytest
+from cryptography.fernet import Fernet
+
+from shared import auth
+from shared.auth import Actor, actor_from_context
+from shared.config import expand, load_config, service_settings
+from shared.contracts.enrollment import DeviceEnrolled
+from shared.contracts.roster import ImportBatch, UserImported
+from shared.errors import PermissionDenied, ValidationError
+from shared.secrets import SecretBox, load_key
+
+
+def test_configuration_expands_environment_references_and_parses_whole_values():
+    tree = {"a": "${PORT:9101}", "b": "amqp://${HOST:localhost}:5672/", "c": ["${MISSING:}"], "d": "${FLAG:true}"}
+    assert expand(tree, {"HOST": "rabbit"}) == {"a": 9101, "b": "amqp://rabbit:5672/", "c": [None], "d": True}
+    with pytest.raises(ValidationError, match="NEEDED"):
+        expand("${NEEDED}", {})
+
+
+def test_the_shipped_configuration_names_every_service(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL_ROSTER", "postgresql://db/roster")
+    config = load_config()
+    for name in ("push", "enrollment", "vpp", "roster", "directory"):
+        settings = service_settings(config, name)
+        assert isinstance(settings["metrics_port"], int)
+        assert settings["database_url"]
+    assert service_settings(config, "roster")["database_url"] == "postgresql://db/roster"
+    assert len({service_settings(config, n)["metrics_port"] for n in config["SERVICES"]}) == 5
+
+
+def test_events_round_trip_and_reject_wrong_payloads():
+    event = DeviceEnrolled(udid="U1", serial_number="S1", topic="com.apple.mgmt.x", push_token="ab", push_magic="m")
+    payload = event.to_payload()
+    assert payload["v"] == 1 and payload["event_id"] and payload["occurred_at"]
+    assert DeviceEnrolled.from_payload(payload) == event
+    assert DeviceEnrolled.SOURCE == "enrollment" and DeviceEnrolled.TYPE == "DeviceEnrolled"
+    assert UserImported.from_payload({**UserImported(user_id="u", user_type="student", source="csv").to_payload(),
+                                      "added_later": 1}).user_id == "u"
+    with pytest.raises(ValidationError, match="missing the required field 'udid'"):
+        DeviceEnrolled.from_payload({"topic": "t", "push_token": "a", "push_magic": "m"})
+    with pytest.raises(ValidationError, match=r"ImportBatch.users\[0\].locations must be a list"):
+        ImportBatch.from_dict({"source": "csv", "users": [{"user_id": "u", "user_type": "student", "locations": "x"}]})
+
+
+@pytest.mark.parametrize("context, message", [
+    (None, "no actor"),
+    ({"role": "administrator"}, "no id"),
+    ({"id": "a", "role": "root"}, "not one of"),
+    ({"id": "a", "role": "location_leader"}, "must name the locations"),
+    ({"id": "a", "role": "administrator", "locations": "everywhere"}, "must be a list"),
+])
+def test_a_missing_or_malformed_actor_is_refused(context, message):
+    with pytest.raises(PermissionDenied, match=message):
+        actor_from_context(context)
+
+
+def test_the_policy_decides_roles_and_locations():
+    leader = Actor("l", "location_leader", ("north",))
+    msp = Actor("m", "msp")
+    assert auth.require(Actor("a", "administrator"), "push:write")
+    assert auth.allowed(leader, "push:read") and not auth.allowed(leader, "push:write")
+    with pytest.raises(PermissionDenied, match="a msp may not read in push"):
+        auth.require(msp, "push:read")
+    assert auth.visible(leader, ["north", "south"]) and auth.visible(leader, None)
+    assert not auth.visible(leader, ["south"]) and auth.visible(msp, ["south"])
+    auth.require_locations(leader, ["north"])
+    with pytest.raises(PermissionDenied, match="south"):
+        auth.require_locations(leader, ["north", "south"])
+    with pytest.raises(PermissionDenied, match="every location"):
+        auth.require_locations(leader, None)
+
+
+def test_secrets_are_sealed_rotatable_and_never_shown(tmp_path, monkeypatch):
+    monkeypatch.delenv("ORCHARD_SECRET_KEY", raising=False)
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    sealed = SecretBox(old).seal("AS_secret")
+    assert "AS_secret" not in sealed and "AS_secret" not in repr(SecretBox(old))
+    assert SecretBox(f"{new},{old}").open(sealed) == "AS_secret"
+    with pytest.raises(ValidationError, match="cannot be decrypted"):
+        SecretBox(new).open(sealed)
+    with pytest.raises(ValidationError, match="not a valid key"):
+        SecretBox("short")
+    key_file = tmp_path / "var" / "secret.key"
+    created = load_key(key_file=key_file, create=True)
+    assert load_key(key_file=key_file) == created and oct(key_file.stat().st_mode)[-3:] == "600"
