@@ -1,0 +1,129 @@
+"""MDM check-in messages (``PUT`` with an XML property list) a device sends while enrolling.
+
+Plists come from the network, so they are parsed defensively: bounded size, XML
+only, and no DTD beyond Apple's standard plist declaration (no internal subset,
+no entities, hence no entity expansion) before plistlib sees a byte.
+"""
+from __future__ import annotations
+
+import plistlib
+import re
+from dataclasses import dataclass
+from xml.parsers.expat import ExpatError
+
+from shared.errors import ValidationError
+
+MAX_CHECKIN_BYTES = 64 * 1024
+
+_APPLE_DOCTYPE = re.compile(
+    rb'<!DOCTYPE\s+plist\s+PUBLIC\s+"-//Apple//DTD PLIST 1\.0//EN"\s+'
+    rb'"http://www\.apple\.com/DTDs/PropertyList-1\.0\.dtd"\s*>'
+)
+_XML_START = re.compile(rb"^(\xef\xbb\xbf)?\s*<(\?xml|!DOCTYPE|plist)")
+
+
+class MalformedCheckin(ValidationError):
+    """The body is not a check-in message Orchard accepts; answered with HTTP 400."""
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    udid: str
+    topic: str
+    serial_number: str | None = None
+    model: str | None = None
+    model_name: str | None = None
+    product_name: str | None = None
+    os_version: str | None = None
+    build_version: str | None = None
+    device_name: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenUpdate:
+    udid: str
+    topic: str
+    push_token: str  # hex
+    push_magic: str
+    awaiting_configuration: bool = False
+    user_channel: bool = False  # a user-channel update (UserID set): the device channel already enrolled
+
+
+@dataclass(frozen=True)
+class CheckOut:
+    udid: str
+    topic: str | None = None
+
+
+CheckinMessage = Authenticate | TokenUpdate | CheckOut
+
+
+def parse_checkin(body: bytes) -> CheckinMessage:
+    """The check-in message in ``body``; ``MalformedCheckin`` for anything else."""
+    message = _safe_plist(body)
+    kind = message.get("MessageType")
+    udid = message.get("UDID")
+    if not isinstance(udid, str) or not udid.strip():
+        raise MalformedCheckin("The check-in has no UDID.")
+    if kind == "Authenticate":
+        return Authenticate(
+            udid=udid,
+            topic=_required_str(message, "Topic"),
+            serial_number=_optional_str(message, "SerialNumber"),
+            model=_optional_str(message, "Model"),
+            model_name=_optional_str(message, "ModelName"),
+            product_name=_optional_str(message, "ProductName"),
+            os_version=_optional_str(message, "OSVersion"),
+            build_version=_optional_str(message, "BuildVersion"),
+            device_name=_optional_str(message, "DeviceName"),
+        )
+    if kind == "TokenUpdate":
+        token = message.get("Token")
+        if not isinstance(token, bytes) or not token:
+            raise MalformedCheckin("The TokenUpdate has no push Token (data).")
+        # UnlockToken is deliberately not kept: Orchard never clears passcodes
+        return TokenUpdate(
+            udid=udid,
+            topic=_required_str(message, "Topic"),
+            push_token=token.hex(),
+            push_magic=_required_str(message, "PushMagic"),
+            awaiting_configuration=message.get("AwaitingConfiguration") is True,
+            user_channel="UserID" in message,
+        )
+    if kind == "CheckOut":
+        return CheckOut(udid=udid, topic=_optional_str(message, "Topic"))
+    raise MalformedCheckin(f"Check-in message type {kind!r} is not supported.")
+
+
+def _safe_plist(body: bytes) -> dict:
+    if not isinstance(body, (bytes, bytearray)) or not body:
+        raise MalformedCheckin("The check-in body is empty; send an XML property list.")
+    if len(body) > MAX_CHECKIN_BYTES:
+        raise MalformedCheckin(f"The check-in body is larger than {MAX_CHECKIN_BYTES} bytes.")
+    body = bytes(body)
+    if not _XML_START.match(body):
+        raise MalformedCheckin("The check-in body is not an XML property list.")
+    if b"<!ENTITY" in body.upper():
+        raise MalformedCheckin("The check-in plist declares entities, which are not allowed.")
+    without_doctype = _APPLE_DOCTYPE.sub(b"", body, count=1)
+    if b"<!DOCTYPE" in without_doctype.upper():
+        raise MalformedCheckin("The check-in plist has a document type other than Apple's plist DTD.")
+    try:
+        message = plistlib.loads(without_doctype, fmt=plistlib.FMT_XML)
+    except (plistlib.InvalidFileException, ExpatError, ValueError, TypeError) as exc:
+        raise MalformedCheckin(f"The check-in plist cannot be read ({type(exc).__name__}).") from None
+    if not isinstance(message, dict):
+        raise MalformedCheckin("The check-in plist must be a dictionary.")
+    return message
+
+
+def _required_str(message: dict, key: str) -> str:
+    value = message.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise MalformedCheckin(f"The check-in has no {key}.")
+    return value
+
+
+def _optional_str(message: dict, key: str) -> str | None:
+    value = message.get(key)
+    return value if isinstance(value, str) else None

@@ -1,0 +1,239 @@
+"""Keep our copy of an MDM server's devices in step with Apple School Manager.
+
+First a fetch of every device (cursor pages), then incremental syncs from the
+stored cursor. The cursor is saved after each stored page, so a run that dies
+resumes where it stopped. Cursor trouble is handled as Apple documents it:
+EXHAUSTED_CURSOR switches to sync, EXPIRED/INVALID_CURSOR starts over with a full
+fetch (after which devices Apple no longer lists are removed). Sync records can
+repeat: per serial, the latest ``op_date`` wins.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from services.enrollment.domain.devices import DepDevice
+from services.enrollment.domain.errors import (
+    AccessDenied,
+    CursorExhausted,
+    CursorExpired,
+    DepError,
+    TermsNotAccepted,
+    TokenExpired,
+)
+
+PHASE_FETCH = "fetch"
+PHASE_SYNC = "sync"
+PROFILE_RETRY_BATCH = 1000
+
+
+class PageLike(Protocol):
+    items: list[dict[str, Any]]
+    cursor: str | None
+    more_to_follow: bool
+
+
+class DevicePages(Protocol):
+    def fetch(self, cursor: str | None) -> Iterable[PageLike]: ...
+    def sync(self, cursor: str) -> Iterable[PageLike]: ...
+
+
+@dataclass(frozen=True)
+class CursorState:
+    cursor: str
+    phase: str  # PHASE_FETCH while a full fetch is under way, then PHASE_SYNC
+    generation: str | None = None  # marks the devices seen by the current full fetch
+
+
+class CursorStore(Protocol):
+    def load(self) -> CursorState | None: ...
+    def save(self, state: CursorState) -> None: ...
+
+
+@dataclass(frozen=True)
+class KnownDevice:
+    serial_number: str
+    op_date: str | None
+
+
+class DeviceStore(Protocol):
+    def get_many(self, serial_numbers: list[str]) -> dict[str, KnownDevice]: ...
+    def upsert_many(self, devices: list[DepDevice], generation: str | None) -> None: ...
+    def delete_many(self, serial_numbers: list[str]) -> None: ...
+    def remove_unseen(self, generation: str) -> list[str]: ...
+    def record_assign_results(
+        self, profile_uuid: str, statuses: dict[str, str], retry_at: datetime | None
+    ) -> None: ...
+    def due_profile_retries(self, now: datetime, limit: int) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class AssignOutcome:
+    statuses: dict[str, str]
+    retry_after_seconds: int | None = None
+
+
+class ProfileAssigner(Protocol):
+    def assign(self, profile_uuid: str, serial_numbers: list[str]) -> AssignOutcome: ...
+
+
+class DeviceEvents(Protocol):
+    def assigned(self, devices: list[DepDevice]) -> None: ...
+    def removed(self, serial_numbers: list[str]) -> None: ...
+
+
+@dataclass
+class SyncCounts:
+    added: int = 0
+    modified: int = 0
+    deleted: int = 0
+    pages: int = 0
+    refetched: bool = False
+    kind: str = PHASE_SYNC  # "fetch" when the run listed every device
+    assign_statuses: Counter = field(default_factory=Counter)
+
+
+# Apple refusals that end the run: retrying them only makes noise
+_FATAL = (AccessDenied, TermsNotAccepted, TokenExpired)
+
+
+@dataclass
+class DeviceSync:
+    pages: DevicePages
+    store: DeviceStore
+    cursors: CursorStore
+    events: DeviceEvents
+    assigner: ProfileAssigner | None = None
+    default_profile_uuid: str | None = None
+    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    progress: Callable[[SyncCounts], None] | None = None
+
+    def run(self, *, full: bool = False) -> SyncCounts:
+        counts = SyncCounts()
+        self._retry_throttled_assignments(counts)
+        state = None if full else self.cursors.load()
+        if state is None:
+            state = self._fetch(None, counts)
+        elif state.phase == PHASE_FETCH:
+            try:
+                state = self._fetch(state, counts)
+            except CursorExhausted:
+                state = self._finish_fetch(state, counts)
+            except CursorExpired:
+                counts.refetched = True
+                state = self._fetch(None, counts)
+        try:
+            self._sync(state, counts)
+        except CursorExpired:
+            counts.refetched = True
+            self._sync(self._fetch(None, counts), counts)
+        return counts
+
+    def _fetch(self, resume: CursorState | None, counts: SyncCounts) -> CursorState:
+        counts.kind = PHASE_FETCH
+        generation = resume.generation if resume and resume.generation else uuid.uuid4().hex
+        state = resume or CursorState("", PHASE_FETCH, generation)
+        for page in self.pages.fetch(resume.cursor if resume else None):
+            self._apply(page, counts, generation)
+            if page.cursor:
+                state = CursorState(page.cursor, PHASE_FETCH, generation)
+                self.cursors.save(state)
+        return self._finish_fetch(state, counts)
+
+    def _finish_fetch(self, state: CursorState, counts: SyncCounts) -> CursorState:
+        if state.generation:
+            gone = self.store.remove_unseen(state.generation)
+            if gone:
+                counts.deleted += len(gone)
+                self.events.removed(gone)
+        synced = CursorState(state.cursor, PHASE_SYNC)
+        self.cursors.save(synced)
+        return synced
+
+    def _sync(self, state: CursorState, counts: SyncCounts) -> None:
+        for page in self.pages.sync(state.cursor):
+            self._apply(page, counts, None)
+            if page.cursor:
+                self.cursors.save(CursorState(page.cursor, PHASE_SYNC))
+
+    def _apply(self, page: PageLike, counts: SyncCounts, generation: str | None) -> None:
+        records = latest_per_serial(DepDevice.from_apple(item) for item in page.items)
+        known = self.store.get_many([r.serial_number for r in records]) if records else {}
+        upserts: list[DepDevice] = []
+        deletes: list[str] = []
+        new: list[DepDevice] = []
+        for record in records:
+            existing = known.get(record.serial_number)
+            if existing and _older(record.op_date, existing.op_date):
+                continue  # a repeat older than what we stored
+            if record.op_type == "deleted":
+                if existing:
+                    deletes.append(record.serial_number)
+                continue
+            upserts.append(record)
+            if existing is None:
+                new.append(record)  # also a `modified` for a device that moved to us
+        if upserts:
+            self.store.upsert_many(upserts, generation)
+        if deletes:
+            self.store.delete_many(deletes)
+            self.events.removed(deletes)
+        if new:
+            self.events.assigned(new)
+        counts.added += len(new)
+        counts.modified += len(upserts) - len(new)
+        counts.deleted += len(deletes)
+        counts.pages += 1
+        profile = self.default_profile_uuid
+        if profile and self.assigner:
+            self._assign(profile, [d.serial_number for d in new if d.profile_uuid != profile], counts)
+        if self.progress:
+            self.progress(counts)
+
+    def _assign(self, profile_uuid: str, serial_numbers: list[str], counts: SyncCounts) -> None:
+        if not serial_numbers or self.assigner is None:
+            return
+        try:
+            outcome = self.assigner.assign(profile_uuid, serial_numbers)
+        except _FATAL:
+            raise
+        except DepError:
+            outcome = AssignOutcome({serial: "FAILED" for serial in serial_numbers})
+        retry_at = None
+        if "THROTTLED" in outcome.statuses.values():
+            retry_at = self.now() + timedelta(seconds=outcome.retry_after_seconds or 60)
+        self.store.record_assign_results(profile_uuid, outcome.statuses, retry_at)
+        counts.assign_statuses.update(outcome.statuses.values())
+
+    def _retry_throttled_assignments(self, counts: SyncCounts) -> None:
+        if self.default_profile_uuid and self.assigner:
+            due = self.store.due_profile_retries(self.now(), PROFILE_RETRY_BATCH)
+            self._assign(self.default_profile_uuid, due, counts)
+
+
+def latest_per_serial(records: Iterable[DepDevice]) -> list[DepDevice]:
+    """One record per serial: the one with the latest op_date (the later one on a tie)."""
+    chosen: dict[str, DepDevice] = {}
+    for record in records:
+        current = chosen.get(record.serial_number)
+        if current is None or not _older(record.op_date, current.op_date):
+            chosen[record.serial_number] = record
+    return list(chosen.values())
+
+
+def _older(candidate: str | None, than: str | None) -> bool:
+    if not candidate or not than:
+        return False
+    return _instant(candidate) < _instant(than)
+
+
+def _instant(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

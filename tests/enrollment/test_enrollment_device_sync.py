@@ -1,0 +1,282 @@
+"""The ADE sync algorithm over in-memory ports, then over the DEP sandbox via the real client."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from services.enrollment.adapters.dep_client import DepClient, Page
+from services.enrollment.domain.device_sync import (
+    AssignOutcome,
+    CursorState,
+    DeviceSync,
+    KnownDevice,
+    latest_per_serial,
+)
+from services.enrollment.domain.devices import DepDevice, status_colour
+from services.enrollment.domain.errors import AccessDenied, CursorExhausted, CursorExpired, DepError
+
+NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+class MemoryStore:
+    def __init__(self):
+        self.devices: dict[str, DepDevice] = {}
+        self.seen: dict[str, str | None] = {}
+        self.assignments: dict[str, tuple[str, str, datetime | None]] = {}
+
+    def get_many(self, serials):
+        return {s: KnownDevice(s, self.devices[s].op_date) for s in serials if s in self.devices}
+
+    def upsert_many(self, devices, generation):
+        for device in devices:
+            self.devices[device.serial_number] = device
+            self.seen[device.serial_number] = generation
+
+    def delete_many(self, serials):
+        for serial in serials:
+            self.devices.pop(serial, None)
+
+    def remove_unseen(self, generation):
+        gone = [s for s in self.devices if self.seen.get(s) != generation]
+        self.delete_many(gone)
+        return gone
+
+    def record_assign_results(self, profile_uuid, statuses, retry_at):
+        for serial, status in statuses.items():
+            self.assignments[serial] = (profile_uuid, status, retry_at if status == "THROTTLED" else None)
+
+    def due_profile_retries(self, now, limit):
+        return [s for s, (_, status, at) in self.assignments.items() if status == "THROTTLED" and at <= now][:limit]
+
+
+class MemoryCursors:
+    def __init__(self, state=None):
+        self.state = state
+        self.saved: list[CursorState] = []
+
+    def load(self):
+        return self.state
+
+    def save(self, state):
+        self.state = state
+        self.saved.append(state)
+
+
+class RecordedEvents:
+    def __init__(self):
+        self.assigned_list: list[str] = []
+        self.removed_serials: list[str] = []
+
+    def assigned(self, devices):
+        self.assigned_list.extend(d.serial_number for d in devices)
+
+    def removed(self, serials):
+        self.removed_serials.extend(serials)
+
+
+class ScriptedPages:
+    """Pages keyed by (mode, cursor); a value that is an exception is raised instead."""
+
+    def __init__(self, script):
+        self.script = script
+        self.calls: list[tuple[str, str | None]] = []
+
+    def _pages(self, mode, cursor):
+        self.calls.append((mode, cursor))
+        answer = self.script[(mode, cursor)]
+        if isinstance(answer, Exception):
+            raise answer
+        for page in answer:
+            if isinstance(page, Exception):
+                raise page
+            yield page
+
+    def fetch(self, cursor):
+        return self._pages("fetch", cursor)
+
+    def sync(self, cursor):
+        return self._pages("sync", cursor)
+
+
+class RecordingAssigner:
+    def __init__(self, outcomes=None, retry_after=None):
+        self.calls: list[list[str]] = []
+        self.outcomes = outcomes or {}
+        self.retry_after = retry_after
+
+    def assign(self, profile_uuid, serials):
+        self.calls.append(list(serials))
+        return AssignOutcome({s: self.outcomes.pop(s, "SUCCESS") for s in serials}, self.retry_after)
+
+
+def device(serial, op_type=None, op_date=None, **fields):
+    return {"serial_number": serial, "model": "iPad", **fields, **({"op_type": op_type} if op_type else {}),
+            **({"op_date": op_date} if op_date else {})}
+
+
+def make_sync(pages, *, store=None, cursors=None, assigner=None, profile=None):
+    return DeviceSync(pages=pages, store=store or MemoryStore(), cursors=cursors or MemoryCursors(),
+                      events=RecordedEvents(), assigner=assigner, default_profile_uuid=profile, now=lambda: NOW)
+
+
+def test_fetch_then_sync_persisting_the_cursor_after_each_page():
+    pages = ScriptedPages({
+        ("fetch", None): [Page([device("A"), device("B")], "c1", True), Page([device("C")], "c2", False)],
+        ("sync", "c2"): [Page([], "c3", False)],
+    })
+    sync = make_sync(pages)
+    counts = sync.run()
+    assert (counts.added, counts.modified, counts.deleted, counts.pages, counts.kind) == (3, 0, 0, 3, "fetch")
+    assert [(s.cursor, s.phase) for s in sync.cursors.saved] == [("c1", "fetch"), ("c2", "fetch"), ("c2", "sync"), ("c3", "sync")]
+    assert sync.events.assigned_list == ["A", "B", "C"]
+
+
+def test_killed_fetch_resumes_from_the_saved_cursor():
+    boom = RuntimeError("worker killed")
+    store, cursors = MemoryStore(), MemoryCursors()
+    first = ScriptedPages({("fetch", None): [Page([device("A")], "c1", True), boom]})
+    with pytest.raises(RuntimeError):
+        make_sync(first, store=store, cursors=cursors).run()
+    assert cursors.state.cursor == "c1" and cursors.state.phase == "fetch"
+    second = ScriptedPages({("fetch", "c1"): [Page([device("B")], "c2", False)], ("sync", "c2"): []})
+    counts = make_sync(second, store=store, cursors=cursors).run()
+    assert second.calls == [("fetch", "c1"), ("sync", "c2")]
+    assert counts.added == 1 and set(store.devices) == {"A", "B"}  # A was seen in the same fetch generation
+
+
+def test_exhausted_cursor_switches_to_sync():
+    cursors = MemoryCursors(CursorState("c9", "fetch", "gen"))
+    pages = ScriptedPages({("fetch", "c9"): CursorExhausted("EXHAUSTED_CURSOR"), ("sync", "c9"): [Page([], "c10", False)]})
+    sync = make_sync(pages, cursors=cursors)
+    sync.run()
+    assert pages.calls == [("fetch", "c9"), ("sync", "c9")] and cursors.state == CursorState("c10", "sync")
+
+
+def test_expired_cursor_refetches_everything_and_removes_what_apple_no_longer_lists():
+    store = MemoryStore()
+    store.upsert_many([DepDevice("OLD"), DepDevice("KEEP")], None)
+    pages = ScriptedPages({
+        ("sync", "stale"): CursorExpired("EXPIRED_CURSOR"),
+        ("fetch", None): [Page([device("KEEP"), device("NEW")], "f1", False)],
+        ("sync", "f1"): [Page([], "f2", False)],
+    })
+    sync = make_sync(pages, store=store, cursors=MemoryCursors(CursorState("stale", "sync")))
+    counts = sync.run()
+    assert counts.refetched and (counts.added, counts.modified, counts.deleted) == (1, 1, 1)
+    assert set(store.devices) == {"KEEP", "NEW"} and sync.events.removed_serials == ["OLD"]
+
+
+def test_sync_repeats_resolve_by_latest_op_date_and_deleted_devices_go():
+    store = MemoryStore()
+    store.upsert_many([DepDevice("A", color="RED"), DepDevice("B"), DepDevice("D", op_date="2026-02-10T00:00:00Z")], None)
+    pages = ScriptedPages({("sync", "s1"): [
+        Page([device("A", "modified", "2026-02-02T10:00:00Z", color="BLUE"),
+              device("A", "modified", "2026-02-01T10:00:00Z", color="GREEN")], "s2", True),
+        Page([device("A", "modified", "2026-02-01T09:00:00Z", color="PINK"),  # repeat, older than stored
+              device("B", "deleted", "2026-02-02T11:00:00Z"),
+              device("D", "modified", "2026-02-01T00:00:00Z", color="OLD"),
+              device("Z", "deleted", "2026-02-02T11:00:00Z")], "s3", False),
+    ]})
+    sync = make_sync(pages, store=store, cursors=MemoryCursors(CursorState("s1", "sync")))
+    counts = sync.run()
+    assert store.devices["A"].color == "BLUE"
+    assert "B" not in store.devices and store.devices["D"].color is None
+    assert (counts.added, counts.modified, counts.deleted) == (0, 1, 1)
+    assert sync.events.removed_serials == ["B"]
+
+
+def test_default_profile_goes_to_new_and_moved_devices_only():
+    store = MemoryStore()
+    store.upsert_many([DepDevice("KNOWN")], None)
+    pages = ScriptedPages({("sync", "s1"): [Page([
+        device("NEW", "added", "2026-02-01T00:00:00Z"),
+        device("MOVED", "modified", "2026-02-01T00:00:00Z"),  # moved from another MDM server: no `added`
+        device("KNOWN", "modified", "2026-02-01T00:00:00Z"),
+        device("MINE", "added", "2026-02-01T00:00:00Z", profile_uuid="PROFILE1"),
+    ], "s2", False)]})
+    assigner = RecordingAssigner({"MOVED": "THROTTLED"}, retry_after=120)
+    sync = make_sync(pages, store=store, cursors=MemoryCursors(CursorState("s1", "sync")), assigner=assigner, profile="PROFILE1")
+    counts = sync.run()
+    assert assigner.calls == [["NEW", "MOVED"]]
+    assert store.assignments["NEW"] == ("PROFILE1", "SUCCESS", None)
+    assert store.assignments["MOVED"] == ("PROFILE1", "THROTTLED", NOW + timedelta(seconds=120))
+    assert counts.assign_statuses == {"SUCCESS": 1, "THROTTLED": 1}
+    assert sorted(sync.events.assigned_list) == ["MINE", "MOVED", "NEW"]
+
+    # the next run, once the throttle has passed, retries the throttled serial first
+    later = DeviceSync(pages=ScriptedPages({("sync", "s2"): []}), store=store, cursors=sync.cursors,
+                       events=RecordedEvents(), assigner=assigner, default_profile_uuid="PROFILE1",
+                       now=lambda: NOW + timedelta(minutes=5))
+    later.run()
+    assert assigner.calls[-1] == ["MOVED"] and store.assignments["MOVED"][1] == "SUCCESS"
+
+
+class FailingAssigner:
+    def __init__(self, error):
+        self.error = error
+
+    def assign(self, profile_uuid, serials):
+        raise self.error
+
+
+def test_assign_failure_is_recorded_but_a_revoked_token_stops_the_run():
+    page = {("fetch", None): [Page([device("A")], "c1", False)], ("sync", "c1"): []}
+    store = MemoryStore()
+    make_sync(ScriptedPages(page), store=store, assigner=FailingAssigner(DepError("boom")), profile="P").run()
+    assert store.assignments["A"] == ("P", "FAILED", None)
+    with pytest.raises(AccessDenied):
+        make_sync(ScriptedPages(page), assigner=FailingAssigner(AccessDenied("revoked")), profile="P").run()
+
+
+def test_latest_per_serial_keeps_later_record_on_ties():
+    records = [DepDevice("A", color="1", op_date="2026-01-01T00:00:00Z"), DepDevice("A", color="2", op_date="2026-01-01T00:00:00Z")]
+    assert [r.color for r in latest_per_serial(records)] == ["2"]
+
+
+def test_status_colours():
+    assert {status_colour(s) for s in ("empty", "assigned", "pushed", "removed")} == {"grey", "blue", "green", "red"}
+
+
+class ClientPages:
+    def __init__(self, client):
+        self.client = client
+
+    def fetch(self, cursor):
+        return self.client.fetch_device_pages(cursor)
+
+    def sync(self, cursor):
+        return self.client.sync_device_pages(cursor)
+
+
+class ClientAssigner:
+    def __init__(self, client):
+        self.client = client
+
+    def assign(self, profile_uuid, serials):
+        result = self.client.assign_profile(profile_uuid, serials)
+        return AssignOutcome(result.statuses, result.retry_after_seconds)
+
+
+def test_sync_against_the_sandbox(dep_client, dep_sandbox, mdm_server):
+    server = mdm_server["server_uuid"]
+    dep_sandbox.server(server, "settings", {"page_maximum": 1000, "reverse_sync_pages": True})
+    first = dep_sandbox.server(server, "devices/generate", {"count": 2500})["first"]
+    profile = dep_client.define_profile({"profile_name": "Default", "url": "https://mdm.school.example/enroll"})["profile_uuid"]
+    store, cursors = MemoryStore(), MemoryCursors()
+    sync = DeviceSync(pages=ClientPages(dep_client), store=store, cursors=cursors, events=RecordedEvents(),
+                      assigner=ClientAssigner(dep_client), default_profile_uuid=profile)
+    counts = sync.run()
+    assert (counts.added, counts.pages) == (2500, 4) and len(store.devices) == 2500
+    assert counts.assign_statuses == {"SUCCESS": 2500}
+    assert dep_sandbox.device(server, first)["profile_status"] == "assigned"
+
+    serial = first[:5] + "0000007"
+    dep_sandbox.server(server, "devices", {"devices": [{"serial_number": serial, "color": "GOLD"}]})
+    dep_sandbox.server(server, "devices", {"devices": [{"serial_number": serial, "color": "ROSE"}]})
+    dep_sandbox.server(server, "devices/delete", {"serial_numbers": [first]})
+    counts = sync.run()
+    assert (counts.added, counts.modified, counts.deleted, counts.kind) == (0, 1, 1, "sync")
+    assert store.devices[serial].color == "ROSE" and first not in store.devices
+
+    dep_sandbox.post("clock", {"advance_seconds": 8 * 86400})  # the stored cursor is now too old
+    counts = sync.run()
+    assert counts.refetched and len(store.devices) == 2499

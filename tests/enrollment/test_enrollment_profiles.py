@@ -1,0 +1,24 @@
+"""Enrollment profile validation: nothing reaches Apple until the profile is complete."""
+import pytest
+
+from services.enrollment.domain.profiles import validated_profile
+from shared.errors import ValidationError
+
+
+def test_complete_profile_passes_without_device_list():
+    profile = {"profile_name": "School iPads", "url": "https://mdm.school.example/enroll", "is_supervised": True,
+               "devices": ["A"], "skip_setup_items": ["Siri"]}
+    assert validated_profile(profile) == {k: v for k, v in profile.items() if k != "devices"}
+
+
+@pytest.mark.parametrize("profile,message", [
+    (None, "must be an object"),
+    ({"url": "https://mdm.example/enroll"}, "needs a profile_name"),
+    ({"profile_name": "P"}, "needs a url"),
+    ({"profile_name": "P", "url": "http://mdm.example/enroll"}, "must be an https://"),
+    ({"profile_name": "P", "url": "https:///enroll"}, "must be an https://"),
+    ({"profile_name": "P", "url": "https://m.example", "is_mdm_removable": False, "is_supervised": False}, "supervised"),
+])
+def test_incomplete_profiles_are_refused(profile, message):
+    with pytest.raises(ValidationError, match=message):
+        validated_profile(profile)
