@@ -1,9 +1,226 @@
 """The directory service: Nameko entrypoints over the domain code in ``services.directory.domain``."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import datetime
+from typing import Any, Iterator
+
+from nameko.extensions import DependencyProvider
+
+from services.directory import metrics
 from services.directory.adapters import tables
+from services.directory.adapters.ldap_directory import LdapDirectory
+from services.directory.adapters.profiles import ProfileRepository, StoredProfile
+from services.directory.domain.authentication import FailedSignInLimiter, authenticate
+from services.directory.domain.connection_test import run_connection_test
+from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
+from services.directory.domain.profile import LdapProfile, apply_changes, parse_profile
+from services.directory.domain.schedule import daily_sync_due
+from services.directory.domain.sync import read_import_batch
+from shared.config import service_settings
+from shared.entrypoints import ServiceRpc, periodic, rpc
+from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.secrets import Secrets
 from shared.service import OrchardService
-from shared.storage import Database
+from shared.storage import Database, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class SignInLimiter(DependencyProvider):
+    """One failed-sign-in limiter per process, shared by its workers."""
+
+    def setup(self) -> None:
+        self.limiter = FailedSignInLimiter(time.monotonic)
+
+    def get_dependency(self, worker_ctx: Any) -> FailedSignInLimiter:
+        return self.limiter
+
+
+class EgressAddresses(DependencyProvider):
+    def setup(self) -> None:
+        addresses = service_settings(self.container.config, self.container.service_name).get("egress_ips") or []
+        self.addresses = [str(address) for address in addresses]
+
+    def get_dependency(self, worker_ctx: Any) -> list[str]:
+        return list(self.addresses)
 
 
 class DirectoryService(OrchardService):
     name = "directory"
     db = Database(tables.metadata, migrations="services.directory.migrations")
+    secrets = Secrets()
+    roster = ServiceRpc("roster")
+    sign_in_limiter = SignInLimiter()
+    egress = EgressAddresses()
+
+    # -- profiles --
+
+    @rpc(sensitive_arguments=("profile",))
+    def add_ldap_profile(self, profile: Any) -> dict[str, Any]:
+        actor = self.auth.require("directory:write")
+        stored = self._profiles().add(parse_profile(profile), actor.id)
+        self.db.audit(actor, "ldap_profile.added", f"ldap_profile:{stored.id}", {"name": stored.profile.name})
+        return stored.view()
+
+    @rpc(sensitive_arguments=("changes",))
+    def update_ldap_profile(self, profile_id: int, changes: Any) -> dict[str, Any]:
+        actor = self.auth.require("directory:write")
+        profiles = self._profiles()
+        current = profiles.get(_profile_id(profile_id))
+        stored = profiles.replace(current.id, apply_changes(current.profile, changes))
+        fields = sorted(changes) if isinstance(changes, dict) else []
+        self.db.audit(actor, "ldap_profile.updated", f"ldap_profile:{stored.id}", {"fields": fields})
+        return stored.view()
+
+    @rpc
+    def list_ldap_profiles(self) -> list[dict[str, Any]]:
+        self.auth.require("directory:read")
+        return [stored.view() for stored in self._profiles().list()]
+
+    @rpc
+    def get_ldap_profile(self, profile_id: int) -> dict[str, Any]:
+        self.auth.require("directory:read")
+        return self._profiles().get(_profile_id(profile_id)).view()
+
+    @rpc
+    def delete_ldap_profile(self, profile_id: int) -> dict[str, Any]:
+        actor = self.auth.require("directory:write")
+        profiles = self._profiles()
+        stored = profiles.get(_profile_id(profile_id))
+        profiles.delete(stored.id)
+        with contextlib.suppress(KeyError):  # never connected: no gauge to remove
+            metrics.CERTIFICATE_EXPIRY.remove(str(stored.id))
+        self.db.audit(actor, "ldap_profile.deleted", f"ldap_profile:{stored.id}", {"name": stored.profile.name})
+        return {"deleted": stored.id}
+
+    @rpc
+    def egress_ips(self) -> list[str]:
+        """The addresses Orchard connects from: the school's firewall must let them reach the directory."""
+        self.auth.require("directory:read")
+        return self.egress
+
+    # -- test, sync, sign-in --
+
+    @rpc(sensitive_arguments=("test_password",))
+    def test_ldap_profile(self, profile_id: int, test_username: str | None = None,
+                          test_password: str | None = None) -> list[dict[str, Any]]:
+        self.auth.require("directory:write")
+        stored = self._profiles().get(_profile_id(profile_id))
+        test_user = None
+        if test_username is not None or test_password is not None:
+            if not isinstance(test_username, str) or not isinstance(test_password, str):
+                raise ValidationError("give both test_username and test_password, or neither")
+            test_user = (test_username, test_password)
+        directory = LdapDirectory(stored.profile.connection)
+        steps = run_connection_test(directory, stored.profile, time.monotonic, test_user)
+        self._remember_certificate(stored.id, directory)
+        return [step.to_dict() for step in steps]
+
+    @rpc
+    def sync_ldap_profile(self, profile_id: int, apply: bool = False) -> dict[str, Any]:
+        """Read the directory and hand it to the roster: a preview, or applied when ``apply``."""
+        self.auth.require("directory:write")
+        if not isinstance(apply, bool):
+            raise ValidationError("apply must be true or false")
+        return self._sync(self._profiles().get(_profile_id(profile_id)), apply, trigger="manual")
+
+    @rpc(sensitive_arguments=("password",))
+    def authenticate(self, username: str, password: str, profile_id: int | None = None) -> dict[str, Any]:
+        """``{authenticated, user_id}``: the same answer whether the user is unknown or the password wrong."""
+        self.auth.require("directory:authenticate")
+        candidates = _bound_directories(self._sign_in_profiles(profile_id))
+        try:
+            result = authenticate(candidates, self.sign_in_limiter, username, password)
+        except PermissionDenied:
+            metrics.AUTH_ATTEMPTS.labels("rate_limited").inc()
+            raise
+        except ValidationError:
+            metrics.AUTH_ATTEMPTS.labels("refused").inc()
+            raise
+        except OrchardError:
+            metrics.AUTH_ATTEMPTS.labels("error").inc()
+            raise
+        metrics.AUTH_ATTEMPTS.labels("success" if result.authenticated else "failure").inc()
+        return result.to_dict()
+
+    @periodic(interval=60)
+    def run_daily_syncs(self) -> None:
+        """Apply each profile's sync once a day, at or after its daily sync time (UTC)."""
+        now = utc_now()
+        profiles = self._profiles()
+        for stored in profiles.list():
+            if daily_sync_due(stored.profile.sync.daily_sync_time, stored.last_scheduled_on, now):
+                try:
+                    self._sync(stored, apply=True, trigger="scheduled", scheduled_on=now.date().isoformat())
+                except OrchardError as exc:  # recorded on the profile; the next profile still runs
+                    log.warning("scheduled sync of LDAP profile %s failed: %s", stored.id, exc)
+                self.db.commit()
+
+    # -- internals --
+
+    def _profiles(self) -> ProfileRepository:
+        return ProfileRepository(self.db.session, self.secrets)
+
+    def _sync(self, stored: StoredProfile, apply: bool, trigger: str, scheduled_on: str | None = None) -> dict[str, Any]:
+        mode = "apply" if apply else "preview"
+        started = time.perf_counter()
+        profiles = self._profiles()
+        try:
+            directory = LdapDirectory(stored.profile.connection)
+            with directory.bound():
+                batch = read_import_batch(directory, stored.profile)
+            self._remember_certificate(stored.id, directory)
+            for kind, count in ((USERS, len(batch.users)), (GRADE_LEVELS, len(batch.grade_levels)),
+                                (CLASSES, len(batch.classes))):
+                metrics.ENTRIES_READ.labels(kind).inc(count)
+            options = {"only_add_new": stored.profile.sync.only_add_new}
+            plan = self.roster.preview_import(batch.to_dict(), options)
+            applied = self.roster.apply_plan(plan["plan_id"]) if apply else None
+        except OrchardError as exc:
+            metrics.SYNC_RUNS.labels(trigger, mode, "error").inc()
+            profiles.record_sync(stored.id, "failed", exc.message, scheduled_on)
+            self.db.commit()  # the failure is recorded even though the caller gets the error
+            raise
+        metrics.SYNC_RUNS.labels(trigger, mode, "success").inc()
+        metrics.SYNC_DURATION.labels(mode).observe(time.perf_counter() - started)
+        read = {"users": len(batch.users), "grade_levels": len(batch.grade_levels), "classes": len(batch.classes),
+                "locations": len(batch.locations), "rejected": len(batch.rejected)}
+        message = f"read {read['users']} users, {read['classes']} classes; {read['rejected']} entries rejected"
+        profiles.record_sync(stored.id, "applied" if apply else "previewed", message, scheduled_on)
+        return {"profile_id": stored.id, "read": read, "plan": plan, "applied": applied}
+
+    def _remember_certificate(self, profile_id: int, directory: LdapDirectory) -> None:
+        if directory.certificate is None:
+            return
+        not_after = datetime.fromisoformat(directory.certificate.not_after)
+        self._profiles().record_certificate(profile_id, not_after)
+        metrics.CERTIFICATE_EXPIRY.labels(str(profile_id)).set(not_after.timestamp())
+
+    def _sign_in_profiles(self, profile_id: int | None) -> list[StoredProfile]:
+        profiles = self._profiles()
+        if profile_id is not None:
+            stored = profiles.get(_profile_id(profile_id))
+            if not stored.profile.authentication.enabled:
+                raise ValidationError(f"LDAP profile {stored.id} does not validate passwords; enable "
+                                      "authentication.enabled on it first")
+            return [stored]
+        enabled = [stored for stored in profiles.list() if stored.profile.authentication.enabled]
+        if not enabled:
+            raise NotFound("no LDAP profile validates passwords; enable authentication on one first")
+        return enabled
+
+
+def _profile_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(f"profile_id must be a positive whole number, not {value!r}")
+    return value
+
+
+def _bound_directories(stored_profiles: list[StoredProfile]) -> Iterator[tuple[LdapDirectory, LdapProfile]]:
+    """Each profile's directory, bound as its service account only when the sign-in reaches it."""
+    for stored in stored_profiles:
+        with LdapDirectory(stored.profile.connection).bound() as directory:
+            yield directory, stored.profile

@@ -170,7 +170,7 @@ def sign_in(profile_data):
     def attempt(username, password, login_attribute="sAMAccountName"):
         p = parse_profile(profile_data("starttls", authentication={"enabled": True, "login_attribute": login_attribute}))
         with LdapDirectory(profile.connection).bound() as directory:
-            return authenticate(directory, p, limiter, username, password)
+            return authenticate([(directory, p)], limiter, username, password)
     return attempt
 
 

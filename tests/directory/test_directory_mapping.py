@@ -141,12 +141,12 @@ def test_repeated_failures_are_rate_limited_per_username_then_forgiven():
     limiter = FailedSignInLimiter(clock, max_failures=3, window=600)
     p = profile()
     for _ in range(3):
-        assert not authenticate(passwords, p, limiter, "ann", "wrong").authenticated
+        assert not authenticate([(passwords, p)], limiter, "ann", "wrong").authenticated
     with pytest.raises(PermissionDenied, match="too many failed sign-ins .* 10 minute"):
-        authenticate(passwords, p, limiter, "ANN", "right")
-    assert authenticate(passwords, p, limiter, "bob", "x").authenticated is False  # other usernames unaffected
+        authenticate([(passwords, p)], limiter, "ANN", "right")
+    assert authenticate([(passwords, p)], limiter, "bob", "x").authenticated is False  # other usernames unaffected
     clock.now += 601
-    result = authenticate(passwords, p, limiter, "ann", "right")
+    result = authenticate([(passwords, p)], limiter, "ann", "right")
     assert (result.authenticated, result.user_id) == (True, "ann")
 
 
@@ -154,14 +154,14 @@ def test_unknown_users_are_limited_the_same_way():
     clock = Clock()
     limiter = FailedSignInLimiter(clock, max_failures=2)
     for _ in range(2):
-        authenticate(FakePasswords(), profile(), limiter, "ghost", "x")
+        authenticate([(FakePasswords(), profile())], limiter, "ghost", "x")
     with pytest.raises(PermissionDenied):
-        authenticate(FakePasswords(), profile(), limiter, "ghost", "x")
+        authenticate([(FakePasswords(), profile())], limiter, "ghost", "x")
 
 
 def test_empty_passwords_are_refused_before_any_bind():
     passwords = FakePasswords()
     for username, password in (("ann", ""), ("", "right"), ("ann", None)):
         with pytest.raises(ValidationError, match="required"):
-            authenticate(passwords, profile(), FailedSignInLimiter(Clock()), username, password)
+            authenticate([(passwords, profile())], FailedSignInLimiter(Clock()), username, password)
     assert passwords.binds == []

@@ -19,6 +19,7 @@ from ldap3.core import exceptions as ldap_errors
 from ldap3.utils.conv import escape_filter_chars
 
 from services.directory.domain.entries import DirectoryEntry
+from services.directory.metrics import BIND_FAILURES
 from services.directory.domain.ports import CertificateInfo, FoundUser
 from services.directory.domain.profile import ConnectionSettings
 from shared.errors import UpstreamError
@@ -41,6 +42,7 @@ class LdapDirectory:
             get_info=NONE,
         )
         self._connection: Connection | None = None
+        self.certificate: CertificateInfo | None = None  # the server's, once TLS is up
 
     def __repr__(self) -> str:
         s = self.settings
@@ -62,13 +64,15 @@ class LdapDirectory:
         """Open the connection and complete TLS (LDAPS, or StartTLS on the plain port)."""
         self._connection = self._new_connection(self.settings.bind_dn, self.settings.bind_password.reveal())
         self._open_secure(self._connection)
-        return _certificate_info(self._connection.socket.getpeercert())
+        self.certificate = _certificate_info(self._connection.socket.getpeercert())
+        return self.certificate
 
     def bind(self) -> None:
         """Bind as the service account on the secured connection."""
         try:
             self._connection.bind()
         except ldap_errors.LDAPInvalidCredentialsResult:
+            BIND_FAILURES.inc()
             raise UpstreamError(f"the directory refused the bind as {self.settings.bind_dn}: the bind DN or "
                                 "password is wrong (or the account is disabled)") from None
         except ldap_errors.LDAPException as exc:

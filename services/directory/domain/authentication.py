@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from services.directory.domain.ports import PasswordDirectory
 from services.directory.domain.profile import LdapProfile
@@ -60,22 +60,25 @@ def _key(username: str) -> str:
     return username.strip().casefold()
 
 
-def authenticate(directory: PasswordDirectory, profile: LdapProfile, limiter: FailedSignInLimiter,
+def authenticate(candidates: Iterable[tuple[PasswordDirectory, LdapProfile]], limiter: FailedSignInLimiter,
                  username: str, password: str) -> AuthenticationResult:
-    """Find the user by the login attribute with the service account, then bind as them.
+    """Find the user by each profile's login attribute with the service account, then bind as them.
 
-    An empty password is refused before any bind: LDAP treats a simple bind with a
-    DN and no password as an unauthenticated bind, which "succeeds".
+    ``candidates`` are the directories that validate passwords, tried in order (opened
+    lazily, after the input is checked). An empty password is refused before any bind:
+    LDAP treats a simple bind with a DN and no password as an unauthenticated bind,
+    which "succeeds".
     """
     if not isinstance(username, str) or not username.strip():
         raise ValidationError("a username is required")
     if not isinstance(password, str) or not password:
         raise ValidationError("a password is required")
     limiter.check(username)
-    found = directory.find_user(profile.sync.users.filter, profile.authentication.login_attribute,
-                                username.strip(), profile.sync.users.user_id)
-    if found is not None and directory.password_matches(found.dn, password):
-        limiter.reset(username)
-        return AuthenticationResult(True, found.user_id)
+    for directory, profile in candidates:
+        found = directory.find_user(profile.sync.users.filter, profile.authentication.login_attribute,
+                                    username.strip(), profile.sync.users.user_id)
+        if found is not None and directory.password_matches(found.dn, password):
+            limiter.reset(username)
+            return AuthenticationResult(True, found.user_id)
     limiter.record_failure(username)
     return AuthenticationResult(False)

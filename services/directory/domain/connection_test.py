@@ -96,7 +96,7 @@ def _search(probe, what, ldap_filter, attributes, add, builder: BatchBuilder) ->
 
 
 def _authenticate(probe, profile, limiter, username, password) -> StepResult:
-    result = authenticate(probe, profile, limiter, username, password)
+    result = authenticate([(probe, profile)], limiter, username, password)
     if result.authenticated:
         return StepResult("authenticate", True, f"signed in as {result.user_id}", {"user_id": result.user_id})
     return StepResult("authenticate", False, "the username or password is wrong (or the user is outside the user filter)")

@@ -1,0 +1,119 @@
+"""The directory service over the real broker: profiles, connection test, sign-in, metrics."""
+from __future__ import annotations
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from services.directory.service import DirectoryService
+from shared.auth import Actor
+from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+
+pytestmark = pytest.mark.integration
+
+EGRESS = ["203.0.113.10", "2001:db8::10"]
+
+
+@pytest.fixture
+def directory_config(orchard_config):
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    orchard_config["SERVICES"]["directory"]["egress_ips"] = EGRESS
+    return orchard_config
+
+
+@pytest.fixture
+def directory_service(runner_factory, directory_config):
+    runner = runner_factory(directory_config, DirectoryService)
+    runner.start()
+    return runner
+
+
+def metrics_text(config) -> str:
+    return httpx.get(f"http://127.0.0.1:{config['SERVICES']['directory']['metrics_port']}/metrics").text
+
+
+def auth_attempts(config) -> dict[str, float]:
+    """The sign-in counter by result (counters live for the whole test process: compare differences)."""
+    prefix = 'orchard_directory_auth_attempts_total{result="'
+    counts = {}
+    for line in metrics_text(config).splitlines():
+        if line.startswith(prefix):
+            result, _, value = line[len(prefix):].partition('"} ')
+            counts[result] = float(value)
+    return counts
+
+
+def test_profiles_are_kept_without_ever_returning_the_password(directory_service, rpc_as, profile_data, slapd):
+    with rpc_as() as rpc:
+        added = rpc.directory.add_ldap_profile(profile_data("starttls"))
+        assert slapd.service_password not in str(added) and "bind_password" not in added
+        assert (added["security"], added["port"], added["bind_dn"]) == ("starttls", slapd.plain_port, slapd.service_dn)
+        assert rpc.directory.list_ldap_profiles() == [rpc.directory.get_ldap_profile(added["id"])]
+
+        with pytest.raises(Conflict, match="already exists"):
+            rpc.directory.add_ldap_profile(profile_data())
+        with pytest.raises(ValidationError, match="only secure connections are supported"):
+            rpc.directory.add_ldap_profile(profile_data(security="ldap", name="plain"))
+        with pytest.raises(ValidationError, match="only secure connections are supported"):
+            rpc.directory.update_ldap_profile(added["id"], {"security": "ldap"})
+
+        updated = rpc.directory.update_ldap_profile(added["id"], {"sync": {"daily_sync_time": "03:15"}})
+        assert updated["sync"]["daily_sync_time"] == "03:15"
+        # the sealed password survived the update: the service account still binds
+        steps = rpc.directory.test_ldap_profile(added["id"])
+        assert [s["step"] for s in steps][:3] == ["connect", "tls", "bind"] and all(s["ok"] for s in steps)
+
+        actions = [entry["action"] for entry in rpc.directory.audit_log(f"ldap_profile:{added['id']}")]
+        assert actions == ["ldap_profile.updated", "ldap_profile.added"]
+        assert rpc.directory.delete_ldap_profile(added["id"]) == {"deleted": added["id"]}
+        with pytest.raises(NotFound):
+            rpc.directory.get_ldap_profile(added["id"])
+
+
+def test_only_administrators_change_profiles(directory_service, rpc_as, profile_data):
+    leader = Actor(id="lead@school.example", role="location_leader", locations=("Lincoln High",))
+    with rpc_as(leader) as rpc:
+        with pytest.raises(PermissionDenied):
+            rpc.directory.add_ldap_profile(profile_data())
+        assert rpc.directory.egress_ips() == EGRESS
+
+
+def test_the_connection_test_reports_each_step_and_the_certificate_expiry(
+        directory_service, directory_config, rpc_as, profile_data):
+    with rpc_as() as rpc:
+        profile_id = rpc.directory.add_ldap_profile(profile_data())["id"]
+        steps = rpc.directory.test_ldap_profile(profile_id, "t00001", "correct horse battery")
+        assert {s["step"]: s["ok"] for s in steps} == {
+            "connect": True, "tls": True, "bind": True, "search grade levels": True, "search users": True,
+            "search classes": True, "authenticate": True}
+        assert rpc.directory.get_ldap_profile(profile_id)["certificate_not_after"] == steps[1]["not_after"]
+        bad = rpc.directory.add_ldap_profile(profile_data(name="wrong password", bind_password="nope"))
+        steps = rpc.directory.test_ldap_profile(bad["id"])
+        assert steps[-1]["step"] == "bind" and not steps[-1]["ok"] and "refused the bind" in steps[-1]["detail"]
+    text = metrics_text(directory_config)
+    assert f'orchard_directory_tls_certificate_expiry_timestamp_seconds{{profile="{profile_id}"}}' in text
+    assert "orchard_directory_bind_failures_total" in text
+
+
+def test_sign_in_against_the_directory(directory_service, directory_config, rpc_as, profile_data):
+    before = auth_attempts(directory_config)
+    with rpc_as() as rpc:
+        with pytest.raises(NotFound, match="no LDAP profile validates passwords"):
+            rpc.directory.authenticate("t00001", "correct horse battery")
+        rpc.directory.add_ldap_profile(profile_data())
+        assert rpc.directory.authenticate("t00001", "correct horse battery") == {
+            "authenticated": True, "user_id": "t00001"}
+        assert rpc.directory.authenticate("lee*)(x", "parenthesised pass")["authenticated"] is True
+        wrong = rpc.directory.authenticate("t00001", "incorrect")
+        unknown = rpc.directory.authenticate("nobody", "incorrect")
+        wildcard = rpc.directory.authenticate("*)(sAMAccountName=*", "correct horse battery")
+        assert wrong == unknown == wildcard == {"authenticated": False, "user_id": None}
+        with pytest.raises(ValidationError, match="a password is required"):
+            rpc.directory.authenticate("t00001", "")
+        for _ in range(4):
+            rpc.directory.authenticate("t00001", "incorrect")
+        with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
+            rpc.directory.authenticate("t00001", "correct horse battery")
+    after = auth_attempts(directory_config)
+    assert {result: after[result] - before.get(result, 0) for result in after} == {
+        "success": 2, "failure": 7, "refused": 1, "rate_limited": 1}
