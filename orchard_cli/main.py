@@ -11,6 +11,7 @@ eventlet.monkey_patch()  # noqa: E402  the RPC client is Nameko's, which expects
 
 import click
 
+from orchard_cli.events import events
 from orchard_cli.output import print_table
 from orchard_cli.rpc import call
 
@@ -38,3 +39,6 @@ def health(timeout: float) -> None:
     print_table(rows, ["service", "status", "version", "database"])
     if failed:
         raise SystemExit(1)
+
+
+cli.add_command(events)

@@ -43,6 +43,7 @@ from shared import errors, leases, logs, metrics
 from shared.auth import Actor, actor_from_context, require, system_actor
 from shared.config import service_settings
 from shared.contracts.base import Event
+from shared.dead_letters import dead_letter_queue_name
 from shared.storage import Database, utc_now
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,6 @@ class OrchardEventHandler(EventHandler):
             metrics.EVENTS_RETRIED.labels(service, self.method_name).inc()
         self.rerouter.publish(message.payload, exchange="", routing_key=target.name, headers=headers,
                               declare=[target])
-
-
-def dead_letter_queue_name(queue: str) -> str:
-    return f"{queue}.dead-letters"
 
 
 def event_handler(event_cls: type[Event]) -> Callable[[Callable], Callable]:

@@ -11,6 +11,7 @@ from kombu import Connection
 from nameko.amqp.publish import Publisher
 from nameko.events import get_event_exchange
 
+from shared.dead_letters import list_dead_letters, replay_dead_letters
 from shared.errors import InternalError, ValidationError
 from shared.storage import create_engine_for
 from tests.conftest import postgres_database
@@ -80,6 +81,16 @@ def test_failing_and_malformed_events_are_dead_lettered_and_the_rest_flows(runne
     assert by_error["ValidationError"]["headers"]["x-orchard-attempts"] == 1  # malformed: parked at once
     metrics = httpx.get(f"http://127.0.0.1:{orchard_config['SERVICES']['listener']['metrics_port']}/metrics").text
     assert 'orchard_dead_letters_total{handler="on_note_taken",service="listener"} 2.0' in metrics
+
+    # the operator lists them, deploys a fix and replays: the event is handled, the malformed one parked again
+    listed = list_dead_letters(orchard_config["AMQP_URI"], [queue])
+    assert sorted(letter.attempts for letter in listed) == [1, 3]
+    assert {letter.event_type for letter in listed} == {"NoteTaken"}
+    with rpc_as() as rpc:
+        rpc.listener.learn_to_cope()
+        assert replay_dead_letters(orchard_config["AMQP_URI"], [queue]) == 2
+        wait_for(lambda: "bad" in rpc.listener.seen(), what="the replayed event to be handled")
+    wait_for(lambda: len(peek(orchard_config, queue + ".dead-letters")) == 1, what="the malformed event parked again")
 
 
 def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runner_factory, orchard_config, rpc_as):

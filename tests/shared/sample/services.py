@@ -67,13 +67,20 @@ class ListenerService(OrchardService):
 
     @event_handler(NoteTaken)
     def on_note_taken(self, event: NoteTaken) -> None:
-        if event.text == "boom":
+        fixed = self.db.session.execute(sa.select(notes).where(notes.c.note_id == "__fixed__")).first()
+        if event.text == "boom" and not fixed:
             raise RuntimeError("this handler cannot cope with boom")
         self.db.session.execute(notes.insert().values(note_id=event.note_id, text=event.text))
 
     @rpc
     def seen(self) -> list:
-        return [row.note_id for row in self.db.session.execute(sa.select(notes).order_by(notes.c.note_id))]
+        query = sa.select(notes).where(notes.c.note_id != "__fixed__").order_by(notes.c.note_id)
+        return [row.note_id for row in self.db.session.execute(query)]
+
+    @rpc
+    def learn_to_cope(self) -> None:
+        """The "fix" an operator deploys before replaying parked events."""
+        self.db.session.execute(notes.insert().values(note_id="__fixed__", text="fixed"))
 
 
 class ReplicaId(DependencyProvider):
