@@ -1,0 +1,189 @@
+"""The APNs client against the HTTP/2 stand-in: the exact request Apple receives, and each reason's effect."""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+
+import eventlet
+import pytest
+
+from apple_sandbox.push_portal import SandboxAppleCA
+from services.push.adapters.apns_client import ApnsClient, ApnsClients, Push, RetryPolicy, client_tls_context
+from services.push.adapters.http2 import ConnectionLost, Http2Connection
+from services.push.domain.certificates import read_pem_certificate
+
+FAST_RETRY = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05)
+
+
+@pytest.fixture(scope="module")
+def push_certificate(issue_push):
+    issued = issue_push()
+    return read_pem_certificate(issued.certificate_pem, issued.private_key_pem)
+
+
+@pytest.fixture
+def client(push_certificate, apns_sandbox):
+    client = ApnsClient(
+        topic=push_certificate.topic, certificate_pem=push_certificate.certificate_pem,
+        private_key_pem=push_certificate.private_key_pem, base_url=apns_sandbox.url,
+        ca_file=apns_sandbox.ca_file, retry=FAST_RETRY,
+    )
+    yield client
+    client.close()
+
+
+def token() -> str:
+    return secrets.token_hex(32)
+
+
+def test_request_is_exactly_what_apple_expects(client, apns_sandbox, push_certificate):
+    device = token()
+    result = client.send_one(Push(device, "PUSH-MAGIC-1"))
+    (received,) = apns_sandbox.requests()
+    assert received["method"] == "POST"
+    assert received["path"] == f"/3/device/{device}"
+    headers = received["headers"]
+    assert headers["apns-topic"] == push_certificate.topic
+    assert headers["apns-push-type"] == "mdm"
+    assert headers["apns-priority"] == "10"
+    assert abs(int(headers["apns-expiration"]) - (time.time() + 86400)) < 60
+    assert headers["content-type"] == "application/json"
+    assert json.loads(received["body"]) == {"mdm": "PUSH-MAGIC-1"}
+    assert received["client_topic"] == push_certificate.topic  # the push certificate was the TLS client certificate
+    assert result.delivered and result.status == 200 and result.attempts == 1
+    assert result.apns_id == received["apns_id"]
+
+
+@pytest.mark.parametrize("status, reason", [(410, "Unregistered"), (400, "BadDeviceToken"), (400, "DeviceTokenNotForTopic")])
+def test_permanent_reasons_are_reported_once_and_marked_permanent(client, apns_sandbox, status, reason):
+    device = token()
+    apns_sandbox.script(device, status=status, reason=reason)
+    result = client.send_one(Push(device, "m"))
+    assert (result.status, result.reason, result.attempts) == (status, reason, 1)
+    assert result.permanent and not result.delivered
+    assert len(apns_sandbox.requests()) == 1
+
+
+def test_a_malformed_token_is_apples_bad_device_token(client, apns_sandbox):
+    result = client.send_one(Push("not-hex", "m"))
+    assert (result.status, result.reason, result.permanent) == (400, "BadDeviceToken", True)
+
+
+@pytest.mark.parametrize("status, reason", [(429, "TooManyRequests"), (503, "ServiceUnavailable"), (500, "InternalServerError")])
+def test_throttling_and_server_errors_are_retried_until_delivered(client, apns_sandbox, status, reason):
+    device = token()
+    apns_sandbox.script(device, status=status, reason=reason, times=2)
+    result = client.send_one(Push(device, "m"))
+    assert result.delivered and result.attempts == 3
+    assert [r["status"] for r in apns_sandbox.requests()] == [status, status, 200]
+
+
+def test_retries_are_bounded(client, apns_sandbox):
+    device = token()
+    apns_sandbox.script(device, status=503, reason="ServiceUnavailable", times=None)
+    result = client.send_one(Push(device, "m"))
+    assert (result.status, result.reason, result.attempts) == (503, "ServiceUnavailable", 3)
+    assert not result.permanent
+    assert len(apns_sandbox.requests()) == 3
+
+
+def test_backoff_grows_with_jitter():
+    policy = RetryPolicy(base_delay=0.2, max_delay=5.0)
+    for attempt, step in [(1, 0.2), (2, 0.4), (3, 0.8), (10, 5.0)]:
+        delays = {policy.delay(attempt) for _ in range(20)}
+        assert all(step / 2 <= d <= step for d in delays) and len(delays) > 1
+
+
+@pytest.mark.parametrize("action", ["goaway", "reset"])
+def test_goaway_and_dropped_connections_are_retried_on_a_new_connection(client, apns_sandbox, action):
+    client.send_one(Push(token(), "warm-up"))
+    device = token()
+    apns_sandbox.script(device, action=action, reason="Shutdown")
+    result = client.send_one(Push(device, "m"))
+    assert result.delivered and result.attempts == 2
+    first_connection, failed, retried = [r["connection"] for r in apns_sandbox.requests()]
+    assert failed == first_connection and retried != failed
+
+
+def test_other_streams_survive_a_goaway_by_retrying(client, apns_sandbox):
+    apns_sandbox.script("*", action="goaway", reason="Shutdown", times=1)
+    results = client.send([Push(token(), "m") for _ in range(50)])
+    assert all(r.delivered for r in results)
+
+
+def test_a_topic_the_certificate_does_not_cover_is_reported_without_retry(push_certificate, apns_sandbox):
+    client = ApnsClient(
+        topic="com.apple.mgmt.External.someone-else", certificate_pem=push_certificate.certificate_pem,
+        private_key_pem=push_certificate.private_key_pem, base_url=apns_sandbox.url, ca_file=apns_sandbox.ca_file,
+    )
+    try:
+        result = client.send_one(Push(token(), "m"))
+    finally:
+        client.close()
+    assert (result.status, result.reason, result.attempts, result.permanent) == (400, "TopicDisallowed", 1, False)
+
+
+def test_a_certificate_apple_did_not_issue_is_refused_in_tls_and_not_retried(tmp_path, apns_sandbox, push_keys, push_certificate):
+    stranger_ca = SandboxAppleCA.load_or_create(tmp_path)
+    issued = read_pem_certificate(stranger_ca.issue_push_certificate(push_keys[0].public_key()))
+    client = ApnsClient(
+        topic=issued.topic, certificate_pem=issued.certificate_pem, private_key_pem=push_certificate.private_key_pem,
+        base_url=apns_sandbox.url, ca_file=apns_sandbox.ca_file, retry=FAST_RETRY,
+    )
+    try:
+        result = client.send_one(Push(token(), "m"))
+    finally:
+        client.close()
+    assert result.status is None and result.attempts == 1
+    assert "refused" in result.reason
+    assert apns_sandbox.requests() == []
+
+
+def test_fan_out_shares_one_connection_and_does_not_block_the_hub(client, apns_sandbox):
+    ticks = []
+    ticker = eventlet.spawn(lambda: [ticks.append(eventlet.sleep(0.001)) for _ in range(10_000)])
+    pushes = [Push(token(), f"magic-{i}") for i in range(400)]
+    results = client.send(pushes)
+    ticker.kill()
+    assert [r.device_token for r in results] == [p.device_token for p in pushes]
+    assert all(r.delivered for r in results)
+    received = apns_sandbox.requests()
+    assert len(received) == 400 and len({r["connection"] for r in received}) == 1
+    assert len(ticks) > 5, "the hub was blocked while pushing"
+
+
+def test_stand_in_checks_the_push_type(push_certificate, apns_sandbox):
+    context = client_tls_context(push_certificate.certificate_pem, push_certificate.private_key_pem, apns_sandbox.ca_file)
+    host, port = apns_sandbox.url.removeprefix("https://").split(":")
+    connection = Http2Connection(host, int(port), context)
+    try:
+        response = connection.request(
+            f"/3/device/{token()}".encode(), [(b"apns-topic", push_certificate.topic.encode())], b'{"mdm":"m"}', 5
+        )
+    finally:
+        connection.close()
+    assert response.status == 400 and json.loads(response.body) == {"reason": "InvalidPushType"}
+
+
+def test_client_per_topic_is_reused_and_replaced_on_renewal(push_certificate, apns_sandbox):
+    clients = ApnsClients(base_url=apns_sandbox.url, ca_file=apns_sandbox.ca_file)
+    credentials = dict(topic=push_certificate.topic, certificate_pem=push_certificate.certificate_pem,
+                       private_key_pem=push_certificate.private_key_pem)
+    try:
+        first = clients.for_certificate(serial_number="01", **credentials)
+        assert clients.for_certificate(serial_number="01", **credentials) is first
+        renewed = clients.for_certificate(serial_number="02", **credentials)
+        assert renewed is not first
+        assert renewed.send_one(Push(token(), "m")).delivered
+    finally:
+        clients.close()
+
+
+def test_closed_connection_refuses_new_requests(push_certificate, apns_sandbox):
+    context = client_tls_context(push_certificate.certificate_pem, push_certificate.private_key_pem, apns_sandbox.ca_file)
+    host, port = apns_sandbox.url.removeprefix("https://").split(":")
+    connection = Http2Connection(host, int(port), context)
+    connection.close()
+    with pytest.raises(ConnectionLost, match="closed"):
+        connection.request(b"/3/device/00", [], b"{}", 5)
