@@ -11,9 +11,11 @@ eventlet.monkey_patch()  # noqa: E402  the RPC client is Nameko's, which expects
 
 import click
 
+from orchard_cli.directory import directory
 from orchard_cli.events import events
 from orchard_cli.output import print_table
 from orchard_cli.rpc import call
+from orchard_cli.vpp import vpp
 
 SERVICES = ("push", "enrollment", "vpp", "roster", "directory")
 
@@ -42,3 +44,5 @@ def health(timeout: float) -> None:
 
 
 cli.add_command(events)
+cli.add_command(directory)
+cli.add_command(vpp)
