@@ -1,6 +1,7 @@
 """Two tiny services that exercise the kernel the way the real ones use it."""
 from dataclasses import dataclass
 
+import eventlet
 import sqlalchemy as sa
 from nameko.extensions import DependencyProvider
 
@@ -27,9 +28,20 @@ class NoteTaken(Event):
     text: str
 
 
+class ReplicaId(DependencyProvider):
+    def get_dependency(self, worker_ctx) -> str:
+        return f"{id(self.container):x}"
+
+
 class NotesService(OrchardService):
     name = "notes"
     db = Database(metadata, migrations="tests.shared.sample.migrations")
+    replica = ReplicaId()
+
+    @rpc
+    def which_replica(self) -> str:
+        eventlet.sleep(0.05)  # long enough that concurrent calls need more than one worker
+        return self.replica
 
     @rpc
     def take_note(self, note_id: str, text: str, then_fail: bool = False) -> dict:
@@ -64,13 +76,14 @@ class NotesService(OrchardService):
 class ListenerService(OrchardService):
     name = "listener"
     db = Database(metadata, migrations="tests.shared.sample.migrations")
+    replica = ReplicaId()
 
     @event_handler(NoteTaken)
     def on_note_taken(self, event: NoteTaken) -> None:
         fixed = self.db.session.execute(sa.select(notes).where(notes.c.note_id == "__fixed__")).first()
         if event.text == "boom" and not fixed:
             raise RuntimeError("this handler cannot cope with boom")
-        self.db.session.execute(notes.insert().values(note_id=event.note_id, text=event.text))
+        self.db.session.execute(notes.insert().values(note_id=event.note_id, text=event.text, holder=self.replica))
 
     @rpc
     def seen(self) -> list:
@@ -81,11 +94,6 @@ class ListenerService(OrchardService):
     def learn_to_cope(self) -> None:
         """The "fix" an operator deploys before replaying parked events."""
         self.db.session.execute(notes.insert().values(note_id="__fixed__", text="fixed"))
-
-
-class ReplicaId(DependencyProvider):
-    def get_dependency(self, worker_ctx) -> str:
-        return f"{id(self.container):x}"
 
 
 class TickerService(OrchardService):
