@@ -1,9 +1,309 @@
 """The roster service: Nameko entrypoints over the domain code in ``services.roster.domain``."""
-from services.roster.adapters import tables
+from __future__ import annotations
+
+import base64
+import dataclasses
+import binascii
+import json
+from typing import Any
+
+from eventlet import tpool
+from werkzeug.wrappers import Request, Response
+
+from services.roster.adapters import asm, spreadsheets, tables
+from services.roster.adapters.api_tokens import ApiTokens, describe, parse_allowed_ips
+from services.roster.adapters.imports import ImportRunner
+from services.roster.adapters.mosyle_http import MosyleApi
+from services.roster.adapters.queries import RosterQueries
+from services.roster.domain import asm_mapping, planning
+from services.roster.domain.mosyle_openapi import openapi_document
+from shared.auth import Actor, visible
+from shared.contracts.roster import USER_TYPES, ImportBatch
+from shared.entrypoints import ServiceRpc, http, periodic, rpc
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.service import OrchardService
-from shared.storage import Database
+from shared.storage import Database, utc_now
+
+MAX_PAGE_SIZE = 1000
 
 
 class RosterService(OrchardService):
     name = "roster"
     db = Database(tables.metadata, migrations="services.roster.migrations")
+    enrollment = ServiceRpc("enrollment")
+
+    # ------------------------------------------------------------ imports
+
+    @rpc
+    def preview_records(self, batch: dict, options: dict | None = None) -> dict[str, Any]:
+        """Preview an ``ImportBatch`` from any source; returns the plan summary and ``plan_id``."""
+        actor = self.auth.require("roster:write")
+        records = ImportBatch.from_dict(batch, what="batch")
+        return self._runner().preview(records, self._options(actor, options), actor=actor,
+                                      origin=records.source)
+
+    @rpc
+    def apply_plan(self, plan_id: str, allow_mass_delete: bool = False) -> dict[str, Any]:
+        actor = self.auth.require("roster:write")
+        _require_str(plan_id, "plan_id")
+        if not isinstance(allow_mass_delete, bool):
+            raise ValidationError("allow_mass_delete must be true or false")
+        result = self._runner().apply(plan_id, actor=actor, allow_mass_delete=allow_mass_delete)
+        if not result["already_applied"]:
+            self.db.audit(actor, "import.applied", f"plan:{plan_id}",
+                          {"applied": result["applied"], "allow_mass_delete": allow_mass_delete})
+        return result
+
+    @rpc
+    def spreadsheet_template(self, fmt: str = "xlsx") -> dict[str, str]:
+        """The import template: ``{"filename", "content_b64"}`` (XLSX, or a zip of CSV files)."""
+        self.auth.require("roster:read")
+        content = spreadsheets.spreadsheet_template(fmt)
+        extension = "xlsx" if fmt == "xlsx" else "zip"
+        return {"filename": f"orchard-roster-template.{extension}",
+                "content_b64": base64.b64encode(content).decode()}
+
+    @rpc
+    def preview_spreadsheet(self, filename: str, content_b64: str,
+                            options: dict | None = None) -> dict[str, Any]:
+        actor = self.auth.require("roster:write")
+        _require_str(filename, "filename")
+        _require_str(content_b64, "content_b64")
+        try:
+            content = base64.b64decode(content_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationError("content_b64 is not valid base64") from None
+        read = tpool.execute(spreadsheets.read_spreadsheet, filename, content)
+        return self._runner().preview(read.batch, self._options(actor, options), actor=actor,
+                                      origin=filename, row_numbers=read.row_numbers)
+
+    # ------------------------------------------------------------ Apple School Manager
+
+    @rpc
+    def get_asm_preferences(self, token_id: str) -> dict[str, Any]:
+        self.auth.require("roster:read")
+        _require_str(token_id, "token_id")
+        store = asm.AsmPreferenceStore(self.db.session)
+        return {"token_id": token_id, "preferences": store.get(token_id).to_dict(),
+                **store.status(token_id)}
+
+    @rpc
+    def set_asm_preferences(self, token_id: str, prefs: dict) -> dict[str, Any]:
+        actor = self.auth.require("roster:asm")
+        _require_str(token_id, "token_id")
+        preferences = asm_mapping.AsmPreferences.from_dict(prefs)
+        asm.AsmPreferenceStore(self.db.session).set(token_id, preferences)
+        self.db.audit(actor, "asm.preferences_set", f"server_token:{token_id}", preferences.to_dict())
+        return {"token_id": token_id, "preferences": preferences.to_dict()}
+
+    @rpc
+    def preview_asm(self, token_id: str) -> dict[str, Any]:
+        actor = self.auth.require("roster:asm")
+        _require_str(token_id, "token_id")
+        return self._preview_asm(token_id, actor)
+
+    @periodic(interval=60)
+    def daily_asm_sync(self) -> None:
+        """Sync one server token whose daily time has come; the next tick takes the next."""
+        store = asm.AsmPreferenceStore(self.db.session)
+        due = store.due(utc_now())
+        if not due:
+            return
+        token_id = due[0]
+        actor = Actor(id="system:roster.daily_asm_sync", role="system")
+        summary = self._preview_asm(token_id, actor)
+        try:
+            result = self._runner().apply(summary["plan_id"], actor=actor)
+            outcome = f"applied plan {summary['plan_id']}: {summary['total_changes']} change(s)"
+            self.db.audit(actor, "import.applied", f"plan:{summary['plan_id']}",
+                          {"applied": result["applied"]})
+        except Conflict as refused:  # the deletion guard: a person must look at this plan
+            outcome = f"stopped before applying plan {summary['plan_id']}: {refused.message}"
+            self.db.audit(actor, "asm.sync_stopped", f"server_token:{token_id}",
+                          {"plan_id": summary["plan_id"], "reason": refused.message})
+        store.record_sync(token_id, outcome)
+
+    def _preview_asm(self, token_id: str, actor: Actor) -> dict[str, Any]:
+        prefs = asm.AsmPreferenceStore(self.db.session).get(token_id)
+        roster = asm.fetch_roster(self.enrollment, token_id)
+        mapping = tpool.execute(asm_mapping.map_roster, roster, prefs)
+        options = planning.PlanOptions(only_add_new=prefs.only_add_new, locations=prefs.locations)
+        return self._runner().preview(mapping.batch, options, actor=actor,
+                                      origin=f"server_token:{token_id}", warnings=mapping.warnings)
+
+    # ------------------------------------------------------------ queries
+
+    @rpc
+    def list_users(self, location_id: str | None = None, user_type: str | None = None,
+                   page: int = 1, page_size: int = 100) -> dict[str, Any]:
+        actor = self.auth.require("roster:read")
+        if user_type is not None and user_type not in USER_TYPES:
+            raise ValidationError(f"user_type must be one of {', '.join(USER_TYPES)}")
+        locations = self._location_filter(actor, location_id)
+        page, page_size = _page(page, page_size)
+        users, total = RosterQueries(self.db.session).users(
+            locations=locations, user_types=[user_type] if user_type else None,
+            offset=(page - 1) * page_size, limit=page_size)
+        return {"users": [u.to_dict() for u in users], "total": total, "page": page,
+                "page_size": page_size}
+
+    @rpc
+    def get_user(self, user_id: str) -> dict[str, Any]:
+        actor = self.auth.require("roster:read")
+        _require_str(user_id, "user_id")
+        queries = RosterQueries(self.db.session)
+        user = queries.user(user_id)
+        if user is None or not visible(actor, user.locations):
+            raise NotFound(f"there is no user '{user_id}' in your locations")
+        return {**user.to_dict(), "classes": queries.classes_of_user(user_id)}
+
+    @rpc
+    def list_classes(self, location_id: str | None = None, page: int = 1,
+                     page_size: int = 100) -> dict[str, Any]:
+        actor = self.auth.require("roster:read")
+        locations = self._location_filter(actor, location_id)
+        page, page_size = _page(page, page_size)
+        classes, total = RosterQueries(self.db.session).classes(
+            locations=locations, offset=(page - 1) * page_size, limit=page_size)
+        return {"classes": [c.to_dict() for c in classes], "total": total, "page": page,
+                "page_size": page_size}
+
+    @rpc
+    def list_locations(self) -> list[dict[str, Any]]:
+        actor = self.auth.require("roster:read")
+        return [loc for loc in RosterQueries(self.db.session).locations()
+                if visible(actor, [loc["location_id"]])]
+
+    @rpc
+    def list_grade_levels(self) -> list[dict[str, Any]]:
+        actor = self.auth.require("roster:read")
+        return [grade for grade in RosterQueries(self.db.session).grade_levels()
+                if grade["location_id"] is None or visible(actor, [grade["location_id"]])]
+
+    @rpc
+    def plan(self, plan_id: str, page: int = 1, page_size: int = 200) -> dict[str, Any]:
+        """A stored plan: its summary, status and one page of its changes."""
+        actor = self.auth.require("roster:read")
+        _require_str(plan_id, "plan_id")
+        page, page_size = _page(page, page_size)
+        store = ImportRunner(self.db.session, self.db.publish).plans
+        row = store.get(plan_id)
+        if not visible(actor, row.summary.get("locations")):
+            raise NotFound(f"there is no import plan {plan_id} in your locations")
+        changes = store.changes(plan_id, after_seq=(page - 1) * page_size - 1, limit=page_size)
+        return {"plan_id": plan_id, "status": row.status, "origin": row.origin,
+                "created_at": row.created_at.isoformat(),
+                "applied_at": row.applied_at.isoformat() if row.applied_at else None,
+                **row.summary, "page": page, "page_size": page_size,
+                "changes": [_change_view(c) for c in changes]}
+
+    @rpc
+    def import_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        actor = self.auth.require("roster:read")
+        _, limit = _page(1, limit)
+        store = ImportRunner(self.db.session, self.db.publish).plans
+        return [{"plan_id": r.plan_id, "source": r.source, "status": r.status, "origin": r.origin,
+                 "actor_id": r.actor_id, "created_at": r.created_at.isoformat(),
+                 "applied_at": r.applied_at.isoformat() if r.applied_at else None,
+                 "counts": r.summary["counts"], "rejected": len(r.summary["rejected"])}
+                for r in store.runs(limit) if visible(actor, r.summary.get("locations"))]
+
+    # ------------------------------------------------------------ API tokens
+
+    @rpc
+    def create_api_token(self, name: str, allowed_ips: list[str] | None = None) -> dict[str, Any]:
+        """A new access token for the HTTP API; the token itself is shown only this once."""
+        actor = self.auth.require("roster:api_tokens")
+        _require_str(name, "name")
+        row, token = ApiTokens(self.db.session).create(name.strip(), parse_allowed_ips(allowed_ips),
+                                                       actor.id)
+        self.db.audit(actor, "api_token.created", f"api_token:{row.id}",
+                      {"name": row.name, "allowed_ips": row.allowed_ips})
+        return {**describe(row), "token": token}
+
+    @rpc
+    def list_api_tokens(self) -> list[dict[str, Any]]:
+        self.auth.require("roster:api_tokens")
+        return [describe(row) for row in ApiTokens(self.db.session).all()]
+
+    @rpc
+    def revoke_api_token(self, token_id: int) -> dict[str, Any]:
+        actor = self.auth.require("roster:api_tokens")
+        if isinstance(token_id, bool) or not isinstance(token_id, int):
+            raise ValidationError("token_id must be a whole number")
+        row = ApiTokens(self.db.session).revoke(token_id)
+        self.db.audit(actor, "api_token.revoked", f"api_token:{token_id}", {"name": row.name})
+        return describe(row)
+
+    # ------------------------------------------------------------ Mosyle-compatible HTTP API
+
+    @http("POST", "/v2/listusers")
+    def api_list_users(self, request: Request) -> Response:
+        return self._api().handle(request, "listusers")
+
+    @http("POST", "/v2/users")
+    def api_users(self, request: Request) -> Response:
+        return self._api().handle(request, "users")
+
+    @http("POST", "/v2/listclasses")
+    def api_list_classes(self, request: Request) -> Response:
+        return self._api().handle(request, "listclasses")
+
+    @http("POST", "/v2/classes")
+    def api_classes(self, request: Request) -> Response:
+        return self._api().handle(request, "classes")
+
+    @http("GET", "/v2/openapi.json")
+    def api_openapi(self, request: Request) -> Response:
+        server = request.host_url.rstrip("/")
+        return Response(json.dumps(openapi_document(server), indent=2),
+                        mimetype="application/json")
+
+    # ------------------------------------------------------------ helpers
+
+    def _runner(self) -> ImportRunner:
+        return ImportRunner(self.db.session, self.db.publish)
+
+    def _api(self) -> MosyleApi:
+        return MosyleApi(self.db.session, self.db.publish, self.db.audit)
+
+    @staticmethod
+    def _options(actor: Actor, options: dict | None) -> planning.PlanOptions:
+        parsed = planning.PlanOptions.from_dict(options)
+        if actor.is_location_bound:  # a location leader's import stays within their locations
+            parsed = dataclasses.replace(parsed, locations=actor.locations)
+        return parsed
+
+    @staticmethod
+    def _location_filter(actor: Actor, location_id: str | None) -> list[str] | None:
+        if location_id is not None:
+            _require_str(location_id, "location_id")
+            if not visible(actor, [location_id]):
+                raise NotFound(f"there is no location '{location_id}' among yours")
+            return [location_id]
+        return list(actor.locations or ()) if actor.is_location_bound else None
+
+
+def _require_str(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{name} must be a non-empty string")
+
+
+def _page(page: Any, page_size: Any) -> tuple[int, int]:
+    for value, name in ((page, "page"), (page_size, "page_size")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValidationError(f"{name} must be a whole number from 1")
+    return page, min(page_size, MAX_PAGE_SIZE)
+
+
+def _change_view(change: planning.Change) -> dict[str, Any]:
+    view: dict[str, Any] = {"entity": change.entity, "action": change.action,
+                            "id": change.natural_id}
+    if change.action == planning.UPDATE:
+        view["fields"] = {name: {"before": old, "after": new}
+                          for name, (old, new) in change.field_changes().items()}
+    elif change.action == planning.ADD:
+        view["record"] = change.after
+    else:
+        view["record"] = change.before
+    return view

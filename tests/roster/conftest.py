@@ -83,22 +83,17 @@ class InMemoryHierarchy:
     def _class_add(self, c, source):
         data = {k: v for k, v in c.after.items() if k not in ("class_id", "teacher_ids", "student_ids")}
         self.class_rows[c.natural_id] = (data, source)
+        self.memberships = {m for m in self.memberships if m[0] != c.natural_id}
+        keys = {r.user_id: k for k, (r, _) in self.user_rows.items()}
+        for role in ("teacher", "student"):
+            for user_id in c.after[f"{role}_ids"]:
+                self.memberships.add((c.natural_id, keys[user_id], role))
 
     _class_update = _class_add
 
     def _class_delete(self, c, source):
         del self.class_rows[c.natural_id]
-
-    def _key_of(self, user_id):
-        return next(k for k, (r, _) in self.user_rows.items() if r.user_id == user_id)
-
-    def _membership_add(self, c, source):
-        class_id, user_id, role = p.membership_parts(c.natural_id)
-        self.memberships.add((class_id, self._key_of(user_id), role))
-
-    def _membership_delete(self, c, source):
-        class_id, user_id, role = p.membership_parts(c.natural_id)
-        self.memberships.discard((class_id, self._key_of(user_id), role))
+        self.memberships = {m for m in self.memberships if m[0] != c.natural_id}
 
 
 @pytest.fixture

@@ -185,8 +185,9 @@ def test_membership_changes_update_the_class(hierarchy):
     moved = ClassRecord(class_id="C1", name="Maths", location_id="L1", teacher_ids=["t1"],
                         student_ids=["s2"])
     plan = p.build_plan(hierarchy, batch(users, [moved]))
-    assert [(c.entity, c.action) for c in plan.changes] == [
-        ("membership", "delete"), ("class", "update"), ("membership", "add")]
+    assert [(c.entity, c.action) for c in plan.changes] == [("class", "update")]
+    assert plan.changes[0].field_changes() == {"student_ids": (["s1"], ["s2"])}
+    assert plan.summary.counts["membership"] == {"add": 1, "update": 0, "delete": 1}
     (event,) = apply(hierarchy, plan)
     assert isinstance(event, ClassUpdated) and event.student_ids == ["s2"]
     classes = hierarchy.classes()
@@ -232,3 +233,19 @@ def test_planning_scales_linearly(hierarchy):
     elapsed = time.perf_counter() - started
     assert plan.summary.counts["membership"]["add"] == 40000
     assert elapsed < 3.0
+
+
+def test_an_import_limited_to_locations_touches_nothing_else(hierarchy):
+    two = [LocationRecord(location_id="L1", name="North"), LocationRecord(location_id="L2", name="South")]
+    south = UserRecord(user_id="s9", user_type="student", name="Sam", locations=["L2"])
+    apply(hierarchy, p.build_plan(hierarchy, batch([user("s1"), user("s2"), south], locations=two)))
+    plan = p.build_plan(hierarchy, batch(
+        [user("s1", grade_level="9"), UserRecord(user_id="s9", user_type="student", name="Sam Two",
+                                                 locations=["L1"])],
+        locations=[LocationRecord(location_id="L1", name="North")]),
+        p.PlanOptions(locations=("L1",), max_user_delete_share=1))
+    # s2 (L1) goes; s9 lives in L2, which this import may neither change nor delete
+    assert sorted((c.action, c.natural_id) for c in plan.changes) == [
+        ("delete", "s2"), ("update", "s1")]
+    (rejected,) = plan.summary.rejected
+    assert "existing user is outside the locations you manage (L1)" in rejected.reason

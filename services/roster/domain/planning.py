@@ -8,7 +8,8 @@ writes exactly that plan through a ``HierarchyWriter`` and returns the events to
 The work is linear in the size of the batch and of the hierarchy: everything is looked
 up in dicts built once. A plan is a flat list of small ``Change`` rows in the order in
 which they must be written, so a service can store it as table rows and apply it in
-chunks without holding anything else.
+chunks without holding anything else. Class memberships travel inside the class
+changes (a class's members after the change); the summary still counts them.
 """
 from __future__ import annotations
 
@@ -104,8 +105,44 @@ class HierarchyReader(Protocol):
     def classes(self) -> Iterable[StoredClass]: ...
 
 
+@dataclass
+class HierarchySnapshot:
+    """The hierarchy read into memory, so planning can run away from the database."""
+
+    version_number: int
+    stored_locations: list[StoredLocation]
+    stored_grade_levels: list[StoredGradeLevel]
+    stored_users: list[StoredUser]
+    stored_classes: list[StoredClass]
+
+    @classmethod
+    def of(cls, reader: HierarchyReader) -> "HierarchySnapshot":
+        return cls(reader.version(), list(reader.locations()), list(reader.grade_levels()),
+                   list(reader.users()), list(reader.classes()))
+
+    def version(self) -> int:
+        return self.version_number
+
+    def locations(self) -> list[StoredLocation]:
+        return self.stored_locations
+
+    def grade_levels(self) -> list[StoredGradeLevel]:
+        return self.stored_grade_levels
+
+    def users(self) -> list[StoredUser]:
+        return self.stored_users
+
+    def classes(self) -> list[StoredClass]:
+        return self.stored_classes
+
+
 class HierarchyWriter(Protocol):
-    """Writes one run of changes of the same entity and action, in one batch."""
+    """Writes one run of changes of the same entity and action, in one batch.
+
+    A class add or update sets the class's members to ``after["teacher_ids"]`` and
+    ``after["student_ids"]`` (user IDs as they are once the users are written); deleting
+    a user or a class removes its memberships.
+    """
 
     def write(self, entity: str, action: str, changes: list["Change"], source: str) -> None: ...
 
@@ -144,18 +181,20 @@ class PlanOptions:
     delete_user_ids: tuple[str, ...] = ()  # explicit deletions (the API's "delete" operation)
     delete_class_ids: tuple[str, ...] = ()
     max_user_delete_share: float = DEFAULT_MAX_USER_DELETE_SHARE
+    # a location leader's import: only these locations are read, changed or deleted
+    locations: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "PlanOptions":
         data = dict(data or {})
         known = {"only_add_new", "delete_missing", "delete_user_ids", "delete_class_ids",
-                 "max_user_delete_share"}
+                 "max_user_delete_share", "locations"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValidationError(f"unknown import option(s) {', '.join(unknown)}; "
                                   f"known options are {', '.join(sorted(known))}")
-        for name in ("delete_user_ids", "delete_class_ids"):
-            if name in data:
+        for name in ("delete_user_ids", "delete_class_ids", "locations"):
+            if data.get(name) is not None:
                 data[name] = tuple(data[name] or ())
         return cls(**data)
 
@@ -173,6 +212,7 @@ class PlanSummary:
     rejected: list[RejectedRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     max_user_delete_share: float = DEFAULT_MAX_USER_DELETE_SHARE
+    locations: list[str] | None = None  # the import was limited to these locations
 
     @property
     def user_delete_share(self) -> float:
@@ -203,6 +243,7 @@ class PlanSummary:
             "needs_mass_delete_approval": self.needs_mass_delete_approval,
             "rejected": [r.to_dict() for r in self.rejected],
             "warnings": list(self.warnings),
+            "locations": self.locations,
         }
 
     @classmethod
@@ -214,6 +255,7 @@ class PlanSummary:
             unchanged_users=data["unchanged_users"], existing_users=data["existing_users"],
             rejected=[RejectedRow.from_dict(r) for r in data["rejected"]],
             warnings=list(data["warnings"]), max_user_delete_share=data["max_user_delete_share"],
+            locations=data.get("locations"),
         )
 
 
@@ -251,7 +293,9 @@ class _Planner:
         self.family = source_family(batch.source)
         self.summary = PlanSummary(source=batch.source, base_version=hierarchy.version(),
                                    rejected=list(batch.rejected),
-                                   max_user_delete_share=options.max_user_delete_share)
+                                   max_user_delete_share=options.max_user_delete_share,
+                                   locations=list(options.locations) if options.locations is not None
+                                   else None)
         # changes grouped by the phase in which they are written (see _PHASES)
         self.phases: dict[tuple[str, str], list[Change]] = {p: [] for p in _PHASES}
 
@@ -274,8 +318,23 @@ class _Planner:
         self.phases[(change.entity, change.action)].append(change)
         self.summary.counts[change.entity][change.action] += 1
 
-    def _may_delete(self, source: str) -> bool:
-        return self.options.delete_missing and source_family(source) == self.family
+    def _may_delete(self, source: str, locations: Iterable[str | None]) -> bool:
+        return (self.options.delete_missing and source_family(source) == self.family
+                and self._in_scope(locations))
+
+    def _in_scope(self, locations: Iterable[str | None]) -> bool:
+        """Within the import's locations: always, unless the import is limited to some."""
+        scope = self.options.locations
+        if scope is None:
+            return True
+        locations = list(locations)
+        return bool(locations) and all(lid in scope for lid in locations)
+
+    def _out_of_scope(self, locations: Iterable[str | None]) -> str | None:
+        if self._in_scope(locations):
+            return None
+        return ("outside the locations you manage "
+                f"({', '.join(self.options.locations or ()) or 'none'})")
 
     def _skip_deletion(self) -> bool:
         if self.options.only_add_new:
@@ -293,6 +352,7 @@ class _Planner:
                 "location name", location.name, required=True)
             if not problem and location.location_id in seen:
                 problem = f"location ID '{location.location_id}' appears more than once"
+            problem = problem or self._out_of_scope([location.location_id])
             if problem:
                 self._reject(LOCATION, location.location_id, position, problem)
                 continue
@@ -308,7 +368,7 @@ class _Planner:
                     self._emit(Change(LOCATION, UPDATE, location.location_id, after=after,
                                       before={"name": old.record.name}))
         self.missing_locations = [
-            s for lid, s in stored.items() if lid not in seen and self._may_delete(s.source)]
+            s for lid, s in stored.items() if lid not in seen and self._may_delete(s.source, [lid])]
         return set(stored) | seen
 
     def _plan_grade_levels(self, location_ids: set[str]) -> None:
@@ -320,6 +380,7 @@ class _Planner:
             problem = _name_problem("grade level name", grade.name, required=True)
             if not problem and grade.location_id is not None and grade.location_id not in location_ids:
                 problem = f"unknown location ID '{grade.location_id}'; add it to the Locations sheet"
+            problem = problem or self._out_of_scope([grade.location_id])
             if problem:
                 self._reject(GRADE_LEVEL, natural_id, position, problem)
                 continue
@@ -329,7 +390,8 @@ class _Planner:
             if key not in stored:
                 self._emit(Change(GRADE_LEVEL, ADD, natural_id, after=grade.to_dict()))
         for key, old in stored.items():
-            if key not in seen and self._may_delete(old.source) and not self._skip_deletion():
+            if (key not in seen and self._may_delete(old.source, [old.record.location_id])
+                    and not self._skip_deletion()):
                 self._emit(Change(GRADE_LEVEL, DELETE, _grade_level_id(old.record),
                                   before=old.record.to_dict()))
 
@@ -347,7 +409,7 @@ class _Planner:
         seen_ids: set[str] = set()
         seen_emails: set[str] = set()
         for position, user in enumerate(self.batch.users, start=1):
-            problem = _user_problem(user, location_ids)
+            problem = _user_problem(user, location_ids) or self._out_of_scope(user.locations)
             email_key = user.email.lower() if user.email else None
             if not problem and user.user_id in seen_ids:
                 problem = f"user ID '{user.user_id}' appears more than once"
@@ -366,6 +428,10 @@ class _Planner:
             if email_key:
                 seen_emails.add(email_key)
             old = by_own_id or by_own_email
+            if old is not None and not self._in_scope(old.record.locations):
+                self._reject(USER, user.user_id, position, "the existing user is "
+                             + (self._out_of_scope(old.record.locations) or ""))
+                continue
             final_ids.add(user.user_id)
             if old is None:
                 self._emit(Change(USER, ADD, user.user_id, after=_user_dict(user)))
@@ -392,7 +458,8 @@ class _Planner:
             if stored.key in matched:
                 continue
             uid = stored.record.user_id
-            wanted = uid in explicit_deletes or (self._may_delete(stored.source))
+            wanted = (uid in explicit_deletes and self._in_scope(stored.record.locations)) or (
+                self._may_delete(stored.source, stored.record.locations))
             if wanted and not self._skip_deletion():
                 self._emit(Change(USER, DELETE, uid, before=_user_dict(stored.record),
                                   target=stored.key))
@@ -410,7 +477,10 @@ class _Planner:
         explicit_deletes = set(self.options.delete_class_ids)
         seen: set[str] = set()
         for position, cls in enumerate(self.batch.classes, start=1):
-            problem = _class_problem(cls, location_ids)
+            problem = _class_problem(cls, location_ids) or self._out_of_scope([cls.location_id])
+            old_location = stored[cls.class_id].record.location_id if cls.class_id in stored else None
+            if not problem and old_location is not None and not self._in_scope([old_location]):
+                problem = "the existing class is " + (self._out_of_scope([old_location]) or "")
             if not problem and cls.class_id in seen:
                 problem = f"class ID '{cls.class_id}' appears more than once"
             if not problem:
@@ -434,7 +504,7 @@ class _Planner:
             old = stored.get(cls.class_id)
             if old is None:
                 self._emit(Change(CLASS, ADD, cls.class_id, after=after))
-                self._plan_memberships(cls.class_id, {}, after)
+                self._count_memberships({}, after)
                 continue
             before = _differences(_class_dict(old.record), after, CLASS_FIELDS)
             if not before:
@@ -443,26 +513,26 @@ class _Planner:
                 self.summary.skipped_updates += 1
                 continue
             self._emit(Change(CLASS, UPDATE, cls.class_id, after=after, before=before))
-            self._plan_memberships(cls.class_id, _class_dict(old.record), after)
+            self._count_memberships(_class_dict(old.record), after)
         for class_id, old in stored.items():
             if class_id in seen:
                 continue
-            wanted = class_id in explicit_deletes or self._may_delete(old.source)
+            in_scope = self._in_scope([old.record.location_id])
+            wanted = (class_id in explicit_deletes and in_scope) or self._may_delete(
+                old.source, [old.record.location_id])
             if wanted and not self._skip_deletion():
                 before = _class_dict(old.record)
                 self._emit(Change(CLASS, DELETE, class_id, before=before))
-                self._plan_memberships(class_id, before, {})
+                self._count_memberships(before, {})
         self._plan_location_deletions(stored, seen)
 
-    def _plan_memberships(self, class_id: str, before: Mapping[str, Any],
-                          after: Mapping[str, Any]) -> None:
-        for role, key in (("teacher", "teacher_ids"), ("student", "student_ids")):
+    def _count_memberships(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+        counts = self.summary.counts[MEMBERSHIP]
+        for key in ("teacher_ids", "student_ids"):
             old = set(before.get(key) or ())
             new = set(after.get(key) or ())
-            for user_id in sorted(new - old):
-                self._emit(Change(MEMBERSHIP, ADD, _membership_id(class_id, user_id, role)))
-            for user_id in sorted(old - new):
-                self._emit(Change(MEMBERSHIP, DELETE, _membership_id(class_id, user_id, role)))
+            counts[ADD] += len(new - old)
+            counts[DELETE] += len(old - new)
 
     def _plan_location_deletions(self, stored_classes: Mapping[str, StoredClass],
                                  kept_class_ids: set[str]) -> None:
@@ -487,13 +557,13 @@ class _Planner:
                 self._emit(Change(LOCATION, DELETE, lid, before=stored.record.to_dict()))
 
 
-# the order in which changes are written: memberships and classes go before what they
-# point to is removed, and after what they point to exists
+# the order in which changes are written: classes (with their members) go before what
+# they point to is removed, and after what they point to exists
 _PHASES = (
-    (MEMBERSHIP, DELETE), (CLASS, DELETE),
+    (CLASS, DELETE),
     (LOCATION, ADD), (LOCATION, UPDATE), (GRADE_LEVEL, ADD),
     (USER, ADD), (USER, UPDATE),
-    (CLASS, ADD), (CLASS, UPDATE), (MEMBERSHIP, ADD),
+    (CLASS, ADD), (CLASS, UPDATE),
     (USER, DELETE), (GRADE_LEVEL, DELETE), (LOCATION, DELETE),
 )
 
@@ -524,16 +594,6 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
 
 def _grade_level_id(grade: GradeLevelRecord) -> str:
     return f"{grade.location_id or ''}/{grade.name}"
-
-
-def _membership_id(class_id: str, user_id: str, role: str) -> str:
-    return f"{class_id}\t{user_id}\t{role}"
-
-
-def membership_parts(natural_id: str) -> tuple[str, str, str]:
-    """(class ID, user ID, role) of a membership change."""
-    class_id, user_id, role = natural_id.split("\t")
-    return class_id, user_id, role
 
 
 def _id_problem(what: str, value: str) -> str | None:
@@ -635,7 +695,7 @@ _USER_EVENT_FIELDS = ("user_id", "user_type", "email", "managed_apple_id", "loca
 
 
 def event_for(change: Change, source: str) -> Event | None:
-    """The event an applied change publishes (memberships travel inside class events)."""
+    """The event an applied change publishes."""
     if change.entity == USER:
         record = change.after if change.action != DELETE else change.before
         assert record is not None

@@ -1,0 +1,212 @@
+"""The hierarchy in SQL: the planner's reader and writer ports over one session.
+
+Writes are batched: each call of ``write`` gets a run of changes of one entity and
+action and turns it into a handful of executemany statements.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from services.roster.adapters import tables as t
+from services.roster.domain.planning import (
+    ADD, CLASS, DELETE, GRADE_LEVEL, LOCATION, UPDATE, USER, Change, StoredClass,
+    StoredGradeLevel, StoredLocation, StoredUser,
+)
+from shared.contracts.roster import ClassRecord, GradeLevelRecord, LocationRecord, UserRecord
+from shared.errors import Conflict
+
+CHUNK = 1000
+USER_COLUMNS = ("user_id", "user_type", "first_name", "last_name", "name", "email",
+                "managed_apple_id", "locations", "grade_level", "serial_numbers")
+CLASS_COLUMNS = ("name", "location_id", "course_name", "room")
+
+
+def chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def user_record(row: Any) -> UserRecord:
+    return UserRecord(
+        user_id=row.user_id, user_type=row.user_type, first_name=row.first_name,
+        last_name=row.last_name, name=row.name, email=row.email,
+        managed_apple_id=row.managed_apple_id, locations=list(row.locations or ()),
+        grade_level=row.grade_level, serial_numbers=list(row.serial_numbers or ()))
+
+
+class SqlHierarchy:
+    """Implements ``HierarchyReader`` and ``HierarchyWriter`` on the roster tables."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self._user_keys: dict[str, int] | None = None
+
+    # ---------------------------------------------------------- reader
+
+    def version(self) -> int:
+        version = self.session.execute(sa.select(t.state.c.version).where(t.state.c.id == 1)).scalar()
+        return version or 0
+
+    def claim_version(self, expected: int) -> None:
+        """Move to the next version, unless someone else applied since ``expected``."""
+        if self.session.execute(sa.select(t.state.c.id)).first() is None:
+            self.session.execute(t.state.insert().values(id=1, version=0))
+        result = self.session.execute(
+            t.state.update().where(t.state.c.id == 1, t.state.c.version == expected)
+            .values(version=expected + 1))
+        if result.rowcount != 1:
+            raise Conflict("the roster changed since this plan was previewed; "
+                           "preview again and apply the new plan")
+
+    def locations(self) -> list[StoredLocation]:
+        return [StoredLocation(record=LocationRecord(location_id=r.location_id, name=r.name),
+                               source=r.source)
+                for r in self.session.execute(sa.select(t.locations))]
+
+    def grade_levels(self) -> list[StoredGradeLevel]:
+        return [StoredGradeLevel(record=GradeLevelRecord(name=r.name, location_id=r.location_id),
+                                 source=r.source)
+                for r in self.session.execute(sa.select(t.grade_levels))]
+
+    def users(self) -> Iterator[StoredUser]:
+        result = self.session.execute(sa.select(t.users).execution_options(yield_per=5000))
+        for row in result:
+            yield StoredUser(key=row.id, record=user_record(row), source=row.source)
+
+    def classes(self) -> list[StoredClass]:
+        members = self.class_members()
+        return [StoredClass(record=ClassRecord(
+            class_id=r.class_id, name=r.name, location_id=r.location_id, course_name=r.course_name,
+            room=r.room, teacher_ids=members[r.class_id]["teacher"],
+            student_ids=members[r.class_id]["student"]), source=r.source)
+            for r in self.session.execute(sa.select(t.classes))]
+
+    def class_members(self, class_ids: Iterable[str] | None = None) -> dict[str, dict[str, list[str]]]:
+        query = (sa.select(t.memberships.c.class_id, t.memberships.c.role, t.users.c.user_id)
+                 .join(t.users, t.users.c.id == t.memberships.c.user_key))
+        if class_ids is not None:
+            query = query.where(t.memberships.c.class_id.in_(list(class_ids)))
+        members: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"teacher": [], "student": []})
+        for class_id, role, user_id in self.session.execute(query):
+            members[class_id][role].append(user_id)
+        return members
+
+    # ---------------------------------------------------------- writer
+
+    def write(self, entity: str, action: str, changes: list[Change], source: str) -> None:
+        getattr(self, f"_{entity}_{action}")(changes, source)
+
+    def _location_add(self, changes: list[Change], source: str) -> None:
+        self.session.execute(t.locations.insert(), [
+            {"location_id": c.natural_id, "name": c.after["name"], "source": source} for c in changes])
+
+    def _location_update(self, changes: list[Change], source: str) -> None:
+        self.session.execute(
+            t.locations.update().where(t.locations.c.location_id == sa.bindparam("key"))
+            .values(name=sa.bindparam("new_name"), source=source),
+            [{"key": c.natural_id, "new_name": c.after["name"]} for c in changes])
+
+    def _location_delete(self, changes: list[Change], source: str) -> None:
+        ids = [c.natural_id for c in changes]
+        self.session.execute(t.grade_levels.delete().where(t.grade_levels.c.location_id.in_(ids)))
+        self.session.execute(t.locations.delete().where(t.locations.c.location_id.in_(ids)))
+
+    def _grade_level_add(self, changes: list[Change], source: str) -> None:
+        self.session.execute(t.grade_levels.insert(), [
+            {"name": c.after["name"], "location_id": c.after["location_id"], "source": source}
+            for c in changes])
+
+    def _grade_level_delete(self, changes: list[Change], source: str) -> None:
+        for c in changes:
+            location = t.grade_levels.c.location_id
+            self.session.execute(t.grade_levels.delete().where(
+                t.grade_levels.c.name == c.before["name"],
+                location.is_(None) if c.before["location_id"] is None
+                else location == c.before["location_id"]))
+
+    def _user_add(self, changes: list[Change], source: str) -> None:
+        keys = self.user_keys()
+        for part in chunks(changes):
+            rows = [{**{col: c.after.get(col) for col in USER_COLUMNS}, "source": source}
+                    for c in part]
+            result = self.session.execute(
+                t.users.insert().returning(t.users.c.id, t.users.c.user_id, sort_by_parameter_order=True),
+                rows)
+            added = result.all()
+            keys.update({user_id: key for key, user_id in added})
+            location_rows = [{"user_key": key, "location_id": lid}
+                             for (key, _), c in zip(added, part) for lid in c.after["locations"]]
+            if location_rows:
+                self.session.execute(t.user_locations.insert(), location_rows)
+
+    def _user_update(self, changes: list[Change], source: str) -> None:
+        keys = self.user_keys()
+        rows = [{**{f"new_{col}": c.after.get(col) for col in USER_COLUMNS}, "key": c.target}
+                for c in changes]
+        self.session.execute(
+            t.users.update().where(t.users.c.id == sa.bindparam("key")).values(
+                source=source, **{col: sa.bindparam(f"new_{col}") for col in USER_COLUMNS}),
+            rows)
+        for c in changes:
+            if c.before and "user_id" in c.before:
+                keys.pop(c.before["user_id"], None)
+            keys[c.natural_id] = c.target
+        moved = [c for c in changes if c.before and "locations" in c.before]
+        if moved:
+            self.session.execute(t.user_locations.delete().where(
+                t.user_locations.c.user_key.in_([c.target for c in moved])))
+            rows = [{"user_key": c.target, "location_id": lid} for c in moved
+                    for lid in c.after["locations"]]
+            if rows:
+                self.session.execute(t.user_locations.insert(), rows)
+
+    def _user_delete(self, changes: list[Change], source: str) -> None:
+        keys = self.user_keys()
+        targets = [c.target for c in changes]
+        for table, column in ((t.memberships, t.memberships.c.user_key),
+                              (t.user_locations, t.user_locations.c.user_key),
+                              (t.users, t.users.c.id)):
+            self.session.execute(table.delete().where(column.in_(targets)))
+        for c in changes:
+            keys.pop(c.natural_id, None)
+
+    def _class_add(self, changes: list[Change], source: str) -> None:
+        self.session.execute(t.classes.insert(), [
+            {"class_id": c.natural_id, "source": source, **{col: c.after.get(col) for col in CLASS_COLUMNS}}
+            for c in changes])
+        self._set_members(changes, replace=False)
+
+    def _class_update(self, changes: list[Change], source: str) -> None:
+        self.session.execute(
+            t.classes.update().where(t.classes.c.class_id == sa.bindparam("key")).values(
+                source=source, **{col: sa.bindparam(f"new_{col}") for col in CLASS_COLUMNS}),
+            [{"key": c.natural_id, **{f"new_{col}": c.after.get(col) for col in CLASS_COLUMNS}}
+             for c in changes])
+        self._set_members(changes, replace=True)
+
+    def _class_delete(self, changes: list[Change], source: str) -> None:
+        ids = [c.natural_id for c in changes]
+        self.session.execute(t.memberships.delete().where(t.memberships.c.class_id.in_(ids)))
+        self.session.execute(t.classes.delete().where(t.classes.c.class_id.in_(ids)))
+
+    def _set_members(self, changes: list[Change], replace: bool) -> None:
+        if replace:
+            self.session.execute(t.memberships.delete().where(
+                t.memberships.c.class_id.in_([c.natural_id for c in changes])))
+        keys = self.user_keys()
+        rows = [{"class_id": c.natural_id, "user_key": keys[user_id], "role": role}
+                for c in changes for role in ("teacher", "student")
+                for user_id in c.after[f"{role}_ids"]]
+        for part in chunks(rows, 5000):
+            self.session.execute(t.memberships.insert(), part)
+
+    def user_keys(self) -> dict[str, int]:
+        """user ID -> key, loaded once and kept current by this writer's own writes."""
+        if self._user_keys is None:
+            self._user_keys = {user_id: key for user_id, key in self.session.execute(
+                sa.select(t.users.c.user_id, t.users.c.id))}
+        return self._user_keys

@@ -1,0 +1,118 @@
+"""The Mosyle-compatible HTTP API: access tokens, IP restriction, and the four endpoints.
+
+Scripts written for the Mosyle Manager API v2 send their payload as a JSON body or as
+a form field ``content``; every request names its access token in ``accessToken``.
+An unknown or revoked token gets 401, a token used from an address outside its list
+gets 403, and both are written to the audit log. Writes run the import pipeline and
+are applied at once.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from werkzeug.wrappers import Request, Response
+
+from services.roster import metrics
+from services.roster.adapters.api_tokens import ApiTokens, ip_allowed
+from services.roster.adapters.imports import ImportRunner
+from services.roster.adapters.queries import RosterQueries
+from services.roster.domain import mosyle_api as wire
+from services.roster.domain.planning import PlanOptions
+from shared.auth import Actor
+from shared.contracts.roster import RejectedRow
+from shared.errors import Conflict, ValidationError
+
+ANONYMOUS = Actor(id="api:unknown-token", role="system")
+
+
+def json_response(status: int, body: Any) -> Response:
+    return Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def request_payload(request: Request) -> dict[str, Any]:
+    """The JSON object of a request, from its body or its form field ``content``."""
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return wire.decode_payload(request.form.get("content"))
+    return wire.decode_payload(request.get_data())
+
+
+class MosyleApi:
+    def __init__(self, session: Any, publish: Any, audit: Any):
+        self.session = session
+        self.audit = audit
+        self.tokens = ApiTokens(session)
+        self.queries = RosterQueries(session)
+        self.runner = ImportRunner(session, publish)
+
+    def handle(self, request: Request, endpoint: str) -> Response:
+        try:
+            payload = request_payload(request)
+            actor = self._authenticate(payload["accessToken"], request.remote_addr, endpoint)
+            if isinstance(actor, Response):
+                response = actor
+            else:
+                response = json_response(200, getattr(self, f"_{endpoint}")(payload, actor))
+        except ValidationError as exc:
+            response = json_response(400, wire.error_response(exc.message))
+        metrics.API_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    def _authenticate(self, token: str, address: str | None, endpoint: str) -> Actor | Response:
+        row = self.tokens.find(token)
+        if row is None or row.revoked_at is not None:
+            reason = "unknown access token" if row is None else "revoked access token"
+            self.audit(ANONYMOUS, "api.refused", f"api_token:{row.id}" if row else None,
+                       {"endpoint": endpoint, "address": address, "reason": reason})
+            return json_response(401, wire.error_response(
+                f"{reason}; ask an administrator for a valid one"))
+        if not ip_allowed(row.allowed_ips, address):
+            self.audit(ANONYMOUS, "api.refused", f"api_token:{row.id}",
+                       {"endpoint": endpoint, "address": address,
+                        "reason": "address not allowed"})
+            return json_response(403, wire.error_response(
+                f"this access token may not be used from {address}"))
+        self.tokens.touch(row.id)
+        return Actor(id=f"api_token:{row.id}", role="system")
+
+    def _listusers(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        options = wire.ListOptions.from_payload(payload, wire.USER_COLUMNS)
+        users, total = self.queries.users(locations=None, user_types=options.user_types,
+                                          offset=options.offset, limit=options.page_size)
+        names = self.queries.location_names()
+        return wire.list_response(
+            "users", [wire.user_to_wire(u, names, options.specific_columns) for u in users],
+            total, options)
+
+    def _listclasses(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        options = wire.ListOptions.from_payload(payload, wire.CLASS_COLUMNS)
+        classes, total = self.queries.classes(locations=None, offset=options.offset,
+                                              limit=options.page_size)
+        names = self.queries.location_names()
+        return wire.list_response(
+            "classes", [wire.class_to_wire(c, names, options.specific_columns) for c in classes],
+            total, options)
+
+    def _users(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        request = wire.user_write_request(payload, self._location_ids_by_name())
+        options = PlanOptions(delete_missing=False, delete_user_ids=tuple(request.delete_ids),
+                              max_user_delete_share=1.0)
+        return self._write(request, options, actor)
+
+    def _classes(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
+        request = wire.class_write_request(payload, self._location_ids_by_name())
+        options = PlanOptions(delete_missing=False, delete_class_ids=tuple(request.delete_ids))
+        return self._write(request, options, actor)
+
+    def _write(self, request: wire.WriteRequest, options: PlanOptions,
+               actor: Actor) -> dict[str, Any]:
+        summary = self.runner.preview(request.batch, options, actor=actor, origin=actor.id,
+                                      row_numbers=request.row_numbers)
+        try:
+            self.runner.apply(summary["plan_id"], actor=actor)
+        except Conflict as exc:  # another import won the race: nothing of this one was written
+            return wire.write_response(request, [], failed=exc.message)
+        return wire.write_response(request, [RejectedRow.from_dict(r) for r in summary["rejected"]])
+
+    def _location_ids_by_name(self) -> dict[str, str]:
+        return {name: location_id for location_id, name in self.queries.location_names().items()}

@@ -1,0 +1,262 @@
+"""The roster service over the real broker: RPC, stored plans, events, access and the HTTP API."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import openpyxl
+import pytest
+from nameko.events import event_handler
+from nameko.rpc import rpc
+
+from services.roster.adapters import spreadsheets
+from services.roster.service import RosterService
+from shared.auth import Actor
+from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+LEADER_NORTH = Actor(id="leader@north", role="location_leader", locations=("north",))
+TEACHER = Actor(id="teacher@north", role="teacher", locations=("north",))
+MSP = Actor(id="msp@partner", role="msp")
+
+RECEIVED: list[tuple[str, dict]] = []
+ASM_PAGES: dict[str, list[dict]] = {}
+
+
+class EventCollector:
+    name = "roster_test_collector"
+
+    @event_handler("roster", "UserImported")
+    def user_imported(self, payload):
+        RECEIVED.append(("UserImported", payload))
+
+    @event_handler("roster", "ClassImported")
+    def class_imported(self, payload):
+        RECEIVED.append(("ClassImported", payload))
+
+
+class FakeEnrollment:
+    """Stands in for the enrollment service's fetch_roster, two pages per kind."""
+
+    name = "enrollment"
+
+    @rpc
+    def fetch_roster(self, token_id, kind, cursor=None):
+        items = ASM_PAGES.get(kind, [])
+        if cursor is None:
+            return {kind: items[:1], "cursor": "page-2", "more_to_follow": len(items) > 1}
+        return {kind: items[1:], "cursor": "end", "more_to_follow": False}
+
+
+def workbook(users, classes=(), locations=(("north", "North"), ("south", "South"))) -> str:
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    rows = {"Users": users, "Locations": locations, "Grade Levels": (), "Classes": classes}
+    for sheet, content in rows.items():
+        ws = book.create_sheet(sheet)
+        ws.append([h for h, _ in spreadsheets.COLUMNS[sheet]])
+        for row in content:
+            ws.append(list(row))
+    out = io.BytesIO()
+    book.save(out)
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def user_row(uid, kind="Student", location="north", email=None):
+    return [uid, kind, "First", uid.upper(), email or f"{uid}@school.example", "", location, "7", ""]
+
+
+@pytest.fixture
+def roster(runner_factory, orchard_config):
+    RECEIVED.clear()
+    runner = runner_factory(orchard_config, RosterService, EventCollector, FakeEnrollment)
+    runner.start()
+    return orchard_config
+
+
+def test_spreadsheet_preview_apply_events_and_idempotence(roster, rpc_as):
+    content = workbook(
+        [user_row("t1", "Teacher"), user_row("s1"), user_row("s2"), user_row("s2"),
+         user_row("s3", location="south")],
+        classes=[["c1", "Maths", "Maths", "north", "B1", "t1", "s1, s2"]])
+    with rpc_as() as rpc:
+        template = rpc.roster.spreadsheet_template("xlsx")
+        assert template["filename"].endswith(".xlsx")
+        plan = rpc.roster.preview_spreadsheet("district.xlsx", content)
+        assert plan["counts"]["user"]["add"] == 4 and plan["counts"]["class"]["add"] == 1
+        assert [(r["sheet"], r["row"]) for r in plan["rejected"]] == [("Users", 5)]
+        assert rpc.roster.list_users()["total"] == 0  # a preview writes nothing
+        stored = rpc.roster.plan(plan["plan_id"], page_size=2)
+        assert stored["status"] == "previewed" and len(stored["changes"]) == 2
+
+        result = rpc.roster.apply_plan(plan["plan_id"])
+        assert result["events"] == 5 and not result["already_applied"]
+        again = rpc.roster.apply_plan(plan["plan_id"])
+        assert again["already_applied"] and again["events"] == 0
+
+        users = rpc.roster.list_users(location_id="north")
+        assert [u["user_id"] for u in users["users"]] == ["s1", "s2", "t1"]
+        assert rpc.roster.get_user("s1")["classes"] == [{"class_id": "c1", "role": "student"}]
+        classes = rpc.roster.list_classes()["classes"]
+        assert classes[0]["teacher_ids"] == ["t1"] and classes[0]["student_ids"] == ["s1", "s2"]
+
+        same = rpc.roster.preview_spreadsheet("district.xlsx", content)
+        assert same["total_changes"] == 0
+        runs = rpc.roster.import_runs()
+        assert [r["status"] for r in runs] == ["previewed", "applied"]
+
+    wait_for(lambda: len(RECEIVED) == 5, what="five events")
+    imported = {p["user_id"]: p for kind, p in RECEIVED if kind == "UserImported"}
+    assert set(imported) == {"t1", "s1", "s2", "s3"}
+    assert imported["s1"]["email"] == "s1@school.example" and imported["s1"]["source"] == "xlsx"
+    assert imported["s1"]["locations"] == ["north"] and imported["s1"]["v"] == 1
+
+
+def test_renamed_user_is_updated_and_mass_delete_needs_consent(roster, rpc_as):
+    users = [user_row(f"s{i}") for i in range(10)]
+    with rpc_as() as rpc:
+        rpc.roster.apply_plan(rpc.roster.preview_spreadsheet("a.xlsx", workbook(users))["plan_id"])
+        renamed = [user_row("s0-new", email="s0@school.example")] + users[1:]
+        plan = rpc.roster.preview_spreadsheet("b.xlsx", workbook(renamed))
+        assert plan["counts"]["user"] == {"add": 0, "update": 1, "delete": 0}
+        rpc.roster.apply_plan(plan["plan_id"])
+        assert rpc.roster.get_user("s0-new")["email"] == "s0@school.example"
+
+        plan = rpc.roster.preview_spreadsheet("c.xlsx", workbook(renamed[:8]))
+        assert plan["needs_mass_delete_approval"]
+        with pytest.raises(Conflict, match="allow_mass_delete"):
+            rpc.roster.apply_plan(plan["plan_id"])
+        assert rpc.roster.list_users()["total"] == 10
+        rpc.roster.apply_plan(plan["plan_id"], allow_mass_delete=True)
+        assert rpc.roster.list_users()["total"] == 8
+
+
+def test_preview_records_from_another_service(roster, rpc_as):
+    batch = {"source": "ldap", "locations": [{"location_id": "north", "name": "North"}],
+             "users": [{"user_id": "d1", "user_type": "staff", "name": "Dee",
+                        "locations": ["north"]}]}
+    with rpc_as() as rpc:
+        plan = rpc.roster.preview_records(batch, {"only_add_new": True})
+        assert plan["source"] == "ldap" and plan["counts"]["user"]["add"] == 1
+        with pytest.raises(ValidationError, match="batch.users\\[0\\].user_id must be a string"):
+            rpc.roster.preview_records({"source": "ldap", "users": [{"user_id": 1, "user_type": "staff"}]})
+        with pytest.raises(ValidationError, match="unknown import option"):
+            rpc.roster.preview_records(batch, {"colour": "red"})
+        with pytest.raises(NotFound):
+            rpc.roster.apply_plan("no-such-plan")
+
+
+def test_access_by_role_and_location(roster, rpc_as):
+    content = workbook([user_row("n1"), user_row("s1", location="south")])
+    with rpc_as() as rpc:
+        rpc.roster.apply_plan(rpc.roster.preview_spreadsheet("a.xlsx", content)["plan_id"])
+    with rpc_as(LEADER_NORTH) as rpc:
+        assert [u["user_id"] for u in rpc.roster.list_users()["users"]] == ["n1"]
+        assert [loc["location_id"] for loc in rpc.roster.list_locations()] == ["north"]
+        with pytest.raises(NotFound):
+            rpc.roster.get_user("s1")
+        with pytest.raises(NotFound):
+            rpc.roster.list_users(location_id="south")
+        # the leader's import may not touch the south school, nor delete its users
+        plan = rpc.roster.preview_spreadsheet("north.xlsx", workbook(
+            [user_row("n2"), user_row("s9", location="south")], locations=[("north", "North")]))
+        assert plan["counts"]["user"] == {"add": 1, "update": 0, "delete": 1}  # n2 in, n1 out
+        assert "outside the locations you manage" in plan["rejected"][0]["reason"]
+        with pytest.raises(PermissionDenied):
+            rpc.roster.create_api_token("mine")
+    for reader in (TEACHER, MSP):
+        with rpc_as(reader) as rpc:
+            assert rpc.roster.list_users()["total"] >= 1
+            with pytest.raises(PermissionDenied):
+                rpc.roster.preview_spreadsheet("a.xlsx", content)
+
+
+def test_asm_preview_follows_preferences_and_warns(roster, rpc_as):
+    ASM_PAGES.update({
+        "locations": [{"unique_identifier": "L1", "name": "North"}],
+        "courses": [],
+        "classes": [{"unique_identifier": "C1", "name": "Maths", "location": {"unique_identifier": "L1"},
+                     "instructor_unique_identifiers": ["P1"], "student_unique_identifiers": ["P2"]}],
+        "persons": [{"unique_identifier": "P1", "person_id": "t-1", "name": "Tea Cher",
+                     "email_address": "t@school.example"},
+                    {"unique_identifier": "P2", "person_id": "s-1", "name": "Stu Dent",
+                     "email_address": "s@school.example", "grade": "7"},
+                    {"unique_identifier": "P3", "person_id": "x-1", "name": "No Class"}],
+    })
+    with rpc_as() as rpc:
+        rpc.roster.set_asm_preferences("tok-1", {"user_id_source": "person_number",
+                                                 "skip_student_email": True})
+        assert rpc.roster.get_asm_preferences("tok-1")["preferences"]["skip_student_email"]
+        plan = rpc.roster.preview_asm("tok-1")
+        assert plan["source"] == "asm" and plan["counts"]["user"]["add"] == 2
+        assert any("Person Number" in w for w in plan["warnings"])
+        assert any("in no class were skipped" in w for w in plan["warnings"])
+        rpc.roster.apply_plan(plan["plan_id"])
+        student = rpc.roster.get_user("s-1")
+        assert student["user_type"] == "student" and student["email"] is None
+        assert rpc.roster.get_user("t-1")["user_type"] == "teacher"
+        with pytest.raises(ValidationError, match="email_source"):
+            rpc.roster.set_asm_preferences("tok-1", {"email_source": "carrier pigeon"})
+
+
+def test_mosyle_compatible_api(roster, rpc_as):
+    base = f"http://{roster['SERVICES']['roster']['http_address']}"
+    with rpc_as() as rpc:
+        open_token = rpc.roster.create_api_token("script")
+        locked = rpc.roster.create_api_token("locked", ["203.0.113.0/24"])
+        assert "token" not in rpc.roster.list_api_tokens()[0]
+
+    token = open_token["token"]
+    write = httpx.post(f"{base}/v2/users", json={"accessToken": token, "elements": [
+        {"operation": "save", "id": "m1", "name": "Mo Syle", "type": "S",
+         "locations": [["North Campus", "5"]]},
+        {"operation": "save", "id": "m2", "name": "Bad Type", "type": "X"},
+        {"operation": "save", "id": "m3", "name": "Tea Cher", "type": "T",
+         "locations": [{"name": "North Campus", "grade_level": ""}]},
+    ]})
+    assert write.status_code == 200
+    assert [e["status"] for e in write.json()["response"]] == ["OK", "ERROR", "OK"]
+
+    classes = httpx.post(f"{base}/v2/classes", data={"content": json.dumps({
+        "accessToken": token, "elements": [
+            {"id": "k1", "class_name": "Maths", "location": "North Campus", "idteacher": "m3",
+             "students": ["m1"]},
+            {"id": "k2", "class_name": "Art", "location": "North Campus", "idteacher": "ghost"}]})})
+    assert [e["status"] for e in classes.json()["response"]] == ["OK", "ERROR"]
+
+    listed = httpx.post(f"{base}/v2/listusers", json={
+        "accessToken": token, "options": {"types": ["S"], "specific_columns": ["id", "locations"],
+                                          "page_size": 10}}).json()
+    assert listed == {"status": "OK", "response": {
+        "users": [{"id": "m1", "locations": [{"name": "North Campus", "grade_level": "5"}]}],
+        "rows": 1, "page": 1, "page_size": 10}}
+    listed = httpx.post(f"{base}/v2/listclasses", json={"accessToken": token}).json()
+    assert listed["response"]["classes"][0]["students"] == ["m1"]
+
+    deleted = httpx.post(f"{base}/v2/users", json={"accessToken": token, "elements": [
+        {"operation": "delete", "id": "m1"}]})
+    assert deleted.json()["response"][0]["status"] == "OK"
+
+    assert httpx.post(f"{base}/v2/listusers", json={"accessToken": locked["token"]}).status_code == 403
+    assert httpx.post(f"{base}/v2/listusers", json={"accessToken": "nope"}).status_code == 401
+    assert httpx.post(f"{base}/v2/listusers", content=b"{not json").status_code == 400
+    with rpc_as() as rpc:
+        rpc.roster.revoke_api_token(open_token["token_id"])
+        assert rpc.roster.list_users()["total"] == 1  # m3 stays, m1 was deleted
+    assert httpx.post(f"{base}/v2/listusers", json={"accessToken": token}).status_code == 401
+    with rpc_as() as rpc:
+        refused = [e for e in rpc.roster.audit_log() if e["action"] == "api.refused"]
+        assert {e["details"]["reason"] for e in refused} == {
+            "address not allowed", "unknown access token", "revoked access token"}
+        assert all(token not in json.dumps(e) for e in rpc.roster.audit_log())
+
+    document = httpx.get(f"{base}/v2/openapi.json").json()
+    assert document["servers"][0]["url"] == base and "/v2/users" in document["paths"]
+
+    metrics = httpx.get(f"http://127.0.0.1:{roster['SERVICES']['roster']['metrics_port']}/metrics").text
+    assert 'orchard_roster_api_requests_total{endpoint="listusers",status="401"}' in metrics
+    assert 'orchard_roster_import_runs_total{outcome="applied",source="api"}' in metrics
