@@ -1,9 +1,538 @@
 """The vpp service: Nameko entrypoints over the domain code in ``services.vpp.domain``."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import secrets as token_generator
+import uuid
+from datetime import timedelta
+from typing import Any
+
 from services.vpp.adapters import tables
+from services.vpp.adapters.apple_client import ManagedByAnotherMdm
+from services.vpp.adapters.apple_connection import AppleConnection
+from services.vpp.adapters.mailer import Mailer
+from services.vpp.adapters.repository import VppRepository, asset_from_row
+from services.vpp.adapters.settings import ServiceSettings
+from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
+from services.vpp.domain.licences import (
+    ProductType, plan_assignment, plan_revocation, revocation_batches, revoke_all_selection, revoke_unknown_selection,
+)
+from services.vpp.domain.tokens import check_renewal, decode_content_token
+from services.vpp.metrics import VppStateMetrics
+from services.vpp.operations import VppOperations
+from services.vpp.views import asset_view, invite_view, token_view
+from shared.auth import Actor, require_locations, visible
+from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled
+from shared.contracts.roster import UserImported
+from shared import entrypoints
+from shared.entrypoints import event_handler, http, periodic
+from shared.errors import ALL_ERRORS, NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.secrets import Secrets
 from shared.service import OrchardService
-from shared.storage import Database
+from shared.storage import Database, utc_now
+
+log = logging.getLogger(__name__)
+
+NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
+MAX_IDS_PER_CALL = 20_000
+DEFAULT_SYNC_HOURS = 2.5
+
+
+def rpc(fn: Any = None, *, sensitive_arguments: tuple[str, ...] = ()) -> Any:
+    """Orchard's ``rpc``; the Apple client's refined errors reach callers as their shared type."""
+    def decorate(method: Any) -> Any:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except OrchardError as exc:
+                shared_type = next(cls for cls in type(exc).__mro__ if cls in ALL_ERRORS)
+                if type(exc) is shared_type:
+                    raise
+                raise shared_type(str(exc)) from None
+
+        return entrypoints.rpc(call, sensitive_arguments=sensitive_arguments)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def _text(value: Any, what: str, limit: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise ValidationError(f"{what} must be non-empty text of at most {limit} characters.")
+    return value.strip()
+
+
+def _ids(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_IDS_PER_CALL:
+        raise ValidationError(f"{what} must be a list of at most {MAX_IDS_PER_CALL} entries.")
+    return [_text(item, f"each of {what}") for item in value]
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{what} must be true or false.")
+    return value
+
+
+def _locations(value: Any) -> list[str]:
+    return sorted(set(_ids(value, "locations")))
+
+
+def _auto_invite_method(value: Any) -> str | None:
+    if value is None:
+        return None
+    if InviteMethod.parse(value) is not InviteMethod.MANAGED_APPLE_ID:
+        raise ValidationError("Automatic invites register users with their Managed Apple ID; choose 'managed_apple_id', "
+                              "or invite by e-mail with invite_users.")
+    return value
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class VppService(OrchardService):
     name = "vpp"
     db = Database(tables.metadata, migrations="services.vpp.migrations")
+    secrets = Secrets()
+    apple = AppleConnection()
+    mailer = Mailer()
+    settings = ServiceSettings()
+    state_metrics = VppStateMetrics()
+
+    # --- helpers ----------------------------------------------------------------------------
+    @property
+    def repo(self) -> VppRepository:
+        return VppRepository(self.db.session)
+
+    @property
+    def ops(self) -> VppOperations:
+        return VppOperations(self.db, self.apple, self.secrets, self.mailer)
+
+    def _token(self, actor: Actor, token_id: Any) -> Any:
+        row = self.repo.token(token_id)
+        if not visible(actor, row.locations or None):
+            raise NotFound(f"There is no content token {token_id!r}; `orchard vpp token list` shows the ones there are.")
+        return row
+
+    def _writable_token(self, actor: Actor, token_id: Any) -> Any:
+        row = self._token(actor, token_id)
+        require_locations(actor, row.locations or None)
+        return row
+
+    def _notification_subscription(self, token_id: str) -> tuple[dict[str, Any], str | None]:
+        public_url = self.settings.get("public_url")
+        if not public_url:
+            return {}, None
+        secret = token_generator.token_urlsafe(32)
+        return {"notification_url": f"{public_url.rstrip('/')}/vpp/notifications/{token_id}",
+                "notification_auth_token": secret, "notification_types": NOTIFICATION_TYPES}, _hash(secret)
+
+    # --- content tokens ---------------------------------------------------------------------
+    @rpc(sensitive_arguments=("stoken",))
+    def add_content_token(self, stoken: Any, name: Any = None, locations: Any = None, allow_teacher_study_apps: bool = False,
+                          take_over: bool = False, auto_invite_method: Any = None) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        if not isinstance(stoken, (str, bytes)):
+            raise ValidationError("Pass the content of the .vpptoken file as text.")
+        access = _locations(locations)
+        require_locations(actor, access or None)
+        allow, take_over = _flag(allow_teacher_study_apps, "allow_teacher_study_apps"), _flag(take_over, "take_over")
+        auto_invite = _auto_invite_method(auto_invite_method)
+        now = utc_now()
+        token = decode_content_token(stoken, now=now)
+        client = self.apple.client(token.stoken)
+        config = client.client_config(check_mdm=False)
+        other = config.get("mdmInfo") or {}
+        taken_from = other if other.get("id") and other["id"] != self.apple.mdm.id else None
+        if taken_from and not take_over:
+            raise ManagedByAnotherMdm(taken_from)
+        uid, location_name = str(config.get("uId") or ""), str(config.get("locationName") or token.org_name)
+        existing = self.repo.token_for_location(uid, location_name)
+        if existing:
+            raise ValidationError(f"The location {location_name!r} is already here as content token {existing.name!r} "
+                                  f"({existing.id}); use renew_content_token to replace its token.")
+        token_id = str(uuid.uuid4())
+        subscription, auth_hash = self._notification_subscription(token_id)
+        client.claim_location(**subscription)
+        self.repo.add_token({
+            "id": token_id, "name": _text(name, "name") if name is not None else location_name,
+            "sealed_stoken": self.secrets.seal(token.stoken), "fingerprint": token.fingerprint, "org_name": token.org_name,
+            "location_uid": uid, "location_name": location_name, "country": config.get("countryISO2ACode"),
+            "expires_at": token.expires_at, "locations": access, "allow_teacher_study_apps": allow,
+            "auto_invite_method": auto_invite, "notification_auth_hash": auth_hash, "revoked": False,
+            "conflict_with": None, "added_by": actor.id, "added_at": now,
+        })
+        target = f"content_token:{token_id}"
+        self.db.audit(actor, "content_token.added", target, {"fingerprint": token.fingerprint, "location": location_name})
+        if taken_from:
+            self.db.audit(actor, "content_token.taken_over", target,
+                          {"from_mdm": taken_from.get("name") or taken_from.get("id"), "location": location_name})
+        return token_view(self.repo.token(token_id), now)
+
+    @rpc
+    def list_content_tokens(self) -> list[dict[str, Any]]:
+        actor = self.auth.require("vpp:read")
+        now = utc_now()
+        return [token_view(row, now) for row in self.repo.tokens() if visible(actor, row.locations or None)]
+
+    @rpc
+    def get_content_token(self, token_id: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:read")
+        return token_view(self._token(actor, token_id), utc_now())
+
+    @rpc
+    def update_content_token(self, token_id: Any, name: Any = None, locations: Any = None,
+                             allow_teacher_study_apps: Any = None, auto_invite_method: Any = "unchanged") -> dict[str, Any]:
+        """Change what is given; ``auto_invite_method=None`` turns automatic invites off."""
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = _text(name, "name")
+        if locations is not None:
+            changes["locations"] = _locations(locations)
+            require_locations(actor, changes["locations"] or None)
+        if allow_teacher_study_apps is not None:
+            changes["allow_teacher_study_apps"] = _flag(allow_teacher_study_apps, "allow_teacher_study_apps")
+        if auto_invite_method != "unchanged":
+            changes["auto_invite_method"] = _auto_invite_method(auto_invite_method)
+        if changes:
+            self.repo.update_token(row.id, **changes)
+            self.db.audit(actor, "content_token.updated", f"content_token:{row.id}", {"changed": sorted(changes)})
+        return token_view(self.repo.token(row.id), utc_now())
+
+    @rpc(sensitive_arguments=("stoken",))
+    def renew_content_token(self, token_id: Any, stoken: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        if not isinstance(stoken, (str, bytes)):
+            raise ValidationError("Pass the content of the new .vpptoken file as text.")
+        now = utc_now()
+        token = decode_content_token(stoken, now=now)
+        client = self.apple.client(token.stoken)
+        config = client.client_config(check_mdm=False)
+        check_renewal((row.location_uid, row.location_name), (str(config.get("uId")), str(config.get("locationName"))))
+        other = config.get("mdmInfo") or {}
+        if other.get("id") and other["id"] != self.apple.mdm.id:
+            raise ManagedByAnotherMdm(other)
+        subscription, auth_hash = self._notification_subscription(row.id)
+        client.claim_location(**subscription)
+        self.repo.update_token(
+            row.id, sealed_stoken=self.secrets.seal(token.stoken), fingerprint=token.fingerprint, expires_at=token.expires_at,
+            org_name=token.org_name, revoked=False, conflict_with=None, notification_auth_hash=auth_hash)
+        self.db.audit(actor, "content_token.renewed", f"content_token:{row.id}", {"fingerprint": token.fingerprint})
+        return token_view(self.repo.token(row.id), now)
+
+    @rpc
+    def delete_content_token(self, token_id: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        self.repo.delete_token(row.id)
+        self.db.audit(actor, "content_token.deleted", f"content_token:{row.id}", {"location": row.location_name})
+        return {"deleted": row.id}
+
+    # --- assets -----------------------------------------------------------------------------
+    @rpc
+    def sync_assets(self, token_id: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        counts = self.ops.sync(row)
+        return {**counts, "token": token_view(self.repo.token(row.id), utc_now())}
+
+    @periodic(interval=60)
+    def sync_due_tokens(self) -> None:
+        """Re-read every token's assets, assignments and users every few hours."""
+        hours = float(self.settings.get("sync_interval_hours") or DEFAULT_SYNC_HOURS)
+        for token_id in self.repo.tokens_due_for_sync(utc_now() - timedelta(hours=hours)):
+            try:
+                self.ops.sync(self.repo.token(token_id))
+            except OrchardError:
+                pass  # recorded on the token (last_sync_error / status); the next due time retries
+            self.db.commit()
+
+    @rpc
+    def list_assets(self, token_id: Any, product_type: Any = None, include_hidden: Any = False) -> list[dict[str, Any]]:
+        actor = self.auth.require("vpp:read")
+        row = self._token(actor, token_id)
+        kind = None
+        if product_type is not None:
+            kind = {"app": ProductType.APP.value, "book": ProductType.BOOK.value}.get(str(product_type).lower())
+            if kind is None:
+                raise ValidationError("product_type must be 'App' or 'Book' (or left out for both).")
+        return [asset_view(a) for a in self.repo.assets(row.id, kind, _flag(include_hidden, "include_hidden"))]
+
+    @rpc
+    def get_asset(self, token_id: Any, adam_id: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:read")
+        row = self._token(actor, token_id)
+        asset = self.repo.asset(row.id, adam_id)
+        holders = self.repo.holders(row.id, asset_from_row(asset))
+        return {**asset_view(asset),
+                "serial_numbers": sorted(h.serial_number for h in holders if h.serial_number),
+                "user_ids": sorted(h.client_user_id for h in holders if h.client_user_id)}
+
+    @rpc
+    def set_asset_hidden(self, token_id: Any, adam_id: Any, hidden: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        asset = self.repo.asset(row.id, adam_id)
+        self.repo.set_hidden(row.id, asset.adam_id, _flag(hidden, "hidden"))
+        self.db.audit(actor, "asset.hidden" if hidden else "asset.shown", f"content_token:{row.id}", {"adam_id": asset.adam_id})
+        return asset_view(self.repo.asset(row.id, asset.adam_id))
+
+    # --- licences ---------------------------------------------------------------------------
+    @rpc
+    def assign_licenses(self, token_id: Any, adam_id: Any, serial_numbers: Any = None, user_ids: Any = None) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        return self._assign(actor, row, adam_id, _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids"))
+
+    def _assign(self, actor: Actor, row: Any, adam_id: Any, serials: list[str], users: list[str]) -> dict[str, Any]:
+        asset = asset_from_row(self.repo.asset(row.id, adam_id))
+        limits = self.ops.client_for(row).limits()
+        try:
+            plan = plan_assignment(asset, serials, users, self.repo.holders(row.id, asset), limits)
+        except ValidationError:
+            needed = len(set(serials) | set(users))
+            if not asset.hidden and needed > asset.available_count:
+                self.repo.count_refusal(row.id, asset, needed - asset.available_count)
+                self.db.commit()  # the alert on assets without licences needs to see the refusal
+            raise
+        outcome = self.ops.run_licence_batches(row, asset, plan.batches, assign=True)
+        self.db.audit(actor, "licences.assigned", f"content_token:{row.id}", {
+            "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
+            "failures": len(outcome.failures)})
+        return {"adam_id": asset.adam_id, "assigned": outcome.to_json(), "already_assigned": list(plan.already_done)}
+
+    @rpc
+    def revoke_licenses(self, token_id: Any, adam_id: Any, serial_numbers: Any = None, user_ids: Any = None) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        asset = asset_from_row(self.repo.asset(row.id, adam_id))
+        plan = plan_revocation(asset, _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids"),
+                               self.repo.holders(row.id, asset), self.ops.client_for(row).limits())
+        outcome = self.ops.run_licence_batches(row, asset, plan.batches, assign=False)
+        self.db.audit(actor, "licences.revoked", f"content_token:{row.id}", {
+            "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
+            "failures": len(outcome.failures)})
+        return {"adam_id": asset.adam_id, "revoked": outcome.to_json(), "not_assigned": list(plan.already_done)}
+
+    @rpc
+    def revoke_all(self, token_id: Any, dry_run: Any = True) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        selection = revoke_all_selection(self.repo.all_assignments(row.id), self.repo.assets_by_key(row.id))
+        return self._revoke_selection(actor, row, selection, _flag(dry_run, "dry_run"), "revoke_all")
+
+    @rpc
+    def revoke_unknown(self, token_id: Any, dry_run: Any = True) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        serials, users = self.repo.known_holders()
+        selection = revoke_unknown_selection(self.repo.all_assignments(row.id), self.repo.assets_by_key(row.id), serials, users)
+        return self._revoke_selection(actor, row, selection, _flag(dry_run, "dry_run"), "revoke_unknown")
+
+    def _revoke_selection(self, actor: Actor, row: Any, selection: list, dry_run: bool, action: str) -> dict[str, Any]:
+        listed = [{"adam_id": a.adam_id, "pricing_param": a.pricing_param, "serial_number": a.serial_number,
+                   "user_id": a.client_user_id} for a in selection]
+        result: dict[str, Any] = {"dry_run": dry_run, "count": len(listed), "assignments": listed}
+        if dry_run:
+            return result
+        assets = self.repo.assets_by_key(row.id)
+        failures, events = [], []
+        for batch in revocation_batches(selection, self.ops.client_for(row).limits()):
+            outcome = self.ops.run_licence_batches(row, assets[(batch.adam_id, batch.pricing_param)], [batch], assign=False)
+            failures += [{"adam_id": batch.adam_id, **f} for f in outcome.failures]
+            events += outcome.events
+            self.db.commit()  # each completed batch stays recorded even if a later one fails
+        result.update(failures=failures, events=events)
+        self.db.audit(actor, f"licences.{action}", f"content_token:{row.id}", {"count": len(listed), "failures": len(failures)})
+        return result
+
+    # --- invites ----------------------------------------------------------------------------
+    @rpc
+    def invite_users(self, token_id: Any, user_ids: Any, method: Any = "managed_apple_id") -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        how = InviteMethod.parse(method)
+        wanted = list(dict.fromkeys(_ids(user_ids, "user_ids")))
+        if not wanted:
+            raise ValidationError("Name at least one user to invite.")
+        known = self.repo.known_users(wanted)
+        unknown = [u for u in wanted if u not in known]
+        if unknown:
+            raise ValidationError(f"{len(unknown)} user(s) are not in the roster ({', '.join(unknown[:10])}); import them first.")
+        field = "email" if how is InviteMethod.EMAIL else "managed_apple_id"
+        lacking = [u for u in wanted if not getattr(known[u], field)]
+        if lacking:
+            raise ValidationError(f"{len(lacking)} user(s) have no {field.replace('_', ' ')} in the roster "
+                                  f"({', '.join(lacking[:10])}); add it there or use the other invite method.")
+        existing = {r.user_id: r for r in self.repo.invites(row.id, user_ids=wanted)}
+        already = [u for u in wanted if u in existing and existing[u].status != InviteStatus.REVOKED.value]
+        again = [u for u in wanted if u in existing and u not in already]
+        now = utc_now()
+        self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted if u not in existing])
+        if again:
+            self.repo.requeue_invites(row.id, again, how.value, now)
+        self.db.commit()  # queued invites survive an Apple failure and are registered later
+        totals = self.ops.register_queued(row.id)
+        mail_error = None
+        if how is InviteMethod.EMAIL:
+            try:
+                self.ops.email_invites(self.repo.invites_to_email())
+            except OrchardError as exc:
+                mail_error = str(exc)
+        self.db.audit(actor, "invites.sent", f"content_token:{row.id}", {"method": how.value, "users": len(wanted) - len(already)})
+        invites = self.repo.invites(row.id, user_ids=wanted)
+        return {"invited": len(wanted) - len(already), "already_invited": already, **totals,
+                "failures": [{"user_id": r.user_id, "message": r.apple_error} for r in invites if r.apple_state == "failed"],
+                "mail_error": mail_error}
+
+    @rpc
+    def list_invites(self, token_id: Any, status: Any = None) -> list[dict[str, Any]]:
+        actor = self.auth.require("vpp:read")
+        row = self._token(actor, token_id)
+        wanted = InviteStatus.parse(status).value if status is not None else None
+        rows = self.repo.invites(row.id, wanted)
+        template = self.ops.invite_url_template(row) if any(r.invite_code for r in rows) else None
+        return [invite_view(r, template) for r in rows]
+
+    @rpc
+    def export_invites(self, token_id: Any) -> str:
+        return invites_csv(self.list_invites(token_id))
+
+    @rpc
+    def resend_invites(self, token_id: Any, user_ids: Any = None) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        ids = _ids(user_ids, "user_ids") if user_ids is not None else None
+        pending = [r for r in self.repo.invites(row.id, InviteStatus.PENDING.value, ids)
+                   if r.method == InviteMethod.EMAIL.value and r.invite_code and r.email]
+        sent = self.ops.email_invites(pending)
+        self.db.audit(actor, "invites.resent", f"content_token:{row.id}", {"count": sent})
+        return {"resent": sent}
+
+    @rpc
+    def revoke_invites(self, token_id: Any, user_ids: Any) -> dict[str, Any]:
+        actor = self.auth.require("vpp:write")
+        row = self._writable_token(actor, token_id)
+        rows = [r for r in self.repo.invites(row.id, user_ids=_ids(user_ids, "user_ids")) if r.status != InviteStatus.REVOKED.value]
+        client = self.ops.client_for(row)
+        failures: list[dict[str, Any]] = []
+        with self.ops.apple(row):
+            registered = [r.user_id for r in rows if r.apple_state == "registered"]
+            for start in range(0, len(registered), client.limits().max_users):
+                batch = registered[start:start + client.limits().max_users]
+                result = client.wait_for_event(client.retire_users(batch))
+                failures += [{"error_number": f.get("errorNumber"), "message": f.get("errorMessage"),
+                              "user_ids": (f.get("errorInfo") or {}).get("clientUserIds")} for f in result.failures]
+        self.repo.mark_invites(row.id, [r.user_id for r in rows], status=InviteStatus.REVOKED.value)
+        self.db.audit(actor, "invites.revoked", f"content_token:{row.id}", {"count": len(rows)})
+        return {"revoked": len(rows), "failures": failures}
+
+    @periodic(interval=1)
+    def register_invites(self) -> None:
+        """Register queued invites (from imports and retried ones) with Apple, then mail e-mail invites."""
+        while self.ops.register_queued()["registered"]:
+            self.db.commit()
+        self.db.commit()
+        try:
+            self.ops.email_invites()
+        except OrchardError as exc:
+            log.warning("invite e-mails wait for the next run: %s", exc)
+
+    @event_handler(UserImported)
+    def on_user_imported(self, event: UserImported) -> None:
+        repo = self.repo
+        repo.remember_users([{"user_id": event.user_id, "name": event.name, "email": event.email,
+                              "managed_apple_id": event.managed_apple_id, "locations": list(event.locations)}])
+        invited: set[str] | None = None
+
+        def already_invited(token_id: str, user_id: str) -> bool:
+            nonlocal invited
+            if invited is None:
+                invited = repo.invited_tokens_of(user_id)
+            return token_id in invited
+
+        planned = plan_auto_invites(user_id=event.user_id, user_locations=event.locations,
+                                    managed_apple_id=event.managed_apple_id, policies=repo.auto_invite_policies(),
+                                    already_invited=already_invited)
+        now = utc_now()
+        repo.queue_invites([{
+            "token_id": p.token_id, "user_id": p.user_id, "method": InviteMethod.MANAGED_APPLE_ID.value, "name": event.name,
+            "email": event.email, "managed_apple_id": p.managed_apple_id, "status": InviteStatus.PENDING.value,
+            "apple_state": "queued", "invited_at": now} for p in planned])
+
+    @event_handler(DeviceEnrolled)
+    def on_device_enrolled(self, event: DeviceEnrolled) -> None:
+        self.repo.remember_devices([event.serial_number] if event.serial_number else [])
+
+    @event_handler(DeviceAssigned)
+    def on_device_assigned(self, event: DeviceAssigned) -> None:
+        self.repo.remember_devices([event.serial_number])
+
+    # --- teachers ---------------------------------------------------------------------------
+    def _study_token(self, token_id: Any) -> tuple[Actor, Any]:
+        actor = self.auth.require("vpp:study_apps")
+        row = self._token(actor, token_id)
+        if not row.allow_teacher_study_apps:
+            raise PermissionDenied("This content token does not let teachers choose study apps; "
+                                   "an administrator can allow it with update_content_token.")
+        return actor, row
+
+    @rpc
+    def list_study_apps(self, token_id: Any) -> list[dict[str, Any]]:
+        _, row = self._study_token(token_id)
+        return [asset_view(a) for a in self.repo.assets(row.id, ProductType.APP.value) if a.device_assignable]
+
+    @rpc
+    def install_study_apps(self, token_id: Any, adam_ids: Any, serial_numbers: Any) -> list[dict[str, Any]]:
+        """Install apps on a class's devices (device-based licences)."""
+        actor, row = self._study_token(token_id)
+        study = {a.adam_id for a in self.repo.assets(row.id, ProductType.APP.value) if a.device_assignable}
+        apps = _ids(adam_ids, "adam_ids")
+        outside = [a for a in apps if a not in study]
+        if outside:
+            raise ValidationError(f"{', '.join(outside)} are not study apps of this token; pick from list_study_apps.")
+        serials = _ids(serial_numbers, "serial_numbers")
+        return [self._assign(actor, row, adam_id, serials, []) for adam_id in apps]
+
+    # --- Apple's notifications --------------------------------------------------------------
+    @http("POST", "/vpp/notifications/<token_id>")
+    def apple_notification(self, request: Any, token_id: str) -> tuple[int, str]:
+        row = self.repo.token(token_id)
+        presented = request.headers.get("Authorization", "")[len("Bearer "):]
+        if not row.notification_auth_hash or not hmac.compare_digest(_hash(presented), row.notification_auth_hash):
+            raise PermissionDenied("The notification's bearer token is not the one Orchard gave Apple for this content token.")
+        try:
+            body = json.loads(request.get_data() or b"{}")
+        except ValueError:
+            raise ValidationError("The notification body is not JSON.") from None
+        self._apply_notification(row, body if isinstance(body, dict) else {})
+        return 200, ""
+
+    def _apply_notification(self, row: Any, body: dict[str, Any]) -> None:
+        kind, note, now = body.get("notificationType"), body.get("notification") or {}, utc_now()
+        repo = self.repo
+        if kind in ("ASSET_MANAGEMENT", "USER_MANAGEMENT") and note.get("eventId"):
+            status = "COMPLETE" if note.get("result") == "SUCCESS" else "FAILED"
+            failures = [note["error"]] if note.get("error") else []
+            repo.record_event(row.id, note["eventId"], str(note.get("type") or kind), status, failures, now)
+        elif kind == "ASSET_COUNT" and note.get("adamId"):
+            repo.adjust_asset_count(row.id, str(note["adamId"]), note.get("pricingParam", "STDQ"), int(note.get("countDelta") or 0))
+        elif kind == "USER_ASSOCIATED":
+            users = [{"clientUserId": u.get("clientUserId"), "status": "Associated"} for u in note.get("associatedUsers") or []]
+            repo.apply_apple_users(row.id, users, now)
+
+
+def _invite_row(token_id: str, user: Any, method: InviteMethod, now: Any) -> dict[str, Any]:
+    return {"token_id": token_id, "user_id": user.user_id, "method": method.value, "name": user.name, "email": user.email,
+            "managed_apple_id": user.managed_apple_id, "status": InviteStatus.PENDING.value, "apple_state": "queued",
+            "invited_at": now}

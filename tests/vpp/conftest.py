@@ -49,3 +49,33 @@ def vpp_sandbox():
     yield admin
     admin.close()
     running.stop()
+
+
+@pytest.fixture
+def smtp_sink():
+    from apple_sandbox.smtp_sink import serve_smtp
+
+    sink = serve_smtp()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def vpp_config(orchard_config, vpp_sandbox, smtp_sink):
+    """The Orchard configuration with the vpp service pointed at the sandbox and the SMTP sink."""
+    settings = orchard_config["SERVICES"]["vpp"]
+    settings.update(
+        vpp_url=vpp_sandbox.api_url, mdm_id="orchard-test", mdm_name="Orchard Test",
+        public_url=f"http://{settings['http_address']}", apple_poll_interval=0.02, apple_busy_backoff=0.01,
+        smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, mail_from="apps@school.example",
+    )
+    return orchard_config
+
+
+@pytest.fixture
+def vpp_runner(runner_factory, vpp_config):
+    from services.vpp.service import VppService
+
+    runner = runner_factory(vpp_config, VppService)
+    runner.start()
+    return runner

@@ -1,7 +1,11 @@
 import pytest
 
+import csv
+import io
+
 from services.vpp.domain.invites import (
-    AutoInvite, AutoInvitePolicy, InviteMethod, InviteStatus, can_resend, invite_url, plan_auto_invites, transition,
+    AutoInvite, AutoInvitePolicy, InviteMethod, InviteStatus, can_resend, invite_email, invite_url, invites_csv,
+    plan_auto_invites, transition,
 )
 from shared.errors import Conflict, UpstreamError, ValidationError
 
@@ -39,20 +43,32 @@ POLICIES = [
 ]
 
 
-def plan(event_id="e1", managed="ann@school.appleid.com", handled=(), invited=()):
+def plan(managed="ann@school.appleid.com", invited=()):
     return plan_auto_invites(
-        event_id=event_id, user_id="ann", user_locations=["north"], managed_apple_id=managed, policies=POLICIES,
-        event_handled=lambda e: e in handled, already_invited=lambda t, u: (t, u) in invited)
+        user_id="ann", user_locations=["north"], managed_apple_id=managed, policies=POLICIES,
+        already_invited=lambda t, u: (t, u) in invited)
 
 
 def test_auto_invite_goes_to_tokens_with_access_to_the_users_location():
     assert plan() == [AutoInvite("t-all", "ann", "ann@school.appleid.com"), AutoInvite("t-north", "ann", "ann@school.appleid.com")]
 
 
-def test_auto_invite_is_idempotent_by_event_and_user():
-    assert plan(handled={"e1"}) == []
-    assert [i.token_id for i in plan(event_id="e2", invited={("t-all", "ann")})] == ["t-north"]
+def test_auto_invite_skips_tokens_that_already_invited_the_user():
+    assert [i.token_id for i in plan(invited={("t-all", "ann")})] == ["t-north"]
 
 
 def test_no_managed_apple_id_means_no_auto_invite():
     assert plan(managed=None) == []
+
+
+def test_invite_email_carries_the_link():
+    mail = invite_email(to="ann@home.example", user_name="Ann", organisation="North School", url="https://x/?inviteCode=abc")
+    assert mail.to == "ann@home.example" and "North School" in mail.subject
+    assert "https://x/?inviteCode=abc" in mail.body and mail.body.startswith("Hello Ann,")
+
+
+def test_invites_csv_has_a_header_and_one_row_per_invite():
+    text = invites_csv([{"user_id": "ann", "status": "pending", "invite_url": "https://x/?a=1,2", "email": None}])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows == [{"user_id": "ann", "name": "", "email": "", "managed_apple_id": "", "method": "",
+                     "status": "pending", "invite_url": "https://x/?a=1,2", "invited_at": "", "accepted_at": ""}]

@@ -1,7 +1,104 @@
 """The vpp service's tables, in its own database."""
 import sqlalchemy as sa
 
-from shared.storage import add_kernel_tables
+from shared.storage import UtcDateTime, add_kernel_tables
 
 metadata = sa.MetaData()
 add_kernel_tables(metadata)
+
+content_tokens = sa.Table(
+    "content_tokens", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("sealed_stoken", sa.Text, nullable=False),
+    sa.Column("fingerprint", sa.String(12), nullable=False),
+    sa.Column("org_name", sa.String(200), nullable=False),
+    sa.Column("location_uid", sa.String(64), nullable=False),
+    sa.Column("location_name", sa.String(200), nullable=False),
+    sa.Column("country", sa.String(8), nullable=True),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.Column("locations", sa.JSON, nullable=False),  # roster location ids; empty = every location
+    sa.Column("allow_teacher_study_apps", sa.Boolean, nullable=False, default=False),
+    sa.Column("auto_invite_method", sa.String(20), nullable=True),  # None = no auto-invite
+    sa.Column("notification_auth_hash", sa.String(64), nullable=True),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("conflict_with", sa.String(200), nullable=True),  # the other MDM's name while in conflict
+    sa.Column("added_by", sa.String(200), nullable=False),
+    sa.Column("added_at", UtcDateTime, nullable=False),
+    sa.Column("last_sync_at", UtcDateTime, nullable=True),
+    sa.Column("sync_attempted_at", UtcDateTime, nullable=True),
+    sa.Column("last_sync_error", sa.Text, nullable=True),
+    sa.Column("users_version", sa.String(64), nullable=True),
+    sa.UniqueConstraint("location_uid", "location_name", name="uq_content_tokens_location"),
+)
+
+assets = sa.Table(
+    "assets", metadata,
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("adam_id", sa.String(40), primary_key=True),
+    sa.Column("pricing_param", sa.String(10), primary_key=True),
+    sa.Column("product_type", sa.String(10), nullable=False),
+    sa.Column("name", sa.String(300), nullable=True),
+    sa.Column("total_count", sa.Integer, nullable=False),
+    sa.Column("assigned_count", sa.Integer, nullable=False),
+    sa.Column("available_count", sa.Integer, nullable=False),
+    sa.Column("device_assignable", sa.Boolean, nullable=False),
+    sa.Column("revocable", sa.Boolean, nullable=False),
+    sa.Column("hidden", sa.Boolean, nullable=False, default=False),
+    sa.Column("refused_for_licences", sa.Integer, nullable=False, default=0),  # assignments waiting for licences
+    sa.Column("synced_at", UtcDateTime, nullable=False),
+)
+
+assignments = sa.Table(
+    "assignments", metadata,
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("adam_id", sa.String(40), primary_key=True),
+    sa.Column("pricing_param", sa.String(10), primary_key=True),
+    sa.Column("holder_kind", sa.String(10), primary_key=True),  # "serial" | "user"
+    sa.Column("holder", sa.String(200), primary_key=True),
+)
+
+invites = sa.Table(
+    "invites", metadata,
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.String(200), primary_key=True),  # Apple's clientUserId
+    sa.Column("method", sa.String(20), nullable=False),
+    sa.Column("name", sa.String(300), nullable=True),
+    sa.Column("email", sa.String(300), nullable=True),
+    sa.Column("managed_apple_id", sa.String(300), nullable=True),
+    sa.Column("status", sa.String(10), nullable=False),  # pending | accepted | revoked
+    # where the registration with Apple stands: queued -> registered | failed
+    sa.Column("apple_state", sa.String(12), nullable=False, index=True),
+    sa.Column("apple_error", sa.Text, nullable=True),
+    sa.Column("invite_code", sa.String(100), nullable=True),
+    sa.Column("invited_at", UtcDateTime, nullable=False),
+    sa.Column("emailed_at", UtcDateTime, nullable=True),
+    sa.Column("accepted_at", UtcDateTime, nullable=True),
+    sa.Index("ix_invites_user", "user_id"),
+)
+
+# who the roster told us about, so revoke_unknown can tell strangers from our own users
+known_users = sa.Table(
+    "known_users", metadata,
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(300), nullable=True),
+    sa.Column("email", sa.String(300), nullable=True),
+    sa.Column("managed_apple_id", sa.String(300), nullable=True),
+    sa.Column("locations", sa.JSON, nullable=False),
+)
+
+known_devices = sa.Table(
+    "known_devices", metadata,
+    sa.Column("serial_number", sa.String(64), primary_key=True),
+)
+
+apple_events = sa.Table(
+    "apple_events", metadata,
+    sa.Column("event_id", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event_type", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),  # PENDING | COMPLETE | FAILED
+    sa.Column("failures", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("completed_at", UtcDateTime, nullable=True),
+)

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import enum
+import csv
+import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from shared.errors import Conflict, UpstreamError, ValidationError
 
@@ -87,16 +90,17 @@ class AutoInvite:
 
 def plan_auto_invites(
     *,
-    event_id: str,
     user_id: str,
     user_locations: Iterable[str],
     managed_apple_id: str | None,
     policies: Iterable[AutoInvitePolicy],
-    event_handled: Callable[[str], bool],
     already_invited: Callable[[str, str], bool],
 ) -> list[AutoInvite]:
-    """Which tokens register this imported user; a redelivered event or a known user invites nobody."""
-    if not managed_apple_id or event_handled(event_id):
+    """Which tokens register this imported user; a user a token already invited is not invited again.
+
+    (A redelivered event never gets here: the event inbox skips event ids already handled.)
+    """
+    if not managed_apple_id:
         return []
     locations = tuple(user_locations)
     return [
@@ -105,3 +109,34 @@ def plan_auto_invites(
         if p.auto_invite and p.method is InviteMethod.MANAGED_APPLE_ID and p.covers(locations)
         and not already_invited(p.token_id, user_id)
     ]
+
+
+@dataclass(frozen=True)
+class InviteEmail:
+    to: str
+    subject: str
+    body: str
+
+
+def invite_email(*, to: str, user_name: str | None, organisation: str, url: str) -> InviteEmail:
+    """The message that carries an invite link to a user who accepts with a personal Apple ID."""
+    greeting = f"Hello {user_name}," if user_name else "Hello,"
+    body = (
+        f"{greeting}\n\n{organisation} invites you to receive apps and books for school.\n"
+        f"Open this link on your device and sign in with your Apple ID to accept:\n\n{url}\n\n"
+        "Your Apple ID stays private: the school never sees it.\n"
+    )
+    return InviteEmail(to=to, subject=f"{organisation}: accept your invitation to apps and books", body=body)
+
+
+INVITE_CSV_COLUMNS = ("user_id", "name", "email", "managed_apple_id", "method", "status", "invite_url", "invited_at", "accepted_at")
+
+
+def invites_csv(invites: Iterable[dict[str, Any]]) -> str:
+    """Invites as CSV with a header row, for spreadsheets and mail merges."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=INVITE_CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for invite in invites:
+        writer.writerow({key: "" if invite.get(key) is None else invite.get(key) for key in INVITE_CSV_COLUMNS})
+    return out.getvalue()

@@ -1,0 +1,282 @@
+"""Reading and writing the vpp tables; every method works inside the caller's session."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.vpp.adapters import tables as t
+from services.vpp.domain.invites import AutoInvitePolicy, InviteMethod, InviteStatus
+from services.vpp.domain.licences import Asset, Assignment, ProductType
+from shared.errors import NotFound
+
+HOLDER_KINDS = {"serial": "serial_number", "user": "client_user_id"}
+
+
+def _insert(session: Session, table: sa.Table) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def asset_from_row(row: Any) -> Asset:
+    return Asset(row.adam_id, row.pricing_param, ProductType(row.product_type), row.total_count, row.assigned_count,
+                 row.available_count, row.device_assignable, row.revocable, row.hidden, row.name)
+
+
+def assignment_from_row(row: Any) -> Assignment:
+    if row.holder_kind == "serial":
+        return Assignment(row.adam_id, row.pricing_param, serial_number=row.holder)
+    return Assignment(row.adam_id, row.pricing_param, client_user_id=row.holder)
+
+
+class VppRepository:
+    def __init__(self, session: Session):
+        self.session = session
+
+    # --- content tokens ---------------------------------------------------------------------
+    def token(self, token_id: Any) -> Any:
+        if not isinstance(token_id, str):
+            raise NotFound("Name the content token by its id (text); `orchard vpp token list` shows them.")
+        row = self.session.execute(sa.select(t.content_tokens).where(t.content_tokens.c.id == token_id)).first()
+        if row is None:
+            raise NotFound(f"There is no content token {token_id!r}; `orchard vpp token list` shows the ones there are.")
+        return row
+
+    def tokens(self) -> list[Any]:
+        return list(self.session.execute(sa.select(t.content_tokens).order_by(t.content_tokens.c.name)))
+
+    def token_for_location(self, location_uid: str, location_name: str) -> Any:
+        c = t.content_tokens.c
+        return self.session.execute(
+            sa.select(t.content_tokens).where(c.location_uid == location_uid, c.location_name == location_name)).first()
+
+    def add_token(self, values: dict[str, Any]) -> None:
+        self.session.execute(t.content_tokens.insert().values(**values))
+
+    def update_token(self, token_id: str, **values: Any) -> None:
+        self.session.execute(t.content_tokens.update().where(t.content_tokens.c.id == token_id).values(**values))
+
+    def delete_token(self, token_id: str) -> None:
+        for table in (t.apple_events, t.invites, t.assignments, t.assets):
+            self.session.execute(table.delete().where(table.c.token_id == token_id))
+        self.session.execute(t.content_tokens.delete().where(t.content_tokens.c.id == token_id))
+
+    def tokens_due_for_sync(self, attempted_before: datetime) -> list[str]:
+        c = t.content_tokens.c
+        query = sa.select(c.id).where(
+            c.revoked.is_(False), sa.or_(c.sync_attempted_at.is_(None), c.sync_attempted_at < attempted_before))
+        return list(self.session.execute(query.order_by(c.sync_attempted_at)).scalars())
+
+    def auto_invite_policies(self) -> list[AutoInvitePolicy]:
+        c = t.content_tokens.c
+        rows = self.session.execute(
+            sa.select(c.id, c.auto_invite_method, c.locations)
+            .where(c.auto_invite_method.is_not(None), c.revoked.is_(False), c.conflict_with.is_(None)))
+        return [AutoInvitePolicy(r.id, True, InviteMethod(r.auto_invite_method), tuple(r.locations or ())) for r in rows]
+
+    # --- assets and assignments -------------------------------------------------------------
+    def replace_assets(self, token_id: str, fresh: Sequence[dict[str, Any]], now: datetime) -> None:
+        """Store Apple's asset list, keeping what only Orchard knows (hidden, names, waiting assignments)."""
+        c = t.assets.c
+        kept = {(r.adam_id, r.pricing_param): r for r in self.session.execute(
+            sa.select(c.adam_id, c.pricing_param, c.hidden, c.name, c.refused_for_licences).where(c.token_id == token_id))}
+        self.session.execute(t.assets.delete().where(c.token_id == token_id))
+        rows = []
+        for a in fresh:
+            old = kept.get((str(a["adamId"]), a.get("pricingParam", "STDQ")))
+            rows.append({
+                "token_id": token_id, "adam_id": str(a["adamId"]), "pricing_param": a.get("pricingParam", "STDQ"),
+                "product_type": a.get("productType", "App"), "name": old.name if old else None,
+                "total_count": int(a.get("totalCount", 0)), "assigned_count": int(a.get("assignedCount", 0)),
+                "available_count": int(a.get("availableCount", 0)),
+                "device_assignable": bool(a.get("deviceAssignable", False)), "revocable": bool(a.get("revocable", False)),
+                "hidden": bool(old.hidden) if old else False,
+                "refused_for_licences": old.refused_for_licences if old else 0, "synced_at": now,
+            })
+        if rows:
+            self.session.execute(t.assets.insert(), rows)
+
+    def assets(self, token_id: str, product_type: str | None = None, include_hidden: bool = False) -> list[Any]:
+        c = t.assets.c
+        query = sa.select(t.assets).where(c.token_id == token_id)
+        if product_type:
+            query = query.where(c.product_type == product_type)
+        if not include_hidden:
+            query = query.where(c.hidden.is_(False))
+        return list(self.session.execute(query.order_by(c.product_type, c.adam_id, c.pricing_param)))
+
+    def asset(self, token_id: str, adam_id: Any) -> Any:
+        """The asset with this adamId; with two pricing params, the one with more licences free."""
+        if not isinstance(adam_id, str) or not adam_id.strip():
+            raise NotFound("Name the asset by its adamId (text).")
+        c = t.assets.c
+        row = self.session.execute(
+            sa.select(t.assets).where(c.token_id == token_id, c.adam_id == adam_id.strip())
+            .order_by(c.available_count.desc())).first()
+        if row is None:
+            raise NotFound(f"This content token has no app or book with adamId {adam_id!r}; "
+                           "run sync_assets if it was bought recently.")
+        return row
+
+    def set_hidden(self, token_id: str, adam_id: str, hidden: bool) -> None:
+        self.session.execute(t.assets.update().where(t.assets.c.token_id == token_id, t.assets.c.adam_id == adam_id)
+                             .values(hidden=hidden))
+
+    def count_refusal(self, token_id: str, asset: Asset, count: int) -> None:
+        c = t.assets.c
+        self.session.execute(
+            t.assets.update().where(c.token_id == token_id, c.adam_id == asset.adam_id, c.pricing_param == asset.pricing_param)
+            .values(refused_for_licences=c.refused_for_licences + count))
+
+    def adjust_asset_count(self, token_id: str, adam_id: str, pricing_param: str, delta: int) -> None:
+        c = t.assets.c
+        self.session.execute(t.assets.update().where(c.token_id == token_id, c.adam_id == adam_id, c.pricing_param == pricing_param)
+                             .values(total_count=c.total_count + delta, available_count=c.available_count + delta))
+
+    def replace_assignments(self, token_id: str, fresh: Iterable[dict[str, Any]]) -> int:
+        self.session.execute(t.assignments.delete().where(t.assignments.c.token_id == token_id))
+        rows = {}
+        for a in fresh:
+            kind, holder = ("serial", a["serialNumber"]) if a.get("serialNumber") else ("user", a.get("clientUserId"))
+            if holder:
+                key = (str(a["adamId"]), a.get("pricingParam", "STDQ"), kind, holder)
+                rows[key] = dict(zip(("adam_id", "pricing_param", "holder_kind", "holder"), key), token_id=token_id)
+        batch = list(rows.values())
+        for start in range(0, len(batch), 1000):
+            self.session.execute(t.assignments.insert(), batch[start:start + 1000])
+        return len(batch)
+
+    def holders(self, token_id: str, asset: Asset) -> list[Assignment]:
+        c = t.assignments.c
+        rows = self.session.execute(sa.select(t.assignments).where(
+            c.token_id == token_id, c.adam_id == asset.adam_id, c.pricing_param == asset.pricing_param))
+        return [assignment_from_row(r) for r in rows]
+
+    def all_assignments(self, token_id: str) -> list[Assignment]:
+        rows = self.session.execute(sa.select(t.assignments).where(t.assignments.c.token_id == token_id))
+        return [assignment_from_row(r) for r in rows]
+
+    def assets_by_key(self, token_id: str) -> dict[tuple[str, str], Asset]:
+        return {(a.adam_id, a.pricing_param): a for a in map(asset_from_row, self.assets(token_id, include_hidden=True))}
+
+    def apply_licence_change(self, token_id: str, asset: Asset, serials: Iterable[str], users: Iterable[str], *, added: bool) -> None:
+        """Reflect a completed Apple event locally, so counts are right before the next sync."""
+        rows = [{"token_id": token_id, "adam_id": asset.adam_id, "pricing_param": asset.pricing_param,
+                 "holder_kind": kind, "holder": holder}
+                for kind, holders in (("serial", serials), ("user", users)) for holder in holders]
+        if not rows:
+            return
+        c = t.assignments.c
+        if added:
+            self.session.execute(_insert(self.session, t.assignments).on_conflict_do_nothing(), rows)
+        else:
+            for row in rows:
+                self.session.execute(t.assignments.delete().where(
+                    c.token_id == token_id, c.adam_id == asset.adam_id, c.pricing_param == asset.pricing_param,
+                    c.holder_kind == row["holder_kind"], c.holder == row["holder"]))
+        held = self.session.execute(sa.select(sa.func.count()).select_from(t.assignments).where(
+            c.token_id == token_id, c.adam_id == asset.adam_id, c.pricing_param == asset.pricing_param)).scalar_one()
+        a = t.assets.c
+        self.session.execute(
+            t.assets.update().where(a.token_id == token_id, a.adam_id == asset.adam_id, a.pricing_param == asset.pricing_param)
+            .values(assigned_count=held, available_count=a.total_count - held))
+
+    # --- what Orchard knows -----------------------------------------------------------------
+    def remember_users(self, users: Sequence[dict[str, Any]]) -> None:
+        if not users:
+            return
+        insert = _insert(self.session, t.known_users)
+        self.session.execute(insert.on_conflict_do_update(
+            index_elements=[t.known_users.c.user_id],
+            set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations")}), list(users))
+
+    def remember_devices(self, serial_numbers: Iterable[str]) -> None:
+        rows = [{"serial_number": s} for s in set(serial_numbers) if s]
+        if rows:
+            self.session.execute(_insert(self.session, t.known_devices).on_conflict_do_nothing(), rows)
+
+    def known_users(self, user_ids: Iterable[str]) -> dict[str, Any]:
+        ids = list(user_ids)
+        rows = self.session.execute(sa.select(t.known_users).where(t.known_users.c.user_id.in_(ids)))
+        return {r.user_id: r for r in rows}
+
+    def known_holders(self) -> tuple[set[str], set[str]]:
+        serials = set(self.session.execute(sa.select(t.known_devices.c.serial_number)).scalars())
+        users = set(self.session.execute(sa.select(t.known_users.c.user_id)).scalars())
+        return serials, users
+
+    # --- invites ----------------------------------------------------------------------------
+    def invited_tokens_of(self, user_id: str) -> set[str]:
+        return set(self.session.execute(sa.select(t.invites.c.token_id).where(t.invites.c.user_id == user_id)).scalars())
+
+    def queue_invites(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add invites to be registered with Apple; an invite that exists already is left as it is."""
+        if rows:
+            self.session.execute(_insert(self.session, t.invites).on_conflict_do_nothing(), list(rows))
+
+    def requeue_invites(self, token_id: str, user_ids: Sequence[str], method: str, now: datetime) -> None:
+        c = t.invites.c
+        self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id.in_(list(user_ids))).values(
+            method=method, status=InviteStatus.PENDING.value, apple_state="queued", apple_error=None, invite_code=None,
+            invited_at=now, emailed_at=None, accepted_at=None))
+
+    def invites(self, token_id: str, status: str | None = None, user_ids: Sequence[str] | None = None) -> list[Any]:
+        c = t.invites.c
+        query = sa.select(t.invites).where(c.token_id == token_id)
+        if status:
+            query = query.where(c.status == status)
+        if user_ids is not None:
+            query = query.where(c.user_id.in_(list(user_ids)))
+        return list(self.session.execute(query.order_by(c.user_id)))
+
+    def queued_invites(self, limit: int, token_id: str | None = None) -> list[Any]:
+        c = t.invites.c
+        query = sa.select(c.token_id, c.user_id, c.email, c.managed_apple_id, c.method).where(c.apple_state == "queued")
+        if token_id:
+            query = query.where(c.token_id == token_id)
+        return list(self.session.execute(query.order_by(c.token_id, c.invited_at).limit(limit)))
+
+    def mark_invites(self, token_id: str, user_ids: Sequence[str], **values: Any) -> None:
+        c = t.invites.c
+        ids = list(user_ids)
+        for start in range(0, len(ids), 500):
+            self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id.in_(ids[start:start + 500]))
+                                 .values(**values))
+
+    def apply_apple_users(self, token_id: str, users: Iterable[dict[str, Any]], now: datetime) -> None:
+        """Bring invites in line with Apple's users: invite codes, accepted, retired."""
+        c = t.invites.c
+        current = {r.user_id: r for r in self.session.execute(
+            sa.select(c.user_id, c.status, c.invite_code, c.accepted_at).where(c.token_id == token_id))}
+        for user in users:
+            row = current.get(user.get("clientUserId"))
+            if row is None:
+                continue
+            status = InviteStatus.from_apple_user_status(user.get("status", ""))
+            values: dict[str, Any] = {}
+            if status.value != row.status:
+                values["status"] = status.value
+                if status is InviteStatus.ACCEPTED and row.accepted_at is None:
+                    values["accepted_at"] = now
+            if user.get("inviteCode") and user["inviteCode"] != row.invite_code:
+                values["invite_code"] = user["inviteCode"]
+            if values:
+                self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id == row.user_id).values(**values))
+
+    def invites_to_email(self, limit: int = 200) -> list[Any]:
+        c = t.invites.c
+        return list(self.session.execute(sa.select(t.invites).where(
+            c.method == InviteMethod.EMAIL.value, c.apple_state == "registered", c.status == InviteStatus.PENDING.value,
+            c.invite_code.is_not(None), c.emailed_at.is_(None), c.email.is_not(None)).limit(limit)))
+
+    # --- Apple events -----------------------------------------------------------------------
+    def record_event(self, token_id: str, event_id: str, event_type: str, status: str, failures: list, now: datetime) -> None:
+        values = {"token_id": token_id, "event_type": event_type, "status": status, "failures": failures,
+                  "completed_at": None if status == "PENDING" else now}
+        insert = _insert(self.session, t.apple_events)
+        self.session.execute(insert.values(event_id=event_id, created_at=now, **values).on_conflict_do_update(
+            index_elements=[t.apple_events.c.event_id], set_={k: insert.excluded[k] for k in ("status", "failures", "completed_at")}))

@@ -1,0 +1,218 @@
+"""The vpp service's work with Apple: syncing, licence batches, user registration and invite mail.
+
+Apple calls run outside the database session; results are written by the worker's
+own greenthread. Whatever Apple already did is committed even when a later call
+fails, and the error says what was done.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventlet.greenpool import GreenPool
+
+from services.vpp import metrics
+from services.vpp.adapters.apple_client import (
+    AppsAndBooksClient, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
+)
+from services.vpp.adapters.mailer import SmtpMailer
+from services.vpp.adapters.repository import VppRepository
+from services.vpp.domain.invites import InviteMethod, invite_email, invite_url
+from services.vpp.domain.licences import Asset, LicenceBatch, chunks
+from shared.errors import OrchardError, UpstreamError
+from shared.secrets import SecretBox
+from shared.storage import UnitOfWork, utc_now
+
+APPLE_CONCURRENCY = 8  # Apple requests in flight per worker
+ALREADY_REGISTERED = 9716
+
+
+@dataclass
+class LicenceOutcome:
+    serial_numbers: list[str] = field(default_factory=list)
+    user_ids: list[str] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"serial_numbers": self.serial_numbers, "user_ids": self.user_ids, "failures": self.failures, "events": self.events}
+
+
+def failed_holders(batch: LicenceBatch, result: EventResult) -> dict[str, dict[str, Any]]:
+    """Which serials/users of a batch Apple reports as failed, with Apple's reason."""
+    failed: dict[str, dict[str, Any]] = {}
+    for failure in result.failures:
+        info = failure.get("errorInfo") or {}
+        named = list(info.get("serialNumbers") or []) + list(info.get("clientUserIds") or [])
+        reason = {"error_number": failure.get("errorNumber"), "message": failure.get("errorMessage")}
+        for holder in named or list(batch.serial_numbers + batch.client_user_ids):
+            failed[holder] = reason
+    if result.status == "FAILED" and not failed:
+        failed = {h: {"error_number": None, "message": "Apple reported the request as failed"}
+                  for h in batch.serial_numbers + batch.client_user_ids}
+    return failed
+
+
+class VppOperations:
+    def __init__(self, db: UnitOfWork, connector: Any, secrets: SecretBox, mailer: SmtpMailer):
+        self.db, self.connector, self.secrets, self.mailer = db, connector, secrets, mailer
+
+    @property
+    def repo(self) -> VppRepository:
+        return VppRepository(self.db.session)
+
+    def client_for(self, token: Any) -> AppsAndBooksClient:
+        token_id = token.id
+        return self.connector.client(
+            self.secrets.open(token.sealed_stoken), lambda: self.secrets.open(self.repo.token(token_id).sealed_stoken))
+
+    @contextmanager
+    def apple(self, token: Any) -> Iterator[None]:
+        """Record on the token what Apple's answers say about it (managed elsewhere, revoked), even on failure."""
+        try:
+            yield
+        except ManagedByAnotherMdm as exc:
+            self.repo.update_token(token.id, conflict_with=str(exc.other_mdm.get("name") or exc.other_mdm.get("id"))[:200])
+            self.db.commit()
+            raise
+        except ContentTokenRevoked:
+            self.repo.update_token(token.id, revoked=True)
+            self.db.commit()
+            raise
+
+    # --- sync -------------------------------------------------------------------------------
+    def sync(self, token: Any) -> dict[str, int]:
+        """Read assets, assignments and users from Apple (each listing at one ``versionId``)."""
+        client = self.client_for(token)
+        now = utc_now()
+        self.repo.update_token(token.id, sync_attempted_at=now)
+        with self.apple(token):
+            try:
+                assets = client.assets()
+                assignments = client.assignments()
+                users = client.users(include_retired=True)
+            except OrchardError as exc:
+                self.repo.update_token(token.id, last_sync_error=str(exc)[:1000])
+                self.db.commit()
+                raise
+        repo = self.repo
+        repo.replace_assets(token.id, assets.items, now)
+        held = repo.replace_assignments(token.id, assignments.items)
+        repo.apply_apple_users(token.id, users.items, now)
+        repo.update_token(token.id, last_sync_at=now, last_sync_error=None, conflict_with=None, users_version=users.version_id)
+        return {"assets": len(assets), "assignments": held, "users": len(users)}
+
+    # --- licences ---------------------------------------------------------------------------
+    def run_licence_batches(self, token: Any, asset: Asset, batches: Sequence[LicenceBatch], *, assign: bool) -> LicenceOutcome:
+        client = self.client_for(token)
+        outcome = LicenceOutcome()
+        submit = client.associate if assign else client.disassociate
+        with self.apple(token):
+            for number, batch in enumerate(batches, 1):
+                try:
+                    event_id = submit(batch)
+                    outcome.events.append(event_id)
+                    self.repo.record_event(token.id, event_id, "ASSOCIATE" if assign else "DISASSOCIATE", "PENDING", [], utc_now())
+                    result = client.wait_for_event(event_id)
+                except OrchardError as exc:
+                    if number == 1:
+                        raise
+                    self.db.commit()  # keep what Apple already did
+                    verb = "assigned" if assign else "revoked"
+                    raise UpstreamError(
+                        f"{exc} Before that, {len(outcome.serial_numbers)} device and {len(outcome.user_ids)} user "
+                        f"licence(s) were {verb} ({number - 1} of {len(batches)} requests); run it again for the rest."
+                    ) from None
+                failed = failed_holders(batch, result)
+                done_serials = [s for s in batch.serial_numbers if s not in failed]
+                done_users = [u for u in batch.client_user_ids if u not in failed]
+                self.repo.apply_licence_change(token.id, asset, done_serials, done_users, added=assign)
+                self.repo.record_event(token.id, event_id, result.event_type or "", result.status, result.failures, utc_now())
+                outcome.serial_numbers += done_serials
+                outcome.user_ids += done_users
+                outcome.failures += [{"holder": h, **reason} for h, reason in failed.items()]
+        return outcome
+
+    # --- invites ----------------------------------------------------------------------------
+    def register_queued(self, token_id: str | None = None, limit: int = 5000) -> dict[str, int]:
+        """Register queued invites with Apple in ``users/create`` batches, several in flight at once."""
+        by_token: dict[str, list[Any]] = defaultdict(list)
+        for invite in self.repo.queued_invites(limit, token_id):
+            by_token[invite.token_id].append(invite)
+        totals = {"registered": 0, "failed": 0}
+        for tid, invites in by_token.items():
+            token = self.repo.token(tid)
+            if token.revoked or token.conflict_with:
+                reason = "the content token is revoked" if token.revoked else f"another MDM ({token.conflict_with}) manages this location"
+                self.repo.mark_invites(tid, [i.user_id for i in invites], apple_state="failed", apple_error=reason)
+                totals["failed"] += len(invites)
+                continue
+            registered, failed = self._register(token, invites)
+            totals["registered"] += registered
+            totals["failed"] += failed
+        return totals
+
+    def _register(self, token: Any, invites: list[Any]) -> tuple[int, int]:
+        client = self.client_for(token)
+        with self.apple(token):
+            batches = chunks(invites, client.limits().max_users)
+
+            def create(batch: list[Any]) -> tuple[list[Any], EventResult]:
+                users = [_apple_user(i) for i in batch]
+                return batch, client.wait_for_event(client.create_users(users))
+
+            results = list(GreenPool(APPLE_CONCURRENCY).imap(create, batches))
+            registered = failed = 0
+            for batch, result in results:
+                reasons = {}
+                for failure in result.failures:
+                    if failure.get("errorNumber") == ALREADY_REGISTERED:
+                        continue  # registered by an earlier attempt: that is what we wanted
+                    for user_id in (failure.get("errorInfo") or {}).get("clientUserIds") or [i.user_id for i in batch]:
+                        reasons[user_id] = f"{failure.get('errorMessage')} (error {failure.get('errorNumber')})"
+                done = [i for i in batch if i.user_id not in reasons]
+                self.repo.mark_invites(token.id, [i.user_id for i in done], apple_state="registered", apple_error=None)
+                for user_id, reason in reasons.items():
+                    self.repo.mark_invites(token.id, [user_id], apple_state="failed", apple_error=reason[:500])
+                for method in {i.method for i in done}:
+                    metrics.INVITES_REGISTERED.labels(method).inc(sum(1 for i in done if i.method == method))
+                registered, failed = registered + len(done), failed + len(reasons)
+            listing = client.users(since_version_id=token.users_version)
+        self.repo.apply_apple_users(token.id, listing.items, utc_now())
+        self.repo.update_token(token.id, users_version=listing.version_id)
+        return registered, failed
+
+    def invite_url_template(self, token: Any) -> str:
+        return self.client_for(token).invitation_url_template()
+
+    def email_invites(self, invites: Sequence[Any] | None = None) -> int:
+        """Mail the invite link of registered e-mail invites that were not mailed yet; the number sent."""
+        rows = list(invites) if invites is not None else self.repo.invites_to_email()
+        if not rows:
+            return 0
+        templates: dict[str, str] = {}
+        mails, sent = [], defaultdict(list)
+        for row in rows:
+            token = self.repo.token(row.token_id)
+            if row.token_id not in templates:
+                templates[row.token_id] = self.invite_url_template(token)
+            url = invite_url(templates[row.token_id], row.invite_code)
+            mails.append(invite_email(to=row.email, user_name=row.name, organisation=token.org_name, url=url))
+            sent[row.token_id].append(row.user_id)
+        self.mailer.send(mails)
+        now = utc_now()
+        for tid, user_ids in sent.items():
+            self.repo.mark_invites(tid, user_ids, emailed_at=now)
+        return len(mails)
+
+
+def _apple_user(invite: Any) -> dict[str, str]:
+    user = {"clientUserId": invite.user_id}
+    if invite.method == InviteMethod.MANAGED_APPLE_ID.value and invite.managed_apple_id:
+        user["managedAppleId"] = invite.managed_apple_id
+    if invite.email:
+        user["email"] = invite.email
+    return user

@@ -1,0 +1,54 @@
+"""What the vpp RPCs return: JSON-ready shapes of the stored rows."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from services.vpp.domain.invites import invite_url
+from services.vpp.domain.tokens import days_left, token_status
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def token_view(row: Any, now: datetime) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "name": row.name,
+        "organization": row.org_name,
+        # Apple's v2 API does not name the administrator who downloaded the token
+        "admin_apple_id": None,
+        "admin_email": None,
+        "integrated_by": row.added_by,
+        "location_name": row.location_name,
+        "location_uid": row.location_uid,
+        "locations": list(row.locations or []),
+        "allow_teacher_study_apps": row.allow_teacher_study_apps,
+        "auto_invite_method": row.auto_invite_method,
+        "expires_at": _iso(row.expires_at),
+        "days_left": days_left(row.expires_at, now),
+        "status": token_status(row.expires_at, now, revoked=row.revoked, conflict=row.conflict_with is not None).value,
+        "managed_by_other_mdm": row.conflict_with,
+        "fingerprint": row.fingerprint,
+        "last_sync_at": _iso(row.last_sync_at),
+        "last_sync_error": row.last_sync_error,
+    }
+
+
+def asset_view(row: Any) -> dict[str, Any]:
+    return {
+        "adam_id": row.adam_id, "pricing_param": row.pricing_param, "product_type": row.product_type, "name": row.name,
+        "total": row.total_count, "assigned": row.assigned_count, "available": row.available_count,
+        "device_assignable": row.device_assignable, "revocable": row.revocable, "hidden": row.hidden,
+    }
+
+
+def invite_view(row: Any, url_template: str | None) -> dict[str, Any]:
+    url = invite_url(url_template, row.invite_code) if url_template and row.invite_code and row.status == "pending" else None
+    return {
+        "user_id": row.user_id, "name": row.name, "email": row.email, "managed_apple_id": row.managed_apple_id,
+        "method": row.method, "status": row.status, "registration": row.apple_state, "error": row.apple_error,
+        "invite_url": url, "invited_at": _iso(row.invited_at), "emailed_at": _iso(row.emailed_at),
+        "accepted_at": _iso(row.accepted_at),
+    }

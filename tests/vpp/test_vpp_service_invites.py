@@ -1,0 +1,111 @@
+"""Invites through the running vpp service: UserImported over RabbitMQ, e-mail through SMTP, Apple's notifications."""
+import csv
+import io
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from nameko.standalone.events import event_dispatcher
+
+from shared.contracts.roster import UserImported
+from shared.errors import ValidationError
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def publish(config, *events):
+    dispatch = event_dispatcher(config)
+    for event in events:
+        dispatch(UserImported.SOURCE, UserImported.TYPE, event.to_payload())
+
+
+def user(user_id, locations=("north",), managed=True, email=None, **kw):
+    return UserImported(user_id=user_id, user_type="student", name=user_id.title(), source="csv", locations=list(locations),
+                        managed_apple_id=f"{user_id}@north.appleid.example" if managed else None, email=email, **kw)
+
+
+def metric(config, line_start):
+    text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['vpp']['metrics_port']}/metrics").text
+    return [line for line in text.splitlines() if line.startswith(line_start)]
+
+
+def count_rows(config, table):
+    engine = sa.create_engine(config["SERVICES"]["vpp"]["database_url"])
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text(f"select count(*) from {table}")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_imported_users_are_invited_exactly_once(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken, locations=["north"], auto_invite_method="managed_apple_id")["id"]
+
+    ann = user("ann")
+    publish(vpp_config, ann, ann, user("bob", locations=["south"]), user("cat", managed=False), user("ann"))
+    wait_for(lambda: count_rows(vpp_config, "known_users") == 3, what="three users known")
+    wait_for(lambda: metric(vpp_config, 'orchard_events_duplicate_total{handler="on_user_imported"'), what="the redelivery skipped")
+    wait_for(lambda: count_rows(vpp_config, "inbox") == 4, what="four distinct events handled")
+
+    with rpc_as() as rpc:
+        invites = wait_for(lambda: [i for i in rpc.vpp.list_invites(token_id) if i["invite_url"]], what="ann's invite")
+    assert [i["user_id"] for i in invites] == ["ann"]
+    assert invites[0]["managed_apple_id"] == "ann@north.appleid.example" and invites[0]["status"] == "pending"
+    assert "inviteCode=" in invites[0]["invite_url"] and "%25" not in invites[0]["invite_url"]
+    state = vpp_sandbox.state(stoken)
+    assert state["users"] == 1 and state["requests"]["users/create"] == 1  # registered once, never re-sent
+    assert metric(vpp_config, "orchard_vpp_invites{") == [f'orchard_vpp_invites{{status="pending",token_id="{token_id}"}} 1.0']
+    assert any('status="ok"' in line and line.endswith(" 1.0") for line in metric(vpp_config, "orchard_vpp_token_status{"))
+    assert metric(vpp_config, 'orchard_vpp_apple_calls_total{endpoint="users/create",error="none"}')
+
+
+def test_email_invites_acceptance_and_revocation(vpp_sandbox, vpp_config, vpp_runner, rpc_as, smtp_sink):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus", orgName="North District")
+    publish(vpp_config, user("dan", managed=False, email="dan@home.example"), user("eve", managed=False, email="eve@home.example"),
+            user("fay", managed=False))
+    wait_for(lambda: count_rows(vpp_config, "known_users") == 3, what="the roster's users")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        with pytest.raises(ValidationError, match="not in the roster"):
+            rpc.vpp.invite_users(token_id, ["nobody"], "email")
+        with pytest.raises(ValidationError, match="no email"):
+            rpc.vpp.invite_users(token_id, ["fay"], "email")
+        result = rpc.vpp.invite_users(token_id, ["dan", "eve"], "email")
+        assert (result["invited"], result["registered"], result["failures"], result["mail_error"]) == (2, 2, [], None)
+        assert rpc.vpp.invite_users(token_id, ["dan"], "email")["already_invited"] == ["dan"]
+
+        mails = {m.recipients[0]: m.message for m in smtp_sink.messages}
+        assert set(mails) == {"dan@home.example", "eve@home.example"}
+        invites = {i["user_id"]: i for i in rpc.vpp.list_invites(token_id, status="pending")}
+        assert invites["dan"]["invite_url"] in mails["dan@home.example"].get_content()
+        assert "North District" in mails["dan@home.example"]["Subject"]
+
+        # dan accepts with his Apple ID: Apple notifies us (bearer-checked) and the invite is accepted
+        vpp_sandbox.post("users/accept", sToken=stoken, clientUserId="dan")
+        wait_for(lambda: rpc.vpp.list_invites(token_id, status="accepted"), what="Apple's USER_ASSOCIATED notification")
+        assert rpc.vpp.resend_invites(token_id)["resent"] == 1  # eve only: dan has accepted
+        assert len(smtp_sink.messages) == 3
+
+        exported = list(csv.DictReader(io.StringIO(rpc.vpp.export_invites(token_id))))
+        assert {(r["user_id"], r["status"]) for r in exported} == {("dan", "accepted"), ("eve", "pending")}
+
+        assert rpc.vpp.revoke_invites(token_id, ["eve"]) == {"revoked": 1, "failures": []}
+        assert [i["user_id"] for i in rpc.vpp.list_invites(token_id, status="revoked")] == ["eve"]
+    assert vpp_sandbox.state(stoken)["registered"] == 0  # dan associated, eve retired
+
+
+def test_notifications_are_bearer_checked_and_update_counts(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 3)
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        rpc.vpp.sync_assets(token_id)
+        url = f"http://{vpp_config['SERVICES']['vpp']['http_address']}/vpp/notifications/{token_id}"
+        refused = httpx.post(url, json={"notificationType": "TEST_NOTIFICATION"}, headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 403
+        vpp_sandbox.add_asset(stoken, "111", 8)  # five more bought: Apple sends ASSET_COUNT
+        wait_for(lambda: rpc.vpp.get_asset(token_id, "111")["total"] == 8, what="the ASSET_COUNT notification")
+        assert rpc.vpp.get_asset(token_id, "111")["available"] == 8

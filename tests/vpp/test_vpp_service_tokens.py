@@ -1,0 +1,146 @@
+"""Content tokens and licences through the running vpp service (real RabbitMQ, SQLite, the Apple sandbox)."""
+import base64
+import json
+
+import httpx
+import pytest
+
+from shared.auth import Actor
+from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+
+pytestmark = pytest.mark.integration
+
+
+def test_content_token_lifecycle(vpp_sandbox, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus", orgName="North District")
+    with rpc_as() as rpc:
+        with pytest.raises(ValidationError, match="not a content token"):
+            rpc.vpp.add_content_token("definitely not a token")
+        expired = vpp_sandbox.issue_token(locationName="Old", expDate="2020-01-01T00:00:00+0000")
+        with pytest.raises(ValidationError, match="expired on 2020-01-01"):
+            rpc.vpp.add_content_token(expired)
+
+        added = rpc.vpp.add_content_token(stoken, name="North", locations=["north"], auto_invite_method="managed_apple_id")
+        assert added["status"] == "ok" and added["location_name"] == "North Campus" and added["days_left"] >= 364
+        assert added["organization"] == "North District" and added["integrated_by"] == "admin@school.example"
+        assert stoken not in json.dumps(added)
+        assert vpp_sandbox.state(stoken)["mdmInfo"]["id"] == "orchard-test"
+        assert [t["id"] for t in rpc.vpp.list_content_tokens()] == [added["id"]]
+        with pytest.raises(ValidationError, match="already here"):
+            rpc.vpp.add_content_token(stoken)
+
+        # another MDM claims the location: the next answer from Apple marks the token
+        vpp_sandbox.post("mdm-info", sToken=stoken, mdmInfo={"id": "other", "name": "Other MDM"})
+        with pytest.raises(Conflict, match="Other MDM"):
+            rpc.vpp.sync_assets(added["id"])
+        assert rpc.vpp.get_content_token(added["id"])["status"] == "conflict"
+
+        # renewal: same location only, and it claims the location back
+        other_location = vpp_sandbox.issue_token(locationName="South Campus")
+        with pytest.raises(ValidationError, match="different location"):
+            rpc.vpp.renew_content_token(added["id"], other_location)
+        with pytest.raises(Conflict):
+            rpc.vpp.renew_content_token(added["id"], vpp_sandbox.issue_token(locationName="North Campus"))
+
+        south = vpp_sandbox.issue_token(locationName="South Campus")
+        vpp_sandbox.post("mdm-info", sToken=south, mdmInfo={"id": "other", "name": "Other MDM"})
+        with pytest.raises(Conflict, match="Delete the content token from the other MDM"):
+            rpc.vpp.add_content_token(south)
+        taken = rpc.vpp.add_content_token(south, take_over=True)
+        assert vpp_sandbox.state(south)["mdmInfo"]["id"] == "orchard-test"
+        assert any(e["action"] == "content_token.taken_over" for e in rpc.vpp.audit_log(f"content_token:{taken['id']}"))
+
+        rpc.vpp.delete_content_token(taken["id"])
+        with pytest.raises(NotFound):
+            rpc.vpp.get_content_token(taken["id"])
+
+    with rpc_as(Actor("leader@school.example", "location_leader", ("south",))) as rpc:
+        assert rpc.vpp.list_content_tokens() == []  # the North token is not theirs
+        with pytest.raises(NotFound):
+            rpc.vpp.get_content_token(added["id"])
+
+
+def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 3)
+    vpp_sandbox.add_asset(stoken, "222", 10)
+    vpp_sandbox.add_asset(stoken, "900", 5, product_type="Book")
+    vpp_sandbox.post("assignments", sToken=stoken, adamId="222", serialNumbers=["STRANGER1", "KNOWN1"], clientUserIds=["ghost"])
+    vpp_sandbox.post("assignments", sToken=stoken, adamId="900", clientUserIds=["ghost"])
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        assert rpc.vpp.sync_assets(token_id)["assets"] == 3
+        assert [a["adam_id"] for a in rpc.vpp.list_assets(token_id, product_type="book")] == ["900"]
+        apps = {a["adam_id"]: a for a in rpc.vpp.list_assets(token_id, product_type="App")}
+        assert (apps["222"]["total"], apps["222"]["assigned"], apps["222"]["available"]) == (10, 3, 7)
+
+        with pytest.raises(ValidationError, match="Not enough licences"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["A", "B", "C", "D"])
+        with pytest.raises(ValidationError, match="Books are assigned to users only"):
+            rpc.vpp.assign_licenses(token_id, "900", serial_numbers=["A"])
+        with pytest.raises(ValidationError, match="never be revoked"):
+            rpc.vpp.revoke_licenses(token_id, "900", user_ids=["ghost"])
+        with pytest.raises(NotFound, match="adamId"):
+            rpc.vpp.assign_licenses(token_id, "404", serial_numbers=["A"])
+        rpc.vpp.set_asset_hidden(token_id, "111", True)
+        assert "111" not in {a["adam_id"] for a in rpc.vpp.list_assets(token_id)}
+        with pytest.raises(ValidationError, match="hidden"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["A"])
+        requests = vpp_sandbox.state()["requests"]
+        assert "assets/associate" not in requests and "assets/disassociate" not in requests  # refused before Apple
+
+        rpc.vpp.set_asset_hidden(token_id, "111", False)
+        result = rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["A", "B"])
+        assert sorted(result["assigned"]["serial_numbers"]) == ["A", "B"] and result["assigned"]["failures"] == []
+        detail = rpc.vpp.get_asset(token_id, "111")
+        assert detail["serial_numbers"] == ["A", "B"] and detail["available"] == 1
+        revoked = rpc.vpp.revoke_licenses(token_id, "111", serial_numbers=["A", "Z"])
+        assert revoked["revoked"]["serial_numbers"] == ["A"] and revoked["not_assigned"] == ["Z"]
+
+        # KNOWN1 enrolled here (via the enrollment events); A, B, the ghost and STRANGER1 are unknown
+        _remember_device(vpp_runner, "KNOWN1")
+        dry = rpc.vpp.revoke_unknown(token_id)
+        holders = sorted(a["serial_number"] or a["user_id"] for a in dry["assignments"])
+        assert dry["dry_run"] and holders == ["B", "STRANGER1", "ghost"]  # the ghost's book is never revoked
+        applied = rpc.vpp.revoke_unknown(token_id, dry_run=False)
+        assert applied["assignments"] == dry["assignments"] and applied["failures"] == []
+        rpc.vpp.sync_assets(token_id)
+        assert rpc.vpp.get_asset(token_id, "222")["serial_numbers"] == ["KNOWN1"]
+        assert rpc.vpp.get_asset(token_id, "900")["user_ids"] == ["ghost"]
+
+        everything = rpc.vpp.revoke_all(token_id)
+        assert [a["serial_number"] for a in everything["assignments"]] == ["KNOWN1"]
+        rpc.vpp.revoke_all(token_id, dry_run=False)
+        rpc.vpp.sync_assets(token_id)
+        assert rpc.vpp.get_asset(token_id, "222")["serial_numbers"] == []
+
+    with rpc_as(Actor("t@school.example", "teacher", ("north",))) as rpc:
+        with pytest.raises(PermissionDenied, match="study apps"):
+            rpc.vpp.list_study_apps(token_id)
+    with rpc_as() as rpc:
+        rpc.vpp.update_content_token(token_id, allow_teacher_study_apps=True)
+    with rpc_as(Actor("t@school.example", "teacher", ("north",))) as rpc:
+        assert {a["adam_id"] for a in rpc.vpp.list_study_apps(token_id)} == {"111", "222"}
+        installed = rpc.vpp.install_study_apps(token_id, ["222"], ["CLASS-IPAD-1"])
+        assert installed[0]["assigned"]["serial_numbers"] == ["CLASS-IPAD-1"]
+        with pytest.raises(PermissionDenied):
+            rpc.vpp.assign_licenses(token_id, "222", serial_numbers=["X"])
+
+
+def _remember_device(runner, serial):
+    from nameko.standalone.events import event_dispatcher
+
+    from shared.contracts.enrollment import DeviceAssigned
+    from tests.waiting import wait_for
+
+    config = runner.config
+    event = DeviceAssigned(token_id="dep-1", serial_number=serial)
+    event_dispatcher(config)(DeviceAssigned.SOURCE, DeviceAssigned.TYPE, event.to_payload())
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(config["SERVICES"]["vpp"]["database_url"])
+    try:
+        wait_for(lambda: engine.connect().execute(sa.text("select count(*) from known_devices")).scalar() == 1,
+                 what="the device to be known")
+    finally:
+        engine.dispose()
