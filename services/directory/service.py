@@ -1,10 +1,10 @@
 """The directory service: Nameko entrypoints over the domain code in ``services.directory.domain``."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from datetime import datetime
+from functools import partial
 from typing import Any, Iterator
 
 from nameko.extensions import DependencyProvider
@@ -12,7 +12,7 @@ from nameko.extensions import DependencyProvider
 from services.directory import metrics
 from services.directory.adapters import tables
 from services.directory.adapters.ldap_directory import LdapDirectory
-from services.directory.adapters.profiles import ProfileRepository, StoredProfile
+from services.directory.adapters.profiles import ProfileRepository, StoredProfile, certificate_expiries
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
@@ -39,6 +39,19 @@ class SignInLimiter(DependencyProvider):
         return self.limiter
 
 
+class CertificateGauges(DependencyProvider):
+    """Lets the scrape-time collector read the certificate expiries this service recorded."""
+
+    def start(self) -> None:
+        database = next(d for d in self.container.dependencies if isinstance(d, Database))
+        metrics.CERTIFICATE_EXPIRY.add_source(id(self), partial(certificate_expiries, database.engine))
+
+    def stop(self) -> None:
+        metrics.CERTIFICATE_EXPIRY.remove_source(id(self))
+
+    kill = stop
+
+
 class EgressAddresses(DependencyProvider):
     def setup(self) -> None:
         addresses = service_settings(self.container.config, self.container.service_name).get("egress_ips") or []
@@ -55,6 +68,7 @@ class DirectoryService(OrchardService):
     roster = ServiceRpc("roster")
     sign_in_limiter = SignInLimiter()
     egress = EgressAddresses()
+    certificate_gauges = CertificateGauges()
 
     # -- profiles --
 
@@ -91,8 +105,6 @@ class DirectoryService(OrchardService):
         profiles = self._profiles()
         stored = profiles.get(_profile_id(profile_id))
         profiles.delete(stored.id)
-        with contextlib.suppress(KeyError):  # never connected: no gauge to remove
-            metrics.CERTIFICATE_EXPIRY.remove(str(stored.id))
         self.db.audit(actor, "ldap_profile.deleted", f"ldap_profile:{stored.id}", {"name": stored.profile.name})
         return {"deleted": stored.id}
 
@@ -195,9 +207,7 @@ class DirectoryService(OrchardService):
     def _remember_certificate(self, profile_id: int, directory: LdapDirectory) -> None:
         if directory.certificate is None:
             return
-        not_after = datetime.fromisoformat(directory.certificate.not_after)
-        self._profiles().record_certificate(profile_id, not_after)
-        metrics.CERTIFICATE_EXPIRY.labels(str(profile_id)).set(not_after.timestamp())
+        self._profiles().record_certificate(profile_id, datetime.fromisoformat(directory.certificate.not_after))
 
     def _sign_in_profiles(self, profile_id: int | None) -> list[StoredProfile]:
         profiles = self._profiles()

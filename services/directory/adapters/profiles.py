@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from services.directory.adapters.tables import ldap_profiles
@@ -98,3 +99,11 @@ class ProfileRepository:
         profile = parse_profile({**row.settings, "bind_password": self.secrets.open(row.sealed_bind_password)})
         return StoredProfile(row.id, profile, row.last_sync_at, row.last_sync_outcome, row.last_sync_message,
                              row.last_scheduled_on, row.certificate_not_after)
+
+
+def certificate_expiries(engine: Engine) -> dict[str, float]:
+    """Profile id -> the Unix time its server's certificate expires, for profiles that connected."""
+    query = sa.select(ldap_profiles.c.id, ldap_profiles.c.certificate_not_after).where(
+        ldap_profiles.c.certificate_not_after.is_not(None))
+    with engine.connect() as connection:
+        return {str(row.id): row.certificate_not_after.timestamp() for row in connection.execute(query)}
