@@ -52,6 +52,16 @@ class DeviceRemoved(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ServerTokenConnected(Event):
+    """An MDM server token was uploaded and Apple accepted it: its devices can now be synced."""
+
+    SOURCE = SOURCE
+    token_id: str
+    server_name: str | None = None
+    org_name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceUserAssigned(Event):
     """A device now belongs to a user (or a shared device group, when ``group_id`` is set)."""
 

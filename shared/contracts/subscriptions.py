@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.contracts.base import Event
-from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled, DeviceUnenrolled
+from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
 from shared.contracts.roster import UserImported
 
 
@@ -29,6 +29,7 @@ class Subscription:
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(DeviceEnrolled, "push", "on_device_enrolled"),
     Subscription(DeviceUnenrolled, "push", "on_device_unenrolled"),
+    Subscription(ServerTokenConnected, "enrollment", "on_server_token_connected"),
     Subscription(UserImported, "vpp", "on_user_imported"),
     Subscription(DeviceEnrolled, "vpp", "on_device_enrolled"),  # revoke_unknown tells our devices from strangers
     Subscription(DeviceAssigned, "vpp", "on_device_assigned"),

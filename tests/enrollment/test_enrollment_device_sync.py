@@ -3,7 +3,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from services.enrollment.adapters.dep_client import DepClient, Page
+from services.enrollment.adapters.dep_client import Page
+from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
 from services.enrollment.domain.device_sync import (
     AssignOutcome,
     CursorState,
@@ -234,26 +235,6 @@ def test_latest_per_serial_keeps_later_record_on_ties():
 
 def test_status_colours():
     assert {status_colour(s) for s in ("empty", "assigned", "pushed", "removed")} == {"grey", "blue", "green", "red"}
-
-
-class ClientPages:
-    def __init__(self, client):
-        self.client = client
-
-    def fetch(self, cursor):
-        return self.client.fetch_device_pages(cursor)
-
-    def sync(self, cursor):
-        return self.client.sync_device_pages(cursor)
-
-
-class ClientAssigner:
-    def __init__(self, client):
-        self.client = client
-
-    def assign(self, profile_uuid, serials):
-        result = self.client.assign_profile(profile_uuid, serials)
-        return AssignOutcome(result.statuses, result.retry_after_seconds)
 
 
 def test_sync_against_the_sandbox(dep_client, dep_sandbox, mdm_server):

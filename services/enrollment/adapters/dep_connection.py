@@ -1,0 +1,41 @@
+"""Hands workers Device Assignment API clients sharing one connection pool and the service's settings."""
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from nameko.extensions import DependencyProvider
+
+from services.enrollment import metrics
+from services.enrollment.adapters.dep_client import APPLE_DEP_URL, DepClient
+from services.enrollment.domain.server_tokens import OAuthCredentials
+from shared.config import service_settings
+
+
+class DepConnector:
+    def __init__(self, provider: DepConnection):
+        self._provider = provider
+
+    def client(self, credentials: OAuthCredentials) -> DepClient:
+        p = self._provider
+        return DepClient(credentials, base_url=p.base_url, http=p.http, observe_call=metrics.observe_apple_call,
+                         max_retry_after_seconds=p.max_retry_after)
+
+
+class DepConnection(DependencyProvider):
+    """``SERVICES.enrollment``: ``dep_url`` and ``dep_max_retry_after_seconds``."""
+
+    def setup(self) -> None:
+        settings = service_settings(self.container.config, self.container.service_name)
+        self.base_url = settings.get("dep_url") or APPLE_DEP_URL
+        self.max_retry_after = float(settings.get("dep_max_retry_after_seconds", 300))
+        self.http = httpx.Client(timeout=60.0, limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
+
+    def stop(self) -> None:
+        self.http.close()
+
+    def kill(self) -> None:
+        self.http.close()
+
+    def get_dependency(self, worker_ctx: Any) -> DepConnector:
+        return DepConnector(self)

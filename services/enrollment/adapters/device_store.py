@@ -1,0 +1,120 @@
+"""The ports of the ADE sync, on the service's database: devices, the cursor, the events.
+
+Rows are written in page-sized batches with one upsert statement per batch
+(``INSERT ... ON CONFLICT DO UPDATE`` on SQLite and PostgreSQL alike).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.enrollment.adapters.tables import dep_devices, server_tokens
+from services.enrollment.domain.device_sync import CursorState, KnownDevice
+from services.enrollment.domain.devices import DepDevice
+from shared.contracts.enrollment import DeviceAssigned, DeviceRemoved
+from shared.storage import utc_now
+
+_APPLE_FIELDS = ("model", "description", "color", "asset_tag", "os", "device_family", "profile_status", "profile_uuid",
+                 "profile_assign_time", "device_assigned_date", "device_assigned_by", "op_date")
+
+
+class DeviceRepository:
+    """``DeviceStore`` for one token."""
+
+    def __init__(self, session: Session, token_id: str, *, assigned_by: str):
+        self.session = session
+        self.token_id = token_id
+        self.assigned_by = assigned_by
+
+    def get_many(self, serial_numbers: list[str]) -> dict[str, KnownDevice]:
+        c = dep_devices.c
+        rows = self.session.execute(
+            sa.select(c.serial_number, c.op_date).where(c.token_id == self.token_id, c.serial_number.in_(serial_numbers))
+        )
+        return {serial: KnownDevice(serial, op_date) for serial, op_date in rows}
+
+    def upsert_many(self, devices: list[DepDevice], generation: str | None) -> None:
+        now = utc_now()
+        rows = [{"token_id": self.token_id, "serial_number": d.serial_number, "seen_generation": generation,
+                 "updated_at": now, **{name: getattr(d, name) for name in _APPLE_FIELDS}} for d in devices]
+        insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(dep_devices)
+        updated = [*_APPLE_FIELDS, "updated_at"] + (["seen_generation"] if generation else [])
+        statement = insert.on_conflict_do_update(
+            index_elements=["token_id", "serial_number"], set_={name: insert.excluded[name] for name in updated})
+        self.session.execute(statement, rows)
+
+    def delete_many(self, serial_numbers: list[str]) -> None:
+        c = dep_devices.c
+        self.session.execute(dep_devices.delete().where(c.token_id == self.token_id, c.serial_number.in_(serial_numbers)))
+
+    def remove_unseen(self, generation: str) -> list[str]:
+        c = dep_devices.c
+        unseen = sa.and_(c.token_id == self.token_id, sa.or_(c.seen_generation.is_(None), c.seen_generation != generation))
+        gone = list(self.session.scalars(sa.select(c.serial_number).where(unseen)))
+        if gone:
+            self.session.execute(dep_devices.delete().where(unseen))
+        return gone
+
+    def record_assign_results(self, profile_uuid: str, statuses: dict[str, str], retry_at: datetime | None) -> None:
+        now = utc_now()
+        c = dep_devices.c
+        for status in set(statuses.values()):
+            serials = [serial for serial, value in statuses.items() if value == status]
+            values: dict[str, Any] = {"assign_result": status, "updated_at": now,
+                                      "assign_retry_at": retry_at if status == "THROTTLED" else None}
+            if status == "SUCCESS":
+                values.update(profile_status="assigned", profile_uuid=profile_uuid, assigned_by=self.assigned_by,
+                              profile_assign_time=now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            for start in range(0, len(serials), 1000):
+                self.session.execute(dep_devices.update().where(
+                    c.token_id == self.token_id, c.serial_number.in_(serials[start:start + 1000])).values(**values))
+
+    def due_profile_retries(self, now: datetime, limit: int) -> list[str]:
+        c = dep_devices.c
+        return list(self.session.scalars(
+            sa.select(c.serial_number).where(c.token_id == self.token_id, c.assign_result == "THROTTLED",
+                                             c.assign_retry_at <= now).limit(limit)))
+
+    @property
+    def _dialect(self) -> str:
+        return self.session.get_bind().dialect.name
+
+
+class TokenCursorStore:
+    """``CursorStore`` on the token row; ``on_saved`` commits, so each page is durable."""
+
+    def __init__(self, session: Session, token_id: str, on_saved: Callable[[], None]):
+        self.session = session
+        self.token_id = token_id
+        self.on_saved = on_saved
+
+    def load(self) -> CursorState | None:
+        row = self.session.execute(
+            sa.select(server_tokens.c.cursor, server_tokens.c.cursor_phase, server_tokens.c.cursor_generation)
+            .where(server_tokens.c.id == self.token_id)).one()
+        return CursorState(row.cursor, row.cursor_phase, row.cursor_generation) if row.cursor else None
+
+    def save(self, state: CursorState) -> None:
+        self.session.execute(server_tokens.update().where(server_tokens.c.id == self.token_id).values(
+            cursor=state.cursor or None, cursor_phase=state.phase, cursor_generation=state.generation))
+        self.on_saved()
+
+
+class DeviceEventOutbox:
+    """``DeviceEvents`` through the unit of work's outbox, in the page's transaction."""
+
+    def __init__(self, publish: Callable[..., None], token_id: str):
+        self.publish = publish
+        self.token_id = token_id
+
+    def assigned(self, devices: list[DepDevice]) -> None:
+        self.publish(*(DeviceAssigned(token_id=self.token_id, serial_number=d.serial_number, model=d.model,
+                                      device_family=d.device_family, os=d.os) for d in devices))
+
+    def removed(self, serial_numbers: list[str]) -> None:
+        self.publish(*(DeviceRemoved(token_id=self.token_id, serial_number=s) for s in serial_numbers))

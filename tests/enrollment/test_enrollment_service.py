@@ -1,0 +1,246 @@
+"""The enrollment service on the real broker, SQLite, the DEP sandbox and real HTTP check-ins."""
+import plistlib
+from urllib.parse import quote
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from apple_sandbox.dep_tokens import issue_token_file
+from services.enrollment.service import EnrollmentService
+from shared.auth import Actor
+from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+PROFILE = {"profile_name": "Springfield iPads", "url": "https://mdm.springfield.example/enroll", "is_supervised": True}
+TOPIC = "com.apple.mgmt.External.18a16429-886b-41f1-9c30-2bd04ae4fc37"
+
+
+@pytest.fixture
+def service_config(orchard_config, dep_sandbox):
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    orchard_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
+    return orchard_config
+
+
+@pytest.fixture
+def enrollment(runner_factory, service_config):
+    runner = runner_factory(service_config, EnrollmentService)
+    runner.start()
+    return service_config
+
+
+def queued(config, queue: str, count: int = 100_000) -> list[dict]:
+    """Take up to ``count`` messages from a subscriber's durable queue via the management API."""
+    url = f"http://127.0.0.1:15672/api/queues/{quote(config['vhost'], safe='')}/{quote(queue, safe='')}/get"
+    response = httpx.post(url, auth=("guest", "guest"), json={"count": count, "ackmode": "ack_requeue_false",
+                                                             "encoding": "auto", "truncate": 50000})
+    assert response.status_code == 200, response.text
+    import json
+    return [json.loads(message["payload"]) for message in response.json()]
+
+
+def connect(rpc, dep_sandbox, *, devices=0, name="Springfield MDM"):
+    created = rpc.enrollment.create_server_token(name)
+    server = dep_sandbox.create_server(created["public_key_pem"].encode())
+    if devices:
+        dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": devices})
+    token = rpc.enrollment.upload_server_token(created["id"], server["p7m"])
+    wait_for(lambda: any(r["finished_at"] for r in rpc.enrollment.sync_runs(token["id"])), what="the first sync")
+    return token, server
+
+
+def test_token_lifecycle_with_bad_input_changing_nothing(enrollment, rpc_as, dep_sandbox, other_key):
+    with rpc_as() as rpc:
+        created = rpc.enrollment.create_server_token("North campus")
+        assert created["public_key_pem"].startswith("-----BEGIN CERTIFICATE-----")
+        server = dep_sandbox.create_server(created["public_key_pem"].encode(), server_name="Springfield ASM MDM")
+        dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": 25})
+
+        with pytest.raises(ValidationError, match="not an MDM server token"):
+            rpc.enrollment.upload_server_token(created["id"], "this is not a token")
+        foreign = issue_token_file({"consumer_key": "CK_x"}, other_key[1]).decode()
+        with pytest.raises(ValidationError, match="could not be decrypted"):
+            rpc.enrollment.upload_server_token(created["id"], foreign)
+        expired = dep_sandbox.server(server["server_uuid"], "token",
+                                     {"certificate_pem": created["public_key_pem"], "expiry_days": -1})
+        with pytest.raises(ValidationError, match="expired"):
+            rpc.enrollment.upload_server_token(created["id"], expired["p7m"])
+        assert rpc.enrollment.get_server_token(created["id"])["status"] == "awaiting_upload"
+
+        fresh = dep_sandbox.server(server["server_uuid"], "token", {"certificate_pem": created["public_key_pem"], "encoding": "ber"})
+        token = rpc.enrollment.upload_server_token(created["id"], fresh["p7m"])
+        assert token["server_name"] == "Springfield ASM MDM" and token["org_name"] == "Springfield Schools"
+        assert token["apple_admin_id"] == "asm.admin@springfield.example"
+        assert token["integrated_by"] == "admin@school.example"
+        assert token["status"] == "ok" and 364 <= token["days_left"] <= 365
+        assert "sealed" not in str(token) and "AT_" not in str(token)
+
+        run = wait_for(lambda: [r for r in rpc.enrollment.sync_runs(created["id"]) if r["finished_at"]], what="first sync")[0]
+        assert (run["trigger"], run["kind"], run["added"], run["error"]) == ("upload", "fetch", 25, None)
+        assigned = queued(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned")
+        assert len(assigned) == 25 and assigned[0]["token_id"] == created["id"]
+
+        with pytest.raises(Conflict, match="already connected"):
+            rpc.enrollment.upload_server_token(created["id"], fresh["p7m"])
+
+        other = dep_sandbox.create_server(created["public_key_pem"].encode())
+        with pytest.raises(Conflict, match="different MDM server"):
+            rpc.enrollment.renew_server_token(created["id"], other["p7m"])
+        renewal = dep_sandbox.server(server["server_uuid"], "token", {"certificate_pem": created["public_key_pem"],
+                                                                       "encoding": "der", "expiry_days": 20})
+        renewed = rpc.enrollment.renew_server_token(created["id"], renewal["p7m"])
+        assert renewed["status"] == "expiring" and renewed["days_left"] in (19, 20)
+
+        assert rpc.enrollment.update_server_token(created["id"], name="North")["name"] == "North"
+        assert [t["name"] for t in rpc.enrollment.list_server_tokens()] == ["North"]
+        rpc.enrollment.delete_server_token(created["id"])
+        with pytest.raises(NotFound):
+            rpc.enrollment.get_server_token(created["id"])
+
+
+def test_location_restriction(enrollment, rpc_as):
+    north_leader = Actor("leader@north", "location_leader", ("north",))
+    south_leader = Actor("leader@south", "location_leader", ("south",))
+    with rpc_as() as rpc:
+        token_id = rpc.enrollment.create_server_token("Shared")["id"]
+        rpc.enrollment.update_server_token(token_id, locations=["north"])
+    with rpc_as(south_leader) as rpc:
+        assert rpc.enrollment.list_server_tokens() == []
+        with pytest.raises(NotFound):
+            rpc.enrollment.get_server_token(token_id)
+        with pytest.raises(NotFound):
+            rpc.enrollment.update_server_token(token_id, name="Mine")
+    with rpc_as(north_leader) as rpc:
+        assert rpc.enrollment.update_server_token(token_id, name="North only")["name"] == "North only"
+        with pytest.raises(PermissionDenied):
+            rpc.enrollment.update_server_token(token_id, locations=None)
+        own = rpc.enrollment.create_server_token("Leader's own")
+        assert rpc.enrollment.get_server_token(own["id"])["locations"] == ["north"]
+    with rpc_as(Actor("teacher@north", "teacher", ("north",))) as rpc:
+        with pytest.raises(PermissionDenied):
+            rpc.enrollment.list_server_tokens()
+
+
+def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        token, server = connect(rpc, dep_sandbox, devices=5)
+        uuid_ = server["server_uuid"]
+        with pytest.raises(ValidationError, match="needs a url"):
+            rpc.enrollment.define_profile(token["id"], {"profile_name": "No URL"})
+        profile_uuid = rpc.enrollment.define_profile(token["id"], PROFILE)["profile_uuid"]
+        assert rpc.enrollment.get_server_token(token["id"])["default_profile_uuid"] == profile_uuid
+
+        first = dep_sandbox.server(uuid_, "devices/generate", {"count": 3})["first"]
+        moved = "MOVEDSERIAL1"
+        dep_sandbox.server(uuid_, "devices", {"devices": [{"serial_number": moved, "model": "iPad Air"}], "op_type": "modified"})
+        dep_sandbox.server(uuid_, "assign_outcomes", {"statuses": {first: "THROTTLED"}, "retry_after_seconds": 600})
+        existing = rpc.enrollment.list_devices(token["id"], limit=1)
+        dep_sandbox.server(uuid_, "devices/delete", {"serial_numbers": [existing["devices"][0]["serial_number"]]})
+
+        run = rpc.enrollment.sync_devices(token["id"])
+        assert (run["kind"], run["added"], run["deleted"], run["error"]) == ("sync", 4, 1, None)
+        assert dep_sandbox.device(uuid_, moved)["profile_status"] == "assigned"  # moved in: gets the default profile
+
+        listed = rpc.enrollment.list_devices(token["id"])
+        by_serial = {d["serial_number"]: d for d in listed["devices"]}
+        assert len(by_serial) == 8 and listed["counts"] == {"empty": 5, "assigned": 3}
+        assert by_serial[first]["assign_result"] == "THROTTLED" and by_serial[first]["assign_retry_at"]
+        assert by_serial[moved]["status_colour"] == "blue" and by_serial[moved]["assigned_by"] == "system:enrollment"
+        assert rpc.enrollment.list_devices(token["id"], profile_status="assigned")["counts"]["assigned"] == 3
+        page = rpc.enrollment.list_devices(token["id"], limit=3)
+        assert len(page["devices"]) == 3 and page["next_after"] == page["devices"][-1]["serial_number"]
+
+        untouched = [s for s, d in by_serial.items() if d["profile_status"] == "empty"][:2]
+        answer = rpc.enrollment.assign_profile(token["id"], untouched + ["NOTOURS00001"])
+        assert answer["devices"] == {untouched[0]: "SUCCESS", untouched[1]: "SUCCESS", "NOTOURS00001": "NOT_ACCESSIBLE"}
+        assigned = {d["serial_number"]: d for d in rpc.enrollment.list_devices(token["id"], profile_status="assigned")["devices"]}
+        assert assigned[untouched[0]]["assigned_by"] == "admin@school.example"
+        with pytest.raises(ValidationError):
+            rpc.enrollment.assign_profile(token["id"], [])
+
+        full = rpc.enrollment.sync_devices(token["id"], full=True)
+        assert full["kind"] == "fetch" and full["error"] is None
+        assert [r["trigger"] for r in rpc.enrollment.sync_runs(token["id"])] == ["manual", "manual", "upload"]
+        assert len(queued(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned")) == 9
+
+
+def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        token, server = connect(rpc, dep_sandbox)
+        dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": False})
+        run = rpc.enrollment.sync_devices(token["id"])
+        assert "accept" in run["error"]
+        assert rpc.enrollment.get_server_token(token["id"])["status"] == "terms_not_accepted"
+
+        dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": True, "revoked": True})
+        before = dep_sandbox.counts().get("GET /session", 0)
+        run = rpc.enrollment.sync_devices(token["id"])
+        assert "revoked" in run["error"]
+        shown = rpc.enrollment.get_server_token(token["id"])
+        assert shown["status"] == "revoked_or_invalid" and shown["last_sync_result"] == "error"
+        assert dep_sandbox.counts().get("GET /session", 0) - before <= 1
+        with pytest.raises(UpstreamError, match="ACCESS_DENIED"):
+            rpc.enrollment.fetch_roster(token["id"], "class")
+
+
+def test_fetch_roster_for_the_roster_service(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        token, server = connect(rpc, dep_sandbox)
+        dep_sandbox.server(server["server_uuid"], "settings", {"legacy_course_path": True})
+        dep_sandbox.server(server["server_uuid"], "roster", {
+            "persons": [{"unique_identifier": f"P{i}", "name": f"Student {i}"} for i in range(3)],
+            "courses": [{"unique_identifier": "K1", "name": "Maths"}],
+        })
+        page = rpc.enrollment.fetch_roster(token["id"], "person")
+        assert [p["unique_identifier"] for p in page["items"]] == ["P0", "P1", "P2"] and page["more_to_follow"] is False
+        assert rpc.enrollment.fetch_roster(token["id"], "course")["items"][0]["name"] == "Maths"
+        changes = rpc.enrollment.fetch_roster(token["id"], "person", page["cursor"], sync=True)
+        assert changes["items"] == []
+        with pytest.raises(ValidationError):
+            rpc.enrollment.fetch_roster(token["id"], "teachers")
+        with pytest.raises(Conflict, match="INVALID_CURSOR"):
+            rpc.enrollment.fetch_roster(token["id"], "person", "garbage", sync=True)
+
+
+def checkin_plist(message: dict) -> bytes:
+    return plistlib.dumps(message, fmt=plistlib.FMT_XML)
+
+
+def test_checkin_publishes_enrolment_events(enrollment, rpc_as):
+    url = f"http://{enrollment['SERVICES']['enrollment']['http_address']}/mdm/checkin"
+    udid = "00008030-001A2D3E1E38802E"
+    authenticate = {"MessageType": "Authenticate", "UDID": udid, "Topic": TOPIC, "SerialNumber": "DMPXK1234567",
+                    "OSVersion": "17.5", "BuildVersion": "21F79", "ProductName": "iPad13,18"}
+    assert httpx.put(url, content=checkin_plist(authenticate)).status_code == 200
+    token = bytes(range(32))
+    update = {"MessageType": "TokenUpdate", "UDID": udid, "Topic": TOPIC, "Token": token, "PushMagic": "MAGIC-1",
+              "UnlockToken": b"\x00" * 64}
+    assert httpx.put(url, content=checkin_plist(update)).status_code == 200
+    assert httpx.put(url, content=checkin_plist({"MessageType": "CheckOut", "UDID": udid, "Topic": TOPIC})).status_code == 200
+
+    bad = httpx.put(url, content=b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><plist/>")
+    assert bad.status_code == 400 and bad.json()["error"] == "MalformedCheckin"
+    assert httpx.put(url, content=b"x" * 70_000).status_code == 400
+
+    enrolled = wait_for(lambda: queued(enrollment, "evt-enrollment-DeviceEnrolled--push.on_device_enrolled"), what="DeviceEnrolled")
+    assert len(enrolled) == 1
+    assert (enrolled[0]["udid"], enrolled[0]["serial_number"], enrolled[0]["push_token"], enrolled[0]["push_magic"]) == (
+        udid, "DMPXK1234567", token.hex(), "MAGIC-1")
+    unenrolled = wait_for(lambda: queued(enrollment, "evt-enrollment-DeviceUnenrolled--push.on_device_unenrolled"),
+                          what="DeviceUnenrolled")
+    assert unenrolled[0]["serial_number"] == "DMPXK1234567"
+
+
+def test_metrics_show_tokens_devices_and_apple_calls(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        token, _ = connect(rpc, dep_sandbox, devices=4)
+    text = httpx.get(f"http://127.0.0.1:{enrollment['SERVICES']['enrollment']['metrics_port']}/metrics").text
+    assert f'orchard_enrollment_token_expiry_timestamp_seconds{{name="Springfield MDM",token_id="{token["id"]}"}}' in text
+    assert f'orchard_enrollment_token_status{{name="Springfield MDM",status="ok",token_id="{token["id"]}"}} 1.0' in text
+    assert f'orchard_enrollment_devices{{profile_status="empty",token_id="{token["id"]}"}} 4.0' in text
+    assert f'orchard_enrollment_last_successful_sync_timestamp_seconds{{name="Springfield MDM",token_id="{token["id"]}"}}' in text
+    assert 'orchard_enrollment_apple_calls_total{endpoint="/server/devices",status="200"}' in text
+    assert 'orchard_enrollment_sync_duration_seconds_count{kind="fetch",outcome="ok"}' in text
