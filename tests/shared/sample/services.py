@@ -54,6 +54,12 @@ class NotesService(OrchardService):
         return {"note_id": note_id}
 
     @rpc
+    def take_many(self, prefix: str, count: int) -> None:
+        """One transaction, ``count`` notes and as many events."""
+        self.db.session.execute(notes.insert(), [{"note_id": f"{prefix}{n:05d}", "text": "bulk"} for n in range(count)])
+        self.db.publish(*(NoteTaken(note_id=f"{prefix}{n:05d}", text="bulk") for n in range(count)))
+
+    @rpc
     def count(self) -> int:
         return self.db.session.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one()
 

@@ -1,0 +1,56 @@
+"""The kernel under faults: the broker drops every connection, a process dies after committing."""
+import eventlet
+import pytest
+import sqlalchemy as sa
+
+from shared.storage import create_engine_for, utc_now
+from tests.shared.sample.services import ListenerService, NoteTaken, NotesService, metadata, notes
+from tests.shared.test_kernel_runtime import orchard_config, peek  # noqa: F401
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def listener_notes(config) -> list[str]:
+    engine = create_engine_for(config["SERVICES"]["listener"]["database_url"])
+    with engine.connect() as connection:
+        return [row.note_id for row in connection.execute(sa.select(notes.c.note_id))]
+
+
+def test_events_survive_the_broker_dropping_every_connection(
+        runner_factory, orchard_config, rpc_as, rabbit_manager):  # noqa: F811
+    runner_factory(orchard_config, NotesService, ListenerService).start()
+    vhost = orchard_config["AMQP_URI"].rsplit("/", 1)[1]
+    with rpc_as() as rpc:
+        rpc.notes.take_many("a", 1500)
+
+    closed = 0
+    for _ in range(3):  # force-close every connection of this vhost while events flow
+        eventlet.sleep(0.4)
+        for connection in rabbit_manager.get_connections():
+            if connection.get("vhost") == vhost:
+                rabbit_manager.delete_connection(connection["name"])
+                closed += 1
+    assert closed >= 3
+
+    wait_for(lambda: len(listener_notes(orchard_config)) >= 1500, timeout=60, what="all 1500 events handled")
+    eventlet.sleep(1)
+    seen = listener_notes(orchard_config)
+    assert len(seen) == len(set(seen)) == 1500
+    assert peek(orchard_config, "evt-notes-NoteTaken--listener.on_note_taken.dead-letters") == []
+
+
+def test_events_committed_before_a_crash_are_published_on_restart(runner_factory, orchard_config):  # noqa: F811
+    # the process committed its change and its outbox row, then died before publishing
+    engine = create_engine_for(orchard_config["SERVICES"]["notes"]["database_url"])
+    runner = runner_factory(orchard_config, ListenerService)
+    runner.start()  # the subscriber exists; the publisher is down
+    from shared.migrations import upgrade
+    upgrade(engine, "tests.shared.sample.migrations")
+    orphan = NoteTaken(note_id="orphan", text="committed just before the crash")
+    with engine.begin() as connection:
+        connection.execute(metadata.tables["outbox"].insert().values(
+            event_id=orphan.event_id, event_type=orphan.TYPE, payload=orphan.to_payload(), created_at=utc_now()))
+
+    runner_factory(orchard_config, NotesService).start()  # the publisher restarts
+    wait_for(lambda: listener_notes(orchard_config) == ["orphan"], what="the orphaned event delivered")
