@@ -12,6 +12,7 @@ eventlet.monkey_patch()  # noqa: E402  the RPC client is Nameko's, which expects
 import click
 
 from orchard_cli.directory import directory
+from orchard_cli.enrollment import enrollment
 from orchard_cli.events import events
 from orchard_cli.output import print_table
 from orchard_cli.rpc import call
@@ -46,3 +47,4 @@ def health(timeout: float) -> None:
 cli.add_command(events)
 cli.add_command(directory)
 cli.add_command(vpp)
+cli.add_command(enrollment)

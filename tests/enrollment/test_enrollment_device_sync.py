@@ -234,7 +234,7 @@ def test_latest_per_serial_keeps_later_record_on_ties():
 
 
 def test_status_colours():
-    assert {status_colour(s) for s in ("empty", "assigned", "pushed", "removed")} == {"grey", "blue", "green", "red"}
+    assert [status_colour(s) for s in ("empty", "assigned", "pushed", "removed")] == ["yellow", "green", "cyan", "grey"]
 
 
 def test_sync_against_the_sandbox(dep_client, dep_sandbox, mdm_server):

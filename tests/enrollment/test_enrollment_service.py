@@ -148,7 +148,7 @@ def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
         by_serial = {d["serial_number"]: d for d in listed["devices"]}
         assert len(by_serial) == 8 and listed["counts"] == {"empty": 5, "assigned": 3}
         assert by_serial[first]["assign_result"] == "THROTTLED" and by_serial[first]["assign_retry_at"]
-        assert by_serial[moved]["status_colour"] == "blue" and by_serial[moved]["assigned_by"] == "system:enrollment"
+        assert by_serial[moved]["status_colour"] == "green" and by_serial[moved]["assigned_by"] == "system:enrollment"
         assert rpc.enrollment.list_devices(token["id"], profile_status="assigned")["counts"]["assigned"] == 3
         page = rpc.enrollment.list_devices(token["id"], limit=3)
         assert len(page["devices"]) == 3 and page["next_after"] == page["devices"][-1]["serial_number"]

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Any
 
 PROFILE_STATUSES = ("empty", "assigned", "pushed", "removed")
-# what the admin sees at a glance: green goes through Remote Management, grey will not
-PROFILE_STATUS_COLOURS = {"empty": "grey", "assigned": "blue", "pushed": "green", "removed": "red"}
+# what the admin sees at a glance: green and cyan go through Remote Management, yellow and grey will not
+PROFILE_STATUS_COLOURS = {"empty": "yellow", "assigned": "green", "pushed": "cyan", "removed": "grey"}
 ASSIGN_STATUSES = ("SUCCESS", "NOT_ACCESSIBLE", "FAILED", "THROTTLED")
 
 

@@ -1,0 +1,144 @@
+"""``orchard enrollment``: Apple School Manager server tokens, ADE device sync and the device list."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import eventlet
+
+from orchard_cli.output import print_record, print_table
+from orchard_cli.rpc import call
+
+TOKEN_COLUMNS = ["id", "name", "server_name", "org_name", "status", "access_token_expiry", "days_left", "last_sync_at",
+                 "last_sync_result"]
+RUN_COLUMNS = ["id", "trigger", "kind", "started_at", "finished_at", "added", "modified", "deleted", "error"]
+DEVICE_COLUMNS = ["serial_number", "model", "description", "color", "os", "device_family", "profile_status",
+                  "device_assigned_date", "device_assigned_by", "assign_result"]
+PAGE = 1000
+SYNC_TIMEOUT = 3600
+
+
+@click.group()
+def enrollment() -> None:
+    """Automated Device Enrollment: MDM server tokens, device sync and enrollment profiles."""
+
+
+@enrollment.group()
+def token() -> None:
+    """MDM server tokens (.p7m files from Apple School Manager)."""
+
+
+def _read_p7m(path: str) -> str:
+    return Path(path).read_text(encoding="ascii", errors="replace")
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the public key certificate here.")
+def create_token(name: str, out: str | None) -> None:
+    """Create a key pair; upload the certificate to Apple School Manager when adding the MDM server."""
+    created = call("enrollment", "create_server_token", name)
+    if out:
+        Path(out).write_text(created["public_key_pem"], encoding="ascii")
+        click.echo(f"Token {created['id']} created; upload {out} to Apple School Manager, then "
+                   f"`orchard enrollment token upload {created['id']} <downloaded .p7m>`.")
+    else:
+        click.echo(f"# token id: {created['id']}")
+        click.echo(created["public_key_pem"], nl=False)
+
+
+@token.command("upload")
+@click.argument("token_id")
+@click.argument("p7m_file", type=click.Path(exists=True, dir_okay=False))
+def upload_token(token_id: str, p7m_file: str) -> None:
+    """Connect the token downloaded from Apple School Manager; the first device sync starts right after."""
+    print_record(call("enrollment", "upload_server_token", token_id, _read_p7m(p7m_file)))
+
+
+@token.command("list")
+def list_tokens() -> None:
+    """Every server token with its status, expiry and last sync."""
+    print_table(call("enrollment", "list_server_tokens"), TOKEN_COLUMNS)
+
+
+@token.command("show")
+@click.argument("token_id")
+def show_token(token_id: str) -> None:
+    """One token in detail, with its recent sync runs."""
+    print_record(call("enrollment", "get_server_token", token_id))
+    click.echo()
+    print_table(call("enrollment", "sync_runs", token_id, 10), RUN_COLUMNS, status_column=None)
+
+
+@token.command("rename")
+@click.argument("token_id")
+@click.argument("name")
+def rename_token(token_id: str, name: str) -> None:
+    print_record(call("enrollment", "update_server_token", token_id, name=name))
+
+
+@token.command("restrict")
+@click.argument("token_id")
+@click.option("--location", "locations", multiple=True, help="Location id allowed to use the token (repeat).")
+@click.option("--all", "all_locations", is_flag=True, help="Every current and future location.")
+def restrict_token(token_id: str, locations: tuple[str, ...], all_locations: bool) -> None:
+    """Limit which locations' leaders see and manage the token."""
+    if all_locations == bool(locations):
+        raise click.UsageError("give either --all or at least one --location")
+    print_record(call("enrollment", "update_server_token", token_id, locations=None if all_locations else list(locations)))
+
+
+@token.command("renew")
+@click.argument("token_id")
+@click.argument("p7m_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="Accept a token of a different MDM server (its devices are synced afresh).")
+def renew_token(token_id: str, p7m_file: str, force: bool) -> None:
+    """Replace the token with the newly downloaded one for the same MDM server."""
+    print_record(call("enrollment", "renew_server_token", token_id, _read_p7m(p7m_file), force=force))
+
+
+@token.command("delete")
+@click.argument("token_id")
+@click.confirmation_option(prompt="Delete the token and forget its devices?")
+def delete_token(token_id: str) -> None:
+    call("enrollment", "delete_server_token", token_id)
+    click.echo(f"Token {token_id} deleted.")
+
+
+@enrollment.command("sync")
+@click.argument("token_id")
+@click.option("--full", is_flag=True, help="Fetch every device again instead of only the changes.")
+def sync(token_id: str, full: bool) -> None:
+    """Sync the token's devices with Apple School Manager now, showing progress."""
+    known = sum(call("enrollment", "list_devices", token_id, limit=1)["counts"].values())
+    running = eventlet.spawn(call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
+    with click.progressbar(length=max(known, 1), label="Syncing devices", show_pos=True) as bar:
+        shown = 0
+        while not running.dead:
+            eventlet.sleep(1)
+            current = call("enrollment", "sync_runs", token_id, 1)
+            if current and not current[0]["finished_at"]:
+                done = current[0]["added"] + current[0]["modified"] + current[0]["deleted"]
+                bar.update(max(done - shown, 0))
+                shown = max(done, shown)
+        run = running.wait()
+        bar.update(max(run["added"] + run["modified"] + run["deleted"] - shown, 0))
+    print_record({key: run[key] for key in RUN_COLUMNS})
+    if run["error"]:
+        raise SystemExit(1)
+
+
+@enrollment.command("devices")
+@click.argument("token_id")
+@click.option("--status", type=click.Choice(["empty", "assigned", "pushed", "removed"]), help="Only this profile status.")
+def devices(token_id: str, status: str | None) -> None:
+    """The token's devices with their profile status (coloured: who will go through Remote Management)."""
+    rows, after = [], None
+    while True:
+        page = call("enrollment", "list_devices", token_id, profile_status=status, limit=PAGE, after=after)
+        rows.extend(page["devices"])
+        after = page["next_after"]
+        if after is None:
+            break
+    print_table(rows, DEVICE_COLUMNS, status_column="profile_status")
+    click.echo(", ".join(f"{name}: {count}" for name, count in sorted(page["counts"].items())) or "no devices")

@@ -1,0 +1,76 @@
+"""``orchard enrollment ...`` against the running enrollment service and the DEP sandbox."""
+import re
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+
+from orchard_cli.main import cli
+from services.enrollment.service import EnrollmentService
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def orchard(runner_factory, orchard_config, dep_sandbox, tmp_path, monkeypatch):
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    orchard_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(orchard_config))
+    monkeypatch.setenv("ORCHARD_CONFIG", str(path))
+    runner_factory(orchard_config, EnrollmentService).start()
+    runner = CliRunner()
+
+    def run(*args: str):
+        result = runner.invoke(cli, ["enrollment", *args])
+        return result
+    return run
+
+
+def test_token_and_device_commands(orchard, dep_sandbox, tmp_path):
+    certificate = tmp_path / "orchard.pem"
+    created = orchard("token", "create", "Springfield", "--out", str(certificate))
+    assert created.exit_code == 0, created.output
+    token_id = re.search(r"Token (\S+) created", created.output).group(1)
+
+    server = dep_sandbox.create_server(certificate.read_bytes(), server_name="ASM Springfield")
+    dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": 12})
+    p7m = tmp_path / "Springfield_Token_2026.p7m"
+    p7m.write_text(server["p7m"])
+    garbage = tmp_path / "garbage.p7m"
+    garbage.write_text("hello")
+    refused = orchard("token", "upload", token_id, str(garbage))
+    assert refused.exit_code == 1 and "ValidationError: This file is not an MDM server token" in refused.output
+
+    uploaded = orchard("token", "upload", token_id, str(p7m))
+    assert uploaded.exit_code == 0 and re.search(r"^server name +ASM Springfield$", uploaded.output, re.M)
+    wait_for(lambda: "upload" in orchard("token", "show", token_id).output and
+             re.search(r"upload +fetch .* 12 ", orchard("token", "show", token_id).output), what="first sync")
+
+    listed = orchard("token", "list")
+    assert re.search(rf"^{token_id} +Springfield +ASM Springfield +Springfield Schools +ok ", listed.output, re.M)
+
+    synced = orchard("sync", token_id, "--full")
+    assert synced.exit_code == 0, synced.output
+    assert re.search(r"^kind +fetch$", synced.output, re.M) and re.search(r"^error +-$", synced.output, re.M)
+
+    devices = orchard("devices", token_id)
+    assert devices.exit_code == 0 and devices.output.count("\n") == 14 and "empty: 12" in devices.output
+    assert orchard("devices", token_id, "--status", "assigned").output.startswith("SERIAL NUMBER")
+
+    assert "Leadership" in orchard("token", "rename", token_id, "Leadership").output
+    restricted = orchard("token", "restrict", token_id, "--location", "north", "--location", "south")
+    assert re.search(r"^locations +north, south$", restricted.output, re.M)
+    assert orchard("token", "restrict", token_id).exit_code == 2
+
+    other = dep_sandbox.create_server(certificate.read_bytes())
+    other_file = tmp_path / "other.p7m"
+    other_file.write_text(other["p7m"])
+    conflict = orchard("token", "renew", token_id, str(other_file))
+    assert conflict.exit_code == 1 and "Conflict:" in conflict.output
+    assert orchard("token", "renew", token_id, str(other_file), "--force").exit_code == 0
+
+    assert orchard("token", "delete", token_id, "--yes").exit_code == 0
+    assert "(none)" in orchard("token", "list").output
