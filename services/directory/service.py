@@ -189,7 +189,7 @@ class DirectoryService(OrchardService):
                                 (CLASSES, len(batch.classes))):
                 metrics.ENTRIES_READ.labels(kind).inc(count)
             options = {"only_add_new": stored.profile.sync.only_add_new}
-            plan = self.roster.preview_import(batch.to_dict(), options)
+            plan = self.roster.preview_records(batch.to_dict(), options)
             applied = self.roster.apply_plan(plan["plan_id"]) if apply else None
         except OrchardError as exc:
             metrics.SYNC_RUNS.labels(trigger, mode, "error").inc()

@@ -1,0 +1,123 @@
+"""Directory syncs into the real roster service over RabbitMQ: preview, apply, only-add-new, guards, schedule."""
+from __future__ import annotations
+
+import pytest
+from cryptography.fernet import Fernet
+from nameko.events import event_handler
+from nameko.testing.services import entrypoint_hook
+from nameko.testing.utils import get_container
+
+from services.directory.service import DirectoryService
+from services.roster.service import RosterService
+from shared.errors import UpstreamError
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+IMPORTED: list[dict] = []
+AD_USERS = "(&(objectCategory=person)(objectClass=user))"
+TEACHERS = f"(&{AD_USERS}(sAMAccountName=t*))"  # a small district keeps the slower tests quick
+
+
+def with_users_filter(data: dict, users_filter: str, **sync) -> dict:
+    return {**data, "sync": {**data["sync"], **sync, "users": {**data["sync"]["users"], "filter": users_filter}}}
+
+
+class ImportedUsers:
+    name = "directory_test_imported_users"
+
+    @event_handler("roster", "UserImported")
+    def user_imported(self, payload):
+        IMPORTED.append(payload)
+
+
+@pytest.fixture
+def services(runner_factory, orchard_config):
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    IMPORTED.clear()
+    runner = runner_factory(orchard_config, DirectoryService, RosterService, ImportedUsers)
+    runner.start()
+    return runner
+
+
+def test_preview_then_apply_imports_the_directory_and_publishes_user_imported(services, rpc_as, profile_data, slapd):
+    people = slapd.tree.people
+    with rpc_as() as rpc:
+        profile_id = rpc.directory.add_ldap_profile(profile_data(sync={
+            **profile_data()["sync"], "welcome_email": True}))["id"]
+
+        preview = rpc.directory.sync_ldap_profile(profile_id)
+        assert preview["read"] == {"users": len(people), "grade_levels": 8, "classes": len(slapd.tree.classes),
+                                   "locations": 2, "rejected": 0}
+        assert preview["plan"]["counts"]["user"]["add"] == len(people) and preview["applied"] is None
+        assert rpc.roster.list_users()["total"] == 0  # a preview writes nothing
+
+        applied = rpc.directory.sync_ldap_profile(profile_id, apply=True)
+        assert applied["applied"]["status"] == "applied"
+        assert rpc.roster.list_users()["total"] == len(people)
+        stored, person = rpc.roster.get_user("s00001"), slapd.tree.person("s00001")
+        assert (stored["user_type"], stored["grade_level"], stored["locations"]) == (
+            "student", f"Grade {person.grade}", [person.school])
+        last = rpc.directory.get_ldap_profile(profile_id)["last_sync"]
+        assert last["outcome"] == "applied" and last["message"].startswith(f"read {len(people)} users")
+
+        again = rpc.directory.sync_ldap_profile(profile_id)  # the directory did not change: nothing to do
+        assert again["plan"]["total_changes"] == 0
+
+    wait_for(lambda: len(IMPORTED) >= len(people), timeout=30, what="UserImported for every directory user")
+    teacher = next(p for p in IMPORTED if p["user_id"] == "t00001")
+    assert (teacher["source"], teacher["user_type"], teacher["welcome_email"]) == ("ldap", "teacher", True)
+    assert teacher["email"] == "t00001@orchard.test"
+
+
+def test_only_add_new_adds_users_and_leaves_existing_ones_alone(services, rpc_as, profile_data):
+    with rpc_as() as rpc:
+        profile_id = rpc.directory.add_ldap_profile(
+            with_users_filter(profile_data(), f"(&{TEACHERS}(!(sAMAccountName=t0000*)))"))["id"]
+        rpc.directory.sync_ldap_profile(profile_id, apply=True)
+        # everyone's name would now change (cn instead of displayName), and nine teachers are new
+        rpc.directory.update_ldap_profile(profile_id, {"sync": {
+            "only_add_new": True, "users": {"filter": TEACHERS, "display_name": "cn"}}})
+        plan = rpc.directory.sync_ldap_profile(profile_id, apply=True)["plan"]
+        assert plan["counts"]["user"] == {"add": 9, "update": 0, "delete": 0}
+        assert plan["skipped_updates"] > 0
+        assert rpc.roster.get_user("t00010")["name"] == "Kai Adams"  # kept, not "t00010"
+        assert rpc.roster.get_user("t00003")["name"] == "t00003"  # new: mapped with the new settings
+
+
+def test_a_failed_read_is_an_error_and_never_an_empty_plan(services, rpc_as, profile_data):
+    with rpc_as() as rpc:
+        good = rpc.directory.add_ldap_profile(with_users_filter(profile_data(), TEACHERS))["id"]
+        rpc.directory.sync_ldap_profile(good, apply=True)
+        total = rpc.roster.list_users()["total"]
+
+        rpc.directory.update_ldap_profile(good, {"sync": {"users": {"filter": "(sAMAccountName=left-the-district)"}}})
+        with pytest.raises(UpstreamError, match="matched nothing"):
+            rpc.directory.sync_ldap_profile(good, apply=True)
+        rpc.directory.update_ldap_profile(good, {"sync": {"users": {"filter": TEACHERS}}, "bind_password": "expired"})
+        with pytest.raises(UpstreamError, match="refused the bind"):
+            rpc.directory.sync_ldap_profile(good, apply=True)
+
+        assert rpc.roster.list_users()["total"] == total
+        last = rpc.directory.get_ldap_profile(good)["last_sync"]
+        assert last["outcome"] == "failed" and "refused the bind" in last["message"]
+
+
+def test_the_daily_sync_applies_once_a_day(services, rpc_as, profile_data, slapd):
+    with rpc_as() as rpc:
+        profile_id = rpc.directory.add_ldap_profile(
+            with_users_filter(profile_data(), TEACHERS, daily_sync_time="00:00"))["id"]
+        rpc.directory.add_ldap_profile(profile_data(name="manual only"))
+    container = get_container(services, DirectoryService)
+    with entrypoint_hook(container, "run_daily_syncs") as run_daily_syncs:
+        run_daily_syncs()
+    with rpc_as() as rpc:
+        profiles = {p["id"]: p for p in rpc.directory.list_ldap_profiles()}
+        assert profiles[profile_id]["last_sync"]["outcome"] == "applied"
+        assert [p["last_sync"]["outcome"] for i, p in profiles.items() if i != profile_id] == [None]
+        assert rpc.roster.list_users()["total"] == len(slapd.tree.of_kind("teacher")) - 1  # not lee*)(x
+        first_run = profiles[profile_id]["last_sync"]["at"]
+    with entrypoint_hook(container, "run_daily_syncs") as run_daily_syncs:
+        run_daily_syncs()  # already ran today: nothing happens
+    with rpc_as() as rpc:
+        assert rpc.directory.get_ldap_profile(profile_id)["last_sync"]["at"] == first_run
