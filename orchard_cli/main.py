@@ -15,6 +15,8 @@ from orchard_cli.directory import directory
 from orchard_cli.enrollment import enrollment
 from orchard_cli.events import events
 from orchard_cli.output import print_table
+from orchard_cli.push import push
+from orchard_cli.roster import roster
 from orchard_cli.rpc import call
 from orchard_cli.vpp import vpp
 
@@ -47,4 +49,6 @@ def health(timeout: float) -> None:
 cli.add_command(events)
 cli.add_command(directory)
 cli.add_command(vpp)
+cli.add_command(push)
+cli.add_command(roster)
 cli.add_command(enrollment)

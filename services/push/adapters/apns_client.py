@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import eventlet
 import eventlet.semaphore
+import eventlet.tpool
 from cryptography.hazmat.primitives import serialization
 
 from services.push.adapters.http2 import ConnectionLost, Http2Connection
@@ -93,7 +94,8 @@ class ApnsClient:
         self.topic = topic
         url = urlsplit(base_url)
         self._host, self._port = url.hostname or "", url.port or 443
-        self._ssl_context = client_tls_context(certificate_pem, private_key_pem, ca_file)
+        # key decryption and re-encryption take tens of milliseconds: keep them off the hub
+        self._ssl_context = eventlet.tpool.execute(client_tls_context, certificate_pem, private_key_pem, ca_file)
         self._concurrency = concurrency
         self._retry = retry
         self._expiration_seconds = expiration_seconds

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -259,3 +260,16 @@ def _public_key_der(holder) -> bytes:
     return holder.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def certificate_key_id(certificate_pem: str) -> str:
+    """SHA-256 of the certificate's public key: pairs a certificate with a key Orchard holds."""
+    return _sha256_hex(_public_key_der(x509.load_pem_x509_certificate(certificate_pem.encode())))
+
+
+def private_key_id(private_key_pem: str) -> str:
+    return _sha256_hex(_public_key_der(serialization.load_pem_private_key(private_key_pem.encode(), password=None)))
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,79 @@
+"""``orchard push ...`` against the running push service."""
+from __future__ import annotations
+
+import base64
+import csv
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from cryptography.fernet import Fernet
+from nameko.standalone.events import event_dispatcher
+
+from apple_sandbox.push_portal import sign_push_request
+from orchard_cli.main import cli
+from services.push.service import PushService
+from shared.contracts.enrollment import DeviceEnrolled
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def orchard(runner_factory, orchard_config, apns_sandbox, apple_ca, tmp_path, monkeypatch):
+    vendor = apple_ca.issue_vendor_certificate()
+    (tmp_path / "vendor.pem").write_text(vendor.certificate_pem)
+    (tmp_path / "vendor.key").write_text(vendor.private_key_pem)
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    orchard_config["SERVICES"]["push"].update(
+        apns_url=apns_sandbox.url, apns_ca_file=apns_sandbox.ca_file,
+        vendor_certificate_file=str(tmp_path / "vendor.pem"), vendor_private_key_file=str(tmp_path / "vendor.key"))
+    runner_factory(orchard_config, PushService).start()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(orchard_config))
+    monkeypatch.setenv("ORCHARD_CONFIG", str(tmp_path / "config.yaml"))
+    monkeypatch.chdir(tmp_path)
+    cli_runner = CliRunner()
+
+    def run(*args: str, exit_code: int = 0) -> str:
+        result = cli_runner.invoke(cli, ["push", *args])
+        assert result.exit_code == exit_code, result.output
+        return result.output
+
+    return run
+
+
+def test_every_push_command(orchard, orchard_config, issue_push, apple_ca, tmp_path):
+    issued = issue_push()
+    (tmp_path / "push.pem").write_text(issued.certificate_pem)
+    (tmp_path / "push.key").write_text(issued.private_key_pem)
+    uploaded = orchard("upload", "push.pem", "--key", "push.key").splitlines()
+    assert uploaded[0].split() == ["ID", "TOPIC", "SERIAL", "NUMBER", "EXPIRES", "DAYS", "LEFT", "DEVICES", "STATUS"]
+    topic = uploaded[1].split()[1]
+    assert uploaded[1].split()[0] == "1" and uploaded[1].split()[-1] == "ok"
+
+    refused = orchard("upload", str(tmp_path / "push.key"), exit_code=1)
+    assert "ValidationError: The certificate field holds a private key" in refused
+
+    event = DeviceEnrolled(udid="UDID-CLI-1", serial_number="SNCLI1", topic=topic, push_token="ab" * 32,
+                           push_magic="magic")
+    event_dispatcher(orchard_config)(DeviceEnrolled.SOURCE, DeviceEnrolled.TYPE, event.to_payload())
+    wait_for(lambda: orchard("list").splitlines()[1].split()[-2] == "1", what="the device counted")
+
+    shown = orchard("show", "1")
+    assert topic in shown and "devices enrolled  1" in shown
+    assert "wrote 1 device(s)" in orchard("export", "1", "--out", "devices.csv")
+    assert next(csv.DictReader((tmp_path / "devices.csv").open()))["UDID"] == "UDID-CLI-1"
+    orchard("export", "1", "--format", "xlsx", "--out", "devices.xlsx")
+    assert (tmp_path / "devices.xlsx").read_bytes()[:2] == b"PK"
+
+    sent = orchard("send", "UDID-CLI-1", "UDID-NOBODY")
+    assert "UDID-CLI-1" in sent and "delivered" in sent and "unknown_device" in sent
+    assert "1 delivered, 0 failed, 1 skipped" in sent
+
+    assert "upload it at Apple Push Certificates Portal" in orchard("csr", "--out", "request.b64")
+    renewed_pem = sign_push_request(apple_ca, (tmp_path / "request.b64").read_text(), renew_topic=topic)
+    (tmp_path / "renewed.pem").write_text(renewed_pem)
+    assert orchard("renew", "1", "renewed.pem").splitlines()[1].split()[1] == topic
+    history = orchard("history", "1").splitlines()
+    assert history[1].split()[2] == "certificate.renewed" and history[2].split()[2] == "certificate.uploaded"
+    assert base64.b64decode((tmp_path / "request.b64").read_text())  # the file is the base64 plist itself

@@ -1,0 +1,275 @@
+"""The push service over the real broker: certificates, devices from enrollment events, pushes, access."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import secrets
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from nameko.standalone.events import event_dispatcher
+from prometheus_client.parser import text_string_to_metric_families
+from python_calamine import CalamineWorkbook
+
+from apple_sandbox.push_portal import sign_push_request
+from services.push.service import PushService
+from shared.auth import Actor
+from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
+from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def vendor_files(apple_ca, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("vendor")
+    vendor = apple_ca.issue_vendor_certificate()
+    (directory / "vendor.pem").write_text(vendor.certificate_pem)
+    (directory / "vendor.key").write_text(vendor.private_key_pem)
+    (directory / "chain.pem").write_text(apple_ca.certificate_pem)
+    return directory
+
+
+@pytest.fixture
+def push_config(orchard_config, apns_sandbox, vendor_files):
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    orchard_config["SERVICES"]["push"].update(
+        apns_url=apns_sandbox.url, apns_ca_file=apns_sandbox.ca_file,
+        vendor_certificate_file=str(vendor_files / "vendor.pem"),
+        vendor_private_key_file=str(vendor_files / "vendor.key"),
+        vendor_chain_file=str(vendor_files / "chain.pem"),
+    )
+    return orchard_config
+
+
+@pytest.fixture
+def push_service(runner_factory, push_config):
+    runner = runner_factory(push_config, PushService)
+    runner.start()
+    return runner
+
+
+def enroll(config, topic: str, udid: str | None = None, token: str | None = None) -> DeviceEnrolled:
+    event = DeviceEnrolled(udid=udid or f"UDID-{secrets.token_hex(6)}", serial_number=f"SN{secrets.token_hex(4)}",
+                           topic=topic, push_token=token or secrets.token_hex(32), push_magic=secrets.token_hex(8))
+    event_dispatcher(config)(DeviceEnrolled.SOURCE, DeviceEnrolled.TYPE, event.to_payload())
+    return event
+
+
+def unenroll(config, udid: str, topic: str) -> None:
+    event = DeviceUnenrolled(udid=udid, topic=topic)
+    event_dispatcher(config)(DeviceUnenrolled.SOURCE, DeviceUnenrolled.TYPE, event.to_payload())
+
+
+def device_count(rpc, certificate_id: int) -> int:
+    return rpc.push.get_certificate(certificate_id)["devices_enrolled"]
+
+
+def metric_samples(config) -> dict[tuple[str, str | None], float]:
+    """``{(sample name, its topic or reason label): value}`` from the service's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['push']['metrics_port']}/metrics").text
+    return {(sample.name, sample.labels.get("topic") or sample.labels.get("reason")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_upload_list_renew_and_history(push_service, rpc_as, issue_push):
+    first = issue_push()
+    with rpc_as() as rpc:
+        stored = rpc.push.upload_certificate(first.certificate_pem, first.private_key_pem)
+        certificate = x509.load_pem_x509_certificate(first.certificate_pem.encode())
+        assert stored["topic"].startswith("com.apple.mgmt.External.")
+        assert stored["serial_number"] == format(certificate.serial_number, "X").zfill(40)
+        assert stored["not_after"] == certificate.not_valid_after_utc.isoformat()
+        assert (stored["status"], stored["devices_enrolled"]) == ("ok", 0) and stored["days_left"] in (364, 365)
+        assert "PRIVATE" not in str(rpc.push.get_certificate(stored["id"]))
+        assert rpc.push.list_certificates() == [stored]
+        details = rpc.push.get_certificate(stored["id"])
+        assert details["issuer"].endswith("CN=Orchard Sandbox Apple Root CA")
+        assert details["common_name"] == "APSP:" + stored["topic"].rsplit(".", 1)[1]
+
+        with pytest.raises(Conflict, match="already stored"):
+            rpc.push.upload_certificate(first.certificate_pem, first.private_key_pem)
+
+        stranger = issue_push(key_index=1)
+        with pytest.raises(Conflict, match="differs.*re-enroll"):
+            rpc.push.renew_certificate(stored["id"], stranger.certificate_pem, stranger.private_key_pem)
+        assert rpc.push.get_certificate(stored["id"]) == details  # the refused renewal changed nothing
+
+        renewal = issue_push(topic=stored["topic"], not_after=NOW + timedelta(days=400), key_index=2)
+        renewed = rpc.push.renew_certificate(stored["id"], renewal.certificate_pem, renewal.private_key_pem)
+        assert (renewed["id"], renewed["topic"]) == (stored["id"], stored["topic"])
+        assert renewed["serial_number"] != stored["serial_number"] and renewed["days_left"] in (399, 400)
+
+        history = rpc.push.certificate_history(stored["id"])
+        assert [entry["action"] for entry in history] == ["certificate.renewed", "certificate.uploaded"]
+        assert history[0]["user"] == "admin@school.example"
+        assert (history[0]["before_serial_number"], history[0]["after_serial_number"]) == (
+            stored["serial_number"], renewed["serial_number"])
+        assert history[0]["before_topic"] == history[0]["after_topic"] == stored["topic"]
+        assert history[1]["before_topic"] is None and history[1]["after_not_after"] == stored["not_after"]
+
+        with pytest.raises(NotFound):
+            rpc.push.get_certificate(999)
+
+
+def test_each_bad_upload_is_named_and_changes_nothing(push_service, rpc_as, issue_push):
+    good = issue_push()
+    expired = issue_push(not_before=NOW - timedelta(days=400), not_after=NOW - timedelta(days=1))
+    other_key = issue_push(key_index=1).private_key_pem
+    p12 = pkcs12.serialize_key_and_certificates(
+        b"push", serialization.load_pem_private_key(good.private_key_pem.encode(), None),
+        x509.load_pem_x509_certificate(good.certificate_pem.encode()), None,
+        serialization.BestAvailableEncryption(b"right"))
+    with rpc_as() as rpc:
+        refusals = [
+            (lambda: rpc.push.upload_certificate("just some text"), "not PEM text"),
+            (lambda: rpc.push.upload_certificate(good.private_key_pem), "holds a private key"),
+            (lambda: rpc.push.upload_certificate(expired.certificate_pem, expired.private_key_pem), "expired on"),
+            (lambda: rpc.push.upload_certificate(good.certificate_pem, other_key), "does not belong"),
+            (lambda: rpc.push.upload_certificate(good.certificate_pem[:300]), "truncated"),
+            (lambda: rpc.push.upload_certificate(good.certificate_pem), "without its private key"),
+            (lambda: rpc.push.upload_certificate("A" * 10_000_000), "10.0 MB"),
+            (lambda: rpc.push.upload_certificate(42), "must be text"),
+            (lambda: rpc.push.upload_certificate_pkcs12(base64.b64encode(p12).decode(), "wrong"), "password is wrong"),
+            (lambda: rpc.push.renew_certificate("1", good.certificate_pem), "positive whole number"),
+        ]
+        for attempt, message in refusals:
+            with pytest.raises(ValidationError, match=message):
+                attempt()
+        assert rpc.push.list_certificates() == []
+        assert rpc.push.audit_log() == []
+        assert rpc.push.upload_certificate_pkcs12(base64.b64encode(p12).decode(), "right")["status"] == "ok"
+
+
+def test_vendor_signed_request_pairs_with_the_certificate_apple_issues(push_service, rpc_as, apple_ca):
+    with rpc_as() as rpc:
+        request = rpc.push.create_signing_request()
+        assert request["filename"] and "PRIVATE" not in str(request)
+        issued = sign_push_request(apple_ca, request["signing_request_b64"])
+        stored = rpc.push.upload_certificate(issued)  # no key: Orchard kept it when it made the request
+        renewal_request = rpc.push.create_signing_request()
+        renewed = rpc.push.renew_certificate(
+            stored["id"], sign_push_request(apple_ca, renewal_request["signing_request_b64"], renew_topic=stored["topic"]))
+        assert renewed["topic"] == stored["topic"] and renewed["serial_number"] != stored["serial_number"]
+        entries = rpc.push.audit_log(f"push_certificate:{stored['id']}")
+        assert [e["details"]["paired_with_signing_request"] for e in entries] == [True, True]
+
+
+def test_enrollment_events_drive_the_device_count_and_the_export(push_service, push_config, rpc_as, issue_push):
+    issued = issue_push()
+    with rpc_as() as rpc:
+        certificate = rpc.push.upload_certificate(issued.certificate_pem, issued.private_key_pem)
+        topic = certificate["topic"]
+        enrolled = [enroll(push_config, topic) for _ in range(3)]
+        enroll(push_config, "com.apple.mgmt.External.another-school")
+        wait_for(lambda: device_count(rpc, certificate["id"]) == 3, what="three enrolled devices")
+
+        exported = rpc.push.export_devices(certificate["id"])
+        rows = list(csv.DictReader(io.StringIO(base64.b64decode(exported["content_b64"]).decode())))
+        assert exported["devices"] == 3 and exported["filename"].endswith(".csv")
+        assert sorted(row["UDID"] for row in rows) == sorted(e.udid for e in enrolled)
+        assert {row["Serial number"] for row in rows} == {e.serial_number for e in enrolled}
+        assert all(row["Enrolled at"] for row in rows)
+
+        workbook = rpc.push.export_devices(certificate["id"], "xlsx")
+        sheet = CalamineWorkbook.from_filelike(io.BytesIO(base64.b64decode(workbook["content_b64"]))).get_sheet_by_index(0)
+        table = sheet.to_python()
+        assert table[0][0] == "UDID" and sorted(r[0] for r in table[1:]) == sorted(e.udid for e in enrolled)
+        with pytest.raises(ValidationError, match="format must be one of csv, xlsx"):
+            rpc.push.export_devices(certificate["id"], "pdf")
+
+        unenroll(push_config, enrolled[0].udid, topic)
+        wait_for(lambda: device_count(rpc, certificate["id"]) == 2, what="one device unenrolled")
+    samples = metric_samples(push_config)
+    assert samples["orchard_push_devices", topic] == 2
+    expected_expiry = x509.load_pem_x509_certificate(issued.certificate_pem.encode()).not_valid_after_utc.timestamp()
+    assert samples["orchard_push_certificate_expiry_timestamp_seconds", topic] == expected_expiry
+
+
+def test_send_push_wakes_devices_and_stops_pushing_unregistered_ones(
+        push_service, push_config, rpc_as, issue_push, apns_sandbox):
+    issued = issue_push()
+    with rpc_as() as rpc:
+        certificate = rpc.push.upload_certificate(issued.certificate_pem, issued.private_key_pem)
+        devices = [enroll(push_config, certificate["topic"]) for _ in range(3)]
+        orphan = enroll(push_config, "com.apple.mgmt.External.no-certificate-here")
+        wait_for(lambda: device_count(rpc, certificate["id"]) == 3, what="devices enrolled")
+        apns_sandbox.script(devices[1].push_token, status=410, reason="Unregistered")
+        apns_sandbox.script(devices[2].push_token, status=429, reason="TooManyRequests", times=1)
+
+        answer = rpc.push.send_push([d.udid for d in devices] + [orphan.udid, "UNKNOWN"])
+        results = {r["udid"]: r for r in answer["results"]}
+        assert results[devices[0].udid] == {"udid": devices[0].udid, "result": "delivered", "status": 200, "sent": True}
+        assert (results[devices[1].udid]["result"], results[devices[1].udid]["status"]) == ("Unregistered", 410)
+        assert results[devices[2].udid]["result"] == "delivered"  # retried after the 429
+        assert results[orphan.udid]["result"] == "no_certificate_for_topic"
+        assert results["UNKNOWN"]["result"] == "unknown_device"
+        assert {k: answer[k] for k in ("requested", "sent", "delivered", "failed", "skipped", "disabled")} == {
+            "requested": 5, "sent": 3, "delivered": 2, "failed": 1, "skipped": 2, "disabled": 1}
+
+        received = apns_sandbox.requests()
+        first = next(r for r in received if r["device_token"] == devices[0].push_token)
+        assert first["path"] == f"/3/device/{devices[0].push_token}"
+        assert first["body"] == f'{{"mdm":"{devices[0].push_magic}"}}'
+        assert first["headers"]["apns-topic"] == certificate["topic"] and first["headers"]["apns-push-type"] == "mdm"
+
+        again = rpc.push.send_push([devices[1].udid])
+        assert again["results"][0]["result"] == "push_disabled:Unregistered" and again["sent"] == 0
+        exported = base64.b64decode(rpc.push.export_devices(certificate["id"])["content_b64"]).decode()
+        assert f"{devices[1].udid}," in exported and ",Unregistered,Unregistered" in exported
+
+        enroll(push_config, certificate["topic"], udid=devices[1].udid)  # a new check-in brings a fresh token
+        wait_for(lambda: rpc.push.send_push([devices[1].udid])["delivered"] == 1, what="re-enrolled device pushed")
+        with pytest.raises(ValidationError, match="non-empty list"):
+            rpc.push.send_push([])
+    samples = metric_samples(push_config)
+    assert samples["orchard_push_results_total", "Unregistered"] >= 1
+    assert samples["orchard_push_results_total", "delivered"] >= 3
+    assert samples["orchard_push_latency_seconds_count", None] >= 4
+
+
+RPC_CALLS = {
+    "list_certificates": ((), "read"),
+    "get_certificate": ((1,), "read"),
+    "export_devices": ((1,), "read"),
+    "certificate_history": ((1,), "read"),
+    "upload_certificate": (("x",), "write"),
+    "upload_certificate_pkcs12": (("x", "pw"), "write"),
+    "renew_certificate": ((1, "x"), "write"),
+    "renew_certificate_pkcs12": ((1, "x", "pw"), "write"),
+    "create_signing_request": ((), "write"),
+    "send_push": ((["UDID"],), "write"),
+}
+ROLES = {
+    "administrator": Actor(id="admin@school.example", role="administrator"),
+    "location_leader": Actor(id="lead@school.example", role="location_leader", locations=("north",)),
+    "msp": Actor(id="ops@msp.example", role="msp"),
+    "teacher": Actor(id="teacher@school.example", role="teacher", locations=("north",)),
+}
+ALLOWED = {"administrator": {"read", "write"}, "location_leader": {"read"}, "msp": set(), "teacher": set()}
+
+
+def test_access_by_role_and_rpc(push_service, rpc_as):
+    outcomes = {}
+    for role, actor in ROLES.items():
+        with rpc_as(actor) as rpc:
+            for method, (args, kind) in RPC_CALLS.items():
+                try:
+                    getattr(rpc.push, method)(*args)
+                    outcomes[role, method] = "allowed"
+                except PermissionDenied:
+                    outcomes[role, method] = "refused"
+                except (ValidationError, NotFound, Conflict):  # got past the access check
+                    outcomes[role, method] = "allowed"
+    expected = {(role, method): "allowed" if kind in ALLOWED[role] else "refused"
+                for role in ROLES for method, (_, kind) in RPC_CALLS.items()}
+    assert outcomes == expected
