@@ -1,0 +1,50 @@
+"""``orchard roster`` against a running roster service."""
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from orchard_cli.main import cli
+from services.roster.service import RosterService
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cli_runner(runner_factory, orchard_config, tmp_path, monkeypatch):
+    runner_factory(orchard_config, RosterService).start()
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(orchard_config))
+    monkeypatch.setenv("ORCHARD_CONFIG", str(path))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_template_import_apply_and_list(cli_runner, tmp_path):
+    result = cli_runner.invoke(cli, ["roster", "template", "--output", "t.xlsx"])
+    assert result.exit_code == 0, result.output
+    result = cli_runner.invoke(cli, ["roster", "import", "t.xlsx"])
+    assert result.exit_code == 0, result.output
+    assert "nothing was changed" in result.output
+    assert "unknown teacher ID(s) t-2001" in result.output  # the template's example class
+    result = cli_runner.invoke(cli, ["roster", "import", "t.xlsx", "--apply"])
+    assert result.exit_code == 0, result.output
+    assert "applied; 1 event(s) published" in result.output
+    result = cli_runner.invoke(cli, ["roster", "users"])
+    assert "s-1001" in result.output and "1 user(s)" in result.output
+    result = cli_runner.invoke(cli, ["roster", "runs"])
+    assert result.output.count(" applied ") == 1 and result.output.count(" previewed ") == 1
+
+
+def test_api_tokens_and_errors(cli_runner):
+    result = cli_runner.invoke(cli, ["roster", "api-token", "create", "sis", "--allow-ip", "10.0.0.0/8"])
+    assert result.exit_code == 0, result.output
+    assert "token: orch_" in result.output
+    listed = cli_runner.invoke(cli, ["roster", "api-token", "list"])
+    assert "restricted" in listed.output and "orch_" not in listed.output
+    assert cli_runner.invoke(cli, ["roster", "api-token", "revoke", "1"]).exit_code == 0
+    bad = cli_runner.invoke(cli, ["roster", "apply", "nope"])
+    assert bad.exit_code != 0 and "NotFound" in bad.output
+    prefs = cli_runner.invoke(cli, ["roster", "asm", "prefs", "tok", "--set", "sync_time=02:30",
+                                    "--set", "skip_student_email=true"])
+    assert prefs.exit_code == 0, prefs.output
+    assert "02:30" in prefs.output
