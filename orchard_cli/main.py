@@ -16,6 +16,7 @@ from orchard_cli.enrollment import enrollment
 from orchard_cli.events import events
 from orchard_cli.output import print_table
 from orchard_cli.push import push
+from orchard_cli.roster import roster
 from orchard_cli.rpc import call
 from orchard_cli.vpp import vpp
 
@@ -49,4 +50,5 @@ cli.add_command(events)
 cli.add_command(directory)
 cli.add_command(vpp)
 cli.add_command(push)
+cli.add_command(roster)
 cli.add_command(enrollment)
