@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Iterator
 
+from eventlet import tpool
 from nameko.extensions import DependencyProvider
 
 from services.directory import metrics
@@ -27,6 +28,9 @@ from shared.service import OrchardService
 from shared.storage import Database, utc_now
 
 log = logging.getLogger(__name__)
+
+#: seconds the roster may take to preview or apply a whole district's directory
+ROSTER_TIMEOUT = 600
 
 
 class SignInLimiter(DependencyProvider):
@@ -65,7 +69,7 @@ class DirectoryService(OrchardService):
     name = "directory"
     db = Database(tables.metadata, migrations="services.directory.migrations")
     secrets = Secrets()
-    roster = ServiceRpc("roster")
+    roster = ServiceRpc("roster", timeout=ROSTER_TIMEOUT)
     sign_in_limiter = SignInLimiter()
     egress = EgressAddresses()
     certificate_gauges = CertificateGauges()
@@ -189,7 +193,8 @@ class DirectoryService(OrchardService):
                                 (CLASSES, len(batch.classes))):
                 metrics.ENTRIES_READ.labels(kind).inc(count)
             options = {"only_add_new": stored.profile.sync.only_add_new}
-            plan = self.roster.preview_records(batch.to_dict(), options)
+            payload = tpool.execute(batch.to_dict)  # tens of thousands of records: off the event loop
+            plan = self.roster.preview_records(payload, options)
             applied = self.roster.apply_plan(plan["plan_id"]) if apply else None
         except OrchardError as exc:
             metrics.SYNC_RUNS.labels(trigger, mode, "error").inc()

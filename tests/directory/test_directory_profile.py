@@ -40,6 +40,7 @@ def test_system_store_when_no_ca_is_given():
 
 
 @pytest.mark.parametrize("overrides, message", [
+    ({"name": "x" * 201}, "at most 200"),
     ({"host": "ldaps://dc1.school.example"}, "host name"),
     ({"port": 70000}, "port"),
     ({"port": "636"}, "port"),

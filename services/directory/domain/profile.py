@@ -20,6 +20,7 @@ SECURITY_MODES = ("ldaps", "starttls")
 DEFAULT_PORTS = {"ldaps": 636, "starttls": 389}
 MAX_CONNECT_TIMEOUT = 60.0
 MAX_OPERATION_TIMEOUT = 600.0
+MAX_NAME_LENGTH = 200
 
 AD_USER_FILTER = "(&(objectCategory=person)(objectClass=user))"
 
@@ -108,6 +109,8 @@ def parse_profile(data: Any) -> LdapProfile:
     """Check a whole profile request; raises ``ValidationError`` naming the first problem."""
     data = _mapping(data, "the profile")
     name = _text(data, "name", "the profile")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationError(f"the profile name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
     sync = _mapping(data.get("sync") or {}, "sync")
     auth = _mapping(data.get("authentication") or {}, "authentication")
     return LdapProfile(
