@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from shared.auth import Actor
@@ -20,6 +21,7 @@ from shared.auth import Actor
 SERVICE_NAMES = ("push", "enrollment", "vpp", "roster", "directory")
 POSTGRES_ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 ADMIN = Actor(id="admin@school.example", role="administrator")
+TEST_SECRET_KEY = Fernet.generate_key().decode()
 
 
 def free_port() -> int:
@@ -39,7 +41,8 @@ def orchard_config(rabbit_config: dict, tmp_path: Any) -> dict:
         }
         for name in SERVICE_NAMES
     }
-    return {**rabbit_config, "max_workers": 10, "serializer": "json", "RPC_TIMEOUT": 20, "SERVICES": services}
+    return {**rabbit_config, "max_workers": 10, "serializer": "json", "RPC_TIMEOUT": 20, "SERVICES": services,
+            "SECRET_KEY": TEST_SECRET_KEY}
 
 
 @contextmanager

@@ -52,7 +52,8 @@ def test_kubernetes_manifests_match_the_schemas():
 
 def test_the_config_map_carries_the_current_configuration():
     config_map = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
-    assert config_map["data"]["config.yaml"] == (DEPLOY / "config.yaml").read_text()
+    assert config_map["data"]["config.yaml"] == (DEPLOY / "config.yaml").read_text(), \
+        "run: python deploy/k8s/render_configmap.py"
 
 
 def test_compose_runs_every_service_from_one_image_with_its_own_database():
