@@ -133,10 +133,12 @@ def test_a_certificate_apple_did_not_issue_is_refused_in_tls_and_not_retried(tmp
     )
     try:
         result = client.send_one(Push(token(), "m"))
+        batch = client.send([Push(token(), "m") for _ in range(20)])
     finally:
         client.close()
     assert result.status is None and result.attempts == 1
     assert "refused" in result.reason
+    assert all(r.status is None and r.attempts == 1 and r.reason == result.reason for r in batch)
     assert apns_sandbox.requests() == []
 
 

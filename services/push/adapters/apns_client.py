@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from services.push.adapters.http2 import ConnectionLost, Http2Connection
 
 PRODUCTION_URL = "https://api.push.apple.com"
+REFUSAL_MEMORY_SECONDS = 30.0
 PERMANENT_REASONS = frozenset({"Unregistered", "ExpiredToken", "BadDeviceToken", "DeviceTokenNotForTopic"})
 
 
@@ -101,6 +102,7 @@ class ApnsClient:
         self._expiration_seconds = expiration_seconds
         self._timeout = timeout
         self._connection: Http2Connection | None = None
+        self._refusal: tuple[float, str] | None = None  # when and why APNs last refused us
         self._connect_lock = eventlet.semaphore.Semaphore(1)
         self._static_headers = [
             (b"apns-topic", topic.encode()),
@@ -148,13 +150,22 @@ class ApnsClient:
         if connection is not None and connection.usable:
             return connection
         with self._connect_lock:
+            if self._refusal is not None and time.monotonic() - self._refusal[0] < REFUSAL_MEMORY_SECONDS:
+                # the whole batch would otherwise repeat the refused handshake device by device
+                raise ConnectionLost(self._refusal[1], retryable=False)
             if self._connection is None or not self._connection.usable:
                 if self._connection is not None:
                     self._connection.close()
                 self._connection = None
-                self._connection = Http2Connection(
-                    self._host, self._port, self._ssl_context, connect_timeout=self._timeout
-                )
+                try:
+                    self._connection = Http2Connection(
+                        self._host, self._port, self._ssl_context, connect_timeout=self._timeout
+                    )
+                except ConnectionLost as exc:
+                    if not exc.retryable:
+                        self._refusal = (time.monotonic(), str(exc))
+                    raise
+                self._refusal = None
             return self._connection
 
 

@@ -184,14 +184,22 @@ class Http2Connection:
         if self.closed_reason is not None:
             raise ConnectionLost(self.closed_reason, retryable=self._closed_retryable)
 
-    def _flush(self) -> None:
-        with self._write_lock:
-            data = self._h2.data_to_send()
-            if data:
-                try:
-                    self._socket.sendall(data)
-                except OSError as exc:
-                    self._fail_all(f"connection lost while sending: {exc}")
+    def _flush(self, *, wait: bool = True) -> None:
+        """Write every queued frame; the writer holding the lock keeps going until none are left.
+
+        The reader passes ``wait=False``: it must never stop reading to wait for a writer
+        (a writer blocked on a full socket waits for the server, which may wait for us
+        to read); the writer already on the socket sends the reader's frames too.
+        """
+        if not self._write_lock.acquire(blocking=wait):
+            return
+        try:
+            while data := self._h2.data_to_send():
+                self._socket.sendall(data)
+        except OSError as exc:
+            self._fail_all(f"connection lost while sending: {exc}")
+        finally:
+            self._write_lock.release()
 
     def _read_loop(self) -> None:
         while self.closed_reason is None:
@@ -210,7 +218,7 @@ class Http2Connection:
                 return
             for event in events:
                 self._handle(event)
-            self._flush()
+            self._flush(wait=False)
 
     def _handle(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
