@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+import logging
+from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 from eventlet import tpool
@@ -31,6 +33,8 @@ from shared.errors import Conflict, ValidationError
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
+
+log = logging.getLogger(__name__)
 
 REQUEST_FILENAME = "PushCertificateRequest.b64"
 
@@ -147,6 +151,8 @@ class PushService(OrchardService):
                 results[device.udid] = {"udid": device.udid, "result": label, "status": result.status, "sent": True}
                 records.append({"udid": device.udid, "outcome": label,
                                 "disable_reason": label if result.permanent else None})
+            log.info("pushed %d device(s) of topic %s: %s", len(devices), topic,
+                     _tally(r["outcome"] for r in records[-len(devices):]))
         repository.record_push_results(records, utc_now())
         delivered = sum(1 for record in records if record["outcome"] == DELIVERED)
         return {
@@ -163,7 +169,7 @@ class PushService(OrchardService):
         self._repository().enroll_device({
             "udid": event.udid, "topic": event.topic, "serial_number": event.serial_number,
             "push_token": event.push_token, "push_magic": event.push_magic,
-            "enrolled_at": datetime.fromisoformat(event.occurred_at),
+            "enrolled_at": _occurred_at(event.occurred_at),
         })
 
     @event_handler(DeviceUnenrolled)
@@ -225,6 +231,10 @@ class PushService(OrchardService):
         )
 
 
+def _tally(labels: Any) -> str:
+    return ", ".join(f"{count} {label}" for label, count in sorted(Counter(labels).items()))
+
+
 def _target(certificate_id: int) -> str:
     return f"push_certificate:{certificate_id}"
 
@@ -260,6 +270,14 @@ def _history_entry(entry: dict[str, Any]) -> dict[str, Any]:
         "before_serial_number": before.get("serial_number"), "after_serial_number": after.get("serial_number"),
         "before_not_after": before.get("not_after"), "after_not_after": after.get("not_after"),
     }
+
+
+def _occurred_at(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError(f"occurred_at {value!r} is not an ISO-8601 timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _certificate_id(value: Any) -> int:

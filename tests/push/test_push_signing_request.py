@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import base64
 import plistlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -14,6 +17,8 @@ from apple_sandbox.push_portal import PortalError, SandboxAppleCA, sign_push_req
 from services.push.domain.certificates import read_pem_certificate
 from services.push.domain.signing_request import create_signing_request
 from shared.errors import ValidationError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +99,18 @@ def test_vendor_key_that_does_not_match_the_vendor_certificate(vendor, apple_ca)
 def test_unreadable_vendor_configuration():
     with pytest.raises(ValidationError, match="cannot be read"):
         create_signing_request("not a certificate", "not a key")
+
+
+def test_portal_command_line_issues_vendor_credentials_and_certificates(tmp_path, sandbox_dir):
+    portal = [sys.executable, "-m", "apple_sandbox.push_portal", "--dir", str(sandbox_dir)]
+    subprocess.run([*portal, "vendor", "--cert", str(tmp_path / "v.pem"), "--key", str(tmp_path / "v.key")],
+                   check=True, capture_output=True, cwd=ROOT)
+    request = create_signing_request((tmp_path / "v.pem").read_text(), (tmp_path / "v.key").read_text())
+    (tmp_path / "push.req").write_text(request.request_b64)
+    subprocess.run([*portal, "issue", "--request", str(tmp_path / "push.req"), "--out", str(tmp_path / "push.pem")],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert read_pem_certificate((tmp_path / "push.pem").read_text(), request.private_key_pem).topic
+    (tmp_path / "bad.req").write_text("garbage")
+    refused = subprocess.run([*portal, "issue", "--request", str(tmp_path / "bad.req"), "--out", str(tmp_path / "x")],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode != 0 and "refused: The request is not a base64-encoded plist" in refused.stderr
