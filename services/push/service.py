@@ -50,6 +50,9 @@ class PushService(OrchardService):
 
     @rpc(sensitive_arguments=("private_key_pem",))
     def upload_certificate(self, certificate_pem: str, private_key_pem: str | None = None) -> dict[str, Any]:
+        """Store a new topic's certificate. Expired ones are refused (APNs would refuse them too):
+        renew at Apple Push Certificates Portal first. Without a key, the key Orchard kept from
+        its own signing request is used."""
         actor = self.auth.require("push:write")
         parsed = tpool.execute(read_pem_certificate, _text(certificate_pem, "certificate_pem"),
                                _optional_text(private_key_pem, "private_key_pem"))

@@ -143,7 +143,11 @@ class Http2Connection:
             self._raise_if_closed()
             self._capacity.wait()
         self._raise_if_closed()
-        stream_id = self._h2.get_next_available_stream_id()
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.closed_reason = "every stream id of this connection is used"  # after 2^30 requests
+            raise ConnectionLost(self.closed_reason) from None
         exchange = self._exchanges[stream_id] = _Exchange()
         try:
             self._h2.send_headers(stream_id, [
