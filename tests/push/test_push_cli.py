@@ -7,7 +7,6 @@ import csv
 import pytest
 import yaml
 from click.testing import CliRunner
-from cryptography.fernet import Fernet
 from nameko.standalone.events import event_dispatcher
 
 from apple_sandbox.push_portal import sign_push_request
@@ -24,7 +23,6 @@ def orchard(runner_factory, orchard_config, apns_sandbox, apple_ca, tmp_path, mo
     vendor = apple_ca.issue_vendor_certificate()
     (tmp_path / "vendor.pem").write_text(vendor.certificate_pem)
     (tmp_path / "vendor.key").write_text(vendor.private_key_pem)
-    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
     orchard_config["SERVICES"]["push"].update(
         apns_url=apns_sandbox.url, apns_ca_file=apns_sandbox.ca_file,
         vendor_certificate_file=str(tmp_path / "vendor.pem"), vendor_private_key_file=str(tmp_path / "vendor.key"))

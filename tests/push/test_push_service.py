@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from nameko.standalone.events import event_dispatcher
@@ -41,7 +40,6 @@ def vendor_files(apple_ca, tmp_path_factory):
 
 @pytest.fixture
 def push_config(orchard_config, apns_sandbox, vendor_files):
-    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
     orchard_config["SERVICES"]["push"].update(
         apns_url=apns_sandbox.url, apns_ca_file=apns_sandbox.ca_file,
         vendor_certificate_file=str(vendor_files / "vendor.pem"),
