@@ -21,16 +21,17 @@ def test_events_survive_the_broker_dropping_every_connection(
         runner_factory, orchard_config, rpc_as, rabbit_manager):  # noqa: F811
     runner_factory(orchard_config, NotesService, ListenerService).start()
     vhost = orchard_config["AMQP_URI"].rsplit("/", 1)[1]
-    with rpc_as() as rpc:
-        rpc.notes.take_many("a", 1500)
+
+    def connections():
+        return [c["name"] for c in rabbit_manager.get_connections() if c.get("vhost") == vhost]
 
     closed = 0
-    for _ in range(3):  # force-close every connection of this vhost while events flow
-        eventlet.sleep(0.4)
-        for connection in rabbit_manager.get_connections():
-            if connection.get("vhost") == vhost:
-                rabbit_manager.delete_connection(connection["name"])
-                closed += 1
+    for batch in range(3):  # a batch of events, then every connection of this vhost force-closed mid-flow
+        with rpc_as() as rpc:
+            rpc.notes.take_many(f"b{batch}-", 500)
+        for name in wait_for(connections, timeout=20, what="the broker to list the connections"):
+            rabbit_manager.delete_connection(name)
+            closed += 1
     assert closed >= 3
 
     wait_for(lambda: len(listener_notes(orchard_config)) >= 1500, timeout=60, what="all 1500 events handled")
