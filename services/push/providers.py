@@ -102,4 +102,4 @@ def _read_gauges(engine: Engine) -> tuple[dict[str, float], dict[str, int]]:
     with Session(engine) as session:
         repository = PushRepository(session)
         expiries = {row.topic: row.not_after.timestamp() for row in repository.certificates()}
-        return expiries, repository.device_counts()
+        return expiries, {**dict.fromkeys(expiries, 0), **repository.device_counts()}  # 0, not absent

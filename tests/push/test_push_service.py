@@ -167,6 +167,7 @@ def test_enrollment_events_drive_the_device_count_and_the_export(push_service, p
     with rpc_as() as rpc:
         certificate = rpc.push.upload_certificate(issued.certificate_pem, issued.private_key_pem)
         topic = certificate["topic"]
+        assert metric_samples(push_config)["orchard_push_devices", topic] == 0
         enrolled = [enroll(push_config, topic) for _ in range(3)]
         enroll(push_config, "com.apple.mgmt.External.another-school")
         wait_for(lambda: device_count(rpc, certificate["id"]) == 3, what="three enrolled devices")
