@@ -27,6 +27,10 @@ class MemoryStore:
     def get_many(self, serials):
         return {s: KnownDevice(s, self.devices[s].op_date) for s in serials if s in self.devices}
 
+    def add_many(self, devices, generation):
+        assert not set(d.serial_number for d in devices) & set(self.devices), "add_many got a stored device"
+        self.upsert_many(devices, generation)
+
     def upsert_many(self, devices, generation):
         for device in devices:
             self.devices[device.serial_number] = device

@@ -1,23 +1,43 @@
 """The ADE sync's Apple-side ports, on the Device Assignment API client."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import eventlet
 
 from services.enrollment.adapters.dep_client import DepClient, Page
 from services.enrollment.domain.device_sync import AssignOutcome
 
+T = TypeVar("T")
+
 
 class ClientPages:
-    """``DevicePages``: fetch and sync page iterators."""
+    """``DevicePages``: fetch and sync, each reading one page ahead while the last one is stored."""
 
     def __init__(self, client: DepClient):
         self.client = client
 
     def fetch(self, cursor: str | None) -> Iterable[Page]:
-        return self.client.fetch_device_pages(cursor)
+        return read_ahead(self.client.fetch_device_pages(cursor))
 
     def sync(self, cursor: str) -> Iterable[Page]:
-        return self.client.sync_device_pages(cursor)
+        return read_ahead(self.client.sync_device_pages(cursor))
+
+
+def read_ahead(pages: Iterator[T]) -> Iterator[T]:
+    """Yield from ``pages`` while a green thread already downloads the next item."""
+    done = object()
+    pending = eventlet.spawn(next, pages, done)
+    try:
+        while True:
+            item = pending.wait()  # re-raises the download's error here, in the consumer
+            if item is done:
+                return
+            pending = eventlet.spawn(next, pages, done)
+            yield item
+    finally:
+        pending.kill()
 
 
 class ClientAssigner:

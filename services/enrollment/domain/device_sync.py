@@ -62,6 +62,7 @@ class KnownDevice:
 
 class DeviceStore(Protocol):
     def get_many(self, serial_numbers: list[str]) -> dict[str, KnownDevice]: ...
+    def add_many(self, devices: list[DepDevice], generation: str | None) -> None: ...  # none of them stored yet
     def upsert_many(self, devices: list[DepDevice], generation: str | None) -> None: ...
     def delete_many(self, serial_numbers: list[str]) -> None: ...
     def remove_unseen(self, generation: str) -> list[str]: ...
@@ -177,8 +178,10 @@ class DeviceSync:
             upserts.append(record)
             if existing is None:
                 new.append(record)  # also a `modified` for a device that moved to us
-        if upserts:
-            self.store.upsert_many(upserts, generation)
+        if new:
+            self.store.add_many(new, generation)
+        if len(upserts) > len(new):
+            self.store.upsert_many([d for d in upserts if d.serial_number in known], generation)
         if deletes:
             self.store.delete_many(deletes)
             self.events.removed(deletes)

@@ -1,0 +1,189 @@
+"""Benchmark: a full ADE sync of 100,000 devices through the enrollment service.
+
+The DEP sandbox runs in its own process (1,000 devices per page). The service runs
+here on RabbitMQ and PostgreSQL, exactly as deployed: ``sync_devices(full=True)``
+over RPC stores every device and writes one ``DeviceAssigned`` per device to the
+outbox, which the relay publishes to RabbitMQ. The floor is the same pages merely
+downloaded and parsed with httpx. Peak memory is read after a 10,000-device warm-up
+and after the 100,000-device run: flat means the second is not ten times the first.
+
+    .venv/bin/python bench/ade_sync.py [--devices 100000]
+"""
+from __future__ import annotations
+
+import eventlet
+
+eventlet.monkey_patch()  # noqa: E402  a service process is cooperative
+
+import argparse
+import logging
+import resource
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+import httpx
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from nameko.runners import ServiceRunner
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from services.enrollment.adapters.dep_client import DepClient
+from services.enrollment.adapters.token_crypto import decrypt_enveloped_data
+from services.enrollment.domain.server_tokens import cms_from_token_file, credentials_from_plaintext
+from services.enrollment.service import EnrollmentService
+from shared.auth import Actor
+
+POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+MANAGEMENT = "http://127.0.0.1:15672/api"
+ADMIN = Actor("bench@orchard.example", "administrator")
+SANDBOX = (
+    "import logging, sys, time; logging.getLogger('werkzeug').setLevel(logging.WARNING);"
+    "from apple_sandbox.dep import DepSandbox; from apple_sandbox.server import serve_wsgi;"
+    "server = serve_wsgi(DepSandbox()); print(server.url, flush=True); time.sleep(10**6)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Bench:
+    def __init__(self, devices: int):
+        self.devices = devices
+        self.tag = uuid.uuid4().hex[:10]
+        self.vhost = f"orchard_bench_{self.tag}"
+        self.database = f"orchard_bench_{self.tag}"
+
+    def __enter__(self) -> Bench:
+        try:
+            return self._start()
+        except BaseException:
+            self.sandbox_process.kill()
+            raise
+
+    def _start(self) -> Bench:
+        self.sandbox_process = subprocess.Popen([sys.executable, "-c", SANDBOX], stdout=subprocess.PIPE, text=True)
+        self.sandbox = self.sandbox_process.stdout.readline().strip()
+        self.admin = httpx.Client(base_url=self.sandbox, timeout=60)
+        auth = ("guest", "guest")
+        httpx.put(f"{MANAGEMENT}/vhosts/{self.vhost}", auth=auth).raise_for_status()
+        httpx.put(f"{MANAGEMENT}/permissions/{self.vhost}/guest", auth=auth,
+                  json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+        self.pg_admin = sa.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+        with self.pg_admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{self.database}"'))
+        self.config = {
+            "AMQP_URI": f"pyamqp://guest:guest@127.0.0.1:5672/{self.vhost}", "max_workers": 10, "serializer": "json",
+            "RPC_TIMEOUT": 600, "SECRET_KEY": Fernet.generate_key().decode(),
+            "SERVICES": {"enrollment": {"database_url": f"{POSTGRES}/{self.database}", "dep_url": self.sandbox,
+                                        "http_address": f"127.0.0.1:{free_port()}"}},
+        }
+        self.runner = ServiceRunner(self.config)
+        self.runner.add_service(EnrollmentService)
+        self.runner.start()
+        self.engine = sa.create_engine(f"{POSTGRES}/{self.database}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.runner.stop()
+        self.engine.dispose()
+        with self.pg_admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+        self.pg_admin.dispose()
+        httpx.delete(f"{MANAGEMENT}/vhosts/{self.vhost}", auth=("guest", "guest"))
+        self.sandbox_process.kill()
+        self.sandbox_process.wait()
+
+    def rpc(self) -> ClusterRpcProxy:
+        return ClusterRpcProxy(self.config, context_data={"actor": ADMIN.to_context()}, timeout=900)
+
+    def connect_token(self) -> tuple[str, str, str]:
+        with self.rpc() as rpc:
+            created = rpc.enrollment.create_server_token("Benchmark")
+            server = self.admin.post("/_sandbox/servers", json={"certificate_pem": created["public_key_pem"]}).json()
+            rpc.enrollment.upload_server_token(created["id"], server["p7m"])
+            while not any(run["finished_at"] for run in rpc.enrollment.sync_runs(created["id"])):
+                eventlet.sleep(0.2)
+        return created["id"], server["server_uuid"], server["p7m"]
+
+    def generate(self, server_uuid: str, count: int) -> None:
+        self.admin.post(f"/_sandbox/servers/{server_uuid}/devices/generate", json={"count": count}).raise_for_status()
+
+    def timed_sync(self, token_id: str) -> tuple[float, float, dict]:
+        """Seconds until the RPC returned (stored, events in the outbox), and until all were published."""
+        started = time.perf_counter()
+        with self.rpc() as rpc:
+            run = rpc.enrollment.sync_devices(token_id, full=True)
+        stored = time.perf_counter() - started
+        while self.pending_events():
+            eventlet.sleep(0.05)
+        return stored, time.perf_counter() - started, run
+
+    def pending_events(self) -> int:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one()
+
+    def floor(self, p7m: str, key_pem: bytes | None = None) -> float:
+        """Download and parse the same pages with httpx, nothing else."""
+        credentials = self.credentials(p7m)
+        client = DepClient(credentials, base_url=self.sandbox)
+        started = time.perf_counter()
+        count = sum(len(page.items) for page in client.fetch_device_pages())
+        elapsed = time.perf_counter() - started
+        client.close()
+        assert count == self.total, (count, self.total)
+        return elapsed
+
+    def credentials(self, p7m: str):
+        with self.engine.connect() as connection:
+            sealed_key = connection.execute(sa.text("SELECT sealed_private_key FROM server_tokens")).scalar_one()
+        key_pem = Fernet(self.config["SECRET_KEY"].encode()).decrypt(sealed_key.encode())
+        return credentials_from_plaintext(decrypt_enveloped_data(cms_from_token_file(p7m), key_pem),
+                                          now=datetime.now(timezone.utc))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=100_000)
+    parser.add_argument("--warm-up", type=int, default=10_000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with Bench(args.devices) as bench:
+        token_id, server_uuid, p7m = bench.connect_token()
+
+        bench.generate(server_uuid, args.warm_up)
+        warm_stored, warm_published, _ = bench.timed_sync(token_id)
+        warm_rss = peak_rss_mb()
+
+        bench.generate(server_uuid, args.devices - args.warm_up)
+        bench.total = args.devices
+        stored, published, run = bench.timed_sync(token_id)
+        assert run["error"] is None and run["pages"] >= args.devices // 1000, run
+        full_rss = peak_rss_mb()
+        floor = min(bench.floor(p7m) for _ in range(2))
+
+    devices = args.devices
+    print(f"ADE full sync of {devices:,} devices, 1,000 per page (sandbox in its own process, PostgreSQL, RabbitMQ)")
+    print(f"  floor (httpx download + JSON parse): {floor:7.2f} s  {devices / floor:9,.0f} devices/s")
+    print(f"  stored, events in outbox (RPC done):  {stored:7.2f} s  {devices / stored:9,.0f} devices/s"
+          f"  ratio {stored / floor:4.2f}x the floor")
+    print(f"  stored and every event published:     {published:7.2f} s  {devices / published:9,.0f} devices/s"
+          f"  ratio {published / floor:4.2f}x the floor")
+    print(f"  warm-up {args.warm_up:,} devices: {warm_stored:.2f} s stored, {warm_published:.2f} s published")
+    print(f"  peak RSS after {args.warm_up:,} devices: {warm_rss:.0f} MB; after {devices:,}: {full_rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

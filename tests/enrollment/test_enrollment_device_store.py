@@ -1,0 +1,73 @@
+"""The sync's database ports on SQLite and PostgreSQL, and reading pages ahead."""
+from datetime import timedelta
+
+import eventlet
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from services.enrollment.adapters import tables
+from services.enrollment.adapters.dep_ports import read_ahead
+from services.enrollment.adapters.device_store import DeviceRepository, TokenCursorStore
+from services.enrollment.domain.device_sync import CursorState
+from services.enrollment.domain.devices import DepDevice
+from shared.storage import create_engine_for, utc_now
+
+
+@pytest.mark.integration
+def test_device_repository_round_trip(database_url):
+    engine = create_engine_for(database_url)
+    tables.metadata.create_all(engine)
+    session = sessionmaker(engine)()
+    session.execute(tables.server_tokens.insert().values(id="t1", name="T", certificate_pem="-", sealed_private_key="-",
+                                                         created_at=utc_now(), created_by="test"))
+    store = DeviceRepository(session, "t1", assigned_by="system:enrollment")
+    store.add_many([DepDevice(f"S{i:04d}", model='iPad "Air"', description=None) for i in range(1500)], "gen1")
+    store.upsert_many([DepDevice("S0001", model="iPad Pro", op_date="2026-02-01T00:00:00Z")], None)
+    known = store.get_many(["S0001", "S0002", "NOPE"])
+    assert set(known) == {"S0001", "S0002"} and known["S0001"].op_date == "2026-02-01T00:00:00Z"
+
+    store.upsert_many([DepDevice(f"S{i:04d}") for i in range(10)], "gen2")
+    assert sorted(store.remove_unseen("gen2")) == [f"S{i:04d}" for i in range(10, 1500)]
+
+    retry_at = utc_now() + timedelta(minutes=1)
+    store.record_assign_results("P1", {"S0000": "SUCCESS", "S0001": "THROTTLED", "S0002": "NOT_ACCESSIBLE"}, retry_at)
+    assert store.due_profile_retries(utc_now(), 10) == []
+    assert store.due_profile_retries(retry_at + timedelta(seconds=1), 10) == ["S0001"]
+    row = session.execute(tables.dep_devices.select().where(tables.dep_devices.c.serial_number == "S0000")).one()
+    assert (row.profile_status, row.profile_uuid, row.assigned_by) == ("assigned", "P1", "system:enrollment")
+    store.delete_many(["S0000"])
+    assert "S0000" not in store.get_many(["S0000"])
+
+    commits = []
+    cursors = TokenCursorStore(session, "t1", lambda: commits.append(session.commit()))
+    assert cursors.load() is None
+    cursors.save(CursorState("c1", "fetch", "gen3"))
+    assert cursors.load() == CursorState("c1", "fetch", "gen3") and len(commits) == 1
+    session.close()
+    engine.dispose()
+
+
+def test_read_ahead_downloads_the_next_page_while_the_current_one_is_used():
+    started = []
+
+    def pages():
+        for number in range(3):
+            started.append(number)
+            yield number
+
+    seen = []
+    for page in read_ahead(pages()):
+        eventlet.sleep(0)  # let the read-ahead run
+        seen.append((page, list(started)))
+    assert seen == [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2])]
+
+
+def test_read_ahead_raises_the_download_error_to_the_consumer():
+    def failing():
+        yield 1
+        raise RuntimeError("EXPIRED_CURSOR")
+
+    reader = read_ahead(failing())
+    assert next(reader) == 1
+    with pytest.raises(RuntimeError, match="EXPIRED_CURSOR"):
+        next(reader)
