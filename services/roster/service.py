@@ -188,7 +188,7 @@ class RosterService(OrchardService):
         page, page_size = _page(page, page_size)
         store = ImportRunner(self.db.session, self.db.publish).plans
         row = store.get(plan_id)
-        if not visible(actor, row.summary.get("locations")):
+        if not _plan_visible(actor, row.summary.get("locations")):
             raise NotFound(f"there is no import plan {plan_id} in your locations")
         changes = store.changes(plan_id, after_seq=(page - 1) * page_size - 1, limit=page_size)
         return {"plan_id": plan_id, "status": row.status, "origin": row.origin,
@@ -206,7 +206,7 @@ class RosterService(OrchardService):
                  "actor_id": r.actor_id, "created_at": r.created_at.isoformat(),
                  "applied_at": r.applied_at.isoformat() if r.applied_at else None,
                  "counts": r.summary["counts"], "rejected": len(r.summary["rejected"])}
-                for r in store.runs(limit) if visible(actor, r.summary.get("locations"))]
+                for r in store.runs(limit) if _plan_visible(actor, r.summary.get("locations"))]
 
     # ------------------------------------------------------------ API tokens
 
@@ -282,6 +282,13 @@ class RosterService(OrchardService):
                 raise NotFound(f"there is no location '{location_id}' among yours")
             return [location_id]
         return list(actor.locations or ()) if actor.is_location_bound else None
+
+
+def _plan_visible(actor: Actor, plan_locations: list[str] | None) -> bool:
+    """A location-bound actor sees only plans limited to their own locations."""
+    if not actor.is_location_bound:
+        return True
+    return plan_locations is not None and set(plan_locations) <= set(actor.locations or ())
 
 
 def _require_str(value: Any, name: str) -> None:

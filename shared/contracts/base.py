@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 import uuid
@@ -39,7 +40,29 @@ class Contract:
         return cls(**values)  # unknown fields are ignored: newer publishers may add some
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        # not dataclasses.asdict: it deep-copies every value, which made publishing
+        # 100,000 events cost seconds; JSON-ready values need only containers copied
+        return {name: _plain(getattr(self, name)) for name in _field_names(type(self))}
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> Any:
+    if value.__class__ in _SCALARS:
+        return value
+    if isinstance(value, Contract):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [item if item.__class__ in _SCALARS else _plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
 
 
 def _checked(value: Any, hint: Any, where: str) -> Any:

@@ -48,8 +48,8 @@ class FakeEnrollment:
     def fetch_roster(self, token_id, kind, cursor=None):
         items = ASM_PAGES.get(kind, [])
         if cursor is None:
-            return {kind: items[:1], "cursor": "page-2", "more_to_follow": len(items) > 1}
-        return {kind: items[1:], "cursor": "end", "more_to_follow": False}
+            return {"kind": kind, "items": items[:1], "cursor": "page-2", "more_to_follow": len(items) > 1}
+        return {"kind": kind, "items": items[1:], "cursor": "end", "more_to_follow": False}
 
 
 def workbook(users, classes=(), locations=(("north", "North"), ("south", "South"))) -> str:
@@ -166,6 +166,8 @@ def test_access_by_role_and_location(roster, rpc_as):
             [user_row("n2"), user_row("s9", location="south")], locations=[("north", "North")]))
         assert plan["counts"]["user"] == {"add": 1, "update": 0, "delete": 1}  # n2 in, n1 out
         assert "outside the locations you manage" in plan["rejected"][0]["reason"]
+        # the leader sees their own plan, not the administrator's district-wide one
+        assert [r["plan_id"] for r in rpc.roster.import_runs()] == [plan["plan_id"]]
         with pytest.raises(PermissionDenied):
             rpc.roster.create_api_token("mine")
     for reader in (TEACHER, MSP):
@@ -177,11 +179,11 @@ def test_access_by_role_and_location(roster, rpc_as):
 
 def test_asm_preview_follows_preferences_and_warns(roster, rpc_as):
     ASM_PAGES.update({
-        "locations": [{"unique_identifier": "L1", "name": "North"}],
-        "courses": [],
-        "classes": [{"unique_identifier": "C1", "name": "Maths", "location": {"unique_identifier": "L1"},
+        "location": [{"unique_identifier": "L1", "name": "North"}],
+        "course": [],
+        "class": [{"unique_identifier": "C1", "name": "Maths", "location": {"unique_identifier": "L1"},
                      "instructor_unique_identifiers": ["P1"], "student_unique_identifiers": ["P2"]}],
-        "persons": [{"unique_identifier": "P1", "person_id": "t-1", "name": "Tea Cher",
+        "person": [{"unique_identifier": "P1", "person_id": "t-1", "name": "Tea Cher",
                      "email_address": "t@school.example"},
                     {"unique_identifier": "P2", "person_id": "s-1", "name": "Stu Dent",
                      "email_address": "s@school.example", "grade": "7"},

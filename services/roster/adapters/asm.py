@@ -16,7 +16,8 @@ from services.roster.domain.asm_mapping import AsmPreferences, AsmRoster
 from shared.errors import UpstreamError
 from shared.storage import utc_now
 
-ROSTER_KINDS = ("locations", "courses", "classes", "persons")
+# enrollment's roster kinds -> the AsmRoster list they fill
+ROSTER_KINDS = {"location": "locations", "course": "courses", "class": "classes", "person": "persons"}
 MAX_PAGES = 10_000  # a cursor that never ends is Apple's bug, not a reason to loop forever
 
 
@@ -66,17 +67,17 @@ class AsmPreferenceStore:
 def fetch_roster(enrollment: Any, token_id: str) -> AsmRoster:
     """Every page of the four roster endpoints, through ``enrollment.fetch_roster``.
 
-    Each answer is Apple's page: the objects under the kind's key (or ``items``), a
-    ``cursor`` and ``more_to_follow``.
+    Each answer is one page of Apple's objects: ``{"kind", "items", "cursor",
+    "more_to_follow"}``.
     """
     roster = AsmRoster()
-    for kind in ROSTER_KINDS:
+    for kind, attribute in ROSTER_KINDS.items():
         cursor = None
         for _ in range(MAX_PAGES):
             page = enrollment.fetch_roster(token_id, kind, cursor)
             if not isinstance(page, dict):
                 raise UpstreamError(f"enrollment.fetch_roster returned no page for {kind}")
-            getattr(roster, kind).extend(page.get(kind) or page.get("items") or [])
+            getattr(roster, attribute).extend(page.get("items") or [])
             cursor = page.get("cursor")
             if not page.get("more_to_follow") or not cursor:
                 break

@@ -5,8 +5,9 @@ action and turns it into a handful of executemany statements.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -21,7 +22,7 @@ from shared.errors import Conflict
 
 CHUNK = 1000
 USER_COLUMNS = ("user_id", "user_type", "first_name", "last_name", "name", "email",
-                "managed_apple_id", "locations", "grade_level", "serial_numbers")
+                "managed_apple_id", "grade_level")
 CLASS_COLUMNS = ("name", "location_id", "course_name", "room")
 
 
@@ -30,12 +31,52 @@ def chunks(items: list[Any], size: int = CHUNK) -> Iterator[list[Any]]:
         yield items[start:start + size]
 
 
-def user_record(row: Any) -> UserRecord:
+def bulk_insert(session: Session, table: sa.Table, columns: Sequence[str],
+                rows: list[tuple[Any, ...]]) -> None:
+    """Insert many rows (tuples in ``columns`` order) at once.
+
+    On SQLite the rows go straight to the driver's executemany (SQLAlchemy's per-row
+    parameter processing costs more than SQLite's own work for 100,000-row imports);
+    elsewhere SQLAlchemy's batched multi-row INSERTs are the fast path.
+    """
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        session.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
+        return
+    encoded = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
+    if encoded:
+        dumps = json.dumps
+        rows = [tuple(dumps(v) if i in encoded and v is not None else v for i, v in enumerate(row))
+                for row in rows]
+    connection.exec_driver_sql(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        rows)
+
+
+def serials_text(serial_numbers: list[str]) -> str | None:
+    return ",".join(serial_numbers) or None
+
+
+def user_record(row: Any, locations: list[str]) -> UserRecord:
     return UserRecord(
         user_id=row.user_id, user_type=row.user_type, first_name=row.first_name,
         last_name=row.last_name, name=row.name, email=row.email,
-        managed_apple_id=row.managed_apple_id, locations=list(row.locations or ()),
-        grade_level=row.grade_level, serial_numbers=list(row.serial_numbers or ()))
+        managed_apple_id=row.managed_apple_id, locations=sorted(locations),
+        grade_level=row.grade_level,
+        serial_numbers=row.serial_numbers.split(",") if row.serial_numbers else [])
+
+
+def user_locations(session: Session, keys: list[int] | None = None) -> dict[int, list[str]]:
+    """key -> location IDs, for the given users or all of them."""
+    query = sa.select(t.user_locations.c.user_key, t.user_locations.c.location_id)
+    if keys is not None:
+        query = query.where(t.user_locations.c.user_key.in_(keys))
+    located: dict[int, list[str]] = defaultdict(list)
+    for key, location_id in session.execute(query):
+        located[key].append(location_id)
+    return located
 
 
 class SqlHierarchy:
@@ -73,9 +114,11 @@ class SqlHierarchy:
                 for r in self.session.execute(sa.select(t.grade_levels))]
 
     def users(self) -> Iterator[StoredUser]:
+        located = user_locations(self.session)
         result = self.session.execute(sa.select(t.users).execution_options(yield_per=5000))
         for row in result:
-            yield StoredUser(key=row.id, record=user_record(row), source=row.source)
+            yield StoredUser(key=row.id, record=user_record(row, located.get(row.id, [])),
+                             source=row.source)
 
     def classes(self) -> list[StoredClass]:
         members = self.class_members()
@@ -129,27 +172,29 @@ class SqlHierarchy:
                 else location == c.before["location_id"]))
 
     def _user_add(self, changes: list[Change], source: str) -> None:
+        # keys are handed out here rather than by the database, which saves a RETURNING
+        # round trip per batch; applies are serialised by claim_version, so none collide
         keys = self.user_keys()
-        for part in chunks(changes):
-            rows = [{**{col: c.after.get(col) for col in USER_COLUMNS}, "source": source}
-                    for c in part]
-            result = self.session.execute(
-                t.users.insert().returning(t.users.c.id, t.users.c.user_id, sort_by_parameter_order=True),
-                rows)
-            added = result.all()
-            keys.update({user_id: key for key, user_id in added})
-            location_rows = [{"user_key": key, "location_id": lid}
-                             for (key, _), c in zip(added, part) for lid in c.after["locations"]]
-            if location_rows:
-                self.session.execute(t.user_locations.insert(), location_rows)
+        next_key = (self.session.execute(sa.select(sa.func.max(t.users.c.id))).scalar() or 0) + 1
+        rows, location_rows = [], []
+        for key, c in enumerate(changes, start=next_key):
+            after = c.after
+            rows.append((key, source, serials_text(after["serial_numbers"]),
+                         *[after.get(col) for col in USER_COLUMNS]))
+            location_rows.extend((key, lid) for lid in after["locations"])
+            keys[c.natural_id] = key
+        bulk_insert(self.session, t.users, ("id", "source", "serial_numbers", *USER_COLUMNS), rows)
+        bulk_insert(self.session, t.user_locations, ("user_key", "location_id"), location_rows)
 
     def _user_update(self, changes: list[Change], source: str) -> None:
         keys = self.user_keys()
-        rows = [{**{f"new_{col}": c.after.get(col) for col in USER_COLUMNS}, "key": c.target}
+        rows = [{**{f"new_{col}": c.after.get(col) for col in USER_COLUMNS}, "key": c.target,
+                 "new_serial_numbers": serials_text(c.after["serial_numbers"])}
                 for c in changes]
         self.session.execute(
             t.users.update().where(t.users.c.id == sa.bindparam("key")).values(
-                source=source, **{col: sa.bindparam(f"new_{col}") for col in USER_COLUMNS}),
+                source=source, serial_numbers=sa.bindparam("new_serial_numbers"),
+                **{col: sa.bindparam(f"new_{col}") for col in USER_COLUMNS}),
             rows)
         for c in changes:
             if c.before and "user_id" in c.before:
@@ -159,10 +204,8 @@ class SqlHierarchy:
         if moved:
             self.session.execute(t.user_locations.delete().where(
                 t.user_locations.c.user_key.in_([c.target for c in moved])))
-            rows = [{"user_key": c.target, "location_id": lid} for c in moved
-                    for lid in c.after["locations"]]
-            if rows:
-                self.session.execute(t.user_locations.insert(), rows)
+            bulk_insert(self.session, t.user_locations, ("user_key", "location_id"),
+                        [(c.target, lid) for c in moved for lid in c.after["locations"]])
 
     def _user_delete(self, changes: list[Change], source: str) -> None:
         keys = self.user_keys()
@@ -198,11 +241,10 @@ class SqlHierarchy:
             self.session.execute(t.memberships.delete().where(
                 t.memberships.c.class_id.in_([c.natural_id for c in changes])))
         keys = self.user_keys()
-        rows = [{"class_id": c.natural_id, "user_key": keys[user_id], "role": role}
+        rows = [(c.natural_id, keys[user_id], role)
                 for c in changes for role in ("teacher", "student")
                 for user_id in c.after[f"{role}_ids"]]
-        for part in chunks(rows, 5000):
-            self.session.execute(t.memberships.insert(), part)
+        bulk_insert(self.session, t.memberships, ("class_id", "user_key", "role"), rows)
 
     def user_keys(self) -> dict[str, int]:
         """user ID -> key, loaded once and kept current by this writer's own writes."""

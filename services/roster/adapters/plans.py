@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.roster.adapters import tables as t
-from services.roster.adapters.hierarchy import chunks
+from services.roster.adapters.hierarchy import bulk_insert, chunks
 from services.roster.domain.planning import Change, Plan, PlanSummary
 from shared.errors import NotFound
 from shared.storage import utc_now
@@ -29,11 +29,11 @@ class PlanStore:
             plan_id=plan_id, source=plan.summary.source, status=PREVIEWED,
             summary=plan.summary.to_dict(), actor_id=actor_id, origin=origin,
             created_at=utc_now()))
+        columns = ("plan_id", "seq", "entity", "action", "natural_id", "target", "after", "before")
         for start, part in enumerate(chunks(plan.changes, 2000)):
-            self.session.execute(t.plan_changes.insert(), [
-                {"plan_id": plan_id, "seq": start * 2000 + i, "entity": c.entity,
-                 "action": c.action, "natural_id": c.natural_id, "target": c.target,
-                 "after": c.after, "before": c.before}
+            bulk_insert(self.session, t.plan_changes, columns, [
+                (plan_id, start * 2000 + i, c.entity, c.action, c.natural_id, c.target, c.after,
+                 c.before)
                 for i, c in enumerate(part)])
         return plan_id
 

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.roster.adapters import tables as t
-from services.roster.adapters.hierarchy import SqlHierarchy, user_record
+from services.roster.adapters.hierarchy import SqlHierarchy, user_locations, user_record
 from shared.contracts.roster import ClassRecord, UserRecord
 
 
@@ -27,12 +27,16 @@ class RosterQueries:
             query = query.where(t.users.c.user_type.in_(list(user_types)))
         total = self.session.execute(
             sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
-        rows = self.session.execute(query.order_by(t.users.c.user_id).offset(offset).limit(limit))
-        return [user_record(row) for row in rows], total
+        rows = self.session.execute(
+            query.order_by(t.users.c.user_id).offset(offset).limit(limit)).all()
+        located = user_locations(self.session, [row.id for row in rows])
+        return [user_record(row, located.get(row.id, [])) for row in rows], total
 
     def user(self, user_id: str) -> UserRecord | None:
         row = self.session.execute(sa.select(t.users).where(t.users.c.user_id == user_id)).first()
-        return user_record(row) if row else None
+        if row is None:
+            return None
+        return user_record(row, user_locations(self.session, [row.id]).get(row.id, []))
 
     def classes_of_user(self, user_id: str) -> list[dict[str, str]]:
         rows = self.session.execute(

@@ -211,7 +211,7 @@ class _Reader:
                             users=users, classes=classes, rejected=self.rejected)
         return SpreadsheetImport(batch=batch, row_numbers=self.row_numbers)
 
-    def _records(self, sheet: str, build: Callable[[dict[str, int], list[Any]], Any],
+    def _records(self, sheet: str, build: Callable[[dict[str, str | None]], Any],
                  id_field: str | None) -> Iterator[Any]:
         rows = self.tables[sheet]
         header_row = next(rows, None)
@@ -225,10 +225,11 @@ class _Reader:
                 self.rejected.append(RejectedRow(
                     sheet=sheet, row=number, reason="holds a formula; paste values only"))
                 continue
-            if all(c is None or (isinstance(c, str) and not c.strip()) for c in cells):
-                continue  # empty rows, often trailing, mean nothing
             try:
-                record = build(columns, cells)
+                values = _values(columns, cells)
+                if not any(values.values()):
+                    continue  # empty rows, often trailing, mean nothing
+                record = build(values)
                 if id_field:
                     natural_id = getattr(record, id_field)
                     if natural_id in numbers:
@@ -240,35 +241,31 @@ class _Reader:
                 continue
             yield record
 
-    def _location(self, columns: dict[str, int], cells: list[Any]) -> LocationRecord:
-        get = _getter(columns, cells)
+    def _location(self, get: dict[str, str | None]) -> LocationRecord:
         return LocationRecord(location_id=_required(get, "Location ID"),
                               name=_required(get, "Name"))
 
-    def _grade_level(self, columns: dict[str, int], cells: list[Any]) -> GradeLevelRecord:
-        get = _getter(columns, cells)
-        return GradeLevelRecord(name=_required(get, "Name"), location_id=get("Location ID"))
+    def _grade_level(self, get: dict[str, str | None]) -> GradeLevelRecord:
+        return GradeLevelRecord(name=_required(get, "Name"), location_id=get["Location ID"])
 
-    def _user(self, columns: dict[str, int], cells: list[Any]) -> UserRecord:
-        get = _getter(columns, cells)
+    def _user(self, get: dict[str, str | None]) -> UserRecord:
         kind = _required(get, "Type")
         user_type = USER_TYPES_BY_WORD.get(kind.lower())
         if user_type is None:
             raise _RowProblem(f"type '{kind}' is not one of Student, Teacher, Staff")
         return UserRecord(
             user_id=_required(get, "User ID"), user_type=user_type,
-            first_name=get("First Name"), last_name=get("Last Name"), email=get("Email"),
-            managed_apple_id=get("Managed Apple ID"), locations=_list(get("Location IDs")),
-            grade_level=get("Grade Level"),
-            serial_numbers=[s.upper() for s in _list(get("Device Serial Numbers"))])
+            first_name=get["First Name"], last_name=get["Last Name"], email=get["Email"],
+            managed_apple_id=get["Managed Apple ID"], locations=_list(get["Location IDs"]),
+            grade_level=get["Grade Level"],
+            serial_numbers=[s.upper() for s in _list(get["Device Serial Numbers"])])
 
-    def _class(self, columns: dict[str, int], cells: list[Any]) -> ClassRecord:
-        get = _getter(columns, cells)
+    def _class(self, get: dict[str, str | None]) -> ClassRecord:
         return ClassRecord(
             class_id=_required(get, "Class ID"), name=_required(get, "Class Name"),
-            course_name=get("Course Name"), location_id=_required(get, "Location ID"),
-            room=get("Room"), teacher_ids=_list(get("Teacher IDs")),
-            student_ids=_list(get("Student IDs")))
+            course_name=get["Course Name"], location_id=_required(get, "Location ID"),
+            room=get["Room"], teacher_ids=_list(get["Teacher IDs"]),
+            student_ids=_list(get["Student IDs"]))
 
 
 def _label(id_field: str) -> str:
@@ -286,19 +283,25 @@ def _header_positions(sheet: str, header: list[Any]) -> dict[str, int]:
     return positions
 
 
-def _getter(columns: dict[str, int], cells: list[Any]) -> Callable[[str], str | None]:
-    def get(name: str) -> str | None:
-        index = columns[name]
-        value = cells[index] if index < len(cells) else None
-        try:
-            return _text(value)
-        except _RowProblem as problem:
-            raise _RowProblem(f"column '{name}': {problem}") from None
-    return get
+def _values(columns: dict[str, int], cells: list[Any]) -> dict[str, str | None]:
+    """The template's columns of one row as text (None when empty)."""
+    values: dict[str, str | None] = {}
+    count = len(cells)
+    for name, index in columns.items():
+        value = cells[index] if index < count else None
+        if value.__class__ is str:  # the common case, kept cheap
+            value = value.strip() or None
+        elif value is not None:
+            try:
+                value = _text(value)
+            except _RowProblem as problem:
+                raise _RowProblem(f"column '{name}': {problem}") from None
+        values[name] = value
+    return values
 
 
-def _required(get: Callable[[str], str | None], name: str) -> str:
-    value = get(name)
+def _required(values: dict[str, str | None], name: str) -> str:
+    value = values[name]
     if value is None:
         raise _RowProblem(f"column '{name}' is empty")
     return value
@@ -357,14 +360,14 @@ def _calamine_rows(book: Any, sheet: str, formula_rows: set[int]) -> RowSource:
         if number in formula_rows:
             yield number, FORMULA_ROW
         else:
-            # calamine reports empty cells as ""; treat them as missing
-            yield number, [None if c == "" else c for c in cells]
+            yield number, cells  # empty cells come as "", which reads as missing
 
 
 _NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
        "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
        "rel": "http://schemas.openxmlformats.org/package/2006/relationships"}
-_FORMULA_TAG = re.compile(rb"<(?:\w+:)?f[\s>/]")
+# a formula is an <f> element (<x:f> with a namespace prefix); a false hit only costs a parse
+_FORMULA_MARKERS = (b"<f>", b"<f ", b"<f/", b":f>", b":f ")
 
 
 def _xlsx_sheet_paths(filename: str, archive: zipfile.ZipFile) -> dict[str, str]:
@@ -383,11 +386,12 @@ def _xlsx_sheet_paths(filename: str, archive: zipfile.ZipFile) -> dict[str, str]
 
 
 def _formula_rows(archive: zipfile.ZipFile, path: str) -> set[int]:
-    """Rows holding formulas: a cheap byte scan first, an XML parse only if one is found."""
+    """Rows holding formulas: a byte scan first, an XML parse only if one may be there."""
     with archive.open(path) as part:
         tail = b""
         while chunk := part.read(1 << 20):
-            if _FORMULA_TAG.search(tail + chunk):
+            window = tail + chunk
+            if any(marker in window for marker in _FORMULA_MARKERS):
                 break
             tail = chunk[-16:]
         else:

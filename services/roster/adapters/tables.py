@@ -32,19 +32,18 @@ users = sa.Table(
     "roster_users", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),  # survives a new user ID
     sa.Column("user_id", sa.String(128), nullable=False, unique=True),
-    sa.Column("user_type", sa.String(10), nullable=False, index=True),
+    sa.Column("user_type", sa.String(10), nullable=False),
     sa.Column("first_name", sa.String(255)),
     sa.Column("last_name", sa.String(255)),
     sa.Column("name", sa.String(255)),
-    sa.Column("email", sa.String(255), index=True),
+    sa.Column("email", sa.String(255)),
     sa.Column("managed_apple_id", sa.String(255)),
-    sa.Column("locations", sa.JSON, nullable=False),
     sa.Column("grade_level", sa.String(255)),
-    sa.Column("serial_numbers", sa.JSON, nullable=False),
+    sa.Column("serial_numbers", sa.Text),  # comma-separated; serial numbers hold no commas
     sa.Column("source", sa.String(20), nullable=False),
 )
 
-# the same locations as roster_users.locations, for filtering by location in SQL
+# a user's locations (usually one), also what lists are filtered by
 user_locations = sa.Table(
     "roster_user_locations", metadata,
     sa.Column("user_key", sa.Integer, sa.ForeignKey("roster_users.id", ondelete="CASCADE"),

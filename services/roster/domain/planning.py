@@ -13,7 +13,7 @@ changes (a class's members after the change); the summary still counts them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Iterator, Mapping, Protocol
 
 from shared.contracts.roster import (
@@ -31,7 +31,7 @@ from shared.contracts.roster import (
     UserRecord,
     UserUpdated,
 )
-from shared.contracts.base import Event
+from shared.contracts.base import Event, utc_now_iso
 from shared.errors import Conflict, ValidationError
 
 MAX_NAME_LENGTH = 255
@@ -568,17 +568,22 @@ _PHASES = (
 )
 
 
+_USER_RECORD_FIELDS = tuple(f.name for f in fields(UserRecord))
+_CLASS_RECORD_FIELDS = tuple(f.name for f in fields(ClassRecord))
+
+
 def _user_dict(user: UserRecord) -> dict[str, Any]:
-    data = user.to_dict()
-    data["locations"] = sorted(data["locations"])
-    data["serial_numbers"] = sorted(data["serial_numbers"])
+    # built by hand rather than with to_dict: this runs once per user of an import
+    data = {name: getattr(user, name) for name in _USER_RECORD_FIELDS}
+    data["locations"] = sorted(user.locations)
+    data["serial_numbers"] = sorted(user.serial_numbers)
     return data
 
 
 def _class_dict(cls: ClassRecord) -> dict[str, Any]:
-    data = cls.to_dict()
-    data["teacher_ids"] = sorted(data["teacher_ids"])
-    data["student_ids"] = sorted(data["student_ids"])
+    data = {name: getattr(cls, name) for name in _CLASS_RECORD_FIELDS}
+    data["teacher_ids"] = sorted(cls.teacher_ids)
+    data["student_ids"] = sorted(cls.student_ids)
     return data
 
 
@@ -618,18 +623,20 @@ def _user_problem(user: UserRecord, location_ids: set[str]) -> str | None:
         return problem
     if user.user_type not in USER_TYPES:
         return f"user type '{user.user_type}' is not one of {', '.join(USER_TYPES)}"
-    for what, value in (("first name", user.first_name), ("last name", user.last_name),
-                        ("name", user.name), ("e-mail", user.email),
-                        ("Managed Apple ID", user.managed_apple_id)):
-        problem = _name_problem(what, value)
-        if problem:
-            return problem
+    names = (user.first_name, user.last_name, user.name, user.email, user.managed_apple_id)
+    # the common case (every value short and not blank) is checked without building messages
+    if any(v is not None and (len(v) > MAX_NAME_LENGTH or not v.strip()) for v in names):
+        for what, value in zip(("first name", "last name", "name", "e-mail", "Managed Apple ID"),
+                               names):
+            problem = _name_problem(what, value)
+            if problem:
+                return problem
     if not (user.name or user.first_name or user.last_name):
         return "the user has no name"
     if user.email and "@" not in user.email:
         return f"e-mail '{user.email}' is not an e-mail address"
-    unknown = [lid for lid in user.locations if lid not in location_ids]
-    if unknown:
+    if not location_ids.issuperset(user.locations):
+        unknown = [lid for lid in user.locations if lid not in location_ids]
         return f"unknown location ID(s) {', '.join(unknown)}; add them to the Locations sheet"
     return None
 
@@ -682,8 +689,9 @@ def apply_plan(changes: Iterable[Change], writer: HierarchyWriter, source: str, 
 
 def _write_run(run: list[Change], writer: HierarchyWriter, source: str) -> Iterator[Event]:
     writer.write(run[0].entity, run[0].action, run, source)
+    occurred_at = utc_now_iso()  # the whole run was written at once
     for change in run:
-        event = event_for(change, source)
+        event = event_for(change, source, occurred_at)
         if event is not None:
             yield event
 
@@ -694,22 +702,24 @@ _USER_EVENT_FIELDS = ("user_id", "user_type", "email", "managed_apple_id", "loca
                       "grade_level", "welcome_email")
 
 
-def event_for(change: Change, source: str) -> Event | None:
+def event_for(change: Change, source: str, occurred_at: str | None = None) -> Event | None:
     """The event an applied change publishes."""
+    when = {"occurred_at": occurred_at} if occurred_at else {}
     if change.entity == USER:
         record = change.after if change.action != DELETE else change.before
         assert record is not None
         fields = {f: record.get(f) for f in _USER_EVENT_FIELDS}
         fields["locations"] = list(fields["locations"] or [])
         fields["welcome_email"] = bool(fields["welcome_email"]) and change.action == ADD
-        return _USER_EVENTS[change.action](name=display_name(record), source=source, **fields)
+        return _USER_EVENTS[change.action](name=display_name(record), source=source, **fields,
+                                           **when)
     if change.entity == CLASS:
         record = change.after if change.action != DELETE else change.before
         assert record is not None
         return _CLASS_EVENTS[change.action](
             class_id=change.natural_id, name=record["name"], location_id=record["location_id"],
             course_name=record.get("course_name"), teacher_ids=list(record["teacher_ids"]),
-            student_ids=list(record["student_ids"]), source=source)
+            student_ids=list(record["student_ids"]), source=source, **when)
     return None
 
 
