@@ -5,7 +5,7 @@ import sqlalchemy as sa
 
 from shared.storage import create_engine_for, utc_now
 from tests.shared.sample.services import ListenerService, NoteTaken, NotesService, metadata, notes
-from tests.shared.test_kernel_runtime import orchard_config, peek  # noqa: F401
+from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,7 @@ def listener_notes(config) -> list[str]:
 
 
 def test_events_survive_the_broker_dropping_every_connection(
-        runner_factory, orchard_config, rpc_as, rabbit_manager):  # noqa: F811
+        runner_factory, orchard_config, rpc_as, rabbit_manager):
     runner_factory(orchard_config, NotesService, ListenerService).start()
     vhost = orchard_config["AMQP_URI"].rsplit("/", 1)[1]
 
@@ -41,7 +41,7 @@ def test_events_survive_the_broker_dropping_every_connection(
     assert peek(orchard_config, "evt-notes-NoteTaken--listener.on_note_taken.dead-letters") == []
 
 
-def test_events_committed_before_a_crash_are_published_on_restart(runner_factory, orchard_config):  # noqa: F811
+def test_events_committed_before_a_crash_are_published_on_restart(runner_factory, orchard_config):
     # the process committed its change and its outbox row, then died before publishing
     engine = create_engine_for(orchard_config["SERVICES"]["notes"]["database_url"])
     runner = runner_factory(orchard_config, ListenerService)

@@ -21,19 +21,6 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def orchard_config(orchard_config, tmp_path):
-    """The sample services get their own databases and ports, like the real five."""
-    from tests.conftest import free_port
-
-    for name in ("notes", "listener", "ticker"):
-        orchard_config["SERVICES"][name] = {
-            "database_url": f"sqlite:///{tmp_path}/{name}.db", "metrics_port": free_port(),
-            "http_address": f"127.0.0.1:{free_port()}",
-        }
-    return orchard_config
-
-
 def test_a_committed_change_is_published_and_handled_once(runner_factory, orchard_config, rpc_as):
     runner = runner_factory(orchard_config, NotesService, ListenerService)
     runner.start()

@@ -6,13 +6,12 @@ import sqlalchemy as sa
 
 from shared.storage import create_engine_for
 from tests.shared.sample.services import ListenerService, NotesService, notes
-from tests.shared.test_kernel_runtime import orchard_config  # noqa: F401  (sample services' settings)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_replicas_share_rpc_calls_and_handle_each_event_once(runner_factory, orchard_config, rpc_as):  # noqa: F811
+def test_replicas_share_rpc_calls_and_handle_each_event_once(runner_factory, orchard_config, rpc_as):
     for _ in range(2):
         runner_factory(orchard_config, NotesService, ListenerService).start()
 
