@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", default="var/apple_sandbox", help="where the sandbox Apple CA is kept")
     args = parser.parse_args(argv)
 
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # delivered to sigwait below, in every thread
     state_dir = Path(args.state_dir)
     SandboxAppleCA.load_or_create(state_dir)
     dep = serve_wsgi(DepSandbox(), args.host, args.dep_port)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  admin: {dep.url}/_sandbox/  {vpp.url}/_sandbox/  http://{args.host}:{args.apns_admin_port}/_sandbox/",
           flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         apns.terminate()
         for server in (dep, vpp, smtp):
