@@ -177,7 +177,7 @@ class PushService(OrchardService):
 
     @event_handler(DeviceUnenrolled)
     def on_device_unenrolled(self, event: DeviceUnenrolled) -> None:
-        self._repository().remove_device(event.udid)
+        self._repository().remove_device(event.udid, _occurred_at(event.occurred_at))
 
     # -- helpers --
 

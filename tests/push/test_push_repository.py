@@ -62,5 +62,5 @@ def test_certificates_and_devices_round_trip(repository, issue_push):
     repository.enroll_device(device("D0007", parsed.topic, token="cd" * 32))
     assert repository.push_targets(["D0007"])["D0007"].push_disabled_reason is None
 
-    assert repository.remove_device("D0000") and not repository.remove_device("D0000")
+    assert repository.remove_device("D0000", NOW) and not repository.remove_device("D0000", NOW)
     assert repository.device_count(parsed.topic) == 1499

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.push.adapters.tables import certificates, devices, signing_keys
+from services.push.adapters.tables import certificates, device_removals, devices, signing_keys
 from services.push.domain.certificates import PushCertificate
 from services.push.domain.pushes import PushTarget
 from shared.errors import NotFound
@@ -75,15 +75,39 @@ class PushRepository:
     def device_count(self, topic: str) -> int:
         return self.session.execute(sa.select(sa.func.count()).where(devices.c.topic == topic)).scalar_one()
 
-    def enroll_device(self, fields: dict[str, Any]) -> None:
-        """Insert or refresh a device: a new check-in brings a fresh token, so pushing is enabled again."""
-        values = {**fields, "push_disabled_reason": None}
-        updated = self.session.execute(devices.update().where(devices.c.udid == fields["udid"]).values(**values))
-        if updated.rowcount == 0:
-            self.session.execute(devices.insert().values(**values))
+    def enroll_device(self, fields: dict[str, Any]) -> bool:
+        """Insert or refresh a device: a new check-in brings a fresh token, so pushing is enabled again.
 
-    def remove_device(self, udid: str) -> bool:
-        return self.session.execute(devices.delete().where(devices.c.udid == udid)).rowcount > 0
+        Events can arrive out of order: an enrollment older than the stored one or than the
+        device's last check-out changes nothing. Returns whether the device was written.
+        """
+        enrolled_at = fields["enrolled_at"]
+        removed_at = self.session.execute(
+            sa.select(device_removals.c.removed_at).where(device_removals.c.udid == fields["udid"])).scalar()
+        if removed_at is not None and removed_at > enrolled_at:
+            return False
+        values = {**fields, "push_disabled_reason": None}
+        stored = self.session.execute(sa.select(devices.c.enrolled_at).where(devices.c.udid == fields["udid"])).scalar()
+        if stored is None:
+            self.session.execute(devices.insert().values(**values))
+            return True
+        if stored > enrolled_at:
+            return False
+        self.session.execute(devices.update().where(devices.c.udid == fields["udid"]).values(**values))
+        return True
+
+    def remove_device(self, udid: str, removed_at: datetime) -> bool:
+        """Forget a device that checked out at ``removed_at``, unless it enrolled again after that."""
+        previous = self.session.execute(
+            sa.select(device_removals.c.removed_at).where(device_removals.c.udid == udid)).scalar()
+        if previous is None:
+            self.session.execute(device_removals.insert().values(udid=udid, removed_at=removed_at))
+        elif previous < removed_at:
+            self.session.execute(device_removals.update().where(device_removals.c.udid == udid)
+                                 .values(removed_at=removed_at))
+        deleted = self.session.execute(
+            devices.delete().where(devices.c.udid == udid, devices.c.enrolled_at <= removed_at))
+        return deleted.rowcount > 0
 
     def push_targets(self, udids: list[str]) -> dict[str, PushTarget]:
         targets = {}

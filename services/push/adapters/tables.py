@@ -50,3 +50,10 @@ devices = sa.Table(
     # set when APNs says the token will never work again; cleared by the next enrollment
     sa.Column("push_disabled_reason", sa.String(100), nullable=True),
 )
+
+# when each device last checked out: an enrollment older than its check-out, delivered late, is ignored
+device_removals = sa.Table(
+    "push_device_removals", metadata,
+    sa.Column("udid", sa.String(100), primary_key=True),
+    sa.Column("removed_at", UtcDateTime, nullable=False),
+)
