@@ -452,7 +452,8 @@ class VppService(OrchardService):
     def on_user_imported(self, event: UserImported) -> None:
         repo = self.repo
         repo.remember_users([{"user_id": event.user_id, "name": event.name, "email": event.email,
-                              "managed_apple_id": event.managed_apple_id, "locations": list(event.locations)}])
+                              "managed_apple_id": event.managed_apple_id, "locations": list(event.locations),
+                              "changed_at": event.occurred()}])
         invited: set[str] | None = None
 
         def already_invited(token_id: str, user_id: str) -> bool:

@@ -135,6 +135,14 @@ class Event(Contract):
     def to_payload(self) -> dict[str, Any]:
         return {**self.to_dict(), "v": self.VERSION}
 
+    def occurred(self) -> datetime:
+        """``occurred_at`` as an aware datetime, for handlers that order events by it."""
+        try:
+            moment = datetime.fromisoformat(self.occurred_at)
+        except ValueError:
+            raise ValidationError(f"occurred_at {self.occurred_at!r} is not an ISO-8601 timestamp") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
     @classmethod
     def from_payload(cls: type[T], payload: Any) -> T:
         return cls.from_dict(payload, what=cls.__name__)

@@ -6,6 +6,7 @@ import pytest
 from services.push.service import PushService
 from shared.contracts.base import Event
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
+from shared.contracts.roster import UserImported
 from tests.reliability.conftest import publish, query
 from tests.waiting import wait_for
 
@@ -54,3 +55,27 @@ def test_push_devices_end_right_whatever_the_order_of_enrollment_events(runner_f
 
     devices = {row.udid: row.push_token for row in query(orchard_config, "push", "select udid, push_token from push_devices")}
     assert devices == {"renewed": "bb" * 32, "back": "dd" * 32, "plain": "ff" * 32}
+
+
+def imported(user_id: str, minutes: int, managed_apple_id: str) -> UserImported:
+    return UserImported(user_id=user_id, user_type="student", name=user_id.title(), source="csv", locations=["north"],
+                        managed_apple_id=managed_apple_id, occurred_at=at(minutes))
+
+
+def test_vpp_keeps_the_newest_roster_details_and_invites_once(runner_factory, vpp_config, vpp_sandbox, rpc_as):
+    from services.vpp.service import VppService
+
+    runner_factory(vpp_config, VppService).start()
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken, locations=["north"], auto_invite_method="managed_apple_id")["id"]
+
+    # the user was imported, removed and imported again with a new Apple ID; the older event arrives last
+    deliver_in_order(vpp_config, "vpp", imported("gil", 5, "gil.new@north.appleid.example"),
+                     imported("gil", 1, "gil.old@north.appleid.example"))
+    known = query(vpp_config, "vpp", "select managed_apple_id from known_users where user_id = 'gil'")
+    assert [row.managed_apple_id for row in known] == ["gil.new@north.appleid.example"]
+    with rpc_as() as rpc:
+        invites = wait_for(lambda: [i for i in rpc.vpp.list_invites(token_id) if i["invite_url"]], what="gil's invite")
+    assert [(i["user_id"], i["managed_apple_id"]) for i in invites] == [("gil", "gil.new@north.appleid.example")]
+    assert vpp_sandbox.state(stoken)["users"] == 1

@@ -190,9 +190,11 @@ class VppRepository:
         if not users:
             return
         insert = _insert(self.session, t.known_users)
+        stored = t.known_users.c.changed_at
         self.session.execute(insert.on_conflict_do_update(
             index_elements=[t.known_users.c.user_id],
-            set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations")}), list(users))
+            set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations", "changed_at")},
+            where=stored.is_(None) | (stored <= insert.excluded.changed_at)), list(users))
 
     def remember_devices(self, serial_numbers: Iterable[str]) -> None:
         rows = [{"serial_number": s} for s in set(serial_numbers) if s]

@@ -85,6 +85,8 @@ known_users = sa.Table(
     sa.Column("email", sa.String(300), nullable=True),
     sa.Column("managed_apple_id", sa.String(300), nullable=True),
     sa.Column("locations", sa.JSON, nullable=False),
+    # when the roster changed these details: a late, older event does not overwrite newer ones
+    sa.Column("changed_at", UtcDateTime, nullable=True),
 )
 
 known_devices = sa.Table(
