@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import logging
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Any
 
 from eventlet import tpool
@@ -172,12 +171,12 @@ class PushService(OrchardService):
         self._repository().enroll_device({
             "udid": event.udid, "topic": event.topic, "serial_number": event.serial_number,
             "push_token": event.push_token, "push_magic": event.push_magic,
-            "enrolled_at": _occurred_at(event.occurred_at),
+            "enrolled_at": event.occurred(),
         })
 
     @event_handler(DeviceUnenrolled)
     def on_device_unenrolled(self, event: DeviceUnenrolled) -> None:
-        self._repository().remove_device(event.udid, _occurred_at(event.occurred_at))
+        self._repository().remove_device(event.udid, event.occurred())
 
     # -- helpers --
 
@@ -273,14 +272,6 @@ def _history_entry(entry: dict[str, Any]) -> dict[str, Any]:
         "before_serial_number": before.get("serial_number"), "after_serial_number": after.get("serial_number"),
         "before_not_after": before.get("not_after"), "after_not_after": after.get("not_after"),
     }
-
-
-def _occurred_at(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(f"occurred_at {value!r} is not an ISO-8601 timestamp") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _certificate_id(value: Any) -> int:
