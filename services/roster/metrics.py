@@ -3,7 +3,7 @@ from prometheus_client import Counter, Histogram
 
 IMPORT_RUNS = Counter(
     "orchard_roster_import_runs", "Import previews and applies by source and outcome "
-    "(previewed, applied, refused, failed).", ["source", "outcome"])
+    "(previewed, applied, refused).", ["source", "outcome"])
 IMPORT_ROWS = Counter(
     "orchard_roster_import_rows", "Applied changes by entity and action.", ["entity", "action"])
 REJECTED_ROWS = Counter(

@@ -262,3 +262,48 @@ def test_mosyle_compatible_api(roster, rpc_as):
     metrics = httpx.get(f"http://127.0.0.1:{roster['SERVICES']['roster']['metrics_port']}/metrics").text
     assert 'orchard_roster_api_requests_total{endpoint="listusers",status="401"}' in metrics
     assert 'orchard_roster_import_runs_total{outcome="applied",source="api"}' in metrics
+
+
+def test_daily_asm_sync_applies_and_stops_at_the_deletion_guard(roster, rpc_as, container_factory):
+    import sqlalchemy as sa
+    from nameko.testing.services import entrypoint_hook
+
+    from services.roster.adapters import tables
+
+    persons = [{"unique_identifier": f"P{i}", "person_id": f"p-{i}", "name": f"Person {i}"}
+               for i in range(4)]
+    ASM_PAGES.update({
+        "location": [{"unique_identifier": "L1", "name": "North"}], "course": [],
+        "class": [{"unique_identifier": "C1", "name": "Maths", "location": {"unique_identifier": "L1"},
+                   "instructor_unique_identifiers": ["P0"],
+                   "student_unique_identifiers": ["P1", "P2", "P3"]}],
+        "person": persons,
+    })
+    container = container_factory(RosterService, roster)
+    container.start()
+    engine = sa.create_engine(roster["SERVICES"]["roster"]["database_url"])
+
+    def sync_now():
+        with engine.begin() as connection:  # make the token due again
+            connection.execute(tables.asm_preferences.update().values(last_sync_at=None))
+        with entrypoint_hook(container, "daily_asm_sync") as daily_sync:
+            daily_sync()
+        with rpc_as() as rpc:
+            return rpc.roster.get_asm_preferences("tok-daily")["last_sync_outcome"]
+
+    with rpc_as() as rpc:
+        rpc.roster.set_asm_preferences("tok-daily", {"sync_time": "00:00"})
+    assert sync_now().startswith("applied plan")
+    with rpc_as() as rpc:
+        assert rpc.roster.list_users()["total"] == 4
+
+    ASM_PAGES["class"][0]["student_unique_identifiers"] = ["P1"]  # two students leave
+    outcome = sync_now()
+    assert outcome.startswith("stopped before applying plan") and "allow_mass_delete" in outcome
+    with rpc_as() as rpc:
+        assert rpc.roster.list_users()["total"] == 4
+        stopped = [e for e in rpc.roster.audit_log() if e["action"] == "asm.sync_stopped"]
+        assert stopped and rpc.roster.apply_plan(stopped[0]["details"]["plan_id"],
+                                                 allow_mass_delete=True)["events"] == 3  # two UserDeleted, one ClassUpdated
+        assert rpc.roster.list_users()["total"] == 2
+    engine.dispose()

@@ -14,8 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.roster.adapters import tables as t
 from services.roster.domain.planning import (
-    ADD, CLASS, DELETE, GRADE_LEVEL, LOCATION, UPDATE, USER, Change, StoredClass,
-    StoredGradeLevel, StoredLocation, StoredUser,
+    Change, StoredClass, StoredGradeLevel, StoredLocation, StoredUser,
 )
 from shared.contracts.roster import ClassRecord, GradeLevelRecord, LocationRecord, UserRecord
 from shared.errors import Conflict

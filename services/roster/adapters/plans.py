@@ -14,7 +14,7 @@ from services.roster.domain.planning import Change, Plan, PlanSummary
 from shared.errors import NotFound
 from shared.storage import utc_now
 
-PREVIEWED, APPLIED, REFUSED, EXPIRED = "previewed", "applied", "refused", "expired"
+PREVIEWED, APPLIED, EXPIRED = "previewed", "applied", "expired"
 UNAPPLIED_PLAN_LIFETIME = timedelta(days=2)
 APPLIED_CHANGES_KEPT = timedelta(days=30)
 

@@ -19,7 +19,7 @@ import itertools
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 from xml.etree import ElementTree
 
 import openpyxl
