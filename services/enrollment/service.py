@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 SYNC_EVERY = (timedelta(hours=2), timedelta(hours=3))  # jittered so tokens spread over time
 FIRST_SYNC_SAFETY_NET = timedelta(minutes=10)  # the scheduler's fallback if the upload's own sync never ran
 SYNC_LEASE = timedelta(minutes=10)  # renewed with every page
+# Apple failed mid-sync (outage, network): try again soon from the saved cursor, not hours later;
+# a few requests an hour during a long outage is no storm
+FAILED_SYNC_RETRY = (timedelta(minutes=5), timedelta(minutes=10))
 MAX_SERIALS_PER_CALL = 10_000
 _UNCHANGED: Any = object()
 
@@ -332,10 +335,11 @@ class EnrollmentService(OrchardService):
         now = utc_now()
         runs.finish(run_id, latest, error)
         outcome = "error" if error else "ok"
+        every = FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY
         values: dict[str, Any] = {
             "sync_holder": None, "sync_lease_until": None, "last_sync_at": now, "last_sync_result": outcome,
             "last_sync_error": error, "apple_refusal": refusal,
-            "next_sync_at": now + timedelta(seconds=random.uniform(*(d.total_seconds() for d in SYNC_EVERY))),
+            "next_sync_at": now + timedelta(seconds=random.uniform(*(d.total_seconds() for d in every))),
         }
         if error is None:
             values["last_successful_sync_at"] = now

@@ -1,7 +1,8 @@
 """A TCP proxy in front of an Apple sandbox that can drop connections, as a flaky network does.
 
 ``mode`` is "pass" (forward bytes both ways) or "reset" (accept, then close at once with a
-TCP reset, before any answer). Runs on green threads in the test process.
+TCP reset, before any answer); ``delay`` holds every answer back that many seconds, as a slow
+Apple does. Runs on green threads in the test process.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.mode = "pass"
         self.resets = 0
+        self.delay = 0.0
         self._server = eventlet.listen(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._acceptor = eventlet.spawn(self._accept)
@@ -38,12 +40,13 @@ class FaultProxy:
                 continue
             upstream = green_socket.create_connection(("127.0.0.1", self.upstream_port))
             eventlet.spawn(self._pipe, client, upstream)
-            eventlet.spawn(self._pipe, upstream, client)
+            eventlet.spawn(self._pipe, upstream, client, answers=True)
 
-    @staticmethod
-    def _pipe(source, target) -> None:
+    def _pipe(self, source, target, answers: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                if answers and self.delay:
+                    eventlet.sleep(self.delay)
                 target.sendall(data)
         except OSError:
             pass

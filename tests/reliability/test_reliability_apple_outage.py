@@ -2,13 +2,15 @@
 outage). Licence operations and device syncs back off, recover by themselves once Apple heals, never
 storm it (request counts from the sandboxes are bounded), and their records say what happened."""
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from services.vpp.service import VppService
 from shared.errors import UpstreamError
-from tests.reliability.conftest import metric_lines
+from tests.reliability.conftest import metric_lines, query
 from tests.reliability.fault_proxy import FaultProxy
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +73,97 @@ def test_licence_operations_back_off_and_recover(runner_factory, vpp_config, vpp
     # the metrics say what happened: every failed answer by its status, every success
     assert apple_calls(config, "503") == 5 and apple_calls(config, "429") == 1
     assert apple_calls(config, "0") == proxied_vpp.resets and apple_calls(config, "none") == 3
+
+
+DEVICES = 3000
+PAGE = 100
+
+
+@pytest.fixture
+def dep_sandbox():
+    from apple_sandbox.dep import DepSandbox
+    from apple_sandbox.server import serve_wsgi
+    from tests.enrollment.conftest import SandboxAdmin
+
+    running = serve_wsgi(DepSandbox())
+    yield SandboxAdmin(running.url)
+    running.stop()
+
+
+@pytest.fixture
+def proxied_dep(orchard_config, dep_sandbox):
+    proxy = FaultProxy(int(dep_sandbox.url.rsplit(":", 1)[1]))
+    orchard_config["SERVICES"]["enrollment"]["dep_url"] = proxy.url_for(dep_sandbox.url)
+    yield proxy
+    proxy.close()
+
+
+def sync_runs(config) -> list:
+    return query(config, "enrollment", "select id, kind, pages, added, error, finished_at from sync_runs order by id")
+
+
+def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
+        runner_factory, orchard_config, dep_sandbox, proxied_dep, rpc_as):
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.enrollment.service import EnrollmentService
+
+    config = orchard_config
+    runner = runner_factory(config, EnrollmentService)
+    runner.start()
+    with rpc_as(timeout=60) as rpc:
+        created = rpc.enrollment.create_server_token("Springfield MDM")
+        server = dep_sandbox.create_server(created["public_key_pem"].encode())
+        token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
+        wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
+
+        # ASM assigns devices; Apple is slow, and its sessions last a second
+        dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE, "session_ttl": 1})
+        dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
+        dep_sandbox.http.delete("/_sandbox/requests")
+        proxied_dep.delay = 0.03
+        pending = rpc.enrollment.sync_devices.call_async(token_id)
+        wait_for(lambda: sync_runs(config)[-1].pages >= 5, what="a few pages stored")
+        dep_sandbox.script("POST /devices/sync", {"status": 503, "body": "SERVICE_UNAVAILABLE",
+                                                  "headers": {"Retry-After": "1"}})
+        failed = pending.result()
+        proxied_dep.delay = 0
+    assert failed["error"] and ("503" in failed["error"] or "unavailable" in failed["error"].lower()), failed
+    assert 5 <= failed["pages"] < DEVICES // PAGE  # the run record says how far it got and why it stopped
+    stored_before = count_devices(config)
+    assert 5 * PAGE <= stored_before < DEVICES
+
+    # the failure is retried soon, not hours later
+    next_sync = query(config, "enrollment", f"select next_sync_at from server_tokens where id = '{token_id}'")[0][0]
+    assert datetime.fromisoformat(str(next_sync)).replace(tzinfo=timezone.utc) < datetime.now(timezone.utc) + timedelta(minutes=15)
+
+    # Apple has healed (but throttles once); the scheduled job resumes from the stored cursor
+    dep_sandbox.script("POST /devices/sync", {"status": 429, "headers": {"Retry-After": "1"}})
+    engine_execute(config, f"update server_tokens set next_sync_at = null where id = '{token_id}'")
+    with entrypoint_hook(get_container(runner, EnrollmentService), "sync_due_tokens") as sync_due_tokens:
+        sync_due_tokens()
+    resumed = sync_runs(config)[-1]
+    assert resumed.error is None and resumed.kind == "sync"
+    assert resumed.added == DEVICES - stored_before  # only what the failed run had not stored
+    assert count_devices(config) == DEVICES
+    counts = dep_sandbox.counts()
+    assert counts["POST /devices/sync 200"] <= DEVICES // PAGE + 1  # each page once (plus a last, empty one)
+    assert counts["POST /devices/sync 503"] == 1 and counts["POST /devices/sync 429"] == 1
+    # each expired session cost one new session and one repeated page, nothing more
+    assert counts["GET /session 200"] == counts["POST /devices/sync 401"] + 2 and counts["POST /devices/sync 401"] >= 1
+
+
+def count_devices(config) -> int:
+    rows = query(config, "enrollment", "select count(*), count(distinct serial_number) from dep_devices")
+    assert rows[0][0] == rows[0][1], "a device stored twice"
+    return rows[0][0]
+
+
+def engine_execute(config, statement: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(config["SERVICES"]["enrollment"]["database_url"])
+    with engine.begin() as connection:
+        connection.execute(sa.text(statement))
+    engine.dispose()
