@@ -62,14 +62,14 @@ class Bench:
     def __init__(self, devices: int):
         self.devices = devices
         self.tag = uuid.uuid4().hex[:10]
-        self.vhost = f"orchard_bench_{self.tag}"
-        self.database = f"orchard_bench_{self.tag}"
+        self.vhost = f"enrollment_bench_{self.tag}"
+        self.database = f"enrollment_bench_{self.tag}"
 
     def __enter__(self) -> Bench:
         try:
             return self._start()
         except BaseException:
-            self.sandbox_process.kill()
+            self.__exit__()
             raise
 
     def _start(self) -> Bench:
@@ -96,14 +96,19 @@ class Bench:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.runner.stop()
-        self.engine.dispose()
-        with self.pg_admin.connect() as connection:
-            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
-        self.pg_admin.dispose()
+        """Undo whatever was set up, also after a failed start."""
+        if hasattr(self, "runner"):
+            self.runner.stop()
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+        if hasattr(self, "pg_admin"):
+            with self.pg_admin.connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+            self.pg_admin.dispose()
         httpx.delete(f"{MANAGEMENT}/vhosts/{self.vhost}", auth=("guest", "guest"))
-        self.sandbox_process.kill()
-        self.sandbox_process.wait()
+        if hasattr(self, "sandbox_process"):
+            self.sandbox_process.kill()
+            self.sandbox_process.wait()
 
     def rpc(self) -> ClusterRpcProxy:
         return ClusterRpcProxy(self.config, context_data={"actor": ADMIN.to_context()}, timeout=900)

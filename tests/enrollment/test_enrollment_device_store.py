@@ -71,3 +71,29 @@ def test_read_ahead_raises_the_download_error_to_the_consumer():
     assert next(reader) == 1
     with pytest.raises(RuntimeError, match="EXPIRED_CURSOR"):
         next(reader)
+
+
+@pytest.mark.integration
+def test_tokens_due_for_the_scheduled_sync(database_url):
+    from services.enrollment.adapters.token_repository import TokenRepository
+
+    engine = create_engine_for(database_url)
+    tables.metadata.create_all(engine)
+    session = sessionmaker(engine)()
+    now = utc_now()
+    base = dict(certificate_pem="-", sealed_private_key="-", created_at=now, created_by="test",
+                sealed_credentials="sealed", access_token_expiry=now + timedelta(days=100))
+    tokens = {
+        "never-synced": {},
+        "due": {"next_sync_at": now - timedelta(minutes=1)},
+        "not-yet": {"next_sync_at": now + timedelta(hours=2)},
+        "terms": {"next_sync_at": now - timedelta(minutes=1), "apple_refusal": "terms_not_accepted"},
+        "revoked": {"next_sync_at": now - timedelta(minutes=1), "apple_refusal": "revoked_or_invalid"},
+        "expired": {"access_token_expiry": now - timedelta(days=1)},
+        "not-uploaded": {"sealed_credentials": None},
+    }
+    for token_id, values in tokens.items():
+        session.execute(tables.server_tokens.insert().values(id=token_id, name=token_id, **{**base, **values}))
+    assert sorted(TokenRepository(session).due_for_sync(now)) == ["due", "never-synced", "terms"]
+    session.close()
+    engine.dispose()

