@@ -20,7 +20,7 @@ from services.roster.domain.mosyle_openapi import openapi_document
 from shared.auth import Actor, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
 
@@ -111,7 +111,13 @@ class RosterService(OrchardService):
             return
         token_id = due[0]
         actor = Actor(id="system:roster.daily_asm_sync", role="system")
-        summary = self._preview_asm(token_id, actor)
+        try:
+            summary = self._preview_asm(token_id, actor)
+        except EXPECTED_ERRORS as failed:  # recorded, so the next token is not held up
+            store.record_sync(token_id, f"failed: {failed.message}")
+            self.db.audit(actor, "asm.sync_failed", f"server_token:{token_id}",
+                          {"reason": failed.message})
+            return
         try:
             result = self._runner().apply(summary["plan_id"], actor=actor)
             outcome = f"applied plan {summary['plan_id']}: {summary['total_changes']} change(s)"

@@ -14,7 +14,7 @@ from nameko.rpc import rpc
 from services.roster.adapters import spreadsheets
 from services.roster.service import RosterService
 from shared.auth import Actor
-from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,6 +46,8 @@ class FakeEnrollment:
 
     @rpc
     def fetch_roster(self, token_id, kind, cursor=None):
+        if token_id == "tok-broken":
+            raise UpstreamError("Apple School Manager answered 503; try again later")
         items = ASM_PAGES.get(kind, [])
         if cursor is None:
             return {"kind": kind, "items": items[:1], "cursor": "page-2", "more_to_follow": len(items) > 1}
@@ -307,3 +309,20 @@ def test_daily_asm_sync_applies_and_stops_at_the_deletion_guard(roster, rpc_as, 
                                                  allow_mass_delete=True)["events"] == 3  # two UserDeleted, one ClassUpdated
         assert rpc.roster.list_users()["total"] == 2
     engine.dispose()
+
+
+def test_a_failing_daily_asm_sync_is_recorded(roster, rpc_as, container_factory):
+    from nameko.testing.services import entrypoint_hook
+
+    container = container_factory(RosterService, roster)
+    container.start()
+    with rpc_as() as rpc:
+        rpc.roster.set_asm_preferences("tok-broken", {"sync_time": "00:00"})
+        with pytest.raises(UpstreamError, match="503"):
+            rpc.roster.preview_asm("tok-broken")
+    with entrypoint_hook(container, "daily_asm_sync") as daily_sync:
+        daily_sync()
+    with rpc_as() as rpc:
+        outcome = rpc.roster.get_asm_preferences("tok-broken")["last_sync_outcome"]
+        assert outcome == "failed: Apple School Manager answered 503; try again later"
+        assert [e["action"] for e in rpc.roster.audit_log()][0] == "asm.sync_failed"
