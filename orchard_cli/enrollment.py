@@ -106,26 +106,37 @@ def delete_token(token_id: str) -> None:
 
 
 @enrollment.command("sync")
-@click.argument("token_id")
+@click.argument("token_id", required=False)
 @click.option("--full", is_flag=True, help="Fetch every device again instead of only the changes.")
-def sync(token_id: str, full: bool) -> None:
-    """Sync the token's devices with Apple School Manager now, showing progress."""
+def sync(token_id: str | None, full: bool) -> None:
+    """Sync devices with Apple School Manager now (one token, or every connected one), showing progress."""
+    token_ids = [token_id] if token_id else [
+        t["id"] for t in call("enrollment", "list_server_tokens") if t["status"] != "awaiting_upload"]
+    failed = False
+    for current in token_ids:
+        run = _sync_one(current, full)
+        print_record({"token": current, **{key: run[key] for key in RUN_COLUMNS}})
+        failed = failed or bool(run["error"])
+    if failed:
+        raise SystemExit(1)
+
+
+def _sync_one(token_id: str, full: bool) -> dict:
+    """Run the sync RPC in the background and follow its run record for the progress bar."""
     known = sum(call("enrollment", "list_devices", token_id, limit=1)["counts"].values())
     running = eventlet.spawn(call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
-    with click.progressbar(length=max(known, 1), label="Syncing devices", show_pos=True) as bar:
+    with click.progressbar(length=max(known, 1), label=f"Syncing {token_id}", show_pos=True) as bar:
         shown = 0
         while not running.dead:
             eventlet.sleep(1)
-            current = call("enrollment", "sync_runs", token_id, 1)
-            if current and not current[0]["finished_at"]:
-                done = current[0]["added"] + current[0]["modified"] + current[0]["deleted"]
+            latest = call("enrollment", "sync_runs", token_id, 1)
+            if latest and not latest[0]["finished_at"]:
+                done = latest[0]["added"] + latest[0]["modified"] + latest[0]["deleted"]
                 bar.update(max(done - shown, 0))
                 shown = max(done, shown)
         run = running.wait()
         bar.update(max(run["added"] + run["modified"] + run["deleted"] - shown, 0))
-    print_record({key: run[key] for key in RUN_COLUMNS})
-    if run["error"]:
-        raise SystemExit(1)
+    return run
 
 
 @enrollment.command("devices")

@@ -55,6 +55,9 @@ def test_token_and_device_commands(orchard, dep_sandbox, tmp_path):
     synced = orchard("sync", token_id, "--full")
     assert synced.exit_code == 0, synced.output
     assert re.search(r"^kind +fetch$", synced.output, re.M) and re.search(r"^error +-$", synced.output, re.M)
+    every = orchard("sync")
+    assert every.exit_code == 0 and re.search(rf"^token +{token_id}$", every.output, re.M)
+    assert re.search(r"^kind +sync$", every.output, re.M)
 
     devices = orchard("devices", token_id)
     assert devices.exit_code == 0 and devices.output.count("\n") == 14 and "empty: 12" in devices.output
