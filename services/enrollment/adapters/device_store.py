@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from services.enrollment.adapters.tables import dep_devices, server_tokens
 from services.enrollment.domain.device_sync import CursorState, KnownDevice
 from services.enrollment.domain.devices import DepDevice
+from shared.contracts.base import utc_now_iso
 from shared.contracts.enrollment import DeviceAssigned, DeviceRemoved
 from shared.storage import utc_now
 
@@ -137,8 +138,12 @@ class DeviceEventOutbox:
         self.token_id = token_id
 
     def assigned(self, devices: list[DepDevice]) -> None:
+        occurred_at = utc_now_iso()  # one page, one moment: cheaper than a clock read per event
         self.publish(*(DeviceAssigned(token_id=self.token_id, serial_number=d.serial_number, model=d.model,
-                                      device_family=d.device_family, os=d.os) for d in devices))
+                                      device_family=d.device_family, os=d.os, occurred_at=occurred_at)
+                       for d in devices))
 
     def removed(self, serial_numbers: list[str]) -> None:
-        self.publish(*(DeviceRemoved(token_id=self.token_id, serial_number=s) for s in serial_numbers))
+        occurred_at = utc_now_iso()
+        self.publish(*(DeviceRemoved(token_id=self.token_id, serial_number=s, occurred_at=occurred_at)
+                       for s in serial_numbers))
