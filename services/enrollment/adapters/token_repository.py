@@ -87,13 +87,21 @@ def token_summary(row: Any, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+INTERRUPTED = "interrupted: the process running this sync stopped; the next sync resumed from its last stored page"
+
+
 class SyncRunRepository:
     def __init__(self, session: Session):
         self.session = session
 
     def start(self, token_id: str, trigger: str, kind: str) -> int:
+        """A new run; called with the token's sync lease held, so an unfinished earlier run died with its process."""
+        now = utc_now()
+        self.session.execute(sync_runs.update().where(
+            sync_runs.c.token_id == token_id, sync_runs.c.finished_at.is_(None),
+        ).values(finished_at=now, error=INTERRUPTED))
         result = self.session.execute(sync_runs.insert().values(
-            token_id=token_id, trigger=trigger, kind=kind, started_at=utc_now(), pages=0, added=0, modified=0, deleted=0))
+            token_id=token_id, trigger=trigger, kind=kind, started_at=now, pages=0, added=0, modified=0, deleted=0))
         return int(result.inserted_primary_key[0])
 
     def progress(self, run_id: int, counts: SyncCounts) -> None:

@@ -1,0 +1,142 @@
+"""Fault 2: a service process killed with SIGKILL in the middle of an ADE sync and of a roster apply.
+After a restart the sync resumes from its stored cursor and the apply is complete or re-applies to the
+same result; nothing is stored or announced twice."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import eventlet
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import TEST_SECRET_KEY
+from tests.reliability.conftest import query
+from tests.reliability.fault_proxy import FaultProxy
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMEKO = Path(sys.executable).with_name("nameko")
+DEVICES = 4000
+PAGE = 100
+
+
+@contextmanager
+def service_process(config: dict, tmp_path: Path, target: str) -> Iterator[subprocess.Popen]:
+    """``nameko run`` of one service as its own process, on the test's vhost and databases."""
+    path = tmp_path / "orchard.yaml"
+    path.write_text(yaml.safe_dump(config))
+    name = target.split(".")[1]
+    log = open(tmp_path / f"{name}.log", "a")
+    process = subprocess.Popen([str(NAMEKO), "run", "--config", str(path), target], cwd=ROOT, stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, "ORCHARD_SECRET_KEY": TEST_SECRET_KEY})
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+
+
+def wait_until_serving(rpc_as, service: str) -> None:
+    def answers() -> bool:
+        try:
+            with rpc_as(timeout=2) as rpc:
+                return getattr(rpc, service).health()["database"] == "ok"
+        except Exception:
+            return False
+    wait_for(answers, timeout=30, interval=0.2, what=f"the {service} process to answer")
+
+
+def kill(process: subprocess.Popen) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def sync_runs(config) -> list:
+    return query(config, "enrollment", "select id, kind, pages, added, error, finished_at from sync_runs order by id")
+
+
+def device_count(config) -> int:
+    (total, distinct), = query(config, "enrollment", "select count(*), count(distinct serial_number) from dep_devices")
+    assert total == distinct, "a device stored twice"
+    return total
+
+
+@pytest.fixture
+def dep_sandbox():
+    from apple_sandbox.dep import DepSandbox
+    from apple_sandbox.server import serve_wsgi
+    from tests.enrollment.conftest import SandboxAdmin
+
+    running = serve_wsgi(DepSandbox())
+    yield SandboxAdmin(running.url)
+    running.stop()
+
+
+def test_a_killed_ade_sync_resumes_from_its_cursor(orchard_config, dep_sandbox, rpc_as, tmp_path):
+    config = orchard_config
+    proxy = FaultProxy(int(dep_sandbox.url.rsplit(":", 1)[1]))  # Apple answers slowly: the kill lands mid-sync
+    config["SERVICES"]["enrollment"]["dep_url"] = proxy.url_for(dep_sandbox.url)
+    target = "services.enrollment.service:EnrollmentService"
+    try:
+        with service_process(config, tmp_path, target) as first:
+            wait_until_serving(rpc_as, "enrollment")
+            with rpc_as(timeout=60) as rpc:
+                created = rpc.enrollment.create_server_token("Springfield MDM")
+                server = dep_sandbox.create_server(created["public_key_pem"].encode())
+                token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
+            wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
+            dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
+            dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
+            dep_sandbox.http.delete("/_sandbox/requests")
+            proxy.delay = 0.05
+            with rpc_as(timeout=60) as rpc:
+                rpc.enrollment.sync_devices.call_async(token_id)
+                wait_for(lambda: sync_runs(config)[-1].pages >= 8, timeout=30, what="several pages stored")
+                kill(first)
+        proxy.delay = 0
+        stored = device_count(config)
+        assert 8 * PAGE <= stored < DEVICES
+        killed_run = sync_runs(config)[-1]
+        assert killed_run.finished_at is None
+
+        with service_process(config, tmp_path, target):
+            wait_until_serving(rpc_as, "enrollment")
+            # the dead process's lease on the token runs out (10 minutes; here, at once)
+            execute(config, "enrollment", "update server_tokens set sync_lease_until = null")
+            with rpc_as(timeout=60) as rpc:
+                resumed = rpc.enrollment.sync_devices(token_id)
+                runs = rpc.enrollment.sync_runs(token_id)
+        assert resumed["error"] is None and resumed["kind"] == "sync"
+        assert resumed["added"] == DEVICES - stored  # from the stored cursor: only what was missing
+        assert device_count(config) == DEVICES
+        pages = dep_sandbox.counts()["POST /devices/sync 200"]
+        assert pages <= DEVICES // PAGE + 2, "more pages fetched than one sync needs"
+        assert [r for r in runs if r["finished_at"] is None] == [], "the killed run is still shown as running"
+        killed = next(r for r in runs if r["id"] == killed_run.id)
+        assert killed["error"].startswith("interrupted") and killed["pages"] >= 8
+    finally:
+        proxy.close()
+
+
+def execute(config, service: str, statement: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
+    with engine.begin() as connection:
+        connection.execute(sa.text(statement))
+    engine.dispose()
