@@ -17,7 +17,7 @@ from services.roster.adapters.mosyle_http import MosyleApi
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import asm_mapping, planning
 from services.roster.domain.mosyle_openapi import openapi_document
-from shared.auth import Actor, visible
+from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
 from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, ValidationError
@@ -162,6 +162,25 @@ class RosterService(OrchardService):
         if user is None or not visible(actor, user.locations):
             raise NotFound(f"there is no user '{user_id}' in your locations")
         return {**user.to_dict(), "classes": queries.classes_of_user(user_id)}
+
+    @rpc
+    def users_in_scope(self, locations: list[str] | None = None, grade_levels: list[str] | None = None,
+                       classes: list[str] | None = None, user_types: list[str] | None = None) -> list[dict[str, Any]]:
+        """``[{user_id, locations}]``: an AND across the given dimensions, an OR within one, from today's roster."""
+        actor = self.auth.require("roster:read")
+        for values, name in ((locations, "locations"), (grade_levels, "grade_levels"), (classes, "classes"),
+                             (user_types, "user_types")):
+            if values is not None and (not isinstance(values, list)
+                                       or not all(isinstance(v, str) and v.strip() for v in values)):
+                raise ValidationError(f"{name} must be a list of non-empty strings, or null")
+        if user_types is not None and set(user_types) - set(USER_TYPES):
+            raise ValidationError(f"user_types must be among {', '.join(USER_TYPES)}")
+        if actor.is_location_bound:
+            if locations is None:
+                locations = list(actor.locations or ())
+            require_locations(actor, locations)
+        return RosterQueries(self.db.session).users_in_scope(
+            locations=locations, grade_levels=grade_levels, classes=classes, user_types=user_types)
 
     @rpc
     def list_classes(self, location_id: str | None = None, page: int = 1,

@@ -77,3 +77,22 @@ class RosterQueries:
                 for r in self.session.execute(
                     sa.select(t.grade_levels).order_by(t.grade_levels.c.location_id,
                                                        t.grade_levels.c.name))]
+
+    def users_in_scope(self, *, locations: Iterable[str] | None, grade_levels: Iterable[str] | None,
+                       classes: Iterable[str] | None, user_types: Iterable[str] | None) -> list[dict[str, Any]]:
+        """``[{user_id, locations}]`` of the users matching every given dimension (any value within one)."""
+        query = sa.select(t.users.c.id, t.users.c.user_id)
+        if locations is not None:
+            query = query.where(t.users.c.id.in_(
+                sa.select(t.user_locations.c.user_key)
+                .where(t.user_locations.c.location_id.in_(list(locations)))))
+        if grade_levels is not None:
+            query = query.where(t.users.c.grade_level.in_(list(grade_levels)))
+        if classes is not None:
+            query = query.where(t.users.c.id.in_(
+                sa.select(t.memberships.c.user_key).where(t.memberships.c.class_id.in_(list(classes)))))
+        if user_types is not None:
+            query = query.where(t.users.c.user_type.in_(list(user_types)))
+        rows = self.session.execute(query.order_by(t.users.c.user_id)).all()
+        located = user_locations(self.session, None if len(rows) > 900 else [row.id for row in rows])
+        return [{"user_id": row.user_id, "locations": sorted(located.get(row.id, []))} for row in rows]

@@ -184,21 +184,17 @@ RowSource = Iterator[tuple[int, list[Any]]]  # (row number as the user sees it, 
 FORMULA_ROW: list[Any] = []  # stands for the cells of a row holding a formula
 
 
-def read_spreadsheet(filename: str, content: bytes,
-                     progress: Callable[[int], None] | None = None) -> SpreadsheetImport:
-    """Read a filled template; ``progress`` is told the number of rows read so far."""
+def read_spreadsheet(filename: str, content: bytes) -> SpreadsheetImport:
+    """Read a filled template into records, rejected rows and their row numbers."""
     fmt = detect_format(filename, content)
     tables = _xlsx_tables(filename, content) if fmt == "xlsx" else _csv_tables(filename, content)
-    return _Reader(fmt, tables, progress).read()
+    return _Reader(fmt, tables).read()
 
 
 class _Reader:
-    def __init__(self, fmt: str, tables: dict[str, Iterator[RowSource]],
-                 progress: Callable[[int], None] | None):
+    def __init__(self, fmt: str, tables: dict[str, RowSource]):
         self.fmt = fmt
         self.tables = tables
-        self.progress = progress
-        self.rows_read = 0
         self.rejected: list[RejectedRow] = []
         self.row_numbers: dict[str, dict[str, int]] = {s: {} for s in SHEETS}
 
@@ -218,9 +214,6 @@ class _Reader:
         columns = _header_positions(sheet, header_row[1] if header_row else [])
         numbers = self.row_numbers[sheet]
         for number, cells in rows:
-            self.rows_read += 1
-            if self.progress and self.rows_read % 5000 == 0:
-                self.progress(self.rows_read)
             if cells is FORMULA_ROW:
                 self.rejected.append(RejectedRow(
                     sheet=sheet, row=number, reason="holds a formula; paste values only"))
@@ -241,31 +234,31 @@ class _Reader:
                 continue
             yield record
 
-    def _location(self, get: dict[str, str | None]) -> LocationRecord:
-        return LocationRecord(location_id=_required(get, "Location ID"),
-                              name=_required(get, "Name"))
+    def _location(self, values: dict[str, str | None]) -> LocationRecord:
+        return LocationRecord(location_id=_required(values, "Location ID"),
+                              name=_required(values, "Name"))
 
-    def _grade_level(self, get: dict[str, str | None]) -> GradeLevelRecord:
-        return GradeLevelRecord(name=_required(get, "Name"), location_id=get["Location ID"])
+    def _grade_level(self, values: dict[str, str | None]) -> GradeLevelRecord:
+        return GradeLevelRecord(name=_required(values, "Name"), location_id=values["Location ID"])
 
-    def _user(self, get: dict[str, str | None]) -> UserRecord:
-        kind = _required(get, "Type")
+    def _user(self, values: dict[str, str | None]) -> UserRecord:
+        kind = _required(values, "Type")
         user_type = USER_TYPES_BY_WORD.get(kind.lower())
         if user_type is None:
             raise _RowProblem(f"type '{kind}' is not one of Student, Teacher, Staff")
         return UserRecord(
-            user_id=_required(get, "User ID"), user_type=user_type,
-            first_name=get["First Name"], last_name=get["Last Name"], email=get["Email"],
-            managed_apple_id=get["Managed Apple ID"], locations=_list(get["Location IDs"]),
-            grade_level=get["Grade Level"],
-            serial_numbers=[s.upper() for s in _list(get["Device Serial Numbers"])])
+            user_id=_required(values, "User ID"), user_type=user_type,
+            first_name=values["First Name"], last_name=values["Last Name"], email=values["Email"],
+            managed_apple_id=values["Managed Apple ID"], locations=_list(values["Location IDs"]),
+            grade_level=values["Grade Level"],
+            serial_numbers=[s.upper() for s in _list(values["Device Serial Numbers"])])
 
-    def _class(self, get: dict[str, str | None]) -> ClassRecord:
+    def _class(self, values: dict[str, str | None]) -> ClassRecord:
         return ClassRecord(
-            class_id=_required(get, "Class ID"), name=_required(get, "Class Name"),
-            course_name=get["Course Name"], location_id=_required(get, "Location ID"),
-            room=get["Room"], teacher_ids=_list(get["Teacher IDs"]),
-            student_ids=_list(get["Student IDs"]))
+            class_id=_required(values, "Class ID"), name=_required(values, "Class Name"),
+            course_name=values["Course Name"], location_id=_required(values, "Location ID"),
+            room=values["Room"], teacher_ids=_list(values["Teacher IDs"]),
+            student_ids=_list(values["Student IDs"]))
 
 
 def _label(id_field: str) -> str:
