@@ -87,22 +87,37 @@ class OutboxRelay:
 
     def drain_once(self) -> int:
         """Publish one batch of pending events; the number published."""
-        with self.engine.begin() as connection:
-            query = sa.select(self.outbox).order_by(self.outbox.c.id).limit(BATCH_SIZE)
-            if connection.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)  # replicas share the work
-            rows = connection.execute(query).all()
-            for row in rows:
-                self.publisher.publish(
-                    row.payload, exchange=self.exchange, routing_key=row.event_type,
-                    extra_headers={"nameko.call_id_stack": [f"{self.service_name}.outbox.{row.event_id}"]},
-                )
-                metrics.EVENTS_PUBLISHED.labels(self.service_name, row.event_type).inc()
-            if rows:
-                connection.execute(self.outbox.delete().where(self.outbox.c.id.in_([row.id for row in rows])))
-            pending = connection.execute(sa.select(sa.func.count()).select_from(self.outbox)).scalar_one()
+        query = sa.select(self.outbox).order_by(self.outbox.c.id).limit(BATCH_SIZE)
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.begin() as connection:
+                # replicas share the work: the rows stay locked while they are published
+                rows = connection.execute(query.with_for_update(skip_locked=True)).all()
+                self._publish(rows)
+                pending = self._delete(connection, rows)
+        else:
+            # SQLite: one connection per process, shared by every worker; it is never held while
+            # waiting for the broker's confirms, or requests would queue behind a large drain
+            with self.engine.begin() as connection:
+                rows = connection.execute(query).all()
+            self._publish(rows)
+            with self.engine.begin() as connection:
+                pending = self._delete(connection, rows)
         metrics.OUTBOX_PENDING.labels(self.service_name).set(pending)
         return len(rows)
+
+    def _publish(self, rows: list[Any]) -> None:
+        for row in rows:
+            self.publisher.publish(
+                row.payload, exchange=self.exchange, routing_key=row.event_type,
+                extra_headers={"nameko.call_id_stack": [f"{self.service_name}.outbox.{row.event_id}"]},
+            )
+            metrics.EVENTS_PUBLISHED.labels(self.service_name, row.event_type).inc()
+
+    def _delete(self, connection: sa.Connection, rows: list[Any]) -> int:
+        """Forget the published rows; the number still pending."""
+        if rows:
+            connection.execute(self.outbox.delete().where(self.outbox.c.id.in_([row.id for row in rows])))
+        return connection.execute(sa.select(sa.func.count()).select_from(self.outbox)).scalar_one()
 
     def _prune_inbox(self) -> None:
         from shared.storage import utc_now

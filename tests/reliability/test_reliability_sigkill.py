@@ -3,14 +3,15 @@ After a restart the sync resumes from its stored cursor and the apply is complet
 same result; nothing is stored or announced twice."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 import eventlet
 import httpx
@@ -140,3 +141,50 @@ def execute(config, service: str, statement: str) -> None:
     with engine.begin() as connection:
         connection.execute(sa.text(statement))
     engine.dispose()
+
+
+USERS = 5000
+
+
+def district() -> dict:
+    users = [{"user_id": f"u{i:05d}", "user_type": "student", "first_name": "Uma", "last_name": f"U{i}",
+              "managed_apple_id": f"u{i}@north.appleid.example", "locations": ["north"]} for i in range(USERS)]
+    return {"source": "api", "locations": [{"location_id": "north", "name": "North"}], "users": users}
+
+
+def drain(config, queue: str) -> list[dict]:
+    """Every message in a durable subscriber queue (nobody consumes it here), through the management API."""
+    url = f"http://127.0.0.1:15672/api/queues/{quote(config['vhost'], safe='')}/{quote(queue, safe='')}/get"
+    response = httpx.post(url, auth=("guest", "guest"), timeout=60, json={
+        "count": 10 * USERS, "ackmode": "ack_requeue_false", "encoding": "auto", "truncate": 50000})
+    response.raise_for_status()
+    return [json.loads(message["payload"]) for message in response.json()]
+
+
+def test_a_killed_roster_apply_completes_or_reapplies_to_the_same_result(orchard_config, rpc_as, tmp_path):
+    config = orchard_config
+    target = "services.roster.service:RosterService"
+    with service_process(config, tmp_path, target) as first:
+        wait_until_serving(rpc_as, "roster")
+        with rpc_as(timeout=60) as rpc:
+            plan_id = rpc.roster.preview_records(district())["plan_id"]
+            rpc.roster.apply_plan.call_async(plan_id)
+            eventlet.sleep(0.4)  # the apply is writing users and their events
+            kill(first)
+
+    with service_process(config, tmp_path, target):
+        wait_until_serving(rpc_as, "roster")
+        with rpc_as(timeout=60) as rpc:
+            rpc.roster.apply_plan(plan_id)  # the operator applies again: same plan, same result
+            assert rpc.roster.list_users()["total"] == USERS
+        wait_for(lambda: query(config, "roster", "select count(*) from outbox")[0][0] == 0, timeout=30,
+                 what="the outbox drained after the restart")
+    (users, distinct), = query(config, "roster", "select count(*), count(distinct user_id) from roster_users")
+    assert users == distinct == USERS
+
+    # every user announced, each by exactly one event (a redelivered copy carries the same id)
+    events = drain(config, "evt-roster-UserImported--vpp.on_user_imported")
+    event_of_user = {}
+    for payload in events:
+        assert event_of_user.setdefault(payload["user_id"], payload["event_id"]) == payload["event_id"]
+    assert len(event_of_user) == USERS
