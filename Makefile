@@ -30,6 +30,10 @@ run: install broker
 	@$(BIN)/python -c 'from shared.secrets import load_key; load_key(create=True)'
 	@bash deploy/run-local.sh $(SERVICES)
 
+## The Apple sandbox and all five services in var/demo/, the whole story told with the CLI; runs until Ctrl-C.
+demo: install broker
+	@$(BIN)/python -m deploy.demo $(DEMO_ARGS)
+
 ## Run the whole test suite (needs RabbitMQ with its management plugin, and PostgreSQL).
 test: install
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""``make demo``: Orchard's whole story against the Apple sandbox, told with the ``orchard`` command."""
