@@ -12,6 +12,7 @@ from typing import Any
 from eventlet import tpool
 
 from services.enrollment.adapters import tables
+from services.enrollment.assignment_entrypoints import DevicePeopleEntrypoints
 from services.enrollment.adapters.dep_client import ROSTER_KINDS, DepClient
 from services.enrollment.adapters.dep_connection import DepConnection
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
@@ -58,7 +59,7 @@ MAX_SERIALS_PER_CALL = 10_000
 _UNCHANGED: Any = object()
 
 
-class EnrollmentService(OrchardService):
+class EnrollmentService(DevicePeopleEntrypoints, OrchardService):
     name = "enrollment"
     db = Database(tables.metadata, migrations="services.enrollment.migrations")
     secrets = Secrets()

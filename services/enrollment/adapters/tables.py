@@ -88,3 +88,27 @@ checkins = sa.Table(
     sa.Column("last_message", sa.String(40), nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
+
+shared_groups = sa.Table(
+    "shared_groups", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("location_id", sa.String(128), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.UniqueConstraint("location_id", "name", name="uq_shared_groups_location_name"),
+)
+
+# a device is used by one user or one shared group: the serial is the key
+device_assignments = sa.Table(
+    "device_assignments", metadata,
+    sa.Column("serial_number", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=True, index=True),
+    sa.Column("group_id", sa.String(36), sa.ForeignKey("shared_groups.id", ondelete="CASCADE"), nullable=True,
+              index=True),
+    sa.Column("locations", sa.JSON, nullable=False),  # the user's at assignment, or the group's
+    sa.Column("source", sa.String(20), nullable=False),  # admin | pairing | roster
+    sa.Column("assigned_at", UtcDateTime, nullable=False),
+    sa.Column("assigned_by", sa.String(200), nullable=False),
+    sa.CheckConstraint("(user_id IS NULL) <> (group_id IS NULL)", name="ck_device_assignments_one_owner"),
+)

@@ -1,0 +1,177 @@
+"""Devices meet people over the real broker: assignment, shared groups and scopes (enrollment + roster)."""
+from __future__ import annotations
+
+import plistlib
+
+import httpx
+import pytest
+from nameko.events import event_handler
+
+from services.enrollment.service import EnrollmentService
+from services.roster.service import RosterService
+from shared.auth import Actor
+from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+LEADER_A = Actor(id="leader@a", role="location_leader", locations=("A",))
+TOPIC = "com.apple.mgmt.External.18a16429-886b-41f1-9c30-2bd04ae4fc37"
+RECEIVED: list[tuple[str, dict]] = []
+
+
+class AssignmentEvents:
+    name = "people_test_collector"
+
+    @event_handler("enrollment", "DeviceUserAssigned")
+    def assigned(self, payload):
+        RECEIVED.append(("assigned", payload))
+
+    @event_handler("enrollment", "DeviceUserUnassigned")
+    def unassigned(self, payload):
+        RECEIVED.append(("unassigned", payload))
+
+
+def student(user_id: str, location: str, grade: str) -> dict:
+    return {"user_id": user_id, "user_type": "student", "name": user_id, "locations": [location],
+            "grade_level": grade}
+
+
+USERS = [
+    student("s7a1", "A", "7"), student("s7a2", "A", "7"), student("s8a1", "A", "8"),
+    student("s7b1", "B", "7"),
+    {"user_id": "t7a", "user_type": "teacher", "name": "Teacher", "locations": ["A"], "grade_level": "7"},
+]
+
+
+def import_roster(rpc, users: list[dict]) -> None:
+    batch = {"source": "api", "locations": [{"location_id": "A", "name": "Alpha"}, {"location_id": "B", "name": "Beta"}],
+             "grade_levels": [{"name": "7"}, {"name": "8"}], "users": users}
+    rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
+
+
+def enroll(config: dict, serial: str) -> None:
+    """A device announces itself with the MDM Authenticate check-in, as enrolling devices do."""
+    body = plistlib.dumps({"MessageType": "Authenticate", "UDID": f"UDID-{serial}", "Topic": TOPIC,
+                           "SerialNumber": serial})
+    response = httpx.put(f"http://{config['SERVICES']['enrollment']['http_address']}/mdm/checkin", content=body)
+    assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+def people(runner_factory, orchard_config, rpc_as):
+    RECEIVED.clear()
+    runner = runner_factory(orchard_config, EnrollmentService, RosterService, AssignmentEvents)
+    runner.start()
+    for serial in ("SER7A1", "SER7A2", "SER8A1", "SER7B1", "SERT7A", "SERCART1", "SERCART2"):
+        enroll(orchard_config, serial)
+    with rpc_as() as rpc:
+        import_roster(rpc, USERS)
+    return orchard_config
+
+
+def test_assign_move_and_unassign_publish_events(people, rpc_as):
+    with rpc_as() as rpc:
+        assert rpc.enrollment.device_assignment("ser7a1")["user_id"] is None
+        assigned = rpc.enrollment.assign_device("ser7a1", "s7a1")
+        assert assigned == {"serial_number": "SER7A1", "user_id": "s7a1", "group_id": None, "locations": ["A"],
+                            "source": "admin"}
+        assert rpc.enrollment.assign_device("SER7A1", "s7a1") == assigned  # repeating changes nothing
+        assert rpc.enrollment.assign_device("SER7A1", "s7a2")["user_id"] == "s7a2"  # a move
+        assert rpc.enrollment.device_assignment("SER7A1")["user_id"] == "s7a2"
+        assert rpc.enrollment.unassign_device("SER7A1")["user_id"] is None
+        assert rpc.enrollment.device_assignment("SER7A1")["user_id"] is None
+        assert [e["action"] for e in rpc.enrollment.audit_log("device:SER7A1")] == [
+            "device.unassigned", "device.assigned", "device.assigned"]
+
+    wait_for(lambda: len(RECEIVED) == 4, what="four assignment events")
+    assert [(kind, p["serial_number"], p["user_id"]) for kind, p in RECEIVED] == [
+        ("assigned", "SER7A1", "s7a1"), ("unassigned", "SER7A1", "s7a1"),
+        ("assigned", "SER7A1", "s7a2"), ("unassigned", "SER7A1", "s7a2")]
+
+
+def test_bad_assignments_are_refused_and_change_nothing(people, rpc_as):
+    with rpc_as() as rpc:
+        with pytest.raises(NotFound, match="knows no device NOPE"):
+            rpc.enrollment.assign_device("NOPE", "s7a1")
+        with pytest.raises(NotFound, match="no user 'ghost'"):
+            rpc.enrollment.assign_device("SER7A1", "ghost")
+        with pytest.raises(ValidationError):
+            rpc.enrollment.assign_device("", "s7a1")
+        group = rpc.enrollment.create_shared_group("Cart 1", "A")
+        rpc.enrollment.add_devices_to_group(group["id"], ["SERCART1"])
+        with pytest.raises(Conflict, match="remove it from the group first"):
+            rpc.enrollment.assign_device("SERCART1", "s7a1")
+        assert rpc.enrollment.device_assignment("SERCART1")["group_id"] == group["id"]
+        assert rpc.enrollment.device_assignment("SER7A1")["user_id"] is None
+
+    with rpc_as(LEADER_A) as rpc:
+        with pytest.raises(NotFound):  # the roster hides users of other locations
+            rpc.enrollment.assign_device("SER7B1", "s7b1")
+        assert rpc.enrollment.assign_device("SER7A1", "s7a1")["user_id"] == "s7a1"
+
+
+def test_shared_groups(people, rpc_as):
+    with rpc_as() as rpc:
+        cart = rpc.enrollment.create_shared_group("Cart 1", "A")
+        with pytest.raises(Conflict, match="already has a shared device group"):
+            rpc.enrollment.create_shared_group("Cart 1", "A")
+        rpc.enrollment.assign_device("SER7A1", "s7a1")
+        with pytest.raises(Conflict, match="SER7A1 \\(user s7a1\\)"):  # all or nothing
+            rpc.enrollment.add_devices_to_group(cart["id"], ["SERCART1", "SER7A1"])
+        assert rpc.enrollment.list_shared_groups()[0]["devices"] == 0
+        added = rpc.enrollment.add_devices_to_group(cart["id"], ["sercart1", "SERCART2"])
+        assert added["serial_numbers"] == ["SERCART1", "SERCART2"] and added["added"] == ["SERCART1", "SERCART2"]
+        removed = rpc.enrollment.remove_devices_from_group(cart["id"], ["SERCART2", "SER7A1"])
+        assert (removed["removed"], removed["not_in_group"]) == (["SERCART2"], ["SER7A1"])
+        assert rpc.enrollment.rename_shared_group(cart["id"], "Cart One")["name"] == "Cart One"
+        other = rpc.enrollment.create_shared_group("Lab", "B")
+
+    with rpc_as(LEADER_A) as rpc:
+        assert [g["name"] for g in rpc.enrollment.list_shared_groups()] == ["Cart One"]
+        with pytest.raises(PermissionDenied, match="location\\(s\\) B"):
+            rpc.enrollment.create_shared_group("Mine", "B")
+        with pytest.raises(NotFound):
+            rpc.enrollment.delete_shared_group(other["id"])
+
+    with rpc_as() as rpc:
+        assert rpc.enrollment.delete_shared_group(cart["id"])["unassigned"] == ["SERCART1"]
+        assert rpc.enrollment.device_assignment("SERCART1")["group_id"] is None
+        assert [g["name"] for g in rpc.enrollment.list_shared_groups()] == ["Lab"]
+
+
+GRADE_7_STUDENTS_AT_A = {"locations": ["A"], "grade_levels": ["7"], "user_types": ["student"]}
+
+
+def test_scope_follows_the_roster(people, rpc_as):
+    with rpc_as() as rpc:
+        for serial, user in (("SER7A1", "s7a1"), ("SER7A2", "s7a2"), ("SER8A1", "s8a1"), ("SER7B1", "s7b1"),
+                             ("SERT7A", "t7a")):
+            rpc.enrollment.assign_device(serial, user)
+        cart = rpc.enrollment.create_shared_group("Cart 1", "A")
+        rpc.enrollment.add_devices_to_group(cart["id"], ["SERCART1"])
+
+        reached = rpc.enrollment.resolve_scope(GRADE_7_STUDENTS_AT_A)
+        assert reached == [
+            {"serial_number": "SER7A1", "user_id": "s7a1", "group_id": None, "locations": ["A"]},
+            {"serial_number": "SER7A2", "user_id": "s7a2", "group_id": None, "locations": ["A"]},
+        ]
+        both = rpc.enrollment.resolve_scope({"grade_levels": ["7"], "user_types": ["student"],
+                                             "groups": [cart["id"]], "devices": ["SERCART2"]})
+        assert [r["serial_number"] for r in both] == ["SER7A1", "SER7A2", "SER7B1", "SERCART1", "SERCART2"]
+
+        moved = [dict(u, grade_level="8") if u["user_id"] == "s7a2" else u for u in USERS]
+        import_roster(rpc, moved)
+        assert [r["serial_number"] for r in rpc.enrollment.resolve_scope(GRADE_7_STUDENTS_AT_A)] == ["SER7A1"]
+
+        with pytest.raises(ValidationError, match="a scope has no grades"):
+            rpc.enrollment.resolve_scope({"grades": ["7"]})
+        with pytest.raises(NotFound):
+            rpc.enrollment.resolve_scope({"devices": ["UNKNOWN1"]})
+
+    with rpc_as(LEADER_A) as rpc:
+        with pytest.raises(PermissionDenied, match="location\\(s\\) B"):
+            rpc.enrollment.resolve_scope({"locations": ["A", "B"], "grade_levels": ["7"]})
+        # without naming a location, a leader reaches only their own
+        assert [r["serial_number"] for r in rpc.enrollment.resolve_scope({"grade_levels": ["7"]})] == [
+            "SER7A1", "SERT7A"]
