@@ -68,7 +68,7 @@ def test_template_has_all_sheets_headers_and_an_example_that_reads_back(fmt):
     assert batch.source == fmt and batch.rejected == []
     assert [u.user_id for u in batch.users] == ["s-1001"]
     assert batch.users[0].serial_numbers == ["F9FXK0AAHG7J"]
-    assert batch.classes[0].student_ids == ["s-1001", "s-1002"]
+    assert batch.classes[0].student_ids == ["s-1001"] and batch.classes[0].teacher_ids == []
     assert [loc.location_id for loc in batch.locations] == ["north"]
     if fmt == "xlsx":
         book = openpyxl.load_workbook(io.BytesIO(template))

@@ -48,8 +48,8 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     GRADE_LEVELS: (("Name", "7"), ("Location ID", "north")),
     CLASSES: (
         ("Class ID", "maths-7a"), ("Class Name", "Maths 7A"), ("Course Name", "Maths"),
-        ("Location ID", "north"), ("Room", "B12"), ("Teacher IDs", "t-2001"),
-        ("Student IDs", "s-1001, s-1002"),
+        # the example refers only to the example user, so the untouched template imports cleanly
+        ("Location ID", "north"), ("Room", "B12"), ("Teacher IDs", ""), ("Student IDs", "s-1001"),
     ),
 }
 CSV_FILES = {USERS: "users.csv", LOCATIONS: "locations.csv",
