@@ -17,6 +17,7 @@ eventlet.monkey_patch()  # noqa: E402  a service process is cooperative
 
 import argparse
 import logging
+import os
 import resource
 import socket
 import subprocess
@@ -24,7 +25,6 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 import httpx
 import sqlalchemy as sa
@@ -139,7 +139,7 @@ class Bench:
         with self.engine.connect() as connection:
             return connection.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one()
 
-    def floor(self, p7m: str, key_pem: bytes | None = None) -> float:
+    def floor(self, p7m: str, expected: int) -> float:
         """Download and parse the same pages with httpx, nothing else."""
         credentials = self.credentials(p7m)
         client = DepClient(credentials, base_url=self.sandbox)
@@ -147,7 +147,7 @@ class Bench:
         count = sum(len(page.items) for page in client.fetch_device_pages())
         elapsed = time.perf_counter() - started
         client.close()
-        assert count == self.total, (count, self.total)
+        assert count == expected, (count, expected)
         return elapsed
 
     def credentials(self, p7m: str):
@@ -173,11 +173,10 @@ def main() -> None:
         warm_rss = peak_rss_mb()
 
         bench.generate(server_uuid, args.devices - args.warm_up)
-        bench.total = args.devices
         stored, published, run = bench.timed_sync(token_id)
         assert run["error"] is None and run["pages"] >= args.devices // 1000, run
         full_rss = peak_rss_mb()
-        floor = min(bench.floor(p7m) for _ in range(2))
+        floor = min(bench.floor(p7m, args.devices) for _ in range(2))
 
     devices = args.devices
     print(f"ADE full sync of {devices:,} devices, 1,000 per page (sandbox in its own process, PostgreSQL, RabbitMQ)")
@@ -188,6 +187,7 @@ def main() -> None:
           f"  ratio {published / floor:4.2f}x the floor")
     print(f"  warm-up {args.warm_up:,} devices: {warm_stored:.2f} s stored, {warm_published:.2f} s published")
     print(f"  peak RSS after {args.warm_up:,} devices: {warm_rss:.0f} MB; after {devices:,}: {full_rss:.0f} MB")
+    print(f"  machine load average (1, 5, 15 min): {', '.join(f'{load:.1f}' for load in os.getloadavg())}")
 
 
 if __name__ == "__main__":
