@@ -259,3 +259,23 @@ def test_roster_fetch_and_sync(dep_client, dep_sandbox, mdm_server, legacy_cours
     assert dep_sandbox.counts()[f"POST {course_path} 200"] == 1
     with pytest.raises(CursorRequired):
         dep_client.roster_page("class", None, sync=True)
+
+
+@pytest.mark.parametrize("endpoint,response,status", [
+    ("GET /session", "bad_request", 400),
+    ("GET /account", "method_not_allowed", 405),
+    ("GET /account", "internal_server_error", 500),
+    ("GET /account", {"status": 400, "body": '"MALFORMED_REQUEST_BODY"'}, 400),
+])
+def test_other_refusals_are_upstream_errors_with_the_status(dep_client, dep_sandbox, endpoint, response, status):
+    dep_sandbox.script(endpoint, response)
+    with pytest.raises(DepError) as error:
+        dep_client.account()
+    assert error.value.status_code == status and type(error.value) is DepError
+    assert dep_sandbox.counts()[f"{endpoint} {status}"] == 1
+
+
+def test_unreachable_apple_is_an_upstream_error(mdm_server):
+    client = DepClient(mdm_server["credentials"], base_url="http://127.0.0.1:9", sleep=lambda s: None)
+    with pytest.raises(DepError, match="Could not reach"):
+        client.account()
