@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from nameko.extensions import DependencyProvider
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from services.enrollment.adapters.assignments import AssignmentRepository
 from services.enrollment.adapters.tables import dep_devices, server_tokens
 from services.enrollment.domain.server_tokens import STATUSES, token_status
 from shared.storage import Database, utc_now
@@ -22,6 +24,9 @@ APPLE_CALLS = Counter(
 SYNC_DURATION = Histogram(
     "orchard_enrollment_sync_duration_seconds", "Duration of ADE device syncs by kind and outcome.",
     ["kind", "outcome"], buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
+AUTOMATED_PAIRINGS = Counter(
+    "orchard_enrollment_automated_pairings", "Sign-ins on the enrollment page by result "
+    "(paired, wrong_credentials, rate_limited, refused, bad_device_info, error).", ["result"])
 
 
 def observe_apple_call(endpoint: str, status: int) -> None:
@@ -48,6 +53,9 @@ class EnrollmentStateCollector:
                                       "When the token's last successful device sync finished.", labels=["token_id", "name"])
         devices = GaugeMetricFamily("orchard_enrollment_devices", "ADE devices by profile status.",
                                     labels=["token_id", "profile_status"])
+        assignment = GaugeMetricFamily("orchard_enrollment_device_assignments",
+                                       "Known devices by assignment: user, shared (a group) or unassigned.",
+                                       labels=["assignment"])
         now = utc_now()
         try:
             with self.engine.connect() as connection:
@@ -62,10 +70,13 @@ class EnrollmentStateCollector:
                 for token_id, profile_status, count in connection.execute(
                         sa.select(c.token_id, c.profile_status, sa.func.count()).group_by(c.token_id, c.profile_status)):
                     devices.add_metric([token_id, profile_status], count)
+                with Session(bind=connection) as session:
+                    for kind, count in AssignmentRepository(session).counts().items():
+                        assignment.add_metric([kind], count)
         except sa.exc.SQLAlchemyError:
             log.warning("could not read enrollment state for metrics", exc_info=True)
             return
-        yield from (expiry, status, last_sync, devices)
+        yield from (expiry, status, last_sync, devices, assignment)
 
 
 COLLECTOR = EnrollmentStateCollector()

@@ -12,7 +12,6 @@ from typing import Any
 from eventlet import tpool
 
 from services.enrollment.adapters import tables
-from services.enrollment.assignment_entrypoints import DevicePeopleEntrypoints
 from services.enrollment.adapters.dep_client import ROSTER_KINDS, DepClient
 from services.enrollment.adapters.dep_connection import DepConnection
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
@@ -25,6 +24,7 @@ from services.enrollment.adapters.token_repository import (
     list_devices,
     token_summary,
 )
+from services.enrollment.assignment_entrypoints import DevicePeopleEntrypoints
 from services.enrollment.domain.checkin import MAX_CHECKIN_BYTES, Authenticate, CheckOut, MalformedCheckin, parse_checkin
 from services.enrollment.domain.device_sync import DeviceSync, SyncCounts
 from services.enrollment.domain.devices import PROFILE_STATUSES
@@ -39,6 +39,7 @@ from services.enrollment.domain.server_tokens import (
     credentials_from_plaintext,
 )
 from services.enrollment.metrics import SYNC_DURATION, EnrollmentStateMetrics
+from services.enrollment.pairing import PairingPage
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
 from shared.entrypoints import event_handler, http, periodic, rpc
@@ -59,7 +60,7 @@ MAX_SERIALS_PER_CALL = 10_000
 _UNCHANGED: Any = object()
 
 
-class EnrollmentService(DevicePeopleEntrypoints, OrchardService):
+class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
     name = "enrollment"
     db = Database(tables.metadata, migrations="services.enrollment.migrations")
     secrets = Secrets()

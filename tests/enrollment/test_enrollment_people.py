@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import plistlib
+import re
 
 import httpx
 import pytest
@@ -143,6 +144,12 @@ def test_shared_groups(people, rpc_as):
 GRADE_7_STUDENTS_AT_A = {"locations": ["A"], "grade_levels": ["7"], "user_types": ["student"]}
 
 
+def assignment_gauge(config: dict) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['enrollment']['metrics_port']}/metrics").text
+    return {kind: float(value) for kind, value in
+            re.findall(r'^orchard_enrollment_device_assignments\{assignment="(\w+)"\} (\S+)$', text, re.M)}
+
+
 def test_scope_follows_the_roster(people, rpc_as):
     with rpc_as() as rpc:
         for serial, user in (("SER7A1", "s7a1"), ("SER7A2", "s7a2"), ("SER8A1", "s8a1"), ("SER7B1", "s7b1"),
@@ -150,6 +157,8 @@ def test_scope_follows_the_roster(people, rpc_as):
             rpc.enrollment.assign_device(serial, user)
         cart = rpc.enrollment.create_shared_group("Cart 1", "A")
         rpc.enrollment.add_devices_to_group(cart["id"], ["SERCART1"])
+
+        assert assignment_gauge(people) == {"user": 5, "shared": 1, "unassigned": 1}
 
         reached = rpc.enrollment.resolve_scope(GRADE_7_STUDENTS_AT_A)
         assert reached == [

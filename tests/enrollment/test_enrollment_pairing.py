@@ -1,0 +1,121 @@
+"""Fully automated pairing over the real broker and a real slapd: sign in on the enrollment page, get paired."""
+from __future__ import annotations
+
+import base64
+import datetime
+import plistlib
+import re
+from typing import Iterator
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import NameOID
+
+from services.directory.service import DirectoryService
+from services.enrollment.adapters.device_info_header import device_info_from_header
+from services.enrollment.service import EnrollmentService
+from services.roster.service import RosterService
+from shared.errors import ValidationError
+from tests.directory.conftest import _profile_data
+from tests.slapd import RunningSlapd, TreeShape, start_slapd
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "correct horse battery"
+TOPIC = "com.apple.mgmt.External.18a16429-886b-41f1-9c30-2bd04ae4fc37"
+
+
+def device_plist(serial: str) -> bytes:
+    return plistlib.dumps({"SERIAL": serial, "UDID": f"UDID-{serial}", "PRODUCT": "iPad13,18", "VERSION": "21F90",
+                           "LANGUAGE": "en_US"}, fmt=plistlib.FMT_XML)
+
+
+def signed_device_info(serial: str) -> str:
+    """What Setup Assistant sends: base64 of a CMS SignedData around the plist."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Apple iPhone Device CA test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    der = (pkcs7.PKCS7SignatureBuilder().set_data(device_plist(serial))
+           .add_signer(cert, key, hashes.SHA256()).sign(serialization.Encoding.DER, []))
+    return base64.b64encode(der).decode()
+
+
+def test_device_info_signed_or_plain_and_bad_input():
+    assert device_info_from_header(signed_device_info("dmpx1")).serial_number == "DMPX1"
+    plain = device_info_from_header(base64.b64encode(device_plist("DMPX2")).decode())
+    assert (plain.serial_number, plain.udid, plain.product) == ("DMPX2", "UDID-DMPX2", "iPad13,18")
+    for bad, message in ((None, "Setup Assistant"), ("%%%", "not base64"),
+                         (base64.b64encode(b"\x30\x03\x02\x01\x01").decode(), "neither a signed"),
+                         (base64.b64encode(plistlib.dumps({"UDID": "x"})).decode(), "no SERIAL"),
+                         (base64.b64encode(b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "b">]><plist/>').decode(),
+                          "entities")):
+        with pytest.raises(ValidationError, match=message):
+            device_info_from_header(bad)
+
+
+@pytest.fixture(scope="module")
+def small_directory() -> Iterator[RunningSlapd]:
+    server = start_slapd(TreeShape(students=10, teachers=3, staff=1, passwords={"t00001": PASSWORD}))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def enrollment_page(runner_factory, orchard_config, rpc_as, small_directory):
+    runner = runner_factory(orchard_config, EnrollmentService, RosterService, DirectoryService)
+    runner.start()
+    with rpc_as() as rpc:
+        profile_id = rpc.directory.add_ldap_profile(_profile_data(small_directory, "ldaps"))["id"]
+        assert rpc.directory.sync_ldap_profile(profile_id, apply=True)["applied"]["status"] == "applied"
+    address = orchard_config["SERVICES"]["enrollment"]["http_address"]
+    body = plistlib.dumps({"MessageType": "Authenticate", "UDID": "UDID-PAIR1", "Topic": TOPIC,
+                           "SerialNumber": "PAIR1"})
+    assert httpx.put(f"http://{address}/mdm/checkin", content=body).status_code == 200
+    return f"http://{address}/enroll"
+
+
+def pairings(config: dict) -> dict[str, float]:
+    text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['enrollment']['metrics_port']}/metrics").text
+    return {m[0]: float(m[1]) for m in
+            re.findall(r'^orchard_enrollment_automated_pairings_total\{result="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def test_a_directory_user_signs_in_and_the_device_is_paired(enrollment_page, orchard_config, rpc_as):
+    before = pairings(orchard_config)
+    info = signed_device_info("PAIR1")
+    form = httpx.get(enrollment_page, headers={"x-apple-aspen-deviceinfo": info})
+    assert form.status_code == 200 and 'name="password"' in form.text
+    hidden = re.search(r'name="deviceinfo" value="([^"]+)"', form.text).group(1)
+
+    wrong = httpx.post(enrollment_page, data={"deviceinfo": hidden, "username": "t00001", "password": "nope"})
+    assert wrong.status_code == 401 and "not right" in wrong.text and 'name="password"' in wrong.text
+    with rpc_as() as rpc:
+        assert rpc.enrollment.device_assignment("PAIR1")["user_id"] is None
+
+    paired = httpx.post(enrollment_page, data={"deviceinfo": hidden, "username": "t00001", "password": PASSWORD})
+    assert paired.status_code == 200, paired.text
+    assert paired.headers["content-type"] == "application/x-apple-aspen-config"
+    mdm = plistlib.loads(paired.content)["PayloadContent"][0]
+    assert mdm["PayloadType"] == "com.apple.mdm" and mdm["CheckInURL"] == enrollment_page.replace("/enroll", "/mdm/checkin")
+    with rpc_as() as rpc:
+        assignment = rpc.enrollment.device_assignment("PAIR1")
+        assert (assignment["user_id"], assignment["source"]) == ("t00001", "pairing")
+        assert rpc.enrollment.audit_log("device:PAIR1")[0]["actor_id"] == "system:enrollment"
+
+    unknown = httpx.post(enrollment_page, headers={"x-apple-aspen-deviceinfo": signed_device_info("NOTHERE")},
+                         data={"username": "t00001", "password": PASSWORD})
+    assert unknown.status_code == 404 and "knows no device NOTHERE" in unknown.text
+    assert httpx.get(enrollment_page).status_code == 400  # opened outside Setup Assistant
+
+    after = pairings(orchard_config)
+    for result, count in (("paired", 1), ("wrong_credentials", 1), ("refused", 1), ("bad_device_info", 1)):
+        assert after.get(result, 0) - before.get(result, 0) == count, result
