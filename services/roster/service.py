@@ -16,6 +16,7 @@ from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.mosyle_http import MosyleApi
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import asm_mapping, planning
+from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, new_device_assignments
 from services.roster.domain.mosyle_openapi import openapi_document
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
@@ -52,6 +53,8 @@ class RosterService(OrchardService):
         if not result["already_applied"]:
             self.db.audit(actor, "import.applied", f"plan:{plan_id}",
                           {"applied": result["applied"], "allow_mass_delete": allow_mass_delete})
+            assigned, failures = self._preassign_devices(plan_id)
+            result["device_assignments"] = {"assigned": assigned, "failed": [f.to_dict() for f in failures]}
         return result
 
     @rpc
@@ -290,7 +293,16 @@ class RosterService(OrchardService):
         return ImportRunner(self.db.session, self.db.publish)
 
     def _api(self) -> MosyleApi:
-        return MosyleApi(self.db.session, self.db.publish, self.db.audit)
+        return MosyleApi(self.db.session, self.db.publish, self.db.audit, self._preassign_devices)
+
+    def _preassign_devices(self, plan_id: str) -> tuple[int, list[DeviceAssignmentFailure]]:
+        """Hand the plan's newly listed serial numbers to enrollment, once the users are committed
+        (enrollment looks each user up in this roster)."""
+        pairs = new_device_assignments(self._runner().plans.changes(plan_id))
+        if not pairs:
+            return 0, []
+        self.db.commit()
+        return assign_devices(pairs, self.enrollment.assign_device)
 
     @staticmethod
     def _options(actor: Actor, options: dict | None) -> planning.PlanOptions:

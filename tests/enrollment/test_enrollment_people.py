@@ -184,3 +184,31 @@ def test_scope_follows_the_roster(people, rpc_as):
         # without naming a location, a leader reaches only their own
         assert [r["serial_number"] for r in rpc.enrollment.resolve_scope({"grade_levels": ["7"]})] == [
             "SER7A1", "SERT7A"]
+
+
+def test_imports_and_the_api_pre_assign_devices_through_enrollment(people, rpc_as):
+    with rpc_as() as rpc:
+        users = [dict(u, serial_numbers=["SER7A1", "NOSUCHDEVICE"]) if u["user_id"] == "s7a1" else u for u in USERS]
+        batch = {"source": "csv", "locations": [{"location_id": "A", "name": "Alpha"},
+                                                {"location_id": "B", "name": "Beta"}], "users": users}
+        applied = rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
+        assert applied["device_assignments"]["assigned"] == 1
+        assert applied["device_assignments"]["failed"] == [{
+            "user_id": "s7a1", "serial_number": "NOSUCHDEVICE",
+            "reason": "enrollment knows no device NOSUCHDEVICE: sync the server token from Apple School Manager "
+                      "or enroll the device first"}]
+        assert rpc.enrollment.device_assignment("SER7A1")["user_id"] == "s7a1"
+        token = rpc.roster.create_api_token("sis")["token"]
+
+    api = f"http://{people['SERVICES']['roster']['http_address']}/v2/users"
+    written = httpx.post(api, json={"accessToken": token, "elements": [
+        {"operation": "save", "id": "s8a1", "name": "s8a1", "type": "S", "locations": [["Alpha", "8"]],
+         "assign_device": {"serial_number": "ser8a1"}},
+        {"operation": "save", "id": "s7b1", "name": "s7b1", "type": "S", "locations": [["Beta", "7"]],
+         "assign_device": {"serial_number": "GHOST1"}},
+    ]}).json()["response"]
+    assert [e["status"] for e in written] == ["OK", "ERROR"]
+    assert "device GHOST1 was not assigned" in written[1]["error"]
+    with rpc_as() as rpc:
+        assert rpc.enrollment.device_assignment("SER8A1")["user_id"] == "s8a1"
+        assert rpc.roster.get_user("s7b1")["serial_numbers"] == ["GHOST1"]  # the user was saved all the same

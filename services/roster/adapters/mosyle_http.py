@@ -38,9 +38,10 @@ def request_payload(request: Request) -> dict[str, Any]:
 
 
 class MosyleApi:
-    def __init__(self, session: Any, publish: Any, audit: Any):
+    def __init__(self, session: Any, publish: Any, audit: Any, preassign_devices: Any):
         self.session = session
         self.audit = audit
+        self.preassign_devices = preassign_devices  # plan id -> (assigned, failures), after the apply
         self.tokens = ApiTokens(session)
         self.queries = RosterQueries(session)
         self.runner = ImportRunner(session, publish)
@@ -112,7 +113,13 @@ class MosyleApi:
             self.runner.apply(summary["plan_id"], actor=actor)
         except Conflict as exc:  # another import won the race: nothing of this one was written
             return wire.write_response(request, [], failed=exc.message)
-        return wire.write_response(request, [RejectedRow.from_dict(r) for r in summary["rejected"]])
+        rejected = [RejectedRow.from_dict(r) for r in summary["rejected"]]
+        _, failures = self.preassign_devices(summary["plan_id"])
+        elements = request.row_numbers.get("Users", {})
+        rejected += [RejectedRow(sheet="Users", row=elements[f.user_id],
+                                 reason=f"saved, but device {f.serial_number} was not assigned: {f.reason}")
+                     for f in failures if f.user_id in elements]
+        return wire.write_response(request, rejected)
 
     def _location_ids_by_name(self) -> dict[str, str]:
         return {name: location_id for location_id, name in self.queries.location_names().items()}
