@@ -55,6 +55,14 @@ def queued(config, queue: str, count: int = 100_000) -> list[dict]:
     return [json.loads(message["payload"]) for message in response.json()]
 
 
+def collect(config, queue: str, expected: int) -> list[dict]:
+    """Wait until ``expected`` messages arrived in ``queue`` (the relay publishes after the commit)."""
+    messages: list[dict] = []
+    wait_for(lambda: messages.extend(queued(config, queue)) or len(messages) >= expected,
+             what=f"{expected} messages in {queue}")
+    return messages
+
+
 def connect(rpc, dep_sandbox, *, devices=0, name="Springfield MDM"):
     created = rpc.enrollment.create_server_token(name)
     server = dep_sandbox.create_server(created["public_key_pem"].encode())
@@ -93,7 +101,7 @@ def test_token_lifecycle_with_bad_input_changing_nothing(enrollment, rpc_as, dep
 
         run = wait_for(lambda: [r for r in rpc.enrollment.sync_runs(created["id"]) if r["finished_at"]], what="first sync")[0]
         assert (run["trigger"], run["kind"], run["added"], run["error"]) == ("upload", "fetch", 25, None)
-        assigned = queued(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned")
+        assigned = collect(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned", 25)
         assert len(assigned) == 25 and assigned[0]["token_id"] == created["id"]
 
         with pytest.raises(Conflict, match="already connected"):
@@ -180,7 +188,7 @@ def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
         full = rpc.enrollment.sync_devices(token["id"], full=True)
         assert full["kind"] == "fetch" and full["error"] is None
         assert [r["trigger"] for r in rpc.enrollment.sync_runs(token["id"])] == ["manual", "manual", "upload"]
-        assert len(queued(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned")) == 9
+        assert len(collect(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned", 9)) == 9
 
 
 def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as, dep_sandbox):
