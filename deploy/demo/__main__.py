@@ -23,6 +23,7 @@ from deploy.demo.terminal import DemoFailed, Terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_SECONDS = 90
+STATE_MARKER = ".orchard-demo"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         require_free(ports)
         terminal = walk(children, state_dir, ports)
         terminal.say(f"\nThe walk took {time.monotonic() - started:.0f} s. Service logs: "
-                     f"{terminal_path(state_dir)}/<service>.log")
+                     f"{terminal.shown_path(state_dir)}/<service>.log")
         if args.no_wait:
             return 0
         terminal.say("Everything keeps running; press Ctrl-C to stop.")
         stopped = children.wait_until_one_stops()
-        print(f"{stopped} stopped; see its log in {terminal_path(state_dir)}/. Stopping the rest.", file=sys.stderr)
+        print(f"{stopped} stopped; see its log in {terminal.shown_path(state_dir)}/. Stopping the rest.", file=sys.stderr)
         return 1
     except DemoFailed as exc:
         print(f"\nThe demo failed: {exc}", file=sys.stderr)
@@ -60,10 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def walk(children: Children, state_dir: Path, ports: Ports) -> Terminal:
-    if state_dir.exists():
-        shutil.rmtree(state_dir)
+    empty_state_dir(state_dir)
     work = state_dir / "files"
-    work.mkdir(parents=True)
+    work.mkdir()
     key_file = state_dir / "secret.key"
     key_file.write_text(Fernet.generate_key().decode() + "\n")
     key_file.chmod(0o600)
@@ -81,13 +81,22 @@ def walk(children: Children, state_dir: Path, ports: Ports) -> Terminal:
     env.update(service_environment(state_dir, ports, settings, vendor_certificate, vendor_key))
     children.start_services(env)  # they read the vendor files only when asked for a push certificate request
     terminal.say("The sandbox's Apple CA issues a test MDM vendor certificate for signing push certificate requests:")
-    terminal.run(["python", "-m", "apple_sandbox.push_portal", "--dir", terminal_path(sandbox_dir), "vendor",
-                  "--cert", terminal_path(vendor_certificate), "--key", terminal_path(vendor_key)])
+    terminal.run(["python", "-m", "apple_sandbox.push_portal", "--dir", terminal.shown_path(sandbox_dir), "vendor",
+                  "--cert", terminal.shown_path(vendor_certificate), "--key", terminal.shown_path(vendor_key)])
     children.wait_for_ports({f"{name} metrics": port for name, port in ports.metrics.items()}, READY_SECONDS)
     terminal.run_until(["orchard", "health", "--timeout", "5"], lambda health: health.exit_code == 0,
                        "every service to answer", seconds=READY_SECONDS, pause=0.2)
     Story(terminal, AppleSandbox.from_settings(settings), ports, work, sandbox_dir).tell()
     return terminal
+
+
+def empty_state_dir(state_dir: Path) -> None:
+    """Empty the demo's directory from a previous run; never a directory the demo did not make."""
+    if state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / STATE_MARKER).exists():
+        raise DemoFailed(f"{state_dir} holds files the demo did not make; choose another --state-dir")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
+    (state_dir / STATE_MARKER).touch()
 
 
 def service_environment(state_dir: Path, ports: Ports, settings: dict[str, str], vendor_certificate: Path,
@@ -96,21 +105,14 @@ def service_environment(state_dir: Path, ports: Ports, settings: dict[str, str],
     env = {name: settings[name] for name in ("DEP_URL", "VPP_URL", "APNS_URL", "APNS_CA_FILE", "SMTP_HOST", "SMTP_PORT")}
     env.update(PUSH_VENDOR_CERTIFICATE=str(vendor_certificate), PUSH_VENDOR_KEY=str(vendor_key),
                PUSH_VENDOR_CHAIN=settings["APNS_CA_FILE"],  # the vendor certificate's issuer: the sandbox's Apple CA
-               ENROLLMENT_PUBLIC_URL=f"http://localhost:{ports.http['enrollment']}",
-               VPP_PUBLIC_URL=f"http://localhost:{ports.http['vpp']}")
+               ENROLLMENT_PUBLIC_URL=f"http://127.0.0.1:{ports.http['enrollment']}",
+               VPP_PUBLIC_URL=f"http://127.0.0.1:{ports.http['vpp']}")
     for service in SERVICES:
         env[f"DATABASE_URL_{service.upper()}"] = f"sqlite:///{state_dir / service}.db"
         env[f"METRICS_PORT_{service.upper()}"] = str(ports.metrics[service])
     for service in HTTP_SERVICES:
         env[f"HTTP_ADDRESS_{service.upper()}"] = f"127.0.0.1:{ports.http[service]}"
     return env
-
-
-def terminal_path(path: Path) -> str:
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 if __name__ == "__main__":

@@ -5,17 +5,28 @@ import os
 import plistlib
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import httpx
 
 from deploy.demo.terminal import DemoFailed
 
+class AsmDevice(NamedTuple):
+    serial_number: str
+    model: str
+    family: str
+    os: str
+    colour: str
+    profile_status: str
+
+
 DEMO_DEVICES = (  # devices Apple School Manager already holds for the school, with their profile statuses
-    ("DMPDEMO00001", "iPad (9th generation)", "iPad", "iPadOS", "SPACE GRAY", "assigned"),
-    ("DMPDEMO00002", "iPad (9th generation)", "iPad", "iPadOS", "SPACE GRAY", "pushed"),
-    ("DMPDEMO00003", "iPad Air (5th generation)", "iPad", "iPadOS", "BLUE", "empty"),
-    ("C02DEMO00004", "MacBook Air (M2, 2022)", "Mac", "OSX", "MIDNIGHT", "removed"),
+    AsmDevice("DMPDEMO00001", "iPad (9th generation)", "iPad", "iPadOS", "SPACE GRAY", "assigned"),
+    AsmDevice("DMPDEMO00002", "iPad (9th generation)", "iPad", "iPadOS", "SPACE GRAY", "pushed"),
+    AsmDevice("DMPDEMO00003", "iPad Air (5th generation)", "iPad", "iPadOS", "BLUE", "empty"),
+    AsmDevice("C02DEMO00004", "MacBook Air (M2, 2022)", "Mac", "OSX", "MIDNIGHT", "removed"),
 )
+GENERATED_DEVICES = 8
 NEW_DEVICES = 3
 ASSETS = (  # adamId, pricing, type, licences bought
     ("361309726", "STDQ", "App", 120),   # Pages
@@ -38,12 +49,12 @@ class AppleSandbox:
         """Add our MDM server in Apple School Manager with the school's devices; its id and ``.p7m`` token."""
         created = _post(f"{self.dep_url}/_sandbox/servers", {
             "certificate_pem": public_key_pem, "server_name": "Orchard Demo", "org_name": "Springfield Schools"})
-        devices = [{"serial_number": serial, "model": model, "description": model.upper(), "color": colour, "os": os_name,
-                    "device_family": family, "profile_status": status, "device_assigned_by": "asm.admin@springfield.example",
-                    "device_assigned_date": "2026-08-20T09:00:00Z"}
-                   for serial, model, family, os_name, colour, status in DEMO_DEVICES]
+        devices = [{"serial_number": d.serial_number, "model": d.model, "description": d.model.upper(), "color": d.colour,
+                    "os": d.os, "device_family": d.family, "profile_status": d.profile_status,
+                    "device_assigned_by": "asm.admin@springfield.example", "device_assigned_date": "2026-08-20T09:00:00Z"}
+                   for d in DEMO_DEVICES]
         _post(f"{self.dep_url}/_sandbox/servers/{created['server_uuid']}/devices", {"devices": devices})
-        _post(f"{self.dep_url}/_sandbox/servers/{created['server_uuid']}/devices/generate", {"count": 8})
+        _post(f"{self.dep_url}/_sandbox/servers/{created['server_uuid']}/devices/generate", {"count": GENERATED_DEVICES})
         return created["server_uuid"], created["p7m"]
 
     def assign_new_devices(self, server_uuid: str) -> None:

@@ -73,9 +73,9 @@ class Children:
         """Start ``python -m apple_sandbox``; the settings it prints (DEP_URL, VPP_URL, APNS_URL, ...)."""
         args = [sys.executable, "-m", "apple_sandbox", "--state-dir", str(self.state_dir / "apple_sandbox")]
         args += [arg for name, port in ports.sandbox.items() for arg in (f"--{name}-port", str(port))]
-        log = open(self.state_dir / "apple_sandbox.log", "wb")
-        process = subprocess.Popen(args, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-                                   start_new_session=True)
+        with open(self.state_dir / "apple_sandbox.log", "wb") as log:
+            process = subprocess.Popen(args, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=log, text=True,
+                                       start_new_session=True)
         self.processes["apple sandbox"] = process
         lines = [process.stdout.readline() for _ in range(3)]
         if not lines[0].startswith("Apple sandbox running"):
@@ -87,10 +87,10 @@ class Children:
     def start_services(self, env: dict[str, str]) -> None:
         nameko = str(Path(sys.executable).with_name("nameko"))
         for service in SERVICES:
-            log = open(self.state_dir / f"{service}.log", "wb")
-            self.processes[service] = subprocess.Popen(
-                [nameko, "run", "--config", "deploy/config.yaml", f"services.{service}.service:{service.capitalize()}Service"],
-                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            with open(self.state_dir / f"{service}.log", "wb") as log:
+                self.processes[service] = subprocess.Popen(
+                    [nameko, "run", "--config", "deploy/config.yaml", f"services.{service}.service:{service.capitalize()}Service"],
+                    cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_for_ports(self, ports: dict[str, int], seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -14,7 +14,6 @@ from deploy.demo.apple import DEMO_DEVICES, NEW_DEVICES, AppleSandbox, check_in
 from deploy.demo.processes import Ports
 from deploy.demo.terminal import DemoFailed, Finished, Terminal
 
-ENROLLING_DEVICES = 3
 LDAP_PROFILE_ENV = "DEMO_LDAP_PROFILE"
 
 
@@ -42,7 +41,7 @@ class Story:
         request, certificate = self._file("push.req"), self._file("MDM_push.pem")
         t.run(["orchard", "push", "csr", "--out", request])
         t.say("Apple Push Certificates Portal (the sandbox's) signs the request:")
-        t.run(["python", "-m", "apple_sandbox.push_portal", "--dir", self._relative(self.sandbox_dir), "issue",
+        t.run(["python", "-m", "apple_sandbox.push_portal", "--dir", t.shown_path(self.sandbox_dir), "issue",
                "--request", request, "--out", certificate])
         uploaded = t.run(["orchard", "push", "upload", certificate])
         topic = _certificate_topic(Path(certificate))
@@ -67,18 +66,22 @@ class Story:
         t.run_until(["orchard", "enrollment", "sync", token_id],  # waits for the sync the upload started
                     lambda synced: "already running" not in synced.output, "the first device sync to finish")
         listed = t.run(["orchard", "enrollment", "devices", token_id])
-        removed = {device[0] for device in DEMO_DEVICES if device[5] == "removed"}
-        return [serial for serial in re.findall(r"^([A-Z0-9]{10,})\s", listed.output, re.MULTILINE) if serial not in removed]
+        ipads = [d.serial_number for d in DEMO_DEVICES if d.family == "iPad" and d.profile_status != "removed"]
+        missing = [serial for serial in ipads if not re.search(rf"^{serial}\s", listed.output, re.MULTILINE)]
+        if missing:
+            raise DemoFailed(f"the device sync did not bring {', '.join(missing)} from Apple School Manager")
+        return ipads
 
     # 3
     def check_ins(self, topic: str, certificate_id: str, serials: list[str]) -> None:
+        """The school's iPads go through Setup Assistant and enroll."""
         t = self.terminal
         t.heading("3. Devices enroll: MDM check-in, and the push certificate's device count rises")
         url = f"http://127.0.0.1:{self.ports.http['enrollment']}/mdm/checkin"
-        for index, serial in enumerate(serials[:ENROLLING_DEVICES], start=1):
+        for index, serial in enumerate(serials, start=1):
             udid = check_in(url, serial, topic, index)
             t.say(f"  {serial}: PUT {url} Authenticate, TokenUpdate -> 200 (UDID {udid})")
-        wanted = min(len(serials), ENROLLING_DEVICES)
+        wanted = len(serials)
         t.run_until(["orchard", "push", "list"], lambda listed: _device_count(listed, certificate_id) >= wanted,
                     f"the push certificate to count {wanted} devices")
 
@@ -141,16 +144,9 @@ class Story:
               "`docker compose -f deploy/docker-compose.yml up -d` runs Prometheus (:9090, alert rules from "
               "deploy/prometheus/) and Grafana (:3000, folder \"Orchard\") with them provisioned.")
 
-    # helpers
-
     def _file(self, name: str) -> str:
-        return self._relative(self.work / name)
+        return self.terminal.shown_path(self.work / name)
 
-    def _relative(self, path: Path) -> str:
-        try:
-            return str(path.resolve().relative_to(self.terminal.root))
-        except ValueError:
-            return str(path)
 
 def _certificate_topic(path: Path) -> str:
     certificate = x509.load_pem_x509_certificate(path.read_bytes())

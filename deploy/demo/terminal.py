@@ -45,6 +45,13 @@ class Terminal:
     def say(self, text: str) -> None:
         self._write(f"{text}\n")
 
+    def shown_path(self, path: Path) -> str:
+        """``path`` as a person would type it in the project directory."""
+        try:
+            return str(path.resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
     def command(self, args: list[str]) -> None:
         self._write(f"{BOLD}$ {shlex.join(args)}{RESET}\n")
 

@@ -116,3 +116,12 @@ def test_demo_refuses_busy_ports_with_a_clear_message(tmp_path):
     assert finished.returncode == 1
     assert "The demo failed: these ports are already in use: " in finished.stderr
     assert "push metrics :9101" in finished.stderr and "make run" in finished.stderr
+
+
+def test_demo_never_empties_a_directory_it_did_not_make(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    finished = subprocess.run([sys.executable, "-m", "deploy.demo", "--no-wait", "--free-ports", "--state-dir", str(tmp_path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 1
+    assert "holds files the demo did not make; choose another --state-dir" in finished.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
