@@ -11,6 +11,7 @@ eventlet.monkey_patch()  # noqa: E402  the RPC client is Nameko's, which expects
 
 import click
 
+from orchard_cli.devices import devices, groups, scope
 from orchard_cli.directory import directory
 from orchard_cli.enrollment import enrollment
 from orchard_cli.events import events
@@ -52,3 +53,6 @@ cli.add_command(vpp)
 cli.add_command(push)
 cli.add_command(roster)
 cli.add_command(enrollment)
+cli.add_command(devices)
+cli.add_command(groups)
+cli.add_command(scope)

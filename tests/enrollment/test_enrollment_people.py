@@ -212,3 +212,33 @@ def test_imports_and_the_api_pre_assign_devices_through_enrollment(people, rpc_a
     with rpc_as() as rpc:
         assert rpc.enrollment.device_assignment("SER8A1")["user_id"] == "s8a1"
         assert rpc.roster.get_user("s7b1")["serial_numbers"] == ["GHOST1"]  # the user was saved all the same
+
+
+def test_cli_assigns_groups_and_resolves_a_scope(people, tmp_path, monkeypatch):
+    import yaml
+    from click.testing import CliRunner
+
+    from orchard_cli.main import cli
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(people))
+    monkeypatch.setenv("ORCHARD_CONFIG", str(path))
+    runner = CliRunner()
+
+    def orchard(*args: str, code: int = 0) -> str:
+        result = runner.invoke(cli, list(args))
+        assert result.exit_code == code, result.output
+        return result.output
+
+    assert "s7a1" in orchard("devices", "assign", "SER7A1", "s7a1")
+    orchard("devices", "assign", "SER7A2", "s7a2")
+    assert "NotFound: enrollment knows no device NOPE" in orchard("devices", "assign", "NOPE", "s7a1", code=1)
+    group_id = re.search(r"^([0-9a-f-]{36}) ", orchard("groups", "create", "Cart 1", "--location", "A"), re.M).group(1)
+    orchard("groups", "add", group_id, "SERCART1")
+    assert "Cart 1" in orchard("groups", "list")
+    table = orchard("scope", "resolve", "--grade", "7", "--location", "A", "--type", "student")
+    assert re.findall(r"^(SER\w*\d)\s", table, re.M) == ["SER7A1", "SER7A2"] and "2 device(s)" in table
+    assert "SERCART1" in orchard("scope", "resolve", "--group", group_id)
+    assert "s7a1" not in orchard("devices", "unassign", "SER7A1")
+    assert "SER7A1" not in orchard("scope", "resolve", "--grade", "7", "--location", "A")
+    assert "deleted" in orchard("groups", "delete", group_id)
