@@ -26,7 +26,7 @@ from shared.errors import OrchardError, UpstreamError
 from shared.secrets import SecretBox
 from shared.storage import UnitOfWork, utc_now
 
-APPLE_CONCURRENCY = 8  # Apple requests in flight per worker
+APPLE_CONCURRENCY = 16  # Apple requests in flight per worker
 ALREADY_REGISTERED = 9716
 
 
@@ -180,10 +180,17 @@ class VppOperations:
                 for method in {i.method for i in done}:
                     metrics.INVITES_REGISTERED.labels(method).inc(sum(1 for i in done if i.method == method))
                 registered, failed = registered + len(done), failed + len(reasons)
+        if any(i.method == InviteMethod.EMAIL.value for i in invites):
+            self.refresh_invites(token)  # the e-mails need the invite codes now; others get them when listed
+        return registered, failed
+
+    def refresh_invites(self, token: Any) -> None:
+        """Read the users Apple changed since the last read: invite codes, acceptances, retirements."""
+        client = self.client_for(token)
+        with self.apple(token):
             listing = client.users(since_version_id=token.users_version)
         self.repo.apply_apple_users(token.id, listing.items, utc_now())
         self.repo.update_token(token.id, users_version=listing.version_id)
-        return registered, failed
 
     def invite_url_template(self, token: Any) -> str:
         return self.client_for(token).invitation_url_template()

@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import secrets as token_generator
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from services.vpp.adapters import tables
 from services.vpp.adapters.apple_client import ManagedByAnotherMdm
 from services.vpp.adapters.apple_connection import AppleConnection
+from services.vpp.adapters.batched_events import batched_event_handler
 from services.vpp.adapters.mailer import Mailer
 from services.vpp.adapters.repository import VppRepository, asset_from_row
 from services.vpp.adapters.settings import ServiceSettings
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
 MAX_IDS_PER_CALL = 20_000
+REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight together
+REGISTRATION_TICK_SECONDS = 1.0  # the scheduler's lease lasts two intervals (2 s)
 DEFAULT_SYNC_HOURS = 2.5
 
 
@@ -400,6 +404,8 @@ class VppService(OrchardService):
         actor = self.auth.require("vpp:read")
         row = self._token(actor, token_id)
         wanted = InviteStatus.parse(status).value if status is not None else None
+        if self.repo.invites_missing_codes(row.id):
+            self.ops.refresh_invites(row)
         rows = self.repo.invites(row.id, wanted)
         template = self.ops.invite_url_template(row) if any(r.invite_code for r in rows) else None
         return [invite_view(r, template) for r in rows]
@@ -439,37 +445,47 @@ class VppService(OrchardService):
 
     @periodic(interval=1)
     def register_invites(self) -> None:
-        """Register queued invites (from imports and retried ones) with Apple, then mail e-mail invites."""
-        while self.ops.register_queued()["registered"]:
+        """Register queued invites (from imports and retried ones) with Apple, then mail e-mail invites.
+
+        Rounds of bounded size, for at most ``REGISTRATION_TICK_SECONDS``, so a tick ends well within its
+        lease and another replica never registers the same users at the same time.
+        """
+        deadline = time.monotonic() + REGISTRATION_TICK_SECONDS
+        while True:
+            outcome = self.ops.register_queued(limit=REGISTRATION_ROUND)
             self.db.commit()
-        self.db.commit()
+            if outcome["registered"] + outcome["failed"] < REGISTRATION_ROUND or time.monotonic() > deadline:
+                break
         try:
             self.ops.email_invites()
         except OrchardError as exc:
             log.warning("invite e-mails wait for the next run: %s", exc)
 
-    @event_handler(UserImported)
-    def on_user_imported(self, event: UserImported) -> None:
+    @batched_event_handler(UserImported, tables.metadata.tables["inbox"])
+    def on_user_imported(self, events: list[UserImported]) -> None:
+        """Remember imported users; tokens with auto-invite register them with Apple (see ``register_invites``)."""
         repo = self.repo
-        repo.remember_users([{"user_id": event.user_id, "name": event.name, "email": event.email,
-                              "managed_apple_id": event.managed_apple_id, "locations": list(event.locations),
-                              "changed_at": event.occurred()}])
-        invited: set[str] | None = None
-
-        def already_invited(token_id: str, user_id: str) -> bool:
-            nonlocal invited
-            if invited is None:
-                invited = repo.invited_tokens_of(user_id)
-            return token_id in invited
-
-        planned = plan_auto_invites(user_id=event.user_id, user_locations=event.locations,
-                                    managed_apple_id=event.managed_apple_id, policies=repo.auto_invite_policies(),
-                                    already_invited=already_invited)
+        latest: dict[str, UserImported] = {}
+        for event in events:  # a late, older event must not win over a newer one in the same batch
+            if event.user_id not in latest or latest[event.user_id].occurred() <= event.occurred():
+                latest[event.user_id] = event
+        repo.remember_users([{"user_id": e.user_id, "name": e.name, "email": e.email, "managed_apple_id": e.managed_apple_id,
+                              "locations": list(e.locations), "changed_at": e.occurred()} for e in latest.values()])
+        policies = repo.auto_invite_policies()
+        if not policies:
+            return
+        invited = repo.invited_pairs(list(latest))
         now = utc_now()
-        repo.queue_invites([{
-            "token_id": p.token_id, "user_id": p.user_id, "method": InviteMethod.MANAGED_APPLE_ID.value, "name": event.name,
-            "email": event.email, "managed_apple_id": p.managed_apple_id, "status": InviteStatus.PENDING.value,
-            "apple_state": "queued", "invited_at": now} for p in planned])
+        rows = []
+        for event in latest.values():
+            for planned in plan_auto_invites(user_id=event.user_id, user_locations=event.locations,
+                                             managed_apple_id=event.managed_apple_id, policies=policies,
+                                             already_invited=lambda token_id, user_id: (token_id, user_id) in invited):
+                rows.append({"token_id": planned.token_id, "user_id": planned.user_id,
+                             "method": InviteMethod.MANAGED_APPLE_ID.value, "name": event.name, "email": event.email,
+                             "managed_apple_id": planned.managed_apple_id, "status": InviteStatus.PENDING.value,
+                             "apple_state": "queued", "invited_at": now})
+        repo.queue_invites(rows)
 
     @event_handler(DeviceEnrolled)
     def on_device_enrolled(self, event: DeviceEnrolled) -> None:

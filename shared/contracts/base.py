@@ -18,6 +18,11 @@ def new_event_id() -> str:
     return str(uuid.uuid4())
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)  # slow (it evaluates annotations); decoding runs once per event
+
+
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -30,7 +35,7 @@ class Contract:
         what = what or cls.__name__
         if not isinstance(data, dict):
             raise ValidationError(f"{what} must be an object, not {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         values = {}
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
             if f.name in data:

@@ -109,3 +109,26 @@ def test_notifications_are_bearer_checked_and_update_counts(vpp_sandbox, vpp_con
         vpp_sandbox.add_asset(stoken, "111", 8)  # five more bought: Apple sends ASSET_COUNT
         wait_for(lambda: rpc.vpp.get_asset(token_id, "111")["total"] == 8, what="the ASSET_COUNT notification")
         assert rpc.vpp.get_asset(token_id, "111")["available"] == 8
+
+
+def test_a_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_handled(vpp_config, vpp_runner):
+    from amqp.exceptions import NotFound
+    from kombu import Connection, Queue
+
+    good = [user(f"good{n}") for n in range(3)]
+    bad = {**user("bad").to_payload(), "user_type": 7}  # not text: the contract refuses it
+    dispatch = event_dispatcher(vpp_config)
+    for payload in [good[0].to_payload(), bad, good[1].to_payload(), good[2].to_payload()]:
+        dispatch(UserImported.SOURCE, UserImported.TYPE, payload)
+    wait_for(lambda: count_rows(vpp_config, "known_users") == 3, what="the three good users")
+
+    def dead_letters():
+        with Connection(vpp_config["AMQP_URI"]) as connection:
+            queue = Queue("evt-roster-UserImported--vpp.on_user_imported.dead-letters", durable=True, auto_delete=False)
+            try:
+                return queue(connection.default_channel).queue_declare(passive=True).message_count
+            except NotFound:  # not declared until the first dead letter
+                return 0
+
+    assert wait_for(dead_letters, what="the bad event dead-lettered") == 1
+    assert count_rows(vpp_config, "inbox") == 3

@@ -1,12 +1,14 @@
 """Content tokens and licences through the running vpp service (real RabbitMQ, SQLite, the Apple sandbox)."""
-import base64
 import json
 
-import httpx
 import pytest
+import sqlalchemy as sa
+from nameko.standalone.events import event_dispatcher
 
 from shared.auth import Actor
+from shared.contracts.enrollment import DeviceAssigned
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +99,7 @@ def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
         revoked = rpc.vpp.revoke_licenses(token_id, "111", serial_numbers=["A", "Z"])
         assert revoked["revoked"]["serial_numbers"] == ["A"] and revoked["not_assigned"] == ["Z"]
 
-        # KNOWN1 enrolled here (via the enrollment events); A, B, the ghost and STRANGER1 are unknown
+        # KNOWN1 came to Orchard through Apple School Manager; A, B, the ghost and STRANGER1 are unknown
         _remember_device(vpp_runner, "KNOWN1")
         dry = rpc.vpp.revoke_unknown(token_id)
         holders = sorted(a["serial_number"] or a["user_id"] for a in dry["assignments"])
@@ -128,19 +130,17 @@ def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
 
 
 def _remember_device(runner, serial):
-    from nameko.standalone.events import event_dispatcher
-
-    from shared.contracts.enrollment import DeviceAssigned
-    from tests.waiting import wait_for
-
+    """The enrollment service tells vpp about a device (DeviceAssigned over RabbitMQ)."""
     config = runner.config
     event = DeviceAssigned(token_id="dep-1", serial_number=serial)
     event_dispatcher(config)(DeviceAssigned.SOURCE, DeviceAssigned.TYPE, event.to_payload())
-    import sqlalchemy as sa
-
     engine = sa.create_engine(config["SERVICES"]["vpp"]["database_url"])
+
+    def known() -> bool:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("select count(*) from known_devices")).scalar() == 1
+
     try:
-        wait_for(lambda: engine.connect().execute(sa.text("select count(*) from known_devices")).scalar() == 1,
-                 what="the device to be known")
+        wait_for(known, what="the device to be known")
     finally:
         engine.dispose()

@@ -95,7 +95,9 @@ class VppRepository:
                 "available_count": int(a.get("availableCount", 0)),
                 "device_assignable": bool(a.get("deviceAssignable", False)), "revocable": bool(a.get("revocable", False)),
                 "hidden": bool(old.hidden) if old else False,
-                "refused_for_licences": old.refused_for_licences if old else 0, "synced_at": now,
+                # assignments still wait for licences only while none is available
+                "refused_for_licences": old.refused_for_licences if old and int(a.get("availableCount", 0)) == 0 else 0,
+                "synced_at": now,
             })
         if rows:
             self.session.execute(t.assets.insert(), rows)
@@ -212,8 +214,11 @@ class VppRepository:
         return serials, users
 
     # --- invites ----------------------------------------------------------------------------
-    def invited_tokens_of(self, user_id: str) -> set[str]:
-        return set(self.session.execute(sa.select(t.invites.c.token_id).where(t.invites.c.user_id == user_id)).scalars())
+    def invited_pairs(self, user_ids: Sequence[str]) -> set[tuple[str, str]]:
+        """(token id, user id) of the invites these users already have."""
+        c = t.invites.c
+        return {(r.token_id, r.user_id) for r in self.session.execute(
+            sa.select(c.token_id, c.user_id).where(c.user_id.in_(list(user_ids))))}
 
     def queue_invites(self, rows: Sequence[dict[str, Any]]) -> None:
         """Add invites to be registered with Apple; an invite that exists already is left as it is."""
@@ -252,22 +257,35 @@ class VppRepository:
     def apply_apple_users(self, token_id: str, users: Iterable[dict[str, Any]], now: datetime) -> None:
         """Bring invites in line with Apple's users: invite codes, accepted, retired."""
         c = t.invites.c
-        current = {r.user_id: r for r in self.session.execute(
-            sa.select(c.user_id, c.status, c.invite_code, c.accepted_at).where(c.token_id == token_id))}
+        users = [u for u in users if u.get("clientUserId")]
+        ids = [u["clientUserId"] for u in users]
+        current = {}
+        for start in range(0, len(ids), 1000):
+            current.update((r.user_id, r) for r in self.session.execute(
+                sa.select(c.user_id, c.status, c.invite_code, c.accepted_at)
+                .where(c.token_id == token_id, c.user_id.in_(ids[start:start + 1000]))))
+        changes = []
         for user in users:
             row = current.get(user.get("clientUserId"))
             if row is None:
                 continue
             status = InviteStatus.from_apple_user_status(user.get("status", ""))
-            values: dict[str, Any] = {}
-            if status.value != row.status:
-                values["status"] = status.value
-                if status is InviteStatus.ACCEPTED and row.accepted_at is None:
-                    values["accepted_at"] = now
-            if user.get("inviteCode") and user["inviteCode"] != row.invite_code:
-                values["invite_code"] = user["inviteCode"]
-            if values:
-                self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id == row.user_id).values(**values))
+            accepted_at = now if status is InviteStatus.ACCEPTED and row.accepted_at is None else row.accepted_at
+            code = user.get("inviteCode") or row.invite_code
+            if (status.value, code, accepted_at) != (row.status, row.invite_code, row.accepted_at):
+                changes.append({"uid": row.user_id, "new_status": status.value, "code": code, "accepted": accepted_at})
+        if changes:  # one executemany: an import registers thousands of users at once
+            self.session.execute(
+                t.invites.update().where(c.token_id == token_id, c.user_id == sa.bindparam("uid"))
+                .values(status=sa.bindparam("new_status"), invite_code=sa.bindparam("code"), accepted_at=sa.bindparam("accepted")),
+                changes)
+
+    def invites_missing_codes(self, token_id: str) -> bool:
+        """Are there registered, pending invites whose invite code was not read from Apple yet?"""
+        c = t.invites.c
+        return self.session.execute(sa.select(c.user_id).where(
+            c.token_id == token_id, c.apple_state == "registered", c.status == InviteStatus.PENDING.value,
+            c.invite_code.is_(None)).limit(1)).first() is not None
 
     def invites_to_email(self, limit: int = 200) -> list[Any]:
         c = t.invites.c
