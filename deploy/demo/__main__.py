@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except DemoFailed as exc:
         print(f"\nThe demo failed: {exc}", file=sys.stderr)
+        if (state_dir / STATE_MARKER).exists():
+            print(f"The services' and the sandbox's logs are in {state_dir}/.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nStopping Orchard and the Apple sandbox...", file=sys.stderr)
