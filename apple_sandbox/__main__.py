@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     apns = subprocess.Popen([
         sys.executable, "-m", "apple_sandbox.apns", "--host", args.host, "--port", str(args.apns_port),
         "--admin-port", str(args.apns_admin_port), "--state-dir", str(state_dir),
-    ], stdout=subprocess.DEVNULL)
+    ], stdout=subprocess.DEVNULL,
+        # a child inherits blocked signals: give it back its own SIGTERM so terminate() stops it
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals))
 
     print("Apple sandbox running. Point Orchard at it with:", flush=True)
     print(f"  DEP_URL={dep.url}  VPP_URL={vpp.url}{API_PREFIX}  "
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.sigwait(stop_signals)
     finally:
         apns.terminate()
+        apns.wait(timeout=10)
         for server in (dep, vpp, smtp):
             server.stop()
 

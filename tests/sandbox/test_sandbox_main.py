@@ -25,3 +25,5 @@ def test_the_sandbox_runs_every_stand_in(tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
+    leftovers = subprocess.run(["pgrep", "-f", f"apple_sandbox.apns.*--port {ports['apns']}"], capture_output=True)
+    assert leftovers.stdout == b"", "the APNs child outlived the sandbox"
