@@ -20,6 +20,7 @@ from services.vpp.adapters.mailer import Mailer
 from services.vpp.adapters.repository import VppRepository, asset_from_row
 from services.vpp.adapters.settings import ServiceSettings
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
+from services.vpp.domain.licence_reach import LicenceTarget, require_within_token
 from services.vpp.domain.licences import (
     ProductType, plan_assignment, plan_revocation, revocation_batches, revoke_all_selection, revoke_unknown_selection,
 )
@@ -31,7 +32,7 @@ from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled
 from shared.contracts.roster import UserImported
 from shared import entrypoints
-from shared.entrypoints import event_handler, http, periodic
+from shared.entrypoints import ServiceRpc, event_handler, http, periodic
 from shared.errors import ALL_ERRORS, NotFound, OrchardError, PermissionDenied, ValidationError
 from shared.secrets import Secrets
 from shared.service import OrchardService
@@ -109,6 +110,7 @@ class VppService(OrchardService):
     mailer = Mailer()
     settings = ServiceSettings()
     state_metrics = VppStateMetrics()
+    enrollment = ServiceRpc("enrollment")  # resolves scopes and where devices are
 
     # --- helpers ----------------------------------------------------------------------------
     @property
@@ -293,10 +295,30 @@ class VppService(OrchardService):
 
     # --- licences ---------------------------------------------------------------------------
     @rpc
-    def assign_licenses(self, token_id: Any, adam_id: Any, serial_numbers: Any = None, user_ids: Any = None) -> dict[str, Any]:
+    def assign_licenses(self, token_id: Any, adam_id: Any, serial_numbers: Any = None, user_ids: Any = None,
+                        scope: Any = None) -> dict[str, Any]:
+        """Licences for devices and users, and for the devices a ``scope`` reaches today (``enrollment.resolve_scope``)."""
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
-        return self._assign(actor, row, adam_id, _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids"))
+        serials, users = _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids")
+        reached = self.enrollment.resolve_scope(scope) if scope is not None else []
+        self._require_within_token(row, serials, users, reached)
+        serials = list(dict.fromkeys([*serials, *(device["serial_number"] for device in reached)]))
+        return self._assign(actor, row, adam_id, serials, users)
+
+    def _require_within_token(self, row: Any, serials: list[str], users: list[str], reached: list[dict]) -> None:
+        """A token restricted to locations serves only devices and users there (checked before any Apple call)."""
+        if not row.locations:
+            return
+        located = {device["serial_number"]: device["locations"] for device in reached}
+        named = [serial for serial in serials if serial not in located]
+        if named:
+            located.update((device["serial_number"], device["locations"])
+                           for device in self.enrollment.resolve_scope({"devices": named}))
+        user_locations = self.repo.user_locations(users)
+        require_within_token(row.name, row.locations, [
+            *(LicenceTarget("device", serial, tuple(located[serial])) for serial in sorted(located)),
+            *(LicenceTarget("user", user, tuple(user_locations.get(user, ()))) for user in users)])
 
     def _assign(self, actor: Actor, row: Any, adam_id: Any, serials: list[str], users: list[str]) -> dict[str, Any]:
         asset = asset_from_row(self.repo.asset(row.id, adam_id))

@@ -1,7 +1,6 @@
 """Devices meet people over the real broker: assignment, shared groups and scopes (enrollment + roster)."""
 from __future__ import annotations
 
-import plistlib
 import re
 
 import httpx
@@ -12,12 +11,12 @@ from services.enrollment.service import EnrollmentService
 from services.roster.service import RosterService
 from shared.auth import Actor
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.people import GRADE_7_STUDENTS_AT_A, USERS, enroll, import_roster, moved_to_grade_8
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 LEADER_A = Actor(id="leader@a", role="location_leader", locations=("A",))
-TOPIC = "com.apple.mgmt.External.18a16429-886b-41f1-9c30-2bd04ae4fc37"
 RECEIVED: list[tuple[str, dict]] = []
 
 
@@ -31,32 +30,6 @@ class AssignmentEvents:
     @event_handler("enrollment", "DeviceUserUnassigned")
     def unassigned(self, payload):
         RECEIVED.append(("unassigned", payload))
-
-
-def student(user_id: str, location: str, grade: str) -> dict:
-    return {"user_id": user_id, "user_type": "student", "name": user_id, "locations": [location],
-            "grade_level": grade}
-
-
-USERS = [
-    student("s7a1", "A", "7"), student("s7a2", "A", "7"), student("s8a1", "A", "8"),
-    student("s7b1", "B", "7"),
-    {"user_id": "t7a", "user_type": "teacher", "name": "Teacher", "locations": ["A"], "grade_level": "7"},
-]
-
-
-def import_roster(rpc, users: list[dict]) -> None:
-    batch = {"source": "api", "locations": [{"location_id": "A", "name": "Alpha"}, {"location_id": "B", "name": "Beta"}],
-             "grade_levels": [{"name": "7"}, {"name": "8"}], "users": users}
-    rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
-
-
-def enroll(config: dict, serial: str) -> None:
-    """A device announces itself with the MDM Authenticate check-in, as enrolling devices do."""
-    body = plistlib.dumps({"MessageType": "Authenticate", "UDID": f"UDID-{serial}", "Topic": TOPIC,
-                           "SerialNumber": serial})
-    response = httpx.put(f"http://{config['SERVICES']['enrollment']['http_address']}/mdm/checkin", content=body)
-    assert response.status_code == 200, response.text
 
 
 @pytest.fixture
@@ -141,7 +114,6 @@ def test_shared_groups(people, rpc_as):
         assert [g["name"] for g in rpc.enrollment.list_shared_groups()] == ["Lab"]
 
 
-GRADE_7_STUDENTS_AT_A = {"locations": ["A"], "grade_levels": ["7"], "user_types": ["student"]}
 
 
 def assignment_gauge(config: dict) -> dict[str, float]:
@@ -169,8 +141,7 @@ def test_scope_follows_the_roster(people, rpc_as):
                                              "groups": [cart["id"]], "devices": ["SERCART2"]})
         assert [r["serial_number"] for r in both] == ["SER7A1", "SER7A2", "SER7B1", "SERCART1", "SERCART2"]
 
-        moved = [dict(u, grade_level="8") if u["user_id"] == "s7a2" else u for u in USERS]
-        import_roster(rpc, moved)
+        import_roster(rpc, moved_to_grade_8("s7a2"))
         assert [r["serial_number"] for r in rpc.enrollment.resolve_scope(GRADE_7_STUDENTS_AT_A)] == ["SER7A1"]
 
         with pytest.raises(ValidationError, match="a scope has no grades"):
@@ -189,9 +160,7 @@ def test_scope_follows_the_roster(people, rpc_as):
 def test_imports_and_the_api_pre_assign_devices_through_enrollment(people, rpc_as):
     with rpc_as() as rpc:
         users = [dict(u, serial_numbers=["SER7A1", "NOSUCHDEVICE"]) if u["user_id"] == "s7a1" else u for u in USERS]
-        batch = {"source": "csv", "locations": [{"location_id": "A", "name": "Alpha"},
-                                                {"location_id": "B", "name": "Beta"}], "users": users}
-        applied = rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
+        applied = import_roster(rpc, users, source="csv")
         assert applied["device_assignments"]["assigned"] == 1
         assert applied["device_assignments"]["failed"] == [{
             "user_id": "s7a1", "serial_number": "NOSUCHDEVICE",

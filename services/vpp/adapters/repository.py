@@ -208,6 +208,12 @@ class VppRepository:
         rows = self.session.execute(sa.select(t.known_users).where(t.known_users.c.user_id.in_(ids)))
         return {r.user_id: r for r in rows}
 
+    def user_locations(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
+        """The roster locations of these users, as the roster last told us."""
+        c = t.known_users.c
+        return {user_id: list(locations or []) for user_id, locations in self.session.execute(
+            sa.select(c.user_id, c.locations).where(c.user_id.in_(list(user_ids))))} if user_ids else {}
+
     def known_holders(self) -> tuple[set[str], set[str]]:
         serials = set(self.session.execute(sa.select(t.known_devices.c.serial_number)).scalars())
         users = set(self.session.execute(sa.select(t.known_users.c.user_id)).scalars())

@@ -1,0 +1,71 @@
+"""Licences by scope, end to end: roster + enrollment resolve "grade 7 students at A", vpp assigns at Apple."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from services.enrollment.service import EnrollmentService
+from services.roster.service import RosterService
+from services.vpp.service import VppService
+from shared.errors import PermissionDenied
+from tests.people import DEVICES, GRADE_7_STUDENTS_AT_A, USERS, enroll, import_roster, moved_to_grade_8
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def serials_at_apple(sandbox, stoken: str, adam_id: str) -> list[str]:
+    """What Apple itself lists as assigned, read through its own API."""
+    answer = httpx.get(f"{sandbox.api_url}assignments", params={"adamId": adam_id},
+                       headers={"Authorization": f"Bearer {stoken}"}).json()
+    return sorted(row["serialNumber"] for row in answer["assignments"] if "serialNumber" in row)
+
+
+def refusal(call) -> str:
+    with pytest.raises(PermissionDenied) as refused:
+        call()
+    return refused.value.message
+
+
+@pytest.fixture
+def district(runner_factory, vpp_config, vpp_sandbox, rpc_as):
+    runner_factory(vpp_config, VppService, EnrollmentService, RosterService).start()
+    for serial in DEVICES:
+        enroll(vpp_config, serial)
+    stoken = vpp_sandbox.issue_token(locationName="Alpha School")
+    vpp_sandbox.add_asset(stoken, "111", 10)
+    with rpc_as() as rpc:
+        import_roster(rpc, USERS)
+        for serial, user_id in DEVICES.items():
+            rpc.enrollment.assign_device(serial, user_id)
+        token_id = rpc.vpp.add_content_token(stoken, name="Alpha", locations=["A"])["id"]
+        rpc.vpp.sync_assets(token_id)
+    return token_id, stoken
+
+
+def test_a_scope_reaches_exactly_its_devices_at_apple(district, vpp_sandbox, rpc_as):
+    token_id, stoken = district
+    with rpc_as() as rpc:
+        result = rpc.vpp.assign_licenses(token_id, "111", scope=GRADE_7_STUDENTS_AT_A)
+        assert sorted(result["assigned"]["serial_numbers"]) == ["SER7A1", "SER7A2"]
+        assert serials_at_apple(vpp_sandbox, stoken, "111") == ["SER7A1", "SER7A2"]
+
+        import_roster(rpc, moved_to_grade_8("s7a2"))  # s7a2 leaves grade 7, and so does their iPad
+        again = rpc.vpp.assign_licenses(token_id, "111", scope=GRADE_7_STUDENTS_AT_A)
+        assert (again["assigned"]["serial_numbers"], again["already_assigned"]) == ([], ["SER7A1"])
+        grade_8 = rpc.vpp.assign_licenses(token_id, "111", scope={"grade_levels": ["8"], "locations": ["A"]})
+        assert (grade_8["assigned"]["serial_numbers"], grade_8["already_assigned"]) == (["SER8A1"], ["SER7A2"])
+    assert serials_at_apple(vpp_sandbox, stoken, "111") == ["SER7A1", "SER7A2", "SER8A1"]
+
+
+def test_a_token_of_one_location_refuses_devices_and_users_elsewhere(district, vpp_sandbox, rpc_as):
+    token_id, stoken = district
+    with rpc_as() as rpc:
+        with pytest.raises(PermissionDenied, match="device SER7B1 is at location\\(s\\) B"):
+            rpc.vpp.assign_licenses(token_id, "111", scope={"grade_levels": ["7"], "user_types": ["student"]})
+        with pytest.raises(PermissionDenied, match="device SER7B1 is at location\\(s\\) B"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["SER7A1", "SER7B1"])
+        wait_for(lambda: "user s7b1 is at location(s) B" in refusal(lambda: rpc.vpp.assign_licenses(
+            token_id, "111", user_ids=["s7b1"])), what="the refusal naming the user's location (once vpp knows them)")
+    assert "assets/associate" not in vpp_sandbox.state()["requests"]  # refused before any Apple call
+    assert serials_at_apple(vpp_sandbox, stoken, "111") == []
