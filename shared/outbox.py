@@ -8,6 +8,7 @@ them: delivery is at least once, and subscribers deduplicate by event id.
 """
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -17,8 +18,8 @@ import sqlalchemy as sa
 from eventlet.event import Event as GreenEvent
 from kombu import Queue
 from kombu.messaging import Exchange
-from nameko.amqp.publish import Publisher
-from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT
+from kombu import Connection
+from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import get_event_exchange
 
 from shared import metrics
@@ -28,7 +29,78 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 POLL_SECONDS = 2.0  # picks up rows left by a crashed process or another replica
+CONFIRM_TIMEOUT_SECONDS = 30
 INBOX_RETENTION = timedelta(days=14)
+
+
+class BatchPublisher:
+    """Publishes persistent messages in batches and waits once per batch for the broker's confirms.
+
+    Waiting for a confirm after every message (what Nameko's publisher does) costs a
+    broker round trip per event; with one wait per batch the broker confirms a whole
+    batch at once. A batch counts as published only when every message in it is
+    confirmed; anything else closes the connection and raises, and the caller keeps
+    the rows to publish them again (subscribers deduplicate by event id).
+    """
+
+    def __init__(self, amqp_uri: str, declare: list[Any]):
+        self.amqp_uri = amqp_uri
+        self.declare = declare
+        self._connection: Connection | None = None
+        self._channel: Any = None
+        self._next_tag = 0
+        self._unconfirmed: set[int] = set()
+        self._refused = False
+
+    def publish(self, exchange: str, messages: list[tuple[str, Any, dict[str, Any]]]) -> None:
+        """Publish ``(routing_key, payload, headers)`` messages; returns once all are confirmed."""
+        try:
+            channel = self._open()
+            for routing_key, payload, headers in messages:
+                self._next_tag += 1
+                self._unconfirmed.add(self._next_tag)
+                message = channel.prepare_message(
+                    json.dumps(payload).encode(), content_type="application/json", content_encoding="utf-8",
+                    headers=headers, properties={"delivery_mode": 2},
+                )
+                channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            while self._unconfirmed and not self._refused:
+                self._connection.drain_events(timeout=CONFIRM_TIMEOUT_SECONDS)
+            if self._refused:
+                raise ConnectionError("the broker refused (nacked) events; they stay in the outbox")
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.release()
+            except Exception:  # already broken: nothing left to release
+                pass
+        self._connection = self._channel = None
+
+    def _open(self) -> Any:
+        if self._channel is None:
+            self._connection = Connection(self.amqp_uri, heartbeat=0)
+            self._connection.connect()
+            channel = self._connection.channel()
+            for entity in self.declare:
+                entity.bind(channel).declare()
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            self._channel, self._next_tag, self._unconfirmed, self._refused = channel, 0, set(), False
+        return self._channel
+
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple:
+            self._unconfirmed = {tag for tag in self._unconfirmed if tag > delivery_tag}
+        else:
+            self._unconfirmed.discard(delivery_tag)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool, *args: Any) -> None:
+        self._refused = True
 
 
 class OutboxRelay:
@@ -43,11 +115,7 @@ class OutboxRelay:
             Queue(s.queue_name, exchange=self.exchange, routing_key=s.event.TYPE, durable=True, auto_delete=False)
             for s in subscriptions_of_source(self.service_name)
         ]
-        self.publisher = Publisher(
-            container.config[AMQP_URI_CONFIG_KEY], use_confirms=True, delivery_mode=PERSISTENT,
-            serializer=container.config.get("serializer", "json"), declare=declare,
-            retry=True, retry_policy={"max_retries": 5, "interval_start": 0.5, "interval_step": 1, "interval_max": 5},
-        )
+        self.publisher = BatchPublisher(container.config[AMQP_URI_CONFIG_KEY], declare)
         self._wakeup = GreenEvent()
         self._running = False
         self._thread = None
@@ -64,6 +132,7 @@ class OutboxRelay:
                 self._thread.wait()
             self._thread.kill()
             self._thread = None
+        self.publisher.close()
 
     def wake(self) -> None:
         if not self._wakeup.ready():
@@ -106,11 +175,13 @@ class OutboxRelay:
         return len(rows)
 
     def _publish(self, rows: list[Any]) -> None:
+        if not rows:
+            return
+        self.publisher.publish(self.exchange.name, [
+            (row.event_type, row.payload, {"nameko.call_id_stack": [f"{self.service_name}.outbox.{row.event_id}"]})
+            for row in rows
+        ])
         for row in rows:
-            self.publisher.publish(
-                row.payload, exchange=self.exchange, routing_key=row.event_type,
-                extra_headers={"nameko.call_id_stack": [f"{self.service_name}.outbox.{row.event_id}"]},
-            )
             metrics.EVENTS_PUBLISHED.labels(self.service_name, row.event_type).inc()
 
     def _delete(self, connection: sa.Connection, rows: list[Any]) -> int:
