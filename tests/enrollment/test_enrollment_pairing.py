@@ -22,11 +22,11 @@ from services.roster.service import RosterService
 from shared.errors import ValidationError
 from tests.directory.conftest import _profile_data
 from tests.slapd import RunningSlapd, TreeShape, start_slapd
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery"
-TOPIC = "com.apple.mgmt.External.18a16429-886b-41f1-9c30-2bd04ae4fc37"
 
 
 def device_plist(serial: str) -> bytes:
@@ -70,17 +70,20 @@ def small_directory() -> Iterator[RunningSlapd]:
 
 
 @pytest.fixture
-def enrollment_page(runner_factory, orchard_config, rpc_as, small_directory):
+def enrollment_page(runner_factory, orchard_config, rpc_as, small_directory, dep_sandbox):
+    """The services, the directory synced into the roster, and iPad PAIR1 from Apple School Manager (ADE)."""
+    orchard_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
     runner = runner_factory(orchard_config, EnrollmentService, RosterService, DirectoryService)
     runner.start()
     with rpc_as() as rpc:
         profile_id = rpc.directory.add_ldap_profile(_profile_data(small_directory, "ldaps"))["id"]
         assert rpc.directory.sync_ldap_profile(profile_id, apply=True)["applied"]["status"] == "applied"
-    address = orchard_config["SERVICES"]["enrollment"]["http_address"]
-    body = plistlib.dumps({"MessageType": "Authenticate", "UDID": "UDID-PAIR1", "Topic": TOPIC,
-                           "SerialNumber": "PAIR1"})
-    assert httpx.put(f"http://{address}/mdm/checkin", content=body).status_code == 200
-    return f"http://{address}/enroll"
+        token = rpc.enrollment.create_server_token("Lincoln")
+        server = dep_sandbox.create_server(token["public_key_pem"].encode())
+        dep_sandbox.server(server["server_uuid"], "devices", {"devices": [{"serial_number": "PAIR1", "model": "iPad"}]})
+        rpc.enrollment.upload_server_token(token["id"], server["p7m"])
+        wait_for(lambda: rpc.enrollment.list_devices(token["id"])["devices"], what="the ADE sync of PAIR1")
+    return f"http://{orchard_config['SERVICES']['enrollment']['http_address']}/enroll"
 
 
 def pairings(config: dict) -> dict[str, float]:
