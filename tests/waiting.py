@@ -7,7 +7,7 @@ import eventlet
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], timeout: float = 15, interval: float = 0.05, what: str = "condition") -> T:
+def wait_for(check: Callable[[], T], timeout: float = 30, interval: float = 0.05, what: str = "condition") -> T:
     """Call ``check`` until it returns something truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

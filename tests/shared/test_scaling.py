@@ -29,7 +29,7 @@ def test_replicas_share_rpc_calls_and_handle_each_event_once(runner_factory, orc
         with engine.connect() as connection:
             return [row.holder for row in connection.execute(sa.select(notes.c.holder))]
 
-    wait_for(lambda: len(handled()) >= 30, what="30 events handled")
+    wait_for(lambda: len(handled()) >= 30, timeout=60, what="30 events handled")
     holders = handled()
     assert len(holders) == 30  # once per service, not once per replica
     assert len(set(holders)) == 2, "both listener replicas took events"
