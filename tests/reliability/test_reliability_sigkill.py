@@ -32,13 +32,12 @@ PAGE = 100
 
 
 @contextmanager
-def service_process(config: dict, tmp_path: Path, target: str) -> Iterator[subprocess.Popen]:
-    """``nameko run`` of one service as its own process, on the test's vhost and databases."""
+def service_process(config: dict, tmp_path: Path, targets: list[str]) -> Iterator[subprocess.Popen]:
+    """``nameko run`` of services in a process of their own, on the test's vhost and databases."""
     path = tmp_path / "orchard.yaml"
     path.write_text(yaml.safe_dump(config))
-    name = target.split(".")[1]
-    log = open(tmp_path / f"{name}.log", "a")
-    process = subprocess.Popen([str(NAMEKO), "run", "--config", str(path), target], cwd=ROOT, stdout=log,
+    log = open(tmp_path / "services.log", "a")
+    process = subprocess.Popen([str(NAMEKO), "run", "--config", str(path), *targets], cwd=ROOT, stdout=log,
                                stderr=subprocess.STDOUT, env={**os.environ, "ORCHARD_SECRET_KEY": TEST_SECRET_KEY})
     try:
         yield process
@@ -52,14 +51,14 @@ def service_process(config: dict, tmp_path: Path, target: str) -> Iterator[subpr
         log.close()
 
 
-def wait_until_serving(rpc_as, service: str) -> None:
+def wait_until_serving(rpc_as, *services: str) -> None:
     def answers() -> bool:
         try:
             with rpc_as(timeout=2) as rpc:
-                return getattr(rpc, service).health()["database"] == "ok"
+                return all(getattr(rpc, service).health()["database"] == "ok" for service in services)
         except Exception:
             return False
-    wait_for(answers, timeout=30, interval=0.2, what=f"the {service} process to answer")
+    wait_for(answers, timeout=30, interval=0.2, what=f"{', '.join(services)} to answer")
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -88,61 +87,6 @@ def dep_sandbox():
     running.stop()
 
 
-def test_a_killed_ade_sync_resumes_from_its_cursor(orchard_config, dep_sandbox, rpc_as, tmp_path):
-    config = orchard_config
-    proxy = FaultProxy(int(dep_sandbox.url.rsplit(":", 1)[1]))  # Apple answers slowly: the kill lands mid-sync
-    config["SERVICES"]["enrollment"]["dep_url"] = proxy.url_for(dep_sandbox.url)
-    target = "services.enrollment.service:EnrollmentService"
-    try:
-        with service_process(config, tmp_path, target) as first:
-            wait_until_serving(rpc_as, "enrollment")
-            with rpc_as(timeout=60) as rpc:
-                created = rpc.enrollment.create_server_token("Springfield MDM")
-                server = dep_sandbox.create_server(created["public_key_pem"].encode())
-                token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
-            wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
-            dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
-            dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
-            dep_sandbox.http.delete("/_sandbox/requests")
-            proxy.delay = 0.05
-            with rpc_as(timeout=60) as rpc:
-                rpc.enrollment.sync_devices.call_async(token_id)
-                wait_for(lambda: sync_runs(config)[-1].pages >= 8, timeout=30, what="several pages stored")
-                kill(first)
-        proxy.delay = 0
-        stored = device_count(config)
-        assert 8 * PAGE <= stored < DEVICES
-        killed_run = sync_runs(config)[-1]
-        assert killed_run.finished_at is None
-
-        with service_process(config, tmp_path, target):
-            wait_until_serving(rpc_as, "enrollment")
-            # the dead process's lease on the token runs out (10 minutes; here, at once)
-            execute(config, "enrollment", "update server_tokens set sync_lease_until = null")
-            with rpc_as(timeout=60) as rpc:
-                resumed = rpc.enrollment.sync_devices(token_id)
-                runs = rpc.enrollment.sync_runs(token_id)
-        assert resumed["error"] is None and resumed["kind"] == "sync"
-        assert resumed["added"] == DEVICES - stored  # from the stored cursor: only what was missing
-        assert device_count(config) == DEVICES
-        pages = dep_sandbox.counts()["POST /devices/sync 200"]
-        assert pages <= DEVICES // PAGE + 2, "more pages fetched than one sync needs"
-        assert [r for r in runs if r["finished_at"] is None] == [], "the killed run is still shown as running"
-        killed = next(r for r in runs if r["id"] == killed_run.id)
-        assert killed["error"].startswith("interrupted") and killed["pages"] >= 8
-    finally:
-        proxy.close()
-
-
-def execute(config, service: str, statement: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
-    with engine.begin() as connection:
-        connection.execute(sa.text(statement))
-    engine.dispose()
-
-
 USERS = 5000
 
 
@@ -161,30 +105,74 @@ def drain(config, queue: str) -> list[dict]:
     return [json.loads(message["payload"]) for message in response.json()]
 
 
-def test_a_killed_roster_apply_completes_or_reapplies_to_the_same_result(orchard_config, rpc_as, tmp_path):
+def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_config, dep_sandbox, rpc_as, tmp_path):
     config = orchard_config
-    target = "services.roster.service:RosterService"
-    with service_process(config, tmp_path, target) as first:
-        wait_until_serving(rpc_as, "roster")
-        with rpc_as(timeout=60) as rpc:
-            plan_id = rpc.roster.preview_records(district())["plan_id"]
-            rpc.roster.apply_plan.call_async(plan_id)
-            eventlet.sleep(0.4)  # the apply is writing users and their events
-            kill(first)
+    proxy = FaultProxy(int(dep_sandbox.url.rsplit(":", 1)[1]))  # Apple answers slowly: the kill lands mid-sync
+    config["SERVICES"]["enrollment"]["dep_url"] = proxy.url_for(dep_sandbox.url)
+    targets = ["services.enrollment.service:EnrollmentService", "services.roster.service:RosterService"]
+    try:
+        with service_process(config, tmp_path, targets) as first:
+            wait_until_serving(rpc_as, "enrollment", "roster")
+            with rpc_as(timeout=60) as rpc:
+                created = rpc.enrollment.create_server_token("Springfield MDM")
+                server = dep_sandbox.create_server(created["public_key_pem"].encode())
+                token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
+                plan_id = rpc.roster.preview_records(district())["plan_id"]
+            wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
+            dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
+            dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
+            dep_sandbox.http.delete("/_sandbox/requests")
+            proxy.delay = 0.05
+            with rpc_as(timeout=60) as rpc:
+                rpc.enrollment.sync_devices.call_async(token_id)
+                wait_for(lambda: sync_runs(config)[-1].pages >= 8, timeout=30, what="several pages stored")
+                rpc.roster.apply_plan.call_async(plan_id)
+                eventlet.sleep(0.3)  # the apply is writing users and their events
+                kill(first)
+        proxy.delay = 0
+        stored = device_count(config)
+        assert 8 * PAGE <= stored < DEVICES
+        killed_run = sync_runs(config)[-1]
+        assert killed_run.finished_at is None
 
-    with service_process(config, tmp_path, target):
-        wait_until_serving(rpc_as, "roster")
-        with rpc_as(timeout=60) as rpc:
-            rpc.roster.apply_plan(plan_id)  # the operator applies again: same plan, same result
-            assert rpc.roster.list_users()["total"] == USERS
-        wait_for(lambda: query(config, "roster", "select count(*) from outbox")[0][0] == 0, timeout=30,
-                 what="the outbox drained after the restart")
+        with service_process(config, tmp_path, targets):
+            wait_until_serving(rpc_as, "enrollment", "roster")
+            # the dead process's lease on the token runs out (10 minutes; here, at once)
+            execute(config, "enrollment", "update server_tokens set sync_lease_until = null")
+            with rpc_as(timeout=60) as rpc:
+                resumed = rpc.enrollment.sync_devices(token_id)
+                runs = rpc.enrollment.sync_runs(token_id)
+                rpc.roster.apply_plan(plan_id)  # the operator applies again: same plan, same result
+                assert rpc.roster.list_users()["total"] == USERS
+            wait_for(lambda: query(config, "roster", "select count(*) from outbox")[0][0] == 0, timeout=30,
+                     what="the roster's outbox drained after the restart")
+    finally:
+        proxy.close()
+
+    # the sync went on from its stored cursor: only the missing devices, each page about once
+    assert resumed["error"] is None and resumed["kind"] == "sync"
+    assert resumed["added"] == DEVICES - stored
+    assert device_count(config) == DEVICES
+    assert dep_sandbox.counts()["POST /devices/sync 200"] <= DEVICES // PAGE + 2, "more pages than one sync needs"
+    assert [r for r in runs if r["finished_at"] is None] == [], "the killed run is still shown as running"
+    killed = next(r for r in runs if r["id"] == killed_run.id)
+    assert killed["error"].startswith("interrupted") and killed["pages"] >= 8
+
+    # the apply happened once: every user once, announced by exactly one event (a redelivery keeps its id)
     (users, distinct), = query(config, "roster", "select count(*), count(distinct user_id) from roster_users")
     assert users == distinct == USERS
-
-    # every user announced, each by exactly one event (a redelivered copy carries the same id)
-    events = drain(config, "evt-roster-UserImported--vpp.on_user_imported")
-    event_of_user = {}
-    for payload in events:
+    event_of_user: dict[str, str] = {}
+    for payload in drain(config, "evt-roster-UserImported--vpp.on_user_imported"):
         assert event_of_user.setdefault(payload["user_id"], payload["event_id"]) == payload["event_id"]
     assert len(event_of_user) == USERS
+
+
+def execute(config, service: str, statement: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
+    with engine.begin() as connection:
+        connection.execute(sa.text(statement))
+    engine.dispose()
+
+
