@@ -67,8 +67,8 @@ class DevicePeopleEntrypoints:
         require_locations(actor, user.get("locations") or [])
         repository = AssignmentRepository(self.db.session)
         change = user_assignment(repository, serial, user_id, user.get("locations") or [], source)
-        if change.unchanged:
-            return change.previous.to_dict() if change.previous else change.new.to_dict()
+        if change.unchanged and change.previous is not None:
+            return change.previous.to_dict()
         repository.put(change.new, actor.id)
         if change.previous is not None:
             self.db.publish(DeviceUserUnassigned(serial_number=serial, user_id=change.previous.user_id))
@@ -79,13 +79,17 @@ class DevicePeopleEntrypoints:
         return change.new.to_dict()
 
     def _visible_serial(self, actor: Actor, serial: str) -> str:
-        """A device the actor may see: known to enrollment, and its server token in the actor's locations."""
+        return self._visible_serials(actor, [serial])[0]
+
+    def _visible_serials(self, actor: Actor, serials: list[str]) -> list[str]:
+        """Devices the actor may see: known to enrollment, and an ADE device's server token in their locations."""
         repository = AssignmentRepository(self.db.session)
-        require_known(repository, [serial])
-        token_locations = repository.device_token_locations([serial])
-        if serial in token_locations and not visible(actor, token_locations[serial]):
-            raise NotFound(f"enrollment knows no device {serial} in your locations")
-        return serial
+        require_known(repository, serials)
+        hidden = sorted(serial for serial, locations in repository.device_token_locations(serials).items()
+                        if not visible(actor, locations))
+        if hidden:
+            raise NotFound(f"enrollment knows no device {', '.join(hidden[:10])} in your locations")
+        return serials
 
     # --- shared device groups --------------------------------------------------------------
 
@@ -144,7 +148,7 @@ class DevicePeopleEntrypoints:
         """All or nothing: a device assigned to a user or another group is refused (remove it there first)."""
         actor = self.auth.require("enrollment:write")
         group = self._writable_group(actor, group_id)
-        serials = [self._visible_serial(actor, s) for s in checked_serials(serial_numbers)]
+        serials = self._visible_serials(actor, checked_serials(serial_numbers))
         repository = AssignmentRepository(self.db.session)
         added = devices_for_group(repository, group, serials)
         repository.add_many([Assignment(s, group_id=group.id, locations=(group.location_id,)) for s in added], actor.id)
@@ -195,11 +199,9 @@ class DevicePeopleEntrypoints:
         reached = repository.of_users(user_locations)
         explicit_users = [a for a in repository.of_users(parsed.users) if visible(actor, a.locations)]
         groups = [self._visible_group(actor, group_id) for group_id in parsed.groups]
-        devices = {serial: None for serial in parsed.devices}
+        devices: dict[str, Assignment | None] = {serial: None for serial in parsed.devices}
         if devices:
-            for serial in devices:
-                self._visible_serial(actor, serial)
-            devices.update(repository.assignments(devices))
+            devices.update(repository.assignments(self._visible_serials(actor, list(devices))))
         return resolved_devices(user_locations, [*reached, *explicit_users], groups, devices)
 
 

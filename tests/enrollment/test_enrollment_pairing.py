@@ -19,7 +19,8 @@ from services.directory.service import DirectoryService
 from services.enrollment.adapters.device_info_header import device_info_from_header
 from services.enrollment.service import EnrollmentService
 from services.roster.service import RosterService
-from shared.errors import ValidationError
+from shared.auth import Actor
+from shared.errors import NotFound, ValidationError
 from tests.directory.conftest import _profile_data
 from tests.slapd import RunningSlapd, TreeShape, start_slapd
 from tests.waiting import wait_for
@@ -118,6 +119,12 @@ def test_a_directory_user_signs_in_and_the_device_is_paired(enrollment_page, orc
                          data={"username": "t00001", "password": PASSWORD})
     assert unknown.status_code == 404 and "knows no device NOTHERE" in unknown.text
     assert httpx.get(enrollment_page).status_code == 400  # opened outside Setup Assistant
+
+    with rpc_as() as rpc:  # a server token limited to one school hides its devices from the other's leader
+        rpc.enrollment.update_server_token(rpc.enrollment.list_server_tokens()[0]["id"], locations=["Lincoln High"])
+    with rpc_as(Actor("lead@roosevelt", "location_leader", ("Roosevelt High",))) as rpc:
+        with pytest.raises(NotFound, match="no device PAIR1 in your locations"):
+            rpc.enrollment.device_assignment("PAIR1")
 
     after = pairings(orchard_config)
     for result, count in (("paired", 1), ("wrong_credentials", 1), ("refused", 1), ("bad_device_info", 1)):
