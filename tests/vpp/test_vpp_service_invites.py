@@ -5,6 +5,8 @@ import io
 import httpx
 import pytest
 import sqlalchemy as sa
+from amqp.exceptions import NotFound
+from kombu import Connection, Queue
 from nameko.standalone.events import event_dispatcher
 
 from shared.contracts.roster import UserImported
@@ -28,6 +30,14 @@ def user(user_id, locations=("north",), managed=True, email=None, **kw):
 def metric(config, line_start):
     text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['vpp']['metrics_port']}/metrics").text
     return [line for line in text.splitlines() if line.startswith(line_start)]
+
+
+def ready_messages(config, queue_name):
+    with Connection(config["AMQP_URI"]) as connection:
+        try:
+            return Queue(queue_name)(connection.default_channel).queue_declare(passive=True).message_count
+        except NotFound:  # a dead-letter queue is declared with its first message
+            return 0
 
 
 def count_rows(config, table):
@@ -60,6 +70,8 @@ def test_imported_users_are_invited_exactly_once(vpp_sandbox, vpp_config, vpp_ru
     assert metric(vpp_config, "orchard_vpp_invites{") == [f'orchard_vpp_invites{{status="pending",token_id="{token_id}"}} 1.0']
     assert any('status="ok"' in line and line.endswith(" 1.0") for line in metric(vpp_config, "orchard_vpp_token_status{"))
     assert metric(vpp_config, 'orchard_vpp_apple_calls_total{endpoint="users/create",error="none"}')
+    vpp_runner.stop()  # every delivery was acknowledged: none returns to the queue
+    assert ready_messages(vpp_config, "evt-roster-UserImported--vpp.on_user_imported") == 0
 
 
 def test_email_invites_acceptance_and_revocation(vpp_sandbox, vpp_config, vpp_runner, rpc_as, smtp_sink):
@@ -112,9 +124,6 @@ def test_notifications_are_bearer_checked_and_update_counts(vpp_sandbox, vpp_con
 
 
 def test_a_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_handled(vpp_config, vpp_runner):
-    from amqp.exceptions import NotFound
-    from kombu import Connection, Queue
-
     good = [user(f"good{n}") for n in range(3)]
     bad = {**user("bad").to_payload(), "user_type": 7}  # not text: the contract refuses it
     dispatch = event_dispatcher(vpp_config)
@@ -122,13 +131,6 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_handled(vpp_
         dispatch(UserImported.SOURCE, UserImported.TYPE, payload)
     wait_for(lambda: count_rows(vpp_config, "known_users") == 3, what="the three good users")
 
-    def dead_letters():
-        with Connection(vpp_config["AMQP_URI"]) as connection:
-            queue = Queue("evt-roster-UserImported--vpp.on_user_imported.dead-letters", durable=True, auto_delete=False)
-            try:
-                return queue(connection.default_channel).queue_declare(passive=True).message_count
-            except NotFound:  # not declared until the first dead letter
-                return 0
-
-    assert wait_for(dead_letters, what="the bad event dead-lettered") == 1
+    dead_letters = "evt-roster-UserImported--vpp.on_user_imported.dead-letters"
+    assert wait_for(lambda: ready_messages(vpp_config, dead_letters), what="the bad event dead-lettered") == 1
     assert count_rows(vpp_config, "inbox") == 3

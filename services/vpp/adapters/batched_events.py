@@ -27,18 +27,65 @@ from shared.storage import utc_now
 PREFETCH = 1000
 
 
+class _AckWindow:
+    """Deliveries finished on one channel; acknowledges the contiguous run from the oldest with one frame."""
+
+    def __init__(self) -> None:
+        self.settled_up_to = 0  # every delivery tag up to here is acknowledged or requeued
+        self.finished: dict[int, bool] = {}  # tag -> needs an ack (False: it was requeued)
+
+    def finish(self, tag: int, ack: bool) -> int | None:
+        """The tag to acknowledge with ``multiple=True``, if the run from the oldest grew."""
+        self.finished[tag] = ack
+        highest = None
+        while self.settled_up_to + 1 in self.finished:
+            self.settled_up_to += 1
+            if self.finished.pop(self.settled_up_to):
+                highest = self.settled_up_to
+        return highest
+
+
 class _BulkQueueConsumer(QueueConsumer):
-    """A queue consumer of its own: batches may hold more messages than the pool has workers."""
+    """A queue consumer of its own: batches may hold more messages than the pool has workers,
+    and a batch is acknowledged with one frame, not one per message."""
 
     @property
     def prefetch_count(self) -> int:
         return PREFETCH
 
+    def setup(self) -> None:
+        super().setup()
+        self._windows: dict[Any, _AckWindow] = {}  # per channel: delivery tags restart on a new channel
+
+    def _window(self, message: Any) -> _AckWindow:
+        if message.channel not in self._windows:
+            self._windows = {message.channel: _AckWindow()}  # older channels are gone with their deliveries
+        return self._windows[message.channel]
+
+    def ack_message(self, message: Any) -> None:
+        if message.channel.connection:
+            tag = self._window(message).finish(message.delivery_tag, ack=True)
+            if tag is not None:
+                try:
+                    message.channel.basic_ack(tag, multiple=True)
+                except ConnectionError:  # the broker takes the deliveries back itself
+                    pass
+
+    def requeue_message(self, message: Any) -> None:
+        if message.channel.connection:
+            tag = self._window(message).finish(message.delivery_tag, ack=False)
+            try:
+                message.requeue()
+                if tag is not None:
+                    message.channel.basic_ack(tag, multiple=True)
+            except ConnectionError:
+                pass
+
 
 class BatchedEventHandler(OrchardEventHandler):
     queue_consumer = _BulkQueueConsumer()
 
-    def __init__(self, source: str, event_type: str, batch_size: int = 200, max_wait: float = 0.02, **kwargs: Any):
+    def __init__(self, source: str, event_type: str, batch_size: int = 200, max_wait: float = 0.05, **kwargs: Any):
         super().__init__(source, event_type, **kwargs)
         self.batch_size, self.max_wait = batch_size, max_wait
 
