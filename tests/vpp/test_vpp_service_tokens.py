@@ -144,3 +144,29 @@ def _remember_device(runner, serial):
         wait_for(known, what="the device to be known")
     finally:
         engine.dispose()
+
+
+def test_the_scheduled_sync_reads_due_tokens_and_records_failures(vpp_sandbox, vpp_runner, rpc_as):
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.vpp.service import VppService
+
+    north, south = vpp_sandbox.issue_token(locationName="North Campus"), vpp_sandbox.issue_token(locationName="South Campus")
+    vpp_sandbox.add_asset(north, "111", 4)
+    with rpc_as() as rpc:
+        north_id = rpc.vpp.add_content_token(north)["id"]
+        south_id = rpc.vpp.add_content_token(south)["id"]
+    vpp_sandbox.post("tokens/revoke", sToken=south)
+
+    with entrypoint_hook(get_container(vpp_runner, VppService), "sync_due_tokens") as sync_due_tokens:
+        sync_due_tokens()
+    with rpc_as() as rpc:
+        synced, revoked = rpc.vpp.get_content_token(north_id), rpc.vpp.get_content_token(south_id)
+        assert synced["last_sync_at"] and [a["adam_id"] for a in rpc.vpp.list_assets(north_id)] == ["111"]
+        assert revoked["status"] == "revoked" and revoked["last_sync_at"] is None
+        assert "revoked" in revoked["last_sync_error"]
+    requests = vpp_sandbox.state()["requests"]["assets"]
+    with entrypoint_hook(get_container(vpp_runner, VppService), "sync_due_tokens") as sync_due_tokens:
+        sync_due_tokens()  # nothing is due again for hours
+    assert vpp_sandbox.state()["requests"]["assets"] == requests
