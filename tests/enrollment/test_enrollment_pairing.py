@@ -129,3 +129,11 @@ def test_a_directory_user_signs_in_and_the_device_is_paired(enrollment_page, orc
     after = pairings(orchard_config)
     for result, count in (("paired", 1), ("wrong_credentials", 1), ("refused", 1), ("bad_device_info", 1)):
         assert after.get(result, 0) - before.get(result, 0) == count, result
+
+
+def test_the_page_says_so_when_the_directory_is_not_running(runner_factory, orchard_config):
+    runner_factory(orchard_config, EnrollmentService).start()
+    page = f"http://{orchard_config['SERVICES']['enrollment']['http_address']}/enroll"
+    answer = httpx.post(page, headers={"x-apple-aspen-deviceinfo": signed_device_info("PAIR9")},
+                        data={"username": "t00001", "password": PASSWORD})
+    assert answer.status_code == 503 and "not available right now" in answer.text and 'name="password"' in answer.text
