@@ -31,7 +31,7 @@ from nameko import exceptions as nameko_exceptions
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT, WEB_SERVER_CONFIG_KEY
 from nameko.events import EventHandler
-from nameko.exceptions import RpcTimeout
+from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc, RpcProxy
 from nameko.timer import Timer
@@ -290,10 +290,14 @@ class _TimedServiceProxy:
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            reply = getattr(self._proxy, method).call_async(*args, **kwargs)
             try:
+                reply = getattr(self._proxy, method).call_async(*args, **kwargs)
                 with eventlet.Timeout(self._timeout):
                     return reply.result()
+            except UnknownService:
+                raise errors.UpstreamError(
+                    f"the {self._service} service is not running (its RPC queue does not exist); start it"
+                ) from None
             except (eventlet.Timeout, RpcTimeout):
                 raise errors.UpstreamError(
                     f"the {self._service} service did not answer {method} within {self._timeout:g} s; "

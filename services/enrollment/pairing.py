@@ -8,9 +8,7 @@ information travels in a hidden field, since the form's POST may come without th
 from __future__ import annotations
 
 import html
-from typing import Any
 
-from nameko.exceptions import UnknownService
 from werkzeug.wrappers import Request, Response
 
 from services.enrollment.adapters.device_info_header import HEADER, device_info_from_header
@@ -55,7 +53,7 @@ class PairingPage:
         except ValidationError as exc:
             AUTOMATED_PAIRINGS.labels("wrong_credentials").inc()
             return _page(401, str(exc), raw, username)
-        except (OrchardError, UnknownService):  # the directory failed, or is not running
+        except OrchardError:  # the directory failed, or is not running
             AUTOMATED_PAIRINGS.labels("error").inc()
             return _page(503, "Sign-in is not available right now; try again in a few minutes.", raw, username)
         if not answer.get("authenticated"):

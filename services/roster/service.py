@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 from eventlet import tpool
-from nameko.exceptions import UnknownService
 from werkzeug.wrappers import Request, Response
 
 from services.roster.adapters import asm, spreadsheets, tables
@@ -22,7 +21,7 @@ from services.roster.domain.mosyle_openapi import openapi_document
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
-from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, UpstreamError, ValidationError
+from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
 
@@ -303,13 +302,7 @@ class RosterService(OrchardService):
         if not pairs:
             return 0, []
         self.db.commit()
-        return assign_devices(pairs, self._assign_device)
-
-    def _assign_device(self, serial_number: str, user_id: str) -> Any:
-        try:
-            return self.enrollment.assign_device(serial_number, user_id)
-        except UnknownService:  # not deployed or not started: the import stands, the devices wait
-            raise UpstreamError("the enrollment service is not running; assign the device once it is") from None
+        return assign_devices(pairs, self.enrollment.assign_device)
 
     @staticmethod
     def _options(actor: Actor, options: dict | None) -> planning.PlanOptions:

@@ -60,7 +60,7 @@ CheckinMessage = Authenticate | TokenUpdate | CheckOut
 
 def parse_checkin(body: bytes) -> CheckinMessage:
     """The check-in message in ``body``; ``MalformedCheckin`` for anything else."""
-    message = _safe_plist(body)
+    message = safe_plist(body)
     kind = message.get("MessageType")
     udid = message.get("UDID")
     if not isinstance(udid, str) or not udid.strip():
@@ -95,7 +95,7 @@ def parse_checkin(body: bytes) -> CheckinMessage:
     raise MalformedCheckin(f"Check-in message type {kind!r} is not supported.")
 
 
-def _safe_plist(body: bytes) -> dict:
+def safe_plist(body: bytes) -> dict:
     if not isinstance(body, (bytes, bytearray)) or not body:
         raise MalformedCheckin("The check-in body is empty; send an XML property list.")
     if len(body) > MAX_CHECKIN_BYTES:

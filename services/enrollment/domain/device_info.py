@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.enrollment.domain.checkin import MalformedCheckin, _safe_plist
+from services.enrollment.domain.checkin import MalformedCheckin, safe_plist
 from shared.errors import ValidationError
 
 
@@ -18,7 +18,7 @@ class DeviceInfo:
 def parse_device_info(plist: bytes) -> DeviceInfo:
     """The device's identity from the (already unwrapped) plist; ``ValidationError`` for anything else."""
     try:
-        info = _safe_plist(plist)  # the same guards as check-ins: XML only, Apple's DTD, no entities
+        info = safe_plist(plist)  # the same guards as check-ins: XML only, Apple's DTD, no entities
     except MalformedCheckin as exc:
         raise ValidationError(f"The device information is not usable: {exc}") from None
     serial = info.get("SERIAL")
