@@ -57,6 +57,9 @@ SERVICE_PANELS = {
               "(rate(orchard_enrollment_sync_duration_seconds_bucket[1h])))", "{{kind}}", "s"),
         panel("Apple calls by endpoint and status", "sum by (endpoint, status) (rate(orchard_enrollment_apple_calls_total[5m]))",
               "{{endpoint}} {{status}}", "reqps"),
+        panel("Devices by assignment", "orchard_enrollment_device_assignments", "{{assignment}}", kind="stat"),
+        panel("Automated pairings by result", "sum by (result) (increase(orchard_enrollment_automated_pairings_total[1h]))",
+              "{{result}}"),
     ],
     "vpp": [
         panel("Days until each content token expires",
