@@ -84,8 +84,14 @@ class OrchardRpc(Rpc):
         super().__init__(**kwargs)
 
     def handle_result(self, message: Any, worker_ctx: Any, result: Any, exc_info: Any) -> Any:
-        if exc_info is not None and not isinstance(exc_info[1], errors.ALL_ERRORS):
-            exc = _internal_error(worker_ctx, exc_info)
+        if exc_info is not None:
+            exc = exc_info[1]
+            if not isinstance(exc, errors.ALL_ERRORS):
+                exc = _internal_error(worker_ctx, exc_info)
+            elif type(exc) not in errors.ALL_ERRORS:
+                # a service's refinement of a shared error travels as the shared type callers know
+                shared_type = next(cls for cls in type(exc).__mro__ if cls in errors.ALL_ERRORS)
+                exc = shared_type(str(exc))
             exc_info = (type(exc), exc, None)
         return super().handle_result(message, worker_ctx, result, exc_info)
 

@@ -1,7 +1,6 @@
 """The vpp service: Nameko entrypoints over the domain code in ``services.vpp.domain``."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -31,9 +30,8 @@ from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled
 from shared.contracts.roster import UserImported
-from shared import entrypoints
-from shared.entrypoints import ServiceRpc, event_handler, http, periodic
-from shared.errors import ALL_ERRORS, NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
+from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -43,26 +41,8 @@ log = logging.getLogger(__name__)
 NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
 MAX_IDS_PER_CALL = 20_000
 REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight together
-REGISTRATION_TICK_SECONDS = 1.0  # the scheduler's lease lasts two intervals (2 s)
+REGISTRATION_TICK_SECONDS = 1.0
 DEFAULT_SYNC_HOURS = 2.5
-
-
-def rpc(fn: Any = None, *, sensitive_arguments: tuple[str, ...] = ()) -> Any:
-    """Orchard's ``rpc``; the Apple client's refined errors reach callers as their shared type."""
-    def decorate(method: Any) -> Any:
-        @functools.wraps(method)
-        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(self, *args, **kwargs)
-            except OrchardError as exc:
-                shared_type = next(cls for cls in type(exc).__mro__ if cls in ALL_ERRORS)
-                if type(exc) is shared_type:
-                    raise
-                raise shared_type(str(exc)) from None
-
-        return entrypoints.rpc(call, sensitive_arguments=sensitive_arguments)
-
-    return decorate(fn) if fn is not None else decorate
 
 
 def _text(value: Any, what: str, limit: int = 200) -> str:

@@ -12,7 +12,7 @@ from nameko.amqp.publish import Publisher
 from nameko.events import get_event_exchange
 
 from shared.dead_letters import list_dead_letters, replay_dead_letters
-from shared.errors import InternalError, ValidationError
+from shared.errors import Conflict, InternalError, ValidationError
 from shared.storage import create_engine_for
 from tests.conftest import postgres_database
 from tests.shared.sample.services import ListenerService, NoteTaken, NotesService, TickerService, notes
@@ -87,6 +87,14 @@ def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runn
         with pytest.raises(InternalError) as raised:
             rpc.notes.explode()
     assert "secret-looking" not in str(raised.value) and "reference" in str(raised.value)
+
+
+def test_a_refined_error_reaches_callers_as_its_shared_type(runner_factory, orchard_config, rpc_as):
+    runner_factory(orchard_config, NotesService).start()
+    with rpc_as() as rpc:
+        with pytest.raises(Conflict, match="another MDM manages this location") as raised:
+            rpc.notes.refuse_as_another_mdm()
+    assert type(raised.value) is Conflict
 
 
 def test_http_entrypoints_map_typed_errors_to_json(runner_factory, orchard_config, rpc_as):

@@ -7,7 +7,7 @@ from nameko.extensions import DependencyProvider
 
 from shared.contracts.base import Event
 from shared.entrypoints import event_handler, http, periodic, rpc
-from shared.errors import NotFound, ValidationError
+from shared.errors import Conflict, NotFound, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, add_kernel_tables, utc_now
 
@@ -26,6 +26,10 @@ class NoteTaken(Event):
     SOURCE = "notes"
     note_id: str
     text: str
+
+
+class ManagedElsewhere(Conflict):
+    """A service's own refinement of a shared error (callers only know the shared types)."""
 
 
 class ReplicaId(DependencyProvider):
@@ -66,6 +70,10 @@ class NotesService(OrchardService):
     @rpc
     def sleep_in_database(self, seconds: float) -> None:
         self.db.session.execute(sa.text("SELECT pg_sleep(:s)"), {"s": seconds})
+
+    @rpc
+    def refuse_as_another_mdm(self) -> None:
+        raise ManagedElsewhere("another MDM manages this location")
 
     @rpc
     def explode(self) -> None:
