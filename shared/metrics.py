@@ -8,9 +8,10 @@ outside the worker pool, so it keeps answering when every worker is busy.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 from weakref import WeakKeyDictionary
 
 from nameko.events import EventHandler
@@ -18,7 +19,9 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client.metrics_core import Metric
+from sqlalchemy.engine import Engine
 
 from shared.config import service_settings
 from shared.errors import EXPECTED_ERRORS
@@ -112,3 +115,69 @@ class Metrics(DependencyProvider):
         ENTRYPOINT_CALLS.labels(self.service, name, kind, outcome_of(exc_info)).inc()
         if started is not None:
             ENTRYPOINT_DURATION.labels(self.service, name, kind).observe(time.perf_counter() - started)
+
+
+class DatabaseGauges:
+    """Gauges read from a service's database when Prometheus scrapes.
+
+    Values such as certificate expiries or devices per topic must be the same on
+    every replica and current at each scrape, so they are read from the database
+    rather than kept in memory. One collector per process and kind of gauge;
+    every running container of the service attaches its engine (tests run several
+    in one process). ``read(engine)`` yields the metric families; a source that
+    fails is logged and skipped, because a raising collector would truncate the
+    whole ``/metrics`` page.
+    """
+
+    def __init__(self, name: str, read: Callable[[Engine], Iterable[Metric]]):
+        self.name = name
+        self.read = read
+        self._engines: dict[int, Engine] = {}
+        self._lock = threading.Lock()
+        REGISTRY.register(self)
+
+    def attach(self, key: int, engine: Engine) -> None:
+        with self._lock:
+            self._engines[key] = engine
+
+    def detach(self, key: int) -> None:
+        with self._lock:
+            self._engines.pop(key, None)
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to describe until a service attaches its database
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            engines = list(self._engines.values())
+        merged: dict[str, Metric] = {}
+        for engine in engines:
+            try:
+                families = list(self.read(engine))
+            except Exception:
+                log.warning("could not read %s for metrics", self.name, exc_info=True)
+                continue
+            for family in families:
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = family
+        yield from merged.values()
+
+
+class GaugesFromDatabase(DependencyProvider):
+    """Attaches the service's database to a ``DatabaseGauges`` collector while the service runs."""
+
+    def __init__(self, gauges: DatabaseGauges):
+        self.gauges = gauges
+
+    def start(self) -> None:
+        from shared.storage import Database
+
+        database = next(d for d in self.container.dependencies if isinstance(d, Database))
+        self.gauges.attach(id(self), database.engine)
+
+    def stop(self) -> None:
+        self.gauges.detach(id(self))
+
+    kill = stop

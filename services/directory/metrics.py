@@ -5,14 +5,14 @@ replica reports the same value: the one seen at the last connection test or sync
 """
 from __future__ import annotations
 
-import logging
-import threading
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.engine import Engine
 
-log = logging.getLogger(__name__)
+from services.directory.adapters.profiles import certificate_expiries
+from shared.metrics import DatabaseGauges
 
 SYNC_RUNS = Counter("orchard_directory_sync_runs", "Directory syncs by trigger, mode and outcome.",
                     ["trigger", "mode", "outcome"])
@@ -25,35 +25,13 @@ AUTH_ATTEMPTS = Counter("orchard_directory_auth_attempts", "Password checks agai
                         "(success, failure, rate_limited, refused, error).", ["result"])
 
 
-class CertificateExpiryCollector:
-    """Scrape-time gauge from each running directory service's database (one collector per process)."""
-
-    def __init__(self) -> None:
-        self._sources: dict[int, Callable[[], dict[str, float]]] = {}
-        self._lock = threading.Lock()
-
-    def add_source(self, key: int, read: Callable[[], dict[str, float]]) -> None:
-        with self._lock:
-            self._sources[key] = read
-
-    def remove_source(self, key: int) -> None:
-        with self._lock:
-            self._sources.pop(key, None)
-
-    def collect(self) -> Iterator[Any]:
-        expiry = GaugeMetricFamily("orchard_directory_tls_certificate_expiry_timestamp_seconds",
-                                   "When each profile's directory server certificate expires (Unix time), "
-                                   "as seen at the last test or sync.", labels=["profile"])
-        with self._lock:
-            sources = list(self._sources.values())
-        for read in sources:
-            try:
-                for profile, timestamp in read().items():
-                    expiry.add_metric([profile], timestamp)
-            except Exception:  # a scrape must not fail because one database is briefly unavailable
-                log.warning("could not read directory certificate expiries for metrics", exc_info=True)
-        yield expiry
+def certificate_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
+    expiry = GaugeMetricFamily("orchard_directory_tls_certificate_expiry_timestamp_seconds",
+                               "When each profile's directory server certificate expires (Unix time), "
+                               "as seen at the last test or sync.", labels=["profile"])
+    for profile, timestamp in certificate_expiries(engine).items():
+        expiry.add_metric([profile], timestamp)
+    yield expiry
 
 
-CERTIFICATE_EXPIRY = CertificateExpiryCollector()
-REGISTRY.register(CERTIFICATE_EXPIRY)
+CERTIFICATE_EXPIRY = DatabaseGauges("directory certificate expiries", certificate_gauges)

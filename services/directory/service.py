@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from functools import partial
 from typing import Any, Iterator
 
 from eventlet import tpool
@@ -13,7 +12,7 @@ from nameko.extensions import DependencyProvider
 from services.directory import metrics
 from services.directory.adapters import tables
 from services.directory.adapters.ldap_directory import LdapDirectory
-from services.directory.adapters.profiles import ProfileRepository, StoredProfile, certificate_expiries
+from services.directory.adapters.profiles import ProfileRepository, StoredProfile
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
@@ -23,6 +22,7 @@ from services.directory.domain.sync import read_import_batch
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -43,19 +43,6 @@ class SignInLimiter(DependencyProvider):
         return self.limiter
 
 
-class CertificateGauges(DependencyProvider):
-    """Lets the scrape-time collector read the certificate expiries this service recorded."""
-
-    def start(self) -> None:
-        database = next(d for d in self.container.dependencies if isinstance(d, Database))
-        metrics.CERTIFICATE_EXPIRY.add_source(id(self), partial(certificate_expiries, database.engine))
-
-    def stop(self) -> None:
-        metrics.CERTIFICATE_EXPIRY.remove_source(id(self))
-
-    kill = stop
-
-
 class EgressAddresses(DependencyProvider):
     def setup(self) -> None:
         addresses = service_settings(self.container.config, self.container.service_name).get("egress_ips") or []
@@ -72,7 +59,7 @@ class DirectoryService(OrchardService):
     roster = ServiceRpc("roster", timeout=ROSTER_TIMEOUT)
     sign_in_limiter = SignInLimiter()
     egress = EgressAddresses()
-    certificate_gauges = CertificateGauges()
+    certificate_gauges = GaugesFromDatabase(metrics.CERTIFICATE_EXPIRY)
 
     # -- profiles --
 

@@ -38,12 +38,13 @@ from services.enrollment.domain.server_tokens import (
     cms_from_token_file,
     credentials_from_plaintext,
 )
-from services.enrollment.metrics import SYNC_DURATION, EnrollmentStateMetrics
+from services.enrollment.metrics import STATE, SYNC_DURATION
 from services.enrollment.pairing import PairingPage
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
 from shared.entrypoints import event_handler, http, periodic, rpc
 from shared.errors import Conflict, NotFound, UpstreamError, ValidationError
+from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -65,7 +66,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
     db = Database(tables.metadata, migrations="services.enrollment.migrations")
     secrets = Secrets()
     dep = DepConnection()
-    state_metrics = EnrollmentStateMetrics()
+    state_metrics = GaugesFromDatabase(STATE)
 
     # --- server tokens -----------------------------------------------------------------------
 

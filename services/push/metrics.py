@@ -5,14 +5,15 @@ scrapes, so every replica reports the same, current values.
 """
 from __future__ import annotations
 
-import logging
-import threading
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
-log = logging.getLogger(__name__)
+from services.push.adapters.repository import PushRepository
+from shared.metrics import DatabaseGauges
 
 PUSH_RESULTS = Counter("orchard_push_results", "MDM pushes by APNs outcome (delivered, or Apple's reason).", ["reason"])
 PUSH_LATENCY = Histogram(
@@ -21,42 +22,22 @@ PUSH_LATENCY = Histogram(
 )
 
 
-class CertificateCollector:
-    """Scrape-time gauges from each running push service's database (one per process)."""
-
-    def __init__(self) -> None:
-        self._sources: dict[int, Callable[[], tuple[dict[str, float], dict[str, int]]]] = {}
-        self._lock = threading.Lock()
-
-    def add_source(self, key: int, read: Callable[[], tuple[dict[str, float], dict[str, int]]]) -> None:
-        with self._lock:
-            self._sources[key] = read
-
-    def remove_source(self, key: int) -> None:
-        with self._lock:
-            self._sources.pop(key, None)
-
-    def collect(self) -> Iterator[Any]:
-        expiry = GaugeMetricFamily(
-            "orchard_push_certificate_expiry_timestamp_seconds", "When each push certificate expires (Unix time).",
-            labels=["topic"],
-        )
-        enrolled = GaugeMetricFamily("orchard_push_devices", "Devices enrolled under each topic.", labels=["topic"])
-        with self._lock:
-            sources = list(self._sources.values())
-        for read in sources:
-            try:
-                expiries, counts = read()
-            except Exception:  # a scrape must not fail because one database is briefly unavailable
-                log.warning("could not read push certificates for metrics", exc_info=True)
-                continue
-            for topic, timestamp in expiries.items():
-                expiry.add_metric([topic], timestamp)
-            for topic, count in counts.items():
-                enrolled.add_metric([topic], count)
-        yield expiry
-        yield enrolled
+def certificate_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
+    expiry = GaugeMetricFamily(
+        "orchard_push_certificate_expiry_timestamp_seconds", "When each push certificate expires (Unix time).",
+        labels=["topic"],
+    )
+    enrolled = GaugeMetricFamily("orchard_push_devices", "Devices enrolled under each topic.", labels=["topic"])
+    with Session(engine) as session:
+        repository = PushRepository(session)
+        expiries = {row.topic: row.not_after.timestamp() for row in repository.certificates()}
+        counts = {**dict.fromkeys(expiries, 0), **repository.device_counts()}  # 0, not absent
+    for topic, timestamp in expiries.items():
+        expiry.add_metric([topic], timestamp)
+    for topic, count in counts.items():
+        enrolled.add_metric([topic], count)
+    yield expiry
+    yield enrolled
 
 
-CERTIFICATES = CertificateCollector()
-REGISTRY.register(CERTIFICATES)
+CERTIFICATES = DatabaseGauges("push certificates", certificate_gauges)

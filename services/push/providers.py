@@ -1,22 +1,16 @@
-"""What the push service's workers get besides the database: APNs clients, settings, gauges."""
+"""What the push service's workers get besides the database: APNs clients and settings."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from nameko.extensions import DependencyProvider
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 from services.push.adapters.apns_client import PRODUCTION_URL, ApnsClient, ApnsClients
-from services.push.adapters.repository import PushRepository
-from services.push.metrics import CERTIFICATES
 from shared.config import service_settings
 from shared.errors import ValidationError
 from shared.secrets import SecretBox
-from shared.storage import Database
 
 
 @dataclass(frozen=True)
@@ -83,23 +77,3 @@ class Apns(DependencyProvider):
             certificate_pem=certificate.certificate_pem,
             private_key_pem=secrets.open(certificate.sealed_private_key),
         )
-
-
-class CertificateGauges(DependencyProvider):
-    """Lets the scrape-time collector read this service's certificates and device counts."""
-
-    def start(self) -> None:
-        database = next(d for d in self.container.dependencies if isinstance(d, Database))
-        CERTIFICATES.add_source(id(self), partial(_read_gauges, database.engine))
-
-    def stop(self) -> None:
-        CERTIFICATES.remove_source(id(self))
-
-    kill = stop
-
-
-def _read_gauges(engine: Engine) -> tuple[dict[str, float], dict[str, int]]:
-    with Session(engine) as session:
-        repository = PushRepository(session)
-        expiries = {row.topic: row.not_after.timestamp() for row in repository.certificates()}
-        return expiries, {**dict.fromkeys(expiries, 0), **repository.device_counts()}  # 0, not absent

@@ -24,11 +24,13 @@ from services.push.domain.certificates import (
 )
 from services.push.domain.pushes import DELIVERED, outcome, plan_pushes, requested_udids
 from services.push.domain.signing_request import create_signing_request as new_signing_request
-from services.push.providers import Apns, CertificateGauges
+from services.push.metrics import CERTIFICATES
+from services.push.providers import Apns
 from shared.auth import Actor
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
 from shared.entrypoints import event_handler, rpc
 from shared.errors import Conflict, ValidationError
+from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -43,7 +45,7 @@ class PushService(OrchardService):
     db = Database(tables.metadata, migrations="services.push.migrations")
     secrets = Secrets()
     apns = Apns()
-    certificate_gauges = CertificateGauges()
+    certificate_gauges = GaugesFromDatabase(CERTIFICATES)
 
     # -- certificates --
 

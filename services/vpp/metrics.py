@@ -1,19 +1,17 @@
 """The vpp service's metrics. Gauges are read from the database at scrape time, so every replica reports the same."""
 from __future__ import annotations
 
-import logging
-from typing import Any
+from typing import Iterator
 
 import sqlalchemy as sa
-from nameko.extensions import DependencyProvider
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.engine import Engine
 
 from services.vpp.adapters import tables as t
 from services.vpp.domain.tokens import TokenStatus, token_status
-from shared.storage import Database, utc_now
-
-log = logging.getLogger(__name__)
+from shared.metrics import DatabaseGauges
+from shared.storage import utc_now
 
 TOP_ASSETS_PER_TOKEN = 50
 
@@ -27,58 +25,35 @@ def observe_apple_call(endpoint: str, outcome: int | None) -> None:
     APPLE_CALLS.labels(endpoint, "none" if outcome is None else str(outcome)).inc()
 
 
-class VppStateCollector:
-    """Token expiry and status, licence counts and invites, straight from the database."""
-
-    def __init__(self) -> None:
-        self.engine: sa.engine.Engine | None = None
-
-    def describe(self) -> list:
-        return []  # collected lazily: the engine only exists once the service runs
-
-    def collect(self) -> Any:
-        if self.engine is None:
-            return
-        expiry = GaugeMetricFamily("orchard_vpp_token_expiry_timestamp_seconds", "When a content token expires.", labels=["token_id", "name"])
-        status = GaugeMetricFamily("orchard_vpp_token_status", "1 for the content token's current status.", labels=["token_id", "name", "status"])
-        licences = GaugeMetricFamily(
-            "orchard_vpp_licences", f"Licences per asset (the {TOP_ASSETS_PER_TOKEN} largest per token) by state.",
-            labels=["token_id", "adam_id", "product_type", "state"])
-        waiting = GaugeMetricFamily(
-            "orchard_vpp_assignments_waiting_for_licences", "Assignments refused because no licence was left.",
-            labels=["token_id", "adam_id"])
-        invites = GaugeMetricFamily("orchard_vpp_invites", "Invites by status.", labels=["token_id", "status"])
-        now = utc_now()
-        try:
-            with self.engine.connect() as connection:
-                for row in connection.execute(sa.select(t.content_tokens)):
-                    expiry.add_metric([row.id, row.name], row.expires_at.timestamp())
-                    current = token_status(row.expires_at, now, revoked=row.revoked, conflict=row.conflict_with is not None)
-                    for option in TokenStatus:
-                        status.add_metric([row.id, row.name, option.value], 1.0 if option is current else 0.0)
-                ranked = sa.select(
-                    t.assets, sa.func.row_number().over(partition_by=t.assets.c.token_id, order_by=t.assets.c.total_count.desc()).label("rank"),
-                ).subquery()
-                for row in connection.execute(sa.select(ranked).where(ranked.c.rank <= TOP_ASSETS_PER_TOKEN)):
-                    for state in ("total", "assigned", "available"):
-                        licences.add_metric([row.token_id, row.adam_id, row.product_type, state], getattr(row, f"{state}_count"))
-                    waiting.add_metric([row.token_id, row.adam_id], row.refused_for_licences)
-                counts = sa.select(t.invites.c.token_id, t.invites.c.status, sa.func.count()).group_by(t.invites.c.token_id, t.invites.c.status)
-                for token_id, invite_status, count in connection.execute(counts):
-                    invites.add_metric([token_id, invite_status], count)
-        except Exception:  # a raising collector would truncate the whole /metrics page
-            log.warning("could not read vpp state for metrics", exc_info=True)
-            return
-        yield from (expiry, status, licences, waiting, invites)
+def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
+    """Token expiry and status, licence counts and invites."""
+    expiry = GaugeMetricFamily("orchard_vpp_token_expiry_timestamp_seconds", "When a content token expires.", labels=["token_id", "name"])
+    status = GaugeMetricFamily("orchard_vpp_token_status", "1 for the content token's current status.", labels=["token_id", "name", "status"])
+    licences = GaugeMetricFamily(
+        "orchard_vpp_licences", f"Licences per asset (the {TOP_ASSETS_PER_TOKEN} largest per token) by state.",
+        labels=["token_id", "adam_id", "product_type", "state"])
+    waiting = GaugeMetricFamily(
+        "orchard_vpp_assignments_waiting_for_licences", "Assignments refused because no licence was left.",
+        labels=["token_id", "adam_id"])
+    invites = GaugeMetricFamily("orchard_vpp_invites", "Invites by status.", labels=["token_id", "status"])
+    now = utc_now()
+    with engine.connect() as connection:
+        for row in connection.execute(sa.select(t.content_tokens)):
+            expiry.add_metric([row.id, row.name], row.expires_at.timestamp())
+            current = token_status(row.expires_at, now, revoked=row.revoked, conflict=row.conflict_with is not None)
+            for option in TokenStatus:
+                status.add_metric([row.id, row.name, option.value], 1.0 if option is current else 0.0)
+        ranked = sa.select(
+            t.assets, sa.func.row_number().over(partition_by=t.assets.c.token_id, order_by=t.assets.c.total_count.desc()).label("rank"),
+        ).subquery()
+        for row in connection.execute(sa.select(ranked).where(ranked.c.rank <= TOP_ASSETS_PER_TOKEN)):
+            for state in ("total", "assigned", "available"):
+                licences.add_metric([row.token_id, row.adam_id, row.product_type, state], getattr(row, f"{state}_count"))
+            waiting.add_metric([row.token_id, row.adam_id], row.refused_for_licences)
+        counts = sa.select(t.invites.c.token_id, t.invites.c.status, sa.func.count()).group_by(t.invites.c.token_id, t.invites.c.status)
+        for token_id, invite_status, count in connection.execute(counts):
+            invites.add_metric([token_id, invite_status], count)
+    yield from (expiry, status, licences, waiting, invites)
 
 
-COLLECTOR = VppStateCollector()
-REGISTRY.register(COLLECTOR)
-
-
-class VppStateMetrics(DependencyProvider):
-    """Points the process's collector at the service's database."""
-
-    def start(self) -> None:
-        database = next(d for d in self.container.dependencies if isinstance(d, Database))
-        COLLECTOR.engine = database.engine
+STATE = DatabaseGauges("vpp state", state_gauges)

@@ -24,7 +24,7 @@ from services.vpp.domain.licences import (
     ProductType, plan_assignment, plan_revocation, revocation_batches, revoke_all_selection, revoke_unknown_selection,
 )
 from services.vpp.domain.tokens import check_renewal, decode_content_token
-from services.vpp.metrics import VppStateMetrics
+from services.vpp.metrics import STATE
 from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
@@ -32,6 +32,7 @@ from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled
 from shared.contracts.roster import UserImported
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -89,7 +90,7 @@ class VppService(OrchardService):
     apple = AppleConnection()
     mailer = Mailer()
     settings = ServiceSettings()
-    state_metrics = VppStateMetrics()
+    state_metrics = GaugesFromDatabase(STATE)
     enrollment = ServiceRpc("enrollment")  # resolves scopes and where devices are
 
     # --- helpers ----------------------------------------------------------------------------
