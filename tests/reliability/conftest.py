@@ -22,6 +22,14 @@ def publish_payload(config: dict, source: str, event_type: str, payload: Any) ->
     event_dispatcher(config)(source, event_type, payload)
 
 
+def district(users: int) -> dict:
+    """An ImportBatch (as a dict) of one location and ``users`` students with Managed Apple IDs."""
+    return {"source": "api", "locations": [{"location_id": "north", "name": "North"}], "users": [
+        {"user_id": f"s{i:05d}", "user_type": "student", "first_name": "Sam", "last_name": f"S{i}",
+         "email": f"s{i}@school.example", "managed_apple_id": f"s{i}@north.appleid.example", "locations": ["north"]}
+        for i in range(users)]}
+
+
 def query(config: dict, service: str, statement: str) -> list[sa.Row]:
     engine = sa.create_engine(config["SERVICES"][service]["database_url"])
     try:
@@ -29,6 +37,26 @@ def query(config: dict, service: str, statement: str) -> list[sa.Row]:
             return list(connection.execute(sa.text(statement)))
     finally:
         engine.dispose()
+
+
+def execute(config: dict, service: str, statement: str) -> None:
+    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def sync_runs(config: dict) -> list[sa.Row]:
+    return query(config, "enrollment", "select id, kind, pages, added, error, finished_at from sync_runs order by id")
+
+
+def device_count(config: dict) -> int:
+    """The ADE devices enrollment stored; fails the test if one is stored twice."""
+    (total, distinct), = query(config, "enrollment", "select count(*), count(distinct serial_number) from dep_devices")
+    assert total == distinct, "a device stored twice"
+    return total
 
 
 def metric_lines(config: dict, service: str, prefix: str) -> list[str]:
@@ -64,3 +92,14 @@ def vpp_config(orchard_config: dict, vpp_sandbox) -> dict:
                     public_url=f"http://{settings['http_address']}", apple_poll_interval=0.02,
                     apple_busy_backoff=0.01, smtp_host="127.0.0.1", smtp_port=1, mail_from="apps@school.example")
     return orchard_config
+
+
+@pytest.fixture
+def dep_sandbox():
+    from apple_sandbox.dep import DepSandbox
+    from apple_sandbox.server import serve_wsgi
+    from tests.enrollment.conftest import SandboxAdmin
+
+    running = serve_wsgi(DepSandbox())
+    yield SandboxAdmin(running.url)
+    running.stop()

@@ -8,7 +8,7 @@ import pytest
 
 from services.vpp.service import VppService
 from shared.errors import UpstreamError
-from tests.reliability.conftest import metric_lines, query
+from tests.reliability.conftest import device_count, execute, metric_lines, query, sync_runs
 from tests.reliability.fault_proxy import FaultProxy
 from tests.waiting import wait_for
 
@@ -80,26 +80,11 @@ PAGE = 100
 
 
 @pytest.fixture
-def dep_sandbox():
-    from apple_sandbox.dep import DepSandbox
-    from apple_sandbox.server import serve_wsgi
-    from tests.enrollment.conftest import SandboxAdmin
-
-    running = serve_wsgi(DepSandbox())
-    yield SandboxAdmin(running.url)
-    running.stop()
-
-
-@pytest.fixture
 def proxied_dep(orchard_config, dep_sandbox):
     proxy = FaultProxy(int(dep_sandbox.url.rsplit(":", 1)[1]))
     orchard_config["SERVICES"]["enrollment"]["dep_url"] = proxy.url_for(dep_sandbox.url)
     yield proxy
     proxy.close()
-
-
-def sync_runs(config) -> list:
-    return query(config, "enrollment", "select id, kind, pages, added, error, finished_at from sync_runs order by id")
 
 
 def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
@@ -131,7 +116,7 @@ def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
         proxied_dep.delay = 0
     assert failed["error"] and ("503" in failed["error"] or "unavailable" in failed["error"].lower()), failed
     assert 5 <= failed["pages"] < DEVICES // PAGE  # the run record says how far it got and why it stopped
-    stored_before = count_devices(config)
+    stored_before = device_count(config)
     assert 5 * PAGE <= stored_before < DEVICES
 
     # the failure is retried soon, not hours later
@@ -140,30 +125,16 @@ def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
 
     # Apple has healed (but throttles once); the scheduled job resumes from the stored cursor
     dep_sandbox.script("POST /devices/sync", {"status": 429, "headers": {"Retry-After": "1"}})
-    engine_execute(config, f"update server_tokens set next_sync_at = null where id = '{token_id}'")
+    execute(config, "enrollment", f"update server_tokens set next_sync_at = null where id = '{token_id}'")  # minutes pass
     with entrypoint_hook(get_container(runner, EnrollmentService), "sync_due_tokens") as sync_due_tokens:
         sync_due_tokens()
     resumed = sync_runs(config)[-1]
     assert resumed.error is None and resumed.kind == "sync"
     assert resumed.added == DEVICES - stored_before  # only what the failed run had not stored
-    assert count_devices(config) == DEVICES
+    assert device_count(config) == DEVICES
     counts = dep_sandbox.counts()
     assert counts["POST /devices/sync 200"] <= DEVICES // PAGE + 1  # each page once (plus a last, empty one)
     assert counts["POST /devices/sync 503"] == 1 and counts["POST /devices/sync 429"] == 1
     # each expired session cost one new session and one repeated page, nothing more
     assert counts["GET /session 200"] == counts["POST /devices/sync 401"] + 2 and counts["POST /devices/sync 401"] >= 1
 
-
-def count_devices(config) -> int:
-    rows = query(config, "enrollment", "select count(*), count(distinct serial_number) from dep_devices")
-    assert rows[0][0] == rows[0][1], "a device stored twice"
-    return rows[0][0]
-
-
-def engine_execute(config, statement: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(config["SERVICES"]["enrollment"]["database_url"])
-    with engine.begin() as connection:
-        connection.execute(sa.text(statement))
-    engine.dispose()

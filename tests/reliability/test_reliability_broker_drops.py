@@ -9,20 +9,13 @@ import pytest
 from services.roster.service import RosterService
 from services.vpp.service import VppService
 from shared.contracts.subscriptions import SUBSCRIPTIONS
-from tests.reliability.conftest import query
+from tests.reliability.conftest import district, query
 from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 USERS = 5000
-
-
-def district() -> dict:
-    users = [{"user_id": f"s{i:05d}", "user_type": "student", "first_name": "Sam", "last_name": f"S{i}",
-              "email": f"s{i}@school.example", "managed_apple_id": f"s{i}@north.appleid.example",
-              "locations": ["north"]} for i in range(USERS)]
-    return {"source": "api", "locations": [{"location_id": "north", "name": "North"}], "users": users}
 
 
 def count(config, service: str, statement: str) -> int:
@@ -37,7 +30,7 @@ def test_nothing_lost_or_doubled_when_the_broker_drops_every_connection(
     stoken = vpp_sandbox.issue_token(locationName="North Campus")
     with rpc_as() as rpc:
         token_id = rpc.vpp.add_content_token(stoken, locations=["north"], auto_invite_method="managed_apple_id")["id"]
-        plan_id = rpc.roster.preview_records(district())["plan_id"]
+        plan_id = rpc.roster.preview_records(district(USERS))["plan_id"]
         pending_apply = rpc.roster.apply_plan.call_async(plan_id)
 
         rounds = 0

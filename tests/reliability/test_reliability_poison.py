@@ -10,7 +10,7 @@ from orchard_cli.main import cli as orchard
 from services.push.service import PushService
 from shared.contracts.enrollment import DeviceEnrolled
 from shared.contracts.subscriptions import SUBSCRIPTIONS
-from tests.reliability.conftest import metric_lines, publish, publish_payload, query
+from tests.reliability.conftest import execute, metric_lines, publish, publish_payload, query
 from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
 
@@ -48,10 +48,10 @@ def test_poison_and_failing_events_are_parked_metered_and_replayed(runner_factor
     wait_for(lambda: len(peek(config, QUEUE + ".dead-letters")) == 1, what="the poison message parked")
 
     # the database breaks under the handler: retried twice, then parked, not dropped
-    query_engine_rename(config, "push_devices", "push_devices_away")
+    execute(config, "push", "alter table push_devices rename to push_devices_away")
     publish(config, enrolled("d3"))
     wait_for(lambda: len(peek(config, QUEUE + ".dead-letters")) == 2, what="the failing event parked after retries")
-    query_engine_rename(config, "push_devices_away", "push_devices")  # the operator fixes the cause
+    execute(config, "push", "alter table push_devices_away rename to push_devices")  # the operator fixes the cause
     publish(config, enrolled("d4"))
     wait_for(lambda: push_udids(config) == ["d1", "d2", "d4"], what="the queue flowing after the failures")
 
@@ -69,11 +69,3 @@ def test_poison_and_failing_events_are_parked_metered_and_replayed(runner_factor
              what="the still-malformed payload parked again")
     assert query(config, "push", "select count(*) from inbox where handler = 'on_device_enrolled'")[0][0] == 4
 
-
-def query_engine_rename(config, table: str, new_name: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(config["SERVICES"]["push"]["database_url"])
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"alter table {table} rename to {new_name}"))
-    engine.dispose()

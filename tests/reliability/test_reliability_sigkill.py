@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import TEST_SECRET_KEY
-from tests.reliability.conftest import query
+from tests.reliability.conftest import device_count, district, execute, query, sync_runs
 from tests.reliability.fault_proxy import FaultProxy
 from tests.waiting import wait_for
 
@@ -66,34 +66,7 @@ def kill(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
-def sync_runs(config) -> list:
-    return query(config, "enrollment", "select id, kind, pages, added, error, finished_at from sync_runs order by id")
-
-
-def device_count(config) -> int:
-    (total, distinct), = query(config, "enrollment", "select count(*), count(distinct serial_number) from dep_devices")
-    assert total == distinct, "a device stored twice"
-    return total
-
-
-@pytest.fixture
-def dep_sandbox():
-    from apple_sandbox.dep import DepSandbox
-    from apple_sandbox.server import serve_wsgi
-    from tests.enrollment.conftest import SandboxAdmin
-
-    running = serve_wsgi(DepSandbox())
-    yield SandboxAdmin(running.url)
-    running.stop()
-
-
 USERS = 5000
-
-
-def district() -> dict:
-    users = [{"user_id": f"u{i:05d}", "user_type": "student", "first_name": "Uma", "last_name": f"U{i}",
-              "managed_apple_id": f"u{i}@north.appleid.example", "locations": ["north"]} for i in range(USERS)]
-    return {"source": "api", "locations": [{"location_id": "north", "name": "North"}], "users": users}
 
 
 def drain(config, queue: str) -> list[dict]:
@@ -117,7 +90,7 @@ def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_c
                 created = rpc.enrollment.create_server_token("Springfield MDM")
                 server = dep_sandbox.create_server(created["public_key_pem"].encode())
                 token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
-                plan_id = rpc.roster.preview_records(district())["plan_id"]
+                plan_id = rpc.roster.preview_records(district(USERS))["plan_id"]
             wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
             dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
             dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
@@ -165,14 +138,3 @@ def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_c
     for payload in drain(config, "evt-roster-UserImported--vpp.on_user_imported"):
         assert event_of_user.setdefault(payload["user_id"], payload["event_id"]) == payload["event_id"]
     assert len(event_of_user) == USERS
-
-
-def execute(config, service: str, statement: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
-    with engine.begin() as connection:
-        connection.execute(sa.text(statement))
-    engine.dispose()
-
-
