@@ -1,6 +1,7 @@
 """The directory service: Nameko entrypoints over the domain code in ``services.directory.domain``."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import datetime
@@ -18,7 +19,7 @@ from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
 from services.directory.domain.profile import LdapProfile, apply_changes, parse_profile
 from services.directory.domain.schedule import daily_sync_due
-from services.directory.domain.sync import read_import_batch
+from services.directory.domain.sync import profile_source, read_import_batch
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
@@ -174,7 +175,8 @@ class DirectoryService(OrchardService):
         try:
             directory = LdapDirectory(stored.profile.connection)
             with directory.bound():
-                batch = read_import_batch(directory, stored.profile)
+                batch = dataclasses.replace(read_import_batch(directory, stored.profile),
+                                            source=profile_source(stored.id))
             self._remember_certificate(stored.id, directory)
             for kind, count in ((USERS, len(batch.users)), (GRADE_LEVELS, len(batch.grade_levels)),
                                 (CLASSES, len(batch.classes))):

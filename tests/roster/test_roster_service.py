@@ -152,6 +152,19 @@ def test_preview_records_from_another_service(roster, rpc_as):
             rpc.roster.apply_plan("no-such-plan")
 
 
+def test_one_directory_never_deletes_another_directorys_users(roster, rpc_as):
+    def batch(source, user_id):
+        return {"source": source, "locations": [{"location_id": "north", "name": "North"}],
+                "users": [{"user_id": user_id, "user_type": "staff", "name": user_id, "locations": ["north"]}]}
+
+    with rpc_as() as rpc:
+        for source, user_id in (("ldap:1", "from-one"), ("ldap:2", "from-two"), ("ldap:2", "from-two")):
+            plan = rpc.roster.preview_records(batch(source, user_id))
+            assert plan["counts"]["user"]["delete"] == 0
+            rpc.roster.apply_plan(plan["plan_id"])
+        assert sorted(u["user_id"] for u in rpc.roster.list_users()["users"]) == ["from-one", "from-two"]
+
+
 def test_access_by_role_and_location(roster, rpc_as):
     content = workbook([user_row("n1"), user_row("s1", location="south")])
     with rpc_as() as rpc:

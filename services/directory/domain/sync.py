@@ -8,6 +8,12 @@ from shared.contracts.roster import ImportBatch
 from shared.errors import UpstreamError
 
 
+def profile_source(profile_id: int) -> str:
+    """The roster source a profile imports as: its own, so that a sync deletes only what that
+    profile imported, never the users of a school's other directory."""
+    return f"ldap:{profile_id}"
+
+
 def read_import_batch(directory: DirectoryReader, profile: LdapProfile) -> ImportBatch:
     """Everything the profile's filters select, mapped to roster records.
 
