@@ -14,6 +14,7 @@ from services.directory import metrics
 from services.directory.adapters import tables
 from services.directory.adapters.ldap_directory import LdapDirectory
 from services.directory.adapters.profiles import ProfileRepository, StoredProfile
+from services.directory.adapters.sign_in_failures import SqlFailureLog
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
@@ -34,16 +35,6 @@ log = logging.getLogger(__name__)
 ROSTER_TIMEOUT = 600
 
 
-class SignInLimiter(DependencyProvider):
-    """One failed-sign-in limiter per process, shared by its workers."""
-
-    def setup(self) -> None:
-        self.limiter = FailedSignInLimiter(time.monotonic)
-
-    def get_dependency(self, worker_ctx: Any) -> FailedSignInLimiter:
-        return self.limiter
-
-
 class EgressAddresses(DependencyProvider):
     def setup(self) -> None:
         addresses = service_settings(self.container.config, self.container.service_name).get("egress_ips") or []
@@ -58,7 +49,6 @@ class DirectoryService(OrchardService):
     db = Database(tables.metadata, migrations="services.directory.migrations")
     secrets = Secrets()
     roster = ServiceRpc("roster", timeout=ROSTER_TIMEOUT)
-    sign_in_limiter = SignInLimiter()
     egress = EgressAddresses()
     certificate_gauges = GaugesFromDatabase(metrics.CERTIFICATE_EXPIRY)
 
@@ -137,7 +127,8 @@ class DirectoryService(OrchardService):
         self.auth.require("directory:authenticate")
         candidates = _bound_directories(self._sign_in_profiles(profile_id))
         try:
-            result = authenticate(candidates, self.sign_in_limiter, username, password)
+            limiter = FailedSignInLimiter(SqlFailureLog(self.db.session), time.time)
+            result = authenticate(candidates, limiter, username, password)
         except PermissionDenied:
             metrics.AUTH_ATTEMPTS.labels("rate_limited").inc()
             raise

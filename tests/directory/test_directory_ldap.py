@@ -11,6 +11,7 @@ from ldap3.core.exceptions import LDAPConfidentialityRequiredResult
 
 from services.directory.adapters.ldap_directory import LdapDirectory
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
+from tests.directory.memory_failure_log import MemoryFailureLog
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.profile import parse_profile
 from services.directory.domain.sync import read_import_batch
@@ -165,7 +166,7 @@ def test_connection_test_stops_at_the_failing_step(profile_data, slapd):
 @pytest.fixture
 def sign_in(profile_data):
     profile = parse_profile(profile_data("starttls"))
-    limiter = FailedSignInLimiter(time.monotonic)
+    limiter = FailedSignInLimiter(MemoryFailureLog(), time.monotonic)
 
     def attempt(username, password, login_attribute="sAMAccountName"):
         p = parse_profile(profile_data("starttls", authentication={"enabled": True, "login_attribute": login_attribute}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
+from tests.directory.memory_failure_log import MemoryFailureLog
 from services.directory.domain.entries import DirectoryEntry, normalize_dn, rdn_value, split_dn
 from services.directory.domain.ports import FoundUser
 from services.directory.domain.profile import parse_profile
@@ -138,7 +139,7 @@ class FakePasswords:
 
 def test_repeated_failures_are_rate_limited_per_username_then_forgiven():
     clock, passwords = Clock(), FakePasswords()
-    limiter = FailedSignInLimiter(clock, max_failures=3, window=600)
+    limiter = FailedSignInLimiter(MemoryFailureLog(), clock, max_failures=3, window=600)
     p = profile()
     for _ in range(3):
         assert not authenticate([(passwords, p)], limiter, "ann", "wrong").authenticated
@@ -152,7 +153,7 @@ def test_repeated_failures_are_rate_limited_per_username_then_forgiven():
 
 def test_unknown_users_are_limited_the_same_way():
     clock = Clock()
-    limiter = FailedSignInLimiter(clock, max_failures=2)
+    limiter = FailedSignInLimiter(MemoryFailureLog(), clock, max_failures=2)
     for _ in range(2):
         authenticate([(FakePasswords(), profile())], limiter, "ghost", "x")
     with pytest.raises(PermissionDenied):
@@ -163,5 +164,5 @@ def test_empty_passwords_are_refused_before_any_bind():
     passwords = FakePasswords()
     for username, password in (("ann", ""), ("", "right"), ("ann", None)):
         with pytest.raises(ValidationError, match="required"):
-            authenticate([(passwords, profile())], FailedSignInLimiter(Clock()), username, password)
+            authenticate([(passwords, profile())], FailedSignInLimiter(MemoryFailureLog(), Clock()), username, password)
     assert passwords.binds == []

@@ -117,3 +117,15 @@ def test_sign_in_against_the_directory(directory_service, directory_config, rpc_
     after = auth_attempts(directory_config)
     assert {result: after[result] - before.get(result, 0) for result in after} == {
         "success": 2, "failure": 7, "refused": 1, "rate_limited": 1}
+
+
+def test_the_sign_in_limit_holds_across_replicas(directory_service, runner_factory, directory_config, rpc_as,
+                                                 profile_data):
+    runner_factory(directory_config, DirectoryService).start()  # a second replica on the same database
+    with rpc_as() as rpc:
+        rpc.directory.add_ldap_profile(profile_data())
+        for _ in range(5):  # spread over both replicas by the broker
+            assert rpc.directory.authenticate("t00002", "incorrect")["authenticated"] is False
+        for _ in range(4):
+            with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
+                rpc.directory.authenticate("t00002", "correct horse battery")

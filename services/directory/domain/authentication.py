@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from services.directory.domain.ports import PasswordDirectory
 from services.directory.domain.profile import LdapProfile
@@ -20,40 +19,41 @@ class AuthenticationResult:
         return {"authenticated": self.authenticated, "user_id": self.user_id}
 
 
+class FailureLog(Protocol):
+    """Where failed sign-ins are remembered: shared by every replica, so the limit holds for all."""
+
+    def failures_since(self, key: str, since: float) -> list[float]: ...  # times, oldest first
+
+    def add(self, key: str, at: float, forget_before: float) -> None: ...
+
+    def clear(self, key: str) -> None: ...
+
+
 class FailedSignInLimiter:
     """At most ``max_failures`` failed sign-ins per username within ``window`` seconds.
 
     Counted per username whether or not it exists, so the limit reveals nothing.
     """
 
-    def __init__(self, clock: Callable[[], float], max_failures: int = 5, window: float = 900.0):
+    def __init__(self, failures: FailureLog, clock: Callable[[], float], max_failures: int = 5,
+                 window: float = 900.0):
+        self._failures = failures
         self._clock = clock
         self.max_failures = max_failures
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
 
     def check(self, username: str) -> None:
-        failures = self._recent(_key(username))
-        if len(failures) >= self.max_failures:
-            wait = math.ceil((failures[0] + self.window - self._clock()) / 60)
+        recent = self._failures.failures_since(_key(username), self._clock() - self.window)
+        if len(recent) >= self.max_failures:
+            wait = math.ceil((recent[0] + self.window - self._clock()) / 60)
             raise PermissionDenied(f"too many failed sign-ins for this username; try again in {wait} minute(s)")
 
     def record_failure(self, username: str) -> None:
-        key = _key(username)
-        self._recent(key).append(self._clock())
-        if len(self._failures) > 10_000:  # forget usernames whose failures have all expired
-            for stale in [k for k, v in self._failures.items() if not self._recent(k)]:
-                del self._failures[stale]
+        now = self._clock()
+        self._failures.add(_key(username), now, forget_before=now - self.window)
 
     def reset(self, username: str) -> None:
-        self._failures.pop(_key(username), None)
-
-    def _recent(self, key: str) -> deque[float]:
-        failures = self._failures.setdefault(key, deque())
-        horizon = self._clock() - self.window
-        while failures and failures[0] <= horizon:
-            failures.popleft()
-        return failures
+        self._failures.clear(_key(username))
 
 
 def _key(username: str) -> str:

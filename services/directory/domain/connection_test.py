@@ -58,7 +58,7 @@ def _searches_and_sign_in(probe: ConnectionProbe, profile: LdapProfile, clock: C
             step(f"search {what}", lambda: _search(probe, what, ldap_filter, attributes(), add, builder))
     if test_user is not None:
         username, password = test_user
-        limiter = FailedSignInLimiter(clock)
+        limiter = FailedSignInLimiter(_NothingRemembered(), clock)
         step("authenticate", lambda: _authenticate(probe, profile, limiter, username, password))
 
 
@@ -100,3 +100,16 @@ def _authenticate(probe, profile, limiter, username, password) -> StepResult:
     if result.authenticated:
         return StepResult("authenticate", True, f"signed in as {result.user_id}", {"user_id": result.user_id})
     return StepResult("authenticate", False, "the username or password is wrong (or the user is outside the user filter)")
+
+
+class _NothingRemembered:
+    """The connection test's one sign-in is an administrator's check: it neither counts nor is limited."""
+
+    def failures_since(self, key: str, since: float) -> list[float]:
+        return []
+
+    def add(self, key: str, at: float, forget_before: float) -> None:
+        pass
+
+    def clear(self, key: str) -> None:
+        pass

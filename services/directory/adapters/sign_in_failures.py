@@ -1,0 +1,23 @@
+"""Failed sign-ins in the service's database, so the limit holds across replicas."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from services.directory.adapters.tables import sign_in_failures as failures
+
+
+class SqlFailureLog:
+    def __init__(self, session: Session):
+        self.session = session
+
+    def failures_since(self, key: str, since: float) -> list[float]:
+        query = sa.select(failures.c.at).where(failures.c.username == key, failures.c.at > since).order_by(failures.c.at)
+        return list(self.session.execute(query).scalars())
+
+    def add(self, key: str, at: float, forget_before: float) -> None:
+        self.session.execute(failures.delete().where(failures.c.at <= forget_before))
+        self.session.execute(failures.insert().values(username=key, at=at))
+
+    def clear(self, key: str) -> None:
+        self.session.execute(failures.delete().where(failures.c.username == key))
