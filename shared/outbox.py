@@ -187,7 +187,8 @@ class OutboxRelay:
     def _delete(self, connection: sa.Connection, rows: list[Any]) -> int:
         """Forget the published rows; the number still pending."""
         if rows:
-            connection.execute(self.outbox.delete().where(self.outbox.c.id.in_([row.id for row in rows])))
+            # by event id: on SQLite a row id freed by another replica's delete is reused by the next insert
+            connection.execute(self.outbox.delete().where(self.outbox.c.event_id.in_([row.event_id for row in rows])))
         return connection.execute(sa.select(sa.func.count()).select_from(self.outbox)).scalar_one()
 
     def _prune_inbox(self) -> None:
