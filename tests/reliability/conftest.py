@@ -59,9 +59,11 @@ def device_count(config: dict) -> int:
     return total
 
 
-def metric_lines(config: dict, service: str, prefix: str) -> list[str]:
+def metric_value(config: dict, service: str, sample: str) -> float:
+    """One sample's value from the service's /metrics (0 if absent). The registry is per process, so tests
+    compare values before and after."""
     text = httpx.get(f"http://127.0.0.1:{config['SERVICES'][service]['metrics_port']}/metrics", timeout=10).text
-    return [line for line in text.splitlines() if line.startswith(prefix)]
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
 
 
 @pytest.fixture

@@ -10,12 +10,13 @@ from orchard_cli.main import cli as orchard
 from services.push.service import PushService
 from shared.contracts.enrollment import DeviceEnrolled
 from shared.contracts.subscriptions import SUBSCRIPTIONS
-from tests.reliability.conftest import execute, metric_lines, publish, publish_payload, query
+from tests.reliability.conftest import execute, metric_value, publish, publish_payload, query
 from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
+DEAD_LETTERS = 'orchard_dead_letters_total{handler="on_device_enrolled",service="push"}'
 QUEUE = next(s.queue_name for s in SUBSCRIPTIONS if s.service == "push" and s.handler == "on_device_enrolled")
 
 
@@ -39,6 +40,7 @@ def orchard_cli(config, tmp_path, *args: str):
 def test_poison_and_failing_events_are_parked_metered_and_replayed(runner_factory, fast_retries, tmp_path):
     config = fast_retries
     runner_factory(config, PushService).start()
+    parked_before = metric_value(config, "push", DEAD_LETTERS)  # one registry per process
 
     # a malformed payload between two good events: parked at once, the next one still handled
     publish(config, enrolled("d1"))
@@ -58,8 +60,7 @@ def test_poison_and_failing_events_are_parked_metered_and_replayed(runner_factor
     parked = {m["payload"].get("udid"): m["headers"] for m in peek(config, QUEUE + ".dead-letters")}
     assert parked["d-bad"]["x-orchard-attempts"] == 1 and parked["d-bad"]["x-orchard-error"].startswith("ValidationError")
     assert parked["d3"]["x-orchard-attempts"] == 3 and "push_devices" in parked["d3"]["x-orchard-error"]
-    assert metric_lines(config, "push", 'orchard_dead_letters_total{handler="on_device_enrolled",service="push"}') == [
-        'orchard_dead_letters_total{handler="on_device_enrolled",service="push"} 2.0']
+    assert metric_value(config, "push", DEAD_LETTERS) - parked_before == 2
 
     listed = orchard_cli(config, tmp_path, "events", "dead-letters", "list", "--queue", QUEUE)
     assert "DeviceEnrolled" in listed and "ValidationError" in listed and "push_devices" in listed
