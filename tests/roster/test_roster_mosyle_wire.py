@@ -126,3 +126,10 @@ def test_openapi_document_is_plain_json_with_the_four_endpoints():
     walk(document)
     schemas = document["components"]["schemas"]
     assert refs and all(r.rsplit("/", 1)[-1] in schemas for r in refs)
+
+
+def test_openapi_document_is_a_valid_openapi_3_description():
+    # what Postman and Insomnia need to import it: a document that validates as OpenAPI 3.0
+    from openapi_spec_validator import validate
+
+    validate(json.loads(json.dumps(openapi_document("https://orchard.example"))))
