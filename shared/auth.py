@@ -21,14 +21,15 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "system": frozenset({"*"}),
     "location_leader": frozenset({
         "push:read",
-        "enrollment:read", "enrollment:write",
+        "enrollment:read", "enrollment:write", "enrollment:resolve_scope",
         "vpp:read", "vpp:write",
         "roster:read", "roster:write",
         "directory:read",
     }),
     # managed service providers operate schools' devices but never hold Apple push identities
-    "msp": frozenset({"enrollment:read", "vpp:read", "roster:read", "directory:read"}),
-    "teacher": frozenset({"roster:read", "vpp:study_apps"}),
+    "msp": frozenset({"enrollment:read", "enrollment:resolve_scope", "vpp:read", "roster:read", "directory:read"}),
+    # a teacher's scopes are their classes: study apps go to their students' devices
+    "teacher": frozenset({"roster:read", "vpp:study_apps", "enrollment:resolve_scope"}),
 }
 
 LOCATION_BOUND_ROLES = frozenset({"location_leader", "teacher"})

@@ -187,7 +187,7 @@ class DevicePeopleEntrypoints:
     @rpc
     def resolve_scope(self, scope: dict[str, Any]) -> list[dict[str, Any]]:
         """The devices a scope reaches now: ``[{serial_number, user_id, group_id, locations}]`` by serial."""
-        actor = self.auth.require("enrollment:read")
+        actor = self.auth.require("enrollment:resolve_scope")
         parsed = parse_scope(scope)
         if parsed.locations is not None:
             require_locations(actor, parsed.locations)  # naming a location you cannot see is refused

@@ -92,6 +92,7 @@ class VppService(OrchardService):
     settings = ServiceSettings()
     state_metrics = GaugesFromDatabase(STATE)
     enrollment = ServiceRpc("enrollment")  # resolves scopes and where devices are
+    roster = ServiceRpc("roster")  # which classes a teacher teaches
 
     # --- helpers ----------------------------------------------------------------------------
     @property
@@ -513,16 +514,34 @@ class VppService(OrchardService):
         return [asset_view(a) for a in self.repo.assets(row.id, ProductType.APP.value) if a.device_assignable]
 
     @rpc
-    def install_study_apps(self, token_id: Any, adam_ids: Any, serial_numbers: Any) -> list[dict[str, Any]]:
-        """Install apps on a class's devices (device-based licences)."""
+    def install_study_apps(self, token_id: Any, adam_ids: Any, serial_numbers: Any = None,
+                           class_id: Any = None) -> list[dict[str, Any]]:
+        """Install apps device-based on a class's student devices (``class_id``) or on given devices."""
         actor, row = self._study_token(token_id)
         study = {a.adam_id for a in self.repo.assets(row.id, ProductType.APP.value) if a.device_assignable}
         apps = _ids(adam_ids, "adam_ids")
         outside = [a for a in apps if a not in study]
         if outside:
             raise ValidationError(f"{', '.join(outside)} are not study apps of this token; pick from list_study_apps.")
-        serials = _ids(serial_numbers, "serial_numbers")
+        if (serial_numbers is None) == (class_id is None):
+            raise ValidationError("Name either a class (class_id) or the devices (serial_numbers).")
+        serials = (self._class_devices(actor, _text(class_id, "class_id")) if class_id is not None
+                   else _ids(serial_numbers, "serial_numbers"))
         return [self._assign(actor, row, adam_id, serials, []) for adam_id in apps]
+
+    def _class_devices(self, actor: Actor, class_id: str) -> list[str]:
+        """The devices of the class's students, as the roster and device assignments say today."""
+        if actor.role == "teacher":
+            try:
+                classes = self.roster.get_user(actor.id)["classes"]
+            except NotFound:  # a teacher the roster does not know teaches nothing
+                classes = []
+            if class_id not in {c["class_id"] for c in classes if c["role"] == "teacher"}:
+                raise PermissionDenied(f"You do not teach class {class_id}; a teacher installs study apps for their own classes.")
+        devices = self.enrollment.resolve_scope({"classes": [class_id], "user_types": ["student"]})
+        if not devices:
+            raise ValidationError(f"No devices are assigned to the students of class {class_id}.")
+        return [device["serial_number"] for device in devices]
 
     # --- Apple's notifications --------------------------------------------------------------
     @http("POST", "/vpp/notifications/<token_id>")

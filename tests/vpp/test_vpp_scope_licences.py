@@ -7,8 +7,10 @@ import pytest
 from services.enrollment.service import EnrollmentService
 from services.roster.service import RosterService
 from services.vpp.service import VppService
-from shared.errors import PermissionDenied
-from tests.people import DEVICES, GRADE_7_STUDENTS_AT_A, USERS, enroll, import_roster, moved_to_grade_8
+from shared.auth import Actor
+from shared.errors import PermissionDenied, ValidationError
+from tests.people import (DEVICES, GRADE_7_STUDENTS_AT_A, LOCATIONS, USERS, enroll, import_roster,
+                          moved_to_grade_8)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -69,3 +71,23 @@ def test_a_token_of_one_location_refuses_devices_and_users_elsewhere(district, v
             token_id, "111", user_ids=["s7b1"])), what="the refusal naming the user's location (once vpp knows them)")
     assert "assets/associate" not in vpp_sandbox.state()["requests"]  # refused before any Apple call
     assert serials_at_apple(vpp_sandbox, stoken, "111") == []
+
+
+def test_a_teacher_installs_study_apps_on_their_class_devices(district, vpp_sandbox, rpc_as):
+    token_id, stoken = district
+    maths_7a = {"class_id": "maths-7a", "name": "Maths 7A", "location_id": "A",
+                "teacher_ids": ["t7a"], "student_ids": ["s7a1", "s7a2"]}
+    with rpc_as() as rpc:
+        batch = {"source": "api", "locations": LOCATIONS, "grade_levels": [{"name": "7"}, {"name": "8"}],
+                 "users": USERS, "classes": [maths_7a]}
+        rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
+        rpc.vpp.update_content_token(token_id, allow_teacher_study_apps=True)
+    with rpc_as(Actor("t7a", "teacher", ("A",))) as rpc:
+        with pytest.raises(ValidationError, match="either a class"):
+            rpc.vpp.install_study_apps(token_id, ["111"])
+        (installed,) = rpc.vpp.install_study_apps(token_id, ["111"], class_id="maths-7a")
+        assert sorted(installed["assigned"]["serial_numbers"]) == ["SER7A1", "SER7A2"]
+    assert serials_at_apple(vpp_sandbox, stoken, "111") == ["SER7A1", "SER7A2"]
+    with rpc_as(Actor("t-other", "teacher", ("A",))) as rpc:
+        with pytest.raises(PermissionDenied):  # not their class (nor a user the roster knows)
+            rpc.vpp.install_study_apps(token_id, ["111"], class_id="maths-7a")
