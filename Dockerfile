@@ -16,6 +16,6 @@ WORKDIR /app
 COPY deploy/config.yaml deploy/config.yaml
 COPY deploy/entrypoint.sh /usr/local/bin/orchard-service
 USER orchard
-ENV PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::DeprecationWarning
+ENV PYTHONUNBUFFERED=1
 EXPOSE 9100 8100
 ENTRYPOINT ["orchard-service"]

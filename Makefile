@@ -6,8 +6,6 @@ BIN := $(VENV)/bin
 CONFIG := deploy/config.yaml
 SERVICES := push enrollment vpp roster directory
 export AMQP_URI ?= amqp://guest:guest@localhost:5672/
-# Eventlet announces its own deprecation on every start; Orchard pins it knowingly (see README)
-export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
 .PHONY: run test install broker demo clean-var
 
