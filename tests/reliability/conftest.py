@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from nameko.standalone.events import event_dispatcher
 
 from shared.contracts.base import Event
+from shared.storage import create_engine_for
 
 
 def publish(config: dict, *events: Event) -> None:
@@ -31,7 +32,7 @@ def district(users: int) -> dict:
 
 
 def query(config: dict, service: str, statement: str) -> list[sa.Row]:
-    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
+    engine = create_engine_for(config["SERVICES"][service]["database_url"])
     try:
         with engine.connect() as connection:
             return list(connection.execute(sa.text(statement)))
@@ -40,7 +41,7 @@ def query(config: dict, service: str, statement: str) -> list[sa.Row]:
 
 
 def execute(config: dict, service: str, statement: str) -> None:
-    engine = sa.create_engine(config["SERVICES"][service]["database_url"])
+    engine = create_engine_for(config["SERVICES"][service]["database_url"])
     try:
         with engine.begin() as connection:
             connection.execute(sa.text(statement))
