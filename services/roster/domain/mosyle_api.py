@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from shared.contracts.roster import ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord
 from shared.errors import ValidationError
@@ -171,54 +171,42 @@ def _elements(payload: Mapping[str, Any]) -> list[Any]:
 def user_write_request(payload: Mapping[str, Any],
                        location_ids_by_name: Mapping[str, str]) -> WriteRequest:
     """Parse ``/v2/users`` elements; locations are named, and created if missing."""
-    request = _new_request("Users", len(_elements(payload)))
-    users: list[UserRecord] = []
-    new_locations: dict[str, LocationRecord] = {}
-    for number, element in enumerate(payload["elements"], start=1):
-        try:
-            operation, user_id = _operation_and_id(element)
-            request.element_ids[number - 1], request.operations[number - 1] = user_id, operation
-            if operation == "delete":
-                request.delete_ids.append(user_id)
-                continue
-            user = _user_from_wire(element, user_id, location_ids_by_name, new_locations)
-        except WireError as exc:
-            request.errors[number] = exc.message
-            continue
-        if user_id in request.row_numbers["Users"]:
-            request.errors[number] = f"user '{user_id}' appears twice in this request"
-            continue
-        request.row_numbers["Users"][user_id] = number
-        users.append(user)
-    request.batch = ImportBatch(source="api", users=users, locations=list(new_locations.values()))
+    request, users, locations = _write_request(payload, "Users", "user", _user_from_wire, location_ids_by_name)
+    request.batch = ImportBatch(source="api", users=users, locations=locations)
     return request
 
 
 def class_write_request(payload: Mapping[str, Any],
                         location_ids_by_name: Mapping[str, str]) -> WriteRequest:
     """Parse ``/v2/classes`` elements; a class's location is created if missing."""
-    request = _new_request("Classes", len(_elements(payload)))
-    classes: list[ClassRecord] = []
+    request, classes, locations = _write_request(payload, "Classes", "class", _class_from_wire, location_ids_by_name)
+    request.batch = ImportBatch(source="api", classes=classes, locations=locations)
+    return request
+
+
+def _write_request(payload: Mapping[str, Any], sheet: str, noun: str, parse: Callable[..., Any],
+                   location_ids_by_name: Mapping[str, str]) -> tuple[WriteRequest, list[Any], list[LocationRecord]]:
+    """Each element's operation and record; a bad element gets its own error and the rest stand."""
+    request = _new_request(sheet, len(_elements(payload)))
+    records: list[Any] = []
     new_locations: dict[str, LocationRecord] = {}
     for number, element in enumerate(payload["elements"], start=1):
         try:
-            operation, class_id = _operation_and_id(element)
-            request.element_ids[number - 1], request.operations[number - 1] = class_id, operation
+            operation, record_id = _operation_and_id(element)
+            request.element_ids[number - 1], request.operations[number - 1] = record_id, operation
             if operation == "delete":
-                request.delete_ids.append(class_id)
+                request.delete_ids.append(record_id)
                 continue
-            cls = _class_from_wire(element, class_id, location_ids_by_name, new_locations)
+            record = parse(element, record_id, location_ids_by_name, new_locations)
         except WireError as exc:
             request.errors[number] = exc.message
             continue
-        if class_id in request.row_numbers["Classes"]:
-            request.errors[number] = f"class '{class_id}' appears twice in this request"
+        if record_id in request.row_numbers[sheet]:
+            request.errors[number] = f"{noun} '{record_id}' appears twice in this request"
             continue
-        request.row_numbers["Classes"][class_id] = number
-        classes.append(cls)
-    request.batch = ImportBatch(source="api", classes=classes,
-                                locations=list(new_locations.values()))
-    return request
+        request.row_numbers[sheet][record_id] = number
+        records.append(record)
+    return request, records, list(new_locations.values())
 
 
 def _new_request(sheet: str, count: int) -> WriteRequest:
