@@ -62,8 +62,8 @@ class ServerTokenConnected(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeviceUserAssigned(Event):
-    """A device now belongs to a user (or a shared device group, when ``group_id`` is set)."""
+class DeviceOwnershipChanged(Event):
+    """Shared shape of the assignment events: the device, and its user or shared device group."""
 
     SOURCE = SOURCE
     serial_number: str
@@ -72,8 +72,10 @@ class DeviceUserAssigned(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeviceUserUnassigned(Event):
-    SOURCE = SOURCE
-    serial_number: str
-    user_id: str | None = None
-    group_id: str | None = None
+class DeviceUserAssigned(DeviceOwnershipChanged):
+    """A device now belongs to a user (or a shared device group, when ``group_id`` is set)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceUserUnassigned(DeviceOwnershipChanged):
+    """A device no longer belongs to that user (or group)."""
