@@ -10,6 +10,7 @@ from nameko.standalone.events import event_dispatcher
 
 from shared.contracts.base import Event
 from shared.storage import create_engine_for
+from tests.vpp.conftest import smtp_sink, vpp_config, vpp_sandbox  # noqa: F401  the vpp tests' sandbox fixtures
 
 
 def publish(config: dict, *events: Event) -> None:
@@ -71,29 +72,6 @@ def metric_value(config: dict, service: str, sample: str) -> float:
 def fast_retries(orchard_config: dict) -> dict:
     """Handler retries in tenths of a second instead of minutes."""
     orchard_config["EVENT_RETRY_DELAYS"] = [0.1, 0.2]
-    return orchard_config
-
-
-@pytest.fixture
-def vpp_sandbox():
-    from apple_sandbox.server import serve_wsgi
-    from apple_sandbox.vpp import VppSandbox
-    from tests.vpp.conftest import SandboxAdmin
-
-    running = serve_wsgi(VppSandbox(page_size=1000, event_polls=1))
-    admin = SandboxAdmin(running.url)
-    yield admin
-    admin.close()
-    running.stop()
-
-
-@pytest.fixture
-def vpp_config(orchard_config: dict, vpp_sandbox) -> dict:
-    """The configuration with the vpp service pointed at the Apps and Books sandbox."""
-    settings = orchard_config["SERVICES"]["vpp"]
-    settings.update(vpp_url=vpp_sandbox.api_url, mdm_id="orchard-test", mdm_name="Orchard Test",
-                    public_url=f"http://{settings['http_address']}", apple_poll_interval=0.02,
-                    apple_busy_backoff=0.01, smtp_host="127.0.0.1", smtp_port=1, mail_from="apps@school.example")
     return orchard_config
 
 
