@@ -147,6 +147,7 @@ class OutboxRelay:
             try:
                 while self.drain_once():
                     pass
+                self._count_pending()  # once per pass: counting after every batch would rescan a large backlog
                 passes += 1
                 if passes % 1000 == 1:
                     self._prune_inbox()
@@ -162,7 +163,7 @@ class OutboxRelay:
                 # replicas share the work: the rows stay locked while they are published
                 rows = connection.execute(query.with_for_update(skip_locked=True)).all()
                 self._publish(rows)
-                pending = self._delete(connection, rows)
+                self._delete(connection, rows)
         else:
             # SQLite: one connection per process, shared by every worker; it is never held while
             # waiting for the broker's confirms, or requests would queue behind a large drain
@@ -170,8 +171,7 @@ class OutboxRelay:
                 rows = connection.execute(query).all()
             self._publish(rows)
             with self.engine.begin() as connection:
-                pending = self._delete(connection, rows)
-        metrics.OUTBOX_PENDING.labels(self.service_name).set(pending)
+                self._delete(connection, rows)
         return len(rows)
 
     def _publish(self, rows: list[Any]) -> None:
@@ -184,12 +184,16 @@ class OutboxRelay:
         for row in rows:
             metrics.EVENTS_PUBLISHED.labels(self.service_name, row.event_type).inc()
 
-    def _delete(self, connection: sa.Connection, rows: list[Any]) -> int:
-        """Forget the published rows; the number still pending."""
+    def _delete(self, connection: sa.Connection, rows: list[Any]) -> None:
+        """Forget the published rows."""
         if rows:
             # by event id: on SQLite a row id freed by another replica's delete is reused by the next insert
             connection.execute(self.outbox.delete().where(self.outbox.c.event_id.in_([row.event_id for row in rows])))
-        return connection.execute(sa.select(sa.func.count()).select_from(self.outbox)).scalar_one()
+
+    def _count_pending(self) -> None:
+        with self.engine.connect() as connection:
+            pending = connection.execute(sa.select(sa.func.count()).select_from(self.outbox)).scalar_one()
+        metrics.OUTBOX_PENDING.labels(self.service_name).set(pending)
 
     def _prune_inbox(self) -> None:
         from shared.storage import utc_now
