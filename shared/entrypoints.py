@@ -71,7 +71,8 @@ def _committing(fn: Callable) -> Callable:
 
 def _internal_error(worker_ctx: Any, exc_info: Any) -> errors.InternalError:
     reference = worker_ctx.call_id
-    log.error("unexpected error in %s (reference %s)", reference, reference, exc_info=exc_info)
+    log.error("unexpected error in %s.%s (reference %s)", worker_ctx.service_name,
+              worker_ctx.entrypoint.method_name, reference, exc_info=exc_info)
     return errors.InternalError(
         f"Orchard could not complete {worker_ctx.service_name}.{worker_ctx.entrypoint.method_name} because of an "
         f"internal error (reference {reference}); the service's log has the details"
