@@ -22,6 +22,10 @@ import httpx
 from werkzeug.wrappers import Request, Response
 
 API_PREFIX = "/mdm/v2/"
+# Apple's store lookup lives on another host (uclient-api.itunes.apple.com); here it shares the server
+LOOKUP_PATH = "/WebObjects/MZStorePlatform.woa/wa/lookup"
+LOOKUP_MAX_IDS = 100  # a longer id list is refused, like an over-long URL
+ARTWORK_URL = "https://is1-ssl.mzstatic.com/image/thumb/sandbox/{adam_id}/{{w}}x{{h}}bb.{{f}}"
 INVITATION_URL = "https://buy.itunes.apple.com/WebObjects/MZFinance.woa/wa/associateVPPUserWithITSAccount?inviteCode=%25inviteCode%25&mt=8"
 DEFAULT_LIMITS = {
     "maxAssets": 25, "maxSerialNumbers": 1000, "maxClientUserIds": 1000, "maxUsers": 100,
@@ -62,6 +66,12 @@ class SandboxAsset:
     device_assignable: bool
     revocable: bool
     assigned_count: int = 0
+    name: str = ""  # only the content metadata lookup tells it, never the asset list
+
+    def metadata(self) -> dict:
+        return {"id": self.adam_id, "name": self.name or f"{self.product_type} {self.adam_id}",
+                "kind": "ebook" if self.product_type == "Book" else "iosSoftware",
+                "artwork": {"url": ARTWORK_URL.format(adam_id=self.adam_id), "width": 512, "height": 512}}
 
     def to_json(self) -> dict:
         return {
@@ -177,6 +187,8 @@ class VppSandbox:
             response = self._admin(request, path[len("/_sandbox/"):])
         elif path.startswith(API_PREFIX):
             response = self._api(request, path[len(API_PREFIX):])
+        elif path == LOOKUP_PATH:
+            response = self._lookup(request)
         else:
             response = _json({"errorNumber": 9602, "errorMessage": "Unknown path"}, 404)
         return response(environ, start_response)
@@ -278,6 +290,7 @@ class VppSandbox:
                  "assets/disassociate", "assets/revoke", "users/create", "users/update", "users/retire"]
         urls = {name.replace("/", "_"): base + name for name in names}
         urls["invitationEmail"] = INVITATION_URL
+        urls["contentMetadataLookup"] = request.host_url.rstrip("/") + LOOKUP_PATH
         return {
             "errorCodes": [{"errorNumber": n, "errorMessage": m} for n, m in sorted(ERROR_MESSAGES.items())],
             "limits": dict(self.limits), "notificationTypes": NOTIFICATION_TYPES, "urls": urls,
@@ -311,6 +324,27 @@ class VppSandbox:
             location.notification_auth_token = body.get("notificationAuthToken")
             location.notification_types = list(body.get("notificationTypes") or [])
         return self._client_config(location)
+
+    # --- content metadata lookup ------------------------------------------------------------
+    def _lookup(self, request: Request) -> Response:
+        """``?version=2&p=mdm-lockup&caller=MDM&platform=…&cc=…&id=<adamIds>`` with the cookie ``itvt=<sToken>``."""
+        with self._lock:
+            self._requests["lookup"] += 1
+            fault = self._take_fault("lookup")
+            if fault:
+                return _json({"errorMessage": "lookup failed"}, fault.status, {"Retry-After": str(fault.retry_after)}
+                             if fault.retry_after is not None else {})
+            args = request.args
+            if (args.get("version"), args.get("p"), args.get("caller")) != ("2", "mdm-lockup", "MDM") or not args.get("platform"):
+                return _json({"errorMessage": "version=2, p=mdm-lockup, caller=MDM and platform are required"}, 400)
+            token = self._tokens.get(request.cookies.get("itvt", ""))
+            if token is None or token.revoked:
+                return _json({"errorMessage": "the itvt cookie must carry a valid sToken"}, 401)
+            ids = [i for i in args.get("id", "").split(",") if i]
+            if not ids or len(ids) > LOOKUP_MAX_IDS:
+                return _json({"errorMessage": f"name between 1 and {LOOKUP_MAX_IDS} ids"}, 400)
+            catalogue = {a.adam_id: a for a in token.location.assets.values()}
+            return _json({"results": {i: catalogue[i].metadata() for i in ids if i in catalogue}})
 
     # --- listings ---------------------------------------------------------------------------
     def _page(self, location: Location, request: Request, key: str, items: list[dict]) -> dict:
@@ -590,7 +624,7 @@ class VppSandbox:
         book = body.get("productType", "App") == "Book"
         asset = SandboxAsset(
             str(body["adamId"]), body.get("pricingParam", "STDQ"), "Book" if book else "App", int(body["totalCount"]),
-            bool(body.get("deviceAssignable", not book)), bool(body.get("revocable", not book)))
+            bool(body.get("deviceAssignable", not book)), bool(body.get("revocable", not book)), name=str(body.get("name", "")))
         previous = location.assets.get((asset.adam_id, asset.pricing_param))
         if previous:
             asset.assigned_count = previous.assigned_count

@@ -18,6 +18,8 @@ TOP_ASSETS_PER_TOKEN = 50
 APPLE_CALLS = Counter(
     "orchard_vpp_apple_calls", "Apps and Books API responses by endpoint and Apple error number (none = success).",
     ["endpoint", "error"])
+NAME_LOOKUP_FAILURES = Counter(
+    "orchard_vpp_name_lookup_failures", "Syncs whose content metadata lookup (asset names) failed; names stay as they were.")
 INVITES_REGISTERED = Counter("orchard_vpp_invites_registered", "Users registered (invited) with Apple, by method.", ["method"])
 
 

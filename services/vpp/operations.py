@@ -6,17 +6,19 @@ fails, and the error says what was done.
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventlet.greenpool import GreenPool
 
 from services.vpp import metrics
 from services.vpp.adapters.apple_client import (
-    AppsAndBooksClient, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
+    AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
 )
 from services.vpp.adapters.mailer import SmtpMailer
 from services.vpp.adapters.repository import VppRepository
@@ -26,8 +28,12 @@ from shared.errors import OrchardError, UpstreamError
 from shared.secrets import SecretBox
 from shared.storage import UnitOfWork, utc_now
 
+log = logging.getLogger(__name__)
+
 APPLE_CONCURRENCY = 16  # Apple requests in flight per worker
 ALREADY_REGISTERED = 9716
+NAMES_REFRESHED_AFTER = timedelta(days=7)  # store names change (renamed apps); look them up again after this
+DEFAULT_PLATFORM = "volumestore"  # client/config's defaultPlatform for tokens added before it was stored
 
 
 @dataclass
@@ -98,12 +104,28 @@ class VppOperations:
                 self.repo.update_token(token.id, last_sync_error=str(exc)[:1000])
                 self.db.commit()
                 raise
+        names = self._look_up_names(client, token, [str(a["adamId"]) for a in assets], now)
         repo = self.repo
         repo.replace_assets(token.id, assets.items, now)
+        repo.store_asset_metadata(token.id, names, now)
         held = repo.replace_assignments(token.id, assignments.items)
         repo.apply_apple_users(token.id, users.items, now)
         repo.update_token(token.id, last_sync_at=now, last_sync_error=None, conflict_with=None, users_version=users.version_id)
         return {"assets": len(assets), "assignments": held, "users": len(users)}
+
+    def _look_up_names(self, client: AppsAndBooksClient, token: Any, adam_ids: list[str], now: datetime) -> list[AssetMetadata]:
+        """Names for assets that have none (or an old one); a failed lookup leaves names as they are, never the sync."""
+        wanted = self.repo.assets_needing_names(token.id, adam_ids, now - NAMES_REFRESHED_AFTER)
+        if not wanted:
+            return []
+        try:
+            found = client.content_metadata(wanted, platform=token.default_platform or DEFAULT_PLATFORM,
+                                            country=token.country or "US")
+        except OrchardError as exc:
+            metrics.NAME_LOOKUP_FAILURES.inc()
+            log.warning("asset names of content token %s not looked up (%d assets): %s", token.id, len(wanted), exc)
+            return []
+        return list(found.values())
 
     # --- licences ---------------------------------------------------------------------------
     def run_licence_batches(self, token: Any, asset: Asset, batches: Sequence[LicenceBatch], *, assign: bool) -> LicenceOutcome:

@@ -153,6 +153,7 @@ class VppService(OrchardService):
             "id": token_id, "name": _text(name, "name") if name is not None else location_name,
             "sealed_stoken": self.secrets.seal(token.stoken), "fingerprint": token.fingerprint, "org_name": token.org_name,
             "location_uid": uid, "location_name": location_name, "country": config.get("countryISO2ACode"),
+            "default_platform": config.get("defaultPlatform"),
             "expires_at": token.expires_at, "locations": access, "allow_teacher_study_apps": allow,
             "auto_invite_method": auto_invite, "notification_auth_hash": auth_hash, "revoked": False,
             "conflict_with": None, "added_by": actor.id, "added_at": now,
@@ -214,7 +215,8 @@ class VppService(OrchardService):
         client.claim_location(**subscription)
         self.repo.update_token(
             row.id, sealed_stoken=self.secrets.seal(token.stoken), fingerprint=token.fingerprint, expires_at=token.expires_at,
-            org_name=token.org_name, revoked=False, conflict_with=None, notification_auth_hash=auth_hash)
+            org_name=token.org_name, revoked=False, conflict_with=None, notification_auth_hash=auth_hash,
+            country=config.get("countryISO2ACode") or row.country, default_platform=config.get("defaultPlatform") or row.default_platform)
         self.db.audit(actor, "content_token.renewed", f"content_token:{row.id}", {"fingerprint": token.fingerprint})
         return token_view(self.repo.token(row.id), now)
 

@@ -39,6 +39,7 @@ def token_view(row: Any, now: datetime) -> dict[str, Any]:
 def asset_view(row: Any) -> dict[str, Any]:
     return {
         "adam_id": row.adam_id, "pricing_param": row.pricing_param, "product_type": row.product_type, "name": row.name,
+        "kind": row.kind, "artwork_url": row.artwork_url,
         "total": row.total_count, "assigned": row.assigned_count, "available": row.available_count,
         "device_assignable": row.device_assignable, "revocable": row.revocable, "hidden": row.hidden,
     }

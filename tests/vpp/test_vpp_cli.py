@@ -27,7 +27,7 @@ def orchard(vpp_runner, vpp_config, tmp_path, monkeypatch):
 
 def test_every_vpp_command(orchard, vpp_sandbox, tmp_path):
     stoken = vpp_sandbox.issue_token(locationName="North Campus")
-    vpp_sandbox.add_asset(stoken, "111", 5)
+    vpp_sandbox.add_asset(stoken, "111", 5, name="Keynote")
     vpp_sandbox.add_asset(stoken, "900", 2, product_type="Book")
     vpp_sandbox.post("assignments", sToken=stoken, adamId="111", serialNumbers=["STRANGER"])
     (tmp_path / "north.vpptoken").write_text(stoken)
@@ -44,7 +44,7 @@ def test_every_vpp_command(orchard, vpp_sandbox, tmp_path):
 
     assert orchard("sync", token_id).strip() == "2 assets, 1 licences in use, 0 users"
     apps = orchard("assets", token_id).splitlines()
-    assert apps[1].split()[:1] == ["111"] and "900" not in "".join(apps)
+    assert apps[1].split()[:2] == ["111", "Keynote"] and "900" not in "".join(apps)
     assert orchard("assets", token_id, "--books").splitlines()[1].split()[0] == "900"
 
     assert orchard("assign", token_id, "111", "--serial", "IPAD-1").strip() == "assigned: 1 device(s), 0 user(s)"

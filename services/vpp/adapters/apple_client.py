@@ -20,6 +20,7 @@ from shared.errors import Conflict, UpstreamError
 
 DEFAULT_BASE_URL = "https://vpp.itunes.apple.com/mdm/v2/"
 SERVICE_CONFIG_TTL = 300.0
+LOOKUP_IDS_PER_REQUEST = 50  # adamIds per content metadata lookup: keeps the URL short
 INVALID_TOKEN, TOKEN_EXPIRED, TOKEN_REVOKED, TOO_MANY_REQUESTS = 9622, 9621, 9625, 9646
 
 #: called once per Apple response: (endpoint, error number or HTTP status, or None when fine)
@@ -80,6 +81,16 @@ class Listing:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True)
+class AssetMetadata:
+    """What the store says about an app or book (the asset list carries no names)."""
+
+    adam_id: str
+    name: str
+    kind: str | None
+    artwork_url: str | None
 
 
 @dataclass(frozen=True)
@@ -185,6 +196,36 @@ class AppsAndBooksClient:
             body.update(notificationUrl=notification_url, notificationAuthToken=notification_auth_token,
                         notificationTypes=notification_types or [])
         return self._call("POST", "client/config", json=body)
+
+    # --- content metadata -------------------------------------------------------------------
+    def content_metadata(self, adam_ids: Sequence[str], *, platform: str, country: str) -> dict[str, AssetMetadata]:
+        """Names (kind, artwork) of these assets from the store lookup advertised in ``service/config``,
+        ``LOOKUP_IDS_PER_REQUEST`` at a time; ids the store does not know are left out."""
+        url = (self.service_config().get("urls") or {}).get("contentMetadataLookup")
+        if not url:
+            raise AppleRequestError("Apple's service configuration names no content metadata lookup.", endpoint="lookup")
+        found: dict[str, AssetMetadata] = {}
+        ids = list(dict.fromkeys(adam_ids))
+        for start in range(0, len(ids), LOOKUP_IDS_PER_REQUEST):
+            params = {"version": 2, "p": "mdm-lockup", "caller": "MDM", "platform": platform, "cc": country.lower(),
+                      "id": ",".join(ids[start:start + LOOKUP_IDS_PER_REQUEST])}
+            try:
+                response = self._http.get(url, params=params, headers={"Cookie": f"itvt={self._stoken}"})
+            except httpx.TransportError:
+                self._observe("lookup", 0)
+                raise AppleRequestError("Apple's content metadata lookup could not be reached.", endpoint="lookup") from None
+            if response.status_code != 200:
+                self._observe("lookup", response.status_code)
+                raise AppleRequestError(f"Apple's content metadata lookup failed (HTTP {response.status_code}).",
+                                        endpoint="lookup", error_number=response.status_code)
+            results = self._json(response, "lookup").get("results")
+            self._observe("lookup", None)
+            for adam_id, item in (results.items() if isinstance(results, dict) else ()):
+                if isinstance(item, dict) and item.get("name"):
+                    artwork = item.get("artwork") if isinstance(item.get("artwork"), dict) else {}
+                    found[str(adam_id)] = AssetMetadata(str(adam_id), str(item["name"])[:300], _text_or_none(item.get("kind"), 40),
+                                                        _text_or_none(artwork.get("url"), 500))
+        return found
 
     # --- listings ---------------------------------------------------------------------------
     def assets(self, **filters: Any) -> Listing:
@@ -347,6 +388,10 @@ class AppsAndBooksClient:
     def _observe(self, path: str, outcome: int | None) -> None:
         if self._observer:
             self._observer(path, outcome)
+
+
+def _text_or_none(value: Any, limit: int) -> str | None:
+    return str(value)[:limit] if value else None
 
 
 def _licence_body(batch: LicenceBatch) -> dict:

@@ -83,7 +83,8 @@ class VppRepository:
         """Store Apple's asset list, keeping what only Orchard knows (hidden, names, waiting assignments)."""
         c = t.assets.c
         kept = {(r.adam_id, r.pricing_param): r for r in self.session.execute(
-            sa.select(c.adam_id, c.pricing_param, c.hidden, c.name, c.refused_for_licences).where(c.token_id == token_id))}
+            sa.select(c.adam_id, c.pricing_param, c.hidden, c.name, c.kind, c.artwork_url, c.metadata_at, c.refused_for_licences)
+            .where(c.token_id == token_id))}
         self.session.execute(t.assets.delete().where(c.token_id == token_id))
         rows = []
         for a in fresh:
@@ -91,6 +92,8 @@ class VppRepository:
             rows.append({
                 "token_id": token_id, "adam_id": str(a["adamId"]), "pricing_param": a.get("pricingParam", "STDQ"),
                 "product_type": a.get("productType", "App"), "name": old.name if old else None,
+                "kind": old.kind if old else None, "artwork_url": old.artwork_url if old else None,
+                "metadata_at": old.metadata_at if old else None,
                 "total_count": int(a.get("totalCount", 0)), "assigned_count": int(a.get("assignedCount", 0)),
                 "available_count": int(a.get("availableCount", 0)),
                 "device_assignable": bool(a.get("deviceAssignable", False)), "revocable": bool(a.get("revocable", False)),
@@ -101,6 +104,23 @@ class VppRepository:
             })
         if rows:
             self.session.execute(t.assets.insert(), rows)
+
+    def assets_needing_names(self, token_id: str, adam_ids: Iterable[str], looked_up_before: datetime) -> list[str]:
+        """Those of ``adam_ids`` without a name here, or whose name was looked up before ``looked_up_before``."""
+        c = t.assets.c
+        fresh = set(self.session.execute(sa.select(c.adam_id).where(
+            c.token_id == token_id, c.name.is_not(None), c.metadata_at >= looked_up_before)).scalars())
+        return [adam_id for adam_id in dict.fromkeys(adam_ids) if adam_id not in fresh]
+
+    def store_asset_metadata(self, token_id: str, found: Iterable[Any], now: datetime) -> None:
+        """Names, kinds and artwork from the store lookup (``AssetMetadata``), for every pricing of each asset."""
+        c = t.assets.c
+        rows = [{"aid": m.adam_id, "new_name": m.name, "new_kind": m.kind, "artwork": m.artwork_url} for m in found]
+        if rows:
+            self.session.execute(
+                t.assets.update().where(c.token_id == token_id, c.adam_id == sa.bindparam("aid"))
+                .values(name=sa.bindparam("new_name"), kind=sa.bindparam("new_kind"), artwork_url=sa.bindparam("artwork"),
+                        metadata_at=now), rows)
 
     def assets(self, token_id: str, product_type: str | None = None, include_hidden: bool = False) -> list[Any]:
         c = t.assets.c

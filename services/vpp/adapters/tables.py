@@ -16,6 +16,7 @@ content_tokens = sa.Table(
     sa.Column("location_uid", sa.String(64), nullable=False),
     sa.Column("location_name", sa.String(200), nullable=False),
     sa.Column("country", sa.String(8), nullable=True),
+    sa.Column("default_platform", sa.String(20), nullable=True),  # client/config's store for metadata lookups
     sa.Column("expires_at", UtcDateTime, nullable=False),
     sa.Column("locations", sa.JSON, nullable=False),  # roster location ids; empty = every location
     sa.Column("allow_teacher_study_apps", sa.Boolean, nullable=False, default=False),
@@ -38,7 +39,10 @@ assets = sa.Table(
     sa.Column("adam_id", sa.String(40), primary_key=True),
     sa.Column("pricing_param", sa.String(10), primary_key=True),
     sa.Column("product_type", sa.String(10), nullable=False),
-    sa.Column("name", sa.String(300), nullable=True),
+    sa.Column("name", sa.String(300), nullable=True),  # from Apple's content metadata lookup, not the asset list
+    sa.Column("kind", sa.String(40), nullable=True),
+    sa.Column("artwork_url", sa.String(500), nullable=True),
+    sa.Column("metadata_at", UtcDateTime, nullable=True),  # when the name was looked up; refreshed when stale
     sa.Column("total_count", sa.Integer, nullable=False),
     sa.Column("assigned_count", sa.Integer, nullable=False),
     sa.Column("available_count", sa.Integer, nullable=False),
