@@ -688,7 +688,14 @@ class VppSandbox:
             data.update(
                 versionId=str(location.version), mdmInfo=location.mdm_info, users=len(location.users),
                 registered=sum(1 for u in location.users.values() if u.status == "Registered"),
-                assignments=len(location.assignments), notificationUrl=location.notification_url)
+                assignments=len(location.assignments), notificationUrl=location.notification_url,
+                retired=sum(1 for u in location.users.values() if u.status == "Retired"))
+            if "clientUserId" in request.args:
+                user = location.users.get(request.args["clientUserId"])
+                data["user"] = user.to_json() if user else None
+                data["userAssignments"] = sorted(
+                    adam_id for adam_id, _, kind, holder in location.assignments
+                    if kind == "clientUserId" and holder == request.args["clientUserId"])
         return data
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 APPLE_CONCURRENCY = 16  # Apple requests in flight per worker
 ALREADY_REGISTERED = 9716
+USER_NOT_FOUND = 9609  # never registered with Apple (an invite still queued): nothing to retire
 NAMES_REFRESHED_AFTER = timedelta(days=7)  # store names change (renamed apps); look them up again after this
 DEFAULT_PLATFORM = "volumestore"  # client/config's defaultPlatform for tokens added before it was stored
 
@@ -189,12 +190,8 @@ class VppOperations:
             results = list(GreenPool(APPLE_CONCURRENCY).imap(create, batches))
             registered = failed = 0
             for batch, result in results:
-                reasons = {}
-                for failure in result.failures:
-                    if failure.get("errorNumber") == ALREADY_REGISTERED:
-                        continue  # registered by an earlier attempt: that is what we wanted
-                    for user_id in (failure.get("errorInfo") or {}).get("clientUserIds") or [i.user_id for i in batch]:
-                        reasons[user_id] = f"{failure.get('errorMessage')} (error {failure.get('errorNumber')})"
+                # already registered by an earlier attempt: that is what we wanted
+                reasons = _failed_users(result, [i.user_id for i in batch], ignored=ALREADY_REGISTERED)
                 done = [i for i in batch if i.user_id not in reasons]
                 self.repo.mark_invites(token.id, [i.user_id for i in done], apple_state="registered", apple_error=None)
                 for user_id, reason in reasons.items():
@@ -205,6 +202,27 @@ class VppOperations:
         if any(i.method == InviteMethod.EMAIL.value for i in invites):
             self.refresh_invites(token)  # the e-mails need the invite codes now; others get them when listed
         return registered, failed
+
+    # --- users the roster deleted -----------------------------------------------------------
+    def retire_users(self, token: Any, user_ids: list[str]) -> list[str]:
+        """Revoke the users' revocable licences, then retire them at Apple, in batches within Apple's limits.
+
+        Returns the users done; the others stay queued with Apple's reason (raises when Apple cannot be asked at all).
+        """
+        client = self.client_for(token)
+        limits = client.limits()
+        failed: dict[str, str] = {}
+        with self.apple(token):
+            holders = self.repo.user_licence_holders(token.id, user_ids)
+            for batch in chunks(holders, limits.max_revoke_client_user_ids):
+                failed.update(_failed_users(client.wait_for_event(client.revoke(client_user_ids=batch)), batch, USER_NOT_FOUND))
+            for batch in chunks([u for u in user_ids if u not in failed], limits.max_users):
+                failed.update(_failed_users(client.wait_for_event(client.retire_users(batch)), batch, USER_NOT_FOUND))
+        done = [u for u in user_ids if u not in failed]
+        self.repo.complete_retirements(token.id, done)
+        for reason in set(failed.values()):
+            self.repo.retirements_failed(token.id, [u for u, r in failed.items() if r == reason], reason, utc_now())
+        return done
 
     def refresh_invites(self, token: Any) -> None:
         """Read the users Apple changed since the last read: invite codes, acceptances, retirements."""
@@ -236,6 +254,18 @@ class VppOperations:
         for tid, user_ids in sent.items():
             self.repo.mark_invites(tid, user_ids, emailed_at=now)
         return len(mails)
+
+
+def _failed_users(result: EventResult, batch: list[str], ignored: int) -> dict[str, str]:
+    """Users of a users/… or revoke request that Apple failed, with its reason; errors numbered ``ignored`` are fine."""
+    failed: dict[str, str] = {}
+    for failure in result.failures:
+        if failure.get("errorNumber") == ignored:
+            continue
+        reason = f"{failure.get('errorMessage')} (error {failure.get('errorNumber')})"
+        for user_id in (failure.get("errorInfo") or {}).get("clientUserIds") or batch:
+            failed[user_id] = reason
+    return failed
 
 
 def _apple_user(invite: Any) -> dict[str, str]:

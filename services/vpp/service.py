@@ -29,7 +29,7 @@ from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled
-from shared.contracts.roster import UserImported
+from shared.contracts.roster import UserDeleted, UserImported
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
 from shared.metrics import GaugesFromDatabase
@@ -43,6 +43,7 @@ NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USE
 MAX_IDS_PER_CALL = 20_000
 REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight together
 REGISTRATION_TICK_SECONDS = 1.0
+RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_users
 DEFAULT_SYNC_HOURS = 2.5
 
 
@@ -480,6 +481,8 @@ class VppService(OrchardService):
         policies = repo.auto_invite_policies()
         if not policies:
             return
+        for user_id in repo.deleted_users(list(latest)):  # deleted by a newer roster change than this import
+            del latest[user_id]
         invited = repo.invited_pairs(list(latest))
         now = utc_now()
         rows = []
@@ -492,6 +495,25 @@ class VppService(OrchardService):
                              "managed_apple_id": planned.managed_apple_id, "status": InviteStatus.PENDING.value,
                              "apple_state": "queued", "invited_at": now})
         repo.queue_invites(rows)
+
+    @event_handler(UserDeleted)
+    def on_user_deleted(self, event: UserDeleted) -> None:
+        """Forget the user (revoke_unknown no longer counts them as ours); ``retire_deleted_users`` revokes their
+        revocable licences and retires them at Apple. Their books stay: Apple never takes a book back."""
+        repo = self.repo
+        if repo.forget_user(event.user_id, event.occurred()):
+            repo.request_retirements(event.user_id, utc_now())
+
+    @periodic(interval=2)
+    def retire_deleted_users(self) -> None:
+        """Retire users the roster deleted, token by token; a failure is retried later with a growing delay."""
+        for token_id, user_ids in self.repo.due_retirements(utc_now(), RETIREMENT_ROUND).items():
+            try:
+                self.ops.retire_users(self.repo.token(token_id), user_ids)
+            except OrchardError as exc:  # nothing was written: Apple's answers are applied only at the end
+                self.repo.retirements_failed(token_id, user_ids, str(exc), utc_now())
+                log.warning("retiring %d deleted user(s) of content token %s waits for a retry: %s", len(user_ids), token_id, exc)
+            self.db.commit()
 
     @event_handler(DeviceEnrolled)
     def on_device_enrolled(self, event: DeviceEnrolled) -> None:

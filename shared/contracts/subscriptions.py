@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from shared.contracts.base import Event
 from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
-from shared.contracts.roster import UserImported
+from shared.contracts.roster import UserDeleted, UserImported
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(DeviceUnenrolled, "push", "on_device_unenrolled"),
     Subscription(ServerTokenConnected, "enrollment", "on_server_token_connected"),
     Subscription(UserImported, "vpp", "on_user_imported"),
+    Subscription(UserDeleted, "vpp", "on_user_deleted"),  # retire the user at Apple, free their licences
     Subscription(DeviceEnrolled, "vpp", "on_device_enrolled"),  # revoke_unknown tells our devices from strangers
     Subscription(DeviceAssigned, "vpp", "on_device_assigned"),
 )

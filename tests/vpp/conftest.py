@@ -35,6 +35,12 @@ class SandboxAdmin:
         response.raise_for_status()
         return response.json()
 
+    def user(self, stoken: str, client_user_id: str) -> dict:
+        """The location's state with the user (``user``: Apple's user or None) and the adamIds they hold."""
+        response = self._http.get("state", params={"sToken": stoken, "clientUserId": client_user_id})
+        response.raise_for_status()
+        return response.json()
+
     def requests(self, path: str) -> int:
         return self.state()["requests"].get(path, 0)
 

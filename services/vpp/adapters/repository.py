@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -61,7 +61,7 @@ class VppRepository:
         self.session.execute(t.content_tokens.update().where(t.content_tokens.c.id == token_id).values(**values))
 
     def delete_token(self, token_id: str) -> None:
-        for table in (t.apple_events, t.invites, t.assignments, t.assets):
+        for table in (t.apple_events, t.user_retirements, t.invites, t.assignments, t.assets):
             self.session.execute(table.delete().where(table.c.token_id == token_id))
         self.session.execute(t.content_tokens.delete().where(t.content_tokens.c.id == token_id))
 
@@ -209,14 +209,32 @@ class VppRepository:
 
     # --- what Orchard knows -----------------------------------------------------------------
     def remember_users(self, users: Sequence[dict[str, Any]]) -> None:
+        """Store imported users' details; an import newer than a deletion brings the user back."""
         if not users:
             return
         insert = _insert(self.session, t.known_users)
         stored = t.known_users.c.changed_at
         self.session.execute(insert.on_conflict_do_update(
             index_elements=[t.known_users.c.user_id],
-            set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations", "changed_at")},
-            where=stored.is_(None) | (stored <= insert.excluded.changed_at)), list(users))
+            set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at")},
+            where=stored.is_(None) | (stored <= insert.excluded.changed_at)), [{**u, "deleted_at": None} for u in users])
+
+    def deleted_users(self, user_ids: Sequence[str]) -> set[str]:
+        c = t.known_users.c
+        return set(self.session.execute(
+            sa.select(c.user_id).where(c.user_id.in_(list(user_ids)), c.deleted_at.is_not(None))).scalars())
+
+    def forget_user(self, user_id: str, deleted_at: datetime) -> bool:
+        """Mark the user deleted by the roster; False when a newer import of the user was handled already."""
+        c = t.known_users.c
+        changed_at = self.session.execute(sa.select(c.changed_at).where(c.user_id == user_id)).scalar()
+        if changed_at is not None and changed_at > deleted_at:
+            return False
+        insert = _insert(self.session, t.known_users)
+        self.session.execute(insert.values(user_id=user_id, locations=[], changed_at=deleted_at, deleted_at=deleted_at)
+                             .on_conflict_do_update(index_elements=[c.user_id],
+                                                    set_={"changed_at": deleted_at, "deleted_at": deleted_at}))
+        return True
 
     def remember_devices(self, serial_numbers: Iterable[str]) -> None:
         rows = [{"serial_number": s} for s in set(serial_numbers) if s]
@@ -225,7 +243,8 @@ class VppRepository:
 
     def known_users(self, user_ids: Iterable[str]) -> dict[str, Any]:
         ids = list(user_ids)
-        rows = self.session.execute(sa.select(t.known_users).where(t.known_users.c.user_id.in_(ids)))
+        c = t.known_users.c
+        rows = self.session.execute(sa.select(t.known_users).where(c.user_id.in_(ids), c.deleted_at.is_(None)))
         return {r.user_id: r for r in rows}
 
     def user_locations(self, user_ids: Sequence[str]) -> dict[str, list[str]]:
@@ -236,7 +255,8 @@ class VppRepository:
 
     def known_holders(self) -> tuple[set[str], set[str]]:
         serials = set(self.session.execute(sa.select(t.known_devices.c.serial_number)).scalars())
-        users = set(self.session.execute(sa.select(t.known_users.c.user_id)).scalars())
+        c = t.known_users.c
+        users = set(self.session.execute(sa.select(c.user_id).where(c.deleted_at.is_(None))).scalars())
         return serials, users
 
     # --- invites ----------------------------------------------------------------------------
@@ -318,6 +338,67 @@ class VppRepository:
         return list(self.session.execute(sa.select(t.invites).where(
             c.method == InviteMethod.EMAIL.value, c.apple_state == "registered", c.status == InviteStatus.PENDING.value,
             c.invite_code.is_not(None), c.emailed_at.is_(None), c.email.is_not(None)).limit(limit)))
+
+    # --- users the roster deleted -----------------------------------------------------------
+    def request_retirements(self, user_id: str, now: datetime) -> None:
+        """Queue the user's retirement for every token where they have an invite or hold a licence."""
+        tokens = set(self.session.execute(sa.select(t.invites.c.token_id).where(t.invites.c.user_id == user_id)).scalars())
+        a = t.assignments.c
+        tokens |= set(self.session.execute(
+            sa.select(a.token_id).where(a.holder_kind == "user", a.holder == user_id)).scalars())
+        if tokens:
+            rows = [{"token_id": token_id, "user_id": user_id, "requested_at": now, "attempts": 0, "next_attempt_at": now}
+                    for token_id in sorted(tokens)]
+            self.session.execute(_insert(self.session, t.user_retirements).on_conflict_do_nothing(), rows)
+            # queued invites are not registered any more
+            self.session.execute(t.invites.update().where(t.invites.c.user_id == user_id, t.invites.c.apple_state == "queued")
+                                 .values(apple_state="retiring"))
+
+    def due_retirements(self, now: datetime, limit: int) -> dict[str, list[str]]:
+        """Users to retire, by token, whose next attempt is due."""
+        c = t.user_retirements.c
+        due: dict[str, list[str]] = {}
+        for token_id, user_id in self.session.execute(
+                sa.select(c.token_id, c.user_id).where(c.next_attempt_at <= now).order_by(c.next_attempt_at).limit(limit)):
+            due.setdefault(token_id, []).append(user_id)
+        return due
+
+    def user_licence_holders(self, token_id: str, user_ids: Sequence[str]) -> list[str]:
+        """Those of ``user_ids`` holding a revocable licence of this token."""
+        a, s = t.assignments.c, t.assets.c
+        query = (sa.select(a.holder).distinct()
+                 .join_from(t.assignments, t.assets, (s.token_id == a.token_id) & (s.adam_id == a.adam_id)
+                            & (s.pricing_param == a.pricing_param))
+                 .where(a.token_id == token_id, a.holder_kind == "user", a.holder.in_(list(user_ids)), s.revocable.is_(True)))
+        return sorted(self.session.execute(query).scalars())
+
+    def complete_retirements(self, token_id: str, user_ids: Sequence[str]) -> None:
+        """Apple retired these users: their revocable licences are gone, their invites revoked."""
+        if not user_ids:
+            return
+        ids = list(user_ids)
+        a = t.assignments.c
+        held = self.session.execute(sa.select(a.adam_id, a.pricing_param, a.holder).where(
+            a.token_id == token_id, a.holder_kind == "user", a.holder.in_(ids)))
+        assets = self.assets_by_key(token_id)
+        by_asset: dict[tuple[str, str], list[str]] = {}
+        for adam_id, pricing_param, holder in held:
+            by_asset.setdefault((adam_id, pricing_param), []).append(holder)
+        for key, holders in by_asset.items():
+            if key in assets and assets[key].revocable:  # books stay with the user
+                self.apply_licence_change(token_id, assets[key], [], holders, added=False)
+        self.mark_invites(token_id, ids, status=InviteStatus.REVOKED.value, apple_state="retired", apple_error=None)
+        r = t.user_retirements.c
+        self.session.execute(t.user_retirements.delete().where(r.token_id == token_id, r.user_id.in_(ids)))
+
+    def retirements_failed(self, token_id: str, user_ids: Sequence[str], error: str, now: datetime) -> None:
+        """Try again later, waiting longer after every failure (30 s doubling, at most an hour)."""
+        r = t.user_retirements.c
+        rows = self.session.execute(sa.select(r.user_id, r.attempts).where(r.token_id == token_id, r.user_id.in_(list(user_ids))))
+        for user_id, attempts in list(rows):
+            self.session.execute(t.user_retirements.update().where(r.token_id == token_id, r.user_id == user_id).values(
+                attempts=attempts + 1, last_error=error[:1000],
+                next_attempt_at=now + timedelta(seconds=min(30 * 2 ** attempts, 3600))))
 
     # --- Apple events -----------------------------------------------------------------------
     def record_event(self, token_id: str, event_id: str, event_type: str, status: str, failures: list, now: datetime) -> None:

@@ -91,6 +91,19 @@ known_users = sa.Table(
     sa.Column("locations", sa.JSON, nullable=False),
     # when the roster changed these details: a late, older event does not overwrite newer ones
     sa.Column("changed_at", UtcDateTime, nullable=True),
+    # the roster deleted the user (the row stays, so a late, older UserImported does not bring them back)
+    sa.Column("deleted_at", UtcDateTime, nullable=True),
+)
+
+# users the roster deleted, still to be retired at Apple for this token (their licences revoked first)
+user_retirements = sa.Table(
+    "user_retirements", metadata,
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("requested_at", UtcDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("last_error", sa.Text, nullable=True),
 )
 
 known_devices = sa.Table(
