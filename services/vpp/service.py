@@ -28,7 +28,7 @@ from services.vpp.metrics import STATE
 from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
-from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled
+from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned
 from shared.contracts.roster import UserDeleted, UserImported
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
@@ -519,9 +519,9 @@ class VppService(OrchardService):
     def on_device_enrolled(self, event: DeviceEnrolled) -> None:
         self.repo.remember_devices([event.serial_number] if event.serial_number else [])
 
-    @event_handler(DeviceAssigned)
-    def on_device_assigned(self, event: DeviceAssigned) -> None:
-        self.repo.remember_devices([event.serial_number])
+    @event_handler(DevicesAssigned)
+    def on_devices_assigned(self, event: DevicesAssigned) -> None:
+        self.repo.remember_devices(device.serial_number for device in event.devices)
 
     # --- teachers ---------------------------------------------------------------------------
     def _study_token(self, token_id: Any) -> tuple[Actor, Any]:

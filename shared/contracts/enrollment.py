@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.contracts.base import Event
+from shared.contracts.base import Contract, Event
 
 SOURCE = "enrollment"
 
@@ -31,24 +31,38 @@ class DeviceUnenrolled(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeviceAssigned(Event):
-    """Apple School Manager assigned a device to one of our MDM servers (ADE sync)."""
+class AssignedDevice(Contract):
+    """A device as Apple School Manager describes it when it assigns it to us."""
 
-    SOURCE = SOURCE
-    token_id: str
     serial_number: str
     model: str | None = None
     device_family: str | None = None
     os: str | None = None
 
 
+# ADE sync events carry a page of devices each: a full sync of 100,000 devices is 100 messages,
+# not 100,000 (one confirmed publish per device cost more than storing the devices)
+MAX_DEVICES_PER_EVENT = 1000
+
+
 @dataclass(frozen=True, kw_only=True)
-class DeviceRemoved(Event):
-    """Apple School Manager removed a device from our MDM server (ADE sync ``deleted``)."""
+class DevicesAssigned(Event):
+    """Apple School Manager assigned these devices to one of our MDM servers (one ADE sync page, at most
+    ``MAX_DEVICES_PER_EVENT``). A device can arrive again in a later event (a refetch): handlers must be idempotent."""
 
     SOURCE = SOURCE
     token_id: str
-    serial_number: str
+    devices: list[AssignedDevice]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevicesRemoved(Event):
+    """Apple School Manager removed these devices from our MDM server (ADE sync ``deleted``, or gone from a full
+    fetch), at most ``MAX_DEVICES_PER_EVENT`` per event."""
+
+    SOURCE = SOURCE
+    token_id: str
+    serial_numbers: list[str]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.contracts.base import Event
-from shared.contracts.enrollment import DeviceAssigned, DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
+from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, DeviceUnenrolled, ServerTokenConnected
 from shared.contracts.roster import UserDeleted, UserImported
 
 
@@ -33,7 +33,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(UserImported, "vpp", "on_user_imported"),
     Subscription(UserDeleted, "vpp", "on_user_deleted"),  # retire the user at Apple, free their licences
     Subscription(DeviceEnrolled, "vpp", "on_device_enrolled"),  # revoke_unknown tells our devices from strangers
-    Subscription(DeviceAssigned, "vpp", "on_device_assigned"),
+    Subscription(DevicesAssigned, "vpp", "on_devices_assigned"),
 )
 
 

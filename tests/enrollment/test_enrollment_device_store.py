@@ -21,12 +21,16 @@ def test_device_repository_round_trip(database_url):
     session.execute(tables.server_tokens.insert().values(id="t1", name="T", certificate_pem="-", sealed_private_key="-",
                                                          created_at=utc_now(), created_by="test"))
     store = DeviceRepository(session, "t1", assigned_by="system:enrollment")
-    store.add_many([DepDevice(f"S{i:04d}", model='iPad "Air"', description=None) for i in range(1500)], "gen1")
-    store.upsert_many([DepDevice("S0001", model="iPad Pro", op_date="2026-02-01T00:00:00Z")], None)
+    first = store.put_many([DepDevice(f"S{i:04d}", model='iPad "Air"', description=None) for i in range(1000)], "gen1")
+    assert first == {f"S{i:04d}" for i in range(1000)}
+    assert store.put_many([DepDevice(f"S{i:04d}") for i in range(990, 1500)], "gen1") == {f"S{i:04d}" for i in range(1000, 1500)}
+    assert store.put_many([DepDevice("S0001", model="iPad Pro", op_date="2026-02-01T00:00:00Z")], None) == set()
     known = store.get_many(["S0001", "S0002", "NOPE"])
     assert set(known) == {"S0001", "S0002"} and known["S0001"].op_date == "2026-02-01T00:00:00Z"
+    row = session.execute(tables.dep_devices.select().where(tables.dep_devices.c.serial_number == "S0001")).one()
+    assert (row.model, row.seen_generation) == ("iPad Pro", "gen1")  # no generation given: the fetch's mark stays
 
-    store.upsert_many([DepDevice(f"S{i:04d}") for i in range(10)], "gen2")
+    store.put_many([DepDevice(f"S{i:04d}") for i in range(10)], "gen2")
     assert sorted(store.remove_unseen("gen2")) == [f"S{i:04d}" for i in range(10, 1500)]
 
     retry_at = utc_now() + timedelta(minutes=1)

@@ -23,18 +23,18 @@ class MemoryStore:
         self.devices: dict[str, DepDevice] = {}
         self.seen: dict[str, str | None] = {}
         self.assignments: dict[str, tuple[str, str, datetime | None]] = {}
+        self.looked_up: list[str] = []
 
     def get_many(self, serials):
+        self.looked_up.extend(serials)
         return {s: KnownDevice(s, self.devices[s].op_date) for s in serials if s in self.devices}
 
-    def add_many(self, devices, generation):
-        assert not set(d.serial_number for d in devices) & set(self.devices), "add_many got a stored device"
-        self.upsert_many(devices, generation)
-
-    def upsert_many(self, devices, generation):
+    def put_many(self, devices, generation):
+        new = {d.serial_number for d in devices} - set(self.devices)
         for device in devices:
             self.devices[device.serial_number] = device
             self.seen[device.serial_number] = generation
+        return new
 
     def delete_many(self, serials):
         for serial in serials:
@@ -135,6 +135,21 @@ def test_fetch_then_sync_persisting_the_cursor_after_each_page():
     assert sync.events.assigned_list == ["A", "B", "C"]
 
 
+def test_undated_records_are_stored_without_a_lookup_and_only_new_devices_are_announced():
+    store = MemoryStore()
+    store.put_many([DepDevice("KNOWN", op_date="2026-02-10T00:00:00Z"), DepDevice("OTHER")], None)
+    pages = ScriptedPages({("sync", "s1"): [
+        Page([device("OTHER", color="RED"), device("NEW")], "s2", True),  # as fetch pages are: undated
+        Page([device("KNOWN", "modified", "2026-02-01T00:00:00Z", color="OLD"), device("GONE", "deleted")], "s3", False),
+    ]})
+    sync = make_sync(pages, store=store, cursors=MemoryCursors(CursorState("s1", "sync")))
+    counts = sync.run()
+    assert store.looked_up == ["KNOWN", "GONE"]  # the undated page needed no lookup
+    assert (counts.added, counts.modified, counts.deleted) == (1, 1, 0)
+    assert sync.events.assigned_list == ["NEW"] and sync.events.removed_serials == []
+    assert store.devices["OTHER"].color == "RED" and store.devices["KNOWN"].color is None
+
+
 def test_killed_fetch_resumes_from_the_saved_cursor():
     boom = RuntimeError("worker killed")
     store, cursors = MemoryStore(), MemoryCursors()
@@ -158,7 +173,7 @@ def test_exhausted_cursor_switches_to_sync():
 
 def test_expired_cursor_refetches_everything_and_removes_what_apple_no_longer_lists():
     store = MemoryStore()
-    store.upsert_many([DepDevice("OLD"), DepDevice("KEEP")], None)
+    store.put_many([DepDevice("OLD"), DepDevice("KEEP")], None)
     pages = ScriptedPages({
         ("sync", "stale"): CursorExpired("EXPIRED_CURSOR"),
         ("fetch", None): [Page([device("KEEP"), device("NEW")], "f1", False)],
@@ -172,7 +187,7 @@ def test_expired_cursor_refetches_everything_and_removes_what_apple_no_longer_li
 
 def test_sync_repeats_resolve_by_latest_op_date_and_deleted_devices_go():
     store = MemoryStore()
-    store.upsert_many([DepDevice("A", color="RED"), DepDevice("B"), DepDevice("D", op_date="2026-02-10T00:00:00Z")], None)
+    store.put_many([DepDevice("A", color="RED"), DepDevice("B"), DepDevice("D", op_date="2026-02-10T00:00:00Z")], None)
     pages = ScriptedPages({("sync", "s1"): [
         Page([device("A", "modified", "2026-02-02T10:00:00Z", color="BLUE"),
               device("A", "modified", "2026-02-01T10:00:00Z", color="GREEN")], "s2", True),
@@ -191,7 +206,7 @@ def test_sync_repeats_resolve_by_latest_op_date_and_deleted_devices_go():
 
 def test_default_profile_goes_to_new_and_moved_devices_only():
     store = MemoryStore()
-    store.upsert_many([DepDevice("KNOWN")], None)
+    store.put_many([DepDevice("KNOWN")], None)
     pages = ScriptedPages({("sync", "s1"): [Page([
         device("NEW", "added", "2026-02-01T00:00:00Z"),
         device("MOVED", "modified", "2026-02-01T00:00:00Z"),  # moved from another MDM server: no `added`

@@ -101,8 +101,8 @@ def test_token_lifecycle_with_bad_input_changing_nothing(enrollment, rpc_as, dep
 
         run = wait_for(lambda: [r for r in rpc.enrollment.sync_runs(created["id"]) if r["finished_at"]], what="first sync")[0]
         assert (run["trigger"], run["kind"], run["added"], run["error"]) == ("upload", "fetch", 25, None)
-        assigned = collect(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned", 25)
-        assert len(assigned) == 25 and assigned[0]["token_id"] == created["id"]
+        assigned = collect(enrollment, "evt-enrollment-DevicesAssigned--vpp.on_devices_assigned", 1)
+        assert [len(event["devices"]) for event in assigned] == [25] and assigned[0]["token_id"] == created["id"]
 
         with pytest.raises(Conflict, match="already connected"):
             rpc.enrollment.upload_server_token(created["id"], fresh["p7m"])
@@ -161,11 +161,11 @@ def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
         existing = rpc.enrollment.list_devices(token["id"], limit=1)
         dep_sandbox.server(uuid_, "devices/delete", {"serial_numbers": [existing["devices"][0]["serial_number"]]})
 
-        removed_queue = listen(enrollment, "DeviceRemoved")
+        removed_queue = listen(enrollment, "DevicesRemoved")
         run = rpc.enrollment.sync_devices(token["id"])
         assert (run["kind"], run["added"], run["deleted"], run["error"]) == ("sync", 4, 1, None)
-        removed = wait_for(lambda: queued(enrollment, removed_queue), what="DeviceRemoved")
-        assert [(e["token_id"], e["serial_number"]) for e in removed] == [(token["id"], existing["devices"][0]["serial_number"])]
+        removed = wait_for(lambda: queued(enrollment, removed_queue), what="DevicesRemoved")
+        assert [(e["token_id"], e["serial_numbers"]) for e in removed] == [(token["id"], [existing["devices"][0]["serial_number"]])]
         assert dep_sandbox.device(uuid_, moved)["profile_status"] == "assigned"  # moved in: gets the default profile
 
         listed = rpc.enrollment.list_devices(token["id"])
@@ -188,7 +188,8 @@ def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
         full = rpc.enrollment.sync_devices(token["id"], full=True)
         assert full["kind"] == "fetch" and full["error"] is None
         assert [r["trigger"] for r in rpc.enrollment.sync_runs(token["id"])] == ["manual", "manual", "upload"]
-        assert len(collect(enrollment, "evt-enrollment-DeviceAssigned--vpp.on_device_assigned", 9)) == 9
+        assigned = collect(enrollment, "evt-enrollment-DevicesAssigned--vpp.on_devices_assigned", 2)
+        assert sorted(len(event["devices"]) for event in assigned) == [4, 5]  # the first sync's page, then the sync's
 
 
 def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as, dep_sandbox):

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from nameko.standalone.events import event_dispatcher
 
 from shared.auth import Actor
-from shared.contracts.enrollment import DeviceAssigned
+from shared.contracts.enrollment import AssignedDevice, DevicesAssigned
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from tests.waiting import wait_for
 
@@ -130,10 +130,10 @@ def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
 
 
 def _remember_device(runner, serial):
-    """The enrollment service tells vpp about a device (DeviceAssigned over RabbitMQ)."""
+    """The enrollment service tells vpp about a device (DevicesAssigned over RabbitMQ)."""
     config = runner.config
-    event = DeviceAssigned(token_id="dep-1", serial_number=serial)
-    event_dispatcher(config)(DeviceAssigned.SOURCE, DeviceAssigned.TYPE, event.to_payload())
+    event = DevicesAssigned(token_id="dep-1", devices=[AssignedDevice(serial_number=serial)])
+    event_dispatcher(config)(DevicesAssigned.SOURCE, DevicesAssigned.TYPE, event.to_payload())
     engine = sa.create_engine(config["SERVICES"]["vpp"]["database_url"])
 
     def known() -> bool:

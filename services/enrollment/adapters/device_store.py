@@ -1,12 +1,16 @@
 """The ports of the ADE sync, on the service's database: devices, the cursor, the events.
 
-Rows are written a page at a time: new devices with a plain INSERT, known ones with
-``INSERT ... ON CONFLICT DO UPDATE``; on PostgreSQL the page travels as one JSON
-parameter (``json_populate_recordset``), on SQLite as an executemany.
+A page of devices is written with one ``INSERT ... ON CONFLICT DO UPDATE``. On PostgreSQL
+the page travels as one JSON parameter, an array of arrays (half the size of one object per
+device, and parsed by the server in a third of the time), and the same statement tells which
+devices are new (``xmax = 0`` marks a row this statement inserted): one round trip per page.
+SQLite runs in the process, so there a lookup before an executemany costs no round trip.
+Events go to the outbox one per page, not one per device.
 """
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -18,15 +22,19 @@ from sqlalchemy.orm import Session
 from services.enrollment.adapters.tables import dep_devices, server_tokens
 from services.enrollment.domain.device_sync import CursorState, KnownDevice
 from services.enrollment.domain.devices import DepDevice
-from shared.contracts.base import utc_now_iso
-from shared.contracts.enrollment import DeviceAssigned, DeviceRemoved
+from shared.contracts.enrollment import MAX_DEVICES_PER_EVENT, AssignedDevice, DevicesAssigned, DevicesRemoved
 from shared.storage import utc_now
 
 _APPLE_FIELDS = ("model", "description", "color", "asset_tag", "os", "device_family", "profile_status", "profile_uuid",
                  "profile_assign_time", "device_assigned_date", "device_assigned_by", "op_date")
 _UPDATED = _APPLE_FIELDS + ("updated_at",)
-# PostgreSQL: a page travels as one JSON parameter, ~3x faster than SQLAlchemy's multi-row VALUES
-_PG_INSERT = "INSERT INTO dep_devices SELECT * FROM json_populate_recordset(NULL::dep_devices, :rows)"
+_PAGE_FIELDS = ("serial_number",) + _APPLE_FIELDS
+_page_values = operator.attrgetter(*_PAGE_FIELDS)
+_PG_PAGE = ", ".join(f"device->>{index}" for index in range(len(_PAGE_FIELDS)))
+_PG_PUT = (f"WITH stored AS (INSERT INTO dep_devices (token_id, seen_generation, updated_at, {', '.join(_PAGE_FIELDS)})"
+           f" SELECT :token_id, :generation, :updated_at, {_PG_PAGE} FROM jsonb_array_elements(CAST(:devices AS jsonb)) AS device"
+           " ON CONFLICT (token_id, serial_number) DO UPDATE SET {assignments}"
+           " RETURNING serial_number, xmax = 0 AS inserted) SELECT serial_number FROM stored WHERE inserted")
 
 
 class DeviceRepository:
@@ -44,25 +52,19 @@ class DeviceRepository:
         )
         return {serial: KnownDevice(serial, op_date) for serial, op_date in rows}
 
-    def add_many(self, devices: list[DepDevice], generation: str | None) -> None:
-        rows = self._rows(devices, generation)
-        if self._dialect == "postgresql":
-            self.session.execute(sa.text(_PG_INSERT), {"rows": _json(rows)})
-        else:
-            self.session.execute(dep_devices.insert(), rows)
-
-    def upsert_many(self, devices: list[DepDevice], generation: str | None) -> None:
-        rows = self._rows(devices, generation)
+    def put_many(self, devices: list[DepDevice], generation: str | None) -> set[str]:
         updated = _UPDATED + (("seen_generation",) if generation else ())
         if self._dialect == "postgresql":
             assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in updated)
-            self.session.execute(sa.text(f"{_PG_INSERT} ON CONFLICT (token_id, serial_number) DO UPDATE SET {assignments}"),
-                                 {"rows": _json(rows)})
-            return
+            return set(self.session.scalars(sa.text(_PG_PUT.format(assignments=assignments)), {
+                "token_id": self.token_id, "generation": generation, "updated_at": utc_now(),
+                "devices": json.dumps([_page_values(d) for d in devices])}))
+        rows = self._rows(devices, generation)
+        known = set(self.get_many([d.serial_number for d in devices]))
         insert = sqlite.insert(dep_devices)
-        statement = insert.on_conflict_do_update(
-            index_elements=["token_id", "serial_number"], set_={name: insert.excluded[name] for name in updated})
-        self.session.execute(statement, rows)
+        self.session.execute(insert.on_conflict_do_update(
+            index_elements=["token_id", "serial_number"], set_={name: insert.excluded[name] for name in updated}), rows)
+        return {d.serial_number for d in devices} - known
 
     def delete_many(self, serial_numbers: list[str]) -> None:
         c = dep_devices.c
@@ -106,10 +108,6 @@ class DeviceRepository:
         return self.session.get_bind().dialect.name
 
 
-def _json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, default=lambda value: value.isoformat())  # datetimes are the only non-JSON values
-
-
 class TokenCursorStore:
     """``CursorStore`` on the token row; ``on_saved`` commits, so each page is durable."""
 
@@ -131,19 +129,17 @@ class TokenCursorStore:
 
 
 class DeviceEventOutbox:
-    """``DeviceEvents`` through the unit of work's outbox, in the page's transaction."""
+    """``DeviceEvents`` through the unit of work's outbox, in the page's transaction: one event per page."""
 
     def __init__(self, publish: Callable[..., None], token_id: str):
         self.publish = publish
         self.token_id = token_id
 
     def assigned(self, devices: list[DepDevice]) -> None:
-        occurred_at = utc_now_iso()  # one page, one moment: cheaper than a clock read per event
-        self.publish(*(DeviceAssigned(token_id=self.token_id, serial_number=d.serial_number, model=d.model,
-                                      device_family=d.device_family, os=d.os, occurred_at=occurred_at)
-                       for d in devices))
+        self.publish(*(DevicesAssigned(token_id=self.token_id, devices=[
+            AssignedDevice(serial_number=d.serial_number, model=d.model, device_family=d.device_family, os=d.os)
+            for d in devices[start:start + MAX_DEVICES_PER_EVENT]]) for start in range(0, len(devices), MAX_DEVICES_PER_EVENT)))
 
     def removed(self, serial_numbers: list[str]) -> None:
-        occurred_at = utc_now_iso()
-        self.publish(*(DeviceRemoved(token_id=self.token_id, serial_number=s, occurred_at=occurred_at)
-                       for s in serial_numbers))
+        self.publish(*(DevicesRemoved(token_id=self.token_id, serial_numbers=serial_numbers[start:start + MAX_DEVICES_PER_EVENT])
+                       for start in range(0, len(serial_numbers), MAX_DEVICES_PER_EVENT)))

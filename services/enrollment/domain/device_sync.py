@@ -62,8 +62,7 @@ class KnownDevice:
 
 class DeviceStore(Protocol):
     def get_many(self, serial_numbers: list[str]) -> dict[str, KnownDevice]: ...
-    def add_many(self, devices: list[DepDevice], generation: str | None) -> None: ...  # none of them stored yet
-    def upsert_many(self, devices: list[DepDevice], generation: str | None) -> None: ...
+    def put_many(self, devices: list[DepDevice], generation: str | None) -> set[str]: ...  # the serials that were new
     def delete_many(self, serial_numbers: list[str]) -> None: ...
     def remove_unseen(self, generation: str) -> list[str]: ...
     def record_assign_results(
@@ -163,10 +162,12 @@ class DeviceSync:
 
     def _apply(self, page: PageLike, counts: SyncCounts, generation: str | None) -> None:
         records = latest_per_serial(DepDevice.from_apple(item) for item in page.items)
-        known = self.store.get_many([r.serial_number for r in records]) if records else {}
+        # only a dated record can be older than what we stored, and only a stored device can be deleted;
+        # the rest (a whole fetch page: Apple dates sync records only) are stored without a lookup
+        to_check = [r.serial_number for r in records if r.op_date or r.op_type == "deleted"]
+        known = self.store.get_many(to_check) if to_check else {}
         upserts: list[DepDevice] = []
         deletes: list[str] = []
-        new: list[DepDevice] = []
         for record in records:
             existing = known.get(record.serial_number)
             if existing and _older(record.op_date, existing.op_date):
@@ -176,12 +177,8 @@ class DeviceSync:
                     deletes.append(record.serial_number)
                 continue
             upserts.append(record)
-            if existing is None:
-                new.append(record)  # also a `modified` for a device that moved to us
-        if new:
-            self.store.add_many(new, generation)
-        if len(upserts) > len(new):
-            self.store.upsert_many([d for d in upserts if d.serial_number in known], generation)
+        stored_first_time = self.store.put_many(upserts, generation) if upserts else set()
+        new = [d for d in upserts if d.serial_number in stored_first_time]  # also a `modified` device that moved to us
         if deletes:
             self.store.delete_many(deletes)
             self.events.removed(deletes)
