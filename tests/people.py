@@ -1,9 +1,7 @@
 """A small district for the devices-and-people tests: two locations, grade 7 and 8 students, devices."""
 from __future__ import annotations
 
-import plistlib
-
-import httpx
+from tests.enrollment.signing import enrolled_identity, put_checkin
 
 TOPIC = "com.apple.mgmt.External.18a16429-886b-41f1-9c30-2bd04ae4fc37"
 LOCATIONS = [{"location_id": "A", "name": "Alpha"}, {"location_id": "B", "name": "Beta"}]
@@ -35,8 +33,9 @@ def moved_to_grade_8(user_id: str) -> list[dict]:
 
 
 def enroll(config: dict, serial: str) -> None:
-    """A device announces itself with the MDM Authenticate check-in, as enrolling devices do."""
-    body = plistlib.dumps({"MessageType": "Authenticate", "UDID": f"UDID-{serial}", "Topic": TOPIC,
-                           "SerialNumber": serial})
-    response = httpx.put(f"http://{config['SERVICES']['enrollment']['http_address']}/mdm/checkin", content=body)
+    """An ADE device gets its profile and announces itself with the signed MDM Authenticate check-in."""
+    udid = f"UDID-{serial}"
+    identity = enrolled_identity(config, serial, udid)
+    response = put_checkin(config, {"MessageType": "Authenticate", "UDID": udid, "Topic": TOPIC,
+                                    "SerialNumber": serial}, identity)
     assert response.status_code == 200, response.text

@@ -1,13 +1,17 @@
 """Apple's side of the story, played by the sandbox's admin routes, and devices checking in."""
 from __future__ import annotations
 
+import base64
 import os
 import plistlib
 import uuid
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from deploy.demo.terminal import DemoFailed
 
@@ -70,9 +74,11 @@ class AppleSandbox:
         return stoken
 
 
-def check_in(checkin_url: str, serial_number: str, topic: str, index: int) -> str:
-    """A device enrolling: Authenticate then TokenUpdate, as plists shaped like an iPad's; its UDID."""
+def check_in(enrollment_url: str, serial_number: str, topic: str, index: int) -> str:
+    """A device enrolling: its profile from the ADE profile URL, then Authenticate and TokenUpdate signed
+    with the profile's identity, as plists shaped like an iPad's; its UDID."""
     udid = f"00008030-{index:016X}"
+    key, certificate = _profile_identity(f"{enrollment_url}/mdm/enroll", serial_number, udid)
     authenticate = {"MessageType": "Authenticate", "UDID": udid, "Topic": topic, "SerialNumber": serial_number,
                     "BuildVersion": "21F90", "OSVersion": "17.5.1", "ProductName": "iPad13,18", "Model": "MK2K3LL/A",
                     "ModelName": "iPad", "DeviceName": f"Cart 1 - {index}"}
@@ -80,12 +86,32 @@ def check_in(checkin_url: str, serial_number: str, topic: str, index: int) -> st
                     "PushMagic": str(uuid.uuid4()).upper(), "UnlockToken": os.urandom(64),
                     "AwaitingConfiguration": True}
     for message in (authenticate, token_update):
-        answer = httpx.put(checkin_url, content=plistlib.dumps(message, fmt=plistlib.FMT_XML),
-                           headers={"Content-Type": "application/x-apple-aspen-mdm-checkin"}, timeout=30)
+        body = plistlib.dumps(message, fmt=plistlib.FMT_XML)
+        # SignMessage: the device signs the exact body (detached CMS, DER) with its identity's key
+        signature = (pkcs7.PKCS7SignatureBuilder().set_data(body).add_signer(certificate, key, hashes.SHA256())
+                     .sign(serialization.Encoding.DER, [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]))
+        answer = httpx.put(f"{enrollment_url}/mdm/checkin", content=body, timeout=30,
+                           headers={"Content-Type": "application/x-apple-aspen-mdm-checkin",
+                                    "Mdm-Signature": base64.b64encode(signature).decode()})
         if answer.status_code != 200:
             raise DemoFailed(f"the {message['MessageType']} check-in of {serial_number} got HTTP {answer.status_code}: "
                              f"{answer.text[:200]}")
     return udid
+
+
+def _profile_identity(profile_url: str, serial_number: str, udid: str) -> tuple[Any, x509.Certificate]:
+    """What Setup Assistant does for an ADE device: POST its device information, install the profile's identity."""
+    device_info = plistlib.dumps({"SERIAL": serial_number, "UDID": udid, "PRODUCT": "iPad13,18"}, fmt=plistlib.FMT_XML)
+    answer = httpx.post(profile_url, content=device_info, headers={"Content-Type": "application/pkcs7-signature"},
+                        timeout=30)
+    if answer.status_code != 200:
+        raise DemoFailed(f"the enrollment profile of {serial_number} got HTTP {answer.status_code}: {answer.text[:200]}")
+    payload = next(p for p in plistlib.loads(answer.content)["PayloadContent"]
+                   if p["PayloadType"] == "com.apple.security.pkcs12")
+    key, certificate, _ = pkcs12.load_key_and_certificates(payload["PayloadContent"], payload["Password"].encode())
+    if key is None or certificate is None:
+        raise DemoFailed(f"the enrollment profile of {serial_number} carries no identity")
+    return key, certificate
 
 
 def _post(url: str, body: dict) -> dict:

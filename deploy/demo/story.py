@@ -77,10 +77,11 @@ class Story:
         """The school's iPads go through Setup Assistant and enroll."""
         t = self.terminal
         t.heading("3. Devices enroll: MDM check-in, and the push certificate's device count rises")
-        url = f"http://127.0.0.1:{self.ports.http['enrollment']}/mdm/checkin"
+        url = f"http://127.0.0.1:{self.ports.http['enrollment']}"
         for index, serial in enumerate(serials, start=1):
             udid = check_in(url, serial, topic, index)
-            t.say(f"  {serial}: PUT {url} Authenticate, TokenUpdate -> 200 (UDID {udid})")
+            t.say(f"  {serial}: POST {url}/mdm/enroll (profile with its identity), PUT {url}/mdm/checkin signed "
+                  f"Authenticate, TokenUpdate -> 200 (UDID {udid})")
         wanted = len(serials)
         t.run_until(["orchard", "push", "list"], lambda listed: _device_count(listed, certificate_id) >= wanted,
                     f"the push certificate to count {wanted} devices")

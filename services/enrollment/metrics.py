@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.assignments import AssignmentRepository
 from services.enrollment.adapters.tables import dep_devices, server_tokens
+from services.enrollment.domain.device_identity import REJECTION_REASONS
 from services.enrollment.domain.server_tokens import STATUSES, token_status
 from shared.metrics import DatabaseGauges
 from shared.storage import utc_now
@@ -25,6 +26,13 @@ SYNC_DURATION = Histogram(
 AUTOMATED_PAIRINGS = Counter(
     "orchard_enrollment_automated_pairings", "Sign-ins on the enrollment page by result "
     "(paired, wrong_credentials, rate_limited, refused, bad_device_info, error).", ["result"])
+
+CHECKINS_REJECTED = Counter(
+    "orchard_enrollment_checkins_rejected", "Check-ins refused with HTTP 401 by reason (unsigned, malformed_signature, "
+    "digest_mismatch, bad_signature, unknown_issuer, expired_certificate, other_device, not_bound_identity).",
+    ["reason"])
+for _reason in REJECTION_REASONS:  # every reason reports from the start, so a rate() sees the first rejection
+    CHECKINS_REJECTED.labels(_reason)
 
 
 def observe_apple_call(endpoint: str, status: int) -> None:

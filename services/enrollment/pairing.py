@@ -2,8 +2,9 @@
 
 Setup Assistant opens it with the ``x-apple-aspen-deviceinfo`` header; the user signs in
 with their school account (checked by ``directory.authenticate``); on success the device
-is assigned to that user and the page answers with the enrollment profile. The device
-information travels in a hidden field, since the form's POST may come without the header.
+is assigned to that user and the page answers with the enrollment profile, holding the
+device's own identity. The device information travels in a hidden field, since the form's
+POST may come without the header.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import html
 from werkzeug.wrappers import Request, Response
 
 from services.enrollment.adapters.device_info_header import HEADER, device_info_from_header
-from services.enrollment.domain.mdm_payload import CONTENT_TYPE, enrollment_mobileconfig
+from services.enrollment.device_profiles import DeviceProfiles
 from services.enrollment.metrics import AUTOMATED_PAIRINGS
 from shared.entrypoints import ServiceRpc, http
 from shared.errors import Conflict, NotFound, OrchardError, PermissionDenied, ValidationError
@@ -20,7 +21,7 @@ from shared.errors import Conflict, NotFound, OrchardError, PermissionDenied, Va
 PAGE = "/enroll"
 
 
-class PairingPage:
+class PairingPage(DeviceProfiles):
     directory = ServiceRpc("directory")
 
     @http("GET", PAGE)
@@ -66,8 +67,7 @@ class PairingPage:
             return _page(409 if isinstance(exc, Conflict) else 404,
                          f"This device cannot be set up for you: {exc}. Ask your school's IT team.", raw, username)
         AUTOMATED_PAIRINGS.labels("paired").inc()
-        checkin_url = request.host_url.rstrip("/") + "/mdm/checkin"
-        return Response(enrollment_mobileconfig(checkin_url), status=200, content_type=CONTENT_TYPE)
+        return self._profile_response(request, device)
 
 
 def _page(status: int, error: str | None, device_info: str | None, username: str = "") -> Response:

@@ -12,9 +12,11 @@ from typing import Any
 from eventlet import tpool
 
 from services.enrollment.adapters import tables
+from services.enrollment.adapters.checkin_signature import SIGNATURE_HEADER, verify_checkin_signature
 from services.enrollment.adapters.dep_client import ROSTER_KINDS, DepClient
 from services.enrollment.adapters.dep_connection import DepConnection
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
+from services.enrollment.adapters.device_ca import DeviceIdentityRepository
 from services.enrollment.adapters.device_store import DeviceEventOutbox, DeviceRepository, TokenCursorStore
 from services.enrollment.adapters.token_crypto import decrypt_enveloped_data, generate_key_and_certificate
 from services.enrollment.adapters.token_repository import (
@@ -25,7 +27,9 @@ from services.enrollment.adapters.token_repository import (
     token_summary,
 )
 from services.enrollment.assignment_entrypoints import DevicePeopleEntrypoints
+from services.enrollment.device_profiles import CHECKIN_PATH
 from services.enrollment.domain.checkin import MAX_CHECKIN_BYTES, Authenticate, CheckOut, MalformedCheckin, parse_checkin
+from services.enrollment.domain.device_identity import CheckinRejected, authorize_checkin
 from services.enrollment.domain.device_sync import DeviceSync, SyncCounts
 from services.enrollment.domain.devices import PROFILE_STATUSES
 from services.enrollment.domain.errors import AccessDenied, CursorError, DepError, TermsNotAccepted
@@ -38,7 +42,7 @@ from services.enrollment.domain.server_tokens import (
     cms_from_token_file,
     credentials_from_plaintext,
 )
-from services.enrollment.metrics import STATE, SYNC_DURATION
+from services.enrollment.metrics import CHECKINS_REJECTED, STATE, SYNC_DURATION
 from services.enrollment.pairing import PairingPage
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
@@ -266,16 +270,31 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
 
     # --- MDM check-in ------------------------------------------------------------------------
 
-    @http("PUT", "/mdm/checkin")
+    @http("PUT", CHECKIN_PATH)
     def checkin(self, request: Any) -> tuple[int, dict[str, str], str]:
-        """Authenticate, TokenUpdate and CheckOut from devices; malformed plists get 400 and change nothing."""
+        """Authenticate, TokenUpdate and CheckOut from devices, signed with the identity of their profile.
+
+        A missing or wrong ``Mdm-Signature`` gets 401, a malformed plist 400; either changes nothing.
+        """
         if request.content_length is not None and request.content_length > MAX_CHECKIN_BYTES:
             raise MalformedCheckin(f"The check-in body is larger than {MAX_CHECKIN_BYTES} bytes.")
-        message = parse_checkin(request.stream.read(MAX_CHECKIN_BYTES + 1))
+        body = request.stream.read(MAX_CHECKIN_BYTES + 1)
+        identities = DeviceIdentityRepository(self.db.session)
+        try:
+            signer = verify_checkin_signature(request.headers.get(SIGNATURE_HEADER), body,
+                                              self._device_ca_certificate(), utc_now())
+            message = parse_checkin(body)
+            authorize_checkin(message, signer, identities.fingerprint_of(message.udid),
+                              require_signed=self.require_signed_checkins)
+        except CheckinRejected as exc:
+            CHECKINS_REJECTED.labels(exc.reason).inc()
+            return 401, {"Content-Type": "text/plain"}, "The check-in is not signed with this device's Orchard identity."
         checkins = CheckinRepository(self.db.session)
         if isinstance(message, Authenticate):
             checkins.record(message.udid, "Authenticate", serial_number=message.serial_number, topic=message.topic,
                             enrolled=False)
+            if signer is not None:
+                identities.bind(message.udid, signer.fingerprint, utc_now())
         elif isinstance(message, CheckOut):
             serial = checkins.serial_of(message.udid)
             checkins.record(message.udid, "CheckOut", enrolled=False)

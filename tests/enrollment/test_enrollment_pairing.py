@@ -22,6 +22,7 @@ from services.roster.service import RosterService
 from shared.auth import Actor
 from shared.errors import NotFound, ValidationError
 from tests.directory.conftest import _profile_data
+from tests.enrollment.signing import identity_from_profile, put_checkin
 from tests.slapd import RunningSlapd, TreeShape, start_slapd
 from tests.waiting import wait_for
 
@@ -108,8 +109,15 @@ def test_a_directory_user_signs_in_and_the_device_is_paired(enrollment_page, orc
     paired = httpx.post(enrollment_page, data={"deviceinfo": hidden, "username": "t00001", "password": PASSWORD})
     assert paired.status_code == 200, paired.text
     assert paired.headers["content-type"] == "application/x-apple-aspen-config"
-    mdm = plistlib.loads(paired.content)["PayloadContent"][0]
-    assert mdm["PayloadType"] == "com.apple.mdm" and mdm["CheckInURL"] == enrollment_page.replace("/enroll", "/mdm/checkin")
+    mdm = next(p for p in plistlib.loads(paired.content)["PayloadContent"] if p["PayloadType"] == "com.apple.mdm")
+    assert mdm["CheckInURL"] == enrollment_page.replace("/enroll", "/mdm/checkin")
+    assert "Topic" not in mdm  # no push service, so no topic to name; the profile is served all the same
+    identity = identity_from_profile(paired.content)  # the device's own identity, opened with the profile's password
+    assert identity.certificate.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "PAIR1"
+    authenticate = {"MessageType": "Authenticate", "UDID": "UDID-PAIR1", "Topic": "com.apple.mgmt.External.x",
+                    "SerialNumber": "PAIR1"}
+    assert put_checkin(orchard_config, authenticate, identity).status_code == 200
+    assert put_checkin(orchard_config, authenticate, None).status_code == 401
     with rpc_as() as rpc:
         assignment = rpc.enrollment.device_assignment("PAIR1")
         assert (assignment["user_id"], assignment["source"]) == ("t00001", "pairing")

@@ -11,6 +11,7 @@ from services.enrollment.service import EnrollmentService
 from services.roster.service import RosterService
 from shared.auth import Actor
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.enrollment.signing import assign_ade_devices
 from tests.people import GRADE_7_STUDENTS_AT_A, USERS, enroll, import_roster, moved_to_grade_8
 from tests.waiting import wait_for
 
@@ -33,11 +34,15 @@ class AssignmentEvents:
 
 
 @pytest.fixture
-def people(runner_factory, orchard_config, rpc_as):
+def people(runner_factory, orchard_config, rpc_as, dep_sandbox):
     RECEIVED.clear()
+    orchard_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
     runner = runner_factory(orchard_config, EnrollmentService, RosterService, AssignmentEvents)
     runner.start()
-    for serial in ("SER7A1", "SER7A2", "SER8A1", "SER7B1", "SERT7A", "SERCART1", "SERCART2"):
+    serials = ["SER7A1", "SER7A2", "SER8A1", "SER7B1", "SERT7A", "SERCART1", "SERCART2"]
+    with rpc_as() as rpc:
+        assign_ade_devices(rpc, dep_sandbox, serials)
+    for serial in serials:
         enroll(orchard_config, serial)
     with rpc_as() as rpc:
         import_roster(rpc, USERS)

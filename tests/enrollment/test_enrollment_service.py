@@ -1,6 +1,5 @@
 """The enrollment service on the real broker, SQLite, the DEP sandbox and real HTTP check-ins."""
 import json
-import plistlib
 from urllib.parse import quote
 
 import httpx
@@ -11,6 +10,7 @@ from apple_sandbox.dep_tokens import issue_token_file
 from services.enrollment.service import EnrollmentService
 from shared.auth import Actor
 from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
+from tests.enrollment.signing import assign_ade_devices, enrolled_identity, put_checkin
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -230,25 +230,23 @@ def test_fetch_roster_for_the_roster_service(enrollment, rpc_as, dep_sandbox):
             rpc.enrollment.fetch_roster(token["id"], "person", "garbage", sync=True)
 
 
-def checkin_plist(message: dict) -> bytes:
-    return plistlib.dumps(message, fmt=plistlib.FMT_XML)
-
-
-def test_checkin_publishes_enrolment_events(enrollment, rpc_as):
-    url = f"http://{enrollment['SERVICES']['enrollment']['http_address']}/mdm/checkin"
+def test_checkin_publishes_enrolment_events(enrollment, rpc_as, dep_sandbox):
     udid = "00008030-001A2D3E1E38802E"
+    with rpc_as() as rpc:
+        assign_ade_devices(rpc, dep_sandbox, ["DMPXK1234567"])
+    device = enrolled_identity(enrollment, "DMPXK1234567", udid)
     authenticate = {"MessageType": "Authenticate", "UDID": udid, "Topic": TOPIC, "SerialNumber": "DMPXK1234567",
                     "OSVersion": "17.5", "BuildVersion": "21F79", "ProductName": "iPad13,18"}
-    assert httpx.put(url, content=checkin_plist(authenticate)).status_code == 200
+    assert put_checkin(enrollment, authenticate, device).status_code == 200
     token = bytes(range(32))
     update = {"MessageType": "TokenUpdate", "UDID": udid, "Topic": TOPIC, "Token": token, "PushMagic": "MAGIC-1",
               "UnlockToken": b"\x00" * 64}
-    assert httpx.put(url, content=checkin_plist(update)).status_code == 200
-    assert httpx.put(url, content=checkin_plist({"MessageType": "CheckOut", "UDID": udid, "Topic": TOPIC})).status_code == 200
+    assert put_checkin(enrollment, update, device).status_code == 200
+    assert put_checkin(enrollment, {"MessageType": "CheckOut", "UDID": udid, "Topic": TOPIC}, device).status_code == 200
 
-    bad = httpx.put(url, content=b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><plist/>")
+    bad = put_checkin(enrollment, b"<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><plist/>", device)
     assert bad.status_code == 400 and bad.json()["error"] == "MalformedCheckin"
-    assert httpx.put(url, content=b"x" * 70_000).status_code == 400
+    assert put_checkin(enrollment, b"x" * 70_000, device).status_code == 400
 
     enrolled = wait_for(lambda: queued(enrollment, "evt-enrollment-DeviceEnrolled--push.on_device_enrolled"), what="DeviceEnrolled")
     assert len(enrolled) == 1

@@ -27,6 +27,11 @@ def device_info_from_header(value: str | None) -> DeviceInfo:
         raw = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ValidationError("The device information is not base64.") from None
+    return device_info_from_bytes(raw)
+
+
+def device_info_from_bytes(raw: bytes) -> DeviceInfo:
+    """The device in a (signed or plain) device information plist, as the header or an ADE profile request carries it."""
     return parse_device_info(_signed_content(raw) if raw[:1] == b"\x30" else raw)
 
 

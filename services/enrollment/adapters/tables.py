@@ -89,6 +89,23 @@ checkins = sa.Table(
     sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
+# Orchard's device CA: one row, made the first time a profile is served
+device_ca = sa.Table(
+    "device_ca", metadata,
+    sa.Column("id", sa.String(20), primary_key=True),
+    sa.Column("certificate_pem", sa.Text, nullable=False),
+    sa.Column("sealed_private_key", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+
+# the identity certificate each device authenticated with; its later check-ins must be signed by it
+device_identities = sa.Table(
+    "device_identities", metadata,
+    sa.Column("udid", sa.String(100), primary_key=True),
+    sa.Column("certificate_sha256", sa.String(64), nullable=False),
+    sa.Column("bound_at", UtcDateTime, nullable=False),
+)
+
 shared_groups = sa.Table(
     "shared_groups", metadata,
     sa.Column("id", sa.String(36), primary_key=True),
