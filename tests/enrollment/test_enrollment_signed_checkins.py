@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import sessionmaker
 from cryptography import x509
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from apple_sandbox.push_portal import SandboxAppleCA
 from services.enrollment.adapters.checkin_signature import verify_checkin_signature
 from services.enrollment.adapters.device_ca import (
+    DeviceCaRepository,
+    DeviceIdentityRepository,
     certificate_fingerprint,
     generate_device_ca,
     issue_device_identity,
@@ -33,6 +36,8 @@ from services.enrollment.domain.device_identity import (
 from services.enrollment.domain.mdm_payload import current_push_topic
 from services.enrollment.service import EnrollmentService
 from services.push.service import PushService
+from shared.migrations import upgrade
+from shared.storage import create_engine_for
 from tests.enrollment.signing import (
     DeviceIdentity,
     assign_ade_devices,
@@ -163,6 +168,24 @@ def test_the_profile_topic_is_the_longest_lasting_unexpired_certificate():
                     {"topic": "b", "status": "expiring", "not_after": "2027-06-01T00:00:00+00:00"}]
     assert current_push_topic(certificates) == "b"
     assert current_push_topic(certificates[:1]) is None and current_push_topic([]) is None
+
+
+@pytest.mark.integration
+def test_one_ca_is_kept_and_a_udid_is_bound_to_its_latest_identity(database_url):
+    engine = create_engine_for(database_url)
+    upgrade(engine, "services.enrollment.migrations")
+    first, second = sessionmaker(engine)(), sessionmaker(engine)()
+    kept = DeviceCaRepository(first).add_unless_present("CA-1", "sealed-1", NOW)
+    first.commit()
+    assert DeviceCaRepository(second).add_unless_present("CA-2", "sealed-2", NOW).certificate_pem == "CA-1" == kept.certificate_pem
+    identities = DeviceIdentityRepository(second)
+    assert identities.fingerprint_of(UDID_A) is None
+    identities.bind(UDID_A, "aa" * 32, NOW)
+    identities.bind(UDID_A, "bb" * 32, NOW)  # enrolled again with a new profile
+    second.commit()
+    assert DeviceIdentityRepository(first).fingerprint_of(UDID_A) == "bb" * 32
+    first.close(), second.close()
+    engine.dispose()
 
 
 # --- over HTTP, with the service's own CA ----------------------------------------------------------
