@@ -114,8 +114,10 @@ def _signer_certificate(signed_data: cms.SignedData, sid: cms.SignerIdentifier) 
             continue
         candidate = choice.chosen
         if sid.name == "issuer_and_serial_number":
-            matches = (candidate.issuer == sid.chosen["issuer"]
-                       and candidate.serial_number == sid.chosen["serial_number"].native)
+            # names compared as encoded: the signer copies them from its certificate, and asn1crypto's
+            # semantic comparison (LDAP string preparation) costs milliseconds per check-in
+            matches = (candidate.serial_number == sid.chosen["serial_number"].native
+                       and candidate.issuer.dump() == sid.chosen["issuer"].dump())
         else:
             matches = candidate.key_identifier == sid.chosen.native
         if matches:
