@@ -3,13 +3,16 @@ from datetime import timedelta
 
 import eventlet
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from services.enrollment.adapters import tables
 from services.enrollment.adapters.dep_ports import read_ahead
 from services.enrollment.adapters.device_store import DeviceRepository, TokenCursorStore
+from services.enrollment.adapters.token_repository import TokenRepository
 from services.enrollment.domain.device_sync import CursorState
 from services.enrollment.domain.devices import DepDevice
+from shared.errors import NotFound
 from shared.storage import create_engine_for, utc_now
 
 
@@ -47,6 +50,13 @@ def test_device_repository_round_trip(database_url):
     assert cursors.load() is None
     cursors.save(CursorState("c1", "fetch", "gen3"))
     assert cursors.load() == CursorState("c1", "fetch", "gen3") and len(commits) == 1
+
+    TokenRepository(session).delete("t1")  # devices have no foreign key: the token's delete removes them
+    assert session.execute(sa.select(sa.func.count()).select_from(tables.dep_devices)).scalar_one() == 0
+    store.put_many([DepDevice("LATE1")], "gen3")  # a sync still running stops at its next cursor
+    with pytest.raises(NotFound, match="deleted during its device sync"):
+        cursors.save(CursorState("c2", "fetch", "gen3"))
+    assert len(commits) == 1
     session.close()
     engine.dispose()
 
@@ -79,8 +89,6 @@ def test_read_ahead_raises_the_download_error_to_the_consumer():
 
 @pytest.mark.integration
 def test_tokens_due_for_the_scheduled_sync(database_url):
-    from services.enrollment.adapters.token_repository import TokenRepository
-
     engine = create_engine_for(database_url)
     tables.metadata.create_all(engine)
     session = sessionmaker(engine)()

@@ -23,6 +23,7 @@ from services.enrollment.adapters.tables import dep_devices, server_tokens
 from services.enrollment.domain.device_sync import CursorState, KnownDevice
 from services.enrollment.domain.devices import DepDevice
 from shared.contracts.enrollment import MAX_DEVICES_PER_EVENT, AssignedDevice, DevicesAssigned, DevicesRemoved
+from shared.errors import NotFound
 from shared.storage import utc_now
 
 _APPLE_FIELDS = ("model", "description", "color", "asset_tag", "os", "device_family", "profile_status", "profile_uuid",
@@ -123,8 +124,10 @@ class TokenCursorStore:
         return CursorState(row.cursor, row.cursor_phase, row.cursor_generation) if row.cursor else None
 
     def save(self, state: CursorState) -> None:
-        self.session.execute(server_tokens.update().where(server_tokens.c.id == self.token_id).values(
-            cursor=state.cursor or None, cursor_phase=state.phase, cursor_generation=state.generation))
+        saved = self.session.execute(server_tokens.update().where(server_tokens.c.id == self.token_id).values(
+            cursor=state.cursor or None, cursor_phase=state.phase, cursor_generation=state.generation)).rowcount
+        if not saved:  # deleted meanwhile: this page's devices must not outlive it (they have no foreign key)
+            raise NotFound("The server token was deleted during its device sync.")
         self.on_saved()
 
 

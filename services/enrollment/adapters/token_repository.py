@@ -43,9 +43,11 @@ class TokenRepository:
         self.session.execute(server_tokens.update().where(server_tokens.c.id == token_id).values(**values))
 
     def delete(self, token_id: str) -> None:
+        # the token row first: a sync saving its cursor waits for this delete and then stops (TokenCursorStore),
+        # and the devices of any page it committed before are seen and removed below
+        self.session.execute(server_tokens.delete().where(server_tokens.c.id == token_id))
         self.session.execute(dep_devices.delete().where(dep_devices.c.token_id == token_id))
         self.session.execute(sync_runs.delete().where(sync_runs.c.token_id == token_id))
-        self.session.execute(server_tokens.delete().where(server_tokens.c.id == token_id))
 
     def due_for_sync(self, now: datetime) -> list[str]:
         c = server_tokens.c
