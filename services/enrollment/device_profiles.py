@@ -73,6 +73,7 @@ class DeviceProfiles:
 
     def _profile_response(self, request: Request, device: DeviceInfo) -> Response:
         """The enrollment profile for ``device``, with a newly issued identity."""
+        topic = self._push_topic()  # first: the push service may take seconds, and no write should wait on it
         ca = self._device_ca()
         terms = identity_terms(device.serial_number, device.udid, utc_now())
         identity = tpool.execute(issue_device_identity, self.secrets.open_bytes(ca.sealed_private_key),
@@ -80,8 +81,7 @@ class DeviceProfiles:
         self.db.audit(self.auth.actor, "device_identity.issued", f"device_identity:{device.serial_number}",
                       {"udid": device.udid, "not_after": terms.not_after.isoformat()})
         checkin_url = request.host_url.rstrip("/") + CHECKIN_PATH
-        return Response(enrollment_mobileconfig(checkin_url, identity, self._push_topic()), status=200,
-                        content_type=CONTENT_TYPE)
+        return Response(enrollment_mobileconfig(checkin_url, identity, topic), status=200, content_type=CONTENT_TYPE)
 
     def _device_ca(self) -> Any:
         repository = DeviceCaRepository(self.db.session)
