@@ -204,7 +204,15 @@ class Periodic(Timer):
             with Timeout(delay, exception=False):
                 self.should_stop.wait()
                 break
-            self.tick()
+            try:
+                self.tick()
+            except Exception:
+                # The database is away (a restart, a failover): skip this tick. Raising would end the
+                # timer's thread and make nameko kill the container from inside that thread, a kill that
+                # never completes because it kills its own thread on the way.
+                metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "failed").inc()
+                log.warning("scheduled job %s.%s could not take its lease; will try again",
+                            self.container.service_name, self.method_name, exc_info=True)
             delay = self._jittered_interval()
 
     def tick(self) -> None:

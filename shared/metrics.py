@@ -49,7 +49,8 @@ EVENTS_DUPLICATE = Counter(
 EVENTS_RETRIED = Counter("orchard_events_retried", "Failed event deliveries scheduled for another attempt.", ["service", "handler"])
 DEAD_LETTERS = Counter("orchard_dead_letters", "Events moved to a dead-letter queue.", ["service", "handler"])
 SCHEDULED_RUNS = Counter(
-    "orchard_scheduled_runs", "Scheduled job ticks by result (ran, skipped: another replica holds the lease).",
+    "orchard_scheduled_runs",
+    "Scheduled job ticks by result (ran; skipped: another replica holds the lease; failed: the database was away).",
     ["service", "job", "result"],
 )
 

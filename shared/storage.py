@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from nameko.extensions import DependencyProvider
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -123,6 +124,24 @@ class KernelTables:
         self.leases = metadata.tables["leases"]
 
 
+def claim_events(session: Session, inbox: sa.Table, handler: str, event_ids: list[str]) -> set[str]:
+    """Record in the inbox that ``handler`` handles these events; the ids not recorded before.
+
+    One statement that skips ids already there: a redelivery handled concurrently by another worker
+    waits for that worker's transaction and is then skipped, instead of failing on the primary key.
+    """
+    if not event_ids:
+        return set()
+    dialect = session.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(inbox)
+    now = utc_now()
+    claimed = session.execute(
+        insert.on_conflict_do_nothing().returning(inbox.c.event_id),
+        [{"handler": handler, "event_id": event_id, "handled_at": now} for event_id in dict.fromkeys(event_ids)],
+    )
+    return set(claimed.scalars())
+
+
 class UnitOfWork:
     """One worker's transaction: its session, the events it publishes, its audit entries.
 
@@ -172,14 +191,7 @@ class UnitOfWork:
 
     def claim_event(self, handler: str, event_id: str) -> bool:
         """Record that ``handler`` handles ``event_id``; False if it already did (a redelivery)."""
-        inbox = self._kernel.inbox
-        seen = self.session.execute(
-            sa.select(inbox.c.event_id).where(inbox.c.handler == handler, inbox.c.event_id == event_id)
-        ).first()
-        if seen:
-            return False
-        self.session.execute(inbox.insert().values(handler=handler, event_id=event_id, handled_at=utc_now()))
-        return True
+        return bool(claim_events(self.session, self._kernel.inbox, handler, [event_id]))
 
     def commit(self) -> None:
         if self._session is None:

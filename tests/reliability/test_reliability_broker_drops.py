@@ -1,7 +1,9 @@
 """Fault 1: RabbitMQ force-closes every connection while the roster applies a 5,000-user plan and the vpp
 service invites each imported user: every user exists once, every UserImported is handled once, every
-invite exists once, here and at Apple."""
+invite exists once, here and at Apple. The vpp service runs on SQLite and on PostgreSQL, where concurrent
+batches of redelivered events really do race for the same inbox rows."""
 import time
+from contextlib import nullcontext
 
 import eventlet
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from services.roster.service import RosterService
 from services.vpp.service import VppService
 from shared.contracts.subscriptions import SUBSCRIPTIONS
+from tests.conftest import postgres_database
 from tests.reliability.conftest import district, query
 from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
@@ -22,9 +25,18 @@ def count(config, service: str, statement: str) -> int:
     return query(config, service, statement)[0][0]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def vpp_storage(request, vpp_config):
+    """The vpp service's database. Requested before ``runner_factory``, so it outlives the services."""
+    with (postgres_database() if request.param == "postgresql" else nullcontext(None)) as url:
+        if url:
+            vpp_config["SERVICES"]["vpp"]["database_url"] = url
+        yield vpp_config
+
+
 def test_nothing_lost_or_doubled_when_the_broker_drops_every_connection(
-        runner_factory, vpp_config, vpp_sandbox, rpc_as, rabbit_manager):
-    config = vpp_config
+        vpp_storage, runner_factory, vpp_sandbox, rpc_as, rabbit_manager):
+    config = vpp_storage
     runner_factory(config, RosterService, VppService).start()
     vhost = config["AMQP_URI"].rsplit("/", 1)[1]
     stoken = vpp_sandbox.issue_token(locationName="North Campus")

@@ -154,6 +154,41 @@ def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_co
     assert len(holders) >= 5 and len(set(holders)) == 1
 
 
+
+def test_a_periodic_job_survives_its_database_going_away(orchard_config, runner_factory):
+    """PostgreSQL refuses connections for a while (a restart, a failover): ticks are skipped, not fatal,
+    the job resumes when the database is back, and the service still stops promptly."""
+    with postgres_database() as url:  # entered before the runner, so the database outlives the service
+        orchard_config["SERVICES"]["ticker"]["database_url"] = url
+        name = url.rsplit("/", 1)[1]
+        admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+        engine = create_engine_for(url)
+
+        def ticks() -> int:
+            with engine.connect() as connection:
+                return connection.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one()
+
+        runner = runner_factory(orchard_config, TickerService)
+        runner.start()
+        wait_for(lambda: ticks() >= 2, what="the job to run")
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+            connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                               {"name": name})
+        eventlet.sleep(1.0)  # about ten ticks find the database away
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+        before = ticks()
+        wait_for(lambda: ticks() >= before + 2, what="the job to run again")
+
+        started = time.monotonic()
+        with eventlet.Timeout(15):
+            runner.stop()
+        assert time.monotonic() - started < 15
+        engine.dispose()
+        admin.dispose()
+
 def _sqlite(tmp_path):
     from contextlib import nullcontext
     return nullcontext(f"sqlite:///{tmp_path}/storage.db")

@@ -22,7 +22,7 @@ from nameko.messaging import QueueConsumer
 from shared import metrics
 from shared.contracts.base import Event
 from shared.entrypoints import OrchardEventHandler
-from shared.storage import utc_now
+from shared.storage import claim_events
 
 PREFETCH = 1000
 
@@ -153,10 +153,5 @@ def batched_event_handler(event_cls: type[Event], inbox: sa.Table, batch_size: i
 
 def _claim(session: Any, inbox: sa.Table, handler: str, events: list[Event]) -> list[Event]:
     """Record the events in the inbox; those already there (redeliveries) are left out."""
-    ids = [e.event_id for e in events]
-    seen = set(session.execute(sa.select(inbox.c.event_id).where(inbox.c.handler == handler, inbox.c.event_id.in_(ids))).scalars())
-    fresh = [e for e in events if e.event_id not in seen]
-    if fresh:
-        now = utc_now()
-        session.execute(inbox.insert(), [{"handler": handler, "event_id": e.event_id, "handled_at": now} for e in fresh])
-    return fresh
+    fresh = claim_events(session, inbox, handler, [e.event_id for e in events])
+    return [e for e in events if e.event_id in fresh]
