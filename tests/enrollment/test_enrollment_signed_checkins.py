@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 import sqlalchemy as sa
+from asn1crypto import cms
 from sqlalchemy.orm import sessionmaker
 from cryptography import x509
 from cryptography.fernet import Fernet
@@ -145,6 +146,34 @@ def test_garbage_headers_are_malformed(device_ca):
                    "A" * 20_000, attached, no_certificate, no_attributes, base64.b64encode(good[:-40]).decode()):
         assert rejection(header, device_ca) == "malformed_signature", header[:40]
     assert rejection(base64.b64encode(bytes(flipped)).decode(), device_ca) == "bad_signature"
+
+
+def test_any_damage_to_a_signature_is_a_rejection_never_a_crash(device_ca):
+    good = base64.b64decode(mdm_signature(BODY, issued(device_ca)))
+    signed_data = cms.ContentInfo.load(good)["content"]
+    signer = signed_data["signer_infos"][0]
+
+    def span(value, trim: int = 0) -> set[int]:
+        encoded = value.dump()
+        start = good.index(encoded, 0 if value is signed_data["certificates"] else good.index(signer.dump()))
+        return set(range(start, start + len(encoded) - trim))
+
+    # everything the decision rests on; outside it are version numbers, the list of digests used and
+    # the algorithms' empty parameters, which nothing relies on
+    covered = (span(signed_data["certificates"]) | span(signer["sid"]) | span(signer["signed_attrs"])
+               | span(signer["signature"]) | span(signer["digest_algorithm"], trim=2)
+               | span(signer["signature_algorithm"], trim=2))
+    accepted = []
+    for position in range(len(good)):  # every byte changed in turn: each raises CheckinRejected or is accepted
+        damaged = bytearray(good)
+        damaged[position] ^= 0x41
+        try:
+            verify(base64.b64encode(bytes(damaged)).decode(), device_ca)
+            accepted.append(position)
+        except CheckinRejected:
+            pass
+    assert not covered & set(accepted), sorted(covered & set(accepted))
+    assert len(accepted) < 30
 
 
 def test_the_bound_identity_alone_may_update_or_check_out():

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from asn1crypto import cms
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
@@ -83,6 +83,8 @@ def _parse(header: str) -> _Signed:
         signed_data = info["content"]
         if signed_data["encap_content_info"]["content"].native is not None:
             raise ValueError("not detached")
+        if signed_data["encap_content_info"]["content_type"].native != "data":
+            raise ValueError("signs something other than data")
         if len(signed_data["signer_infos"]) != 1:
             raise ValueError("one signer expected")
         signer = signed_data["signer_infos"][0]
@@ -127,7 +129,10 @@ def _signer_certificate(signed_data: cms.SignedData, sid: cms.SignerIdentifier) 
 
 def _verify(signed: _Signed) -> None:
     algorithm = _DIGESTS[signed.digest]()
-    key = signed.certificate.public_key()
+    try:
+        key = signed.certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise CheckinRejected(MALFORMED_SIGNATURE) from None
     try:
         if isinstance(key, rsa.RSAPublicKey) and signed.signature_algorithm == "rsassa_pkcs1v15":
             key.verify(signed.signature, signed.signed_attributes, PKCS1v15(), algorithm)
