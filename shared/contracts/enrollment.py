@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from shared.contracts.base import Contract, Event
 
@@ -38,6 +39,10 @@ class AssignedDevice(Contract):
     model: str | None = None
     device_family: str | None = None
     os: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        # every field is a plain string: a copy is enough, and an event carries a thousand of these
+        return dict(self.__dict__)
 
 
 # ADE sync events carry a page of devices each: a full sync of 100,000 devices is 100 messages,

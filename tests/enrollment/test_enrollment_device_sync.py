@@ -8,6 +8,7 @@ from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
 from services.enrollment.domain.device_sync import (
     AssignOutcome,
     CursorState,
+    DevicePage,
     DeviceSync,
     KnownDevice,
     latest_per_serial,
@@ -93,7 +94,7 @@ class ScriptedPages:
         for page in answer:
             if isinstance(page, Exception):
                 raise page
-            yield page
+            yield DevicePage.from_apple(page.items, page.cursor, page.more_to_follow)
 
     def fetch(self, cursor):
         return self._pages("fetch", cursor)

@@ -7,22 +7,27 @@ from typing import TypeVar
 import eventlet
 
 from services.enrollment.adapters.dep_client import DepClient, Page
-from services.enrollment.domain.device_sync import AssignOutcome
+from services.enrollment.domain.device_sync import AssignOutcome, DevicePage
 
 T = TypeVar("T")
 
 
 class ClientPages:
-    """``DevicePages``: fetch and sync, each reading one page ahead while the last one is stored."""
+    """``DevicePages``: fetch and sync, each downloading and reading one page ahead while the last one is stored."""
 
     def __init__(self, client: DepClient):
         self.client = client
 
-    def fetch(self, cursor: str | None) -> Iterable[Page]:
-        return read_ahead(self.client.fetch_device_pages(cursor))
+    def fetch(self, cursor: str | None) -> Iterable[DevicePage]:
+        return read_ahead(_records(self.client.fetch_device_pages(cursor)))
 
-    def sync(self, cursor: str) -> Iterable[Page]:
-        return read_ahead(self.client.sync_device_pages(cursor))
+    def sync(self, cursor: str) -> Iterable[DevicePage]:
+        return read_ahead(_records(self.client.sync_device_pages(cursor)))
+
+
+def _records(pages: Iterator[Page]) -> Iterator[DevicePage]:
+    for page in pages:
+        yield DevicePage.from_apple(page.items, page.cursor, page.more_to_follow)
 
 
 def read_ahead(pages: Iterator[T]) -> Iterator[T]:

@@ -31,15 +31,22 @@ PHASE_SYNC = "sync"
 PROFILE_RETRY_BATCH = 1000
 
 
-class PageLike(Protocol):
-    items: list[dict[str, Any]]
+@dataclass(frozen=True)
+class DevicePage:
+    devices: list[DepDevice]
     cursor: str | None
     more_to_follow: bool
 
+    @classmethod
+    def from_apple(cls, items: list[dict[str, Any]], cursor: str | None, more_to_follow: bool) -> DevicePage:
+        return cls([DepDevice.from_apple(item) for item in items], cursor, more_to_follow)
+
 
 class DevicePages(Protocol):
-    def fetch(self, cursor: str | None) -> Iterable[PageLike]: ...
-    def sync(self, cursor: str) -> Iterable[PageLike]: ...
+    """Apple's device pages, read into records (an adapter may do that while the previous page is stored)."""
+
+    def fetch(self, cursor: str | None) -> Iterable[DevicePage]: ...
+    def sync(self, cursor: str) -> Iterable[DevicePage]: ...
 
 
 @dataclass(frozen=True)
@@ -160,8 +167,8 @@ class DeviceSync:
             if page.cursor:
                 self.cursors.save(CursorState(page.cursor, PHASE_SYNC))
 
-    def _apply(self, page: PageLike, counts: SyncCounts, generation: str | None) -> None:
-        records = latest_per_serial(DepDevice.from_apple(item) for item in page.items)
+    def _apply(self, page: DevicePage, counts: SyncCounts, generation: str | None) -> None:
+        records = latest_per_serial(page.devices)
         # only a dated record can be older than what we stored, and only a stored device can be deleted;
         # the rest (a whole fetch page: Apple dates sync records only) are stored without a lookup
         to_check = [r.serial_number for r in records if r.op_date or r.op_type == "deleted"]
