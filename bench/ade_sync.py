@@ -2,8 +2,9 @@
 
 The DEP sandbox runs in its own process (1,000 devices per page). The service runs
 here on RabbitMQ and PostgreSQL, exactly as deployed: ``sync_devices(full=True)``
-over RPC stores every device and writes one ``DeviceAssigned`` per device to the
-outbox, which the relay publishes to RabbitMQ. The floor is the same pages merely
+over RPC stores every device and writes one ``DevicesAssigned`` per page to the
+outbox, which the relay publishes to RabbitMQ; the run ends when the outbox is empty
+(every event published and confirmed). The floor is the same pages merely
 downloaded and parsed with httpx. Peak memory is read after a 10,000-device warm-up
 and after the 100,000-device run: flat means the second is not ten times the first.
 
