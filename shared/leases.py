@@ -6,12 +6,18 @@ database serialises, so two replicas can never both succeed.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
+import eventlet
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from shared.storage import utc_now
+
+log = logging.getLogger(__name__)
 
 
 def acquire(engine: Engine, leases: sa.Table, name: str, holder: str, duration: timedelta,
@@ -41,3 +47,25 @@ def hold_until(engine: Engine, leases: sa.Table, name: str, holder: str, until: 
         connection.execute(
             leases.update().where(leases.c.name == name, leases.c.holder == holder).values(expires_at=until)
         )
+
+
+@contextmanager
+def renewed(renew: Callable[[], None], every: float) -> Iterator[None]:
+    """Call ``renew`` every ``every`` seconds while the block runs (a green thread beside it).
+
+    A lease renewed by a heartbeat can be short: a live holder keeps it however slow its work is,
+    and a holder that died loses it soon. A failed renewal is logged and tried at the next beat.
+    """
+    def beat() -> None:
+        while True:
+            eventlet.sleep(every)
+            try:
+                renew()
+            except Exception:
+                log.warning("could not renew a lease; trying again in %.0f s", every, exc_info=True)
+
+    heart = eventlet.spawn(beat)
+    try:
+        yield
+    finally:
+        heart.kill()

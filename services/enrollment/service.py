@@ -18,6 +18,7 @@ from services.enrollment.adapters.dep_connection import DepConnection
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
 from services.enrollment.adapters.device_ca import DeviceIdentityRepository
 from services.enrollment.adapters.device_store import DeviceEventOutbox, DeviceRepository, TokenCursorStore
+from services.enrollment.adapters.sync_lease import SyncLeaseDuration
 from services.enrollment.adapters.token_crypto import decrypt_enveloped_data, generate_key_and_certificate
 from services.enrollment.adapters.token_repository import (
     CheckinRepository,
@@ -44,6 +45,7 @@ from services.enrollment.domain.server_tokens import (
 )
 from services.enrollment.metrics import CHECKINS_REJECTED, STATE, SYNC_DURATION
 from services.enrollment.pairing import PairingPage
+from shared import leases
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled, ServerTokenConnected
 from shared.entrypoints import event_handler, http, periodic, rpc
@@ -57,7 +59,6 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY = (timedelta(hours=2), timedelta(hours=3))  # jittered so tokens spread over time
 FIRST_SYNC_SAFETY_NET = timedelta(minutes=10)  # the scheduler's fallback if the upload's own sync never ran
-SYNC_LEASE = timedelta(minutes=10)  # renewed with every page
 # Apple failed mid-sync (outage, network): try again soon from the saved cursor, not hours later;
 # a few requests an hour during a long outage is no storm
 FAILED_SYNC_RETRY = (timedelta(minutes=5), timedelta(minutes=10))
@@ -70,6 +71,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
     db = Database(tables.metadata, migrations="services.enrollment.migrations")
     secrets = Secrets()
     dep = DepConnection()
+    sync_lease = SyncLeaseDuration()
     state_metrics = GaugesFromDatabase(STATE)
 
     # --- server tokens -----------------------------------------------------------------------
@@ -322,10 +324,6 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         self.db.commit()
         latest = SyncCounts(kind=kind)
 
-        def page_stored() -> None:
-            tokens.update(row.id, sync_lease_until=utc_now() + SYNC_LEASE)
-            self.db.commit()
-
         def progress(counts: SyncCounts) -> None:
             nonlocal latest
             latest = counts
@@ -336,10 +334,11 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             client = self._client(self._credentials(row))
             sync = DeviceSync(
                 pages=ClientPages(client), store=DeviceRepository(session, row.id, assigned_by=f"system:{self.name}"),
-                cursors=TokenCursorStore(session, row.id, page_stored), events=DeviceEventOutbox(self.db.publish, row.id),
+                cursors=TokenCursorStore(session, row.id, self.db.commit), events=DeviceEventOutbox(self.db.publish, row.id),
                 assigner=ClientAssigner(client), default_profile_uuid=row.default_profile_uuid, progress=progress,
             )
-            latest = sync.run(full=full)
+            with leases.renewed(lambda: self._renew_sync_lease(row.id, holder), self.sync_lease.total_seconds() / 3):
+                latest = sync.run(full=full)
         except DepError as exc:
             session.rollback()  # the page in progress is redone next time: its cursor was not saved
             error = str(exc)
@@ -376,10 +375,17 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         taken = self.db.session.execute(
             tables.server_tokens.update()
             .where(c.id == token_id, (c.sync_lease_until.is_(None)) | (c.sync_lease_until < now))
-            .values(sync_holder=holder, sync_lease_until=now + SYNC_LEASE)
+            .values(sync_holder=holder, sync_lease_until=now + self.sync_lease)
         ).rowcount
         self.db.commit()
         return bool(taken)
+
+    def _renew_sync_lease(self, token_id: str, holder: str) -> None:
+        """The running sync's heartbeat, on a connection of its own: the worker's transaction may be mid-page."""
+        c = tables.server_tokens.c
+        with self.db.session.get_bind().begin() as connection:
+            connection.execute(tables.server_tokens.update().where(c.id == token_id, c.sync_holder == holder)
+                               .values(sync_lease_until=utc_now() + self.sync_lease))
 
     def _visible_token(self, actor: Actor, token_id: Any) -> Any:
         row = TokenRepository(self.db.session).get(token_id)

@@ -50,6 +50,13 @@ def execute(config: dict, service: str, statement: str) -> None:
         engine.dispose()
 
 
+def connect_server_token(rpc: Any, dep_sandbox: Any) -> tuple[str, dict]:
+    """A server token uploaded for a new MDM server in the DEP sandbox: (token id, the sandbox's server)."""
+    created = rpc.enrollment.create_server_token("Springfield MDM")
+    server = dep_sandbox.create_server(created["public_key_pem"].encode())
+    return rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"], server
+
+
 def sync_runs(config: dict) -> list[sa.Row]:
     return query(config, "enrollment", "select id, kind, pages, added, error, finished_at from sync_runs order by id")
 

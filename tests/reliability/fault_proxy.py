@@ -1,8 +1,9 @@
 """A TCP proxy in front of an Apple sandbox that can drop connections, as a flaky network does.
 
-``mode`` is "pass" (forward bytes both ways) or "reset" (accept, then close at once with a
-TCP reset, before any answer); ``delay`` holds every answer back that many seconds, as a slow
-Apple does. Runs on green threads in the test process.
+``mode`` is "pass" (forward bytes both ways), "reset" (accept, then close at once with a
+TCP reset, before any answer) or "stall" (requests reach Apple, answers are held back until the
+mode changes: a server that hangs); ``delay`` holds every answer back that many seconds, as a
+slow Apple does. Runs on green threads in the test process.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class FaultProxy:
     def _pipe(self, source, target, answers: bool = False) -> None:
         try:
             while data := source.recv(65536):
+                while answers and self.mode == "stall":
+                    eventlet.sleep(0.05)
                 if answers and self.delay:
                     eventlet.sleep(self.delay)
                 target.sendall(data)

@@ -8,7 +8,7 @@ import pytest
 
 from services.vpp.service import VppService
 from shared.errors import UpstreamError
-from tests.reliability.conftest import device_count, execute, metric_value, query, sync_runs
+from tests.reliability.conftest import connect_server_token, device_count, execute, metric_value, query, sync_runs
 from tests.reliability.fault_proxy import FaultProxy
 from tests.waiting import wait_for
 
@@ -98,9 +98,7 @@ def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
     runner = runner_factory(config, EnrollmentService)
     runner.start()
     with rpc_as(timeout=60) as rpc:
-        created = rpc.enrollment.create_server_token("Springfield MDM")
-        server = dep_sandbox.create_server(created["public_key_pem"].encode())
-        token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
+        token_id, server = connect_server_token(rpc, dep_sandbox)
         wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
 
         # ASM assigns devices; Apple is slow, and its sessions last a second
@@ -138,3 +136,71 @@ def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
     # each expired session cost one new session and one repeated page, nothing more
     assert counts["GET /session 200"] == counts["POST /devices/sync 401"] + 2 and counts["POST /devices/sync 401"] >= 1
 
+
+
+def test_device_sync_against_a_hanging_apple_times_out_without_a_storm_and_recovers(
+        runner_factory, orchard_config, dep_sandbox, proxied_dep, rpc_as):
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.enrollment.service import EnrollmentService
+
+    config = orchard_config
+    config["SERVICES"]["enrollment"]["dep_timeout_seconds"] = 1
+    runner = runner_factory(config, EnrollmentService)
+    runner.start()
+    with rpc_as(timeout=60) as rpc:
+        token_id, server = connect_server_token(rpc, dep_sandbox)
+        wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
+        dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
+        dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": 500})
+        dep_sandbox.http.delete("/_sandbox/requests")
+
+        # Apple accepts the connection and never answers
+        proxied_dep.mode = "stall"
+        started = time.monotonic()
+        hung = rpc.enrollment.sync_devices(token_id)
+        waited = time.monotonic() - started
+    assert hung["error"] and "Timeout" in hung["error"], hung  # the run record says it timed out
+    assert hung["finished_at"] and hung["pages"] == 0
+    assert waited < 10, "the sync waited far longer than its configured timeout"
+    requests = {key: n for key, n in dep_sandbox.counts().items() if key.count(" ") == 1}  # "METHOD /path"
+    assert requests == {"GET /session": 1}, "a hanging Apple was asked more than once"
+    next_sync = query(config, "enrollment", f"select next_sync_at from server_tokens where id = '{token_id}'")[0][0]
+    retry_in = datetime.fromisoformat(str(next_sync)).replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)
+    assert timedelta(minutes=4) < retry_in < timedelta(minutes=11)  # backs off minutes, not hours
+
+    # Apple answers again; the next scheduled attempt fetches everything, once
+    proxied_dep.mode = "pass"
+    execute(config, "enrollment", f"update server_tokens set next_sync_at = null where id = '{token_id}'")  # minutes pass
+    with entrypoint_hook(get_container(runner, EnrollmentService), "sync_due_tokens") as sync_due_tokens:
+        sync_due_tokens()
+    recovered = sync_runs(config)[-1]
+    assert recovered.error is None and recovered.added == 500
+    assert device_count(config) == 500
+    assert dep_sandbox.counts()["POST /devices/sync 200"] <= 500 // PAGE + 1
+
+
+def test_licence_operation_against_a_hanging_apple_retries_after_a_pause(
+        runner_factory, vpp_config, vpp_sandbox, proxied_vpp, rpc_as):
+    config = vpp_config
+    config["SERVICES"]["vpp"]["apple_timeout_seconds"] = 1
+    runner_factory(config, VppService).start()
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 10)
+    with rpc_as(timeout=60) as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        rpc.vpp.sync_assets(token_id)
+
+        proxied_vpp.mode = "stall"  # Apple takes the request and hangs
+        started = time.monotonic()
+        pending = rpc.vpp.assign_licenses.call_async(token_id, "111", serial_numbers=["A"])
+        wait_for(lambda: vpp_sandbox.requests("assets/associate") == 1, what="the request to reach Apple")
+        time.sleep(1.5)  # past the timeout: the client has given up and waits before its retry
+        proxied_vpp.mode = "pass"
+        assert pending.result()["assigned"]["serial_numbers"] == ["A"]
+        # one timed-out request, one retry after a pause, and the licence recorded once
+        assert vpp_sandbox.requests("assets/associate") == 2 and time.monotonic() - started >= 3
+        assert rpc.vpp.get_asset(token_id, "111")["serial_numbers"] == ["A"]
+        audit = [e["action"] for e in rpc.vpp.audit_log(target=f"content_token:{token_id}")]
+        assert audit.count("licences.assigned") == 1

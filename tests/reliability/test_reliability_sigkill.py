@@ -1,6 +1,7 @@
 """Fault 2: a service process killed with SIGKILL in the middle of an ADE sync and of a roster apply.
-After a restart the sync resumes from its stored cursor and the apply is complete or re-applies to the
-same result; nothing is stored or announced twice."""
+After a restart the sync resumes from its stored cursor as soon as the dead run's short lease has run
+out (a live run keeps renewing it), and the apply is complete or re-applies to the same result; nothing
+is stored or announced twice."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -17,9 +20,14 @@ import eventlet
 import httpx
 import pytest
 import yaml
+from sqlalchemy.orm import Session
 
+from services.enrollment.adapters.token_repository import TokenRepository
+import shared.entrypoints  # noqa: F401  registers Orchard's errors, so they reach this caller typed
+from shared.errors import Conflict
+from shared.storage import create_engine_for, utc_now
 from tests.conftest import TEST_SECRET_KEY
-from tests.reliability.conftest import device_count, district, execute, query, sync_runs
+from tests.reliability.conftest import connect_server_token, device_count, district, query, sync_runs
 from tests.reliability.fault_proxy import FaultProxy
 from tests.waiting import wait_for
 
@@ -29,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMEKO = Path(sys.executable).with_name("nameko")
 DEVICES = 4000
 PAGE = 100
+LEASE_SECONDS = 3  # deploy/config.yaml: 30
 
 
 @contextmanager
@@ -69,6 +78,23 @@ def kill(process: subprocess.Popen) -> None:
 USERS = 5000
 
 
+def sync_unless_running(rpc, token_id: str) -> dict | None:
+    try:
+        return rpc.enrollment.sync_devices(token_id)
+    except Conflict:
+        return None
+
+
+def due_tokens(config: dict, at: datetime) -> list[str]:
+    """The tokens the scheduled sync job would pick at ``at``."""
+    engine = create_engine_for(config["SERVICES"]["enrollment"]["database_url"])
+    try:
+        with Session(engine) as session:
+            return TokenRepository(session).due_for_sync(at)
+    finally:
+        engine.dispose()
+
+
 def drain(config, queue: str) -> list[dict]:
     """Every message in a durable subscriber queue (nobody consumes it here), through the management API."""
     url = f"http://127.0.0.1:15672/api/queues/{quote(config['vhost'], safe='')}/{quote(queue, safe='')}/get"
@@ -81,27 +107,30 @@ def drain(config, queue: str) -> list[dict]:
 def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_config, dep_sandbox, rpc_as, tmp_path):
     config = orchard_config
     proxy = FaultProxy(int(dep_sandbox.url.rsplit(":", 1)[1]))  # Apple answers slowly: the kill lands mid-sync
-    config["SERVICES"]["enrollment"]["dep_url"] = proxy.url_for(dep_sandbox.url)
+    config["SERVICES"]["enrollment"].update(dep_url=proxy.url_for(dep_sandbox.url), sync_lease_seconds=LEASE_SECONDS)
     targets = ["services.enrollment.service:EnrollmentService", "services.roster.service:RosterService"]
     try:
         with service_process(config, tmp_path, targets) as first:
             wait_until_serving(rpc_as, "enrollment", "roster")
             with rpc_as(timeout=60) as rpc:
-                created = rpc.enrollment.create_server_token("Springfield MDM")
-                server = dep_sandbox.create_server(created["public_key_pem"].encode())
-                token_id = rpc.enrollment.upload_server_token(created["id"], server["p7m"])["id"]
+                token_id, server = connect_server_token(rpc, dep_sandbox)
                 plan_id = rpc.roster.preview_records(district(USERS))["plan_id"]
             wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
             dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
             dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
             dep_sandbox.http.delete("/_sandbox/requests")
-            proxy.delay = 0.05
+            proxy.delay = 0.2  # a page every ~0.2 s: the sync outlives its first lease term and is killed midway
             with rpc_as(timeout=60) as rpc:
                 rpc.enrollment.sync_devices.call_async(token_id)
+                started = time.monotonic()
                 wait_for(lambda: sync_runs(config)[-1].pages >= 8, timeout=30, what="several pages stored")
+                eventlet.sleep(max(0.0, started + LEASE_SECONDS + 1 - time.monotonic()))
+                with pytest.raises(Conflict):  # the live run has renewed its lease past its first term
+                    rpc.enrollment.sync_devices(token_id)
                 rpc.roster.apply_plan.call_async(plan_id)
                 eventlet.sleep(0.3)  # the apply is writing users and their events
                 kill(first)
+                killed_at = time.monotonic()
         proxy.delay = 0
         stored = device_count(config)
         assert 8 * PAGE <= stored < DEVICES
@@ -110,10 +139,14 @@ def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_c
 
         with service_process(config, tmp_path, targets):
             wait_until_serving(rpc_as, "enrollment", "roster")
-            # the dead process's lease on the token runs out (10 minutes; here, at once)
-            execute(config, "enrollment", "update server_tokens set sync_lease_until = null")
+            # the scheduler counts the token due once the dead run's lease has run out
+            assert token_id in due_tokens(config, at=utc_now() + timedelta(seconds=LEASE_SECONDS))
             with rpc_as(timeout=60) as rpc:
-                resumed = rpc.enrollment.sync_devices(token_id)
+                # once the lease has run out, the sync RPC the dead process was answering (redelivered) or this
+                # call resumes the sync; this call succeeds once no sync is running any more
+                wait_for(lambda: sync_unless_running(rpc, token_id), timeout=30, interval=0.5,
+                         what="the dead run's lease to run out")
+                resumed_after = time.monotonic() - killed_at
                 runs = rpc.enrollment.sync_runs(token_id)
                 rpc.roster.apply_plan(plan_id)  # the operator applies again: same plan, same result
                 assert rpc.roster.list_users()["total"] == USERS
@@ -122,9 +155,11 @@ def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_c
     finally:
         proxy.close()
 
-    # the sync went on from its stored cursor: only the missing devices, each page about once
-    assert resumed["error"] is None and resumed["kind"] == "sync"
-    assert resumed["added"] == DEVICES - stored
+    # the sync went on from its stored cursor soon after the kill: only the missing devices, each page about once
+    assert resumed_after < LEASE_SECONDS + 15, resumed_after
+    later = [r for r in runs if r["id"] > killed_run.id]
+    assert [(r["error"], r["kind"]) for r in later] == [(None, "sync")] * len(later)
+    assert sum(r["added"] for r in later) == DEVICES - stored
     assert device_count(config) == DEVICES
     assert dep_sandbox.counts()["POST /devices/sync 200"] <= DEVICES // PAGE + 2, "more pages than one sync needs"
     assert [r for r in runs if r["finished_at"] is None] == [], "the killed run is still shown as running"

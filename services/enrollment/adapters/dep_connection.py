@@ -23,13 +23,15 @@ class DepConnector:
 
 
 class DepConnection(DependencyProvider):
-    """``SERVICES.enrollment``: ``dep_url`` and ``dep_max_retry_after_seconds``."""
+    """``SERVICES.enrollment``: ``dep_url``, ``dep_max_retry_after_seconds`` and ``dep_timeout_seconds``
+    (how long to wait for Apple to connect and for each read before the sync ends with a timeout)."""
 
     def setup(self) -> None:
         settings = service_settings(self.container.config, self.container.service_name)
         self.base_url = settings.get("dep_url") or APPLE_DEP_URL
         self.max_retry_after = float(settings.get("dep_max_retry_after_seconds", 300))
-        self.http = httpx.Client(timeout=60.0, limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
+        timeout = float(settings.get("dep_timeout_seconds", 60))
+        self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=20, max_keepalive_connections=10))
 
     def stop(self) -> None:
         self.http.close()

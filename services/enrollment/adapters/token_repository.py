@@ -55,7 +55,8 @@ class TokenRepository:
             c.sealed_credentials.is_not(None),
             sa.or_(c.apple_refusal.is_(None), c.apple_refusal != "revoked_or_invalid"),
             c.access_token_expiry > now,
-            sa.or_(c.next_sync_at.is_(None), c.next_sync_at <= now),
+            # or a sync's lease ran out unreleased: the process running it died, so resume it now
+            sa.or_(c.next_sync_at.is_(None), c.next_sync_at <= now, c.sync_lease_until < now),
         ).order_by(c.next_sync_at)
         return list(self.session.scalars(query))
 

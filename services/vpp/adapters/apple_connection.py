@@ -28,7 +28,9 @@ class AppleConnector:
 
 
 class AppleConnection(DependencyProvider):
-    """``SERVICES.vpp``: ``vpp_url``, ``mdm_id``/``mdm_name`` (how Apple tells MDMs apart), poll and backoff seconds."""
+    """``SERVICES.vpp``: ``vpp_url``, ``mdm_id``/``mdm_name`` (how Apple tells MDMs apart), poll and backoff
+    seconds, and ``apple_timeout_seconds`` (a call Apple leaves unanswered that long is retried like a dropped
+    connection)."""
 
     def setup(self) -> None:
         settings = service_settings(self.container.config, self.container.service_name)
@@ -36,7 +38,8 @@ class AppleConnection(DependencyProvider):
         self.mdm = MdmIdentity(str(settings.get("mdm_id") or "orchard"), str(settings.get("mdm_name") or "Orchard"))
         self.poll_interval = float(settings.get("apple_poll_interval", 2.0))
         self.busy_backoff = float(settings.get("apple_busy_backoff", 5.0))
-        self.http = httpx.Client(timeout=30.0, limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
+        timeout = float(settings.get("apple_timeout_seconds", 30))
+        self.http = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=50, max_keepalive_connections=20))
 
     def stop(self) -> None:
         self.http.close()
