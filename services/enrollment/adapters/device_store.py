@@ -33,7 +33,7 @@ _PAGE_FIELDS = ("serial_number",) + _APPLE_FIELDS
 _page_values = operator.attrgetter(*_PAGE_FIELDS)
 _PG_PAGE = ", ".join(f"device->>{index}" for index in range(len(_PAGE_FIELDS)))
 _PG_PUT = (f"WITH stored AS (INSERT INTO dep_devices (token_id, seen_generation, updated_at, {', '.join(_PAGE_FIELDS)})"
-           f" SELECT :token_id, :generation, :updated_at, {_PG_PAGE} FROM jsonb_array_elements(CAST(:devices AS jsonb)) AS device"
+           f" SELECT :token_id, :generation, :updated_at, {_PG_PAGE} FROM json_array_elements(CAST(:devices AS json)) AS device"
            " ON CONFLICT (token_id, serial_number) DO UPDATE SET {assignments}"
            " RETURNING serial_number, xmax = 0 AS inserted) SELECT serial_number FROM stored WHERE inserted")
 
