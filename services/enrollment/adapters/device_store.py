@@ -35,7 +35,8 @@ _PG_PAGE = ", ".join(f"device->>{index}" for index in range(len(_PAGE_FIELDS)))
 _PG_PUT = (f"WITH stored AS (INSERT INTO dep_devices (token_id, seen_generation, updated_at, {', '.join(_PAGE_FIELDS)})"
            f" SELECT :token_id, :generation, :updated_at, {_PG_PAGE} FROM json_array_elements(CAST(:devices AS json)) AS device"
            " ON CONFLICT (token_id, serial_number) DO UPDATE SET {assignments}"
-           " RETURNING serial_number, xmax = 0 AS inserted) SELECT serial_number FROM stored WHERE inserted")
+           " RETURNING serial_number, xmax = 0 AS inserted)"
+           " SELECT coalesce(array_agg(serial_number), '{{}}') FROM stored WHERE inserted")  # one row, not one per device
 
 
 class DeviceRepository:
@@ -57,9 +58,9 @@ class DeviceRepository:
         updated = _UPDATED + (("seen_generation",) if generation else ())
         if self._dialect == "postgresql":
             assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in updated)
-            return set(self.session.scalars(sa.text(_PG_PUT.format(assignments=assignments)), {
+            return set(self.session.execute(sa.text(_PG_PUT.format(assignments=assignments)), {
                 "token_id": self.token_id, "generation": generation, "updated_at": utc_now(),
-                "devices": json.dumps([_page_values(d) for d in devices])}))
+                "devices": json.dumps([_page_values(d) for d in devices])}).scalar_one())
         rows = self._rows(devices, generation)
         known = set(self.get_many([d.serial_number for d in devices]))
         insert = sqlite.insert(dep_devices)
