@@ -9,6 +9,8 @@ from services.roster.service import RosterService
 from services.vpp.service import VppService
 from shared.auth import Actor
 from shared.errors import PermissionDenied, ValidationError
+from tests.enrollment.conftest import dep_sandbox  # noqa: F401 (the DEP sandbox fixture: the devices are ADE devices)
+from tests.enrollment.signing import assign_ade_devices
 from tests.people import (DEVICES, GRADE_7_STUDENTS_AT_A, LOCATIONS, USERS, enroll, import_roster,
                           moved_to_grade_8)
 from tests.waiting import wait_for
@@ -30,8 +32,11 @@ def refusal(call) -> str:
 
 
 @pytest.fixture
-def district(runner_factory, vpp_config, vpp_sandbox, rpc_as):
+def district(runner_factory, vpp_config, vpp_sandbox, rpc_as, dep_sandbox):
+    vpp_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
     runner_factory(vpp_config, VppService, EnrollmentService, RosterService).start()
+    with rpc_as() as rpc:
+        assign_ade_devices(rpc, dep_sandbox, list(DEVICES))
     for serial in DEVICES:
         enroll(vpp_config, serial)
     stoken = vpp_sandbox.issue_token(locationName="Alpha School")
