@@ -91,3 +91,16 @@ def dep_sandbox():
     running = serve_wsgi(DepSandbox())
     yield SandboxAdmin(running.url)
     running.stop()
+
+
+@pytest.fixture
+def broker_node(tmp_path):
+    """A RabbitMQ node of this test's own (see broker_node.py), stopped afterwards."""
+    from tests.reliability.broker_node import BrokerNode, server_script
+
+    directory = tmp_path / "rabbitmq"
+    directory.mkdir()
+    node = BrokerNode(server_script(), directory)
+    node.start()
+    yield node
+    node.stop()
