@@ -8,10 +8,11 @@ from sqlalchemy.orm import sessionmaker
 
 from services.enrollment.adapters import tables
 from services.enrollment.adapters.dep_ports import read_ahead
-from services.enrollment.adapters.device_store import DeviceRepository, TokenCursorStore
+from services.enrollment.adapters.device_store import DeviceEventOutbox, DeviceRepository, TokenCursorStore
 from services.enrollment.adapters.token_repository import TokenRepository
 from services.enrollment.domain.device_sync import CursorState
 from services.enrollment.domain.devices import DepDevice
+from shared.contracts.enrollment import DevicesAssigned
 from shared.errors import NotFound
 from shared.storage import create_engine_for, utc_now
 
@@ -109,3 +110,16 @@ def test_tokens_due_for_the_scheduled_sync(database_url):
     assert sorted(TokenRepository(session).due_for_sync(now)) == ["due", "never-synced", "terms"]
     session.close()
     engine.dispose()
+
+
+def test_device_events_carry_a_page_of_devices_each():
+    published = []
+    events = DeviceEventOutbox(lambda *batch: published.extend(batch), "t1")
+    events.assigned([DepDevice(f"S{i:04d}", model="iPad", device_family="iPad", os="iOS") for i in range(2500)])
+    events.removed([f"R{i:04d}" for i in range(1001)])
+    assert [type(e).__name__ for e in published] == ["DevicesAssigned"] * 3 + ["DevicesRemoved"] * 2
+    assert [len(e.devices) for e in published[:3]] == [1000, 1000, 500]
+    assert [len(e.serial_numbers) for e in published[3:]] == [1000, 1]
+    payload = published[2].to_payload()
+    assert payload["devices"][-1] == {"serial_number": "S2499", "model": "iPad", "device_family": "iPad", "os": "iOS"}
+    assert DevicesAssigned.from_payload(payload) == published[2] and payload["v"] == DevicesAssigned.VERSION
