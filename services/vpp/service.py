@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
 MAX_IDS_PER_CALL = 20_000
 REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight together
-REGISTRATION_TICK_SECONDS = 1.0
+REGISTRATION_TICK_SECONDS = 5.0  # a tick that still finds work goes on this long (the lease holds 12 s)
 RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_users
 DEFAULT_SYNC_HOURS = 2.5
 

@@ -22,6 +22,17 @@ def _insert(session: Session, table: sa.Table) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
+def _insert_many(session: Session, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """An INSERT … ON CONFLICT of many rows, sent as one statement per 1,000 rows.
+
+    SQLAlchemy folds a many-row INSERT into one statement ("insertmanyvalues"), but an ON CONFLICT
+    one only when it has RETURNING: without it psycopg2 sends a statement per row, and under load those
+    round trips made a batch of 200 imported users take seconds instead of milliseconds.
+    """
+    if rows:
+        session.execute(statement.returning(*statement.table.primary_key.columns), list(rows))
+
+
 def asset_from_row(row: Any) -> Asset:
     return Asset(row.adam_id, row.pricing_param, ProductType(row.product_type), row.total_count, row.assigned_count,
                  row.available_count, row.device_assignable, row.revocable, row.hidden, row.name)
@@ -194,7 +205,7 @@ class VppRepository:
             return
         c = t.assignments.c
         if added:
-            self.session.execute(_insert(self.session, t.assignments).on_conflict_do_nothing(), rows)
+            _insert_many(self.session, _insert(self.session, t.assignments).on_conflict_do_nothing(), rows)
         else:
             for row in rows:
                 self.session.execute(t.assignments.delete().where(
@@ -214,7 +225,7 @@ class VppRepository:
             return
         insert = _insert(self.session, t.known_users)
         stored = t.known_users.c.changed_at
-        self.session.execute(insert.on_conflict_do_update(
+        _insert_many(self.session, insert.on_conflict_do_update(
             index_elements=[t.known_users.c.user_id],
             set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at")},
             where=stored.is_(None) | (stored <= insert.excluded.changed_at)), [{**u, "deleted_at": None} for u in users])
@@ -239,7 +250,7 @@ class VppRepository:
     def remember_devices(self, serial_numbers: Iterable[str]) -> None:
         rows = [{"serial_number": s} for s in set(serial_numbers) if s]
         if rows:
-            self.session.execute(_insert(self.session, t.known_devices).on_conflict_do_nothing(), rows)
+            _insert_many(self.session, _insert(self.session, t.known_devices).on_conflict_do_nothing(), rows)
 
     def known_users(self, user_ids: Iterable[str]) -> dict[str, Any]:
         ids = list(user_ids)
@@ -268,8 +279,7 @@ class VppRepository:
 
     def queue_invites(self, rows: Sequence[dict[str, Any]]) -> None:
         """Add invites to be registered with Apple; an invite that exists already is left as it is."""
-        if rows:
-            self.session.execute(_insert(self.session, t.invites).on_conflict_do_nothing(), list(rows))
+        _insert_many(self.session, _insert(self.session, t.invites).on_conflict_do_nothing(), rows)
 
     def requeue_invites(self, token_id: str, user_ids: Sequence[str], method: str, now: datetime) -> None:
         c = t.invites.c
@@ -349,7 +359,7 @@ class VppRepository:
         if tokens:
             rows = [{"token_id": token_id, "user_id": user_id, "requested_at": now, "attempts": 0, "next_attempt_at": now}
                     for token_id in sorted(tokens)]
-            self.session.execute(_insert(self.session, t.user_retirements).on_conflict_do_nothing(), rows)
+            _insert_many(self.session, _insert(self.session, t.user_retirements).on_conflict_do_nothing(), rows)
             # queued invites are not registered any more
             self.session.execute(t.invites.update().where(t.invites.c.user_id == user_id, t.invites.c.apple_state == "queued")
                                  .values(apple_state="retiring"))

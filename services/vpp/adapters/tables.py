@@ -71,14 +71,18 @@ invites = sa.Table(
     sa.Column("email", sa.String(300), nullable=True),
     sa.Column("managed_apple_id", sa.String(300), nullable=True),
     sa.Column("status", sa.String(10), nullable=False),  # pending | accepted | revoked
-    # where the registration with Apple stands: queued -> registered | failed
-    sa.Column("apple_state", sa.String(12), nullable=False, index=True),
+    # where the registration with Apple stands: queued -> registered | failed; retiring -> retired (the roster deleted the user)
+    sa.Column("apple_state", sa.String(12), nullable=False),
     sa.Column("apple_error", sa.Text, nullable=True),
     sa.Column("invite_code", sa.String(100), nullable=True),
     sa.Column("invited_at", UtcDateTime, nullable=False),
     sa.Column("emailed_at", UtcDateTime, nullable=True),
     sa.Column("accepted_at", UtcDateTime, nullable=True),
     sa.Index("ix_invites_user", "user_id"),
+    # the registration queue in the order it is worked through, and the e-mails still to send: both are read
+    # every second, and must not walk every registered invite to find the few (or none) that are waiting
+    sa.Index("ix_invites_queue", "apple_state", "token_id", "invited_at"),
+    sa.Index("ix_invites_mail", "method", "apple_state", "emailed_at"),
 )
 
 # who the roster told us about, so revoke_unknown can tell strangers from our own users
