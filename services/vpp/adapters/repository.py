@@ -330,11 +330,24 @@ class VppRepository:
             code = user.get("inviteCode") or row.invite_code
             if (status.value, code, accepted_at) != (row.status, row.invite_code, row.accepted_at):
                 changes.append({"uid": row.user_id, "new_status": status.value, "code": code, "accepted": accepted_at})
-        if changes:  # one executemany: an import registers thousands of users at once
+        if not changes:
+            return
+        if self.session.get_bind().dialect.name != "postgresql":  # SQLite runs an executemany in-process
             self.session.execute(
                 t.invites.update().where(c.token_id == token_id, c.user_id == sa.bindparam("uid"))
                 .values(status=sa.bindparam("new_status"), invite_code=sa.bindparam("code"), accepted_at=sa.bindparam("accepted")),
                 changes)
+            return
+        # psycopg2 sends an executemany as a statement per row: after an import that is tens of thousands of round
+        # trips, holding the updated invites locked all along (registration waits on them); one UPDATE … FROM VALUES
+        # per 1,000 invites instead
+        for start in range(0, len(changes), 1000):
+            changed = sa.values(sa.column("uid", sa.String), sa.column("new_status", sa.String), sa.column("code", sa.String),
+                                sa.column("accepted", c.accepted_at.type), name="changed").data(
+                [(ch["uid"], ch["new_status"], ch["code"], ch["accepted"]) for ch in changes[start:start + 1000]])
+            self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id == changed.c.uid).values(
+                status=changed.c.new_status, invite_code=sa.cast(changed.c.code, c.invite_code.type),
+                accepted_at=sa.cast(changed.c.accepted, c.accepted_at.type)))
 
     def invites_missing_codes(self, token_id: str) -> bool:
         """Are there registered, pending invites whose invite code was not read from Apple yet?"""
