@@ -60,6 +60,8 @@ SERVICE_PANELS = {
         panel("Devices by assignment", "orchard_enrollment_device_assignments", "{{assignment}}", kind="stat"),
         panel("Automated pairings by result", "sum by (result) (increase(orchard_enrollment_automated_pairings_total[1h]))",
               "{{result}}"),
+        panel("Check-ins refused by reason", "sum by (reason) (increase(orchard_enrollment_checkins_rejected_total[1h]))",
+              "{{reason}}"),
     ],
     "vpp": [
         panel("Days until each content token expires",
