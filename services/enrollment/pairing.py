@@ -67,6 +67,7 @@ class PairingPage(DeviceProfiles):
             return _page(409 if isinstance(exc, Conflict) else 404,
                          f"This device cannot be set up for you: {exc}. Ask your school's IT team.", raw, username)
         AUTOMATED_PAIRINGS.labels("paired").inc()
+        self.db.commit()  # before the identity's key is generated: no write lock held for that long
         return self._profile_response(request, device)
 
 
