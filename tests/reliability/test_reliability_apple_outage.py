@@ -196,7 +196,7 @@ def test_licence_operation_against_a_hanging_apple_retries_after_a_pause(
         started = time.monotonic()
         pending = rpc.vpp.assign_licenses.call_async(token_id, "111", serial_numbers=["A"])
         wait_for(lambda: vpp_sandbox.requests("assets/associate") == 1, what="the request to reach Apple")
-        time.sleep(1.5)  # past the timeout: the client has given up and waits before its retry
+        time.sleep(2)  # past the 1 s timeout, before the retry 2 s later: the client has given up and waits
         proxied_vpp.mode = "pass"
         assert pending.result()["assigned"]["serial_numbers"] == ["A"]
         # one timed-out request, one retry after a pause, and the licence recorded once
