@@ -84,8 +84,8 @@ def test_demo_walks_the_whole_story_and_stops_everything(rabbit_config, tmp_path
     assert listed and int(listed.group(1)) == 3, check_ins
 
     apps = section(output, 4)
-    assert re.search(r"^361309726\s+-\s+STDQ\s+120\s+0\s+120\s+no$", apps, re.MULTILINE)
-    assert re.search(r"^1440231441\s+-\s+STDQ\s+30\s+0\s+30\s+no$", apps, re.MULTILINE)
+    assert re.search(r"^361309726\s+App 361309726\s+STDQ\s+120\s+0\s+120\s+no$", apps, re.MULTILINE)  # names from the lookup
+    assert re.search(r"^1440231441\s+Book 1440231441\s+STDQ\s+30\s+0\s+30\s+no$", apps, re.MULTILINE)
 
     district = section(output, 5)
     assert re.search(r"^user\s+8\s+0\s+0$", district, re.MULTILINE)
