@@ -15,6 +15,7 @@ import eventlet
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from shared.errors import Conflict
 from shared.storage import utc_now
 
 log = logging.getLogger(__name__)
@@ -49,23 +50,46 @@ def hold_until(engine: Engine, leases: sa.Table, name: str, holder: str, until: 
         )
 
 
+class LeaseLost(Conflict):
+    """The lease ran out and another holder took it: the work under it must stop."""
+
+
+class Heartbeat:
+    """What the work under ``renewed`` learns of its lease."""
+
+    def __init__(self) -> None:
+        self.lost = False
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` once a renewal found the lease taken; call it where stopping is safe."""
+        if self.lost:
+            raise LeaseLost("the lease ran out and another holder took it")
+
+
 @contextmanager
-def renewed(renew: Callable[[], None], every: float) -> Iterator[None]:
+def renewed(renew: Callable[[], bool], every: float) -> Iterator[Heartbeat]:
     """Call ``renew`` every ``every`` seconds while the block runs (a green thread beside it).
 
     A lease renewed by a heartbeat can be short: a live holder keeps it however slow its work is,
-    and a holder that died loses it soon. A failed renewal is logged and tried at the next beat.
+    and a holder that died loses it soon. ``renew`` returns False when the lease is no longer ours
+    (it ran out, e.g. during a long pause, and someone else took it): the beats stop and the yielded
+    ``Heartbeat`` says so, for the work to stop at its next safe point. A failed renewal (an
+    exception) is logged and tried at the next beat.
     """
+    heartbeat = Heartbeat()
+
     def beat() -> None:
         while True:
             eventlet.sleep(every)
             try:
-                renew()
+                if not renew():
+                    heartbeat.lost = True
+                    return
             except Exception:
                 log.warning("could not renew a lease; trying again in %.0f s", every, exc_info=True)
 
     heart = eventlet.spawn(beat)
     try:
-        yield
+        yield heartbeat
     finally:
         heart.kill()

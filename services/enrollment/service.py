@@ -6,6 +6,7 @@ import logging
 import random
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -18,7 +19,7 @@ from services.enrollment.adapters.dep_connection import DepConnection
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
 from services.enrollment.adapters.device_ca import DeviceIdentityRepository
 from services.enrollment.adapters.device_store import DeviceEventOutbox, DeviceRepository, TokenCursorStore
-from services.enrollment.adapters.sync_lease import SyncLeaseDuration
+from services.enrollment.adapters.sync_lease import SYNC_LEASE_LOST, SyncLeaseDuration
 from services.enrollment.adapters.token_crypto import decrypt_enveloped_data, generate_key_and_certificate
 from services.enrollment.adapters.token_repository import (
     CheckinRepository,
@@ -315,7 +316,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
     def _sync(self, row: Any, *, full: bool, trigger: str) -> dict[str, Any] | None:
         """Run one sync of ``row``'s devices unless one is running; the run's summary, or None."""
         session = self.db.session
-        tokens, runs = TokenRepository(session), SyncRunRepository(session)
+        runs = SyncRunRepository(session)
         holder = uuid.uuid4().hex
         if not self._take_sync_lease(row.id, holder):
             return None
@@ -326,7 +327,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
 
         def progress(counts: SyncCounts) -> None:
             nonlocal latest
-            latest = counts
+            heartbeat.check()  # the lease is lost: stop before this page's cursor is saved (it is rolled back)
+            latest = replace(counts)  # what is committed with this page; ``counts`` goes on with the next one
             runs.progress(run_id, counts)
 
         started, error, refusal = time.monotonic(), None, None
@@ -337,8 +339,12 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                 cursors=TokenCursorStore(session, row.id, self.db.commit), events=DeviceEventOutbox(self.db.publish, row.id),
                 assigner=ClientAssigner(client), default_profile_uuid=row.default_profile_uuid, progress=progress,
             )
-            with leases.renewed(lambda: self._renew_sync_lease(row.id, holder), self.sync_lease.total_seconds() / 3):
+            with leases.renewed(lambda: self._renew_sync_lease(row.id, holder),
+                                self.sync_lease.total_seconds() / 3) as heartbeat:
                 latest = sync.run(full=full)
+        except leases.LeaseLost:
+            session.rollback()
+            return self._lost_sync_lease(row.id, run_id, latest, started)
         except DepError as exc:
             session.rollback()  # the page in progress is redone next time: its cursor was not saved
             error = str(exc)
@@ -348,23 +354,24 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                 refusal = STATUS_REVOKED_OR_INVALID
         except BaseException:
             session.rollback()
-            tokens.update(row.id, sync_holder=None, sync_lease_until=None, last_sync_at=utc_now(),
-                          last_sync_result="error", last_sync_error="internal error; see the enrollment service log")
+            self._release_sync_lease(row.id, holder, last_sync_at=utc_now(), last_sync_result="error",
+                                     last_sync_error="internal error; see the enrollment service log")
             runs.finish(run_id, latest, "internal error; see the enrollment service log")
             self.db.commit()
             raise
         now = utc_now()
-        runs.finish(run_id, latest, error)
         outcome = "error" if error else "ok"
         every = FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY
         values: dict[str, Any] = {
-            "sync_holder": None, "sync_lease_until": None, "last_sync_at": now, "last_sync_result": outcome,
-            "last_sync_error": error, "apple_refusal": refusal,
+            "last_sync_at": now, "last_sync_result": outcome, "last_sync_error": error, "apple_refusal": refusal,
             "next_sync_at": now + timedelta(seconds=random.uniform(*(d.total_seconds() for d in every))),
         }
         if error is None:
             values["last_successful_sync_at"] = now
-        tokens.update(row.id, **values)
+        if not self._release_sync_lease(row.id, holder, **values):
+            # taken between two renewals: the token's state is the new holder's to record
+            return self._lost_sync_lease(row.id, run_id, latest, started)
+        runs.finish(run_id, latest, error)
         self.db.commit()
         SYNC_DURATION.labels(latest.kind, outcome).observe(time.monotonic() - started)
         return runs.get(run_id)
@@ -380,12 +387,33 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         self.db.commit()
         return bool(taken)
 
-    def _renew_sync_lease(self, token_id: str, holder: str) -> None:
-        """The running sync's heartbeat, on a connection of its own: the worker's transaction may be mid-page."""
+    def _renew_sync_lease(self, token_id: str, holder: str) -> bool:
+        """The running sync's heartbeat, on a connection of its own: the worker's transaction may be mid-page.
+
+        False when the token no longer names ``holder``: our lease ran out and another replica took it.
+        """
         c = tables.server_tokens.c
         with self.db.session.get_bind().begin() as connection:
-            connection.execute(tables.server_tokens.update().where(c.id == token_id, c.sync_holder == holder)
-                               .values(sync_lease_until=utc_now() + self.sync_lease))
+            return bool(connection.execute(
+                tables.server_tokens.update().where(c.id == token_id, c.sync_holder == holder)
+                .values(sync_lease_until=utc_now() + self.sync_lease)).rowcount)
+
+    def _release_sync_lease(self, token_id: str, holder: str, **values: Any) -> bool:
+        """End our hold on the token and record the run's outcome on it; False if the lease is no longer ours."""
+        c = tables.server_tokens.c
+        return bool(self.db.session.execute(
+            tables.server_tokens.update().where(c.id == token_id, c.sync_holder == holder)
+            .values(sync_holder=None, sync_lease_until=None, **values)).rowcount)
+
+    def _lost_sync_lease(self, token_id: str, run_id: int, counts: SyncCounts, started: float) -> dict[str, Any]:
+        """Record a run that stopped because another replica took its lease; the token row is the new holder's."""
+        TokenRepository(self.db.session).get(token_id)  # NotFound if the lease went with a deleted token
+        log.warning("the device sync of server token %s %s", token_id, SYNC_LEASE_LOST)
+        runs = SyncRunRepository(self.db.session)
+        runs.finish(run_id, counts, SYNC_LEASE_LOST)
+        self.db.commit()
+        SYNC_DURATION.labels(counts.kind, "lease_lost").observe(time.monotonic() - started)
+        return runs.get(run_id)
 
     def _visible_token(self, actor: Actor, token_id: Any) -> Any:
         row = TokenRepository(self.db.session).get(token_id)

@@ -1,14 +1,16 @@
-"""The kernel's plain-Python pieces: configuration, contracts, policy, secrets."""
+"""The kernel's plain-Python pieces: configuration, contracts, policy, secrets, the lease heartbeat."""
+import eventlet
 import pytest
 from cryptography.fernet import Fernet
 
-from shared import auth
+from shared import auth, leases
 from shared.auth import Actor, actor_from_context
 from shared.config import expand, load_config, service_settings
 from shared.contracts.enrollment import DeviceEnrolled
 from shared.contracts.roster import ImportBatch, UserImported
 from shared.errors import PermissionDenied, ValidationError
 from shared.secrets import SecretBox, load_key
+from tests.waiting import wait_for
 
 
 def test_configuration_expands_environment_references_and_parses_whole_values():
@@ -84,3 +86,23 @@ def test_secrets_are_sealed_rotatable_and_never_shown(tmp_path, monkeypatch):
     key_file = tmp_path / "var" / "secret.key"
     created = load_key(key_file=key_file, create=True)
     assert load_key(key_file=key_file) == created and oct(key_file.stat().st_mode)[-3:] == "600"
+
+
+def test_a_lease_heartbeat_retries_failed_renewals_and_reports_a_taken_lease():
+    answers = iter([True, OSError("the database is away"), True, False])
+    calls = []
+
+    def renew() -> bool:
+        calls.append(1)
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with leases.renewed(renew, every=0.01) as heartbeat:
+        heartbeat.check()
+        wait_for(lambda: heartbeat.lost, timeout=5, what="the taken lease to be noticed")
+        eventlet.sleep(0.05)
+        assert len(calls) == 4  # the failed renewal was tried again; a taken lease is not renewed any more
+        with pytest.raises(leases.LeaseLost):
+            heartbeat.check()
