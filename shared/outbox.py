@@ -9,6 +9,7 @@ them: delivery is at least once, and subscribers deduplicate by event id.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 POLL_SECONDS = 2.0  # picks up rows left by a crashed process or another replica
+COUNT_EVERY_SECONDS = 1.0
 CONFIRM_TIMEOUT_SECONDS = 30
 INBOX_RETENTION = timedelta(days=14)
 
@@ -138,7 +140,7 @@ class OutboxRelay:
             self._wakeup.send(True)
 
     def _run(self) -> None:
-        passes = 0
+        passes, counted_at = 0, 0.0
         while self._running:
             with eventlet.Timeout(POLL_SECONDS, False):
                 self._wakeup.wait()
@@ -146,7 +148,10 @@ class OutboxRelay:
             try:
                 while self.drain_once():
                     pass
-                self._count_pending()  # once per pass: counting after every batch would rescan a large backlog
+                # at most once a second: a commit wakes the relay, and counting after every batch would rescan a backlog
+                if time.monotonic() - counted_at >= COUNT_EVERY_SECONDS:
+                    self._count_pending()
+                    counted_at = time.monotonic()
                 passes += 1
                 if passes % 1000 == 1:
                     self._prune_inbox()

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import json_text
 from shared.auth import Actor
 from shared.config import service_settings
 from shared.contracts.base import Event
@@ -101,7 +102,7 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             url, pool_size=1, max_overflow=0, pool_timeout=120, poolclass=sa.pool.QueuePool,
-            connect_args={"check_same_thread": False, "timeout": 15},
+            connect_args={"check_same_thread": False, "timeout": 15}, **_JSON_CODEC,
         )
 
         @sa.event.listens_for(engine, "connect")
@@ -113,7 +114,12 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
             cursor.close()
 
         return engine
-    return sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30)
+    return sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30,
+                            **_JSON_CODEC)
+
+
+# JSON columns (the outbox's payloads among them) are written and read with the fast codec
+_JSON_CODEC = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads}
 
 
 class KernelTables:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from services.enrollment.adapters.oauth1 import authorization_header
+from shared import json_text
 from services.enrollment.domain.errors import (
     AccessDenied,
     CursorExhausted,
@@ -195,7 +196,11 @@ class DepClient:
             body: dict[str, Any] = {"limit": limit}
             if cursor:
                 body["cursor"] = cursor
-            page = _page(self._call("POST", path, body).json(), list_key)
+            response = self._call("POST", path, body)
+            try:
+                page = _page(json_text.loads(response.content), list_key)
+            except (ValueError, AttributeError):
+                raise DepError(f"Apple's answer on {path} was not a page of JSON; try again later.") from None
             yield page
             if not page.more_to_follow:
                 return

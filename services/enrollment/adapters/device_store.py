@@ -10,7 +10,6 @@ Events go to the outbox one per page, not one per device.
 """
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Callable
 from datetime import datetime
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session
 from services.enrollment.adapters.tables import dep_devices, server_tokens
 from services.enrollment.domain.device_sync import CursorState, KnownDevice
 from services.enrollment.domain.devices import DepDevice
+from shared import json_text
 from shared.contracts.enrollment import MAX_DEVICES_PER_EVENT, AssignedDevice, DevicesAssigned, DevicesRemoved
 from shared.errors import NotFound
 from shared.storage import utc_now
@@ -61,7 +61,7 @@ class DeviceRepository:
             assignments = ", ".join(f"{name} = EXCLUDED.{name}" for name in updated)
             return set(self.session.execute(sa.text(_PG_PUT.format(assignments=assignments)), {
                 "token_id": self.token_id, "generation": generation, "updated_at": utc_now(),
-                "devices": json.dumps([_page_values(d) for d in devices])}).scalar_one())
+                "devices": json_text.dumps([_page_values(d) for d in devices])}).scalar_one())
         rows = self._rows(devices, generation)
         known = set(self.get_many([d.serial_number for d in devices]))
         insert = sqlite.insert(dep_devices)
