@@ -75,6 +75,8 @@ SERVICE_PANELS = {
               "{{method}}", "ops"),
         panel("Apple calls by endpoint and error", "sum by (endpoint, error) (rate(orchard_vpp_apple_calls_total[5m]))",
               "{{endpoint}} {{error}}", "reqps"),
+        panel("Syncs whose asset name lookup failed (6 h)",
+              "sum(increase(orchard_vpp_name_lookup_failures_total[6h]))", "failed lookups"),
     ],
     "roster": [
         panel("Import runs by source and outcome", "sum by (source, outcome) (increase(orchard_roster_import_runs_total[1h]))",
