@@ -1,4 +1,4 @@
-"""Fault 4: an ADE sync loses its lease while it runs (its process paused past the lease, or lost PostgreSQL
+"""Fault 6: an ADE sync loses its lease while it runs (its process paused past the lease, or lost PostgreSQL
 for a while, and another replica took the token over). The run stops at its next page instead of syncing in
 parallel with the new holder, says why in its run record and the log, and leaves the new holder's lease alone."""
 import logging
