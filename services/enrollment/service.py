@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY = (timedelta(hours=2), timedelta(hours=3))  # jittered so tokens spread over time
 FIRST_SYNC_SAFETY_NET = timedelta(minutes=10)  # the scheduler's fallback if the upload's own sync never ran
+PROGRESS_EVERY_SECONDS = 0.5  # how often a running sync's record shows its progress
 # Apple failed mid-sync (outage, network): try again soon from the saved cursor, not hours later;
 # a few requests an hour during a long outage is no storm
 FAILED_SYNC_RETRY = (timedelta(minutes=5), timedelta(minutes=10))
@@ -324,12 +325,15 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         run_id = runs.start(row.id, trigger, kind)
         self.db.commit()
         latest = SyncCounts(kind=kind)
+        shown_at = 0.0
 
         def progress(counts: SyncCounts) -> None:
-            nonlocal latest
+            nonlocal latest, shown_at
             heartbeat.check()  # the lease is lost: stop before this page's cursor is saved (it is rolled back)
             latest = replace(counts)  # what is committed with this page; ``counts`` goes on with the next one
-            runs.progress(run_id, counts)
+            if time.monotonic() - shown_at >= PROGRESS_EVERY_SECONDS:  # not a statement per page: the end writes all
+                shown_at = time.monotonic()
+                runs.progress(run_id, counts)
 
         started, error, refusal = time.monotonic(), None, None
         try:
