@@ -146,7 +146,7 @@ class OutboxRelay:
                 self._wakeup.wait()
             self._wakeup = GreenEvent()
             try:
-                while self.drain_once():
+                while self.drain_once() == BATCH_SIZE:  # a short batch was the last one
                     pass
                 # at most once a second: a commit wakes the relay, and counting after every batch would rescan a backlog
                 if time.monotonic() - counted_at >= COUNT_EVERY_SECONDS:

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import json_text
+from shared import json_text, runtime
 from shared.auth import Actor
 from shared.config import service_settings
 from shared.contracts.base import Event
@@ -236,6 +236,7 @@ class Database(DependencyProvider):
 
     def start(self) -> None:
         self.relay.start()
+        runtime.freeze_start_up_objects()  # the database is the last thing a service sets up
 
     def stop(self) -> None:
         self.relay.stop()
