@@ -236,7 +236,7 @@ class Database(DependencyProvider):
 
     def start(self) -> None:
         self.relay.start()
-        runtime.freeze_start_up_objects()  # the database is the last thing a service sets up
+        runtime.freeze_start_up_objects()  # every extension is set up by now (migrations included)
 
     def stop(self) -> None:
         self.relay.stop()
