@@ -279,3 +279,10 @@ def test_unreachable_apple_is_an_upstream_error(mdm_server):
     client = DepClient(mdm_server["credentials"], base_url="http://127.0.0.1:9", sleep=lambda s: None)
     with pytest.raises(DepError, match="Could not reach"):
         client.account()
+
+
+@pytest.mark.parametrize("body", ["", "<html>Service Unavailable</html>"])
+def test_a_device_page_that_is_not_json_is_a_clear_error(dep_client, dep_sandbox, body):
+    dep_sandbox.script("POST /server/devices", {"status": 200, "body": body})
+    with pytest.raises(DepError, match="was not a page of JSON; try again later"):
+        list(dep_client.fetch_device_pages())
