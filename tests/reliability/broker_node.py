@@ -1,9 +1,9 @@
 """A RabbitMQ node of the test's own, so a test can restart the broker without disturbing the shared one.
 
 The node has its own name, ports, database and logs under a temporary directory and runs without
-plugins; the services use its default vhost. ``restart()`` stops the process (as an upgrade or a reboot of
-the broker's host does) and starts it again on the same data: durable queues and persistent
-messages come back, every connection is lost.
+plugins; the services use its default vhost. ``stop()`` ends the process (as an upgrade or a reboot of
+the broker's host does) and ``start()`` starts it again on the same data: durable queues and
+persistent messages come back, every connection is lost.
 """
 from __future__ import annotations
 
@@ -83,10 +83,6 @@ class BrokerNode:
                 self.process.kill()
                 self.process.wait(10)
         self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def accepts_connections(self) -> bool:
         try:

@@ -56,13 +56,15 @@ def restart_mid_import_and_check(config, broker_node, vpp_sandbox, rpc_as) -> No
         plan_id = rpc.roster.preview_records(district(USERS))["plan_id"]
     with rpc_as() as rpc:
         rpc.roster.apply_plan.call_async(plan_id)  # its reply may be lost with the broker: outcomes are checked
-        wait_for(lambda: handled(config) >= 200, timeout=60, interval=0.05, what="invites under way")
+        wait_for(lambda: handled(config) >= 1, timeout=60, interval=0.02, what="invites under way")
         started = time.monotonic()
-        broker_node.restart()
+        broker_node.stop()
+        at_stop = handled(config)
+        broker_node.start()
         downtime = time.monotonic() - started
-        at_restart = handled(config)
-    assert at_restart < USERS, "everything was done before the restart: the test proved nothing"
-    print(f"broker down {downtime:.1f} s, {at_restart} of {USERS} users handled when it came back")
+    # counted once the broker is gone: the work must have been cut in the middle for the test to prove anything
+    assert at_stop < USERS, "everything was done before the broker stopped: the test proved nothing"
+    print(f"broker down {downtime:.1f} s, {at_stop} of {USERS} users handled when it stopped")
 
     wait_for(lambda: handled(config) == USERS, timeout=90, interval=0.5, what="every UserImported handled")
     wait_for(lambda: vpp_sandbox.state(stoken)["users"] == USERS, timeout=30, interval=0.5,
