@@ -198,9 +198,12 @@ class DepClient:
                 body["cursor"] = cursor
             response = self._call("POST", path, body)
             try:
-                page = _page(json_text.loads(response.content), list_key)
-            except (ValueError, AttributeError):
-                raise DepError(f"Apple's answer on {path} was not a page of JSON; try again later.") from None
+                body = json_text.loads(response.content)
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                raise DepError(f"Apple's answer on {path} was not a page of JSON; try again later.")
+            page = _page(body, list_key)
             yield page
             if not page.more_to_follow:
                 return
