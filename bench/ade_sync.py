@@ -70,6 +70,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a local process so far (Linux ``/proc``); 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(sandbox_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the parts a sync runs on: this process (the service), PostgreSQL, RabbitMQ
+    and the DEP stand-in. A backend that ends during the sync takes its time with it: PostgreSQL's
+    figure is a floor."""
+    by_name = {"postgres": 0.0, "beam.smp": 0.0}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        if name in by_name:
+            by_name[name] += cpu_seconds(int(entry))
+    return {"service": cpu_seconds(os.getpid()), "PostgreSQL": by_name["postgres"], "RabbitMQ": by_name["beam.smp"],
+            "DEP stand-in": cpu_seconds(sandbox_pid)}
+
+
 class Bench:
     def __init__(self, devices: int):
         self.devices = devices
@@ -137,22 +164,28 @@ class Bench:
     def generate(self, server_uuid: str, count: int) -> None:
         self.admin.post(f"/_sandbox/servers/{server_uuid}/devices/generate", json={"count": count}).raise_for_status()
 
-    def timed_sync(self, token_id: str) -> tuple[float, float, dict]:
-        """Seconds until the RPC returned (stored, events in the outbox), and until all were published."""
+    def timed_sync(self, token_id: str) -> tuple[float, float, dict, dict[str, float]]:
+        """Seconds until the RPC returned (stored, events in the outbox), and until all were published;
+        the run record; the CPU seconds each process used meanwhile."""
+        cpu_before = cpu_by_process(self.sandbox_process.pid)
         started = time.perf_counter()
         with self.rpc() as rpc:
             run = rpc.enrollment.sync_devices(token_id, full=True)
         stored = time.perf_counter() - started
         while self.pending_events():
             eventlet.sleep(0.05)
-        return stored, time.perf_counter() - started, run
+        published = time.perf_counter() - started
+        cpu = {name: used - cpu_before[name] for name, used in cpu_by_process(self.sandbox_process.pid).items()}
+        return stored, published, run, cpu
 
     def pending_events(self) -> int:
         with self.engine.connect() as connection:
             return connection.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one()
 
-    def floor(self, token_id: str, p7m: str, expected: int, parse: Callable[[httpx.Response], Any]) -> float:
-        """Download and parse the same pages with httpx, nothing else (after opening a session)."""
+    def floor(self, token_id: str, p7m: str, expected: int,
+              parse: Callable[[httpx.Response], Any]) -> tuple[float, dict[str, float]]:
+        """Download and parse the same pages with httpx, nothing else (after opening a session); the seconds
+        it took and the CPU seconds of this client and the DEP stand-in."""
         credentials = self.credentials(token_id, p7m)
         with httpx.Client(base_url=self.sandbox, timeout=60) as http:
             authorization = authorization_header(
@@ -161,6 +194,7 @@ class Bench:
                 token_secret=credentials.access_secret)
             session = http.get("/session", headers={"Authorization": authorization, "Content-Type": CONTENT_TYPE}).json()[
                 "auth_session_token"]
+            cpu_before = self.client_and_stand_in_cpu()
             started = time.perf_counter()
             count, body = 0, {"limit": 1000}
             while True:
@@ -175,8 +209,12 @@ class Bench:
                     break
                 body = {"limit": 1000, "cursor": page["cursor"]}
             elapsed = time.perf_counter() - started
+            cpu = {name: used - cpu_before[name] for name, used in self.client_and_stand_in_cpu().items()}
         assert count == expected, (count, expected)
-        return elapsed
+        return elapsed, cpu
+
+    def client_and_stand_in_cpu(self) -> dict[str, float]:
+        return {"client": cpu_seconds(os.getpid()), "DEP stand-in": cpu_seconds(self.sandbox_process.pid)}
 
     def credentials(self, token_id: str, p7m: str):
         with self.engine.connect() as connection:
@@ -196,21 +234,27 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     devices = args.devices
     rounds: list[tuple[float, float, float]] = []  # floor, stored, published
+    cpu_per_page: dict[str, list[float]] = {}
+    floor_cpu_per_page: dict[str, list[float]] = {}
 
     with Bench(devices) as bench:
         token_id, server_uuid, _ = bench.connect_token()
         bench.generate(server_uuid, args.warm_up)
-        warm_stored, warm_published, _ = bench.timed_sync(token_id)
+        warm_stored, warm_published, _, _ = bench.timed_sync(token_id)
         warm_rss = peak_rss_mb()
         for _ in range(args.rounds):  # a new MDM server each round: all its devices are new to Orchard
             token_id, server_uuid, p7m = bench.connect_token()
             bench.generate(server_uuid, devices)
-            floor = bench.floor(token_id, p7m, devices, httpx.Response.json)
-            stored, published, run = bench.timed_sync(token_id)
+            floor, floor_cpu = bench.floor(token_id, p7m, devices, httpx.Response.json)
+            for name, seconds in floor_cpu.items():
+                floor_cpu_per_page.setdefault(name, []).append(seconds * 1000 / (devices / 1000))
+            stored, published, run, cpu = bench.timed_sync(token_id)
             assert run["error"] is None and run["added"] == devices, run
             rounds.append((floor, stored, published))
+            for name, seconds in cpu.items():
+                cpu_per_page.setdefault(name, []).append(seconds * 1000 / run["pages"])
         full_rss = peak_rss_mb()
-        floor_orjson = bench.floor(token_id, p7m, devices, lambda response: json_text.loads(response.content))
+        floor_orjson, _ = bench.floor(token_id, p7m, devices, lambda response: json_text.loads(response.content))
 
     print(f"ADE full sync of {devices:,} new devices, 1,000 per page (sandbox in its own process, PostgreSQL, RabbitMQ)")
     print("  round   floor (httpx download + JSON parse)   stored, RPC done   stored and every event published   ratio")
@@ -219,10 +263,15 @@ def main() -> None:
               f"           {published:6.2f} s {devices / published:9,.0f} devices/s        {published / floor:4.2f}x")
     ratio = statistics.median(published / floor for floor, _, published in rounds)
     print(f"  median ratio, stored and published / floor: {ratio:4.2f}x (goal: within 2x)")
+    for label, per_page in (("floor", floor_cpu_per_page), ("sync ", cpu_per_page)):
+        medians = {name: statistics.median(values) for name, values in per_page.items()}
+        print(f"  CPU per 1,000-device page, {label} (median of rounds): "
+              f"{', '.join(f'{name} {ms:.1f} ms' for name, ms in medians.items())}; together {sum(medians.values()):.1f} ms")
     print(f"  the last round's download parsed with orjson, as Orchard's client parses it: {floor_orjson:.2f} s")
     print(f"  warm-up {args.warm_up:,} devices: {warm_stored:.2f} s stored, {warm_published:.2f} s published")
     print(f"  peak RSS after {args.warm_up:,} devices: {warm_rss:.0f} MB; after {args.rounds} x {devices:,}: {full_rss:.0f} MB")
-    print(f"  machine load average (1, 5, 15 min): {', '.join(f'{load:.1f}' for load in os.getloadavg())}")
+    print(f"  machine: {os.cpu_count()} cores; load average (1, 5, 15 min): "
+          f"{', '.join(f'{load:.1f}' for load in os.getloadavg())}")
 
 
 if __name__ == "__main__":
