@@ -8,11 +8,13 @@ outbox, which the relay publishes to RabbitMQ; the run ends when the outbox is e
 downloaded and parsed with httpx. Peak memory is read after a 10,000-device warm-up
 and after the 100,000-device runs: flat means the second is not ten times the first.
 
-This machine's speed drifts by a third within minutes, so the floor is measured right
-before each sync, round after round, and each round's ratio is its own; the median
-ratio is the figure. Every round (and the warm-up) syncs a new MDM server's devices,
-so each round stores 100,000 new devices and publishes their events (a repeated full
-sync of the same devices would only update them and announce nothing).
+A shared machine's speed can drift by a third within minutes (the 2-core development
+machine's does), so the floor is measured right before each sync, round after round,
+and each round's ratio is its own; the median ratio is the figure. Every round (and
+the warm-up) syncs a new MDM server's devices, so each round stores 100,000 new
+devices and publishes their events (a repeated full sync of the same devices would
+only update them and announce nothing). The CPU time each process used per page is
+printed too, for the floor and for the sync.
 
     .venv/bin/python bench/ade_sync.py [--devices 100000] [--rounds 3]
 """
