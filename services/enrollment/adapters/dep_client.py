@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 
 from services.enrollment.adapters.oauth1 import authorization_header
-from shared import json_text
 from services.enrollment.domain.errors import (
     AccessDenied,
     CursorExhausted,
@@ -31,6 +30,7 @@ from services.enrollment.domain.errors import (
     TokenExpired,
 )
 from services.enrollment.domain.server_tokens import OAuthCredentials
+from shared import json_text
 
 APPLE_DEP_URL = "https://mdmenrollment.apple.com"
 PROTOCOL_VERSION = 10  # per-serial THROTTLED needs 9+, retry_after_seconds 10+
@@ -198,12 +198,12 @@ class DepClient:
                 body["cursor"] = cursor
             response = self._call("POST", path, body)
             try:
-                body = json_text.loads(response.content)
+                answer = json_text.loads(response.content)
             except ValueError:
-                body = None
-            if not isinstance(body, dict):
+                answer = None
+            if not isinstance(answer, dict):
                 raise DepError(f"Apple's answer on {path} was not a page of JSON; try again later.")
-            page = _page(body, list_key)
+            page = _page(answer, list_key)
             yield page
             if not page.more_to_follow:
                 return

@@ -42,5 +42,6 @@ class DepDevice:
             get("op_type"), get("op_date"),
         )
 
+
 def status_colour(profile_status: str) -> str:
     return PROFILE_STATUS_COLOURS.get(profile_status, "grey")
