@@ -45,7 +45,8 @@ def test_reads_topic_serial_expiry_issuer_and_common_name(issue_push):
     pushed = read_pem_certificate(issued.certificate_pem, issued.private_key_pem, now=NOW)
     certificate = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
     assert pushed.topic.startswith("com.apple.mgmt.External.")
-    assert pushed.serial_number == format(certificate.serial_number, "X").zfill(40)
+    # whole bytes in upper-case hex, as Apple shows it: 19 bytes give 38 digits, not 40
+    assert pushed.serial_number == certificate.serial_number.to_bytes(20, "big").lstrip(b"\0").hex().upper()
     assert int(pushed.serial_number, 16) == certificate.serial_number
     assert pushed.not_after == certificate.not_valid_after_utc
     assert pushed.issuer == "C=US,O=Apple Sandbox,CN=Orchard Sandbox Apple Root CA"

@@ -85,7 +85,8 @@ def test_upload_list_renew_and_history(push_service, rpc_as, issue_push):
         stored = rpc.push.upload_certificate(first.certificate_pem, first.private_key_pem)
         certificate = x509.load_pem_x509_certificate(first.certificate_pem.encode())
         assert stored["topic"].startswith("com.apple.mgmt.External.")
-        assert stored["serial_number"] == format(certificate.serial_number, "X").zfill(40)
+        # whole bytes in upper-case hex, as Apple shows it: 19 bytes give 38 digits, not 40
+        assert stored["serial_number"] == certificate.serial_number.to_bytes(20, "big").lstrip(b"\0").hex().upper()
         assert stored["not_after"] == certificate.not_valid_after_utc.isoformat()
         assert (stored["status"], stored["devices_enrolled"]) == ("ok", 0) and stored["days_left"] in (364, 365)
         assert "PRIVATE" not in str(rpc.push.get_certificate(stored["id"]))
