@@ -27,7 +27,10 @@ def test_device_repository_round_trip(database_url):
     store = DeviceRepository(session, "t1", assigned_by="system:enrollment")
     first = store.put_many([DepDevice(f"S{i:04d}", model='iPad "Air"', description=None) for i in range(1000)], "gen1")
     assert first == {f"S{i:04d}" for i in range(1000)}
+    # ten serials again in the same fetch: on PostgreSQL the empty token's plain insert fails and the page is
+    # upserted, and the first page (not committed yet) survives that
     assert store.put_many([DepDevice(f"S{i:04d}") for i in range(990, 1500)], "gen1") == {f"S{i:04d}" for i in range(1000, 1500)}
+    assert store.put_many([DepDevice("S2000")], "gen1") == {"S2000"}
     assert store.put_many([DepDevice("S0001", model="iPad Pro", op_date="2026-02-01T00:00:00Z")], None) == set()
     known = store.get_many(["S0001", "S0002", "NOPE"])
     assert set(known) == {"S0001", "S0002"} and known["S0001"].op_date == "2026-02-01T00:00:00Z"
@@ -35,7 +38,7 @@ def test_device_repository_round_trip(database_url):
     assert (row.model, row.seen_generation) == ("iPad Pro", "gen1")  # no generation given: the fetch's mark stays
 
     store.put_many([DepDevice(f"S{i:04d}") for i in range(10)], "gen2")
-    assert sorted(store.remove_unseen("gen2")) == [f"S{i:04d}" for i in range(10, 1500)]
+    assert sorted(store.remove_unseen("gen2")) == [f"S{i:04d}" for i in range(10, 1500)] + ["S2000"]
 
     retry_at = utc_now() + timedelta(minutes=1)
     store.record_assign_results("P1", {"S0000": "SUCCESS", "S0001": "THROTTLED", "S0002": "NOT_ACCESSIBLE"}, retry_at)
