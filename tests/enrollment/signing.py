@@ -32,9 +32,9 @@ def enrollment_base(config: dict) -> str:
     return f"http://{config['SERVICES']['enrollment']['http_address']}"
 
 
-def device_info(serial: str, udid: str) -> bytes:
-    return plistlib.dumps({"SERIAL": serial, "UDID": udid, "PRODUCT": "iPad13,18", "VERSION": "21F90",
-                           "LANGUAGE": "en_US"}, fmt=plistlib.FMT_XML)
+def device_info(serial: str, udid: str | None) -> bytes:
+    info = {"SERIAL": serial, "UDID": udid, "PRODUCT": "iPad13,18", "VERSION": "21F90", "LANGUAGE": "en_US"}
+    return plistlib.dumps({key: value for key, value in info.items() if value is not None}, fmt=plistlib.FMT_XML)
 
 
 def assign_ade_devices(rpc: Any, dep_sandbox: Any, serials: list[str]) -> None:
@@ -46,7 +46,7 @@ def assign_ade_devices(rpc: Any, dep_sandbox: Any, serials: list[str]) -> None:
     wait_for(lambda: len(rpc.enrollment.list_devices(token["id"])["devices"]) == len(serials), what="the ADE sync")
 
 
-def request_profile(config: dict, serial: str, udid: str) -> bytes:
+def request_profile(config: dict, serial: str, udid: str | None) -> bytes:
     """The profile Setup Assistant gets for an ADE device (the device information POSTed to ``/mdm/enroll``)."""
     answer = httpx.post(f"{enrollment_base(config)}/mdm/enroll", content=device_info(serial, udid),
                         headers={"Content-Type": "application/pkcs7-signature"}, timeout=30)
@@ -65,7 +65,7 @@ def identity_from_profile(mobileconfig: bytes) -> DeviceIdentity:
     return DeviceIdentity(key, certificate)
 
 
-def enrolled_identity(config: dict, serial: str, udid: str) -> DeviceIdentity:
+def enrolled_identity(config: dict, serial: str, udid: str | None) -> DeviceIdentity:
     return identity_from_profile(request_profile(config, serial, udid))
 
 

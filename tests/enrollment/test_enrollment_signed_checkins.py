@@ -98,7 +98,7 @@ def test_an_issued_identity_names_its_device_and_is_for_client_authentication(de
 def test_rsa_signatures_with_sha256_or_sha1_verify(device_ca, digest):
     identity = issued(device_ca)
     signer = verify(mdm_signature(BODY, identity, digest), device_ca)
-    assert signer == SignerIdentity(certificate_fingerprint(identity.certificate), UDID_A)
+    assert signer == SignerIdentity(certificate_fingerprint(identity.certificate), UDID_A, "SER1")
 
 
 def test_ecdsa_signatures_verify(device_ca):
@@ -188,6 +188,12 @@ def test_the_bound_identity_alone_may_update_or_check_out():
             (Authenticate(UDID_B, "topic"), mine, None, "other_device")):
         with pytest.raises(CheckinRejected, match=reason):
             authorize_checkin(message, signer, bound, require_signed=True)
+    # an identity names the serial number it was issued for: with it, it cannot bind another device
+    named = SignerIdentity("cc" * 32, None, "SER1")
+    authorize_checkin(Authenticate(UDID_B, "topic", serial_number="SER1"), named, "aa" * 32, require_signed=True)
+    for message in (Authenticate(UDID_B, "topic", serial_number="SER2"), Authenticate(UDID_B, "topic")):
+        with pytest.raises(CheckinRejected, match="other_device"):
+            authorize_checkin(message, named, "aa" * 32, require_signed=True)
     authorize_checkin(update, None, "aa" * 32, require_signed=False)  # a lab without signing
 
 
@@ -303,8 +309,14 @@ def test_signed_checkins_enroll_and_everything_else_gets_401(devices, rpc_as):
     with rpc_as() as rpc:
         wait_for(lambda: rpc.push.list_certificates()[0]["devices_enrolled"] == 0, what="push forgetting device A")
 
+    # a profile asked for without a UDID: its identity names device A's serial number alone, and cannot bind B
+    unnamed = enrolled_identity(devices, "SIGNA", None)
+    assert put_checkin(devices, authenticate(UDID_B, "SIGNB"), unnamed).status_code == 401
+    assert query(devices, f"SELECT certificate_sha256 FROM device_identities WHERE udid = '{UDID_B}'")[0][0] == \
+        certificate_fingerprint(device_b.certificate)
+
     after = rejected(devices)
-    expected = {"unsigned": 1, "digest_mismatch": 1, "other_device": 2, "not_bound_identity": 1,
+    expected = {"unsigned": 1, "digest_mismatch": 1, "other_device": 3, "not_bound_identity": 1,
                 "expired_certificate": 1, "unknown_issuer": 1, "malformed_signature": 1}
     assert {reason: after.get(reason, 0) - before.get(reason, 0) for reason in expected} == expected
 

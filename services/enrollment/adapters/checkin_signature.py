@@ -67,8 +67,10 @@ def verify_checkin_signature(header: str | None, body: bytes, ca_certificate: x5
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise CheckinRejected(EXPIRED_CERTIFICATE)
     udids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
+    serials = certificate.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)
     return SignerIdentity(fingerprint=certificate_fingerprint(certificate),
-                          udid=str(udids[0].value) if udids else None)
+                          udid=str(udids[0].value) if udids else None,
+                          serial_number=str(serials[0].value) if serials else None)
 
 
 def _parse(header: str) -> _Signed:

@@ -4,7 +4,9 @@ Every enrollment profile carries a fresh identity (key and certificate) for the 
 device it was made for. With ``SignMessage`` the device signs each check-in with it;
 ``Authenticate`` binds the certificate to the UDID, and the later messages of that
 UDID must be signed by the same certificate, so knowing a UDID is no longer enough
-to change a device's push token or unenroll it.
+to change a device's push token or unenroll it. Only a certificate issued for that
+device may bind it: its serial number, and its UDID where the profile request named
+one, must be the ones the ``Authenticate`` reports.
 """
 from __future__ import annotations
 
@@ -62,14 +64,17 @@ class SignerIdentity:
 
     fingerprint: str  # SHA-256 of the certificate, hex
     udid: str | None  # the device the certificate was issued for, when Setup Assistant told us
+    serial_number: str | None = None  # the serial number it was issued for (every Orchard identity names one)
 
 
 def authorize_checkin(message: CheckinMessage, signer: SignerIdentity | None, bound_fingerprint: str | None,
                       *, require_signed: bool) -> None:
     """Raise ``CheckinRejected`` unless ``signer`` may send ``message``.
 
-    ``Authenticate`` (re)binds a certificate issued for this device: a wiped device enrolls
-    again with a new identity. Every other message must come from the bound certificate.
+    ``Authenticate`` (re)binds a certificate issued for this device, named by its serial
+    number and UDID: a wiped device enrolls again with a new identity, while another
+    device's identity (one taken from a downloaded profile, say) cannot take it over.
+    Every other message must come from the bound certificate.
     Unsigned messages pass only where signing is switched off (labs).
     """
     if signer is None:
@@ -79,6 +84,8 @@ def authorize_checkin(message: CheckinMessage, signer: SignerIdentity | None, bo
     if signer.udid is not None and signer.udid != message.udid:
         raise CheckinRejected(OTHER_DEVICE)
     if isinstance(message, Authenticate):
+        if signer.serial_number is not None and message.serial_number != signer.serial_number:
+            raise CheckinRejected(OTHER_DEVICE)
         return
     if bound_fingerprint != signer.fingerprint:
         raise CheckinRejected(NOT_BOUND_IDENTITY)
