@@ -289,7 +289,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                                               self._device_ca_certificate(), utc_now())
             message = parse_checkin(body)
             authorize_checkin(message, signer, identities.fingerprint_of(message.udid),
-                              require_signed=self.require_signed_checkins)
+                              require_signed=self.require_signed_checkins,
+                              signer_retired=signer is not None and identities.is_retired(signer.fingerprint))
         except CheckinRejected as exc:
             CHECKINS_REJECTED.labels(exc.reason).inc()
             return 401, {"Content-Type": "text/plain"}, "The check-in is not signed with this device's Orchard identity."
@@ -302,6 +303,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         elif isinstance(message, CheckOut):
             serial = checkins.serial_of(message.udid)
             checkins.record(message.udid, "CheckOut", enrolled=False)
+            identities.unbind(message.udid, utc_now())
             self.db.publish(DeviceUnenrolled(udid=message.udid, serial_number=serial, topic=message.topic))
         elif message.user_channel:
             checkins.record(message.udid, "TokenUpdate")

@@ -195,6 +195,9 @@ def test_the_bound_identity_alone_may_update_or_check_out():
         with pytest.raises(CheckinRejected, match="other_device"):
             authorize_checkin(message, named, "aa" * 32, require_signed=True)
     authorize_checkin(update, None, "aa" * 32, require_signed=False)  # a lab without signing
+    for message in (update, Authenticate(UDID_A, "topic")):  # replaced or checked out: not even to enroll again
+        with pytest.raises(CheckinRejected, match="retired_identity"):
+            authorize_checkin(message, mine, "aa" * 32, require_signed=True, signer_retired=True)
 
 
 def test_the_profile_topic_is_the_longest_lasting_unexpired_certificate():
@@ -217,8 +220,17 @@ def test_one_ca_is_kept_and_a_udid_is_bound_to_its_latest_identity(database_url)
     assert identities.fingerprint_of(UDID_A) is None
     identities.bind(UDID_A, "aa" * 32, NOW)
     identities.bind(UDID_A, "bb" * 32, NOW)  # enrolled again with a new profile
+    identities.bind(UDID_A, "bb" * 32, NOW)  # and authenticated twice with it
     second.commit()
     assert DeviceIdentityRepository(first).fingerprint_of(UDID_A) == "bb" * 32
+    first.rollback()  # SQLite: one connection for both sessions
+    assert identities.is_retired("aa" * 32) and not identities.is_retired("bb" * 32)
+    identities.unbind(UDID_A, NOW)  # checked out
+    identities.unbind(UDID_B, NOW)  # never bound: nothing to retire
+    second.commit()
+    assert identities.fingerprint_of(UDID_A) is None and identities.is_retired("bb" * 32)
+    assert [tuple(row) for row in second.execute(sa.text("SELECT udid, reason FROM retired_identities ORDER BY reason"))] \
+        == [(UDID_A, "checked_out"), (UDID_A, "superseded")]
     first.close(), second.close()
     engine.dispose()
 
@@ -308,6 +320,10 @@ def test_signed_checkins_enroll_and_everything_else_gets_401(devices, rpc_as):
     assert put_checkin(devices, {"MessageType": "CheckOut", "UDID": UDID_A, "Topic": TOPIC}, device_a).status_code == 200
     with rpc_as() as rpc:
         wait_for(lambda: rpc.push.list_certificates()[0]["devices_enrolled"] == 0, what="push forgetting device A")
+    # checked out: A's identity is retired; enrolling again takes a new profile, whose identity binds
+    assert put_checkin(devices, authenticate(UDID_A, "SIGNA"), device_a).status_code == 401
+    assert put_checkin(devices, authenticate(UDID_A, "SIGNA"), again).status_code == 200
+    assert put_checkin(devices, token_update(UDID_A), again).status_code == 200
 
     # a profile asked for without a UDID: its identity names device A's serial number alone, and cannot bind B
     unnamed = enrolled_identity(devices, "SIGNA", None)
@@ -316,7 +332,7 @@ def test_signed_checkins_enroll_and_everything_else_gets_401(devices, rpc_as):
         certificate_fingerprint(device_b.certificate)
 
     after = rejected(devices)
-    expected = {"unsigned": 1, "digest_mismatch": 1, "other_device": 3, "not_bound_identity": 1,
+    expected = {"unsigned": 1, "digest_mismatch": 1, "other_device": 3, "not_bound_identity": 1, "retired_identity": 1,
                 "expired_certificate": 1, "unknown_issuer": 1, "malformed_signature": 1}
     assert {reason: after.get(reason, 0) - before.get(reason, 0) for reason in expected} == expected
 

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.enrollment.adapters.tables import device_ca, device_identities
+from services.enrollment.adapters.tables import device_ca, device_identities, retired_identities
 from services.enrollment.domain.device_identity import CA_COMMON_NAME, CA_VALIDITY, CLOCK_SKEW, IdentityTerms
 from services.enrollment.domain.mdm_payload import DeviceIdentityBundle
 
@@ -112,10 +112,29 @@ class DeviceIdentityRepository:
         return self.session.scalar(sa.select(device_identities.c.certificate_sha256)
                                    .where(device_identities.c.udid == udid))
 
+    def is_retired(self, fingerprint: str) -> bool:
+        return self.session.scalar(sa.select(retired_identities.c.udid)
+                                   .where(retired_identities.c.certificate_sha256 == fingerprint)) is not None
+
     def bind(self, udid: str, fingerprint: str, now: datetime) -> None:
+        """Bind ``fingerprint`` to ``udid``; the identity it replaces (a re-enrolled device's old one) is retired."""
+        previous = self.fingerprint_of(udid)
+        if previous is not None and previous != fingerprint:
+            self._retire(previous, udid, "superseded", now)
         insert = _insert(self.session, device_identities).values(udid=udid, certificate_sha256=fingerprint, bound_at=now)
         self.session.execute(insert.on_conflict_do_update(
             index_elements=["udid"], set_={"certificate_sha256": fingerprint, "bound_at": now}))
+
+    def unbind(self, udid: str, now: datetime) -> None:
+        """The device checked out: its identity signs nothing more, and a new enrollment brings a new one."""
+        bound = self.fingerprint_of(udid)
+        if bound is not None:
+            self._retire(bound, udid, "checked_out", now)
+            self.session.execute(device_identities.delete().where(device_identities.c.udid == udid))
+
+    def _retire(self, fingerprint: str, udid: str, reason: str, now: datetime) -> None:
+        self.session.execute(_insert(self.session, retired_identities).values(
+            certificate_sha256=fingerprint, udid=udid, reason=reason, retired_at=now).on_conflict_do_nothing())
 
 
 def _insert(session: Session, table: sa.Table) -> Any:

@@ -112,6 +112,15 @@ device_identities = sa.Table(
     sa.Column("bound_at", UtcDateTime, nullable=False),
 )
 
+# identities that may no longer sign check-ins: replaced by a newer one for the same device, or checked out
+retired_identities = sa.Table(
+    "retired_identities", metadata,
+    sa.Column("certificate_sha256", sa.String(64), primary_key=True),
+    sa.Column("udid", sa.String(100), nullable=False),
+    sa.Column("reason", sa.String(20), nullable=False),  # superseded | checked_out
+    sa.Column("retired_at", UtcDateTime, nullable=False),
+)
+
 shared_groups = sa.Table(
     "shared_groups", metadata,
     sa.Column("id", sa.String(36), primary_key=True),

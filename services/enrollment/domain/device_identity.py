@@ -6,7 +6,9 @@ device it was made for. With ``SignMessage`` the device signs each check-in with
 UDID must be signed by the same certificate, so knowing a UDID is no longer enough
 to change a device's push token or unenroll it. Only a certificate issued for that
 device may bind it: its serial number, and its UDID where the profile request named
-one, must be the ones the ``Authenticate`` reports.
+one, must be the ones the ``Authenticate`` reports. An identity is retired when a newer
+one is bound for its device (the device enrolled again) or its device checks out, and a
+retired identity signs nothing more.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ UNKNOWN_ISSUER = "unknown_issuer"
 EXPIRED_CERTIFICATE = "expired_certificate"
 OTHER_DEVICE = "other_device"
 NOT_BOUND_IDENTITY = "not_bound_identity"
+RETIRED_IDENTITY = "retired_identity"
 REJECTION_REASONS = (UNSIGNED, MALFORMED_SIGNATURE, DIGEST_MISMATCH, BAD_SIGNATURE, UNKNOWN_ISSUER,
-                     EXPIRED_CERTIFICATE, OTHER_DEVICE, NOT_BOUND_IDENTITY)
+                     EXPIRED_CERTIFICATE, OTHER_DEVICE, NOT_BOUND_IDENTITY, RETIRED_IDENTITY)
 
 
 class CheckinRejected(Exception):
@@ -68,19 +71,21 @@ class SignerIdentity:
 
 
 def authorize_checkin(message: CheckinMessage, signer: SignerIdentity | None, bound_fingerprint: str | None,
-                      *, require_signed: bool) -> None:
+                      *, require_signed: bool, signer_retired: bool = False) -> None:
     """Raise ``CheckinRejected`` unless ``signer`` may send ``message``.
 
     ``Authenticate`` (re)binds a certificate issued for this device, named by its serial
     number and UDID: a wiped device enrolls again with a new identity, while another
     device's identity (one taken from a downloaded profile, say) cannot take it over.
-    Every other message must come from the bound certificate.
+    Every other message must come from the bound certificate, and nothing from a retired one.
     Unsigned messages pass only where signing is switched off (labs).
     """
     if signer is None:
         if require_signed:
             raise CheckinRejected(UNSIGNED)
         return
+    if signer_retired:
+        raise CheckinRejected(RETIRED_IDENTITY)
     if signer.udid is not None and signer.udid != message.udid:
         raise CheckinRejected(OTHER_DEVICE)
     if isinstance(message, Authenticate):
