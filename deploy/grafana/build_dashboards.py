@@ -62,6 +62,8 @@ SERVICE_PANELS = {
               "{{result}}"),
         panel("Check-ins refused by reason", "sum by (reason) (increase(orchard_enrollment_checkins_rejected_total[1h]))",
               "{{reason}}"),
+        panel("Devices polling after a wake-up, by status",
+              "sum by (status) (rate(orchard_enrollment_command_polls_total[5m]))", "{{status}}", "reqps"),
     ],
     "vpp": [
         panel("Days until each content token expires",

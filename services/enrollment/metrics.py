@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.assignments import AssignmentRepository
 from services.enrollment.adapters.tables import dep_devices, server_tokens
+from services.enrollment.domain.checkin import COMMAND_STATUSES
 from services.enrollment.domain.device_identity import REJECTION_REASONS
 from services.enrollment.domain.server_tokens import STATUSES, token_status
 from shared.metrics import DatabaseGauges
@@ -29,10 +30,15 @@ AUTOMATED_PAIRINGS = Counter(
 
 CHECKINS_REJECTED = Counter(
     "orchard_enrollment_checkins_rejected", "Check-ins refused with HTTP 401 by reason (unsigned, malformed_signature, "
-    "digest_mismatch, bad_signature, unknown_issuer, expired_certificate, other_device, not_bound_identity).",
-    ["reason"])
+    "digest_mismatch, bad_signature, unknown_issuer, expired_certificate, other_device, not_bound_identity, "
+    "retired_identity).", ["reason"])
+COMMAND_POLLS = Counter(
+    "orchard_enrollment_command_polls", "Devices at the server URL (after a push wake-up) by the status they reported.",
+    ["status"])
 for _reason in REJECTION_REASONS:  # every reason reports from the start, so a rate() sees the first rejection
     CHECKINS_REJECTED.labels(_reason)
+for _status in COMMAND_STATUSES:
+    COMMAND_POLLS.labels(_status)
 
 
 def observe_apple_call(endpoint: str, status: int) -> None:

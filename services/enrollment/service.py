@@ -30,7 +30,14 @@ from services.enrollment.adapters.token_repository import (
 )
 from services.enrollment.assignment_entrypoints import DevicePeopleEntrypoints
 from services.enrollment.device_profiles import CHECKIN_PATH
-from services.enrollment.domain.checkin import MAX_CHECKIN_BYTES, Authenticate, CheckOut, MalformedCheckin, parse_checkin
+from services.enrollment.domain.checkin import (
+    MAX_CHECKIN_BYTES,
+    Authenticate,
+    CheckOut,
+    CommandPoll,
+    MalformedCheckin,
+    parse_checkin,
+)
 from services.enrollment.domain.device_identity import CheckinRejected, authorize_checkin
 from services.enrollment.domain.device_sync import DeviceSync, SyncCounts
 from services.enrollment.domain.devices import PROFILE_STATUSES
@@ -44,7 +51,7 @@ from services.enrollment.domain.server_tokens import (
     cms_from_token_file,
     credentials_from_plaintext,
 )
-from services.enrollment.metrics import CHECKINS_REJECTED, STATE, SYNC_DURATION
+from services.enrollment.metrics import CHECKINS_REJECTED, COMMAND_POLLS, STATE, SYNC_DURATION
 from services.enrollment.pairing import PairingPage
 from shared import leases
 from shared.auth import Actor, require_locations, visible
@@ -276,7 +283,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
 
     @http("PUT", CHECKIN_PATH)
     def checkin(self, request: Any) -> tuple[int, dict[str, str], str]:
-        """Authenticate, TokenUpdate and CheckOut from devices, signed with the identity of their profile.
+        """Authenticate, TokenUpdate and CheckOut from devices, signed with the identity of their profile,
+        and their polls of the server URL (the same URL), answered with no command.
 
         A missing or wrong ``Mdm-Signature`` gets 401, a malformed plist 400; either changes nothing.
         """
@@ -305,6 +313,10 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             checkins.record(message.udid, "CheckOut", enrolled=False)
             identities.unbind(message.udid, utc_now())
             self.db.publish(DeviceUnenrolled(udid=message.udid, serial_number=serial, topic=message.topic))
+        elif isinstance(message, CommandPoll):
+            # Orchard queues no MDM commands: an empty answer tells the device there is nothing to do
+            checkins.record(message.udid, f"Status {message.status}")
+            COMMAND_POLLS.labels(message.status).inc()
         elif message.user_channel:
             checkins.record(message.udid, "TokenUpdate")
         else:

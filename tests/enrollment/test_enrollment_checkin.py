@@ -7,6 +7,7 @@ from services.enrollment.domain.checkin import (
     MAX_CHECKIN_BYTES,
     Authenticate,
     CheckOut,
+    CommandPoll,
     MalformedCheckin,
     TokenUpdate,
     parse_checkin,
@@ -53,6 +54,12 @@ def test_checkout():
     assert parse_checkin(device_plist({"MessageType": "CheckOut", "UDID": UDID, "Topic": TOPIC})) == CheckOut(UDID, TOPIC)
 
 
+def test_polls_of_the_server_url():
+    assert parse_checkin(device_plist({"Status": "Idle", "UDID": UDID})) == CommandPoll(UDID, "Idle")
+    result = {"Status": "Acknowledged", "UDID": UDID, "CommandUUID": "5B0B2F7A-0C5E-4F6A-9E55-8D1A2F0C7B31"}
+    assert parse_checkin(device_plist(result)) == CommandPoll(UDID, "Acknowledged", "5B0B2F7A-0C5E-4F6A-9E55-8D1A2F0C7B31")
+
+
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE plist [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>
 <plist version="1.0"><dict><key>MessageType</key><string>&b;</string></dict></plist>"""
@@ -75,6 +82,8 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
     (device_plist({"MessageType": "TokenUpdate", "UDID": UDID, "Topic": TOPIC, "Token": TOKEN}), "no PushMagic"),
     (device_plist({"MessageType": "Authenticate", "UDID": UDID}), "no Topic"),
     (device_plist({"MessageType": "DeclarativeManagement", "UDID": UDID}), "not supported"),
+    (device_plist({"Status": "Sleeping", "UDID": UDID}), "not one of Idle"),
+    (device_plist({"Status": "Idle"}), "no UDID"),
     (b"<?xml version='1.0'?>" + b" " * MAX_CHECKIN_BYTES, "larger than"),
 ])
 def test_malformed_checkins_are_refused(body, reason):

@@ -255,10 +255,10 @@ def devices(runner_factory, orchard_config, rpc_as, dep_sandbox, tmp_path):
     return orchard_config
 
 
-def rejected(config: dict) -> dict[str, float]:
+def counted(config: dict, counter: str = "checkins_rejected", label: str = "reason") -> dict[str, float]:
     text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['enrollment']['metrics_port']}/metrics").text
     return {m[0]: float(m[1]) for m in
-            re.findall(r'^orchard_enrollment_checkins_rejected_total\{reason="(\w+)"\} (\S+)$', text, re.M)}
+            re.findall(rf'^orchard_enrollment_{counter}_total\{{{label}="(\w+)"\}} (\S+)$', text, re.M)}
 
 
 def authenticate(udid: str, serial: str) -> dict:
@@ -292,7 +292,7 @@ def test_signed_checkins_enroll_and_everything_else_gets_401(devices, rpc_as):
     assert mdm["Topic"] == TOPIC and mdm["CheckInURL"].endswith("/mdm/checkin")
     device_a = identity_from_profile(plistlib.dumps(profile))
     device_b = enrolled_identity(devices, "SIGNB", UDID_B)
-    before = rejected(devices)
+    before, polls_before = counted(devices), counted(devices, "command_polls", "status")
 
     assert put_checkin(devices, authenticate(UDID_A, "SIGNA"), None).status_code == 401  # unsigned
     assert put_checkin(devices, authenticate(UDID_A, "SIGNA"), device_a).status_code == 200
@@ -316,6 +316,13 @@ def test_signed_checkins_enroll_and_everything_else_gets_401(devices, rpc_as):
     assert put_checkin(devices, token_update(UDID_A), device_a, digest="sha1").status_code == 200
     with rpc_as() as rpc:
         wait_for(lambda: rpc.push.list_certificates()[0]["devices_enrolled"] == 1, what="push counting device A")
+    # woken by a push, A polls the server URL (the same URL): no command is waiting, and only A's identity may ask
+    idle = {"Status": "Idle", "UDID": UDID_A}
+    assert put_checkin(devices, idle, device_b).status_code == 401
+    polled = put_checkin(devices, idle, device_a)
+    assert (polled.status_code, polled.content) == (200, b"")
+    assert query(devices, f"SELECT last_message FROM checkins WHERE udid = '{UDID_A}'")[0][0] == "Status Idle"
+    assert counted(devices, "command_polls", "status")["Idle"] == polls_before["Idle"] + 1
     assert put_checkin(devices, {"MessageType": "CheckOut", "UDID": UDID_B, "Topic": TOPIC}, device_a).status_code == 401
     assert put_checkin(devices, {"MessageType": "CheckOut", "UDID": UDID_A, "Topic": TOPIC}, device_a).status_code == 200
     with rpc_as() as rpc:
@@ -331,8 +338,8 @@ def test_signed_checkins_enroll_and_everything_else_gets_401(devices, rpc_as):
     assert query(devices, f"SELECT certificate_sha256 FROM device_identities WHERE udid = '{UDID_B}'")[0][0] == \
         certificate_fingerprint(device_b.certificate)
 
-    after = rejected(devices)
-    expected = {"unsigned": 1, "digest_mismatch": 1, "other_device": 3, "not_bound_identity": 1, "retired_identity": 1,
+    after = counted(devices)
+    expected = {"unsigned": 1, "digest_mismatch": 1, "other_device": 4, "not_bound_identity": 1, "retired_identity": 1,
                 "expired_certificate": 1, "unknown_issuer": 1, "malformed_signature": 1}
     assert {reason: after.get(reason, 0) - before.get(reason, 0) for reason in expected} == expected
 

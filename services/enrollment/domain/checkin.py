@@ -1,4 +1,5 @@
-"""MDM check-in messages (``PUT`` with an XML property list) a device sends while enrolling.
+"""MDM check-in messages (``PUT`` with an XML property list) a device sends while enrolling,
+and its polls of the server URL (the same URL in Orchard's profile) after a push wake-up.
 
 Plists come from the network, so they are parsed defensively: bounded size, XML
 only, and no DTD beyond Apple's standard plist declaration (no internal subset,
@@ -55,7 +56,20 @@ class CheckOut:
     topic: str | None = None
 
 
-CheckinMessage = Authenticate | TokenUpdate | CheckOut
+# what a device reports to the server URL: Idle asks for the next command, the others answer the last one
+COMMAND_STATUSES = ("Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow")
+
+
+@dataclass(frozen=True)
+class CommandPoll:
+    """The device at the server URL, woken by a push: it asks for a command (or reports one's result)."""
+
+    udid: str
+    status: str
+    command_uuid: str | None = None
+
+
+CheckinMessage = Authenticate | TokenUpdate | CheckOut | CommandPoll
 
 
 def parse_checkin(body: bytes) -> CheckinMessage:
@@ -92,6 +106,11 @@ def parse_checkin(body: bytes) -> CheckinMessage:
         )
     if kind == "CheckOut":
         return CheckOut(udid=udid, topic=_optional_str(message, "Topic"))
+    if kind is None and "Status" in message:
+        status = message["Status"]
+        if status not in COMMAND_STATUSES:
+            raise MalformedCheckin(f"Command status {repr(status)[:40]} is not one of {', '.join(COMMAND_STATUSES)}.")
+        return CommandPoll(udid=udid, status=status, command_uuid=_optional_str(message, "CommandUUID"))
     raise MalformedCheckin(f"Check-in message type {kind!r} is not supported.")
 
 
