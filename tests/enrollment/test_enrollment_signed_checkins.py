@@ -179,22 +179,24 @@ def test_any_damage_to_a_signature_is_a_rejection_never_a_crash(device_ca):
 def test_the_bound_identity_alone_may_update_or_check_out():
     mine, other = SignerIdentity("aa" * 32, UDID_A), SignerIdentity("bb" * 32, UDID_A)
     update = TokenUpdate(UDID_A, "topic", "00", "magic")
-    authorize_checkin(Authenticate(UDID_A, "topic"), other, "aa" * 32, require_signed=True)  # re-enrollment binds anew
-    authorize_checkin(update, mine, "aa" * 32, require_signed=True)
+    # re-enrollment binds anew
+    authorize_checkin(Authenticate(UDID_A, "topic"), other, "aa" * 32, require_signed=True, signer_retired=False)
+    authorize_checkin(update, mine, "aa" * 32, require_signed=True, signer_retired=False)
     for message, signer, bound, reason in (
             (update, None, "aa" * 32, "unsigned"),
             (update, other, "aa" * 32, "not_bound_identity"),
             (CheckOut(UDID_A), mine, None, "not_bound_identity"),
             (Authenticate(UDID_B, "topic"), mine, None, "other_device")):
         with pytest.raises(CheckinRejected, match=reason):
-            authorize_checkin(message, signer, bound, require_signed=True)
+            authorize_checkin(message, signer, bound, require_signed=True, signer_retired=False)
     # an identity names the serial number it was issued for: with it, it cannot bind another device
     named = SignerIdentity("cc" * 32, None, "SER1")
-    authorize_checkin(Authenticate(UDID_B, "topic", serial_number="SER1"), named, "aa" * 32, require_signed=True)
+    authorize_checkin(Authenticate(UDID_B, "topic", serial_number="SER1"), named, "aa" * 32,
+                      require_signed=True, signer_retired=False)
     for message in (Authenticate(UDID_B, "topic", serial_number="SER2"), Authenticate(UDID_B, "topic")):
         with pytest.raises(CheckinRejected, match="other_device"):
-            authorize_checkin(message, named, "aa" * 32, require_signed=True)
-    authorize_checkin(update, None, "aa" * 32, require_signed=False)  # a lab without signing
+            authorize_checkin(message, named, "aa" * 32, require_signed=True, signer_retired=False)
+    authorize_checkin(update, None, "aa" * 32, require_signed=False, signer_retired=False)  # a lab without signing
     for message in (update, Authenticate(UDID_A, "topic")):  # replaced or checked out: not even to enroll again
         with pytest.raises(CheckinRejected, match="retired_identity"):
             authorize_checkin(message, mine, "aa" * 32, require_signed=True, signer_retired=True)

@@ -71,7 +71,7 @@ class SignerIdentity:
 
 
 def authorize_checkin(message: CheckinMessage, signer: SignerIdentity | None, bound_fingerprint: str | None,
-                      *, require_signed: bool, signer_retired: bool = False) -> None:
+                      *, require_signed: bool, signer_retired: bool) -> None:
     """Raise ``CheckinRejected`` unless ``signer`` may send ``message``.
 
     ``Authenticate`` (re)binds a certificate issued for this device, named by its serial
