@@ -76,6 +76,7 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
     (BILLION_LAUGHS, "entities"),
     (EXTERNAL_ENTITY, "document type"),
     (b"<?xml version='1.0'?><plist><dict><key>MessageType</key>", "cannot be read"),
+    (b"<?xml version='1.0'?><plist><dict><key>UDID</key><date>garbage</date></dict></plist>", "cannot be read"),
     (device_plist(["a", "list"]), "must be a dictionary"),
     (device_plist({"MessageType": "TokenUpdate", "Topic": TOPIC}), "no UDID"),
     (device_plist({"MessageType": "TokenUpdate", "UDID": UDID, "Topic": TOPIC, "PushMagic": "m"}), "no push Token"),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import plistlib
 import re
 from dataclasses import dataclass
-from xml.parsers.expat import ExpatError
 
 from shared.errors import ValidationError
 
@@ -129,7 +128,7 @@ def safe_plist(body: bytes) -> dict:
         raise MalformedCheckin("The check-in plist has a document type other than Apple's plist DTD.")
     try:
         message = plistlib.loads(without_doctype, fmt=plistlib.FMT_XML)
-    except (plistlib.InvalidFileException, ExpatError, ValueError, TypeError) as exc:
+    except Exception as exc:  # plistlib fails on bad values in many ways (a bad <date> is an AttributeError)
         raise MalformedCheckin(f"The check-in plist cannot be read ({type(exc).__name__}).") from None
     if not isinstance(message, dict):
         raise MalformedCheckin("The check-in plist must be a dictionary.")
