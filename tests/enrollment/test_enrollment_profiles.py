@@ -17,6 +17,8 @@ def test_complete_profile_passes_without_device_list():
     ({"profile_name": "P"}, "needs a url"),
     ({"profile_name": "P", "url": "http://mdm.example/enroll"}, "must be an https://"),
     ({"profile_name": "P", "url": "https:///enroll"}, "must be an https://"),
+    ({"profile_name": "P", "url": "https://[::1/enroll"}, "must be an https://"),
+    ({"profile_name": "P", "url": "https://mdm.example:99999/enroll"}, "must be an https://"),
     ({"profile_name": "P", "url": "https://m.example", "is_mdm_removable": False, "is_supervised": False}, "supervised"),
 ])
 def test_incomplete_profiles_are_refused(profile, message):

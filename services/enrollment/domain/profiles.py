@@ -17,8 +17,12 @@ def validated_profile(profile: Any) -> dict[str, Any]:
     url = profile.get("url")
     if not isinstance(url, str) or not url.strip():
         raise ValidationError("The enrollment profile needs a url: the MDM enrollment URL devices fetch their profile from.")
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        reachable = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a malformed host or port: "https://[::1", "https://mdm.example:99999"
+        reachable = False
+    if not reachable:
         raise ValidationError(f"The enrollment profile url '{url}' must be an https:// address devices can reach.")
     if profile.get("is_mdm_removable") is False and profile.get("is_supervised") is False:
         raise ValidationError("A profile that cannot be removed (is_mdm_removable false) must also be supervised.")
