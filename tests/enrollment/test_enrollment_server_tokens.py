@@ -141,6 +141,15 @@ def test_new_keys_are_unique():
     assert first[0] != second[0] and first[1] != second[1]
 
 
+def test_a_long_accented_name_is_cut_to_what_a_certificate_holds():
+    name = "Collège Saint-Étienne – Site de la Cathédrale Nord-Est (2026)"  # 61 characters, 66 bytes
+    _, certificate_pem = generate_key_and_certificate(name)
+    common_name = x509.load_pem_x509_certificate(certificate_pem).subject.get_attributes_for_oid(
+        x509.NameOID.COMMON_NAME)[0].value
+    assert name.startswith(common_name) and len(common_name.encode()) <= 64
+    assert len(name[:len(common_name) + 1].encode()) > 64  # the longest prefix that fits
+
+
 def test_smime_wrapper_has_apples_headers(token_key):
     text = smime(envelope(b"x", token_key[1])).decode()
     assert text.startswith('Content-Type: application/pkcs7-mime; name="smime.p7m"; smime-type=enveloped-data')

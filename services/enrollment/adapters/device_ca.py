@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.tables import device_ca, device_identities, retired_identities
+from services.enrollment.adapters.x509_text import fitted
 from services.enrollment.domain.device_identity import CA_COMMON_NAME, CA_VALIDITY, CLOCK_SKEW, IdentityTerms
 from services.enrollment.domain.mdm_payload import DeviceIdentityBundle
 
@@ -54,8 +55,8 @@ def issue_device_identity(ca_key_pem: bytes, ca_certificate_pem: bytes, terms: I
     ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
     ca_certificate = load_ca_certificate(ca_certificate_pem)
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    subject = [x509.NameAttribute(NameOID.COMMON_NAME, terms.common_name[:64]),
-               x509.NameAttribute(NameOID.SERIAL_NUMBER, terms.serial_number[:64])]
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, fitted(terms.common_name)),
+               x509.NameAttribute(NameOID.SERIAL_NUMBER, fitted(terms.serial_number))]
     if terms.udid:
         subject.append(x509.NameAttribute(NameOID.USER_ID, terms.udid[:100]))
     certificate = (

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
+from services.enrollment.adapters.x509_text import fitted
 from shared.errors import ValidationError
 
 KEY_BITS = 2048
@@ -34,7 +35,7 @@ def generate_key_and_certificate(common_name: str) -> tuple[bytes, bytes]:
     """A new RSA key (PKCS#8 PEM) and its self-signed certificate (PEM) to upload to ASM."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64] or "Orchard MDM"),
+        x509.NameAttribute(NameOID.COMMON_NAME, fitted(common_name) or "Orchard MDM"),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Orchard"),
     ])
     now = datetime.now(timezone.utc)
