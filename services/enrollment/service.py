@@ -7,7 +7,7 @@ import random
 import time
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from eventlet import tpool
@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 SYNC_EVERY = (timedelta(hours=2), timedelta(hours=3))  # jittered so tokens spread over time
 FIRST_SYNC_SAFETY_NET = timedelta(minutes=10)  # the scheduler's fallback if the upload's own sync never ran
 PROGRESS_EVERY_SECONDS = 0.5  # how often a running sync's record shows its progress
-# Apple failed mid-sync (outage, network): try again soon from the saved cursor, not hours later;
+# a sync that failed (Apple away, or an error of ours): try again soon from the saved cursor, not hours later;
 # a few requests an hour during a long outage is no storm
 FAILED_SYNC_RETRY = (timedelta(minutes=5), timedelta(minutes=10))
 MAX_SERIALS_PER_CALL = 10_000
@@ -268,7 +268,10 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         """Every 2–3 hours per token; the tick is short so another replica takes over quickly."""
         repository = TokenRepository(self.db.session)
         for token_id in repository.due_for_sync(utc_now()):
-            self._sync(repository.get(token_id), full=False, trigger="scheduled")
+            try:
+                self._sync(repository.get(token_id), full=False, trigger="scheduled")
+            except Exception:  # recorded on the token and its run; the tokens after it still sync
+                log.error("the scheduled device sync of server token %s failed", token_id, exc_info=True)
 
     @event_handler(ServerTokenConnected)
     def on_server_token_connected(self, event: ServerTokenConnected) -> None:
@@ -373,16 +376,16 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         except BaseException:
             session.rollback()
             self._release_sync_lease(row.id, holder, last_sync_at=utc_now(), last_sync_result="error",
-                                     last_sync_error="internal error; see the enrollment service log")
+                                     last_sync_error="internal error; see the enrollment service log",
+                                     next_sync_at=_next_sync(FAILED_SYNC_RETRY))
             runs.finish(run_id, latest, "internal error; see the enrollment service log")
             self.db.commit()
             raise
         now = utc_now()
         outcome = "error" if error else "ok"
-        every = FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY
         values: dict[str, Any] = {
             "last_sync_at": now, "last_sync_result": outcome, "last_sync_error": error, "apple_refusal": refusal,
-            "next_sync_at": now + timedelta(seconds=random.uniform(*(d.total_seconds() for d in every))),
+            "next_sync_at": _next_sync(FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY),
         }
         if error is None:
             values["last_successful_sync_at"] = now
@@ -483,6 +486,11 @@ def _credential_values(sealed: str, credentials: OAuthCredentials, account: dict
         "server_name": account.get("server_name"), "org_name": account.get("org_name"),
         "apple_admin_id": account.get("admin_id") or account.get("facilitator_id"), "apple_refusal": None,
     }
+
+
+def _next_sync(window: tuple[timedelta, timedelta]) -> datetime:
+    """When the scheduled sync next runs: jittered within ``window`` so tokens spread over time."""
+    return utc_now() + timedelta(seconds=random.uniform(*(d.total_seconds() for d in window)))
 
 
 def _checked_name(name: Any) -> str:

@@ -1,5 +1,6 @@
 """The enrollment service on the real broker, SQLite, the DEP sandbox and real HTTP check-ins."""
 import json
+from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
 import httpx
@@ -209,6 +210,38 @@ def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as,
         assert dep_sandbox.counts().get("GET /session", 0) - before <= 1
         with pytest.raises(UpstreamError, match="ACCESS_DENIED"):
             rpc.enrollment.fetch_roster(token["id"], "class")
+
+
+def test_a_token_that_cannot_sync_does_not_hold_up_the_others(runner_factory, service_config, rpc_as, dep_sandbox):
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.enrollment.adapters.tables import server_tokens
+    from shared.storage import create_engine_for
+
+    runner = runner_factory(service_config, EnrollmentService)
+    runner.start()
+    with rpc_as() as rpc:
+        broken, _ = connect(rpc, dep_sandbox, name="Sealed with a retired key")
+        healthy, server = connect(rpc, dep_sandbox, name="Healthy")
+        dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": 3})
+        # both are due, the broken one first; its credentials were sealed with a key this deployment lacks
+        engine = create_engine_for(service_config["SERVICES"]["enrollment"]["database_url"])
+        with engine.begin() as connection:
+            for token, due in ((broken, "2026-01-01T00:00:00+00:00"), (healthy, "2026-01-02T00:00:00+00:00")):
+                values = {"next_sync_at": datetime.fromisoformat(due)}
+                if token is broken:
+                    values["sealed_credentials"] = Fernet(Fernet.generate_key()).encrypt(b"{}").decode()
+                connection.execute(server_tokens.update().where(server_tokens.c.id == token["id"]).values(**values))
+        engine.dispose()
+        with entrypoint_hook(get_container(runner, EnrollmentService), "sync_due_tokens") as sync_due_tokens:
+            sync_due_tokens()
+
+        assert rpc.enrollment.sync_runs(healthy["id"])[0]["added"] == 3
+        failed = rpc.enrollment.get_server_token(broken["id"])
+        assert failed["last_sync_result"] == "error" and "internal error" in failed["last_sync_error"]
+        retry_in = datetime.fromisoformat(failed["next_sync_at"]) - datetime.now(timezone.utc)
+        assert timedelta(minutes=4) < retry_in < timedelta(minutes=11)  # soon, but not at every tick
 
 
 def test_fetch_roster_for_the_roster_service(enrollment, rpc_as, dep_sandbox):
