@@ -160,7 +160,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise ValidationError("force must be true or false")
         credentials = self._decrypt(row, p7m)
         check_same_mdm_server(current_consumer_key=row.consumer_key, new_consumer_key=credentials.consumer_key, force=force)
-        account = self._apple(lambda: self._client(credentials).account())
+        client = self._client(credentials)
+        account = self._apple(client.account)
         check_same_mdm_server(current_consumer_key=row.consumer_key, new_consumer_key=credentials.consumer_key,
                               current_server_uuid=row.server_uuid, new_server_uuid=account.get("server_uuid"), force=force)
         self._refuse_duplicate(row.id, credentials.consumer_key, account.get("server_uuid"))
@@ -168,6 +169,9 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         switched = row.server_uuid != account.get("server_uuid")
         if switched:  # another MDM server: start its device list from scratch
             values.update(cursor=None, cursor_phase=None, cursor_generation=None, next_sync_at=utc_now())
+            if row.profile:  # the old server's profile uuid means nothing to the new one: define the profile there
+                answer = self._apple(lambda: client.define_profile(row.profile))
+                values["default_profile_uuid"] = answer.get("profile_uuid") or None
         TokenRepository(self.db.session).update(row.id, **values)
         self.db.audit(actor, "server_token.renewed", f"server_token:{row.id}",
                       {"server_name": account.get("server_name"), "forced": force, "switched_server": switched})

@@ -193,6 +193,26 @@ def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
         assert sorted(len(event["devices"]) for event in assigned) == [4, 5]  # the first sync's page, then the sync's
 
 
+def test_a_forced_renewal_to_another_mdm_server_defines_the_profile_there(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        created = rpc.enrollment.create_server_token("North campus")
+        first = dep_sandbox.create_server(created["public_key_pem"].encode())
+        rpc.enrollment.upload_server_token(created["id"], first["p7m"])
+        old_profile = rpc.enrollment.define_profile(created["id"], PROFILE)["profile_uuid"]
+
+        second = dep_sandbox.create_server(created["public_key_pem"].encode(), server_name="South MDM")
+        serial = dep_sandbox.server(second["server_uuid"], "devices/generate", {"count": 1})["first"]
+        renewed = rpc.enrollment.renew_server_token(created["id"], second["p7m"], force=True)
+        assert renewed["server_name"] == "South MDM"
+        new_profile = renewed["default_profile_uuid"]
+        assert new_profile and new_profile != old_profile
+
+        run = rpc.enrollment.sync_devices(created["id"])
+        assert run["error"] is None and run["added"] == 1
+        device = dep_sandbox.device(second["server_uuid"], serial)
+        assert device["profile_status"] == "assigned" and device["profile_uuid"] == new_profile
+
+
 def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
         token, server = connect(rpc, dep_sandbox)
