@@ -52,7 +52,8 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
     status = GaugeMetricFamily("orchard_enrollment_token_status", "1 for the server token's current status.",
                                labels=["token_id", "name", "status"])
     last_sync = GaugeMetricFamily("orchard_enrollment_last_successful_sync_timestamp_seconds",
-                                  "When the token's last successful device sync finished.", labels=["token_id", "name"])
+                                  "When the token's last successful device sync finished; before its first, when the "
+                                  "token was connected.", labels=["token_id", "name"])
     devices = GaugeMetricFamily("orchard_enrollment_devices", "ADE devices by profile status.",
                                 labels=["token_id", "profile_status"])
     assignment = GaugeMetricFamily("orchard_enrollment_device_assignments",
@@ -65,8 +66,9 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
             current = token_status(row.access_token_expiry, now, apple_refusal=row.apple_refusal)
             for option in STATUSES:
                 status.add_metric([row.id, row.name, option], 1.0 if option == current else 0.0)
-            if row.last_successful_sync_at:
-                last_sync.add_metric([row.id, row.name], row.last_successful_sync_at.timestamp())
+            # a token that has never synced counts from its connection, so the no-sync alert covers it too
+            synced = row.last_successful_sync_at or row.integrated_at or row.created_at
+            last_sync.add_metric([row.id, row.name], synced.timestamp())
         c = dep_devices.c
         for token_id, profile_status, count in connection.execute(
                 sa.select(c.token_id, c.profile_status, sa.func.count()).group_by(c.token_id, c.profile_status)):

@@ -1,5 +1,6 @@
 """The enrollment service on the real broker, SQLite, the DEP sandbox and real HTTP check-ins."""
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
@@ -313,10 +314,17 @@ def test_checkin_publishes_enrolment_events(enrollment, rpc_as, dep_sandbox):
 def test_metrics_show_tokens_devices_and_apple_calls(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
         token, _ = connect(rpc, dep_sandbox, devices=4)
+        dep_sandbox.script("POST /server/devices", {"status": 503, "body": "SERVICE_UNAVAILABLE"})
+        never, _ = connect(rpc, dep_sandbox, name="Never synced")
+        assert rpc.enrollment.get_server_token(never["id"])["last_successful_sync_at"] is None
     text = httpx.get(f"http://127.0.0.1:{enrollment['SERVICES']['enrollment']['metrics_port']}/metrics").text
     assert f'orchard_enrollment_token_expiry_timestamp_seconds{{name="Springfield MDM",token_id="{token["id"]}"}}' in text
     assert f'orchard_enrollment_token_status{{name="Springfield MDM",status="ok",token_id="{token["id"]}"}} 1.0' in text
     assert f'orchard_enrollment_devices{{profile_status="empty",token_id="{token["id"]}"}} 4.0' in text
     assert f'orchard_enrollment_last_successful_sync_timestamp_seconds{{name="Springfield MDM",token_id="{token["id"]}"}}' in text
+    # a token that never synced counts from its connection, so the 6-hour alert covers it too
+    since = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(
+        f'orchard_enrollment_last_successful_sync_timestamp_seconds{{name="Never synced",token_id="{never["id"]}"}}'))
+    assert 0 <= time.time() - since < 60
     assert 'orchard_enrollment_apple_calls_total{endpoint="/server/devices",status="200"}' in text
     assert 'orchard_enrollment_sync_duration_seconds_count{kind="fetch",outcome="ok"}' in text
