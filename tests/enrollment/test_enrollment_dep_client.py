@@ -69,6 +69,16 @@ def test_revoked_token_gives_access_denied_once(dep_client, dep_sandbox, mdm_ser
     assert dep_sandbox.counts()["GET /session 403"] == 2  # one attempt per call, no storm
 
 
+def test_device_pages_keep_to_the_maximum_the_account_advertises(dep_client, dep_sandbox, mdm_server):
+    dep_sandbox.server(mdm_server["server_uuid"], "settings", {"page_maximum": 200})
+    dep_sandbox.server(mdm_server["server_uuid"], "devices/generate", {"count": 450})
+    pages = list(dep_client.fetch_device_pages())  # a new client: it reads /account before its first page
+    assert [len(page.items) for page in pages] == [200, 200, 50]
+    assert list(dep_client.sync_device_pages(pages[-1].cursor))[0].items == []
+    counts = dep_sandbox.counts()
+    assert counts["GET /account 200"] == 1 and "limit above maximum" not in counts
+
+
 def test_terms_not_signed_stops_without_reauthenticating(dep_client, dep_sandbox, mdm_server):
     dep_client.account()
     dep_sandbox.server(mdm_server["server_uuid"], "settings", {"terms_signed": False})

@@ -112,8 +112,10 @@ class DepClient:
         return detail
 
     def page_limit(self, path: str, default: int = DEFAULT_PAGE_SIZE) -> int:
-        """The page size to ask for: ``default`` within what ``/account`` allows for ``path``."""
-        limit = ((self._urls or {}).get(path) or {}).get("limit") or {}
+        """The page size to ask for: ``default`` within what ``/account`` allows for ``path`` (asked once)."""
+        if self._urls is None:
+            self.account()
+        limit = (self._urls.get(path) or {}).get("limit") or {}
         maximum = limit.get("maximum")
         return min(default, maximum) if isinstance(maximum, int) and maximum > 0 else default
 
@@ -187,7 +189,7 @@ class DepClient:
         if self._urls is None:
             self.account()
         candidates = _ROSTER_PATHS[kind]
-        return next((p for p in candidates if p in (self._urls or {})), candidates[0])
+        return next((p for p in candidates if p in self._urls), candidates[0])
 
     # --- transport -------------------------------------------------------------------------
 
