@@ -39,7 +39,7 @@ from services.enrollment.domain.checkin import (
     parse_checkin,
 )
 from services.enrollment.domain.device_identity import CheckinRejected, authorize_checkin
-from services.enrollment.domain.device_sync import DeviceSync, SyncCounts
+from services.enrollment.domain.device_sync import DeviceSync, SyncCounts, assign_profile
 from services.enrollment.domain.devices import PROFILE_STATUSES
 from services.enrollment.domain.errors import AccessDenied, CursorError, DepError, TermsNotAccepted
 from services.enrollment.domain.profiles import validated_profile
@@ -242,14 +242,14 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         profile_uuid = profile_uuid or row.default_profile_uuid
         if not isinstance(profile_uuid, str):
             raise ValidationError("No profile to assign: define the enrollment profile first, or name a profile_uuid.")
-        result = self._apple(lambda: self._client(self._credentials(row)).assign_profile(profile_uuid, serials))
-        retry_at = utc_now() + timedelta(seconds=result.retry_after_seconds or 60)
-        DeviceRepository(self.db.session, row.id, assigned_by=actor.id).record_assign_results(
-            profile_uuid, result.statuses, retry_at if "THROTTLED" in result.statuses.values() else None)
+        devices = DeviceRepository(self.db.session, row.id, assigned_by=actor.id)
+        assigner = ClientAssigner(self._client(self._credentials(row)))
+        outcome = self._apple(lambda: assign_profile(assigner, devices, profile_uuid, serials, utc_now()))
+        self._sync_by_next_profile_retry(row, devices)
         self.db.audit(actor, "profile.assigned", f"server_token:{row.id}",
-                      {"profile_uuid": profile_uuid, "devices": len(serials)})
-        return {"profile_uuid": profile_uuid, "devices": result.statuses,
-                "retry_after_seconds": result.retry_after_seconds}
+                      {"profile_uuid": profile_uuid, "devices": len(serials), "error": outcome.error})
+        return {"profile_uuid": profile_uuid, "devices": outcome.statuses,
+                "retry_after_seconds": outcome.retry_after_seconds, "error": outcome.error}
 
     @rpc
     def fetch_roster(self, token_id: str, kind: str, cursor: str | None = None, sync: bool = False) -> dict[str, Any]:
@@ -357,10 +357,11 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                 runs.progress(run_id, counts)
 
         started, error, refusal = time.monotonic(), None, None
+        devices = DeviceRepository(session, row.id, assigned_by=f"system:{self.name}")
         try:
             client = self._client(self._credentials(row))
             sync = DeviceSync(
-                pages=ClientPages(client), store=DeviceRepository(session, row.id, assigned_by=f"system:{self.name}"),
+                pages=ClientPages(client), store=devices,
                 cursors=TokenCursorStore(session, row.id, self.db.commit), events=DeviceEventOutbox(self.db.publish, row.id),
                 assigner=ClientAssigner(client), default_profile_uuid=row.default_profile_uuid, progress=progress,
             )
@@ -393,6 +394,9 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         }
         if error is None:
             values["last_successful_sync_at"] = now
+        retry = devices.next_profile_retry()
+        if retry is not None:  # throttled profile assignments are retried by the sync: run it when they are due
+            values["next_sync_at"] = max(min(values["next_sync_at"], retry), now)
         if not self._release_sync_lease(row.id, holder, **values):
             # taken between two renewals: the token's state is the new holder's to record
             return self._lost_sync_lease(row.id, run_id, latest, started)
@@ -400,6 +404,12 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         self.db.commit()
         SYNC_DURATION.labels(latest.kind, outcome).observe(time.monotonic() - started)
         return runs.get(run_id)
+
+    def _sync_by_next_profile_retry(self, row: Any, devices: DeviceRepository) -> None:
+        """Bring the token's next scheduled sync forward to when its throttled assignments are due."""
+        retry = devices.next_profile_retry()
+        if retry is not None and (row.next_sync_at is None or retry < row.next_sync_at):
+            TokenRepository(self.db.session).update(row.id, next_sync_at=retry)
 
     def _take_sync_lease(self, token_id: str, holder: str) -> bool:
         now = utc_now()

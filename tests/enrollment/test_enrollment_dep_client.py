@@ -232,13 +232,15 @@ def test_profiles_define_assign_remove(dep_client, dep_sandbox, mdm_server):
     assert dep_sandbox.device(server, serials[0])["profile_status"] == "removed"
 
 
-def test_assign_goes_in_batches(dep_client, dep_sandbox, mdm_server):
-    first = dep_sandbox.server(mdm_server["server_uuid"], "devices/generate", {"count": 1500})["first"]
+def test_assign_is_one_request_of_at_most_a_thousand(dep_client, dep_sandbox, mdm_server):
+    first = dep_sandbox.server(mdm_server["server_uuid"], "devices/generate", {"count": 1001})["first"]
     profile_uuid = dep_client.define_profile({"profile_name": "P", "url": "https://mdm.school.example/enroll"})["profile_uuid"]
-    serials = [f"{first[:5]}{i:07d}" for i in range(1500)]
-    result = dep_client.assign_profile(profile_uuid, serials)
-    assert set(result.statuses.values()) == {"SUCCESS"} and len(result.statuses) == 1500
-    assert dep_sandbox.counts()["PUT /profile/devices 200"] == 2
+    serials = [f"{first[:5]}{i:07d}" for i in range(1001)]
+    result = dep_client.assign_profile(profile_uuid, serials[:1000])
+    assert set(result.statuses.values()) == {"SUCCESS"} and len(result.statuses) == 1000
+    with pytest.raises(ValueError, match="at most 1000"):
+        dep_client.assign_profile(profile_uuid, serials)  # the domain batches, keeping each batch's results
+    assert dep_sandbox.counts()["PUT /profile/devices 200"] == 1
 
 
 ROSTER = {

@@ -43,7 +43,8 @@ def test_device_repository_round_trip(database_url):
     retry_at = utc_now() + timedelta(minutes=1)
     store.record_assign_results("P1", {"S0000": "SUCCESS", "S0001": "THROTTLED", "S0002": "NOT_ACCESSIBLE"}, retry_at)
     assert store.due_profile_retries(utc_now(), 10) == []
-    assert store.due_profile_retries(retry_at + timedelta(seconds=1), 10) == ["S0001"]
+    assert store.due_profile_retries(retry_at + timedelta(seconds=1), 10) == [("S0001", "P1")]
+    assert store.next_profile_retry() == retry_at
     row = session.execute(tables.dep_devices.select().where(tables.dep_devices.c.serial_number == "S0000")).one()
     assert (row.profile_status, row.profile_uuid, row.assigned_by) == ("assigned", "P1", "system:enrollment")
     store.delete_many(["S0000"])

@@ -11,10 +11,11 @@ from services.enrollment.domain.device_sync import (
     DevicePage,
     DeviceSync,
     KnownDevice,
+    assign_profile,
     latest_per_serial,
 )
 from services.enrollment.domain.devices import DepDevice, status_colour
-from services.enrollment.domain.errors import AccessDenied, CursorExhausted, CursorExpired, DepError
+from services.enrollment.domain.errors import AccessDenied, CursorExhausted, CursorExpired, DepError, Throttled
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -51,7 +52,8 @@ class MemoryStore:
             self.assignments[serial] = (profile_uuid, status, retry_at if status == "THROTTLED" else None)
 
     def due_profile_retries(self, now, limit):
-        return [s for s, (_, status, at) in self.assignments.items() if status == "THROTTLED" and at <= now][:limit]
+        return [(s, profile) for s, (profile, status, at) in self.assignments.items()
+                if status == "THROTTLED" and at <= now][:limit]
 
 
 class MemoryCursors:
@@ -104,13 +106,20 @@ class ScriptedPages:
 
 
 class RecordingAssigner:
-    def __init__(self, outcomes=None, retry_after=None):
+    """Answers SUCCESS unless told otherwise per serial; an exception in ``failures`` is raised by that call."""
+
+    def __init__(self, outcomes=None, retry_after=None, failures=None):
         self.calls: list[list[str]] = []
+        self.profiles: list[str] = []
         self.outcomes = outcomes or {}
         self.retry_after = retry_after
+        self.failures = failures or {}
 
     def assign(self, profile_uuid, serials):
         self.calls.append(list(serials))
+        self.profiles.append(profile_uuid)
+        if len(self.calls) in self.failures:
+            raise self.failures[len(self.calls)]
         return AssignOutcome({s: self.outcomes.pop(s, "SUCCESS") for s in serials}, self.retry_after)
 
 
@@ -246,6 +255,31 @@ def test_assign_failure_is_recorded_but_a_revoked_token_stops_the_run():
     assert store.assignments["A"] == ("P", "FAILED", None)
     with pytest.raises(AccessDenied):
         make_sync(ScriptedPages(page), assigner=FailingAssigner(AccessDenied("revoked")), profile="P").run()
+
+
+def test_a_batch_apple_fails_keeps_the_results_of_the_batches_before_it():
+    serials = [f"S{i:04d}" for i in range(2500)]
+    store = MemoryStore()
+    failed = assign_profile(RecordingAssigner(failures={2: DepError("Apple is down")}), store, "P", serials, NOW)
+    assert failed.error == "Apple is down"
+    assert [failed.statuses[s] for s in ("S0000", "S0999", "S1000", "S2499")] == ["SUCCESS", "SUCCESS", "FAILED", "FAILED"]
+    assert store.assignments["S0999"] == ("P", "SUCCESS", None) and store.assignments["S1000"] == ("P", "FAILED", None)
+
+    throttled = RecordingAssigner(failures={1: Throttled("still throttled after 5 attempts")})
+    assert set(assign_profile(throttled, store, "P", serials[:10], NOW).statuses.values()) == {"THROTTLED"}
+    assert store.assignments["S0000"] == ("P", "THROTTLED", NOW + timedelta(seconds=60))  # retried, not failed
+
+
+def test_a_throttled_assignment_is_retried_with_the_profile_it_asked_for():
+    store = MemoryStore()
+    assign_profile(RecordingAssigner({"A": "THROTTLED"}, retry_after=30), store, "CHOSEN", ["A"], NOW)
+    assigner = RecordingAssigner()
+    later = DeviceSync(pages=ScriptedPages({("sync", "s1"): []}), store=store, cursors=MemoryCursors(CursorState("s1", "sync")),
+                       events=RecordedEvents(), assigner=assigner, default_profile_uuid="DEFAULT",
+                       now=lambda: NOW + timedelta(seconds=31))
+    later.run()
+    assert (assigner.calls, assigner.profiles) == ([["A"]], ["CHOSEN"])
+    assert store.assignments["A"] == ("CHOSEN", "SUCCESS", None)
 
 
 def test_latest_per_serial_keeps_later_record_on_ties():

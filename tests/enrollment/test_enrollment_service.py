@@ -214,6 +214,33 @@ def test_a_forced_renewal_to_another_mdm_server_defines_the_profile_there(enroll
         assert device["profile_status"] == "assigned" and device["profile_uuid"] == new_profile
 
 
+def test_a_throttled_assignment_is_retried_with_its_own_profile_when_apple_said(enrollment, rpc_as, dep_sandbox):
+    from services.enrollment.adapters.tables import dep_devices
+    from shared.storage import create_engine_for
+
+    with rpc_as() as rpc:
+        token, server = connect(rpc, dep_sandbox, devices=1)
+        serial = rpc.enrollment.list_devices(token["id"])["devices"][0]["serial_number"]
+        chosen = rpc.enrollment.define_profile(token["id"], PROFILE)["profile_uuid"]
+        rpc.enrollment.define_profile(token["id"], {**PROFILE, "profile_name": "Newer default"})
+        dep_sandbox.server(server["server_uuid"], "assign_outcomes", {"statuses": {serial: "THROTTLED"}, "retry_after_seconds": 600})
+        answer = rpc.enrollment.assign_profile(token["id"], [serial], profile_uuid=chosen)
+        assert (answer["devices"], answer["retry_after_seconds"], answer["error"]) == ({serial: "THROTTLED"}, 600, None)
+        # the scheduled sync, which retries it, now runs when Apple said, not hours later
+        due_in = datetime.fromisoformat(rpc.enrollment.get_server_token(token["id"])["next_sync_at"]) - datetime.now(timezone.utc)
+        assert timedelta(minutes=9) < due_in <= timedelta(minutes=10)
+
+        engine = create_engine_for(enrollment["SERVICES"]["enrollment"]["database_url"])
+        with engine.begin() as connection:  # ten minutes pass
+            connection.execute(dep_devices.update().values(assign_retry_at=datetime.now(timezone.utc)))
+        engine.dispose()
+        run = rpc.enrollment.sync_devices(token["id"])
+        assert run["error"] is None
+        assert dep_sandbox.device(server["server_uuid"], serial)["profile_uuid"] == chosen  # not the newer default
+        device = rpc.enrollment.list_devices(token["id"])["devices"][0]
+        assert (device["assign_result"], device["assign_retry_at"]) == ("SUCCESS", None)
+
+
 def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
         token, server = connect(rpc, dep_sandbox)

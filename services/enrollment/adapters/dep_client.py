@@ -144,17 +144,12 @@ class DepClient:
         return self._call("GET", "/profile", params={"profile_uuid": profile_uuid}).json()
 
     def assign_profile(self, profile_uuid: str, serial_numbers: list[str]) -> AssignResult:
-        """Assign in batches; statuses are merged, the longest retry_after_seconds kept."""
-        statuses: dict[str, str] = {}
-        retry_after: int | None = None
-        for start in range(0, len(serial_numbers), ASSIGN_BATCH):
-            batch = serial_numbers[start:start + ASSIGN_BATCH]
-            body = self._call("PUT", "/profile/devices", {"profile_uuid": profile_uuid, "devices": batch}).json()
-            statuses.update(body.get("devices") or {})
-            seconds = body.get("retry_after_seconds")
-            if isinstance(seconds, int):
-                retry_after = max(retry_after or 0, seconds)
-        return AssignResult(profile_uuid, statuses, retry_after)
+        """One request of at most ``ASSIGN_BATCH`` serials (the caller batches, keeping each batch's results)."""
+        if len(serial_numbers) > ASSIGN_BATCH:
+            raise ValueError(f"assign at most {ASSIGN_BATCH} serial numbers per request")
+        body = self._call("PUT", "/profile/devices", {"profile_uuid": profile_uuid, "devices": serial_numbers}).json()
+        seconds = body.get("retry_after_seconds")
+        return AssignResult(profile_uuid, body.get("devices") or {}, seconds if isinstance(seconds, int) else None)
 
     def remove_profile(self, serial_numbers: list[str]) -> dict[str, str]:
         statuses: dict[str, str] = {}

@@ -102,8 +102,10 @@ class DeviceRepository:
         c = dep_devices.c
         for status in set(statuses.values()):
             serials = [serial for serial, value in statuses.items() if value == status]
+            throttled = status == "THROTTLED"
             values: dict[str, Any] = {"assign_result": status, "updated_at": now,
-                                      "assign_retry_at": retry_at if status == "THROTTLED" else None}
+                                      "assign_retry_at": retry_at if throttled else None,
+                                      "assign_retry_profile_uuid": profile_uuid if throttled else None}
             if status == "SUCCESS":
                 values.update(profile_status="assigned", profile_uuid=profile_uuid, assigned_by=self.assigned_by,
                               profile_assign_time=now.strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -111,11 +113,19 @@ class DeviceRepository:
                 self.session.execute(dep_devices.update().where(
                     c.token_id == self.token_id, c.serial_number.in_(serials[start:start + 1000])).values(**values))
 
-    def due_profile_retries(self, now: datetime, limit: int) -> list[str]:
+    def due_profile_retries(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         c = dep_devices.c
-        return list(self.session.scalars(
-            sa.select(c.serial_number).where(c.token_id == self.token_id, c.assign_result == "THROTTLED",
-                                             c.assign_retry_at <= now).limit(limit)))
+        return [(serial, profile_uuid) for serial, profile_uuid in self.session.execute(
+            sa.select(c.serial_number, c.assign_retry_profile_uuid).where(
+                self._throttled(), c.assign_retry_at <= now).limit(limit))]
+
+    def next_profile_retry(self) -> datetime | None:
+        """When the earliest throttled assignment of the token is due, if any."""
+        return self.session.scalar(sa.select(sa.func.min(dep_devices.c.assign_retry_at)).where(self._throttled()))
+
+    def _throttled(self) -> sa.ColumnElement[bool]:
+        c = dep_devices.c
+        return sa.and_(c.token_id == self.token_id, c.assign_result == "THROTTLED", c.assign_retry_profile_uuid.is_not(None))
 
     def _fills_empty_token(self, generation: str) -> bool:
         """Whether this page belongs to a full fetch that began with no device stored for the token.

@@ -78,6 +78,7 @@ dep_devices = sa.Table(
     sa.Column("seen_generation", sa.String(32), nullable=True),
     sa.Column("assign_result", sa.String(20), nullable=True),  # SUCCESS | NOT_ACCESSIBLE | FAILED | THROTTLED
     sa.Column("assign_retry_at", UtcDateTime, nullable=True),
+    sa.Column("assign_retry_profile_uuid", sa.String(64), nullable=True),  # the profile a THROTTLED device waits for
     sa.Column("assigned_by", sa.String(200), nullable=True),  # who assigned our profile (system for automatic)
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_dep_devices_token_status", "token_id", "profile_status"),

@@ -23,12 +23,15 @@ from services.enrollment.domain.errors import (
     CursorExpired,
     DepError,
     TermsNotAccepted,
+    Throttled,
     TokenExpired,
 )
 
 PHASE_FETCH = "fetch"
 PHASE_SYNC = "sync"
 PROFILE_RETRY_BATCH = 1000
+PROFILE_ASSIGN_BATCH = 1000  # serials per request to Apple
+DEFAULT_ASSIGN_RETRY = timedelta(seconds=60)  # when Apple throttles without saying how long to wait
 
 
 @dataclass(frozen=True)
@@ -74,14 +77,15 @@ class DeviceStore(Protocol):
     def remove_unseen(self, generation: str) -> list[str]: ...
     def record_assign_results(
         self, profile_uuid: str, statuses: dict[str, str], retry_at: datetime | None
-    ) -> None: ...
-    def due_profile_retries(self, now: datetime, limit: int) -> list[str]: ...
+    ) -> None: ...  # a THROTTLED device keeps profile_uuid, to be retried with it at retry_at
+    def due_profile_retries(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...  # (serial, profile uuid)
 
 
 @dataclass(frozen=True)
 class AssignOutcome:
     statuses: dict[str, str]
     retry_after_seconds: int | None = None
+    error: str | None = None  # why some devices were not sent (they are FAILED, or THROTTLED to be retried)
 
 
 class ProfileAssigner(Protocol):
@@ -204,22 +208,50 @@ class DeviceSync:
     def _assign(self, profile_uuid: str, serial_numbers: list[str], counts: SyncCounts) -> None:
         if not serial_numbers or self.assigner is None:
             return
-        try:
-            outcome = self.assigner.assign(profile_uuid, serial_numbers)
-        except _FATAL:
-            raise
-        except DepError:
-            outcome = AssignOutcome({serial: "FAILED" for serial in serial_numbers})
-        retry_at = None
-        if "THROTTLED" in outcome.statuses.values():
-            retry_at = self.now() + timedelta(seconds=outcome.retry_after_seconds or 60)
-        self.store.record_assign_results(profile_uuid, outcome.statuses, retry_at)
+        outcome = assign_profile(self.assigner, self.store, profile_uuid, serial_numbers, self.now())
         counts.assign_statuses.update(outcome.statuses.values())
 
     def _retry_throttled_assignments(self, counts: SyncCounts) -> None:
-        if self.default_profile_uuid and self.assigner:
-            due = self.store.due_profile_retries(self.now(), PROFILE_RETRY_BATCH)
-            self._assign(self.default_profile_uuid, due, counts)
+        if self.assigner:
+            by_profile: dict[str, list[str]] = {}
+            for serial, profile_uuid in self.store.due_profile_retries(self.now(), PROFILE_RETRY_BATCH):
+                by_profile.setdefault(profile_uuid, []).append(serial)
+            for profile_uuid, serials in by_profile.items():
+                self._assign(profile_uuid, serials, counts)
+
+
+def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: str, serial_numbers: list[str],
+                   now: datetime) -> AssignOutcome:
+    """Assign ``profile_uuid`` in batches and keep every device's result.
+
+    Apple failing a batch does not lose the results of the batches before it: that batch and the
+    rest are THROTTLED (retried with the same profile when Apple said, or in a minute) if Apple
+    throttled, FAILED otherwise. A revoked token or unsigned terms end it: nothing more can succeed.
+    """
+    statuses: dict[str, str] = {}
+    retry_after: int | None = None
+    error: str | None = None
+    unsent_status = "FAILED"
+    for start in range(0, len(serial_numbers), PROFILE_ASSIGN_BATCH):
+        batch = serial_numbers[start:start + PROFILE_ASSIGN_BATCH]
+        if error is None:
+            try:
+                outcome = assigner.assign(profile_uuid, batch)
+            except _FATAL:
+                raise
+            except DepError as exc:
+                error, unsent_status = str(exc), ("THROTTLED" if isinstance(exc, Throttled) else "FAILED")
+            else:
+                statuses.update(outcome.statuses)
+                if outcome.retry_after_seconds is not None:
+                    retry_after = max(retry_after or 0, outcome.retry_after_seconds)
+                continue
+        statuses.update(dict.fromkeys(batch, unsent_status))
+    retry_at = None
+    if "THROTTLED" in statuses.values():
+        retry_at = now + (timedelta(seconds=retry_after) if retry_after else DEFAULT_ASSIGN_RETRY)
+    store.record_assign_results(profile_uuid, statuses, retry_at)
+    return AssignOutcome(statuses, retry_after, error)
 
 
 def latest_per_serial(records: Iterable[DepDevice]) -> list[DepDevice]:
