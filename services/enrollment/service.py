@@ -254,7 +254,9 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
     @rpc
     def fetch_roster(self, token_id: str, kind: str, cursor: str | None = None, sync: bool = False) -> dict[str, Any]:
         """One page of ASM classes, persons, locations or courses, through this token's session."""
-        actor = self.auth.require("enrollment:read")
+        # the whole organisation's people: for the roster service's import (administrators and services),
+        # which filters by location; a location leader or msp reading them here would bypass that
+        actor = self.auth.require("enrollment:roster")
         row = self._visible_token(actor, token_id)
         if kind not in ROSTER_KINDS:
             raise ValidationError(f"kind must be one of {', '.join(ROSTER_KINDS)}")

@@ -309,6 +309,9 @@ def test_fetch_roster_for_the_roster_service(enrollment, rpc_as, dep_sandbox):
             rpc.enrollment.fetch_roster(token["id"], "teachers")
         with pytest.raises(Conflict, match="INVALID_CURSOR"):
             rpc.enrollment.fetch_roster(token["id"], "person", "garbage", sync=True)
+    for actor in (Actor("leader@north", "location_leader", ("north",)), Actor("msp@partner", "msp")):
+        with rpc_as(actor) as rpc, pytest.raises(PermissionDenied):
+            rpc.enrollment.fetch_roster(token["id"], "person")
 
 
 def test_checkin_publishes_enrolment_events(enrollment, rpc_as, dep_sandbox):
