@@ -5,6 +5,7 @@ import os
 from typing import Any
 
 import click
+from kombu.utils.url import maybe_sanitize_url
 from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 
 import shared.entrypoints  # noqa: F401  registers Orchard's error types for deserialisation
@@ -41,5 +42,5 @@ def call(service: str, method: str, *args: Any, timeout: float = 60, **kwargs: A
         raise click.ClickException(f"{service}.{method} failed: {exc.value}") from None
     except (ConnectionError, OSError) as exc:
         raise click.ClickException(
-            f"cannot reach RabbitMQ at {config.get('AMQP_URI')}: {exc}. Is the broker running?"
+            f"cannot reach RabbitMQ at {maybe_sanitize_url(config.get('AMQP_URI'))}: {exc}. Is the broker running?"
         ) from None

@@ -39,3 +39,14 @@ def test_dead_letters_list_is_a_table_even_when_empty(orchard_config, cli_env):
     result = cli_env.invoke(cli, ["events", "dead-letters", "list"])
     assert result.exit_code == 0, result.output
     assert result.output.split()[:6] == ["QUEUE", "EVENT", "TYPE", "EVENT", "ID", "ATTEMPTS"]
+
+
+def test_an_unreachable_broker_is_named_without_its_password(orchard_config, tmp_path, monkeypatch):
+    orchard_config["AMQP_URI"] = "pyamqp://orchard:hunter2-secret@127.0.0.1:1/orchard"  # nothing listens on port 1
+    path = tmp_path / "unreachable.yaml"
+    path.write_text(yaml.safe_dump(orchard_config))
+    monkeypatch.setenv("ORCHARD_CONFIG", str(path))
+    result = CliRunner().invoke(cli, ["enrollment", "token", "list"])
+    assert result.exit_code == 1
+    assert "cannot reach RabbitMQ at pyamqp://orchard:**@127.0.0.1:1/orchard" in result.output
+    assert "hunter2" not in result.output
