@@ -109,7 +109,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise Conflict("This server token is already connected to an MDM server; renew it to replace its token.")
         credentials = self._decrypt(row, p7m)
         account = self._apple(lambda: self._client(credentials).account())
-        self._refuse_duplicate(row.id, credentials.consumer_key, account.get("server_uuid"))
+        self._refuse_duplicate(actor, row.id, credentials.consumer_key, account.get("server_uuid"))
         now = utc_now()
         TokenRepository(self.db.session).update(
             row.id, **_credential_values(self.secrets.seal(json.dumps(credentials.to_dict())), credentials, account),
@@ -164,7 +164,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         account = self._apple(client.account)
         check_same_mdm_server(current_consumer_key=row.consumer_key, new_consumer_key=credentials.consumer_key,
                               current_server_uuid=row.server_uuid, new_server_uuid=account.get("server_uuid"), force=force)
-        self._refuse_duplicate(row.id, credentials.consumer_key, account.get("server_uuid"))
+        self._refuse_duplicate(actor, row.id, credentials.consumer_key, account.get("server_uuid"))
         values = _credential_values(self.secrets.seal(json.dumps(credentials.to_dict())), credentials, account)
         switched = row.server_uuid != account.get("server_uuid")
         if switched:  # another MDM server: start its device list from scratch
@@ -479,9 +479,12 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
     def _client(self, credentials: OAuthCredentials) -> DepClient:
         return self.dep.client(credentials)
 
-    def _refuse_duplicate(self, token_id: str, consumer_key: str, server_uuid: str | None) -> None:
+    def _refuse_duplicate(self, actor: Actor, token_id: str, consumer_key: str, server_uuid: str | None) -> None:
         for other in TokenRepository(self.db.session).all():
             if other.id != token_id and (other.consumer_key == consumer_key or (server_uuid and other.server_uuid == server_uuid)):
+                if not visible(actor, other.locations):  # the caller may not know that token exists: name nothing
+                    raise Conflict("This MDM server is already connected to Orchard by another server token; "
+                                   "ask an administrator to renew that one instead.")
                 raise Conflict(f"This MDM server is already connected as server token '{other.name}'; renew that one instead.")
 
     @staticmethod

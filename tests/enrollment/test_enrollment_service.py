@@ -147,6 +147,19 @@ def test_location_restriction(enrollment, rpc_as):
             rpc.enrollment.list_server_tokens()
 
 
+def test_a_duplicate_token_in_another_location_is_refused_without_naming_it(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        north, server = connect(rpc, dep_sandbox, name="North campus secret name")
+        rpc.enrollment.update_server_token(north["id"], locations=["north"])
+    with rpc_as(Actor("leader@south", "location_leader", ("south",))) as rpc:
+        own = rpc.enrollment.create_server_token("South")
+        same_server = dep_sandbox.server(server["server_uuid"], "token", {"certificate_pem": own["public_key_pem"]})
+        with pytest.raises(Conflict, match="already connected to Orchard by another server token") as refused:
+            rpc.enrollment.upload_server_token(own["id"], same_server["p7m"])
+        assert "North campus" not in str(refused.value)
+        assert rpc.enrollment.get_server_token(own["id"])["status"] == "awaiting_upload"
+
+
 def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
         token, server = connect(rpc, dep_sandbox, devices=5)
