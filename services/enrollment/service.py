@@ -225,7 +225,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         actor = self.auth.require("enrollment:write")
         row = self._token_for_write(actor, token_id)
         profile = validated_profile(profile)
-        answer = self._apple(lambda: self._client(self._credentials(row)).define_profile(profile))
+        answer = self._apple(lambda: self._client(self._credentials(row)).define_profile(profile), stored_token_id=row.id)
         profile_uuid = answer.get("profile_uuid")
         if not isinstance(profile_uuid, str) or not profile_uuid:
             raise UpstreamError("Apple accepted the profile but returned no profile_uuid; define it again.")
@@ -244,7 +244,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise ValidationError("No profile to assign: define the enrollment profile first, or name a profile_uuid.")
         devices = DeviceRepository(self.db.session, row.id, assigned_by=actor.id)
         assigner = ClientAssigner(self._client(self._credentials(row)))
-        outcome = self._apple(lambda: assign_profile(assigner, devices, profile_uuid, serials, utc_now()))
+        outcome = self._apple(lambda: assign_profile(assigner, devices, profile_uuid, serials, utc_now()),
+                              stored_token_id=row.id)
         self._sync_by_next_profile_retry(row, devices)
         self.db.audit(actor, "profile.assigned", f"server_token:{row.id}",
                       {"profile_uuid": profile_uuid, "devices": len(serials), "error": outcome.error})
@@ -264,7 +265,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise ValidationError("cursor must be the string an earlier page returned")
         if not isinstance(sync, bool):
             raise ValidationError("sync must be true or false")
-        page = self._apple(lambda: self._client(self._credentials(row)).roster_page(kind, cursor, sync=sync))
+        page = self._apple(lambda: self._client(self._credentials(row)).roster_page(kind, cursor, sync=sync),
+                           stored_token_id=row.id)
         return {"kind": kind, "items": page.items, "cursor": page.cursor, "more_to_follow": page.more_to_follow}
 
     # --- scheduled and triggered syncs -------------------------------------------------------
@@ -375,11 +377,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             return self._lost_sync_lease(row.id, run_id, latest, started)
         except DepError as exc:
             session.rollback()  # the page in progress is redone next time: its cursor was not saved
-            error = str(exc)
-            if isinstance(exc, TermsNotAccepted):
-                refusal = STATUS_TERMS_NOT_ACCEPTED
-            elif isinstance(exc, AccessDenied):
-                refusal = STATUS_REVOKED_OR_INVALID
+            error, refusal = str(exc), _refusal_status(exc)
         except BaseException:
             session.rollback()
             self._release_sync_lease(row.id, holder, last_sync_at=utc_now(), last_sync_result="error",
@@ -487,15 +485,32 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                                    "ask an administrator to renew that one instead.")
                 raise Conflict(f"This MDM server is already connected as server token '{other.name}'; renew that one instead.")
 
-    @staticmethod
-    def _apple(call: Any) -> Any:
-        """Run an Apple call for an RPC caller: Apple's refusals become errors the caller can type-check."""
+    def _apple(self, call: Any, *, stored_token_id: str | None = None) -> Any:
+        """Run an Apple call for an RPC caller: Apple's refusals become errors the caller can type-check.
+
+        When the call used the token's stored credentials (``stored_token_id``) and Apple refuses the token
+        itself, the token's status says so at once, as a sync would, not only after its next sync.
+        """
         try:
             return call()
         except CursorError as exc:
             raise Conflict(f"{exc} Start again without a cursor.") from None
         except DepError as exc:
+            refusal = _refusal_status(exc)
+            if stored_token_id and refusal:
+                self.db.session.rollback()  # nothing else of this call is kept: it fails
+                TokenRepository(self.db.session).update(stored_token_id, apple_refusal=refusal)
+                self.db.commit()
             raise UpstreamError(str(exc)) from None
+
+
+def _refusal_status(error: DepError) -> str | None:
+    """The token status an Apple error sets: the token itself refused, or None for anything passing."""
+    if isinstance(error, TermsNotAccepted):
+        return STATUS_TERMS_NOT_ACCEPTED
+    if isinstance(error, AccessDenied):
+        return STATUS_REVOKED_OR_INVALID
+    return None
 
 
 def _credential_values(sealed: str, credentials: OAuthCredentials, account: dict[str, Any]) -> dict[str, Any]:

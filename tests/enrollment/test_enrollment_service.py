@@ -272,6 +272,13 @@ def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as,
         with pytest.raises(UpstreamError, match="ACCESS_DENIED"):
             rpc.enrollment.fetch_roster(token["id"], "class")
 
+        # a refusal met outside a sync shows on the token at once too
+        fresh, other = connect(rpc, dep_sandbox, name="Roster only")
+        dep_sandbox.server(other["server_uuid"], "settings", {"terms_signed": False})
+        with pytest.raises(UpstreamError, match="accept"):
+            rpc.enrollment.fetch_roster(fresh["id"], "person")
+        assert rpc.enrollment.get_server_token(fresh["id"])["status"] == "terms_not_accepted"
+
 
 def test_a_token_that_cannot_sync_does_not_hold_up_the_others(runner_factory, service_config, rpc_as, dep_sandbox):
     from nameko.testing.services import entrypoint_hook
