@@ -282,6 +282,15 @@ def test_a_throttled_assignment_is_retried_with_the_profile_it_asked_for():
     assert store.assignments["A"] == ("CHOSEN", "SUCCESS", None)
 
 
+def test_records_without_a_serial_number_are_skipped():
+    pages = ScriptedPages({("fetch", None): [Page([device("A"), {"model": "iPad"}, {"serial_number": ""}, "junk",
+                                                   {"serial_number": 7}, device("B")], "c1", False)],
+                           ("sync", "c1"): []})
+    sync = make_sync(pages)
+    counts = sync.run()
+    assert counts.added == 2 and sorted(sync.store.devices) == ["A", "B"]
+
+
 def test_latest_per_serial_keeps_later_record_on_ties():
     records = [DepDevice("A", color="1", op_date="2026-01-01T00:00:00Z"), DepDevice("A", color="2", op_date="2026-01-01T00:00:00Z")]
     assert [r.color for r in latest_per_serial(records)] == ["2"]

@@ -9,6 +9,7 @@ repeat: per serial, the latest ``op_date`` wins.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,6 +28,8 @@ from services.enrollment.domain.errors import (
     TokenExpired,
 )
 
+log = logging.getLogger(__name__)
+
 PHASE_FETCH = "fetch"
 PHASE_SYNC = "sync"
 PROFILE_RETRY_BATCH = 1000
@@ -42,7 +45,12 @@ class DevicePage:
 
     @classmethod
     def from_apple(cls, items: list[dict[str, Any]], cursor: str | None, more_to_follow: bool) -> DevicePage:
-        return cls([DepDevice.from_apple(item) for item in items], cursor, more_to_follow)
+        devices = [DepDevice.from_apple(item) for item in items
+                   if item.__class__ is dict and item.get("serial_number").__class__ is str and item["serial_number"]]
+        if len(devices) < len(items):  # Apple's schema requires it: without one a record names no device
+            log.warning("Apple listed %d device record(s) without a serial number; they are skipped",
+                        len(items) - len(devices))
+        return cls(devices, cursor, more_to_follow)
 
 
 class DevicePages(Protocol):
