@@ -314,17 +314,22 @@ def test_a_token_that_cannot_sync_does_not_hold_up_the_others(runner_factory, se
 
 def test_fetch_roster_for_the_roster_service(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
-        token, server = connect(rpc, dep_sandbox)
-        dep_sandbox.server(server["server_uuid"], "settings", {"legacy_course_path": True})
+        created = rpc.enrollment.create_server_token("Springfield MDM")
+        server = dep_sandbox.create_server(created["public_key_pem"].encode())
+        dep_sandbox.server(server["server_uuid"], "settings", {"legacy_course_path": True})  # an older account
+        token = rpc.enrollment.upload_server_token(created["id"], server["p7m"])
         dep_sandbox.server(server["server_uuid"], "roster", {
             "persons": [{"unique_identifier": f"P{i}", "name": f"Student {i}"} for i in range(3)],
             "courses": [{"unique_identifier": "K1", "name": "Maths"}],
         })
+        opened = {call: dep_sandbox.counts().get(call, 0) for call in ("GET /session", "GET /account")}
         page = rpc.enrollment.fetch_roster(token["id"], "person")
         assert [p["unique_identifier"] for p in page["items"]] == ["P0", "P1", "P2"] and page["more_to_follow"] is False
         assert rpc.enrollment.fetch_roster(token["id"], "course")["items"][0]["name"] == "Maths"
         changes = rpc.enrollment.fetch_roster(token["id"], "person", page["cursor"], sync=True)
         assert changes["items"] == []
+        # the pages reuse the session and the account's limits the upload read: one Apple call a page
+        assert {call: dep_sandbox.counts().get(call, 0) for call in opened} == opened
         with pytest.raises(ValidationError):
             rpc.enrollment.fetch_roster(token["id"], "teachers")
         with pytest.raises(Conflict, match="INVALID_CURSOR"):

@@ -133,8 +133,9 @@ def test_device_sync_resumes_from_its_cursor_after_apple_fails_mid_sync(
     counts = dep_sandbox.counts()
     assert counts["POST /devices/sync 200"] <= DEVICES // PAGE + 1  # each page once (plus a last, empty one)
     assert counts["POST /devices/sync 503"] == 1 and counts["POST /devices/sync 429"] == 1
-    # each expired session cost one new session and one repeated page, nothing more
-    assert counts["GET /session 200"] == counts["POST /devices/sync 401"] + 2 and counts["POST /devices/sync 401"] >= 1
+    # each expired session cost one new session and one repeated page, nothing more (the resumed sync reuses
+    # the failed one's client, whose session had expired meanwhile)
+    assert counts["GET /session 200"] == counts["POST /devices/sync 401"] and counts["POST /devices/sync 401"] >= 1
 
 
 
@@ -165,7 +166,7 @@ def test_device_sync_against_a_hanging_apple_times_out_without_a_storm_and_recov
     assert hung["finished_at"] and hung["pages"] == 0
     assert waited < 10, "the sync waited far longer than its configured timeout"
     requests = {key: n for key, n in dep_sandbox.counts().items() if key.count(" ") == 1}  # "METHOD /path"
-    assert requests == {"GET /session": 1}, "a hanging Apple was asked more than once"
+    assert sum(requests.values()) == 1, f"a hanging Apple was asked more than once: {requests}"
     next_sync = query(config, "enrollment", f"select next_sync_at from server_tokens where id = '{token_id}'")[0][0]
     retry_in = datetime.fromisoformat(str(next_sync)).replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)
     assert timedelta(minutes=4) < retry_in < timedelta(minutes=11)  # backs off minutes, not hours
