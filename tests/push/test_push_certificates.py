@@ -226,3 +226,27 @@ def test_renewal_with_an_older_certificate_is_refused(issue_push):
     older = read_pem_certificate(issue_push(topic=first.topic, not_after=NOW + timedelta(days=100)).certificate_pem)
     with pytest.raises(ValidationError, match="older certificate, not a renewal"):
         check_renewal(first.topic, first.not_after, older)
+
+
+def test_damage_inside_the_subject_is_a_damaged_certificate(push_keys):
+    pem = self_signed(push_keys[0], [(NameOID.USER_ID, "com.apple.mgmt.External.0123"), (NameOID.COMMON_NAME, "APSP:1")])
+    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+    at = der.index(b"External.0123")
+    damaged = der[:at] + b"\xff" + der[at + 1:]  # no longer UTF-8: found only when the subject is read
+    body = base64.encodebytes(damaged).decode()
+    with pytest.raises(ValidationError, match="damaged"):
+        read_pem_certificate(f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
+
+
+def test_thousands_of_pem_headers_are_refused_at_once():
+    started = datetime.now(timezone.utc)
+    with pytest.raises(ValidationError, match="PEM blocks"):
+        read_pem_certificate("-----BEGIN A-----" * 15_000)  # 255 KB, under the size limit
+    assert datetime.now(timezone.utc) - started < timedelta(seconds=1)  # the block search took 20 s on this
+
+
+@pytest.mark.parametrize("topic", ["com.apple.mgmt." + "x" * 300, "com.apple.mgmt.External.\x00hidden"])
+def test_a_topic_the_store_cannot_hold_is_refused(push_keys, topic):
+    pem = self_signed(push_keys[0], [(NameOID.USER_ID, topic), (NameOID.COMMON_NAME, "APSP:1")])
+    with pytest.raises(ValidationError, match="topic is longer than 200 characters or holds control characters"):
+        read_pem_certificate(pem)

@@ -31,6 +31,9 @@ from shared.errors import Conflict, ValidationError
 TOPIC_PREFIX = "com.apple.mgmt."
 #: an Apple push certificate with its key is about 4 KB; anything far larger is not one
 MAX_UPLOAD_BYTES = 256 * 1024
+MAX_PEM_BLOCKS = 8
+# what the certificate table holds; Apple's values are far shorter (a topic is about 60 characters)
+MAX_TOPIC_LENGTH, MAX_SERIAL_LENGTH, MAX_ISSUER_LENGTH, MAX_NAME_LENGTH = 200, 80, 500, 200
 EXPIRING_WITHIN = timedelta(days=30)
 
 STATUS_OK = "ok"
@@ -142,7 +145,15 @@ def check_renewal(stored_topic: str, stored_not_after: datetime, renewed: PushCe
 
 
 def _validated(certificate: x509.Certificate, private_key, now: datetime | None) -> PushCertificate:
-    now = now or datetime.now(timezone.utc)
+    try:
+        return _checked(certificate, private_key, now or datetime.now(timezone.utc))
+    except ValidationError:
+        raise
+    except Exception:  # cryptography decodes the subject, issuer and key only when asked: damage shows up here
+        raise ValidationError(f"The certificate is damaged and cannot be decoded. {_PORTAL_HINT}") from None
+
+
+def _checked(certificate: x509.Certificate, private_key, now: datetime) -> PushCertificate:
     topic = _topic(certificate)
     not_after = certificate.not_valid_after_utc
     if now >= not_after:
@@ -162,12 +173,12 @@ def _validated(certificate: x509.Certificate, private_key, now: datetime | None)
         ).decode()
     return PushCertificate(
         topic=topic,
-        serial_number=_hex_serial(certificate.serial_number),
+        serial_number=_fitting(_hex_serial(certificate.serial_number), "serial number", MAX_SERIAL_LENGTH),
         not_before=certificate.not_valid_before_utc,
         not_after=not_after,
-        issuer=certificate.issuer.rfc4514_string(),
-        common_name=_first_attribute(certificate.subject, NameOID.COMMON_NAME),
-        apple_id=_first_attribute(certificate.subject, NameOID.EMAIL_ADDRESS),
+        issuer=_fitting(certificate.issuer.rfc4514_string(), "issuer", MAX_ISSUER_LENGTH),
+        common_name=_fitting(_first_attribute(certificate.subject, NameOID.COMMON_NAME), "common name", MAX_NAME_LENGTH),
+        apple_id=_fitting(_first_attribute(certificate.subject, NameOID.EMAIL_ADDRESS), "Apple Account", MAX_NAME_LENGTH),
         certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
         private_key_pem=key_pem,
     )
@@ -186,16 +197,27 @@ def _topic(certificate: x509.Certificate) -> str:
             "certificate (perhaps an app's push certificate). Use the certificate issued by Apple Push "
             "Certificates Portal."
         )
-    return topic
+    return _fitting(topic, "topic", MAX_TOPIC_LENGTH)
+
+
+def _fitting(value: str | None, what: str, limit: int) -> str | None:
+    """``value`` if it is printable text within ``limit`` characters: Apple's certificates always are."""
+    if value is not None and (len(value) > limit or not value.isprintable()):
+        raise ValidationError(f"The certificate's {what} is longer than {limit} characters or holds control "
+                              f"characters: it was not issued by Apple Push Certificates Portal. {_PORTAL_HINT}")
+    return value
 
 
 def _pem_blocks(data: bytes, what: str) -> list[tuple[bytes, bytes]]:
-    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
     begun = _PEM_BEGIN.findall(data)
     if not begun:
         raise ValidationError(
             f"The {what} is not PEM text (it should start with -----BEGIN ...-----). {_PORTAL_HINT}"
         )
+    if len(begun) > MAX_PEM_BLOCKS:  # the block search rescans the rest of the text for each one: keep it linear
+        raise ValidationError(f"The {what} holds {len(begun)} PEM blocks; a push certificate upload has a "
+                              f"certificate, its key and perhaps its chain. {_PORTAL_HINT}")
+    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(data)]
     if len(begun) > len(blocks):
         raise ValidationError(f"The {what} is truncated: a -----BEGIN----- line has no matching -----END----- line. {_PORTAL_HINT}")
     return blocks
