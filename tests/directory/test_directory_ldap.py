@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from contextlib import ExitStack
 
 import pytest
 import trustme
@@ -15,10 +16,11 @@ from tests.directory.memory_failure_log import MemoryFailureLog
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.profile import parse_profile
 from services.directory.domain.sync import read_import_batch
-from shared.errors import UpstreamError, ValidationError
+from shared.errors import PermissionDenied, UpstreamError, ValidationError
 from tests.slapd import CERTIFICATE_DAYS, LIMITED_DN
 
 SECURITY = ["ldaps", "starttls"]
+FAILED = {"authenticated": False, "user_id": None}
 
 
 def directory_for(data):
@@ -163,29 +165,49 @@ def test_connection_test_stops_at_the_failing_step(profile_data, slapd):
     assert not connect.ok and "cannot connect to localhost:1" in connect.detail
 
 
+class BindCounting(LdapDirectory):
+    """The real adapter, counting the binds that check a password."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.password_binds = 0
+
+    def password_matches(self, dn, password):
+        self.password_binds += 1
+        return super().password_matches(dn, password)
+
+
 @pytest.fixture
 def sign_in(profile_data):
-    profile = parse_profile(profile_data("starttls"))
+    """``sign_in(username, password)`` through one profile per login attribute, all sharing one limiter;
+    ``sign_in.binds`` is how many password binds the last attempt made."""
     limiter = FailedSignInLimiter(MemoryFailureLog(), time.monotonic)
 
-    def attempt(username, password, login_attribute="sAMAccountName"):
-        p = parse_profile(profile_data("starttls", authentication={"enabled": True, "login_attribute": login_attribute}))
-        with LdapDirectory(profile.connection).bound() as directory:
-            return authenticate([(directory, p)], limiter, username, password)
+    def attempt(username, password, login_attributes=("sAMAccountName",)):
+        profiles = [parse_profile(profile_data("starttls", authentication={"enabled": True, "login_attribute": name}))
+                    for name in login_attributes]
+        with ExitStack() as stack:
+            candidates = [(stack.enter_context(BindCounting(p.connection).bound()), p) for p in profiles]
+            try:
+                return authenticate(candidates, limiter, username, password)
+            finally:
+                attempt.binds = sum(directory.password_binds for directory, _ in candidates)
     return attempt
 
 
 def test_authentication_succeeds_with_the_right_password(sign_in):
     result = sign_in("t00001", "correct horse battery")
     assert (result.authenticated, result.user_id) == (True, "t00001")
-    result = sign_in("t00001@orchard.test", "correct horse battery", login_attribute="userPrincipalName")
+    result = sign_in("t00001@orchard.test", "correct horse battery", login_attributes=["userPrincipalName"])
     assert (result.authenticated, result.user_id) == (True, "t00001")
 
 
 def test_a_wrong_password_and_an_unknown_user_look_the_same(sign_in):
     wrong = sign_in("t00001", "incorrect")
+    wrong_binds = sign_in.binds
     unknown = sign_in("no-such-user", "incorrect")
-    assert wrong.to_dict() == unknown.to_dict() == {"authenticated": False, "user_id": None}
+    assert wrong.to_dict() == unknown.to_dict() == FAILED
+    assert wrong_binds == sign_in.binds == 1  # the same work, so the time taken does not tell them apart either
 
 
 def test_an_empty_password_is_refused(sign_in, profile_data, slapd):
@@ -199,3 +221,55 @@ def test_filter_characters_in_usernames_are_escaped(sign_in):
     assert sign_in("lee*)(x", "parenthesised pass").to_dict() == {"authenticated": True, "user_id": "lee*)(x"}
     for username in ("*", "t0000*", "*)(sAMAccountName=t00001", "t00001)(|(objectClass=*"):
         assert sign_in(username, "correct horse battery").authenticated is False
+
+
+#: spellings slapd (RFC 4518: NFKC and case folding) matches to the account t00001
+T00001_SPELLINGS = ("t00001", "ｔ00001", "T00001", "t₀0001", "ｔ０００01", "Ｔ00001")
+
+
+def test_lookalike_spellings_of_a_username_share_one_limit(sign_in):
+    for spelling in T00001_SPELLINGS:
+        assert sign_in(spelling, "correct horse battery").user_id == "t00001"
+    for spelling in T00001_SPELLINGS[:5]:
+        assert sign_in(spelling, "incorrect").to_dict() == FAILED
+    with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
+        sign_in(T00001_SPELLINGS[5], "correct horse battery")
+
+
+def test_every_name_that_reaches_an_account_shares_its_limit(sign_in):
+    """Profiles logging in by sAMAccountName and by userPrincipalName: two names for one account.
+
+    Once the account's failures are used up its other name fails even with the right password,
+    without saying so: an unknown user's other name answers the same."""
+    both = ("sAMAccountName", "userPrincipalName")
+    for _ in range(5):
+        assert sign_in("t00001", "incorrect", both).to_dict() == FAILED
+        sign_in("no-such-user", "incorrect", both)
+    locked = sign_in("t00001@orchard.test", "correct horse battery", both)
+    locked_binds = sign_in.binds
+    unknown = sign_in("no-such-user@orchard.test", "incorrect", both)
+    assert locked.to_dict() == unknown.to_dict() == FAILED
+    assert locked_binds == sign_in.binds == 2
+
+
+def test_a_password_the_directory_cannot_take_is_a_failed_sign_in(sign_in):
+    # ldap3 refuses to send each of these (SASLprep, RFC 4013): an answer must not depend on the user existing
+    for password in ("x\x01", "tab\tstop", "\u00ad", "private \ue000", "\ufdd0"):
+        assert sign_in("t00001", password).to_dict() == sign_in("no-such-user", password).to_dict() == FAILED
+    with pytest.raises(PermissionDenied, match="too many failed sign-ins"):  # each one counted
+        sign_in("t00001", "correct horse battery")
+
+
+@pytest.mark.parametrize("username, password", [("\ud800", "correct horse battery"), ("t0\udfff0001", "x"),
+                                                ("t00001", "hunter\ud8002")])
+def test_unpaired_surrogates_are_refused_and_change_nothing(sign_in, username, password):
+    for _ in range(5):
+        with pytest.raises(ValidationError, match="not valid Unicode text") as refused:
+            sign_in(username, password)
+        assert "\ud800" not in str(refused.value) and "hunter" not in str(refused.value) and sign_in.binds == 0
+    assert sign_in("t00001", "correct horse battery").authenticated is True
+
+
+def test_a_username_longer_than_an_email_address_is_refused(sign_in):
+    with pytest.raises(ValidationError, match="321 characters long; at most 320"):
+        sign_in("t" * 321, "correct horse battery")

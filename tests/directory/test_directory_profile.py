@@ -88,3 +88,19 @@ def test_a_view_parses_back_to_the_same_profile():
                                           "daily_sync_time": "02:30"}))
     again = parse_profile({**profile_view(profile), "bind_password": "s3cret!"})
     assert again == profile
+
+
+@pytest.mark.parametrize("changes, moved", [
+    ({"host": "ldap.elsewhere.example"}, "host"),
+    ({"bind_dn": "CN=someone-else,OU=Staff,DC=school,DC=example"}, "bind_dn"),
+    ({"host": "ldap.elsewhere.example", "bind_dn": "CN=x,DC=elsewhere,DC=example"}, "host and bind_dn"),
+])
+def test_moving_the_password_to_another_server_or_account_needs_it_again(changes, moved):
+    """Else an administrator could point the profile at a server of theirs and be sent the stored password."""
+    profile = parse_profile(request())
+    with pytest.raises(ValidationError, match=f"changing {moved} needs the bind password again") as refused:
+        apply_changes(profile, changes)
+    assert "s3cret!" not in str(refused.value)
+    moved_profile = apply_changes(profile, {**changes, "bind_password": "for the new server"})
+    assert moved_profile.connection.bind_password.reveal() == "for the new server"
+    assert apply_changes(profile, {"host": " dc1.school.example "}).connection.bind_password.reveal() == "s3cret!"

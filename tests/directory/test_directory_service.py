@@ -70,6 +70,18 @@ def test_profiles_are_kept_without_ever_returning_the_password(directory_service
             rpc.directory.get_ldap_profile(added["id"])
 
 
+def test_moving_a_profile_to_another_server_needs_its_bind_password(directory_service, rpc_as, profile_data, slapd):
+    with rpc_as() as rpc:
+        added = rpc.directory.add_ldap_profile(profile_data())
+        with pytest.raises(ValidationError, match="changing host needs the bind password again"):
+            rpc.directory.update_ldap_profile(added["id"], {"host": "ldap.attacker.example"})
+        assert rpc.directory.get_ldap_profile(added["id"]) == added
+        assert [e["action"] for e in rpc.directory.audit_log(f"ldap_profile:{added['id']}")] == ["ldap_profile.added"]
+        moved = rpc.directory.update_ldap_profile(added["id"], {"host": "127.0.0.1",
+                                                                "bind_password": slapd.service_password})
+        assert moved["host"] == "127.0.0.1"
+
+
 def test_only_administrators_change_profiles(directory_service, rpc_as, profile_data):
     leader = Actor(id="lead@school.example", role="location_leader", locations=("Lincoln High",))
     with rpc_as(leader) as rpc:
@@ -129,3 +141,16 @@ def test_the_sign_in_limit_holds_across_replicas(directory_service, runner_facto
         for _ in range(4):
             with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
                 rpc.directory.authenticate("t00002", "correct horse battery")
+
+
+def test_any_username_sign_in_accepts_fits_the_database(runner_factory, directory_config, database_url, rpc_as,
+                                                        profile_data):
+    directory_config["SERVICES"]["directory"]["database_url"] = database_url  # SQLite, then PostgreSQL
+    runner_factory(directory_config, DirectoryService).start()
+    with rpc_as() as rpc:
+        rpc.directory.add_ldap_profile(profile_data())
+        with pytest.raises(ValidationError, match="at most 320"):
+            rpc.directory.authenticate("t" * 321, "incorrect")
+        # the longest names, grown by case folding (ß -> ss) or NFKC (one character -> 18), still fit
+        for username in ("ß" * 320, "\ufdfa" * 320):
+            assert rpc.directory.authenticate(username, "incorrect") == {"authenticated": False, "user_id": None}

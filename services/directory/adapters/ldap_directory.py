@@ -151,6 +151,10 @@ class LdapDirectory:
             return True
         except ldap_errors.LDAPInvalidCredentialsResult:
             return False
+        except ldap_errors.LDAPSASLPrepError:
+            # ldap3 cannot send a password SASLprep (RFC 4013) refuses, e.g. with a control character:
+            # to the caller that is a wrong password, known user or not
+            return False
         except ldap_errors.LDAPException as exc:
             raise _upstream("checking the password", exc) from None
         finally:

@@ -22,11 +22,11 @@ ldap_profiles = sa.Table(
     sa.Column("certificate_not_after", UtcDateTime, nullable=True),  # the server's, when last connected
 )
 
-# failed sign-ins per username (case-folded), kept for the limiter's window only
+# failed sign-ins per limiter key, kept for the limiter's window only
 sign_in_failures = sa.Table(
     "sign_in_failures", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("username", sa.String(320), nullable=False),
+    sa.Column("username", sa.String(320), nullable=False),  # the key: "username:" or "account:" + SHA-256 hex
     sa.Column("at", sa.Float, nullable=False, index=True),  # Unix time
     sa.Index("ix_sign_in_failures_username_at", "username", "at"),
 )

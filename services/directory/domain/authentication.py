@@ -1,13 +1,20 @@
 """Checking a user's password against the directory, with failed attempts rate limited."""
 from __future__ import annotations
 
+import hashlib
 import math
+import unicodedata
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
+from services.directory.domain.entries import normalize_dn
 from services.directory.domain.ports import PasswordDirectory
 from services.directory.domain.profile import LdapProfile
 from shared.errors import PermissionDenied, ValidationError
+
+#: the longest e-mail address (64 + "@" + 255), which is what a userPrincipalName or mail login
+#: looks like; a sAMAccountName has at most 20 characters
+MAX_USERNAME_LENGTH = 320
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,10 @@ class FailureLog(Protocol):
 
 
 class FailedSignInLimiter:
-    """At most ``max_failures`` failed sign-ins per username within ``window`` seconds.
+    """At most ``max_failures`` failed sign-ins per key within ``window`` seconds.
 
-    Counted per username whether or not it exists, so the limit reveals nothing.
+    ``authenticate`` counts each failure against the username as typed (folded) and against
+    every directory account it reached, so no spelling of a name gets a budget of its own.
     """
 
     def __init__(self, failures: FailureLog, clock: Callable[[], float], max_failures: int = 5,
@@ -42,22 +50,26 @@ class FailedSignInLimiter:
         self.max_failures = max_failures
         self.window = window
 
-    def check(self, username: str) -> None:
-        recent = self._failures.failures_since(_key(username), self._clock() - self.window)
+    def check(self, key: str) -> None:
+        recent = self._recent(key)
         if len(recent) >= self.max_failures:
             wait = math.ceil((recent[0] + self.window - self._clock()) / 60)
             raise PermissionDenied(f"too many failed sign-ins for this username; try again in {wait} minute(s)")
 
-    def record_failure(self, username: str) -> None:
+    def exhausted(self, key: str) -> bool:
+        return len(self._recent(key)) >= self.max_failures
+
+    def record_failure(self, *keys: str) -> None:
         now = self._clock()
-        self._failures.add(_key(username), now, forget_before=now - self.window)
+        for key in keys:
+            self._failures.add(key, now, forget_before=now - self.window)
 
-    def reset(self, username: str) -> None:
-        self._failures.clear(_key(username))
+    def reset(self, *keys: str) -> None:
+        for key in keys:
+            self._failures.clear(key)
 
-
-def _key(username: str) -> str:
-    return username.strip().casefold()
+    def _recent(self, key: str) -> list[float]:
+        return self._failures.failures_since(key, self._clock() - self.window)
 
 
 def authenticate(candidates: Iterable[tuple[PasswordDirectory, LdapProfile]], limiter: FailedSignInLimiter,
@@ -67,18 +79,68 @@ def authenticate(candidates: Iterable[tuple[PasswordDirectory, LdapProfile]], li
     ``candidates`` are the directories that validate passwords, tried in order (opened
     lazily, after the input is checked). An empty password is refused before any bind:
     LDAP treats a simple bind with a DN and no password as an unauthenticated bind,
-    which "succeeds".
+    which "succeeds". An unknown user, and an account whose budget another spelling of its
+    name used up, cost the same bind as a wrong password and get the same answer.
     """
-    if not isinstance(username, str) or not username.strip():
-        raise ValidationError("a username is required")
-    if not isinstance(password, str) or not password:
-        raise ValidationError("a password is required")
-    limiter.check(username)
+    username = _checked_username(username)
+    _check_password(password)
+    typed = _username_key(username)
+    limiter.check(typed)  # keyed by what was typed, known user or not: this refusal reveals nothing
+    failed = [typed]
     for directory, profile in candidates:
         found = directory.find_user(profile.sync.users.filter, profile.authentication.login_attribute,
-                                    username.strip(), profile.sync.users.user_id)
-        if found is not None and directory.password_matches(found.dn, password):
-            limiter.reset(username)
+                                    username, profile.sync.users.user_id)
+        account = _account_key(found.dn) if found is not None else None
+        if account is None or limiter.exhausted(account):
+            directory.password_matches(_absent_dn(profile), password)  # a bind all the same: timing tells nothing
+        elif directory.password_matches(found.dn, password):
+            limiter.reset(typed, account)
             return AuthenticationResult(True, found.user_id)
-    limiter.record_failure(username)
+        else:
+            failed.append(account)
+    limiter.record_failure(*failed)
     return AuthenticationResult(False)
+
+
+def _checked_username(username: Any) -> str:
+    if not isinstance(username, str) or not username.strip():
+        raise ValidationError("a username is required")
+    if len(username) > MAX_USERNAME_LENGTH:
+        raise ValidationError(f"the username is {len(username)} characters long; at most "
+                              f"{MAX_USERNAME_LENGTH} are allowed")
+    _require_unicode(username, "the username")
+    return username.strip()
+
+
+def _check_password(password: Any) -> None:
+    if not isinstance(password, str) or not password:
+        raise ValidationError("a password is required")
+    _require_unicode(password, "the password")
+
+
+def _require_unicode(text: str, what: str) -> None:
+    # a lone surrogate (JSON "\ud800") is no character: it cannot be sent to a directory or stored
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid Unicode text (it holds an unpaired surrogate)") from None
+
+
+def _username_key(username: str) -> str:
+    # directories match names after NFKC, case folding and squeezing spaces (RFC 4518): 'ｔ00001' is 't00001'
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+    return _hashed("username", " ".join(folded.split()))
+
+
+def _account_key(dn: str) -> str:
+    return _hashed("account", normalize_dn(dn))
+
+
+def _hashed(kind: str, name: str) -> str:
+    # a fixed length however long the name or DN, and no typed name kept in the clear
+    return f"{kind}:{hashlib.sha256(name.encode()).hexdigest()}"
+
+
+def _absent_dn(profile: LdapProfile) -> str:
+    # directories answer a bind as a DN that does not exist with invalidCredentials, as for a wrong password
+    return f"CN=orchard-no-such-user,{profile.connection.base_dn}"

@@ -21,6 +21,9 @@ DEFAULT_PORTS = {"ldaps": 636, "starttls": 389}
 MAX_CONNECT_TIMEOUT = 60.0
 MAX_OPERATION_TIMEOUT = 600.0
 MAX_NAME_LENGTH = 200
+#: the server the stored bind password goes to and the account it is for: changing either needs it again
+#: (a new port on the same host is fine: TLS still requires a certificate naming that host)
+PASSWORD_DESTINATION = ("host", "bind_dn")
 
 AD_USER_FILTER = "(&(objectCategory=person)(objectClass=user))"
 
@@ -125,12 +128,22 @@ def parse_profile(data: Any) -> LdapProfile:
 
 
 def apply_changes(current: LdapProfile, changes: Any) -> LdapProfile:
-    """The profile after ``changes`` (a partial request); the bind password stays unless given."""
+    """The profile after ``changes`` (a partial request).
+
+    The bind password stays unless given, but only for the same server and account: kept
+    across a change of host or bind DN, it would go wherever an administrator points it.
+    """
     changes = _mapping(changes, "the changes")
     merged = _merge(profile_view(current), changes)
-    if "bind_password" not in changes:
-        merged["bind_password"] = current.connection.bind_password.reveal()
-    return parse_profile(merged)
+    if "bind_password" in changes:
+        return parse_profile(merged)
+    changed = parse_profile({**merged, "bind_password": current.connection.bind_password.reveal()})
+    moved = [name for name in PASSWORD_DESTINATION
+             if getattr(changed.connection, name) != getattr(current.connection, name)]
+    if moved:
+        raise ValidationError(f"changing {' and '.join(moved)} needs the bind password again: give bind_password "
+                              "(`orchard directory profile update --new-bind-password`)")
+    return changed
 
 
 def profile_view(profile: LdapProfile) -> dict[str, Any]:
