@@ -10,7 +10,7 @@ import trustme
 from ldap3 import SIMPLE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPConfidentialityRequiredResult
 
-from services.directory.adapters.ldap_directory import LdapDirectory
+from services.directory.adapters.ldap_directory import LdapDirectory, _decoded
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from tests.directory.memory_failure_log import MemoryFailureLog
 from services.directory.domain.connection_test import run_connection_test
@@ -273,3 +273,9 @@ def test_unpaired_surrogates_are_refused_and_change_nothing(sign_in, username, p
 def test_a_username_longer_than_an_email_address_is_refused(sign_in):
     with pytest.raises(ValidationError, match="321 characters long; at most 320"):
         sign_in("t" * 321, "correct horse battery")
+
+
+def test_a_partial_ranged_attribute_stops_the_read_instead_of_dropping_members():
+    assert _decoded({"member": [b"CN=a"]}) == {"member": ["CN=a"]}
+    with pytest.raises(UpstreamError, match=r"only part of member \(member;range=0-1499\)"):
+        _decoded({"member;range=0-1499": [b"CN=a"] * 1500})

@@ -195,6 +195,12 @@ def _close(connection: Connection) -> None:
 
 
 def _decoded(raw: dict[str, list[bytes]]) -> dict[str, list[str]]:
+    for name in raw:
+        if ";range=" in name.lower():
+            # Active Directory hands out a large group's members in ranges; ldap3 follows them (auto_range), so one
+            # left over means members are missing: a sync must stop rather than take the group for smaller than it is
+            raise UpstreamError(f"the directory returned only part of {name.split(';')[0]} ({name}); "
+                                "check the server's MaxValRange setting and sync again")
     return {name.lower(): [value.decode("utf-8", "replace") for value in values] for name, values in raw.items()}
 
 
