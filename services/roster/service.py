@@ -21,11 +21,12 @@ from services.roster.domain.mosyle_openapi import openapi_document
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
-from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, ValidationError
+from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, PermissionDenied, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
 
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000  # keeps the offset far inside SQL's integers
 
 
 class RosterService(OrchardService):
@@ -85,7 +86,7 @@ class RosterService(OrchardService):
     @rpc
     def get_asm_preferences(self, token_id: str) -> dict[str, Any]:
         self.auth.require("roster:read")
-        _require_str(token_id, "token_id")
+        _require_token_id(token_id)
         store = asm.AsmPreferenceStore(self.db.session)
         return {"token_id": token_id, "preferences": store.get(token_id).to_dict(),
                 **store.status(token_id)}
@@ -93,7 +94,7 @@ class RosterService(OrchardService):
     @rpc
     def set_asm_preferences(self, token_id: str, prefs: dict) -> dict[str, Any]:
         actor = self.auth.require("roster:asm")
-        _require_str(token_id, "token_id")
+        _require_token_id(token_id)
         preferences = asm_mapping.AsmPreferences.from_dict(prefs)
         asm.AsmPreferenceStore(self.db.session).set(token_id, preferences)
         self.db.audit(actor, "asm.preferences_set", f"server_token:{token_id}", preferences.to_dict())
@@ -102,7 +103,7 @@ class RosterService(OrchardService):
     @rpc
     def preview_asm(self, token_id: str) -> dict[str, Any]:
         actor = self.auth.require("roster:asm")
-        _require_str(token_id, "token_id")
+        _require_token_id(token_id)
         return self._preview_asm(token_id, actor)
 
     @periodic(interval=60)
@@ -242,7 +243,7 @@ class RosterService(OrchardService):
     def create_api_token(self, name: str, allowed_ips: list[str] | None = None) -> dict[str, Any]:
         """A new access token for the HTTP API; the token itself is shown only this once."""
         actor = self.auth.require("roster:api_tokens")
-        _require_str(name, "name")
+        _require_str(name, "name", max_length=tables.api_tokens.c.name.type.length)
         row, token = ApiTokens(self.db.session).create(name.strip(), parse_allowed_ips(allowed_ips),
                                                        actor.id)
         self.db.audit(actor, "api_token.created", f"api_token:{row.id}",
@@ -308,6 +309,10 @@ class RosterService(OrchardService):
     def _options(actor: Actor, options: dict | None) -> planning.PlanOptions:
         parsed = planning.PlanOptions.from_dict(options)
         if actor.is_location_bound:  # a location leader's import stays within their locations
+            if parsed.max_user_delete_share > planning.DEFAULT_MAX_USER_DELETE_SHARE:
+                raise PermissionDenied(
+                    f"a {actor.role} cannot raise max_user_delete_share above "
+                    f"{planning.DEFAULT_MAX_USER_DELETE_SHARE:.0%}; ask an administrator")
             parsed = dataclasses.replace(parsed, locations=actor.locations)
         return parsed
 
@@ -328,15 +333,24 @@ def _plan_visible(actor: Actor, plan_locations: list[str] | None) -> bool:
     return plan_locations is not None and set(plan_locations) <= set(actor.locations or ())
 
 
-def _require_str(value: Any, name: str) -> None:
+def _require_str(value: Any, name: str, max_length: int | None = None) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{name} must be a non-empty string")
+    if max_length is not None and len(value) > max_length:
+        raise ValidationError(f"{name} is {len(value)} characters long; "
+                              f"at most {max_length} are allowed")
+
+
+def _require_token_id(token_id: Any) -> None:
+    _require_str(token_id, "token_id", max_length=tables.asm_preferences.c.token_id.type.length)
 
 
 def _page(page: Any, page_size: Any) -> tuple[int, int]:
     for value, name in ((page, "page"), (page_size, "page_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValidationError(f"{name} must be a whole number from 1")
+    if page > MAX_PAGE:
+        raise ValidationError(f"page must be a whole number from 1 to {MAX_PAGE}")
     return page, min(page_size, MAX_PAGE_SIZE)
 
 

@@ -148,3 +148,25 @@ def test_preferences_validate_and_round_trip():
         AsmPreferences.from_dict({"user_id_source": "shoe_size"})
     with pytest.raises(ValidationError, match="unknown preference"):
         AsmPreferences.from_dict({"colour": "red"})
+
+
+@pytest.mark.parametrize("prefs,match", [
+    ("abc", "must be an object"),
+    ({"sync_time": 5}, "sync_time '5' must be HH:MM"),
+    ({"sync_time": "²:05"}, "must be HH:MM"),
+    ({"sync_time": "24:00"}, "must be HH:MM"),
+    ({"locations": 5}, "locations must be a list of non-empty strings"),
+    ({"locations": "L1"}, "locations must be a list"),
+    ({"only_add_new": "no"}, "only_add_new must be true or false"),
+    ({"skip_student_email": 1}, "skip_student_email must be true or false"),
+    ({"import_users_without_location": None}, "import_users_without_location must be true"),
+    ({"user_id_source": ["email"]}, "user_id_source .* is not one of"),
+])
+def test_preferences_are_type_checked(prefs, match):
+    with pytest.raises(ValidationError, match=match):
+        AsmPreferences.from_dict(prefs)
+
+
+def test_clock_times_with_one_or_two_digit_hours():
+    assert AsmPreferences.from_dict({"sync_time": "2:05"}).sync_time == "2:05"
+    assert AsmPreferences.from_dict({"sync_time": "23:59", "locations": ["L1"]}).locations == ("L1",)

@@ -133,3 +133,34 @@ def test_openapi_document_is_a_valid_openapi_3_description():
     from openapi_spec_validator import validate
 
     validate(json.loads(json.dumps(openapi_document("https://orchard.example"))))
+
+
+@pytest.mark.parametrize("body,match", [
+    ('{"accessToken": "\\ud800"}', "lone surrogate"),
+    (b'{"accessToken": "ok", "elements": [{"name": "\xed\xa0\x80"}]}', "lone surrogate"),
+    ('{"accessToken": "ok", "options": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests too deeply"),
+])
+def test_payloads_that_are_not_text_or_too_deep_are_wire_errors(body, match):
+    with pytest.raises(m.WireError, match=match):
+        m.decode_payload(body)
+
+
+@pytest.mark.parametrize("page", ["²", 10**20, "9" * 5000, 1_000_001])
+def test_page_numbers_beyond_reason_are_wire_errors(page):
+    with pytest.raises(m.WireError, match="options.page must be a whole number from 1"):
+        m.ListOptions.from_payload({"options": {"page": page}}, m.USER_COLUMNS)
+
+
+def test_rejections_are_matched_to_elements_by_kind_and_row(hierarchy):
+    request = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "a1", "name": "Ann", "type": "S", "locations": [["Alpha"]]},
+        {"id": "a2", "name": "Bob", "type": "S", "locations": [["Alpha"]]},
+        {"id": "a3", "name": "Cy", "type": "S", "locations": [["X" * 200]]},
+    ]}, {})
+    plan = planning.build_plan(hierarchy, request.batch, planning.PlanOptions(delete_missing=False),
+                               row_numbers=request.row_numbers)
+    # the location "X"*200 is rejected as the batch's second location, not as element 2
+    assert sorted((r.sheet, r.row) for r in plan.summary.rejected) == [("Locations", 2), ("Users", 3)]
+    response = m.write_response(request, plan.summary.rejected)
+    assert [r["status"] for r in response["response"]] == ["OK", "OK", "ERROR"]
+    assert [c.natural_id for c in plan.changes if c.entity == "user"] == ["a1", "a2"]

@@ -8,7 +8,7 @@ from shared.contracts.roster import (
     ClassImported, ClassRecord, ClassUpdated, GradeLevelRecord, ImportBatch, LocationRecord,
     UserDeleted, UserImported, UserRecord, UserUpdated,
 )
-from shared.errors import Conflict
+from shared.errors import Conflict, ValidationError
 
 LOC = [LocationRecord(location_id="L1", name="North School")]
 
@@ -249,3 +249,112 @@ def test_an_import_limited_to_locations_touches_nothing_else(hierarchy):
         ("delete", "s2"), ("update", "s1")]
     (rejected,) = plan.summary.rejected
     assert "existing user is outside the locations you manage (L1)" in rejected.reason
+
+
+def test_a_person_listed_twice_in_a_class_or_a_location_twice_counts_once(hierarchy):
+    cls = ClassRecord(class_id="C1", name="Maths", location_id="L1", teacher_ids=["t1", "t1"],
+                      student_ids=["s1", "s2", "s1"])
+    twice = UserRecord(user_id="s2", user_type="student", name="Sue", locations=["L1", "L1"])
+    users = [user("t1", kind="teacher"), user("s1"), twice]
+    plan = p.build_plan(hierarchy, batch(users, [cls]))
+    assert plan.summary.counts["membership"]["add"] == 3
+    assert "class 'C1': s1, t1 listed more than once, kept once" in plan.summary.warnings
+    (class_change,) = [c for c in plan.changes if c.entity == "class"]
+    assert class_change.after["teacher_ids"] == ["t1"]
+    assert class_change.after["student_ids"] == ["s1", "s2"]
+    assert next(c for c in plan.changes if c.natural_id == "s2").after["locations"] == ["L1"]
+    apply(hierarchy, plan)
+    assert p.build_plan(hierarchy, batch(users, [cls])).changes == []  # and stays so
+
+
+def test_the_planner_rejects_what_the_tables_cannot_hold(hierarchy):
+    long_location = LocationRecord(location_id="L" * 128, name="Long")
+    plan = p.build_plan(hierarchy, batch(
+        [user("s1", grade_level="9" * 256), user("s2", grade_level="9" * 255)],
+        locations=[*LOC, long_location],
+        grades=[GradeLevelRecord(name="G" * 172, location_id="L" * 128),
+                GradeLevelRecord(name="G" * 171, location_id="L" * 128)]))
+    reasons = {(r.sheet, r.row): r.reason for r in plan.summary.rejected}
+    assert reasons == {
+        ("Users", 1): "grade level is 256 characters long; at most 255 are allowed",
+        ("Grade Levels", 1): (f"grade level name is 172 characters long; with location ID "
+                              f"'{'L' * 128}' at most 171 are allowed")}
+    assert [c.natural_id for c in plan.changes if c.entity == "user"] == ["s2"]
+    assert [len(c.natural_id) for c in plan.changes if c.entity == "grade_level"] == [300]
+    with pytest.raises(ValidationError, match="source is 21 characters long; at most 20"):
+        p.build_plan(hierarchy, batch([user("s1")], source="ldap:" + "x" * 16))
+
+
+@pytest.mark.parametrize("options,match", [
+    ("abc", "must be an object"),
+    (["only_add_new"], "must be an object"),
+    ({"delete_user_ids": 5}, "delete_user_ids must be a list of non-empty strings"),
+    ({"delete_class_ids": "c1"}, "delete_class_ids must be a list"),
+    ({"delete_user_ids": ["a", 1]}, "delete_user_ids must be a list"),
+    ({"locations": "L1"}, "locations must be a list"),
+    ({"only_add_new": "no"}, "only_add_new must be true or false"),
+    ({"delete_missing": 0}, "delete_missing must be true or false"),
+    ({"max_user_delete_share": "0.5"}, "max_user_delete_share must be a number from 0 to 1"),
+    ({"max_user_delete_share": 1.5}, "max_user_delete_share must be a number from 0 to 1"),
+    ({"max_user_delete_share": True}, "max_user_delete_share must be a number from 0 to 1"),
+    ({"max_user_delete_share": float("nan")}, "max_user_delete_share must be a number"),
+    ({"colour": "red"}, "unknown import option"),
+])
+def test_plan_options_are_checked(options, match):
+    with pytest.raises(ValidationError, match=match):
+        p.PlanOptions.from_dict(options)
+
+
+def test_plan_options_from_dict():
+    options = p.PlanOptions.from_dict({"only_add_new": True, "delete_user_ids": ["a"],
+                                       "delete_class_ids": None, "locations": None,
+                                       "max_user_delete_share": 0})
+    assert options == p.PlanOptions(only_add_new=True, delete_user_ids=("a",),
+                                    max_user_delete_share=0)
+    assert p.PlanOptions.from_dict(None) == p.PlanOptions()
+
+
+TWO_SCHOOLS = [LocationRecord(location_id="L1", name="North"), LocationRecord(location_id="L2", name="South")]
+
+
+def test_a_scoped_import_cannot_bring_users_of_other_locations_into_a_class(hierarchy):
+    south = UserRecord(user_id="s9", user_type="student", name="Sam", locations=["L2"])
+    both = UserRecord(user_id="t2", user_type="teacher", name="Tia", locations=["L1", "L2"])
+    north = [user("t1", kind="teacher"), user("s1")]
+    apply(hierarchy, p.build_plan(hierarchy, batch([*north, south, both], locations=TWO_SCHOOLS)))
+    scoped = p.PlanOptions(locations=("L1",))
+
+    def lead(*classes):
+        return p.build_plan(hierarchy, batch(north, classes, locations=LOC), scoped)
+
+    stolen = ClassRecord(class_id="C1", name="Maths", location_id="L1", teacher_ids=["t1"],
+                         student_ids=["s1", "s9"])
+    plan = lead(stolen)
+    (rejected,) = plan.summary.rejected
+    assert (rejected.sheet, rejected.row) == ("Classes", 1)
+    assert rejected.reason == ("user(s) s9 are in none of the locations you manage (L1); only an "
+                               "administrator can add them to a class")
+    assert plan.summary.counts["class"]["add"] == 0
+    # a user who is also in one of the leader's locations may join
+    shared = ClassRecord(class_id="C2", name="Art", location_id="L1", teacher_ids=["t2"])
+    assert lead(shared).summary.counts["class"]["add"] == 1
+    # an administrator may put s9 in; the leader can then keep (or remove) them
+    apply(hierarchy, p.build_plan(hierarchy, batch([*north, south, both], [stolen],
+                                                   locations=TWO_SCHOOLS)))
+    renamed = ClassRecord(class_id="C1", name="Maths 7", location_id="L1", teacher_ids=["t1"],
+                          student_ids=["s1", "s9"])
+    plan = lead(renamed)
+    assert plan.summary.rejected == [] and plan.summary.counts["class"]["update"] == 1
+
+
+def test_a_scoped_import_measures_deletions_against_its_own_locations(hierarchy):
+    north = [user(f"n{i}") for i in range(4)]
+    south = [UserRecord(user_id=f"s{i}", user_type="student", name="Sam", locations=["L2"])
+             for i in range(36)]
+    apply(hierarchy, p.build_plan(hierarchy, batch(north + south, locations=TWO_SCHOOLS)))
+    plan = p.build_plan(hierarchy, batch(north[:2], locations=LOC), p.PlanOptions(locations=("L1",)))
+    assert plan.summary.counts["user"]["delete"] == 2
+    assert plan.summary.existing_users == 4
+    assert plan.summary.needs_mass_delete_approval  # half the leader's users, not 5 % of all
+    with pytest.raises(Conflict, match="allow_mass_delete"):
+        apply(hierarchy, plan)

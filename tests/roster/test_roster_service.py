@@ -339,3 +339,59 @@ def test_a_failing_daily_asm_sync_is_recorded(roster, rpc_as, container_factory)
         outcome = rpc.roster.get_asm_preferences("tok-broken")["last_sync_outcome"]
         assert outcome == "failed: Apple School Manager answered 503; try again later"
         assert [e["action"] for e in rpc.roster.audit_log()][0] == "asm.sync_failed"
+
+
+def test_bad_rpc_arguments_are_refused_with_typed_errors(roster, rpc_as):
+    with rpc_as() as rpc:
+        for options in ("abc", {"delete_user_ids": 5}, {"only_add_new": "no"}):
+            with pytest.raises(ValidationError):
+                rpc.roster.preview_records({"source": "ldap"}, options)
+        with pytest.raises(ValidationError, match="source is 30 characters long"):
+            rpc.roster.preview_records({"source": "x" * 30})
+        for prefs in ({"sync_time": 5}, {"sync_time": "²:05"}, {"locations": 5},
+                      {"only_add_new": "no"}):
+            with pytest.raises(ValidationError):
+                rpc.roster.set_asm_preferences("tok-1", prefs)
+        with pytest.raises(ValidationError, match="token_id is 101 characters long"):
+            rpc.roster.set_asm_preferences("t" * 101, {})
+        with pytest.raises(ValidationError, match="name is 201 characters long"):
+            rpc.roster.create_api_token("n" * 201)
+        with pytest.raises(ValidationError, match="page must be a whole number from 1 to"):
+            rpc.roster.list_users(page=10**20)
+        with pytest.raises(NotFound, match="no API token"):
+            rpc.roster.revoke_api_token(10**30)
+        assert rpc.roster.list_users()["total"] == 0 and rpc.roster.list_api_tokens() == []
+
+
+def test_a_location_leader_cannot_loosen_the_deletion_guard(roster, rpc_as):
+    content = workbook([user_row("n1")], locations=[("north", "North")])
+    with rpc_as(LEADER_NORTH) as rpc:
+        with pytest.raises(PermissionDenied, match="cannot raise max_user_delete_share"):
+            rpc.roster.preview_spreadsheet("north.xlsx", content, {"max_user_delete_share": 0.5})
+        stricter = rpc.roster.preview_spreadsheet("north.xlsx", content,
+                                                  {"max_user_delete_share": 0.05})
+        assert stricter["max_user_delete_share"] == 0.05
+
+
+def test_mosyle_api_answers_bad_input_with_400_and_reports_the_right_element(roster, rpc_as):
+    base = f"http://{roster['SERVICES']['roster']['http_address']}"
+    with rpc_as() as rpc:
+        token = rpc.roster.create_api_token("script")["token"]
+    for body in (b'{"accessToken": "\\ud800"}',
+                 b'{"accessToken": "x", "options": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                 json.dumps({"accessToken": token, "options": {"page": "²"}}).encode(),
+                 json.dumps({"accessToken": token, "options": {"page": 10**20}}).encode()):
+        answer = httpx.post(f"{base}/v2/listusers", content=body,
+                            headers={"content-type": "application/json"})
+        assert answer.status_code == 400 and answer.json()["status"] == "ERROR", answer.text
+
+    saved = httpx.post(f"{base}/v2/users", json={"accessToken": token, "elements": [
+        {"id": "a1", "name": "Ann", "type": "S", "locations": [["Alpha"]]},
+        {"id": "a2", "name": "Bob", "type": "S", "locations": [["Alpha"]]},
+        {"id": "a3", "name": "Cy", "type": "S", "locations": [["X" * 200]]}]})
+    assert [e["status"] for e in saved.json()["response"]] == ["OK", "OK", "ERROR"]
+    twice = httpx.post(f"{base}/v2/classes", json={"accessToken": token, "elements": [
+        {"id": "k1", "class_name": "Maths", "location": "Alpha", "students": ["a1", "a1", "a2"]}]})
+    assert twice.status_code == 200 and twice.json()["response"][0]["status"] == "OK"
+    listed = httpx.post(f"{base}/v2/listclasses", json={"accessToken": token}).json()
+    assert listed["response"]["classes"][0]["students"] == ["a1", "a2"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import struct
 import zipfile
 
 import openpyxl
@@ -205,3 +206,66 @@ def test_declared_total_size_is_checked(monkeypatch):
     monkeypatch.setattr(s, "MAX_UNCOMPRESSED_BYTES", 1000)
     with pytest.raises(ValidationError, match="would expand"):
         s.read_spreadsheet("roster.xlsx", workbook())
+
+
+def rezip(data: bytes, changes: dict, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """``data``'s zip written again: members in ``changes`` transformed, or left out (None)."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression) as archive:
+        for name in source.namelist():
+            change = changes.get(name, lambda content: content)
+            if change is not None:
+                archive.writestr(name, change(source.read(name)))
+    return out.getvalue()
+
+
+def corrupt(data: bytes, member: str, at: int) -> bytes:
+    """``data`` with one byte of ``member``'s stored (compressed) data inverted."""
+    header = zipfile.ZipFile(io.BytesIO(data)).getinfo(member).header_offset
+    name_length, extra_length = struct.unpack("<HH", data[header + 26:header + 30])
+    damaged = bytearray(data)
+    damaged[header + 30 + name_length + extra_length + at] ^= 0xFF
+    return bytes(damaged)
+
+
+USERS_SHEET = "xl/worksheets/sheet1.xml"
+GOOD_CSV = csv_zip(minimal_csv_files((",".join(HEADERS["Users"]) + "\ns1,Student,A,B,,,north,,\n").encode()))
+GOOD_XLSX = workbook(users=[student("s1")])
+WITH_FORMULA = b'<row r="3"><c r="A3"><f>1+1</f><v>2</v></c></row></sheetData>'
+
+
+@pytest.mark.parametrize("damage,advice", [
+    # a bad checksum (BadZipFile), and corrupt compressed data (zlib.error)
+    (lambda: corrupt(rezip(GOOD_CSV, {}, zipfile.ZIP_STORED), "users.csv", 3), "make the zip again"),
+    (lambda: corrupt(GOOD_CSV, "users.csv", 3), "make the zip again"),
+    (lambda: corrupt(rezip(GOOD_XLSX, {}, zipfile.ZIP_STORED), USERS_SHEET, 200), "save it as a new .xlsx"),
+    (lambda: corrupt(GOOD_XLSX, USERS_SHEET, 20), "save it as a new .xlsx"),
+    (lambda: corrupt(rezip(GOOD_XLSX, {}, zipfile.ZIP_STORED), "xl/workbook.xml", 50),
+     "save it as a new .xlsx"),
+    # malformed sheet XML, found by the formula scan (ParseError) or by calamine
+    (lambda: rezip(GOOD_XLSX, {USERS_SHEET: lambda x: x.replace(b"</sheetData>", b"<f>1</f></sheetData")}),
+     "save it as a new .xlsx"),
+    (lambda: rezip(GOOD_XLSX, {USERS_SHEET: lambda x: x.replace(b"</sheetData>", b"</sheetDat")}),
+     "save it as a new .xlsx"),
+    # a row number that is no number (ValueError), and a worksheet part that is missing (KeyError)
+    (lambda: rezip(GOOD_XLSX, {USERS_SHEET: lambda x: x.replace(b'<row r="2"', b'<row r="x2"')
+                                .replace(b"</sheetData>", WITH_FORMULA)}), "save it as a new .xlsx"),
+    (lambda: rezip(GOOD_XLSX, {USERS_SHEET: None}), "save it as a new .xlsx"),
+], ids=["csv-checksum", "csv-deflate", "xlsx-checksum", "xlsx-deflate", "workbook-checksum",
+        "sheet-xml-with-formula", "sheet-xml", "row-number", "missing-sheet-part"])
+def test_a_damaged_file_is_refused_as_damaged(damage, advice):
+    with pytest.raises(ValidationError, match=f"'roster.xlsx' is damaged: .* cannot be read .*{advice}"):
+        s.read_spreadsheet("roster.xlsx", damage())
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_a_repeated_header_is_refused_and_named(fmt):
+    headers = HEADERS["Users"] + [" email "]
+    if fmt == "xlsx":
+        data = workbook(users=[student("s1") + ["other@x.edu"]], headers={"Users": headers})
+    else:
+        data = csv_zip(minimal_csv_files((",".join(headers) + "\n").encode()))
+    with pytest.raises(ValidationError, match="sheet 'Users' has the header 'email' twice "
+                                              r"\(columns E and J\)"):
+        s.read_spreadsheet(f"roster.{fmt}", data)

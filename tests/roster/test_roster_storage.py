@@ -6,12 +6,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from services.roster.adapters import tables
+from services.roster.adapters.api_tokens import ApiTokens
 from services.roster.adapters.hierarchy import SqlHierarchy
 from services.roster.adapters.imports import ImportRunner
 from services.roster.domain.planning import PlanOptions
 from shared.auth import Actor
-from shared.contracts.roster import ClassRecord, ImportBatch, LocationRecord, UserRecord
-from shared.errors import Conflict, PermissionDenied
+from shared.contracts.roster import (
+    ClassRecord, GradeLevelRecord, ImportBatch, LocationRecord, UserRecord,
+)
+from shared.errors import Conflict, NotFound, PermissionDenied
 from shared.migrations import upgrade
 from shared.storage import KernelTables, UnitOfWork, create_engine_for
 
@@ -38,8 +41,8 @@ def batch(users, classes=()):
 
 
 def person(uid, email=None, kind="student", location="L1", **kw):
-    return UserRecord(user_id=uid, user_type=kind, name=f"Person {uid}", email=email,
-                      locations=[location], **kw)
+    kw.setdefault("locations", [location])
+    return UserRecord(user_id=uid, user_type=kind, name=f"Person {uid}", email=email, **kw)
 
 
 def run(unit, records, options=None, allow_mass_delete=False, actor=ADMIN):
@@ -116,3 +119,67 @@ def test_plan_changes_page_in_order(unit):
     changes = list(runner.plans.changes(plan["plan_id"], after_seq=99, limit=50, batch=7))
     assert len(changes) == 22  # 2 locations + 120 users, from the 101st on
     assert [c.natural_id for c in changes[:2]] == ["u098", "u099"]
+
+
+def test_a_person_or_location_listed_twice_is_written_once(unit):
+    maths = ClassRecord(class_id="c1", name="Maths", location_id="L1", teacher_ids=["t1", "t1"],
+                        student_ids=["s1", "s1"])
+    twice = person("s1", locations=["L1", "L1"])
+    records = batch([person("t1", kind="teacher"), twice], [maths])
+    summary, result = run(unit, records)
+    assert result["events"] == 3 and summary["counts"]["membership"]["add"] == 2
+    (stored,) = SqlHierarchy(unit.session).classes()
+    assert (stored.record.teacher_ids, stored.record.student_ids) == (["t1"], ["s1"])
+    assert ImportRunner(unit.session, unit.publish).preview(
+        records, PlanOptions(), actor=ADMIN)["total_changes"] == 0
+
+
+def test_what_the_tables_cannot_hold_is_refused_by_the_preview(unit):
+    long_id = "L" * 128
+    records = ImportBatch(
+        source="xlsx",
+        locations=[LocationRecord(location_id="L1", name="North"),
+                   LocationRecord(location_id=long_id, name="Far")],
+        grade_levels=[GradeLevelRecord(name="G" * 255, location_id=long_id),
+                      GradeLevelRecord(name="7", location_id=long_id)],
+        users=[person("s1", grade_level="9" * 256), person("s2", grade_level="7")])
+    runner = ImportRunner(unit.session, unit.publish)
+    filename = "district-" + "x" * 300 + ".xlsx"
+    summary = runner.preview(records, PlanOptions(), actor=ADMIN, origin=filename)
+    assert sorted((r["sheet"], r["row"]) for r in summary["rejected"]) == [
+        ("Grade Levels", 1), ("Users", 1)]
+    runner.apply(summary["plan_id"], actor=ADMIN)
+    unit.commit()
+    origin = runner.plans.get(summary["plan_id"]).origin
+    assert len(origin) == 200 and origin.startswith("district-xxx") and origin.endswith("xxx.xlsx")
+    assert [u.record.user_id for u in SqlHierarchy(unit.session).users()] == ["s2"]
+    assert [g.record.name for g in SqlHierarchy(unit.session).grade_levels()] == ["7"]
+
+
+@pytest.mark.parametrize("token_id", [10**30, -10**30])
+def test_an_api_token_id_beyond_the_column_is_not_found(unit, token_id):
+    with pytest.raises(NotFound, match=f"there is no API token {token_id}"):
+        ApiTokens(unit.session).revoke(token_id)
+
+
+def test_the_planner_limits_every_text_column_an_apply_writes():
+    from services.roster.domain import planning
+    from shared.contracts.roster import USER_TYPES
+
+    # columns whose values the code chooses, not the source
+    chosen = {"user_type": USER_TYPES, "role": ("teacher", "student"),
+              "entity": planning.ENTITIES, "action": planning.ACTIONS,
+              "plan_id": ("00000000-0000-0000-0000-000000000000",)}
+    limits = {"source": planning.MAX_SOURCE_LENGTH, "natural_id": planning.MAX_NATURAL_ID_LENGTH,
+              "user_id": planning.MAX_ID_LENGTH, "location_id": planning.MAX_ID_LENGTH,
+              "class_id": planning.MAX_ID_LENGTH}
+    written = (tables.locations, tables.grade_levels, tables.users, tables.user_locations,
+               tables.classes, tables.memberships, tables.plan_changes)
+    for table in written:
+        for column in table.columns:
+            if not isinstance(column.type, sa.String) or column.type.length is None:
+                continue  # numbers, JSON and unbounded text
+            if column.name in chosen:
+                assert max(map(len, chosen[column.name])) <= column.type.length, column
+            else:
+                assert limits.get(column.name, planning.MAX_NAME_LENGTH) == column.type.length, column

@@ -14,6 +14,7 @@ from shared.errors import NotFound, ValidationError
 from shared.storage import utc_now
 
 TOKEN_PREFIX = "orch_"
+MAX_TOKEN_ID = 2**31 - 1  # ids are 32-bit integers (the column's type)
 
 
 def hash_token(token: str) -> str:
@@ -69,7 +70,11 @@ class ApiTokens:
         return self.get(token_id), token
 
     def get(self, token_id: int) -> Any:
-        row = self.session.execute(sa.select(t.api_tokens).where(t.api_tokens.c.id == token_id)).first()
+        row = None
+        # an id that cannot exist is not looked up: SQLite's driver cannot even send 10**30
+        if 0 < token_id <= MAX_TOKEN_ID:
+            row = self.session.execute(
+                sa.select(t.api_tokens).where(t.api_tokens.c.id == token_id)).first()
         if row is None:
             raise NotFound(f"there is no API token {token_id}; list them with list_api_tokens")
         return row

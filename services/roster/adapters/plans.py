@@ -15,6 +15,7 @@ from shared.errors import NotFound
 from shared.storage import utc_now
 
 PREVIEWED, APPLIED, EXPIRED = "previewed", "applied", "expired"
+ORIGIN_LENGTH = t.plans.c.origin.type.length
 UNAPPLIED_PLAN_LIFETIME = timedelta(days=2)
 APPLIED_CHANGES_KEPT = timedelta(days=30)
 
@@ -27,7 +28,7 @@ class PlanStore:
         plan_id = str(uuid.uuid4())
         self.session.execute(t.plans.insert().values(
             plan_id=plan_id, source=plan.summary.source, status=PREVIEWED,
-            summary=plan.summary.to_dict(), actor_id=actor_id, origin=origin,
+            summary=plan.summary.to_dict(), actor_id=actor_id, origin=_shortened(origin),
             created_at=utc_now()))
         columns = ("plan_id", "seq", "entity", "action", "natural_id", "target", "after", "before")
         for start, part in enumerate(chunks(plan.changes, 2000)):
@@ -90,3 +91,11 @@ class PlanStore:
     def runs(self, limit: int) -> list[Any]:
         return self.session.execute(
             sa.select(t.plans).order_by(t.plans.c.created_at.desc()).limit(limit)).all()
+
+
+def _shortened(origin: str | None) -> str | None:
+    """An origin the column can hold: a long file name keeps its start and its end."""
+    if origin is None or len(origin) <= ORIGIN_LENGTH:
+        return origin
+    head = (ORIGIN_LENGTH - 1) // 2
+    return f"{origin[:head]}…{origin[len(origin) - (ORIGIN_LENGTH - 1 - head):]}"

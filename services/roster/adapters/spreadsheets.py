@@ -18,6 +18,8 @@ import io
 import itertools
 import re
 import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from xml.etree import ElementTree
@@ -68,6 +70,17 @@ _RATIO_CHECK_FROM_BYTES = 1024 * 1024  # tiny members compress absurdly well and
 
 _TEMPLATE_HINT = ("start from the template and do not delete any sheet or header, "
                   "even those you leave empty")
+
+# what zipfile, zlib, the XML parsers and calamine raise for a file they cannot read: a bad
+# checksum, corrupt or truncated compressed data, malformed XML or row numbers, a part the
+# workbook names but lacks, an encrypted member or an unknown compression method
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, ElementTree.ParseError, ValueError,
+               KeyError, NotImplementedError, RuntimeError, python_calamine.CalamineError)
+_SAVE_AGAIN = {
+    "xlsx": "open it in Excel, save it as a new .xlsx file and import that",
+    "csv": "make the zip again from the four CSV files and import the new one",
+    None: "save or compress it again and import the new file",
+}
 
 
 # ---------------------------------------------------------------- template
@@ -143,12 +156,27 @@ def detect_format(filename: str, content: bytes) -> str:
                           f"the zip of the template's four files ({', '.join(CSV_FILES.values())})")
 
 
+def _damaged(filename: str, fmt: str | None, exc: BaseException,
+             part: str | None = None) -> ValidationError:
+    detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError quotes its text
+    return ValidationError(f"'{filename}' is damaged: {part or 'it'} cannot be read ({detail}); "
+                           f"{_SAVE_AGAIN[fmt]}")
+
+
+@contextmanager
+def _unreadable_is_damaged(filename: str, fmt: str | None,
+                           part: str | None = None) -> Iterator[None]:
+    """Turn a reader's failure on a damaged file into a ``ValidationError`` saying so."""
+    try:
+        yield
+    except _UNREADABLE as exc:
+        raise _damaged(filename, fmt, exc, part) from None
+
+
 def _open_zip(filename: str, content: bytes) -> zipfile.ZipFile:
     """Open a zip after checking its declared sizes, so a zip bomb is refused unread."""
-    try:
+    with _unreadable_is_damaged(filename, None):
         archive = zipfile.ZipFile(io.BytesIO(content))
-    except zipfile.BadZipFile as exc:
-        raise ValidationError(f"'{filename}' is a damaged zip/XLSX file ({exc})") from None
     entries = archive.infolist()
     if len(entries) > MAX_ZIP_ENTRIES:
         raise ValidationError(f"'{filename}' holds {len(entries)} files; at most "
@@ -266,7 +294,16 @@ def _label(id_field: str) -> str:
 
 
 def _header_positions(sheet: str, header: list[Any]) -> dict[str, int]:
-    found = {str(h).strip().lower(): i for i, h in enumerate(header) if h is not None}
+    found: dict[str, int] = {}
+    for index, cell in enumerate(header):
+        name = str(cell).strip() if cell is not None else ""
+        if not name:
+            continue
+        if name.lower() in found:  # otherwise the last of the two would silently win
+            columns = [openpyxl.utils.get_column_letter(i + 1) for i in (found[name.lower()], index)]
+            raise ValidationError(f"sheet '{sheet}' has the header '{name}' twice (columns "
+                                  f"{' and '.join(columns)}); keep one of them and import again")
+        found[name.lower()] = index
     positions = {}
     for name, _ in COLUMNS[sheet]:
         if name.lower() not in found:
@@ -331,23 +368,26 @@ def _list(value: str | None) -> list[str]:
 
 def _xlsx_tables(filename: str, content: bytes) -> dict[str, RowSource]:
     archive = _open_zip(filename, content)
-    sheet_paths = _xlsx_sheet_paths(filename, archive)
+    with _unreadable_is_damaged(filename, "xlsx"):
+        sheet_paths = _xlsx_sheet_paths(archive)
     for sheet in SHEETS:
         if sheet not in sheet_paths:
             raise ValidationError(f"'{filename}' has no sheet '{sheet}'; {_TEMPLATE_HINT}")
     try:
         book = python_calamine.CalamineWorkbook.from_filelike(io.BytesIO(content))
     except Exception as exc:  # calamine's errors carry no useful type hierarchy
-        raise ValidationError(f"'{filename}' could not be read as XLSX ({exc})") from None
+        raise _damaged(filename, "xlsx", exc) from None
     tables = {}
     for sheet in SHEETS:
-        formula_rows = _formula_rows(archive, sheet_paths[sheet])
-        tables[sheet] = _calamine_rows(book, sheet, formula_rows)
+        with _unreadable_is_damaged(filename, "xlsx", f"sheet '{sheet}'"):
+            formula_rows = _formula_rows(archive, sheet_paths[sheet])
+        tables[sheet] = _calamine_rows(filename, book, sheet, formula_rows)
     return tables
 
 
-def _calamine_rows(book: Any, sheet: str, formula_rows: set[int]) -> RowSource:
-    worksheet = book.get_sheet_by_name(sheet)
+def _calamine_rows(filename: str, book: Any, sheet: str, formula_rows: set[int]) -> RowSource:
+    with _unreadable_is_damaged(filename, "xlsx", f"sheet '{sheet}'"):  # calamine parses it here
+        worksheet = book.get_sheet_by_name(sheet)
     first_row = worksheet.start[0] + 1 if worksheet.start else 1
     for number, cells in enumerate(worksheet.iter_rows(), start=first_row):
         if number in formula_rows:
@@ -363,13 +403,10 @@ _NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
 _FORMULA_MARKERS = (b"<f>", b"<f ", b"<f/", b":f>", b":f ")
 
 
-def _xlsx_sheet_paths(filename: str, archive: zipfile.ZipFile) -> dict[str, str]:
+def _xlsx_sheet_paths(archive: zipfile.ZipFile) -> dict[str, str]:
     """Sheet name -> the worksheet part inside the zip."""
-    try:
-        workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
-        rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
-    except (KeyError, ElementTree.ParseError) as exc:
-        raise ValidationError(f"'{filename}' is a damaged XLSX file ({exc})") from None
+    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+    rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
     targets = {r.get("Id"): r.get("Target", "") for r in rels.findall("rel:Relationship", _NS)}
     paths = {}
     for sheet in workbook.iterfind("m:sheets/m:sheet", _NS):
@@ -424,19 +461,21 @@ def _csv_tables(filename: str, content: bytes) -> dict[str, RowSource]:
 
 
 def _csv_rows(filename: str, archive: zipfile.ZipFile, member: str) -> RowSource:
-    # utf-8-sig drops the byte order mark Excel writes at the start of "CSV UTF-8"
-    text = codecs.getreader("utf-8-sig")(archive.open(member))
-    try:
-        first_line = text.readline()
-        delimiter = _delimiter(first_line)
-        reader = csv.reader(itertools.chain([first_line], text), delimiter=delimiter)
-        for number, cells in enumerate(reader, start=1):
-            yield number, cells
-    except UnicodeDecodeError:
-        raise ValidationError(f"'{member}' in '{filename}' is not UTF-8 text; save it as "
-                              f"\"CSV UTF-8\" and import again") from None
-    except csv.Error as exc:
-        raise ValidationError(f"'{member}' in '{filename}' is not valid CSV ({exc})") from None
+    # outside the try below: a UnicodeDecodeError is a ValueError, but means something else
+    with _unreadable_is_damaged(filename, "csv", f"'{member}'"), archive.open(member) as raw:
+        # utf-8-sig drops the byte order mark Excel writes at the start of "CSV UTF-8"
+        text = codecs.getreader("utf-8-sig")(raw)
+        try:
+            first_line = text.readline()
+            delimiter = _delimiter(first_line)
+            reader = csv.reader(itertools.chain([first_line], text), delimiter=delimiter)
+            for number, cells in enumerate(reader, start=1):
+                yield number, cells
+        except UnicodeDecodeError:
+            raise ValidationError(f"'{member}' in '{filename}' is not UTF-8 text; save it as "
+                                  f"\"CSV UTF-8\" and import again") from None
+        except csv.Error as exc:
+            raise ValidationError(f"'{member}' in '{filename}' is not valid CSV ({exc})") from None
 
 
 def _delimiter(header_line: str) -> str:

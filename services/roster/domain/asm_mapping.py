@@ -8,9 +8,11 @@ not exposed) is reported as a warning in the preview, together with the fallback
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
+from services.roster.domain.options import check_flags, known_options, string_tuple
 from shared.contracts.roster import (
     ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord,
 )
@@ -20,6 +22,8 @@ USER_ID_SOURCES = ("person_number", "person_id", "managed_apple_id_prefix", "sis
                    "email", "managed_apple_id")
 EMAIL_SOURCES = ("asm_email", "managed_apple_id", "managed_apple_id_without_subdomain")
 CLASS_NAME_SOURCES = ("class_id", "class_number", "name", "display_name")
+# ASCII digits only: "²".isdigit() is true, but int("²") fails
+_CLOCK_TIME = re.compile(r"([01]?[0-9]|2[0-3]):[0-5][0-9]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,14 +53,11 @@ class AsmPreferences:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "AsmPreferences":
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValidationError(f"unknown preference(s) {', '.join(unknown)}; "
-                                  f"known ones are {', '.join(sorted(known))}")
+        """Preferences from a JSON object (or None for the defaults), checked."""
+        data = known_options(data, "preference", {f.name for f in fields(cls)})
+        check_flags(data, ("only_add_new", "skip_student_email", "import_users_without_location"))
         if data.get("locations") is not None:
-            data["locations"] = tuple(data["locations"])
+            data["locations"] = string_tuple(data["locations"], "locations")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,10 +66,8 @@ class AsmPreferences:
         return data
 
 
-def _is_clock_time(value: str) -> bool:
-    hours, _, minutes = value.partition(":")
-    return (hours.isdigit() and minutes.isdigit() and len(minutes) == 2
-            and 0 <= int(hours) < 24 and 0 <= int(minutes) < 60)
+def _is_clock_time(value: Any) -> bool:
+    return isinstance(value, str) and _CLOCK_TIME.fullmatch(value) is not None
 
 
 @dataclass

@@ -9,6 +9,7 @@ HTTP adapter only moves bytes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,7 +23,11 @@ CLASS_COLUMNS = ("id", "course_name", "class_name", "location", "idteacher", "st
                  "coordinators")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_PAGE = 1_000_000  # keeps the offset far inside SQL's integers
 MAX_ELEMENTS = 5000
+# a page number sent as text: ASCII digits only ("²".isdigit() is true, int("²") fails),
+# and few enough of them for int()
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class WireError(ValidationError):
@@ -36,6 +41,14 @@ def decode_payload(text: str | bytes | None) -> dict[str, Any]:
                         "holding the JSON")
     try:
         payload = json.loads(text)
+        # a lone surrogate ("\ud800") is no text: neither the database nor the token hash can
+        # encode it, so a payload holding one anywhere is refused here
+        json.dumps(payload, ensure_ascii=False).encode()
+    except RecursionError:
+        raise WireError("the request body nests too deeply; send the documented shape") from None
+    except UnicodeEncodeError:
+        raise WireError("the request body holds a lone surrogate (\\ud800 to \\udfff), "
+                        "which is not text; send valid UTF-8") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(payload, dict):
@@ -65,6 +78,8 @@ class ListOptions:
         if not isinstance(options, dict):
             raise WireError("options must be an object")
         page = _positive_int(options.get("page", 1), "options.page")
+        if page > MAX_PAGE:
+            raise WireError(f"options.page must be a whole number from 1 to {MAX_PAGE}")
         page_size = min(_positive_int(options.get("page_size", DEFAULT_PAGE_SIZE),
                                       "options.page_size"), MAX_PAGE_SIZE)
         specific = options.get("specific_columns")
@@ -90,7 +105,7 @@ class ListOptions:
 
 
 def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise WireError(f"{where} must be a whole number from 1")
@@ -149,8 +164,10 @@ class WriteRequest:
 
     Elements are numbered from 1; ``row_numbers`` lets the planner's rejections name
     the element they came from, ``errors`` holds the elements refused while parsing.
+    ``sheet`` is the planner's name for the elements' kind ("Users" or "Classes").
     """
 
+    sheet: str
     batch: ImportBatch
     delete_ids: list[str]
     element_ids: list[str | None]
@@ -210,7 +227,7 @@ def _write_request(payload: Mapping[str, Any], sheet: str, noun: str, parse: Cal
 
 
 def _new_request(sheet: str, count: int) -> WriteRequest:
-    return WriteRequest(batch=ImportBatch(source="api"), delete_ids=[],
+    return WriteRequest(sheet=sheet, batch=ImportBatch(source="api"), delete_ids=[],
                         element_ids=[None] * count, operations=[None] * count,
                         row_numbers={sheet: {}})
 
@@ -219,13 +236,16 @@ def write_response(request: WriteRequest, rejected: Iterable[RejectedRow],
                    failed: str | None = None) -> dict[str, Any]:
     """One status per element, in request order.
 
-    ``rejected`` are the planner's rejections (their row is the element number);
-    ``failed`` is a reason that applies to every element otherwise accepted (the
-    whole write was refused, e.g. by the deletion guard).
+    ``rejected`` are the planner's rejections (the row of one of the request's kind is
+    the element number; others, such as a location the elements name, have rows of
+    their own and show on the elements that depend on them); ``failed`` is a reason that
+    applies to every element otherwise accepted (the whole write was refused, e.g. by
+    the deletion guard).
     """
     reasons = dict(request.errors)
     for row in rejected:
-        reasons.setdefault(row.row, row.reason)
+        if row.sheet == request.sheet:
+            reasons.setdefault(row.row, row.reason)
     results = []
     for number, (element_id, operation) in enumerate(
             zip(request.element_ids, request.operations), start=1):

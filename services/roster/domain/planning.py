@@ -13,9 +13,11 @@ changes (a class's members after the change); the summary still counts them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Iterator, Mapping, Protocol
 
+from services.roster.domain.options import check_flags, known_options, string_tuple
 from shared.contracts.roster import (
     USER_TYPES,
     ClassDeleted,
@@ -34,8 +36,11 @@ from shared.contracts.roster import (
 from shared.contracts.base import Event, utc_now_iso
 from shared.errors import Conflict, ValidationError
 
+# the lengths of the roster's text columns: what passes the planner must fit when applied
 MAX_NAME_LENGTH = 255
 MAX_ID_LENGTH = 128
+MAX_SOURCE_LENGTH = 20
+MAX_NATURAL_ID_LENGTH = 300  # a plan row's id; a grade level's is "location ID/name"
 DEFAULT_MAX_USER_DELETE_SHARE = 0.10
 
 # entities, in the order a reader expects them in a summary
@@ -186,16 +191,17 @@ class PlanOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "PlanOptions":
-        data = dict(data or {})
-        known = {"only_add_new", "delete_missing", "delete_user_ids", "delete_class_ids",
-                 "max_user_delete_share", "locations"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValidationError(f"unknown import option(s) {', '.join(unknown)}; "
-                                  f"known options are {', '.join(sorted(known))}")
+        """The options of an RPC call (a JSON object, or None), checked."""
+        data = known_options(data, "import option", {f.name for f in fields(cls)})
+        check_flags(data, ("only_add_new", "delete_missing"))
         for name in ("delete_user_ids", "delete_class_ids", "locations"):
-            if data.get(name) is not None:
-                data[name] = tuple(data[name] or ())
+            value = data.pop(name, None)
+            if value is not None:  # None: no IDs to delete; for locations, every location
+                data[name] = string_tuple(value, name)
+        share = data.get("max_user_delete_share", DEFAULT_MAX_USER_DELETE_SHARE)
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ValidationError("max_user_delete_share must be a number from 0 to 1 "
+                                  "(0.1 allows deleting 10 % of the users)")
         return cls(**data)
 
 
@@ -280,6 +286,9 @@ def build_plan(
     ``row_numbers`` maps a sheet name to {natural id: row} so that a rejection names the
     row of the file it came from; without it, the position in the batch is used.
     """
+    if len(batch.source) > MAX_SOURCE_LENGTH:
+        raise ValidationError(f"the batch's source is {len(batch.source)} characters long; "
+                              f"at most {MAX_SOURCE_LENGTH} are allowed")
     return _Planner(hierarchy, batch, options or PlanOptions(), row_numbers or {}).build()
 
 
@@ -298,6 +307,8 @@ class _Planner:
                                    else None)
         # changes grouped by the phase in which they are written (see _PHASES)
         self.phases: dict[tuple[str, str], list[Change]] = {p: [] for p in _PHASES}
+        # in an import limited to some locations: the users who stay and are in none of them
+        self.outsiders: set[str] = set()
 
     def build(self) -> Plan:
         location_ids = self._plan_locations()
@@ -380,6 +391,10 @@ class _Planner:
             problem = _name_problem("grade level name", grade.name, required=True)
             if not problem and grade.location_id is not None and grade.location_id not in location_ids:
                 problem = f"unknown location ID '{grade.location_id}'; add it to the Locations sheet"
+            if not problem and len(natural_id) > MAX_NATURAL_ID_LENGTH:
+                problem = (f"grade level name is {len(grade.name)} characters long; with location "
+                           f"ID '{grade.location_id}' at most "
+                           f"{MAX_NATURAL_ID_LENGTH - len(natural_id) + len(grade.name)} are allowed")
             problem = problem or self._out_of_scope([grade.location_id])
             if problem:
                 self._reject(GRADE_LEVEL, natural_id, position, problem)
@@ -400,7 +415,10 @@ class _Planner:
     def _plan_users(self, location_ids: set[str]) -> set[str]:
         """Plan user changes; returns the user IDs that exist once the plan is applied."""
         stored_users = list(self.hierarchy.users())
-        self.summary.existing_users = len(stored_users)
+        # the share of deletions is of the users this import may delete (a leader's: their locations')
+        self.summary.existing_users = (
+            len(stored_users) if self.options.locations is None
+            else sum(1 for s in stored_users if self._in_scope(s.record.locations)))
         by_id = {s.record.user_id: s for s in stored_users}
         by_email = {s.record.email.lower(): s for s in stored_users if s.record.email}
         matched: set[Any] = set()  # stored keys an incoming user matched
@@ -463,8 +481,11 @@ class _Planner:
             if wanted and not self._skip_deletion():
                 self._emit(Change(USER, DELETE, uid, before=_user_dict(stored.record),
                                   target=stored.key))
-            else:
-                final_ids.add(uid)
+                continue
+            final_ids.add(uid)
+            if self.options.locations is not None and not any(
+                    lid in self.options.locations for lid in stored.record.locations):
+                self.outsiders.add(uid)
         unknown = explicit_deletes - set(by_id)
         for uid in sorted(unknown):
             self.summary.warnings.append(f"user '{uid}' to delete does not exist")
@@ -477,10 +498,11 @@ class _Planner:
         explicit_deletes = set(self.options.delete_class_ids)
         seen: set[str] = set()
         for position, cls in enumerate(self.batch.classes, start=1):
+            old = stored.get(cls.class_id)
             problem = _class_problem(cls, location_ids) or self._out_of_scope([cls.location_id])
-            old_location = stored[cls.class_id].record.location_id if cls.class_id in stored else None
-            if not problem and old_location is not None and not self._in_scope([old_location]):
-                problem = "the existing class is " + (self._out_of_scope([old_location]) or "")
+            if not problem and old is not None and not self._in_scope([old.record.location_id]):
+                problem = "the existing class is " + (
+                    self._out_of_scope([old.record.location_id]) or "")
             if not problem and cls.class_id in seen:
                 problem = f"class ID '{cls.class_id}' appears more than once"
             if not problem:
@@ -488,20 +510,21 @@ class _Planner:
                 if unknown_teachers:
                     problem = (f"unknown teacher ID(s) {', '.join(unknown_teachers)}; add them "
                                f"to the Users sheet or fix the class")
+            if not problem and self.outsiders:
+                problem = self._newcomers_from_outside(cls, old)
             if problem:
                 self._reject(CLASS, cls.class_id, position, problem)
                 continue
             seen.add(cls.class_id)
+            cls = self._members_once(cls)
             unknown_students = [s for s in cls.student_ids if s not in user_ids]
             if unknown_students:
                 self.summary.warnings.append(
-                    f"class '{cls.class_id}': unknown student ID(s) "
-                    f"{', '.join(unknown_students[:5])}{' ...' if len(unknown_students) > 5 else ''}"
-                    f" left out of the class")
+                    f"class '{cls.class_id}': unknown student ID(s) {_some(unknown_students)} "
+                    f"left out of the class")
                 left_out = set(unknown_students)
-                cls = _replace_students(cls, [s for s in cls.student_ids if s not in left_out])
+                cls = replace(cls, student_ids=[s for s in cls.student_ids if s not in left_out])
             after = _class_dict(cls)
-            old = stored.get(cls.class_id)
             if old is None:
                 self._emit(Change(CLASS, ADD, cls.class_id, after=after))
                 self._count_memberships({}, after)
@@ -525,6 +548,29 @@ class _Planner:
                 self._emit(Change(CLASS, DELETE, class_id, before=before))
                 self._count_memberships(before, {})
         self._plan_location_deletions(stored, seen)
+
+    def _newcomers_from_outside(self, cls: ClassRecord, old: StoredClass | None) -> str | None:
+        """A scoped import may not bring users of other locations into a class."""
+        members = set(old.record.teacher_ids) | set(old.record.student_ids) if old else set()
+        newcomers = sorted({u for u in (*cls.teacher_ids, *cls.student_ids)
+                            if u in self.outsiders and u not in members})
+        if not newcomers:
+            return None
+        return (f"user(s) {_some(newcomers)} are in none of the locations you manage "
+                f"({', '.join(self.options.locations or ())}); only an administrator can add "
+                f"them to a class")
+
+    def _members_once(self, cls: ClassRecord) -> ClassRecord:
+        """A person listed twice in a class is in it once (a membership is keyed by class,
+        person and role)."""
+        teacher_ids, student_ids = _unique(cls.teacher_ids), _unique(cls.student_ids)
+        if len(teacher_ids) == len(cls.teacher_ids) and len(student_ids) == len(cls.student_ids):
+            return cls
+        repeated = sorted({uid for ids in (cls.teacher_ids, cls.student_ids)
+                           for uid, count in Counter(ids).items() if count > 1})
+        self.summary.warnings.append(
+            f"class '{cls.class_id}': {_some(repeated)} listed more than once, kept once")
+        return replace(cls, teacher_ids=teacher_ids, student_ids=student_ids)
 
     def _count_memberships(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
         counts = self.summary.counts[MEMBERSHIP]
@@ -575,8 +621,9 @@ _CLASS_RECORD_FIELDS = tuple(f.name for f in fields(ClassRecord))
 def _user_dict(user: UserRecord) -> dict[str, Any]:
     # built by hand rather than with to_dict: this runs once per user of an import
     data = {name: getattr(user, name) for name in _USER_RECORD_FIELDS}
-    data["locations"] = sorted(user.locations)
-    data["serial_numbers"] = sorted(user.serial_numbers)
+    # listed twice means listed once; a user's location rows are keyed by location
+    data["locations"] = sorted(set(user.locations))
+    data["serial_numbers"] = sorted(set(user.serial_numbers))
     return data
 
 
@@ -587,8 +634,13 @@ def _class_dict(cls: ClassRecord) -> dict[str, Any]:
     return data
 
 
-def _replace_students(cls: ClassRecord, student_ids: list[str]) -> ClassRecord:
-    return ClassRecord(**{**cls.to_dict(), "student_ids": student_ids})
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def _some(ids: list[str]) -> str:
+    """The first few IDs of a list, for a message."""
+    return ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
@@ -623,11 +675,12 @@ def _user_problem(user: UserRecord, location_ids: set[str]) -> str | None:
         return problem
     if user.user_type not in USER_TYPES:
         return f"user type '{user.user_type}' is not one of {', '.join(USER_TYPES)}"
-    names = (user.first_name, user.last_name, user.name, user.email, user.managed_apple_id)
+    names = (user.first_name, user.last_name, user.name, user.email, user.managed_apple_id,
+             user.grade_level)
     # the common case (every value short and not blank) is checked without building messages
     if any(v is not None and (len(v) > MAX_NAME_LENGTH or not v.strip()) for v in names):
-        for what, value in zip(("first name", "last name", "name", "e-mail", "Managed Apple ID"),
-                               names):
+        for what, value in zip(("first name", "last name", "name", "e-mail", "Managed Apple ID",
+                                "grade level"), names):
             problem = _name_problem(what, value)
             if problem:
                 return problem
