@@ -33,6 +33,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 LOCATION_BOUND_ROLES = frozenset({"location_leader", "teacher"})
+MAX_ACTOR_ID_LENGTH = 200  # the audit log's and the services' actor columns
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def actor_from_context(data: Any) -> Actor:
     actor_id, role, locations = data.get("id"), data.get("role"), data.get("locations")
     if not isinstance(actor_id, str) or not actor_id.strip():
         raise PermissionDenied("the actor has no id")
+    if len(actor_id) > MAX_ACTOR_ID_LENGTH or not actor_id.isprintable():  # it is written to every audit entry
+        raise PermissionDenied(f"the actor's id must be printable text of at most {MAX_ACTOR_ID_LENGTH} characters")
     if role not in ROLES:
         raise PermissionDenied(f"the actor's role {role!r} is not one of {', '.join(ROLES)}")
     if locations is not None:

@@ -51,6 +51,8 @@ def test_events_round_trip_and_reject_wrong_payloads():
     ({"id": "a", "role": "root"}, "not one of"),
     ({"id": "a", "role": "location_leader"}, "must name the locations"),
     ({"id": "a", "role": "administrator", "locations": "everywhere"}, "must be a list"),
+    ({"id": "a" * 201, "role": "administrator"}, "at most 200 characters"),
+    ({"id": "admin\n", "role": "administrator"}, "printable text"),
 ])
 def test_a_missing_or_malformed_actor_is_refused(context, message):
     with pytest.raises(PermissionDenied, match=message):
