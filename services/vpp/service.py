@@ -21,9 +21,10 @@ from services.vpp.adapters.settings import ServiceSettings
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
 from services.vpp.domain.licence_reach import LicenceTarget, require_within_token
 from services.vpp.domain.licences import (
-    ProductType, plan_assignment, plan_revocation, revocation_batches, revoke_all_selection, revoke_unknown_selection,
+    NotEnoughLicences, ProductType, plan_assignment, plan_revocation, revocation_batches, revoke_all_selection,
+    revoke_unknown_selection,
 )
-from services.vpp.domain.tokens import check_renewal, decode_content_token
+from services.vpp.domain.tokens import ContentToken, check_renewal, decode_content_token
 from services.vpp.metrics import STATE
 from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
@@ -45,6 +46,8 @@ REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight
 REGISTRATION_TICK_SECONDS = 5.0  # a tick that still finds work goes on this long (the lease holds 12 s)
 RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_users
 DEFAULT_SYNC_HOURS = 2.5
+MAX_COUNT_DELTA = 1_000_000_000  # licences one ASSET_COUNT may add or take: well within the 32-bit counts
+NAME_LENGTH = tables.content_tokens.c.location_name.type.length  # org and location names as stored
 
 
 def _text(value: Any, what: str, limit: int = 200) -> str:
@@ -82,6 +85,12 @@ def _auto_invite_method(value: Any) -> str | None:
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _apple_location(config: dict[str, Any], token: ContentToken) -> tuple[str, str]:
+    """Apple's ``(uId, locationName)``, the name cut to what is stored: PostgreSQL would refuse a longer one
+    only after ``claim_location`` had moved the location here (adding and renewing cut it alike)."""
+    return str(config.get("uId") or ""), str(config.get("locationName") or token.org_name)[:NAME_LENGTH]
 
 
 class VppService(OrchardService):
@@ -130,6 +139,7 @@ class VppService(OrchardService):
         actor = self.auth.require("vpp:write")
         if not isinstance(stoken, (str, bytes)):
             raise ValidationError("Pass the content of the .vpptoken file as text.")
+        chosen_name = _text(name, "name") if name is not None else None
         access = _locations(locations)
         require_locations(actor, access or None)
         allow, take_over = _flag(allow_teacher_study_apps, "allow_teacher_study_apps"), _flag(take_over, "take_over")
@@ -142,7 +152,7 @@ class VppService(OrchardService):
         taken_from = other if other.get("id") and other["id"] != self.apple.mdm.id else None
         if taken_from and not take_over:
             raise ManagedByAnotherMdm(taken_from)
-        uid, location_name = str(config.get("uId") or ""), str(config.get("locationName") or token.org_name)
+        uid, location_name = _apple_location(config, token)
         existing = self.repo.token_for_location(uid, location_name)
         if existing:
             raise ValidationError(f"The location {location_name!r} is already here as content token {existing.name!r} "
@@ -151,8 +161,9 @@ class VppService(OrchardService):
         subscription, auth_hash = self._notification_subscription(token_id)
         client.claim_location(**subscription)
         self.repo.add_token({
-            "id": token_id, "name": _text(name, "name") if name is not None else location_name,
-            "sealed_stoken": self.secrets.seal(token.stoken), "fingerprint": token.fingerprint, "org_name": token.org_name,
+            "id": token_id, "name": chosen_name or location_name,
+            "sealed_stoken": self.secrets.seal(token.stoken), "fingerprint": token.fingerprint,
+            "org_name": token.org_name[:NAME_LENGTH],
             "location_uid": uid, "location_name": location_name, "country": config.get("countryISO2ACode"),
             "default_platform": config.get("defaultPlatform"),
             "expires_at": token.expires_at, "locations": access, "allow_teacher_study_apps": allow,
@@ -208,7 +219,7 @@ class VppService(OrchardService):
         token = decode_content_token(stoken, now=now)
         client = self.apple.client(token.stoken)
         config = client.client_config(check_mdm=False)
-        check_renewal((row.location_uid, row.location_name), (str(config.get("uId")), str(config.get("locationName"))))
+        check_renewal((row.location_uid, row.location_name), _apple_location(config, token))
         other = config.get("mdmInfo") or {}
         if other.get("id") and other["id"] != self.apple.mdm.id:
             raise ManagedByAnotherMdm(other)
@@ -216,7 +227,7 @@ class VppService(OrchardService):
         client.claim_location(**subscription)
         self.repo.update_token(
             row.id, sealed_stoken=self.secrets.seal(token.stoken), fingerprint=token.fingerprint, expires_at=token.expires_at,
-            org_name=token.org_name, revoked=False, conflict_with=None, notification_auth_hash=auth_hash,
+            org_name=token.org_name[:NAME_LENGTH], revoked=False, conflict_with=None, notification_auth_hash=auth_hash,
             country=config.get("countryISO2ACode") or row.country, default_platform=config.get("defaultPlatform") or row.default_platform)
         self.db.audit(actor, "content_token.renewed", f"content_token:{row.id}", {"fingerprint": token.fingerprint})
         return token_view(self.repo.token(row.id), now)
@@ -310,11 +321,9 @@ class VppService(OrchardService):
         limits = self.ops.client_for(row).limits()
         try:
             plan = plan_assignment(asset, serials, users, self.repo.holders(row.id, asset), limits)
-        except ValidationError:
-            needed = len(set(serials) | set(users))
-            if not asset.hidden and needed > asset.available_count:
-                self.repo.count_refusal(row.id, asset, needed - asset.available_count)
-                self.db.commit()  # the alert on assets without licences needs to see the refusal
+        except NotEnoughLicences as short:  # only a shortage: a request refused for another reason waits for nothing
+            self.repo.count_refusal(row.id, asset, short.shortage)
+            self.db.commit()  # the alert on assets without licences needs to see the refusal
             raise
         outcome = self.ops.run_licence_batches(row, asset, plan.batches, assign=True)
         self.db.audit(actor, "licences.assigned", f"content_token:{row.id}", {
@@ -392,7 +401,8 @@ class VppService(OrchardService):
         self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted if u not in existing])
         if again:
             self.repo.requeue_invites(row.id, again, how.value, now)
-        self.db.commit()  # queued invites survive an Apple failure and are registered later
+        # registered in this call's transaction: an Apple failure rolls the invites back, so an error means nothing
+        # was changed (README, "Guarantees"); a repeat is safe, as Apple answers 9716 for users it already registered
         totals = self.ops.register_queued(row.id)
         mail_error = None
         if how is InviteMethod.EMAIL:
@@ -540,7 +550,8 @@ class VppService(OrchardService):
     @rpc
     def install_study_apps(self, token_id: Any, adam_ids: Any, serial_numbers: Any = None,
                            class_id: Any = None) -> list[dict[str, Any]]:
-        """Install apps device-based on a class's student devices (``class_id``) or on given devices."""
+        """Install apps device-based on a class's student devices (``class_id``) or on given devices (a teacher's:
+        devices of their own students)."""
         actor, row = self._study_token(token_id)
         study = {a.adam_id for a in self.repo.assets(row.id, ProductType.APP.value) if a.device_assignable}
         apps = _ids(adam_ids, "adam_ids")
@@ -549,30 +560,53 @@ class VppService(OrchardService):
             raise ValidationError(f"{', '.join(outside)} are not study apps of this token; pick from list_study_apps.")
         if (serial_numbers is None) == (class_id is None):
             raise ValidationError("Name either a class (class_id) or the devices (serial_numbers).")
-        serials = (self._class_devices(actor, _text(class_id, "class_id")) if class_id is not None
-                   else _ids(serial_numbers, "serial_numbers"))
+        if class_id is not None:
+            devices = self._class_devices(actor, _text(class_id, "class_id"))
+            serials = [device["serial_number"] for device in devices]
+        else:
+            serials = _ids(serial_numbers, "serial_numbers")
+            devices = self._devices_of_teacher(actor, serials) if actor.role == "teacher" else []
+        self._require_within_token(row, serials, [], devices)
         return [self._assign(actor, row, adam_id, serials, []) for adam_id in apps]
 
-    def _class_devices(self, actor: Actor, class_id: str) -> list[str]:
-        """The devices of the class's students, as the roster and device assignments say today."""
-        if actor.role == "teacher":
-            try:
-                classes = self.roster.get_user(actor.id)["classes"]
-            except NotFound:  # a teacher the roster does not know teaches nothing
-                classes = []
-            if class_id not in {c["class_id"] for c in classes if c["role"] == "teacher"}:
-                raise PermissionDenied(f"You do not teach class {class_id}; a teacher installs study apps for their own classes.")
-        devices = self.enrollment.resolve_scope({"classes": [class_id], "user_types": ["student"]})
+    def _taught_classes(self, actor: Actor) -> set[str]:
+        try:
+            classes = self.roster.get_user(actor.id)["classes"]
+        except NotFound:  # a teacher the roster does not know teaches nothing
+            classes = []
+        return {c["class_id"] for c in classes if c["role"] == "teacher"}
+
+    def _students_devices(self, class_ids: list[str]) -> list[dict[str, Any]]:
+        """The devices of the classes' students, as the roster and device assignments say today."""
+        return self.enrollment.resolve_scope({"classes": class_ids, "user_types": ["student"]})
+
+    def _class_devices(self, actor: Actor, class_id: str) -> list[dict[str, Any]]:
+        if actor.role == "teacher" and class_id not in self._taught_classes(actor):
+            raise PermissionDenied(f"You do not teach class {class_id}; a teacher installs study apps for their own classes.")
+        devices = self._students_devices([class_id])
         if not devices:
             raise ValidationError(f"No devices are assigned to the students of class {class_id}.")
-        return [device["serial_number"] for device in devices]
+        return devices
+
+    def _devices_of_teacher(self, actor: Actor, serials: list[str]) -> list[dict[str, Any]]:
+        """A teacher naming devices reaches the same devices as through their classes: those of their students
+        (a student's own iPad, say), never a device elsewhere in the school."""
+        taught = sorted(self._taught_classes(actor))
+        theirs = {device["serial_number"]: device for device in (self._students_devices(taught) if taught else [])}
+        others = [serial for serial in serials if serial not in theirs]
+        if others:
+            raise PermissionDenied(f"{len(others)} device(s) are not those of your students at your locations "
+                                   f"({', '.join(others[:10])}); a teacher installs study apps on the devices of students "
+                                   "in the classes they teach.")
+        return [theirs[serial] for serial in serials]
 
     # --- Apple's notifications --------------------------------------------------------------
     @http("POST", "/vpp/notifications/<token_id>")
     def apple_notification(self, request: Any, token_id: str) -> tuple[int, str]:
         row = self.repo.token(token_id)
-        presented = request.headers.get("Authorization", "")[len("Bearer "):]
-        if not row.notification_auth_hash or not hmac.compare_digest(_hash(presented), row.notification_auth_hash):
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if (scheme.lower() != "bearer" or not row.notification_auth_hash
+                or not hmac.compare_digest(_hash(presented), row.notification_auth_hash)):
             raise PermissionDenied("The notification's bearer token is not the one Orchard gave Apple for this content token.")
         try:
             body = json.loads(request.get_data() or b"{}")
@@ -583,16 +617,30 @@ class VppService(OrchardService):
 
     def _apply_notification(self, row: Any, body: dict[str, Any]) -> None:
         kind, note, now = body.get("notificationType"), body.get("notification") or {}, utc_now()
+        if not isinstance(note, dict):
+            raise ValidationError("The notification's 'notification' is not a JSON object.")
         repo = self.repo
         if kind in ("ASSET_MANAGEMENT", "USER_MANAGEMENT") and note.get("eventId"):
             status = "COMPLETE" if note.get("result") == "SUCCESS" else "FAILED"
             failures = [note["error"]] if note.get("error") else []
             repo.record_event(row.id, note["eventId"], str(note.get("type") or kind), status, failures, now)
         elif kind == "ASSET_COUNT" and note.get("adamId"):
-            repo.adjust_asset_count(row.id, str(note["adamId"]), note.get("pricingParam", "STDQ"), int(note.get("countDelta") or 0))
+            repo.adjust_asset_count(row.id, str(note["adamId"]), note.get("pricingParam", "STDQ"), _count_delta(note.get("countDelta")))
         elif kind == "USER_ASSOCIATED":
-            users = [{"clientUserId": u.get("clientUserId"), "status": "Associated"} for u in note.get("associatedUsers") or []]
+            associated = note.get("associatedUsers") or []
+            if not isinstance(associated, list) or not all(isinstance(u, dict) for u in associated):
+                raise ValidationError("The notification's associatedUsers is not a list of JSON objects.")
+            users = [{"clientUserId": u.get("clientUserId"), "status": "Associated"} for u in associated]
             repo.apply_apple_users(row.id, users, now)
+
+
+def _count_delta(value: Any) -> int:
+    """ASSET_COUNT's change in licences: a whole number (booleans and text are not) that the counts can hold."""
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) > MAX_COUNT_DELTA:
+        raise ValidationError("The notification's countDelta is not a whole number of licences.")
+    return value
 
 
 def _invite_row(token_id: str, user: Any, method: InviteMethod, now: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 import pytest
 
 from services.vpp.domain.licences import (
-    Asset, Assignment, Limits, ProductType, chunks, plan_assignment, plan_revocation,
+    Asset, Assignment, Limits, NotEnoughLicences, ProductType, chunks, plan_assignment, plan_revocation,
     revocation_batches, revoke_all_selection, revoke_unknown_selection,
 )
 from shared.errors import ValidationError
@@ -40,9 +40,17 @@ def test_not_enough_licences_is_refused_before_calling_apple():
         plan_assignment(app(available=2), ["A", "B", "C"], None, [], LIMITS)
 
 
+def test_the_shortage_counts_only_licences_still_missing():
+    holders = [Assignment("100", "STDQ", serial_number="S0")]  # already holds one: needs no new licence
+    with pytest.raises(NotEnoughLicences) as short:
+        plan_assignment(app(available=1), ["S0", "S1", "S2"], None, holders, LIMITS)
+    assert short.value.shortage == 1
+
+
 def test_books_go_to_users_only():
-    with pytest.raises(ValidationError, match="Books are assigned to users only"):
-        plan_assignment(book(), ["S1"], None, [], LIMITS)
+    with pytest.raises(ValidationError, match="Books are assigned to users only") as refused:
+        plan_assignment(book(available=2), ["S1", "S2", "S3", "S4", "S5"], None, [], LIMITS)
+    assert not isinstance(refused.value, NotEnoughLicences)  # a refusal for another reason is no shortage
     assert plan_assignment(book(), None, ["u1"], [], LIMITS).client_user_ids == ("u1",)
 
 

@@ -38,6 +38,8 @@ def test_token_secret_stays_out_of_repr():
     (base64.b64encode(b"[1, 2]").decode(), "JSON object"),
     (vpptoken(token=""), "token"),
     (vpptoken(expDate="next year"), "expiry date"),
+    (vpptoken(expDate="9999-12-31T23:59:59-0100"), "out of range"),  # past datetime's range once in UTC
+    (vpptoken(expDate="0001-01-01T00:00:00+0100"), "out of range"),
     (b"\xff\xfe", "base64 text"),
 ])
 def test_malformed_tokens_are_refused_with_advice(raw, hint):

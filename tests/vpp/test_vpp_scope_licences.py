@@ -82,17 +82,34 @@ def test_a_teacher_installs_study_apps_on_their_class_devices(district, vpp_sand
     token_id, stoken = district
     maths_7a = {"class_id": "maths-7a", "name": "Maths 7A", "location_id": "A",
                 "teacher_ids": ["t7a"], "student_ids": ["s7a1", "s7a2"]}
+    # a class across both schools: s7b1's iPad is at B, which the token (limited to A) does not serve
+    art_7 = {"class_id": "art-7", "name": "Art 7", "location_id": "A", "teacher_ids": ["t7a"], "student_ids": ["s7a1", "s7b1"]}
     with rpc_as() as rpc:
         batch = {"source": "api", "locations": LOCATIONS, "grade_levels": [{"name": "7"}, {"name": "8"}],
-                 "users": USERS, "classes": [maths_7a]}
+                 "users": USERS, "classes": [maths_7a, art_7]}
         rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
         rpc.vpp.update_content_token(token_id, allow_teacher_study_apps=True)
     with rpc_as(Actor("t7a", "teacher", ("A",))) as rpc:
         with pytest.raises(ValidationError, match="either a class"):
             rpc.vpp.install_study_apps(token_id, ["111"])
+        # named devices: only those of the teacher's own students, as through a class
+        for elsewhere in (["SER8A1"], ["SER7A1", "SER7B1"], ["SERT7A"]):  # grade 8 at A; one at B; their own iPad
+            with pytest.raises(PermissionDenied, match="not those of your students"):
+                rpc.vpp.install_study_apps(token_id, ["111"], serial_numbers=elsewhere)
+    with rpc_as(Actor("t7a", "teacher", ("A", "B"))) as rpc:  # teaching at both schools: B's devices are still not A's token's
+        for named in ({"class_id": "art-7"}, {"serial_numbers": ["SER7B1"]}):
+            with pytest.raises(PermissionDenied, match="device SER7B1 is at location\\(s\\) B"):
+                rpc.vpp.install_study_apps(token_id, ["111"], **named)
+    assert "assets/associate" not in vpp_sandbox.state()["requests"]  # refused before any Apple call
+
+    with rpc_as(Actor("t7a", "teacher", ("A",))) as rpc:
+        (one,) = rpc.vpp.install_study_apps(token_id, ["111"], serial_numbers=["SER7A2"])
+        assert one["assigned"]["serial_numbers"] == ["SER7A2"]
         (installed,) = rpc.vpp.install_study_apps(token_id, ["111"], class_id="maths-7a")
-        assert sorted(installed["assigned"]["serial_numbers"]) == ["SER7A1", "SER7A2"]
+        assert (installed["assigned"]["serial_numbers"], installed["already_assigned"]) == (["SER7A1"], ["SER7A2"])
     assert serials_at_apple(vpp_sandbox, stoken, "111") == ["SER7A1", "SER7A2"]
     with rpc_as(Actor("t-other", "teacher", ("A",))) as rpc:
         with pytest.raises(PermissionDenied):  # not their class (nor a user the roster knows)
             rpc.vpp.install_study_apps(token_id, ["111"], class_id="maths-7a")
+        with pytest.raises(PermissionDenied, match="not those of your students"):
+            rpc.vpp.install_study_apps(token_id, ["111"], serial_numbers=["SER7A1"])

@@ -10,7 +10,7 @@ from kombu import Connection, Queue
 from nameko.standalone.events import event_dispatcher
 
 from shared.contracts.roster import UserImported
-from shared.errors import ValidationError
+from shared.errors import UpstreamError, ValidationError
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -109,18 +109,75 @@ def test_email_invites_acceptance_and_revocation(vpp_sandbox, vpp_config, vpp_ru
     assert vpp_sandbox.state(stoken)["registered"] == 0  # dan associated, eve retired
 
 
-def test_notifications_are_bearer_checked_and_update_counts(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+def test_an_invite_apple_fails_changes_nothing(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.vpp.service import VppService
+
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    publish(vpp_config, user("ann"))
+    wait_for(lambda: count_rows(vpp_config, "known_users") == 1, what="ann known")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        vpp_sandbox.fault("users/create", status=503, retryAfter=0, times=4)  # the first try and the client's 3 retries
+        with pytest.raises(UpstreamError, match="HTTP 503"):
+            rpc.vpp.invite_users(token_id, ["ann"])
+        with entrypoint_hook(get_container(vpp_runner, VppService), "register_invites") as register_invites:
+            register_invites()  # the job that registers queued invites finds none
+        assert rpc.vpp.list_invites(token_id) == [] and count_rows(vpp_config, "invites") == 0
+        assert vpp_sandbox.state(stoken)["users"] == 0
+        assert not [e for e in rpc.vpp.audit_log(f"content_token:{token_id}") if e["action"] == "invites.sent"]
+
+        assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 1  # Apple answers again: the same call works
+    assert vpp_sandbox.state(stoken)["users"] == 1
+
+
+def notification_secret(sandbox, stoken):
+    """The bearer token Orchard gave Apple for its notifications, as Apple's client/config shows it."""
+    answer = httpx.get(f"{sandbox.api_url}client/config", headers={"Authorization": f"Bearer {stoken}"}).json()
+    return answer["notificationAuthToken"]
+
+
+@pytest.fixture
+def notified_token(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    """A synced content token holding 3 licences of app 111: its sToken, id and the URL Apple notifies."""
     stoken = vpp_sandbox.issue_token(locationName="North Campus")
     vpp_sandbox.add_asset(stoken, "111", 3)
     with rpc_as() as rpc:
         token_id = rpc.vpp.add_content_token(stoken)["id"]
         rpc.vpp.sync_assets(token_id)
-        url = f"http://{vpp_config['SERVICES']['vpp']['http_address']}/vpp/notifications/{token_id}"
+    return stoken, token_id, f"http://{vpp_config['SERVICES']['vpp']['http_address']}/vpp/notifications/{token_id}"
+
+
+def test_notifications_are_bearer_checked_and_update_counts(notified_token, vpp_sandbox, rpc_as):
+    stoken, token_id, url = notified_token
+    with rpc_as() as rpc:
         refused = httpx.post(url, json={"notificationType": "TEST_NOTIFICATION"}, headers={"Authorization": "Bearer wrong"})
         assert refused.status_code == 403
         vpp_sandbox.add_asset(stoken, "111", 8)  # five more bought: Apple sends ASSET_COUNT
         wait_for(lambda: rpc.vpp.get_asset(token_id, "111")["total"] == 8, what="the ASSET_COUNT notification")
         assert rpc.vpp.get_asset(token_id, "111")["available"] == 8
+
+        secret = notification_secret(vpp_sandbox, stoken)
+        count = {"notificationType": "ASSET_COUNT", "notification": {"adamId": "111", "pricingParam": "STDQ", "countDelta": 1}}
+        assert httpx.post(url, json=count, headers={"Authorization": f"Digest {secret}"}).status_code == 403  # not Bearer
+        assert httpx.post(url, json=count, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+        assert rpc.vpp.get_asset(token_id, "111")["total"] == 9
+
+
+def test_malformed_notifications_are_refused_and_change_nothing(notified_token, vpp_sandbox, rpc_as):
+    stoken, token_id, url = notified_token
+    bearer = {"Authorization": f"Bearer {notification_secret(vpp_sandbox, stoken)}"}
+    for malformed in ({"notificationType": "ASSET_COUNT", "notification": "111"},
+                      {"notificationType": "USER_ASSOCIATED", "notification": ["dan"]},
+                      {"notificationType": "USER_ASSOCIATED", "notification": {"associatedUsers": ["dan"]}},
+                      *({"notificationType": "ASSET_COUNT", "notification": {"adamId": "111", "countDelta": delta}}
+                        for delta in ("many", True, 2.5, 10 ** 30))):
+        answer = httpx.post(url, json=malformed, headers=bearer)
+        assert answer.status_code == 400, (malformed, answer.text)
+    with rpc_as() as rpc:
+        assert rpc.vpp.get_asset(token_id, "111")["total"] == 3
 
 
 def test_a_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_handled(vpp_config, vpp_runner):

@@ -1,4 +1,5 @@
 """Content tokens and licences through the running vpp service (real RabbitMQ, SQLite, the Apple sandbox)."""
+import base64
 import json
 
 import pytest
@@ -8,6 +9,8 @@ from nameko.standalone.events import event_dispatcher
 from shared.auth import Actor
 from shared.contracts.enrollment import AssignedDevice, DevicesAssigned
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.conftest import postgres_database
+from tests.vpp.test_vpp_service_invites import metric
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -123,10 +126,84 @@ def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
         rpc.vpp.update_content_token(token_id, allow_teacher_study_apps=True)
     with rpc_as(Actor("t@school.example", "teacher", ("north",))) as rpc:
         assert {a["adam_id"] for a in rpc.vpp.list_study_apps(token_id)} == {"111", "222"}
-        installed = rpc.vpp.install_study_apps(token_id, ["222"], ["CLASS-IPAD-1"])
-        assert installed[0]["assigned"]["serial_numbers"] == ["CLASS-IPAD-1"]
         with pytest.raises(PermissionDenied):
             rpc.vpp.assign_licenses(token_id, "222", serial_numbers=["X"])
+    with rpc_as() as rpc:  # an administrator names any device; a teacher only their students' (test_vpp_scope_licences)
+        installed = rpc.vpp.install_study_apps(token_id, ["222"], ["CLASS-IPAD-1"])
+        assert installed[0]["assigned"]["serial_numbers"] == ["CLASS-IPAD-1"]
+
+
+def waiting_for_licences(config, adam_id):
+    """What the alert on assets without licences reads: assignments refused for want of a licence."""
+    (line,) = [m for m in metric(config, "orchard_vpp_assignments_waiting_for_licences{") if f'adam_id="{adam_id}"' in m]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_only_a_shortage_of_licences_counts_as_waiting_for_licences(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 3)
+    vpp_sandbox.add_asset(stoken, "900", 2, product_type="Book")
+    vpp_sandbox.post("assignments", sToken=stoken, adamId="111", serialNumbers=["HELD"])
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        rpc.vpp.sync_assets(token_id)
+        with pytest.raises(ValidationError, match="Books are assigned to users only"):
+            rpc.vpp.assign_licenses(token_id, "900", serial_numbers=["S1", "S2", "S3", "S4", "S5"])
+        assert waiting_for_licences(vpp_config, "900") == 0
+        with pytest.raises(ValidationError, match="Not enough licences"):  # HELD needs no new licence: 3 for 2
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["HELD", "S1", "S2", "S3"])
+        assert waiting_for_licences(vpp_config, "111") == 1
+
+
+def vpptoken(exp_date: str) -> str:
+    """A .vpptoken file as Apple would never write it: its expiry date leaves datetime's range once in UTC."""
+    payload = {"token": "never-sent-to-apple", "expDate": exp_date, "orgName": "North District"}
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
+def test_arguments_are_checked_before_apple_is_asked(vpp_sandbox, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.post("mdm-info", sToken=stoken, mdmInfo={"id": "other", "name": "Other MDM"})
+    out_of_range = ["9999-12-31T23:59:59-0100", "0001-01-01T00:00:00+0100"]
+    with rpc_as() as rpc:
+        for name in ["", 42, "x" * 300]:
+            with pytest.raises(ValidationError, match="name must be"):
+                rpc.vpp.add_content_token(stoken, name=name, take_over=True)
+        assert rpc.vpp.list_content_tokens() == []
+        assert "client/config" not in vpp_sandbox.state()["requests"]  # Apple was not asked at all
+        assert vpp_sandbox.state(stoken)["mdmInfo"]["id"] == "other"  # the location stays with the other MDM
+        for exp_date in out_of_range:
+            with pytest.raises(ValidationError, match="expiry date .* is out of range"):
+                rpc.vpp.add_content_token(vpptoken(exp_date), take_over=True)
+
+        token_id = rpc.vpp.add_content_token(stoken, name="North", take_over=True)["id"]
+        for exp_date in out_of_range:
+            with pytest.raises(ValidationError, match="expiry date .* is out of range"):
+                rpc.vpp.renew_content_token(token_id, vpptoken(exp_date))
+
+
+@pytest.fixture
+def vpp_on_postgresql(vpp_config):
+    """The vpp service's database on PostgreSQL (which holds text to its column's length, as SQLite does not).
+    Requested before ``runner_factory``, so it outlives the service."""
+    with postgres_database() as url:
+        vpp_config["SERVICES"]["vpp"]["database_url"] = url
+        yield vpp_config
+
+
+def test_long_apple_names_are_cut_to_fit_before_the_location_is_claimed(vpp_on_postgresql, runner_factory, vpp_sandbox,
+                                                                       rpc_as):
+    from services.vpp.service import VppService
+
+    runner_factory(vpp_on_postgresql, VppService).start()
+    location, organization = "North Campus " * 20, "North District " * 20  # 260 and 300 characters; 200 are stored
+    stoken = vpp_sandbox.issue_token(locationName=location, orgName=organization)
+    with rpc_as() as rpc:
+        added = rpc.vpp.add_content_token(stoken)
+        assert (added["name"], added["location_name"], added["organization"]) == (location[:200], location[:200],
+                                                                                   organization[:200])
+        renewed = rpc.vpp.renew_content_token(added["id"], vpp_sandbox.issue_token(locationName=location))
+        assert renewed["location_name"] == location[:200] and renewed["fingerprint"] != added["fingerprint"]
 
 
 def _remember_device(runner, serial):

@@ -17,6 +17,14 @@ class ProductType(str, enum.Enum):
     BOOK = "Book"
 
 
+class NotEnoughLicences(ValidationError):
+    """An assignment needs more licences than are available; ``shortage`` is how many are missing."""
+
+    def __init__(self, message: str, shortage: int):
+        super().__init__(message)
+        self.shortage = shortage
+
+
 @dataclass(frozen=True)
 class Asset:
     adam_id: str
@@ -144,9 +152,10 @@ def plan_assignment(
     already = tuple([s for s in serials if s in held_serials] + [u for u in users if u in held_users])
     needed = len(new_serials) + len(new_users)
     if needed > asset.available_count:
-        raise ValidationError(
+        raise NotEnoughLicences(
             f"Not enough licences for the {asset.label}: {needed} needed, {asset.available_count} available "
-            f"({asset.assigned_count} of {asset.total_count} in use). Buy more licences or revoke some, then try again."
+            f"({asset.assigned_count} of {asset.total_count} in use). Buy more licences or revoke some, then try again.",
+            needed - asset.available_count,
         )
     return LicencePlan(
         asset, tuple(new_serials), tuple(new_users), already,

@@ -84,9 +84,13 @@ def parse_apple_date(value: str) -> datetime:
     """Apple writes ``2030-11-08T22:33:22+0000``; ISO forms with ``Z`` occur as well."""
     for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"):
         try:
-            return datetime.strptime(value.replace("Z", "+0000"), fmt).astimezone(timezone.utc)
+            written = datetime.strptime(value.replace("Z", "+0000"), fmt)
         except ValueError:
             continue
+        try:
+            return written.astimezone(timezone.utc)
+        except OverflowError:  # 9999-12-31 west of UTC or 0001-01-01 east of it: the UTC time is past datetime's range
+            raise ValidationError(f"The content token's expiry date {value!r} is out of range; {_WHERE_TO_GET_ONE}.") from None
     raise ValidationError(f"The content token's expiry date {value!r} is not a date; {_WHERE_TO_GET_ONE}.")
 
 
