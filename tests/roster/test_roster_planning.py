@@ -285,6 +285,16 @@ def test_the_planner_rejects_what_the_tables_cannot_hold(hierarchy):
         p.build_plan(hierarchy, batch([user("s1")], source="ldap:" + "x" * 16))
 
 
+def test_an_address_with_a_line_break_is_refused_before_it_reaches_an_invite_email(hierarchy):
+    plan = p.build_plan(hierarchy, batch([user("s1", email="ann@school.example\r\nBcc: all@school.example"),
+                                          user("s2", managed_apple_id="ann smith@appleid.school.example"),
+                                          user("s3", email="ann@school.example")]))
+    reasons = {r.row: r.reason for r in plan.summary.rejected}
+    assert reasons == {1: "e-mail 'ann@school.example\\r\\nBcc: all@school.example' is not an e-mail address",
+                       2: "Managed Apple ID 'ann smith@appleid.school.example' holds a space or a control character"}
+    assert [c.natural_id for c in plan.changes if c.entity == "user"] == ["s3"]
+
+
 @pytest.mark.parametrize("options,match", [
     ("abc", "must be an object"),
     (["only_add_new"], "must be an object"),

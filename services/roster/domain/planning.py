@@ -13,6 +13,7 @@ changes (a class's members after the change); the summary still counts them.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Iterable, Iterator, Mapping, Protocol
@@ -669,6 +670,10 @@ def _name_problem(what: str, value: str | None, *, required: bool = False) -> st
     return None
 
 
+# an address with a line break would end up in an invite e-mail's To: header, which refuses it
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _user_problem(user: UserRecord, location_ids: set[str]) -> str | None:
     problem = _id_problem("user ID", user.user_id)
     if problem:
@@ -686,8 +691,10 @@ def _user_problem(user: UserRecord, location_ids: set[str]) -> str | None:
                 return problem
     if not (user.name or user.first_name or user.last_name):
         return "the user has no name"
-    if user.email and "@" not in user.email:
-        return f"e-mail '{user.email}' is not an e-mail address"
+    if user.email and ("@" not in user.email or _SPACE_OR_CONTROL.search(user.email)):
+        return f"e-mail {user.email!r} is not an e-mail address"  # repr: a line break shows as \n
+    if user.managed_apple_id and _SPACE_OR_CONTROL.search(user.managed_apple_id):
+        return f"Managed Apple ID {user.managed_apple_id!r} holds a space or a control character"
     if not location_ids.issuperset(user.locations):
         unknown = [lid for lid in user.locations if lid not in location_ids]
         return f"unknown location ID(s) {', '.join(unknown)}; add them to the Locations sheet"
