@@ -623,15 +623,27 @@ class VppService(OrchardService):
         if kind in ("ASSET_MANAGEMENT", "USER_MANAGEMENT") and note.get("eventId"):
             status = "COMPLETE" if note.get("result") == "SUCCESS" else "FAILED"
             failures = [note["error"]] if note.get("error") else []
-            repo.record_event(row.id, note["eventId"], str(note.get("type") or kind), status, failures, now)
+            event_type = _note_text(note, "type", 20) or kind
+            repo.record_event(row.id, _note_text(note, "eventId", 64), event_type, status, failures, now)
         elif kind == "ASSET_COUNT" and note.get("adamId"):
-            repo.adjust_asset_count(row.id, str(note["adamId"]), note.get("pricingParam", "STDQ"), _count_delta(note.get("countDelta")))
+            repo.adjust_asset_count(row.id, _note_text(note, "adamId", 40), _note_text(note, "pricingParam", 10) or "STDQ",
+                                    _count_delta(note.get("countDelta")))
         elif kind == "USER_ASSOCIATED":
             associated = note.get("associatedUsers") or []
             if not isinstance(associated, list) or not all(isinstance(u, dict) for u in associated):
                 raise ValidationError("The notification's associatedUsers is not a list of JSON objects.")
-            users = [{"clientUserId": u.get("clientUserId"), "status": "Associated"} for u in associated]
+            users = [{"clientUserId": _note_text(u, "clientUserId", 200), "status": "Associated"} for u in associated]
             repo.apply_apple_users(row.id, users, now)
+
+
+def _note_text(note: dict[str, Any], key: str, limit: int) -> str | None:
+    """A notification's identifier as text within what is stored (Apple sends adamIds as numbers at times)."""
+    value = note.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is not None and (not isinstance(value, str) or len(value) > limit):
+        raise ValidationError(f"The notification's {key} is not text of at most {limit} characters.")
+    return value
 
 
 def _count_delta(value: Any) -> int:

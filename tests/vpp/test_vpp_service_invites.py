@@ -173,7 +173,11 @@ def test_malformed_notifications_are_refused_and_change_nothing(notified_token, 
                       {"notificationType": "USER_ASSOCIATED", "notification": ["dan"]},
                       {"notificationType": "USER_ASSOCIATED", "notification": {"associatedUsers": ["dan"]}},
                       *({"notificationType": "ASSET_COUNT", "notification": {"adamId": "111", "countDelta": delta}}
-                        for delta in ("many", True, 2.5, 10 ** 30))):
+                        for delta in ("many", True, 2.5, 10 ** 30)),
+                      {"notificationType": "ASSET_COUNT", "notification": {"adamId": "111", "pricingParam": ["STDQ"]}},
+                      {"notificationType": "ASSET_MANAGEMENT", "notification": {"eventId": {"id": 1}}},
+                      {"notificationType": "ASSET_MANAGEMENT", "notification": {"eventId": "e1", "type": "X" * 21}},
+                      {"notificationType": "USER_ASSOCIATED", "notification": {"associatedUsers": [{"clientUserId": [1]}]}}):
         answer = httpx.post(url, json=malformed, headers=bearer)
         assert answer.status_code == 400, (malformed, answer.text)
     with rpc_as() as rpc:
