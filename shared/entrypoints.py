@@ -38,6 +38,7 @@ from nameko.rpc import Rpc, RpcProxy
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, parse_address
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from shared import errors, leases, logs, metrics
@@ -276,14 +277,29 @@ class ServiceWebServer(WebServer):
         return parse_address(address)
 
 
+# the largest request body any endpoint reads (a 5,000-user API write is about 3 MB); a larger one is refused
+# with 413 before it is read, not parsed whole into memory by the one process that serves every request
+MAX_HTTP_BODY_BYTES = 8 * 1024 * 1024
+MAX_FORM_PARTS = 100
+
+
 class OrchardHttp(HttpRequestHandler):
     server = ServiceWebServer()
 
     def __init__(self, method: str, url: str, **kwargs: Any):
-        kwargs.setdefault("expected_exceptions", errors.EXPECTED_ERRORS)
+        kwargs.setdefault("expected_exceptions", errors.EXPECTED_ERRORS + (HTTPException,))
         super().__init__(method, url, **kwargs)
 
+    def handle_request(self, request: Any) -> Response:
+        request.max_content_length = MAX_HTTP_BODY_BYTES
+        request.max_form_memory_size = MAX_HTTP_BODY_BYTES
+        request.max_form_parts = MAX_FORM_PARTS
+        return super().handle_request(request)
+
     def response_from_exception(self, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:  # 413 and the like: the caller's
+            body = {"error": exc.name.replace(" ", ""), "message": exc.description or exc.name}
+            return Response(json.dumps(body), status=exc.code, mimetype="application/json")
         status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
         if status == 500 and not isinstance(exc, errors.InternalError):
             exc = errors.InternalError(f"internal error in {self.container.service_name}; see the service log")

@@ -261,6 +261,11 @@ def test_mosyle_compatible_api(roster, rpc_as):
     assert httpx.post(f"{base}/v2/listusers", json={"accessToken": locked["token"]}).status_code == 403
     assert httpx.post(f"{base}/v2/listusers", json={"accessToken": "nope"}).status_code == 401
     assert httpx.post(f"{base}/v2/listusers", content=b"{not json").status_code == 400
+    # bodies beyond what any request needs are refused before they are read, as are forms of countless parts
+    too_large = httpx.post(f"{base}/v2/listusers", content=b"[" * (9 * 1024 * 1024))
+    assert too_large.status_code == 413 and too_large.json()["error"] == "RequestEntityTooLarge"
+    parts = httpx.post(f"{base}/v2/listusers", files={f"part{n}": (f"f{n}", b"x") for n in range(200)})
+    assert parts.status_code == 413
     with rpc_as() as rpc:
         rpc.roster.revoke_api_token(open_token["token_id"])
         assert rpc.roster.list_users()["total"] == 1  # m3 stays, m1 was deleted
