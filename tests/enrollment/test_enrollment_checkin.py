@@ -85,6 +85,10 @@ EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
     (device_plist({"MessageType": "DeclarativeManagement", "UDID": UDID}), "not supported"),
     (device_plist({"Status": "Sleeping", "UDID": UDID}), "not one of Idle"),
     (device_plist({"Status": "Idle"}), "no UDID"),
+    (device_plist({"MessageType": "CheckOut", "UDID": "U" * 101}), "UDID is longer than 100"),
+    (device_plist({"MessageType": "Authenticate", "UDID": UDID, "Topic": "t" * 201}), "Topic is longer than 200"),
+    (device_plist({"MessageType": "TokenUpdate", "UDID": UDID, "Topic": TOPIC, "Token": b"t" * 101, "PushMagic": "m"}),
+     "at most 100 bytes"),
     (b"<?xml version='1.0'?>" + b" " * MAX_CHECKIN_BYTES, "larger than"),
 ])
 def test_malformed_checkins_are_refused(body, reason):

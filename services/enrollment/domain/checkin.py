@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from shared.errors import ValidationError
 
 MAX_CHECKIN_BYTES = 64 * 1024
+# what the check-in and push tables hold: a UDID is 25 or 36 characters, an APNs token 32 bytes
+MAX_UDID_LENGTH, MAX_SERIAL_LENGTH, MAX_TEXT_LENGTH, MAX_PUSH_TOKEN_BYTES = 100, 64, 200, 100
 
 _APPLE_DOCTYPE = re.compile(
     rb'<!DOCTYPE\s+plist\s+PUBLIC\s+"-//Apple//DTD PLIST 1\.0//EN"\s+'
@@ -75,14 +77,12 @@ def parse_checkin(body: bytes) -> CheckinMessage:
     """The check-in message in ``body``; ``MalformedCheckin`` for anything else."""
     message = safe_plist(body)
     kind = message.get("MessageType")
-    udid = message.get("UDID")
-    if not isinstance(udid, str) or not udid.strip():
-        raise MalformedCheckin("The check-in has no UDID.")
+    udid = _required_str(message, "UDID", MAX_UDID_LENGTH)
     if kind == "Authenticate":
         return Authenticate(
             udid=udid,
             topic=_required_str(message, "Topic"),
-            serial_number=_optional_str(message, "SerialNumber"),
+            serial_number=_optional_str(message, "SerialNumber", MAX_SERIAL_LENGTH),
             model=_optional_str(message, "Model"),
             model_name=_optional_str(message, "ModelName"),
             product_name=_optional_str(message, "ProductName"),
@@ -92,8 +92,8 @@ def parse_checkin(body: bytes) -> CheckinMessage:
         )
     if kind == "TokenUpdate":
         token = message.get("Token")
-        if not isinstance(token, bytes) or not token:
-            raise MalformedCheckin("The TokenUpdate has no push Token (data).")
+        if not isinstance(token, bytes) or not token or len(token) > MAX_PUSH_TOKEN_BYTES:
+            raise MalformedCheckin(f"The TokenUpdate has no push Token (data of at most {MAX_PUSH_TOKEN_BYTES} bytes).")
         # UnlockToken is deliberately not kept: Orchard never clears passcodes
         return TokenUpdate(
             udid=udid,
@@ -135,13 +135,19 @@ def safe_plist(body: bytes) -> dict:
     return message
 
 
-def _required_str(message: dict, key: str) -> str:
+def _required_str(message: dict, key: str, limit: int = MAX_TEXT_LENGTH) -> str:
     value = message.get(key)
     if not isinstance(value, str) or not value.strip():
         raise MalformedCheckin(f"The check-in has no {key}.")
-    return value
+    return _within(value, key, limit)
 
 
-def _optional_str(message: dict, key: str) -> str | None:
+def _optional_str(message: dict, key: str, limit: int = MAX_TEXT_LENGTH) -> str | None:
     value = message.get(key)
-    return value if isinstance(value, str) else None
+    return _within(value, key, limit) if isinstance(value, str) else None
+
+
+def _within(value: str, key: str, limit: int) -> str:
+    if len(value) > limit:  # what the check-in and push tables hold; a device's values are far shorter
+        raise MalformedCheckin(f"The check-in's {key} is longer than {limit} characters.")
+    return value
