@@ -18,6 +18,7 @@ from services.enrollment.domain.assignments import (
     checked_user_id,
     devices_for_group,
     require_known,
+    require_self_pairing_allowed,
     user_assignment,
 )
 from services.enrollment.domain.scopes import parse_scope, resolved_devices
@@ -61,12 +62,15 @@ class DevicePeopleEntrypoints:
         current = AssignmentRepository(self.db.session).assignments([serial]).get(serial)
         return current.to_dict() if current else _unassigned(serial)
 
-    def _assign_to_user(self, actor: Actor, serial: str, user_id: str, source: str) -> dict[str, Any]:
+    def _assign_to_user(self, actor: Actor, serial: str, user_id: str, source: str,
+                        self_service: bool = False) -> dict[str, Any]:
         self._visible_serial(actor, serial)
         user = self.roster.get_user(user_id)  # NotFound when the roster has no such user the actor may see
         require_locations(actor, user.get("locations") or [])
         repository = AssignmentRepository(self.db.session)
         change = user_assignment(repository, serial, user_id, user.get("locations") or [], source)
+        if self_service:
+            require_self_pairing_allowed(change, repository.device_token_locations([serial]).get(serial))
         if change.unchanged and change.previous is not None:
             return change.previous.to_dict()
         repository.put(change.new, actor.id)

@@ -61,7 +61,7 @@ class PairingPage(DeviceProfiles):
             AUTOMATED_PAIRINGS.labels("wrong_credentials").inc()
             return _page(401, "The username or password is not right; try again.", raw, username)
         try:
-            self._assign_to_user(self.auth.actor, device.serial_number, answer["user_id"], "pairing")
+            self._assign_to_user(self.auth.actor, device.serial_number, answer["user_id"], "pairing", self_service=True)
         except (NotFound, Conflict) as exc:
             AUTOMATED_PAIRINGS.labels("refused").inc()
             return _page(409 if isinstance(exc, Conflict) else 404,

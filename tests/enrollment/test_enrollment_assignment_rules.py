@@ -8,6 +8,7 @@ from services.enrollment.domain.assignments import (
     SharedGroup,
     checked_serials,
     devices_for_group,
+    require_self_pairing_allowed,
     user_assignment,
 )
 from services.enrollment.domain.scopes import Scope, parse_scope, resolved_devices
@@ -40,6 +41,16 @@ def test_the_same_user_again_is_unchanged_and_another_user_is_a_move():
     assert user_assignment(store, "D1", "u1", [], "admin").unchanged
     move = user_assignment(store, "D1", "u2", [], "pairing")
     assert (move.previous.user_id, move.new.user_id, move.new.source, move.unchanged) == ("u1", "u2", "pairing", False)
+
+
+def test_pairing_oneself_takes_only_a_free_device_of_ones_own_locations():
+    store = MemoryStore({"D1", "D2"}, [Assignment("D1", user_id="u1")])
+    require_self_pairing_allowed(user_assignment(store, "D1", "u1", ["A"], "pairing"), ["A"])  # one's own again
+    require_self_pairing_allowed(user_assignment(store, "D2", "u2", ["A"], "pairing"), None)  # a token for all
+    with pytest.raises(Conflict, match="assigned to someone else"):
+        require_self_pairing_allowed(user_assignment(store, "D1", "u2", ["A"], "pairing"), ["A"])
+    with pytest.raises(Conflict, match="another location"):
+        require_self_pairing_allowed(user_assignment(store, "D2", "u2", ["B"], "pairing"), ["A"])
 
 
 def test_a_shared_device_or_an_unknown_device_is_refused():

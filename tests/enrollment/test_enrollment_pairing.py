@@ -64,7 +64,7 @@ def test_device_info_signed_or_plain_and_bad_input():
 
 @pytest.fixture(scope="module")
 def small_directory() -> Iterator[RunningSlapd]:
-    server = start_slapd(TreeShape(students=10, teachers=3, staff=1, passwords={"t00001": PASSWORD}))
+    server = start_slapd(TreeShape(students=10, teachers=3, staff=1, passwords={"t00001": PASSWORD, "s00001": PASSWORD}))
     try:
         yield server
     finally:
@@ -123,6 +123,12 @@ def test_a_directory_user_signs_in_and_the_device_is_paired(enrollment_page, orc
         assert (assignment["user_id"], assignment["source"]) == ("t00001", "pairing")
         assert rpc.enrollment.audit_log("device:PAIR1")[0]["actor_id"] == "system:enrollment"
 
+    # another user of the school cannot take the device by sending its device information (not verified as Apple's)
+    taken = httpx.post(enrollment_page, data={"deviceinfo": hidden, "username": "s00001", "password": PASSWORD})
+    assert taken.status_code == 409 and "assigned to someone else" in taken.text
+    with rpc_as() as rpc:
+        assert rpc.enrollment.device_assignment("PAIR1")["user_id"] == "t00001"
+
     unknown = httpx.post(enrollment_page, headers={"x-apple-aspen-deviceinfo": signed_device_info("NOTHERE")},
                          data={"username": "t00001", "password": PASSWORD})
     assert unknown.status_code == 404 and "knows no device NOTHERE" in unknown.text
@@ -135,7 +141,7 @@ def test_a_directory_user_signs_in_and_the_device_is_paired(enrollment_page, orc
             rpc.enrollment.device_assignment("PAIR1")
 
     after = pairings(orchard_config)
-    for result, count in (("paired", 1), ("wrong_credentials", 1), ("refused", 1), ("bad_device_info", 1)):
+    for result, count in (("paired", 1), ("wrong_credentials", 1), ("refused", 2), ("bad_device_info", 1)):
         assert after.get(result, 0) - before.get(result, 0) == count, result
 
 

@@ -102,6 +102,17 @@ def user_assignment(store: AssignmentStore, serial: str, user_id: str, user_loca
     return UserAssignmentChange(new=new, previous=previous, unchanged=unchanged)
 
 
+def require_self_pairing_allowed(change: UserAssignmentChange, token_locations: list[str] | None) -> None:
+    """A user pairing a device to themselves, with no administrator involved, takes only a device of their own
+    locations that nobody else holds: the device information a pairing page receives is not verified as Apple's,
+    so it could name any serial number."""
+    previous = change.previous
+    if previous is not None and previous.user_id is not None and previous.user_id != change.new.user_id:
+        raise Conflict("it is assigned to someone else")
+    if token_locations is not None and not set(token_locations) & set(change.new.locations):
+        raise Conflict("it belongs to the devices of another location")
+
+
 def devices_for_group(store: AssignmentStore, group: SharedGroup, serials: list[str]) -> list[str]:
     """The serials to add to ``group`` (those not already in it); refuses devices that belong elsewhere."""
     require_known(store, serials)
