@@ -30,6 +30,7 @@ from services.enrollment.domain.mdm_payload import CONTENT_TYPE, current_push_to
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, http
 from shared.errors import OrchardError, ValidationError
+from shared.settings import ServiceSettings
 from shared.storage import utc_now
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class SignedCheckins(DependencyProvider):
 class DeviceProfiles:
     push = ServiceRpc("push", timeout=PUSH_TOPIC_TIMEOUT)
     require_signed_checkins = SignedCheckins()
+    settings = ServiceSettings()
 
     @http("POST", ADE_PROFILE_PATH)
     def ade_profile(self, request: Request) -> Response:
@@ -80,7 +82,8 @@ class DeviceProfiles:
                                  ca.certificate_pem.encode(), terms)
         self.db.audit(self.auth.actor, "device_identity.issued", f"device_identity:{device.serial_number}",
                       {"udid": device.udid, "not_after": terms.not_after.isoformat()})
-        checkin_url = request.host_url.rstrip("/") + CHECKIN_PATH
+        # the configured address devices reach us at (behind a proxy the request's Host is not it), else the request's
+        checkin_url = (self.settings.get("public_url") or request.host_url).rstrip("/") + CHECKIN_PATH
         return Response(enrollment_mobileconfig(checkin_url, identity, topic), status=200, content_type=CONTENT_TYPE)
 
     def _device_ca(self) -> Any:

@@ -17,7 +17,6 @@ from services.vpp.adapters.apple_connection import AppleConnection
 from services.vpp.adapters.batched_events import batched_event_handler
 from services.vpp.adapters.mailer import Mailer
 from services.vpp.adapters.repository import VppRepository, asset_from_row
-from services.vpp.adapters.settings import ServiceSettings
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
 from services.vpp.domain.licence_reach import LicenceTarget, require_within_token
 from services.vpp.domain.licences import (
@@ -36,6 +35,7 @@ from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationEr
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
+from shared.settings import ServiceSettings
 from shared.storage import Database, utc_now
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ from shared.storage import create_engine_for
 from tests.enrollment.signing import (
     DeviceIdentity,
     assign_ade_devices,
+    device_info,
     enrolled_identity,
     enrollment_base,
     identity_from_profile,
@@ -365,3 +366,16 @@ def test_only_ade_devices_get_a_profile_and_labs_may_switch_signing_off(runner_f
     assert put_checkin(orchard_config, authenticate(UDID_A, "LAB1"), None).status_code == 200
     assert put_checkin(orchard_config, token_update(UDID_A), None).status_code == 200
     assert put_checkin(orchard_config, token_update(UDID_A), issued(generate_device_ca(NOW))).status_code == 401
+
+
+def test_the_profile_points_devices_at_the_configured_public_address(runner_factory, orchard_config, rpc_as,
+                                                                     dep_sandbox):
+    orchard_config["SERVICES"]["enrollment"].update(dep_url=dep_sandbox.url, public_url="https://mdm.school.example/")
+    runner_factory(orchard_config, EnrollmentService).start()
+    with rpc_as() as rpc:
+        assign_ade_devices(rpc, dep_sandbox, ["PUBLIC1"])
+    profile = httpx.post(f"{enrollment_base(orchard_config)}/mdm/enroll", content=device_info("PUBLIC1", UDID_A),
+                         headers={"Host": "attacker.example"})  # behind a proxy, or forged: not where devices go
+    assert profile.status_code == 200, profile.text
+    mdm = next(p for p in plistlib.loads(profile.content)["PayloadContent"] if p["PayloadType"] == "com.apple.mdm")
+    assert (mdm["CheckInURL"], mdm["ServerURL"]) == ("https://mdm.school.example/mdm/checkin",) * 2

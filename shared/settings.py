@@ -1,4 +1,4 @@
-"""Hands workers the ``SERVICES.vpp`` section of the configuration."""
+"""Hands workers their service's section of the configuration (``SERVICES.<name>``)."""
 from __future__ import annotations
 
 from typing import Any
