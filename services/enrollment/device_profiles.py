@@ -9,6 +9,7 @@ the pairing page, which answers with the same kind of profile once the user sign
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 ADE_PROFILE_PATH = "/mdm/enroll"
 CHECKIN_PATH = "/mdm/checkin"
+IDENTITIES_PER_HOUR = 10
 PUSH_TOPIC_TIMEOUT = 5.0  # Setup Assistant is waiting: a silent push service costs a Topic, not the enrollment
 
 
@@ -75,6 +77,13 @@ class DeviceProfiles:
 
     def _profile_response(self, request: Request, device: DeviceInfo) -> Response:
         """The enrollment profile for ``device``, with a newly issued identity."""
+        # a key pair costs the service real CPU, and the device information naming the serial is not verified as
+        # Apple's: a device gets a handful of profiles an hour (enough for a few wipes), not one per request
+        since = utc_now() - timedelta(hours=1)
+        issued = self.db.audit_entries(f"device_identity:{device.serial_number}", limit=IDENTITIES_PER_HOUR)
+        if sum(datetime.fromisoformat(entry["at"]) >= since for entry in issued) >= IDENTITIES_PER_HOUR:
+            return Response(f"Device {device.serial_number} has had {IDENTITIES_PER_HOUR} enrollment profiles in the "
+                            "last hour; try again later.", status=429, content_type="text/plain; charset=utf-8")
         topic = self._push_topic()  # first: the push service may take seconds, and no write should wait on it
         ca = self._device_ca()
         terms = identity_terms(device.serial_number, device.udid, utc_now())

@@ -379,3 +379,16 @@ def test_the_profile_points_devices_at_the_configured_public_address(runner_fact
     assert profile.status_code == 200, profile.text
     mdm = next(p for p in plistlib.loads(profile.content)["PayloadContent"] if p["PayloadType"] == "com.apple.mdm")
     assert (mdm["CheckInURL"], mdm["ServerURL"]) == ("https://mdm.school.example/mdm/checkin",) * 2
+
+
+def test_a_device_gets_a_handful_of_profiles_an_hour_not_one_per_request(runner_factory, orchard_config, rpc_as,
+                                                                         dep_sandbox):
+    orchard_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
+    runner_factory(orchard_config, EnrollmentService).start()
+    with rpc_as() as rpc:
+        assign_ade_devices(rpc, dep_sandbox, ["MANY1", "OTHER1"])
+    for _ in range(10):
+        request_profile(orchard_config, "MANY1", UDID_A)
+    refused = httpx.post(f"{enrollment_base(orchard_config)}/mdm/enroll", content=device_info("MANY1", UDID_A))
+    assert refused.status_code == 429 and "10 enrollment profiles in the last hour" in refused.text
+    request_profile(orchard_config, "OTHER1", UDID_B)  # another device is not held up
