@@ -147,6 +147,10 @@ def test_garbage_headers_are_malformed(device_ca):
                    "A" * 20_000, attached, no_certificate, no_attributes, base64.b64encode(good[:-40]).decode()):
         assert rejection(header, device_ca) == "malformed_signature", header[:40]
     assert rejection(base64.b64encode(bytes(flipped)).decode(), device_ca) == "bad_signature"
+    # a stranger's identity is refused by its issuer before its own (perhaps slow to verify) key is used at all
+    stranger = bytearray(base64.b64decode(mdm_signature(BODY, issued(generate_device_ca(NOW)))))
+    stranger[-10] ^= 0xFF
+    assert rejection(base64.b64encode(bytes(stranger)).decode(), device_ca) == "unknown_issuer"
 
 
 def test_any_damage_to_a_signature_is_a_rejection_never_a_crash(device_ca):

@@ -56,14 +56,14 @@ def verify_checkin_signature(header: str | None, body: bytes, ca_certificate: x5
     signed = _parse(header)
     if not hmac.compare_digest(signed.message_digest, hashlib.new(signed.digest, body).digest()):
         raise CheckinRejected(DIGEST_MISMATCH)
-    _verify(signed)
     certificate = signed.certificate
-    try:
+    try:  # first, with our CA's key: the signer's own key could be one built to be slow to verify with
         if ca_certificate is None or certificate.issuer != ca_certificate.subject:
             raise ValueError("another issuer")
         certificate.verify_directly_issued_by(ca_certificate)
     except (ValueError, TypeError, InvalidSignature):
         raise CheckinRejected(UNKNOWN_ISSUER) from None
+    _verify(signed)
     if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
         raise CheckinRejected(EXPIRED_CERTIFICATE)
     udids = certificate.subject.get_attributes_for_oid(NameOID.USER_ID)
