@@ -24,10 +24,19 @@ ADMIN = Actor(id="admin@school.example", role="administrator")
 TEST_SECRET_KEY = Fernet.generate_key().decode()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A port free now and not handed out before in this run: the kernel may offer a just-probed port again,
+    and two services of one test given the same port would collide when they start."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @pytest.fixture

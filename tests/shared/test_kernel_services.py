@@ -48,12 +48,12 @@ def test_an_rpc_without_an_actor_is_refused_with_its_type(runner_factory, orchar
 
 
 def test_text_no_store_can_hold_is_refused_before_any_service_code_runs(runner_factory, orchard_config, rpc_as):
-    runner = runner_factory(orchard_config, VppService, PushService)
+    runner = runner_factory(orchard_config, VppService)
     runner.start()
     with rpc_as() as rpc:
         with pytest.raises(ValidationError, match="argument 1 is not valid Unicode text"):
             rpc.vpp.get_content_token("\ud800")
-        with pytest.raises(ValidationError, match=r"password is not valid Unicode text"):
-            rpc.push.upload_certificate_pkcs12("AAAA", password="r\ud800")
+        with pytest.raises(ValidationError, match=r"name is not valid Unicode text"):
+            rpc.vpp.add_content_token("AAAA", name="North \ud800")
         with pytest.raises(NotFound):  # an emoji travels as an escaped surrogate pair: valid text
             rpc.vpp.get_content_token("\U0001F34E")
