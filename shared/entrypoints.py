@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 from datetime import timedelta
 from typing import Any, Callable
@@ -47,6 +46,7 @@ from shared.config import service_settings
 from shared.contracts.base import Event
 from shared.dead_letters import dead_letter_queue_name
 from shared.storage import Database, utc_now
+from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
 
 log = logging.getLogger(__name__)
 
@@ -81,38 +81,18 @@ def _internal_error(worker_ctx: Any, exc_info: Any) -> errors.InternalError:
     )
 
 
-# JSON can carry a lone surrogate ("\ud800"), which no database, file or Apple API can store; it travels
-# as an escape, so only a request with one is walked (an escaped pair, an emoji, is valid text)
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def _refuse_lone_surrogates(value: Any, where: str) -> None:
-    if value.__class__ is str:
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise errors.ValidationError(f"{where} is not valid Unicode text (it holds a lone surrogate)") from None
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _refuse_lone_surrogates(item, f"{where}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _refuse_lone_surrogates(key, f"a key of {where}")
-            _refuse_lone_surrogates(item, f"{where}.{key}")
-
-
 class OrchardRpc(Rpc):
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("expected_exceptions", errors.EXPECTED_ERRORS)
         super().__init__(**kwargs)
 
     def handle_message(self, body: Any, message: Any) -> None:
-        raw = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8", "surrogatepass")
-        if _SURROGATE_ESCAPE.search(raw) and isinstance(body, dict):  # refused before a worker starts
+        raw = message.body if isinstance(message.body, (bytes, str)) else str(message.body)
+        if may_hold_lone_surrogates(raw) and isinstance(body, dict):  # refused before a worker starts
             for index, value in enumerate(body.get("args") or ()):
-                _refuse_lone_surrogates(value, f"argument {index + 1}")
+                refuse_lone_surrogates(value, f"argument {index + 1}")
             for name, value in (body.get("kwargs") or {}).items():
-                _refuse_lone_surrogates(value, str(name))
+                refuse_lone_surrogates(value, str(name))
         super().handle_message(body, message)
 
     def handle_result(self, message: Any, worker_ctx: Any, result: Any, exc_info: Any) -> Any:

@@ -108,3 +108,17 @@ def test_a_lease_heartbeat_retries_failed_renewals_and_reports_a_taken_lease():
         assert len(calls) == 4  # the failed renewal was tried again; a taken lease is not renewed any more
         with pytest.raises(leases.LeaseLost):
             heartbeat.check()
+
+
+def test_lone_surrogates_are_found_escaped_or_raw_and_named():
+    import json
+
+    from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
+
+    assert not may_hold_lone_surrogates(json.dumps({"name": "Zoë"}, ensure_ascii=False).encode())
+    assert may_hold_lone_surrogates(json.dumps({"name": "\U0001F34E"}))  # a pair: walked, then found valid
+    refuse_lone_surrogates({"name": "\U0001F34E"}, "the body")
+    raw = b'{"users": [{"name": "\xed\xa0\x80"}]}'  # a surrogate's bytes, which json.loads lets through
+    assert may_hold_lone_surrogates(raw)
+    with pytest.raises(ValidationError, match=r"the body.users\[0\].name is not valid Unicode text"):
+        refuse_lone_surrogates(json.loads(raw), "the body")

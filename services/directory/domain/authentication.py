@@ -11,6 +11,7 @@ from services.directory.domain.entries import normalize_dn
 from services.directory.domain.ports import PasswordDirectory
 from services.directory.domain.profile import LdapProfile
 from shared.errors import PermissionDenied, ValidationError
+from shared.unicode_text import refuse_lone_surrogates
 
 #: the longest e-mail address (64 + "@" + 255), which is what a userPrincipalName or mail login
 #: looks like; a sAMAccountName has at most 20 characters
@@ -108,22 +109,14 @@ def _checked_username(username: Any) -> str:
     if len(username) > MAX_USERNAME_LENGTH:
         raise ValidationError(f"the username is {len(username)} characters long; at most "
                               f"{MAX_USERNAME_LENGTH} are allowed")
-    _require_unicode(username, "the username")
+    refuse_lone_surrogates(username, "the username")  # it cannot be sent to a directory or stored
     return username.strip()
 
 
 def _check_password(password: Any) -> None:
     if not isinstance(password, str) or not password:
         raise ValidationError("a password is required")
-    _require_unicode(password, "the password")
-
-
-def _require_unicode(text: str, what: str) -> None:
-    # a lone surrogate (JSON "\ud800") is no character: it cannot be sent to a directory or stored
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(f"{what} is not valid Unicode text (it holds an unpaired surrogate)") from None
+    refuse_lone_surrogates(password, "the password")
 
 
 def _username_key(username: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.contracts.roster import ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord
 from shared.errors import ValidationError
+from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
 
 TYPE_TO_WIRE = {"student": "S", "teacher": "T", "staff": "STAFF"}
 WIRE_TO_TYPE = {v: k for k, v in TYPE_TO_WIRE.items()}
@@ -41,14 +42,13 @@ def decode_payload(text: str | bytes | None) -> dict[str, Any]:
                         "holding the JSON")
     try:
         payload = json.loads(text)
-        # a lone surrogate ("\ud800") is no text: neither the database nor the token hash can
-        # encode it, so a payload holding one anywhere is refused here
-        json.dumps(payload, ensure_ascii=False).encode()
+        # neither the database nor the token hash can encode a lone surrogate: refused anywhere in the body
+        if may_hold_lone_surrogates(text):
+            refuse_lone_surrogates(payload, "the request body")
     except RecursionError:
         raise WireError("the request body nests too deeply; send the documented shape") from None
-    except UnicodeEncodeError:
-        raise WireError("the request body holds a lone surrogate (\\ud800 to \\udfff), "
-                        "which is not text; send valid UTF-8") from None
+    except ValidationError as exc:
+        raise WireError(f"{exc}; send valid UTF-8") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"the request body is not valid JSON ({exc})") from None
     if not isinstance(payload, dict):
