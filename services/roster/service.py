@@ -17,6 +17,7 @@ from services.roster.adapters.mosyle_http import MosyleApi
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import asm_mapping, planning
 from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, new_device_assignments
+from services.roster.domain.mosyle_api import MAX_PAGE
 from services.roster.domain.mosyle_openapi import openapi_document
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
@@ -26,7 +27,6 @@ from shared.service import OrchardService
 from shared.storage import Database, utc_now
 
 MAX_PAGE_SIZE = 1000
-MAX_PAGE = 1_000_000  # keeps the offset far inside SQL's integers
 
 
 class RosterService(OrchardService):
