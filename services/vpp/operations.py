@@ -78,17 +78,27 @@ class VppOperations:
 
     @contextmanager
     def apple(self, token: Any) -> Iterator[None]:
-        """Record on the token what Apple's answers say about it (managed elsewhere, revoked), even on failure."""
+        """Record on the token what Apple's answers say about it (managed elsewhere, revoked), even on failure.
+
+        The call fails then, so nothing else it wrote is kept: its changes are rolled back before the token's
+        state is committed (queued invites, say, would otherwise stay behind a failed ``invite_users``).
+        """
         try:
             yield
-        except ManagedByAnotherMdm as exc:
+        except (ManagedByAnotherMdm, ContentTokenRevoked) as exc:
+            self.db.session.rollback()
+            self.record_refusal(token, exc)
+            raise
+
+    def record_refusal(self, token: Any, exc: Exception) -> None:
+        """Commit what an Apple refusal says about the token itself; other errors say nothing about it."""
+        if isinstance(exc, ManagedByAnotherMdm):
             self.repo.update_token(token.id, conflict_with=str(exc.other_mdm.get("name") or exc.other_mdm.get("id"))[:200])
-            self.db.commit()
-            raise
-        except ContentTokenRevoked:
+        elif isinstance(exc, ContentTokenRevoked):
             self.repo.update_token(token.id, revoked=True)
-            self.db.commit()
-            raise
+        else:
+            return
+        self.db.commit()
 
     # --- sync -------------------------------------------------------------------------------
     def sync(self, token: Any) -> dict[str, int]:
@@ -144,6 +154,7 @@ class VppOperations:
                     if number == 1:
                         raise
                     self.db.commit()  # keep what Apple already did
+                    self.record_refusal(token, exc)
                     verb = "assigned" if assign else "revoked"
                     raise UpstreamError(
                         f"{exc} Before that, {len(outcome.serial_numbers)} device and {len(outcome.user_ids)} user "

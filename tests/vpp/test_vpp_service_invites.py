@@ -195,3 +195,17 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_handled(vpp_
     dead_letters = "evt-roster-UserImported--vpp.on_user_imported.dead-letters"
     assert wait_for(lambda: ready_messages(vpp_config, dead_letters), what="the bad event dead-lettered") == 1
     assert count_rows(vpp_config, "inbox") == 3
+
+
+def test_a_token_revoked_while_inviting_is_marked_and_nothing_is_queued(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    publish(vpp_config, user("ann"))
+    wait_for(lambda: count_rows(vpp_config, "known_users") == 1, what="ann known")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        vpp_sandbox.fault("users/create", kind="error", errorNumber=9625)
+        with pytest.raises(UpstreamError, match="revoked"):
+            rpc.vpp.invite_users(token_id, ["ann"])
+        assert rpc.vpp.get_content_token(token_id)["status"] == "revoked"
+        assert count_rows(vpp_config, "invites") == 0  # the invites queued in the call went with it
+        assert not [e for e in rpc.vpp.audit_log(f"content_token:{token_id}") if e["action"] == "invites.sent"]

@@ -8,7 +8,7 @@ from nameko.standalone.events import event_dispatcher
 
 from shared.auth import Actor
 from shared.contracts.enrollment import AssignedDevice, DevicesAssigned
-from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
 from tests.conftest import postgres_database
 from tests.vpp.test_vpp_service_invites import metric
 from tests.waiting import wait_for
@@ -247,3 +247,18 @@ def test_the_scheduled_sync_reads_due_tokens_and_records_failures(vpp_sandbox, v
     with entrypoint_hook(get_container(vpp_runner, VppService), "sync_due_tokens") as sync_due_tokens:
         sync_due_tokens()  # nothing is due again for hours
     assert vpp_sandbox.state()["requests"]["assets"] == requests
+
+
+def test_a_token_revoked_between_licence_batches_keeps_what_apple_did_and_is_marked(vpp_sandbox, vpp_runner, rpc_as):
+    vpp_sandbox.post("settings", limits={"maxSerialNumbers": 2})
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 10)
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        rpc.vpp.sync_assets(token_id)
+        vpp_sandbox.fault("assets/associate", kind="error", errorNumber=9625, skip=1)  # the second request
+        with pytest.raises(UpstreamError, match=r"2 device .* were assigned \(1 of 2 requests\)"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["A", "B", "C"])
+        assert rpc.vpp.get_content_token(token_id)["status"] == "revoked"
+        assert rpc.vpp.get_asset(token_id, "111")["assigned"] == 2
+    assert vpp_sandbox.state(stoken)["assignments"] == 2
