@@ -14,3 +14,7 @@ PLAN_TO_APPLY = Histogram(
 API_REQUESTS = Counter(
     "orchard_roster_api_requests", "Mosyle-compatible API requests by endpoint and HTTP status.",
     ["endpoint", "status"])
+API_REFUSALS_NOT_AUDITED = Counter(
+    "orchard_roster_api_refusals_not_audited",
+    "Refused API calls left out of the audit log: the same refusal again within a minute, or past 60 a minute.",
+    ["reason"])

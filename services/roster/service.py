@@ -13,7 +13,7 @@ from werkzeug.wrappers import Request, Response
 from services.roster.adapters import asm, spreadsheets, tables
 from services.roster.adapters.api_tokens import ApiTokens, describe, parse_allowed_ips
 from services.roster.adapters.imports import ImportRunner
-from services.roster.adapters.mosyle_http import MosyleApi
+from services.roster.adapters.mosyle_http import MosyleApi, RefusalAudits
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import asm_mapping, planning
 from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, new_device_assignments
@@ -33,6 +33,7 @@ class RosterService(OrchardService):
     name = "roster"
     db = Database(tables.metadata, migrations="services.roster.migrations")
     enrollment = ServiceRpc("enrollment")
+    refusal_audits = RefusalAudits()
 
     # ------------------------------------------------------------ imports
 
@@ -294,7 +295,7 @@ class RosterService(OrchardService):
         return ImportRunner(self.db.session, self.db.publish)
 
     def _api(self) -> MosyleApi:
-        return MosyleApi(self.db.session, self.db.publish, self.db.audit, self._preassign_devices)
+        return MosyleApi(self.db.session, self.db.publish, self.db.audit, self._preassign_devices, self.refusal_audits)
 
     def _preassign_devices(self, plan_id: str) -> tuple[int, list[DeviceAssignmentFailure]]:
         """Hand the plan's newly listed serial numbers to enrollment, once the users are committed

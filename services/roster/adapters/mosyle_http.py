@@ -3,14 +3,15 @@
 Scripts written for the Mosyle Manager API v2 send their payload as a JSON body or as
 a form field ``content``; every request names its access token in ``accessToken``.
 An unknown or revoked token gets 401, a token used from an address outside its list
-gets 403, and both are written to the audit log. Writes run the import pipeline and
-are applied at once.
+gets 403, and both are written to the audit log (within ``RefusalAuditBudget``'s limits).
+Writes run the import pipeline and are applied at once.
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from nameko.extensions import DependencyProvider
 from werkzeug.wrappers import Request, Response
 
 from services.roster import metrics
@@ -19,6 +20,7 @@ from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import mosyle_api as wire
 from services.roster.domain.planning import PlanOptions
+from services.roster.domain.refusal_audits import RefusalAuditBudget
 from shared.auth import Actor
 from shared.contracts.roster import RejectedRow
 from shared.errors import Conflict, ValidationError
@@ -37,10 +39,22 @@ def request_payload(request: Request) -> dict[str, Any]:
     return wire.decode_payload(request.get_data())
 
 
+class RefusalAudits(DependencyProvider):
+    """One ``RefusalAuditBudget`` per running service, shared by its workers."""
+
+    def setup(self) -> None:
+        self.budget = RefusalAuditBudget()
+
+    def get_dependency(self, worker_ctx: Any) -> RefusalAuditBudget:
+        return self.budget
+
+
 class MosyleApi:
-    def __init__(self, session: Any, publish: Any, audit: Any, preassign_devices: Any):
+    def __init__(self, session: Any, publish: Any, audit: Any, preassign_devices: Any,
+                 refusal_audits: RefusalAuditBudget):
         self.session = session
         self.audit = audit
+        self.refusal_audits = refusal_audits
         self.preassign_devices = preassign_devices  # plan id -> (assigned, failures), after the apply
         self.tokens = ApiTokens(session)
         self.queries = RosterQueries(session)
@@ -63,18 +77,22 @@ class MosyleApi:
         row = self.tokens.find(token)
         if row is None or row.revoked_at is not None:
             reason = "unknown access token" if row is None else "revoked access token"
-            self.audit(ANONYMOUS, "api.refused", f"api_token:{row.id}" if row else None,
-                       {"endpoint": endpoint, "address": address, "reason": reason})
+            self._refused(row, endpoint, address, reason)
             return json_response(401, wire.error_response(
                 f"{reason}; ask an administrator for a valid one"))
         if not ip_allowed(row.allowed_ips, address):
-            self.audit(ANONYMOUS, "api.refused", f"api_token:{row.id}",
-                       {"endpoint": endpoint, "address": address,
-                        "reason": "address not allowed"})
+            self._refused(row, endpoint, address, "address not allowed")
             return json_response(403, wire.error_response(
                 f"this access token may not be used from {address}"))
         self.tokens.touch(row.id)
         return Actor(id=f"api_token:{row.id}", role="system")
+
+    def _refused(self, row: Any, endpoint: str, address: str | None, reason: str) -> None:
+        target = f"api_token:{row.id}" if row else None
+        if self.refusal_audits.admit((reason, address, target)):
+            self.audit(ANONYMOUS, "api.refused", target, {"endpoint": endpoint, "address": address, "reason": reason})
+        else:
+            metrics.API_REFUSALS_NOT_AUDITED.labels(reason).inc()
 
     def _listusers(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
         options = wire.ListOptions.from_payload(payload, wire.USER_COLUMNS)
