@@ -1,9 +1,11 @@
 """Orchard's configuration: one Nameko YAML file for every service.
 
 Values may reference the environment as ``${VAR:default}``, as ``nameko run``
-does; a value that is exactly one reference is parsed as YAML after
-substitution, so ``${MAX_WORKERS:10}`` is the integer 10. Per-service settings
-live under ``SERVICES.<name>``.
+does; a value that is exactly one reference is typed after substitution:
+``${MAX_WORKERS:10}`` is the integer 10, ``true``/``false`` are booleans and a
+YAML list (``[1, 5, 30]``) is a list; anything else stays the text it is (a name
+like ``Acme: North`` is not a mapping, ``0123`` is not octal). Per-service
+settings live under ``SERVICES.<name>``.
 """
 from __future__ import annotations
 
@@ -41,9 +43,30 @@ def expand(value: Any, environ: Mapping[str, str] | None = None) -> Any:
 
     whole = _REFERENCE.fullmatch(value)
     substituted = _REFERENCE.sub(substitute, value)
-    if whole:
-        return yaml.safe_load(substituted) if substituted.strip() else None
-    return substituted
+    return _typed(substituted) if whole else substituted
+
+
+def _typed(text: str) -> Any:
+    """A value that was one whole reference: a number, a boolean, a list or nothing as such, else the text."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    if stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    try:
+        parsed = yaml.safe_load(stripped)
+    except yaml.YAMLError:
+        return text
+    if isinstance(parsed, list):
+        return parsed
+    if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) and _canonical_number(stripped):
+        return parsed
+    return text
+
+
+def _canonical_number(text: str) -> bool:
+    """Written as a plain decimal (``10``, ``-2.5``, ``1e3``): YAML would also read ``0123`` as octal, ``0x1F`` as hex."""
+    return re.fullmatch(r"[-+]?(0|[1-9][0-9]*)(\.[0-9]*)?([eE][-+]?[0-9]+)?", text) is not None
 
 
 def load_config(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None) -> dict:

@@ -20,6 +20,14 @@ def test_configuration_expands_environment_references_and_parses_whole_values():
         expand("${NEEDED}", {})
 
 
+def test_whole_references_are_typed_only_as_numbers_booleans_and_lists():
+    environ = {"NAME": "Acme MDM: North campus", "CODE": "0123", "HEX": "0x1F", "WORD": "yes", "BROKEN": "[1, 2",
+               "DELAYS": "[1, 5, 30]", "RATE": "2.5", "NEGATIVE": "-3"}
+    typed = {key: expand(f"${{{key}}}", environ) for key in environ}
+    assert typed == {"NAME": "Acme MDM: North campus", "CODE": "0123", "HEX": "0x1F", "WORD": "yes", "BROKEN": "[1, 2",
+                     "DELAYS": [1, 5, 30], "RATE": 2.5, "NEGATIVE": -3}
+
+
 def test_the_shipped_configuration_names_every_service(monkeypatch):
     monkeypatch.setenv("DATABASE_URL_ROSTER", "postgresql://db/roster")
     config = load_config()
