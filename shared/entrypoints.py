@@ -33,6 +33,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT, WEB_SERVER_CONFIG_
 from nameko.events import EventHandler
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.extensions import DependencyProvider
+from nameko.messaging import QueueConsumer
 from nameko.rpc import Rpc, RpcProxy
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
@@ -55,6 +56,8 @@ for _error in errors.ALL_ERRORS:  # callers get our error types back, not Remote
 
 #: seconds before each new attempt of a failed event; then it is dead-lettered (``EVENT_RETRY_DELAYS``)
 DEFAULT_RETRY_DELAYS = (1, 5, 30, 120)
+#: a message that could not be rerouted goes back to its queue after this pause, not straight into a busy loop
+REQUEUE_PAUSE_SECONDS = 1.0
 HTTP_STATUS = {
     errors.ValidationError: 400, errors.PermissionDenied: 403, errors.NotFound: 404,
     errors.Conflict: 409, errors.UpstreamError: 502,
@@ -116,11 +119,54 @@ def rpc(fn: Callable | None = None, *, sensitive_arguments: tuple[str, ...] = ()
     return decorate(fn) if fn is not None else decorate
 
 
+def retry_delays(value: Any) -> tuple[float, ...]:
+    """``EVENT_RETRY_DELAYS`` in seconds: a list, one number, or comma-separated text (``1,5,30``); unset is the
+    default. Anything else stops the service at start: a delay that cannot be read would otherwise fail every
+    reroute and return the event to its queue at once, over and over."""
+    if value is None or value == "" or value == []:
+        return DEFAULT_RETRY_DELAYS
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        delays = tuple(float(item) for item in items if not isinstance(item, bool))
+    except (TypeError, ValueError):
+        delays = ()
+    if len(delays) != len(items) or not all(0 < delay <= 86400 for delay in delays):
+        raise ValueError(f"EVENT_RETRY_DELAYS must be seconds between 0 and 86400, as a list or as "
+                         f"comma-separated numbers (such as 1,5,30,120); it is {value!r}")
+    return delays
+
+
+class ParkingQueueConsumer(QueueConsumer):
+    """Nameko's queue consumer, except that an event message nobody can decode (not JSON, a content type not
+    accepted) is parked in its handler's dead-letter queue; kombu's default acknowledges it, and it is gone."""
+
+    def get_consumers(self, consumer_cls: Any, channel: Any) -> Any:
+        consumers = super().get_consumers(consumer_cls, channel)
+        for provider, consumer in self._consumers.items():
+            if isinstance(provider, OrchardEventHandler):
+                consumer.on_decode_error = functools.partial(self._park_undecodable, provider)
+        return consumers
+
+    def _park_undecodable(self, provider: OrchardEventHandler, message: Any, exc: Exception) -> None:
+        try:
+            provider.park_undecodable(message, exc)
+        except Exception:
+            log.warning("could not park an undecodable %s message; returning it to its queue", provider.event_type,
+                        exc_info=True)
+            eventlet.sleep(REQUEUE_PAUSE_SECONDS)
+            self.requeue_message(message)
+            return
+        self.ack_message(message)
+
+
 class OrchardEventHandler(EventHandler):
     """A ``SERVICE_POOL`` handler whose failures are retried, then dead-lettered, never dropped."""
 
+    queue_consumer = ParkingQueueConsumer()
+
     def setup(self) -> None:
         super().setup()
+        self.retry_delays = retry_delays(self.container.config.get("EVENT_RETRY_DELAYS"))
         self.rerouter = Publisher(
             self.container.config[AMQP_URI_CONFIG_KEY], use_confirms=True, delivery_mode=PERSISTENT,
             serializer=self.container.config.get("serializer", "json"),
@@ -133,10 +179,26 @@ class OrchardEventHandler(EventHandler):
             except Exception:
                 log.warning("could not reroute a failed %s event; returning it to its queue", self.event_type,
                             exc_info=True)
+                eventlet.sleep(REQUEUE_PAUSE_SECONDS)
                 self.queue_consumer.requeue_message(message)
                 return result, exc_info
         self.queue_consumer.ack_message(message)
         return result, exc_info
+
+    def park_undecodable(self, message: Any, exc: Exception) -> None:
+        """Keep a message that cannot be decoded, as it came, in the dead-letter queue."""
+        headers = dict(message.headers or {})
+        headers["x-orchard-queue"] = self.queue.name
+        headers["x-orchard-error"] = f"undecodable message ({message.content_type}): {type(exc).__name__}"
+        headers["x-orchard-failed-at"] = utc_now().isoformat()
+        target = self._dead_letters()
+        log.error("an undecodable %s message was parked in %s", self.event_type, target.name)
+        self.rerouter.publish(message.body, exchange="", routing_key=target.name, headers=headers, declare=[target],
+                              content_type=message.content_type, content_encoding=message.content_encoding)
+
+    def _dead_letters(self) -> Queue:
+        metrics.DEAD_LETTERS.labels(self.container.service_name, self.method_name).inc()
+        return Queue(dead_letter_queue_name(self.queue.name), durable=True, auto_delete=False)
 
     def _reroute(self, message: Any, exc: BaseException) -> None:
         queue = self.queue.name
@@ -146,12 +208,10 @@ class OrchardEventHandler(EventHandler):
         headers["x-orchard-queue"] = queue
         headers["x-orchard-error"] = f"{type(exc).__name__}: {exc}"[:500]
         poison = isinstance(exc, errors.ValidationError)  # the payload itself is wrong: retrying cannot help
-        service = self.container.service_name
-        delays = self.container.config.get("EVENT_RETRY_DELAYS") or DEFAULT_RETRY_DELAYS
+        delays = self.retry_delays
         if poison or attempts > len(delays):
             headers["x-orchard-failed-at"] = utc_now().isoformat()
-            target = Queue(dead_letter_queue_name(queue), durable=True, auto_delete=False)
-            metrics.DEAD_LETTERS.labels(service, self.method_name).inc()
+            target = self._dead_letters()
             log.error("event %s dead-lettered to %s after %d attempt(s): %s", self.event_type, target.name,
                       attempts, headers["x-orchard-error"])
         else:
@@ -160,7 +220,7 @@ class OrchardEventHandler(EventHandler):
             target = Queue(f"{queue}.retry-{delay_ms}ms", durable=True, auto_delete=False, queue_arguments={
                 "x-message-ttl": delay_ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue,
             })
-            metrics.EVENTS_RETRIED.labels(service, self.method_name).inc()
+            metrics.EVENTS_RETRIED.labels(self.container.service_name, self.method_name).inc()
         self.rerouter.publish(message.payload, exchange="", routing_key=target.name, headers=headers,
                               declare=[target])
 
@@ -176,7 +236,13 @@ def event_handler(event_cls: type[Event]) -> Callable[[Callable], Callable]:
             if not self.db.claim_event(handler, event.event_id):
                 metrics.EVENTS_DUPLICATE.labels(self.name, handler).inc()
                 return None
-            result = fn(self, event)
+            committed = self.db.commits
+            try:
+                result = fn(self, event)
+            except BaseException:
+                if self.db.commits != committed:  # part of the work was committed, and the claim with it
+                    self.db.unclaim_event(handler, event.event_id)
+                raise
             self.db.commit()
             return result
 
@@ -188,10 +254,11 @@ def event_handler(event_cls: type[Event]) -> Callable[[Callable], Callable]:
 class Periodic(Timer):
     """A timer with jitter that only one replica runs at a time.
 
-    The replica that takes the lease keeps it while it runs the job (it renews
-    at every tick); if it dies, another takes over once the lease expires, after
-    two intervals and ten seconds. Keep intervals short (a minute or so) and let the job pick
-    the work that is due, so failover is quick.
+    The replica that takes the lease keeps it while it runs the job (renewed every
+    third of its term however long the job takes, and at every tick); if it dies, another
+    takes over once the lease expires, after two intervals and ten seconds. A replica that
+    stops cleanly gives the lease up. Keep intervals short (a minute or so) and let the job
+    pick the work that is due, so failover is quick.
     """
 
     def __init__(self, interval: float, jitter: float = 0.1, **kwargs: Any):
@@ -234,10 +301,24 @@ class Periodic(Timer):
             metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "skipped").inc()
             return
         metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "ran").inc()
-        self.handle_timer_tick()
-        self.worker_complete.wait()
+
+        def renew() -> bool:
+            return leases.acquire(database.engine, database.kernel.leases, self.lease_name, self.holder, hold)
+
+        with leases.renewed(renew, every=hold.total_seconds() / 3):  # a long run must not let another replica start
+            self.handle_timer_tick()
+            self.worker_complete.wait()
         self.worker_complete.reset()
         leases.hold_until(database.engine, database.kernel.leases, self.lease_name, self.holder, utc_now() + hold)
+
+    def stop(self) -> None:
+        super().stop()
+        try:  # the next replica need not wait out the term (jobs pick the work that is due, so an early run is safe)
+            database = self._database()
+            leases.hold_until(database.engine, database.kernel.leases, self.lease_name, self.holder, utc_now())
+        except Exception:
+            log.warning("scheduled job %s.%s could not give up its lease; it expires by itself",
+                        self.container.service_name, self.method_name, exc_info=True)
 
 
 def periodic(interval: float, jitter: float = 0.1, eager: bool = False) -> Callable[[Callable], Callable]:
@@ -341,8 +422,8 @@ class _TimedServiceProxy:
                 ) from None
             except (eventlet.Timeout, RpcTimeout):
                 raise errors.UpstreamError(
-                    f"the {self._service} service did not answer {method} within {self._timeout:g} s; "
-                    f"check that it is running"
+                    f"the {self._service} service did not answer {method} within {self._timeout:g} s (a call it had "
+                    f"not started by then is withdrawn); check that it is running"
                 ) from None
 
         return call
@@ -355,6 +436,12 @@ class ServiceRpc(RpcProxy):
         super().__init__(target_service, **kwargs)
         self.timeout = timeout
 
+    def setup(self) -> None:
+        super().setup()
+        self.timeout = self.timeout or float(self.container.config.get("RPC_TIMEOUT", 30))
+        # a request still queued when its caller gives up expires: a service that comes back later must not
+        # run a call whose caller was told it failed (and may have tried again)
+        self.options["expiration"] = self.timeout
+
     def get_dependency(self, worker_ctx: Any) -> _TimedServiceProxy:
-        timeout = self.timeout or float(self.container.config.get("RPC_TIMEOUT", 30))
-        return _TimedServiceProxy(super().get_dependency(worker_ctx), self.target_service, timeout)
+        return _TimedServiceProxy(super().get_dependency(worker_ctx), self.target_service, self.timeout)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import json_text, runtime
 from shared.auth import Actor
 from shared.config import service_settings
-from shared.contracts.base import Event
+from shared.contracts.base import MAX_EVENT_ID_LENGTH, Event
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def add_kernel_tables(metadata: sa.MetaData) -> None:
     sa.Table(
         "outbox", metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("event_id", sa.String(MAX_EVENT_ID_LENGTH), nullable=False, unique=True),
         sa.Column("event_type", sa.String(100), nullable=False),
         sa.Column("payload", sa.JSON, nullable=False),
         sa.Column("created_at", UtcDateTime, nullable=False),
@@ -63,7 +63,7 @@ def add_kernel_tables(metadata: sa.MetaData) -> None:
     sa.Table(
         "inbox", metadata,
         sa.Column("handler", sa.String(200), primary_key=True),
-        sa.Column("event_id", sa.String(36), primary_key=True),
+        sa.Column("event_id", sa.String(MAX_EVENT_ID_LENGTH), primary_key=True),
         sa.Column("handled_at", UtcDateTime, nullable=False, index=True),
     )
     sa.Table(
@@ -161,6 +161,7 @@ class UnitOfWork:
         self._after_commit = after_commit
         self._session: Session | None = None
         self._published = 0
+        self.commits = 0  # how many times this worker committed: an event handler that fails after one must be rerun
 
     @property
     def session(self) -> Session:
@@ -199,10 +200,19 @@ class UnitOfWork:
         """Record that ``handler`` handles ``event_id``; False if it already did (a redelivery)."""
         return bool(claim_events(self.session, self._kernel.inbox, handler, [event_id]))
 
+    def unclaim_event(self, handler: str, event_id: str) -> None:
+        """Undo a committed ``claim_event``: the handler failed after committing part of its work (and the claim
+        with it), so its retry must run it again, not be skipped as a duplicate."""
+        inbox = self._kernel.inbox
+        self.session.rollback()
+        self.session.execute(inbox.delete().where(inbox.c.handler == handler, inbox.c.event_id == event_id))
+        self.commit()
+
     def commit(self) -> None:
         if self._session is None:
             return
         self._session.commit()
+        self.commits += 1
         if self._published:
             self._published = 0
             self._after_commit()

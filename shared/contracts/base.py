@@ -14,6 +14,10 @@ from shared.errors import ValidationError
 T = TypeVar("T", bound="Contract")
 
 
+#: the outbox and every inbox store event ids in columns of this width (a UUID's text)
+MAX_EVENT_ID_LENGTH = 36
+
+
 def new_event_id() -> str:
     return str(uuid.uuid4())
 
@@ -212,4 +216,7 @@ class Event(Contract):
 
     @classmethod
     def from_payload(cls: type[T], payload: Any) -> T:
-        return cls.from_dict(payload, what=cls.__name__)
+        event = cls.from_dict(payload, what=cls.__name__)
+        if not 0 < len(event.event_id) <= MAX_EVENT_ID_LENGTH:  # subscribers' inboxes key on it
+            raise ValidationError(f"{cls.__name__}.event_id must be 1 to {MAX_EVENT_ID_LENGTH} characters (a UUID)")
+        return event

@@ -1,22 +1,42 @@
-"""The ``orchard`` command against running services."""
+"""The ``orchard`` command against running services, and its one-line errors."""
 import re
+from urllib.parse import urlsplit
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
+from kombu import Connection
 
 from orchard_cli.main import cli
+from services.roster.service import RosterService
 from tests.shared.test_kernel_services import ALL_SERVICES
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def cli_env(orchard_config, tmp_path, monkeypatch):
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(orchard_config))
-    monkeypatch.setenv("ORCHARD_CONFIG", str(path))
+def configure(orchard_config, tmp_path, monkeypatch):
+    """Point ``ORCHARD_CONFIG`` at the test configuration, with some values changed."""
+    def write(**changes):
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump({**orchard_config, **changes}))
+        monkeypatch.setenv("ORCHARD_CONFIG", str(path))
+    return write
+
+
+@pytest.fixture
+def cli_env(configure):
+    configure()
     return CliRunner()
+
+
+def one_line_error(result) -> str:
+    """The error of a command that failed cleanly (a message, not a traceback)."""
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exc_info
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    return result.output
 
 
 def test_health_prints_every_service_healthy(runner_factory, orchard_config, cli_env):
@@ -41,12 +61,60 @@ def test_dead_letters_list_is_a_table_even_when_empty(orchard_config, cli_env):
     assert result.output.split()[:6] == ["QUEUE", "EVENT", "TYPE", "EVENT", "ID", "ATTEMPTS"]
 
 
-def test_an_unreachable_broker_is_named_without_its_password(orchard_config, tmp_path, monkeypatch):
-    orchard_config["AMQP_URI"] = "pyamqp://orchard:hunter2-secret@127.0.0.1:1/orchard"  # nothing listens on port 1
-    path = tmp_path / "unreachable.yaml"
-    path.write_text(yaml.safe_dump(orchard_config))
-    monkeypatch.setenv("ORCHARD_CONFIG", str(path))
-    result = CliRunner().invoke(cli, ["enrollment", "token", "list"])
-    assert result.exit_code == 1
-    assert "cannot reach RabbitMQ at pyamqp://orchard:**@127.0.0.1:1/orchard" in result.output
-    assert "hunter2" not in result.output
+@pytest.mark.parametrize("command", [["enrollment", "token", "list"], ["events", "dead-letters", "list"]])
+def test_an_unreachable_broker_is_named_without_its_password(configure, command):
+    configure(AMQP_URI="pyamqp://orchard:hunter2-secret@127.0.0.1:1/orchard")  # nothing listens on port 1
+    output = one_line_error(CliRunner().invoke(cli, command))
+    assert "cannot reach RabbitMQ at pyamqp://orchard:**@127.0.0.1:1/orchard" in output
+    assert "hunter2" not in output
+
+
+@pytest.mark.parametrize("change, refusal", [
+    ({"netloc": "guest:wrong-secret@{host}"}, "ACCESS_REFUSED"),
+    ({"path": "/no-such-vhost"}, "NOT_ALLOWED - vhost no-such-vhost not found"),
+])
+@pytest.mark.parametrize("command", [["push", "list"], ["events", "dead-letters", "list"]])
+def test_a_broker_refusal_is_one_line(orchard_config, configure, command, change, refusal):
+    uri = urlsplit(orchard_config["AMQP_URI"])
+    changed = uri._replace(**{key: value.format(host=f"{uri.hostname}:{uri.port}") for key, value in change.items()})
+    configure(AMQP_URI=changed.geturl())
+    output = one_line_error(CliRunner().invoke(cli, command))
+    assert f"RabbitMQ at {uri.scheme}://guest:**@{uri.hostname}:{uri.port}/" in output and refusal in output
+    assert "wrong-secret" not in output
+
+
+def test_a_configuration_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORCHARD_CONFIG", str(tmp_path / "nonexistent.yaml"))
+    output = one_line_error(CliRunner().invoke(cli, ["push", "list"]))
+    assert f"cannot read the configuration at {tmp_path / 'nonexistent.yaml'} (ORCHARD_CONFIG)" in output
+    (tmp_path / "broken.yaml").write_text("AMQP_URI: [amqp://\nmax_workers: 10\n")
+    monkeypatch.setenv("ORCHARD_CONFIG", str(tmp_path / "broken.yaml"))
+    assert "at line 2, column 12" in one_line_error(CliRunner().invoke(cli, ["events", "dead-letters", "list"]))
+
+
+def test_a_request_no_service_took_is_withdrawn_when_the_caller_gives_up(runner_factory, orchard_config, cli_env):
+    runner = runner_factory(orchard_config, RosterService)
+    runner.start()
+    runner.stop()  # its request queue outlives it, unread
+    result = cli_env.invoke(cli, ["health", "--timeout", "1"])
+    assert re.search(r"^roster +error .*did not answer within 1 s: a request it had not started is withdrawn",
+                     result.output, re.M), result.output
+
+    def queued() -> int:
+        with Connection(orchard_config["AMQP_URI"]) as connection:
+            return connection.default_channel.queue_declare("rpc-roster", passive=True).message_count
+    wait_for(lambda: queued() == 0, timeout=10, what="the unanswered request to expire")
+
+
+def every_command(group: click.Group, path: str = "orchard"):
+    for name, command in group.commands.items():
+        yield f"{path} {name}", command
+        if isinstance(command, click.Group):
+            yield from every_command(command, f"{path} {name}")
+
+
+def test_every_command_has_help_and_the_environment_is_listed():
+    assert [name for name, command in every_command(cli) if not command.get_short_help_str()] == []
+    shown = CliRunner().invoke(cli, ["--help"]).output
+    for variable in ("AMQP_URI", "ORCHARD_CONFIG", "ORCHARD_ACTOR_ID", "ORCHARD_ACTOR_ROLE", "ORCHARD_ACTOR_LOCATIONS"):
+        assert variable in shown

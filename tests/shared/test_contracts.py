@@ -98,3 +98,10 @@ def test_the_event_payloads_round_trip():
     with pytest.raises(ValidationError, match=r"^DevicesAssigned\.devices\[2\]\.serial_number must be a string$"):
         DevicesAssigned.from_payload({**page.to_payload(), "devices": [{"serial_number": "a"}] * 2
                                       + [{"serial_number": None}]})
+
+
+@pytest.mark.parametrize("event_id", ["", "x" * 37])
+def test_an_event_id_no_inbox_can_hold_is_refused(event_id):
+    payload = {**UserImported(user_id="u1", user_type="student", name="U", source="csv").to_payload(), "event_id": event_id}
+    with pytest.raises(ValidationError, match="event_id must be 1 to 36 characters"):
+        UserImported.from_payload(payload)

@@ -12,10 +12,11 @@ from nameko.amqp.publish import Publisher
 from nameko.events import get_event_exchange
 
 from shared.dead_letters import list_dead_letters, replay_dead_letters
-from shared.errors import Conflict, InternalError, ValidationError
+from shared.errors import Conflict, InternalError, UpstreamError, ValidationError
 from shared.storage import create_engine_for
 from tests.conftest import postgres_database
-from tests.shared.sample.services import ListenerService, NoteTaken, NotesService, TickerService, notes
+from tests.shared.sample.services import (CallerService, ListenerService, NoteTaken, NotesService, SlowTickerService,
+                                          StepsService, TickerService, notes)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,55 @@ def test_failing_and_malformed_events_are_dead_lettered_and_the_rest_flows(runne
         assert replay_dead_letters(orchard_config["AMQP_URI"], [queue]) == 2
         wait_for(lambda: "bad" in rpc.listener.seen(), what="the replayed event to be handled")
     wait_for(lambda: len(peek(orchard_config, queue + ".dead-letters")) == 1, what="the malformed event parked again")
+
+
+def test_an_undecodable_event_message_is_parked_as_it_came(runner_factory, orchard_config, rpc_as):
+    runner = runner_factory(orchard_config, NotesService, ListenerService)
+    runner.start()
+    queue = "evt-notes-NoteTaken--listener.on_note_taken"
+    with Connection(orchard_config["AMQP_URI"]) as connection:
+        connection.Producer().publish(b"{not json", exchange="", routing_key=queue, content_type="application/json",
+                                      content_encoding="utf-8", delivery_mode=2)
+    with rpc_as() as rpc:
+        rpc.notes.take_note("after", "fine")
+        wait_for(lambda: rpc.listener.seen() == ["after"], what="the next event to be handled")
+    with Connection(orchard_config["AMQP_URI"]) as connection:
+        parked = connection.channel().basic_get(queue + ".dead-letters", no_ack=True)
+    assert parked.body in (b"{not json", "{not json") and parked.content_type == "application/json"
+    assert parked.headers["x-orchard-error"].startswith("undecodable message (application/json)")
+
+
+def test_a_handler_that_committed_part_of_its_work_is_retried_then_parked(runner_factory, orchard_config, rpc_as):
+    orchard_config["EVENT_RETRY_DELAYS"] = "0.1,0.2"  # as the environment gives it
+    runner = runner_factory(orchard_config, NotesService, StepsService)
+    runner.start()
+    queue = "evt-notes-NoteTaken--steps.on_note_taken"
+    with rpc_as() as rpc:
+        rpc.notes.take_note("split", "half")
+        parked = wait_for(lambda: peek(orchard_config, queue + ".dead-letters"), what="the event to be parked")
+        assert parked[0]["headers"]["x-orchard-attempts"] == 3
+        assert rpc.steps.steps() == ["split"] * 3  # its first step ran on every attempt: none was taken for a duplicate
+
+
+def test_event_retry_delays_that_cannot_be_read_stop_the_service_at_start(runner_factory, orchard_config):
+    orchard_config["EVENT_RETRY_DELAYS"] = "soon"
+    runner = runner_factory(orchard_config, StepsService)
+    with pytest.raises(ValueError, match="EVENT_RETRY_DELAYS must be seconds"):
+        runner.start()
+
+
+def test_a_call_whose_caller_gave_up_is_not_run_later(runner_factory, orchard_config, rpc_as):
+    notes_replica = runner_factory(orchard_config, NotesService)
+    notes_replica.start()
+    notes_replica.stop()  # its queue stays; nobody consumes it
+    runner_factory(orchard_config, CallerService).start()
+    with rpc_as() as rpc:
+        with pytest.raises(UpstreamError, match="did not answer take_many within 1 s"):
+            rpc.caller.take_one("late")
+        eventlet.sleep(1.5)
+        runner_factory(orchard_config, NotesService).start()
+        rpc.notes.take_note("marker", "now")  # handled after anything older still queued
+        assert rpc.notes.count() == 1
 
 
 def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runner_factory, orchard_config, rpc_as):
@@ -146,13 +196,47 @@ def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_co
     other = runner_factory(orchard_config, TickerService)  # a second replica on the same database
     other.start()
     eventlet.sleep(1.5)
-    runner.stop()
     other.stop()
+    runner.stop()  # last: a replica that stops gives its lease up
     engine = create_engine_for(f"sqlite:///{tmp_path}/ticker.db")
     with engine.connect() as connection:
         holders = [row.holder for row in connection.execute(sa.select(notes.c.holder))]
     assert len(holders) >= 5 and len(set(holders)) == 1
 
+
+
+def test_a_periodic_job_longer_than_its_lease_term_keeps_it(runner_factory, orchard_config, tmp_path):
+    """The lease's term is two intervals and ten seconds (10.2 s here); the job takes 11 s."""
+    first = runner_factory(orchard_config, SlowTickerService)
+    first.start()
+    eventlet.sleep(1)
+    second = runner_factory(orchard_config, SlowTickerService)  # a second replica on the same database
+    second.start()
+    eventlet.sleep(11.5)
+    first.kill()
+    second.kill()
+    engine = create_engine_for(f"sqlite:///{tmp_path}/slowticker.db")
+    with engine.connect() as connection:
+        holders = [row.holder for row in connection.execute(sa.select(notes.c.holder))]
+    assert len(holders) >= 1 and len(set(holders)) == 1
+
+
+def test_a_replica_that_stops_gives_its_lease_up(runner_factory, orchard_config, tmp_path):
+    runner = runner_factory(orchard_config, TickerService)
+    runner.start()
+    eventlet.sleep(0.5)
+    runner.stop()
+    stopped = time.monotonic()
+    engine = create_engine_for(f"sqlite:///{tmp_path}/ticker.db")
+
+    def holders() -> set:
+        with engine.connect() as connection:
+            return {row.holder for row in connection.execute(sa.select(notes.c.holder))}
+
+    before = holders()
+    runner_factory(orchard_config, TickerService).start()
+    wait_for(lambda: holders() - before, what="the next replica to run the job", timeout=5)
+    assert time.monotonic() - stopped < 5  # not the lease's whole term (10.2 s)
 
 
 def test_a_periodic_job_survives_its_database_going_away(orchard_config, runner_factory):

@@ -17,11 +17,10 @@ from typing import Any
 import eventlet
 import sqlalchemy as sa
 from nameko.exceptions import ContainerBeingKilled
-from nameko.messaging import QueueConsumer
 
 from shared import metrics
 from shared.contracts.base import Event
-from shared.entrypoints import OrchardEventHandler
+from shared.entrypoints import OrchardEventHandler, ParkingQueueConsumer
 from shared.storage import claim_events
 
 PREFETCH = 1000
@@ -45,7 +44,7 @@ class _AckWindow:
         return highest
 
 
-class _BulkQueueConsumer(QueueConsumer):
+class _BulkQueueConsumer(ParkingQueueConsumer):
     """A queue consumer of its own: batches may hold more messages than the pool has workers,
     and a batch is acknowledged with one frame, not one per message."""
 

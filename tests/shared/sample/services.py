@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from nameko.extensions import DependencyProvider
 
 from shared.contracts.base import Event
-from shared.entrypoints import event_handler, http, periodic, rpc
+from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import Conflict, NotFound, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, add_kernel_tables, utc_now
@@ -108,6 +108,51 @@ class ListenerService(OrchardService):
     def learn_to_cope(self) -> None:
         """The "fix" an operator deploys before replaying parked events."""
         self.db.session.execute(notes.insert().values(note_id="__fixed__", text="fixed"))
+
+
+class StepsService(OrchardService):
+    """Handles a note in two steps, committing the first; the second fails for notes saying "half"."""
+
+    name = "steps"
+    db = Database(metadata, migrations="tests.shared.sample.migrations")
+
+    @event_handler(NoteTaken)
+    def on_note_taken(self, event: NoteTaken) -> None:
+        attempts = self.db.session.execute(sa.select(sa.func.count()).select_from(notes)).scalar_one()
+        self.db.session.execute(notes.insert().values(note_id=f"step-{attempts + 1}", text=event.note_id))
+        self.db.commit()
+        if event.text == "half":
+            raise RuntimeError("the second step failed")
+
+    @rpc
+    def steps(self) -> list:
+        return [row.text for row in self.db.session.execute(sa.select(notes).order_by(notes.c.note_id))]
+
+
+class SlowTickerService(OrchardService):
+    """A job that runs far longer than its lease's term (two intervals and ten seconds)."""
+
+    name = "slowticker"
+    db = Database(metadata, migrations="tests.shared.sample.migrations")
+    replica = ReplicaId()
+
+    @periodic(interval=0.1, jitter=0.0, eager=True)
+    def tick(self) -> None:
+        self.db.session.execute(notes.insert().values(note_id=utc_now().isoformat(), text="started", holder=self.replica))
+        self.db.commit()
+        eventlet.sleep(11)
+
+
+class CallerService(OrchardService):
+    """Calls the notes service with a one-second timeout."""
+
+    name = "caller"
+    db = Database(metadata, migrations="tests.shared.sample.migrations")
+    notes = ServiceRpc("notes", timeout=1)
+
+    @rpc
+    def take_one(self, prefix: str) -> None:
+        self.notes.take_many(prefix, 1)
 
 
 class TickerService(OrchardService):
