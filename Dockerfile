@@ -16,6 +16,8 @@ WORKDIR /app
 COPY deploy/config.yaml deploy/config.yaml
 COPY deploy/entrypoint.sh /usr/local/bin/orchard-service
 USER orchard
-ENV PYTHONUNBUFFERED=1
-EXPOSE 9100 8100
+# the configuration the services, migrations and the orchard CLI read inside the container
+ENV PYTHONUNBUFFERED=1 ORCHARD_CONFIG=/app/deploy/config.yaml
+# metrics: push 9101, enrollment 9102, vpp 9103, roster 9104, directory 9105; HTTP: enrollment 8102, vpp 8103, roster 8104
+EXPOSE 9101-9105 8102-8104
 ENTRYPOINT ["orchard-service"]

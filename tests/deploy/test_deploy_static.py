@@ -50,6 +50,25 @@ def test_kubernetes_manifests_match_the_schemas():
     assert all((DEPLOY / "k8s" / resource).exists() for resource in kustomization["resources"])
 
 
+def test_kubernetes_services_take_their_public_addresses_from_the_site_config_map():
+    site = yaml.safe_load((DEPLOY / "k8s" / "site.yaml").read_text())
+    referenced = {}
+    for name in SERVICES:
+        deployment = next(d for d in yaml.safe_load_all((DEPLOY / "k8s" / f"{name}.yaml").read_text())
+                          if d and d["kind"] == "Deployment")
+        for variable in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+            ref = (variable.get("valueFrom") or {}).get("configMapKeyRef")
+            if ref:
+                assert ref["name"] == site["metadata"]["name"] and ref["key"] in site["data"], variable
+                referenced.setdefault(name, set()).add(variable["name"])
+    assert {"ENROLLMENT_PUBLIC_URL"} <= referenced["enrollment"] and {"VPP_PUBLIC_URL", "SMTP_HOST"} <= referenced["vpp"]
+
+
+def test_the_image_tells_every_process_where_the_configuration_is():
+    dockerfile = (DEPLOY.parent / "Dockerfile").read_text()
+    assert "ORCHARD_CONFIG=/app/deploy/config.yaml" in dockerfile and "COPY deploy/config.yaml deploy/config.yaml" in dockerfile
+
+
 def test_the_config_map_carries_the_current_configuration():
     config_map = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
     assert config_map["data"]["config.yaml"] == (DEPLOY / "config.yaml").read_text(), \
