@@ -105,6 +105,8 @@ class DevicePeopleEntrypoints:
             raise ValidationError("location_id must be the roster's id of the location the group belongs to")
         location_id = location_id.strip()
         require_locations(actor, [location_id])
+        if location_id not in {location["location_id"] for location in self.roster.list_locations()}:
+            raise NotFound(f"the roster has no location '{location_id}'; `orchard roster locations` lists them")
         repository = AssignmentRepository(self.db.session)
         if repository.group_named(location_id, name):
             raise Conflict(f"location {location_id} already has a shared device group named '{name}'; "

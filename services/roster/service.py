@@ -97,6 +97,7 @@ class RosterService(OrchardService):
         actor = self.auth.require("roster:asm")
         _require_token_id(token_id)
         preferences = asm_mapping.AsmPreferences.from_dict(prefs)
+        self.enrollment.get_server_token(token_id)  # NotFound for a token that is not there (or not the caller's)
         asm.AsmPreferenceStore(self.db.session).set(token_id, preferences)
         self.db.audit(actor, "asm.preferences_set", f"server_token:{token_id}", preferences.to_dict())
         return {"token_id": token_id, "preferences": preferences.to_dict()}

@@ -93,6 +93,8 @@ def test_bad_assignments_are_refused_and_change_nothing(people, rpc_as):
 
 def test_shared_groups(people, rpc_as):
     with rpc_as() as rpc:
+        with pytest.raises(NotFound, match="the roster has no location 'nowhere'"):
+            rpc.enrollment.create_shared_group("Cart 1", "nowhere")
         cart = rpc.enrollment.create_shared_group("Cart 1", "A")
         with pytest.raises(Conflict, match="already has a shared device group"):
             rpc.enrollment.create_shared_group("Cart 1", "A")

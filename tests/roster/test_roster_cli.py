@@ -1,4 +1,6 @@
 """``orchard roster`` against a running roster service."""
+import re
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -29,10 +31,19 @@ def test_template_import_apply_and_list(cli_runner, tmp_path):
     result = cli_runner.invoke(cli, ["roster", "import", "t.xlsx", "--apply"])
     assert result.exit_code == 0, result.output
     assert "applied; 2 event(s) published" in result.output  # the user and the class
+    # the template's user lists a device, which enrollment (not running here) cannot take
+    assert "1 device(s) not assigned:" in result.output
+    assert re.search(r"^s-1001 +F9FXK0AAHG7J +the enrollment service is not running", result.output, re.M)
     result = cli_runner.invoke(cli, ["roster", "users"])
     assert "s-1001" in result.output and "1 user(s)" in result.output
     result = cli_runner.invoke(cli, ["roster", "runs"])
     assert result.output.count(" applied ") == 1 and result.output.count(" previewed ") == 1
+
+
+def test_an_output_file_in_a_missing_directory_is_refused_before_asking(cli_runner, tmp_path):
+    result = cli_runner.invoke(cli, ["roster", "template", "--output", "missing/t.xlsx"])
+    assert result.exit_code == 2 and "the directory missing does not exist" in result.output
+    assert not (tmp_path / "missing").exists()
 
 
 def test_api_tokens_and_errors(cli_runner):

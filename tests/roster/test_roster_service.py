@@ -45,6 +45,12 @@ class FakeEnrollment:
     name = "enrollment"
 
     @rpc
+    def get_server_token(self, token_id):
+        if token_id == "tok-gone":
+            raise NotFound(f"there is no server token {token_id}")
+        return {"id": token_id}
+
+    @rpc
     def fetch_roster(self, token_id, kind, cursor=None):
         if token_id == "tok-broken":
             raise UpstreamError("Apple School Manager answered 503; try again later")
@@ -218,6 +224,9 @@ def test_asm_preview_follows_preferences_and_warns(roster, rpc_as):
         assert rpc.roster.get_user("t-1")["user_type"] == "teacher"
         with pytest.raises(ValidationError, match="email_source"):
             rpc.roster.set_asm_preferences("tok-1", {"email_source": "carrier pigeon"})
+        with pytest.raises(NotFound, match="no server token tok-gone"):
+            rpc.roster.set_asm_preferences("tok-gone", {"sync_time": "02:30"})
+        assert rpc.roster.get_asm_preferences("tok-gone")["preferences"]["sync_time"] is None
 
 
 def test_mosyle_compatible_api(roster, rpc_as):
