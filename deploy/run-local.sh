@@ -5,8 +5,10 @@ cd "$(dirname "$0")/.."
 export ORCHARD_SECRET_KEY_FILE="${ORCHARD_SECRET_KEY_FILE:-var/secret.key}"
 config=deploy/config.yaml
 pids=()
+interrupted=
 stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap stop EXIT INT TERM
+trap 'interrupted=1; stop' INT TERM
+trap stop EXIT
 
 for service in "$@"; do
   class="$(.venv/bin/python -c "import sys; print(sys.argv[1].capitalize() + 'Service')" "$service")"
@@ -30,4 +32,9 @@ for name in sys.argv[2:]:
 print("Check them with `.venv/bin/orchard health`; stop with Ctrl-C.")
 PY
 wait -n "${pids[@]}" || true
-echo "a service stopped; see var/*.log" >&2
+if [[ -n $interrupted ]]; then
+  echo "Orchard stopped."
+else
+  echo "a service stopped on its own; see var/*.log (the others are being stopped)" >&2
+  exit 1
+fi
