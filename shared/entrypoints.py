@@ -26,7 +26,9 @@ from typing import Any, Callable
 
 import eventlet
 from eventlet import Timeout
+from amqp.exceptions import AMQPError
 from kombu import Queue
+from kombu.exceptions import OperationalError
 from nameko import exceptions as nameko_exceptions
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY, PERSISTENT, WEB_SERVER_CONFIG_KEY
@@ -413,9 +415,8 @@ class _TimedServiceProxy:
     def __getattr__(self, method: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             try:
-                reply = getattr(self._proxy, method).call_async(*args, **kwargs)
-                with eventlet.Timeout(self._timeout):
-                    return reply.result()
+                with eventlet.Timeout(self._timeout):  # the publish too: a broker under an alarm blocks publishers
+                    return getattr(self._proxy, method).call_async(*args, **kwargs).result()
             except UnknownService:
                 raise errors.UpstreamError(
                     f"the {self._service} service is not running (its RPC queue does not exist); start it"
@@ -424,6 +425,11 @@ class _TimedServiceProxy:
                 raise errors.UpstreamError(
                     f"the {self._service} service did not answer {method} within {self._timeout:g} s (a call it had "
                     f"not started by then is withdrawn); check that it is running"
+                ) from None
+            except (OSError, AMQPError, OperationalError):
+                log.warning("could not call %s.%s through RabbitMQ", self._service, method, exc_info=True)
+                raise errors.UpstreamError(
+                    f"could not call the {self._service} service: RabbitMQ is out of reach; try again shortly"
                 ) from None
 
         return call

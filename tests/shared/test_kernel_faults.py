@@ -1,10 +1,12 @@
 """The kernel under faults: the broker drops every connection, a process dies after committing."""
 import eventlet
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from shared.storage import create_engine_for, utc_now
-from tests.shared.sample.services import ListenerService, NoteTaken, NotesService, metadata, notes
+from tests.reliability.fault_proxy import FaultProxy
+from tests.shared.sample.services import CallerService, ListenerService, NoteTaken, NotesService, metadata, notes
 from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
 
@@ -55,3 +57,19 @@ def test_events_committed_before_a_crash_are_published_on_restart(runner_factory
 
     runner_factory(orchard_config, NotesService).start()  # the publisher restarts
     wait_for(lambda: listener_notes(orchard_config) == ["orphan"], what="the orphaned event delivered")
+
+
+def test_a_call_to_another_service_without_the_broker_is_an_upstream_error(runner_factory, orchard_config):
+    """RabbitMQ refuses new connections (the caller's consumers were connected before): the caller's
+    HTTP client gets 502 saying so, not an internal error."""
+    proxy = FaultProxy(5672)
+    try:
+        caller_config = {**orchard_config, "AMQP_URI": proxy.url_for(orchard_config["AMQP_URI"])}
+        runner_factory(orchard_config, NotesService).start()
+        runner_factory(caller_config, CallerService).start()
+        proxy.mode = "reset"
+        answer = httpx.post(f"http://{orchard_config['SERVICES']['caller']['http_address']}/take/x", timeout=60)
+        assert answer.status_code == 502, answer.text
+        assert "RabbitMQ is out of reach" in answer.json()["message"]
+    finally:
+        proxy.close()

@@ -149,10 +149,17 @@ class CallerService(OrchardService):
     name = "caller"
     db = Database(metadata, migrations="tests.shared.sample.migrations")
     notes = ServiceRpc("notes", timeout=1)
+    patient_notes = ServiceRpc("notes", timeout=60)
 
     @rpc
     def take_one(self, prefix: str) -> None:
         self.notes.take_many(prefix, 1)
+
+    @http("POST", "/take/<prefix>")
+    def take_one_over_http(self, request, prefix: str) -> str:
+        """Reached without the broker, so a test can take the broker away from the call alone."""
+        self.patient_notes.take_many(prefix, 1)
+        return "taken"
 
 
 class TickerService(OrchardService):
