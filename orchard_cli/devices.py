@@ -47,12 +47,14 @@ def groups() -> None:
 @click.argument("name")
 @click.option("--location", "location_id", required=True, help="The roster location id the group belongs to.")
 def create_group(name: str, location_id: str) -> None:
+    """Create a shared group in a location."""
     print_table([call("enrollment", "create_shared_group", name, location_id)], GROUP_COLUMNS)
 
 
 @groups.command("list")
 @click.option("--location", "location_id", help="Only this location's groups.")
 def list_groups(location_id: str | None) -> None:
+    """List shared groups and how many devices each holds."""
     print_table(call("enrollment", "list_shared_groups", location_id), GROUP_COLUMNS)
 
 
@@ -60,6 +62,7 @@ def list_groups(location_id: str | None) -> None:
 @click.argument("group_id")
 @click.argument("name")
 def rename_group(group_id: str, name: str) -> None:
+    """Rename a shared group."""
     print_table([call("enrollment", "rename_shared_group", group_id, name)], GROUP_COLUMNS)
 
 
@@ -82,6 +85,7 @@ def add_devices(group_id: str, serial_numbers: tuple[str, ...]) -> None:
 @click.argument("group_id")
 @click.argument("serial_numbers", nargs=-1, required=True)
 def remove_devices(group_id: str, serial_numbers: tuple[str, ...]) -> None:
+    """Remove devices from a group; they become unassigned."""
     print_record(call("enrollment", "remove_devices_from_group", group_id, list(serial_numbers)))
 
 

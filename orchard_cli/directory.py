@@ -7,6 +7,7 @@ from typing import Any
 import click
 import yaml
 
+from orchard_cli.files import read_yaml
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -24,8 +25,7 @@ def profile() -> None:
 
 
 def _settings_file(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle)  # YAML, or JSON (a subset of YAML)
+    data = read_yaml(path)  # YAML, or JSON (a subset of YAML)
     if not isinstance(data, dict):
         raise click.ClickException(f"{path} must hold a mapping of profile settings (see `orchard directory profile add --help`)")
     return data
@@ -112,7 +112,7 @@ def sync_profile(profile_id: int, apply: bool) -> None:
 @click.argument("username")
 @click.option("--profile", "profile_id", type=int, help="Only this profile (default: every profile that validates passwords).")
 def auth(username: str, profile_id: int | None) -> None:
-    """Check USER's password against the directory (prompted)."""
+    """Check USERNAME's password against the directory (prompted)."""
     password = click.prompt("Password", hide_input=True)
     result = call("directory", "authenticate", username, password, profile_id)
     if not result["authenticated"]:
@@ -123,8 +123,11 @@ def auth(username: str, profile_id: int | None) -> None:
 @directory.command("egress-ips")
 def egress_ips() -> None:
     """The addresses Orchard connects from, for the school's firewall."""
-    for address in call("directory", "egress_ips"):
+    addresses = call("directory", "egress_ips")
+    for address in addresses:
         click.echo(address)
+    if not addresses:
+        click.echo("(none configured; set ORCHARD_EGRESS_IPS for the directory service)")
 
 
 def _show(view: dict[str, Any]) -> None:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import click
 import eventlet
+from eventlet.greenthread import GreenThread
 
+from orchard_cli.files import output_path, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -34,17 +37,27 @@ def _read_p7m(path: str) -> str:
 
 @token.command("create")
 @click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write the public key certificate here.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), callback=output_path,
+              help="Write the public key certificate here.")
 def create_token(name: str, out: str | None) -> None:
     """Create a key pair; upload the certificate to Apple School Manager when adding the MDM server."""
     created = call("enrollment", "create_server_token", name)
     if out:
-        Path(out).write_text(created["public_key_pem"], encoding="ascii")
+        _write_certificate(created, out)
         click.echo(f"Token {created['id']} created; upload {out} to Apple School Manager, then "
                    f"`orchard enrollment token upload {created['id']} <downloaded .p7m>`.")
     else:
         click.echo(f"# token id: {created['id']}")
         click.echo(created["public_key_pem"], nl=False)
+
+
+def _write_certificate(created: dict, out: str) -> None:
+    try:
+        write_output(out, created["public_key_pem"])
+    except click.ClickException as exc:
+        click.echo(created["public_key_pem"], nl=False)  # the only copy: Orchard never hands it out again
+        raise click.ClickException(f"token {created['id']} was created, but {exc.message}; its certificate "
+                                   f"is printed above instead") from None
 
 
 @token.command("upload")
@@ -74,6 +87,7 @@ def show_token(token_id: str) -> None:
 @click.argument("token_id")
 @click.argument("name")
 def rename_token(token_id: str, name: str) -> None:
+    """Change a token's display name."""
     print_record(call("enrollment", "update_server_token", token_id, name=name))
 
 
@@ -101,6 +115,7 @@ def renew_token(token_id: str, p7m_file: str, force: bool) -> None:
 @click.argument("token_id")
 @click.confirmation_option(prompt="Delete the token and forget its devices?")
 def delete_token(token_id: str) -> None:
+    """Delete a token and forget its devices."""
     call("enrollment", "delete_server_token", token_id)
     click.echo(f"Token {token_id} deleted.")
 
@@ -122,21 +137,33 @@ def sync(token_id: str | None, full: bool) -> None:
 
 
 def _sync_one(token_id: str, full: bool) -> dict:
-    """Run the sync RPC in the background and follow its run record for the progress bar."""
-    known = sum(call("enrollment", "list_devices", token_id, limit=1)["counts"].values())
+    """Run the sync RPC in the background and show its run record's counts as they grow.
+
+    Neither kind of sync knows its total in advance (Apple reports changes, and even a full fetch may find
+    more or fewer devices than Orchard knows), so this is an activity indicator with counts, not a bar to fill.
+    """
     running = eventlet.spawn(call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
-    with click.progressbar(length=max(known, 1), label=f"Syncing {token_id}", show_pos=True) as bar:
-        shown = 0
-        while not running.dead:
-            eventlet.sleep(1)
-            latest = call("enrollment", "sync_runs", token_id, 1)
-            if latest and not latest[0]["finished_at"]:
-                done = latest[0]["added"] + latest[0]["modified"] + latest[0]["deleted"]
-                bar.update(max(done - shown, 0))
-                shown = max(done, shown)
-        run = running.wait()
-        bar.update(max(run["added"] + run["modified"] + run["deleted"] - shown, 0))
-    return run
+    with click.progressbar(_run_progress(token_id, running), label=f"Syncing {token_id}",
+                           item_show_func=_describe_progress) as updates:
+        for _ in updates:
+            pass
+    return running.wait()
+
+
+def _run_progress(token_id: str, running: GreenThread) -> Iterator[dict]:
+    """The running sync's run record, once a second until the sync returns."""
+    while not running.dead:
+        eventlet.sleep(1)
+        latest = call("enrollment", "sync_runs", token_id, 1)
+        if latest and not latest[0]["finished_at"]:
+            yield latest[0]
+
+
+def _describe_progress(run: dict | None) -> str | None:
+    if run is None:
+        return None
+    return (f"{run['kind']}: {run['pages']} page(s), {run['added']} added, {run['modified']} modified, "
+            f"{run['deleted']} deleted")
 
 
 @enrollment.command("devices")

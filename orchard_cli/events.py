@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from orchard_cli.output import print_table
-from shared.config import load_config
+from orchard_cli.rpc import broker
 from shared.dead_letters import list_dead_letters, replay_dead_letters
 
 
@@ -22,7 +22,8 @@ def dead_letters() -> None:
 @click.option("--queue", "queues", multiple=True, help="Only this handler queue (repeatable).")
 def list_command(queues: tuple[str, ...]) -> None:
     """Show parked events, why they failed, and how often they were tried."""
-    parked = list_dead_letters(load_config()["AMQP_URI"], list(queues) or None)
+    with broker() as config:
+        parked = list_dead_letters(config["AMQP_URI"], list(queues) or None)
     print_table([vars(letter) for letter in parked],
                 ["queue", "event_type", "event_id", "attempts", "failed_at", "error"], status_column=None)
 
@@ -31,5 +32,6 @@ def list_command(queues: tuple[str, ...]) -> None:
 @click.option("--queue", "queues", multiple=True, help="Only this handler queue (repeatable).")
 def replay_command(queues: tuple[str, ...]) -> None:
     """Send parked events back to the handler that failed them (after fixing the cause)."""
-    count = replay_dead_letters(load_config()["AMQP_URI"], list(queues) or None)
+    with broker() as config:
+        count = replay_dead_letters(config["AMQP_URI"], list(queues) or None)
     click.echo(f"replayed {count} event(s)")

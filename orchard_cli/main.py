@@ -23,8 +23,19 @@ from orchard_cli.vpp import vpp
 
 SERVICES = ("push", "enrollment", "vpp", "roster", "directory")
 
+# \b keeps click from rewrapping the list
+ENVIRONMENT = """\b
+Environment:
+  ORCHARD_CONFIG           the configuration file (default: deploy/config.yaml)
+  AMQP_URI                 the RabbitMQ broker, where the configuration refers to it
+                           (as the default one does)
+  ORCHARD_ACTOR_ID         who you act as (default: your login name)
+  ORCHARD_ACTOR_ROLE       your role (default: administrator)
+  ORCHARD_ACTOR_LOCATIONS  the locations a location-bound role acts in (comma-separated)
+"""
 
-@click.group()
+
+@click.group(epilog=ENVIRONMENT)
 def cli() -> None:
     """Orchard: Apple push certificates, enrollment, Apps and Books, rosters and directories."""
 

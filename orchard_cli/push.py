@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from orchard_cli.files import output_path, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -78,12 +79,13 @@ def show(certificate_id: int) -> None:
 @push.command()
 @click.argument("certificate_id", type=int)
 @click.option("--format", "file_format", type=click.Choice(["csv", "xlsx"]), default="csv", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="File to write (default: the suggested name).")
+@click.option("--out", type=click.Path(dir_okay=False), callback=output_path,
+              help="File to write (default: the suggested name).")
 def export(certificate_id: int, file_format: str, out: str | None) -> None:
     """Write the devices enrolled under a certificate to a CSV or Excel file."""
     exported = call("push", "export_devices", certificate_id, file_format)
     path = Path(out or exported["filename"])
-    path.write_bytes(base64.b64decode(exported["content_b64"]))
+    write_output(path, base64.b64decode(exported["content_b64"]))
     click.echo(f"wrote {exported['devices']} device(s) of {exported['topic']} to {path}")
 
 
@@ -97,12 +99,13 @@ def history(certificate_id: int) -> None:
 
 
 @push.command()
-@click.option("--out", type=click.Path(dir_okay=False), help="File to write (default: the suggested name).")
+@click.option("--out", type=click.Path(dir_okay=False), callback=output_path,
+              help="File to write (default: the suggested name).")
 def csr(out: str | None) -> None:
     """Make a vendor-signed push certificate request to upload to Apple Push Certificates Portal."""
     request = call("push", "create_signing_request")
     path = Path(out or request["filename"])
-    path.write_text(request["signing_request_b64"])
+    write_output(path, request["signing_request_b64"])
     click.echo(f"wrote {path}: upload it at Apple Push Certificates Portal, then `orchard push upload` the "
                "certificate Apple gives you (no key needed: Orchard kept it)")
 
@@ -116,6 +119,6 @@ def send(udids: tuple[str, ...], from_file) -> None:
     if not wanted:
         raise click.UsageError("name at least one device UDID")
     answer = call("push", "send_push", wanted)
-    print_table(answer["results"], ["udid", ("result", "status"), ("status", "APNS STATUS")], status_column="result")
+    print_table(answer["results"], ["udid", ("result", "STATUS"), ("status", "APNS STATUS")], status_column="result")
     click.echo(f"{answer['delivered']} delivered, {answer['failed']} failed, {answer['skipped']} skipped, "
                f"{answer['disabled']} no longer pushed")

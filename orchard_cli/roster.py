@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from orchard_cli.files import output_path, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -39,14 +40,25 @@ def print_plan(plan: dict[str, Any]) -> None:
             click.echo(f"... and {len(plan['rejected']) - 50} more (see `orchard roster plan`)")
 
 
+def print_applied(result: dict[str, Any]) -> None:
+    """What applying a plan did, and which pre-assigned devices enrollment refused (the import stands)."""
+    state = "was already applied" if result["already_applied"] else "applied"
+    click.secho(f"plan {result['plan_id']} {state}; {result['events']} event(s) published", fg="green")
+    refused = result.get("device_assignments", {}).get("failed", [])
+    if refused:
+        click.secho(f"{len(refused)} device(s) not assigned:", fg="yellow")
+        print_table(refused, ["user_id", "serial_number", "reason"], status_column=None)
+
+
 @roster.command()
 @click.option("--format", "fmt", type=click.Choice(["xlsx", "csv"]), default="xlsx", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False), help="File to write (default: the template's name).")
+@click.option("--output", type=click.Path(dir_okay=False), callback=output_path,
+              help="File to write (default: the template's name).")
 def template(fmt: str, output: str | None) -> None:
     """Download the import template (XLSX, or a zip of four CSV files)."""
     answer = call("roster", "spreadsheet_template", fmt)
     path = Path(output or answer["filename"])
-    path.write_bytes(base64.b64decode(answer["content_b64"]))
+    write_output(path, base64.b64decode(answer["content_b64"]))
     click.echo(f"wrote {path}: fill it in without deleting any sheet or header")
 
 
@@ -73,7 +85,7 @@ def import_file(file: str, apply_now: bool, only_add_new: bool, allow_mass_delet
                             {"only_add_new": only_add_new}, timeout=IMPORT_TIMEOUT)
     print_plan(plan)
     if result is not None:
-        click.secho(f"applied; {result['events']} event(s) published", fg="green")
+        print_applied(result)
     else:
         click.echo(f"nothing was changed; apply with `orchard roster apply {plan['plan_id']}`")
 
@@ -101,6 +113,12 @@ def runs() -> None:
             for r in call("roster", "import_runs")]
     print_table(rows, ["plan_id", "source", "status", "origin", "created_at", "added", "updated",
                        "deleted", "rejected"])
+
+
+@roster.command()
+def locations() -> None:
+    """List locations, with their ids and how many users each has."""
+    print_table(call("roster", "list_locations"), ["location_id", "name", "source", "users"], status_column=None)
 
 
 @roster.command()
@@ -173,9 +191,7 @@ def preview(token_id: str) -> None:
 @click.option("--allow-mass-delete", is_flag=True, help="Apply even if many users would be deleted.")
 def apply_plan(plan_id: str, allow_mass_delete: bool) -> None:
     """Apply a previewed plan (from any source)."""
-    result = call("roster", "apply_plan", plan_id, allow_mass_delete, timeout=IMPORT_TIMEOUT)
-    state = "was already applied" if result["already_applied"] else "applied"
-    click.secho(f"plan {plan_id} {state}; {result['events']} event(s) published", fg="green")
+    print_applied(call("roster", "apply_plan", plan_id, allow_mass_delete, timeout=IMPORT_TIMEOUT))
 
 
 roster.add_command(apply_plan, "apply")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from orchard_cli.files import output_path, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -49,6 +50,7 @@ def list_tokens() -> None:
 @token.command("show")
 @click.argument("token_id")
 def show_token(token_id: str) -> None:
+    """One content token in detail."""
     print_record(call("vpp", "get_content_token", token_id))
 
 
@@ -64,6 +66,7 @@ def renew_token(token_id: str, vpptoken_file: str) -> None:
 @click.argument("token_id")
 @click.confirmation_option(prompt="Delete this content token from Orchard?")
 def delete_token(token_id: str) -> None:
+    """Delete a content token from Orchard."""
     call("vpp", "delete_content_token", token_id)
     click.echo(f"deleted {token_id}")
 
@@ -124,11 +127,12 @@ _bulk_revoke_command("revoke-unknown", "revoke_unknown", "licences held by devic
 @vpp.command("invites")
 @click.argument("token_id")
 @click.option("--status", type=click.Choice(["pending", "accepted", "revoked"]))
-@click.option("--export", "export_file", type=click.Path(dir_okay=False, writable=True), help="Write the invites to this CSV file.")
+@click.option("--export", "export_file", type=click.Path(dir_okay=False, writable=True), callback=output_path,
+              help="Write the invites to this CSV file.")
 def invites(token_id: str, status: str | None, export_file: str | None) -> None:
     """Invited users, their status and invite links."""
     if export_file:
-        Path(export_file).write_text(call("vpp", "export_invites", token_id), encoding="utf-8")
+        write_output(export_file, call("vpp", "export_invites", token_id))
         click.echo(f"wrote {export_file}")
         return
     print_table(call("vpp", "list_invites", token_id, status=status),

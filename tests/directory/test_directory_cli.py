@@ -15,9 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def orchard(runner_factory, orchard_config, tmp_path, monkeypatch):
+def orchard(runner_factory, orchard_config, tmp_path, monkeypatch, request):
     orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
-    orchard_config["SERVICES"]["directory"]["egress_ips"] = ["198.51.100.7"]
+    orchard_config["SERVICES"]["directory"]["egress_ips"] = getattr(request, "param", ["198.51.100.7"])
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(orchard_config))
     monkeypatch.setenv("ORCHARD_CONFIG", str(path))
@@ -61,3 +61,13 @@ def test_profile_commands_test_and_sign_in(orchard, profile_data, slapd, tmp_pat
     assert orchard("profile", "delete", "1", "--yes").exit_code == 0
     missing = orchard("profile", "show", "1")
     assert missing.exit_code == 1 and "NotFound" in missing.output
+
+
+@pytest.mark.parametrize("orchard", [[]], indirect=True)
+def test_no_egress_ips_and_a_broken_settings_file_are_explained(orchard, tmp_path):
+    assert orchard("egress-ips").output == "(none configured; set ORCHARD_EGRESS_IPS for the directory service)\n"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: North\nhost: [ldap.example\nport: 636\n")
+    added = orchard("profile", "add", str(broken), env={"ORCHARD_LDAP_BIND_PASSWORD": "secret"})
+    assert added.exit_code == 1 and isinstance(added.exception, SystemExit)
+    assert added.output == f"Error: cannot read {broken}: expected ',' or ']', but got ':' at line 3, column 5\n"

@@ -60,11 +60,13 @@ def test_every_push_command(orchard, orchard_config, issue_push, apple_ca, tmp_p
     shown = orchard("show", "1")
     assert topic in shown and "devices enrolled  1" in shown
     assert "wrote 1 device(s)" in orchard("export", "1", "--out", "devices.csv")
+    assert "the directory missing does not exist" in orchard("export", "1", "--out", "missing/devices.csv", exit_code=2)
     assert next(csv.DictReader((tmp_path / "devices.csv").open()))["UDID"] == "UDID-CLI-1"
     orchard("export", "1", "--format", "xlsx", "--out", "devices.xlsx")
     assert (tmp_path / "devices.xlsx").read_bytes()[:2] == b"PK"
 
     sent = orchard("send", "UDID-CLI-1", "UDID-NOBODY")
+    assert sent.splitlines()[0].split() == ["UDID", "STATUS", "APNS", "STATUS"]
     assert "UDID-CLI-1" in sent and "delivered" in sent and "unknown_device" in sent
     assert "1 delivered, 0 failed, 1 skipped" in sent
 

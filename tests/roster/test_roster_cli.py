@@ -4,11 +4,22 @@ import re
 import pytest
 import yaml
 from click.testing import CliRunner
+from nameko.rpc import rpc
 
 from orchard_cli.main import cli
 from services.roster.service import RosterService
 
 pytestmark = pytest.mark.integration
+
+
+class KnownServerTokens:
+    """Enrollment as far as ASM preferences need it: every server token exists."""
+
+    name = "enrollment"
+
+    @rpc
+    def get_server_token(self, token_id):
+        return {"id": token_id}
 
 
 @pytest.fixture
@@ -36,6 +47,8 @@ def test_template_import_apply_and_list(cli_runner, tmp_path):
     assert re.search(r"^s-1001 +F9FXK0AAHG7J +the enrollment service is not running", result.output, re.M)
     result = cli_runner.invoke(cli, ["roster", "users"])
     assert "s-1001" in result.output and "1 user(s)" in result.output
+    result = cli_runner.invoke(cli, ["roster", "locations"])
+    assert result.exit_code == 0 and re.search(r"^north +North Middle School +xlsx +1$", result.output, re.M), result.output
     result = cli_runner.invoke(cli, ["roster", "runs"])
     assert result.output.count(" applied ") == 1 and result.output.count(" previewed ") == 1
 
@@ -46,7 +59,8 @@ def test_an_output_file_in_a_missing_directory_is_refused_before_asking(cli_runn
     assert not (tmp_path / "missing").exists()
 
 
-def test_api_tokens_and_errors(cli_runner):
+def test_api_tokens_and_errors(cli_runner, runner_factory, orchard_config):
+    runner_factory(orchard_config, KnownServerTokens).start()
     result = cli_runner.invoke(cli, ["roster", "api-token", "create", "sis", "--allow-ip", "10.0.0.0/8"])
     assert result.exit_code == 0, result.output
     assert "token: orch_" in result.output

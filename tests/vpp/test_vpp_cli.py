@@ -56,6 +56,8 @@ def test_every_vpp_command(orchard, vpp_sandbox, tmp_path):
 
     assert orchard("invites", token_id).strip().endswith("(none)")
     orchard("invites", token_id, "--export", "invites.csv")
+    refused = orchard("invites", token_id, "--export", "missing/invites.csv", exit_code=2)
+    assert "the directory missing does not exist" in refused
     assert next(csv.reader(open(tmp_path / "invites.csv")))[:2] == ["user_id", "name"]
 
     orchard("token", "delete", token_id, "--yes")
