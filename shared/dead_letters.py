@@ -7,6 +7,7 @@ subscriber of the event), with its attempt count reset.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -14,6 +15,8 @@ from amqp.exceptions import NotFound as QueueNotFound
 from kombu import Connection
 
 from shared.contracts.subscriptions import SUBSCRIPTIONS
+
+log = logging.getLogger(__name__)
 
 
 def dead_letter_queue_name(queue: str) -> str:
@@ -73,10 +76,26 @@ def list_dead_letters(amqp_uri: str, queues: list[str] | None = None) -> list[De
     return found
 
 
+def _exists(amqp_uri: str, queue: str) -> bool:
+    with Connection(amqp_uri) as connection:
+        try:
+            connection.channel().queue_declare(queue, passive=True)  # a missing queue closes the channel
+        except QueueNotFound:
+            return False
+    return True
+
+
 def replay_dead_letters(amqp_uri: str, queues: list[str] | None = None) -> int:
-    """Send parked messages back to their handler queues; how many were replayed."""
+    """Send parked messages back to their handler queues; how many were replayed.
+
+    A handler queue that no longer exists (its service renamed or removed) keeps its parked messages:
+    RabbitMQ would drop a message sent to a queue that is not there.
+    """
     replayed = 0
     for queue in queues or handler_queues():
+        if not _exists(amqp_uri, queue):
+            log.warning("dead letters of %s were left in place: the queue itself does not exist", queue)
+            continue
         with Connection(amqp_uri) as connection:
             channel = connection.channel()
             channel.confirm_select()

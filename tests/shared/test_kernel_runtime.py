@@ -7,7 +7,7 @@ import eventlet
 import httpx
 import pytest
 import sqlalchemy as sa
-from kombu import Connection
+from kombu import Connection, Queue
 from nameko.amqp.publish import Publisher
 from nameko.events import get_event_exchange
 
@@ -79,6 +79,15 @@ def test_failing_and_malformed_events_are_dead_lettered_and_the_rest_flows(runne
         assert replay_dead_letters(orchard_config["AMQP_URI"], [queue]) == 2
         wait_for(lambda: "bad" in rpc.listener.seen(), what="the replayed event to be handled")
     wait_for(lambda: len(peek(orchard_config, queue + ".dead-letters")) == 1, what="the malformed event parked again")
+
+
+def test_dead_letters_of_a_queue_that_is_gone_stay_parked(orchard_config):
+    gone = "evt-notes-NoteTaken--retired.on_note_taken"  # its service was removed: nothing consumes or declares it
+    with Connection(orchard_config["AMQP_URI"]) as connection:
+        connection.Producer().publish({"note_id": "n"}, exchange="", routing_key=gone + ".dead-letters",
+                                      declare=[Queue(gone + ".dead-letters", durable=True, auto_delete=False)])
+    assert replay_dead_letters(orchard_config["AMQP_URI"], [gone]) == 0
+    assert [m["payload"] for m in peek(orchard_config, gone + ".dead-letters")] == [{"note_id": "n"}]
 
 
 def test_an_undecodable_event_message_is_parked_as_it_came(runner_factory, orchard_config, rpc_as):
