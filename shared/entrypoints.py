@@ -48,7 +48,7 @@ from shared.auth import Actor, actor_from_context, require, system_actor
 from shared.config import service_settings
 from shared.contracts.base import Event
 from shared.dead_letters import dead_letter_queue_name
-from shared.storage import Database, utc_now
+from shared.storage import Database, unique_key_taken, utc_now
 from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,22 @@ def _committing(fn: Callable) -> Callable:
         return result
 
     return run_in_unit_of_work
+
+
+def _unexpected(worker_ctx: Any, exc_info: Any) -> errors.OrchardError:
+    """What a caller learns of an exception that is not one of ours: a lost race on a unique key is a
+    ``Conflict`` (the transaction was rolled back; trying again sees the winner's change), anything else an
+    ``InternalError`` with a reference to the log."""
+    key = unique_key_taken(exc_info[1])
+    if key is None:
+        return _internal_error(worker_ctx, exc_info)
+    return _lost_race(f"{worker_ctx.service_name}.{worker_ctx.entrypoint.method_name}", key)
+
+
+def _lost_race(where: str, key: str) -> errors.Conflict:
+    log.warning("%s collided with a concurrent change on %s; answered Conflict", where, key)
+    return errors.Conflict("another request changed the same record at the same moment; nothing was changed "
+                           "by this one: look again, then retry if it is still needed")
 
 
 def _internal_error(worker_ctx: Any, exc_info: Any) -> errors.InternalError:
@@ -104,7 +120,7 @@ class OrchardRpc(Rpc):
         if exc_info is not None:
             exc = exc_info[1]
             if not isinstance(exc, errors.ALL_ERRORS):
-                exc = _internal_error(worker_ctx, exc_info)
+                exc = _unexpected(worker_ctx, exc_info)
             elif type(exc) not in errors.ALL_ERRORS:
                 # a service's refinement of a shared error travels as the shared type callers know
                 shared_type = next(cls for cls in type(exc).__mro__ if cls in errors.ALL_ERRORS)
@@ -363,6 +379,9 @@ class OrchardHttp(HttpRequestHandler):
         if isinstance(exc, HTTPException) and exc.code is not None and exc.code < 500:  # 413 and the like: the caller's
             body = {"error": exc.name.replace(" ", ""), "message": exc.description or exc.name}
             return Response(json.dumps(body), status=exc.code, mimetype="application/json")
+        key = unique_key_taken(exc)
+        if key is not None:
+            exc = _lost_race(f"HTTP {self.method} {self.url}", key)
         status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
         if status == 500 and not isinstance(exc, errors.InternalError):
             exc = errors.InternalError(f"internal error in {self.container.service_name}; see the service log")

@@ -27,6 +27,22 @@ from shared.contracts.base import MAX_EVENT_ID_LENGTH, Event
 log = logging.getLogger(__name__)
 
 
+def unique_key_taken(exc: BaseException) -> str | None:
+    """The unique key (constraint name, or the columns on SQLite) a failed write collided with, else None.
+
+    Two replicas that check "is it there?" and then insert can both find nothing: the loser's insert
+    fails on the key, which is a conflict with the winner's change, not a fault.
+    """
+    if not isinstance(exc, sa.exc.IntegrityError):
+        return None
+    original = exc.orig
+    if getattr(original, "pgcode", None) == "23505":  # unique_violation
+        diagnostics = getattr(original, "diag", None)
+        return getattr(diagnostics, "constraint_name", None) or "a unique key"
+    text = str(original)
+    return text.split("UNIQUE constraint failed: ", 1)[1] if "UNIQUE constraint failed: " in text else None
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 

@@ -177,6 +177,11 @@ def test_storage_commits_on_sqlite_and_postgresql(backend, runner_factory, orcha
             rpc.notes.take_note("p1", "persisted")
             with pytest.raises(ValidationError):
                 rpc.notes.take_note("p2", "rolled back", then_fail=True)
+            # the insert a concurrent replica loses on a unique key: a Conflict, over RPC and HTTP
+            with pytest.raises(Conflict, match="another request changed the same record at the same moment"):
+                rpc.notes.take_note("p1", "again")
+        answer = httpx.put(f"http://{orchard_config['SERVICES']['notes']['http_address']}/notes/p1", content="again")
+        assert answer.status_code == 409 and answer.json()["error"] == "Conflict"
         runner.stop()
         engine = create_engine_for(url)
         with engine.connect() as connection:

@@ -79,6 +79,11 @@ class NotesService(OrchardService):
     def explode(self) -> None:
         raise KeyError("a secret-looking detail that must not reach the caller")
 
+    @http("PUT", "/notes/<note_id>")
+    def put_note(self, request, note_id: str) -> str:
+        self.db.session.execute(notes.insert().values(note_id=note_id, text=request.get_data(as_text=True)))
+        return "stored"
+
     @http("GET", "/notes/<note_id>")
     def get_note(self, request, note_id: str) -> str:
         row = self.db.session.execute(sa.select(notes).where(notes.c.note_id == note_id)).first()
