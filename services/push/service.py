@@ -203,8 +203,10 @@ class PushService(OrchardService):
         return _summary(repository.certificate(certificate_id), repository.device_count(parsed.topic))
 
     def _renew(self, actor: Actor, stored: Any, parsed: PushCertificate) -> dict[str, Any]:
-        check_renewal(stored.topic, stored.not_after, parsed)
         repository = self._repository()
+        # locked until the commit: of two renewals at once, the second is checked against the first's certificate
+        stored = repository.certificate(stored.id, for_update=True)
+        check_renewal(stored.topic, stored.not_after, parsed)
         private_key_pem, signing_key = self._private_key(repository, parsed, stored)
         now = utc_now()
         repository.replace_certificate(stored.id, parsed, self.secrets.seal(private_key_pem), now)

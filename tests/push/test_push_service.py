@@ -273,3 +273,28 @@ def test_access_by_role_and_rpc(push_service, rpc_as):
     expected = {(role, method): "allowed" if kind in ALLOWED[role] else "refused"
                 for role in ROLES for method, (_, kind) in RPC_CALLS.items()}
     assert outcomes == expected
+
+
+def test_two_renewals_at_once_on_two_replicas_keep_the_newer_certificate(runner_factory, push_config, rpc_as, issue_push):
+    """Each renewal is checked against what the other stored: an older certificate never replaces a newer one."""
+    from tests.conftest import postgres_database
+
+    with postgres_database() as url:
+        push_config["SERVICES"]["push"]["database_url"] = url
+        for _ in range(2):
+            runner_factory(push_config, PushService).start()
+        with rpc_as() as rpc:
+            for round_number in range(3):
+                first = issue_push(not_after=NOW + timedelta(days=100), key_index=0)
+                stored = rpc.push.upload_certificate(first.certificate_pem, first.private_key_pem)
+                topic = stored["topic"]
+                newer = issue_push(topic=topic, not_after=NOW + timedelta(days=400), key_index=1)
+                older = issue_push(topic=topic, not_after=NOW + timedelta(days=200), key_index=2)
+                replies = [rpc.push.renew_certificate.call_async(stored["id"], issued.certificate_pem, issued.private_key_pem)
+                           for issued in (newer, older)]
+                for reply in replies:
+                    try:
+                        reply.result()
+                    except ValidationError as refused:  # the older one, when it came second
+                        assert "older" in str(refused), refused
+                assert rpc.push.get_certificate(stored["id"])["days_left"] >= 399, f"round {round_number}"

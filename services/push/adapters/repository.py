@@ -22,8 +22,9 @@ class PushRepository:
 
     # -- certificates --
 
-    def certificate(self, certificate_id: int) -> sa.Row:
-        row = self.session.execute(sa.select(certificates).where(certificates.c.id == certificate_id)).first()
+    def certificate(self, certificate_id: int, for_update: bool = False) -> sa.Row:
+        query = sa.select(certificates).where(certificates.c.id == certificate_id)
+        row = self.session.execute(query.with_for_update() if for_update else query).first()
         if row is None:
             raise NotFound(f"there is no push certificate {certificate_id}; `orchard push list` shows the stored ones")
         return row
