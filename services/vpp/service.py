@@ -317,7 +317,7 @@ class VppService(OrchardService):
             *(LicenceTarget("user", user, tuple(user_locations.get(user, ()))) for user in users)])
 
     def _assign(self, actor: Actor, row: Any, adam_id: Any, serials: list[str], users: list[str]) -> dict[str, Any]:
-        asset = asset_from_row(self.repo.asset(row.id, adam_id))
+        asset = asset_from_row(self.repo.asset(row.id, adam_id, for_update=True))
         limits = self.ops.client_for(row).limits()
         try:
             plan = plan_assignment(asset, serials, users, self.repo.holders(row.id, asset), limits)
@@ -335,7 +335,7 @@ class VppService(OrchardService):
     def revoke_licenses(self, token_id: Any, adam_id: Any, serial_numbers: Any = None, user_ids: Any = None) -> dict[str, Any]:
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
-        asset = asset_from_row(self.repo.asset(row.id, adam_id))
+        asset = asset_from_row(self.repo.asset(row.id, adam_id, for_update=True))
         plan = plan_revocation(asset, _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids"),
                                self.repo.holders(row.id, asset), self.ops.client_for(row).limits())
         outcome = self.ops.run_licence_batches(row, asset, plan.batches, assign=False)
@@ -628,6 +628,9 @@ class VppService(OrchardService):
         elif kind == "ASSET_COUNT" and note.get("adamId"):
             repo.adjust_asset_count(row.id, _note_text(note, "adamId", 40), _note_text(note, "pricingParam", 10) or "STDQ",
                                     _count_delta(note.get("countDelta")))
+            # a sync running now read Apple's counts before this change and would write them back: the token is due
+            # again, so the next scheduled sync reads the new count (this waits for a running sync's commit)
+            repo.update_token(row.id, sync_attempted_at=None)
         elif kind == "USER_ASSOCIATED":
             associated = note.get("associatedUsers") or []
             if not isinstance(associated, list) or not all(isinstance(u, dict) for u in associated):

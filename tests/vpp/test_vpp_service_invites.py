@@ -166,6 +166,26 @@ def test_notifications_are_bearer_checked_and_update_counts(notified_token, vpp_
         assert rpc.vpp.get_asset(token_id, "111")["total"] == 9
 
 
+def test_a_count_notification_makes_the_token_due_for_a_sync(notified_token, vpp_sandbox, vpp_runner):
+    """A sync running when Apple notifies would write back the counts it read before: the next one re-reads them."""
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.vpp.service import VppService
+
+    stoken, token_id, url = notified_token
+    container = get_container(vpp_runner, VppService)
+    with entrypoint_hook(container, "sync_due_tokens") as sync_due_tokens:
+        sync_due_tokens()  # just synced by the fixture: not due
+    reads = vpp_sandbox.requests("assets")
+    count = {"notificationType": "ASSET_COUNT", "notification": {"adamId": "111", "pricingParam": "STDQ", "countDelta": 1}}
+    secret = notification_secret(vpp_sandbox, stoken)
+    assert httpx.post(url, json=count, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    with entrypoint_hook(container, "sync_due_tokens") as sync_due_tokens:
+        sync_due_tokens()
+    assert vpp_sandbox.requests("assets") > reads
+
+
 def test_malformed_notifications_are_refused_and_change_nothing(notified_token, vpp_sandbox, rpc_as):
     stoken, token_id, url = notified_token
     bearer = {"Authorization": f"Bearer {notification_secret(vpp_sandbox, stoken)}"}

@@ -262,3 +262,37 @@ def test_a_token_revoked_between_licence_batches_keeps_what_apple_did_and_is_mar
         assert rpc.vpp.get_content_token(token_id)["status"] == "revoked"
         assert rpc.vpp.get_asset(token_id, "111")["assigned"] == 2
     assert vpp_sandbox.state(stoken)["assignments"] == 2
+
+
+def test_licence_changes_to_one_asset_on_two_replicas_run_one_after_the_other(runner_factory, vpp_config, vpp_sandbox,
+                                                                              rpc_as):
+    """Each checks the free licences against the other's outcome and stores counts that include it."""
+    from services.vpp.service import VppService
+
+    with postgres_database() as url:
+        vpp_config["SERVICES"]["vpp"]["database_url"] = url
+        for _ in range(2):
+            runner_factory(vpp_config, VppService).start()
+        vpp_sandbox.post("settings", eventPolls=0)  # Apple's events complete at once: the calls overlap
+        stoken = vpp_sandbox.issue_token(locationName="North Campus")
+        vpp_sandbox.add_asset(stoken, "111", 100)
+        vpp_sandbox.add_asset(stoken, "222", 3)
+        with rpc_as() as rpc:
+            token_id = rpc.vpp.add_content_token(stoken)["id"]
+            rpc.vpp.sync_assets(token_id)
+            replies = [rpc.vpp.assign_licenses.call_async(token_id, "111", serial_numbers=[f"A{n}", f"B{n}"])
+                       for n in range(4)]
+            assert all(len(reply.result()["assigned"]["serial_numbers"]) == 2 for reply in replies)
+            asset = rpc.vpp.get_asset(token_id, "111")
+            assert (asset["assigned"], asset["available"]) == (8, 92)
+
+            replies = [rpc.vpp.assign_licenses.call_async(token_id, "222", serial_numbers=[f"C{n}", f"D{n}"])
+                       for n in range(2)]
+            outcomes = []
+            for reply in replies:
+                try:
+                    outcomes.append(len(reply.result()["assigned"]["serial_numbers"]))
+                except ValidationError as short:
+                    outcomes.append(str(short))
+            assert outcomes.count(2) == 1 and any("Not enough licences" in str(o) for o in outcomes), outcomes
+            assert rpc.vpp.get_asset(token_id, "222")["assigned"] == 2

@@ -142,14 +142,17 @@ class VppRepository:
             query = query.where(c.hidden.is_(False))
         return list(self.session.execute(query.order_by(c.product_type, c.adam_id, c.pricing_param)))
 
-    def asset(self, token_id: str, adam_id: Any) -> Any:
-        """The asset with this adamId; with two pricing params, the one with more licences free."""
+    def asset(self, token_id: str, adam_id: Any, for_update: bool = False) -> Any:
+        """The asset with this adamId; with two pricing params, the one with more licences free.
+
+        ``for_update`` locks its rows until the commit: licence changes to one asset then run one after the
+        other, each counting against the last one's outcome (and writing counts that include it)."""
         if not isinstance(adam_id, str) or not adam_id.strip():
             raise NotFound("Name the asset by its adamId (text).")
         c = t.assets.c
-        row = self.session.execute(
-            sa.select(t.assets).where(c.token_id == token_id, c.adam_id == adam_id.strip())
-            .order_by(c.available_count.desc())).first()
+        query = (sa.select(t.assets).where(c.token_id == token_id, c.adam_id == adam_id.strip())
+                 .order_by(c.available_count.desc()))
+        row = self.session.execute(query.with_for_update() if for_update else query).first()
         if row is None:
             raise NotFound(f"This content token has no app or book with adamId {adam_id!r}; "
                            "run sync_assets if it was bought recently.")
