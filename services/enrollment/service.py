@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY = (timedelta(hours=2), timedelta(hours=3))  # jittered so tokens spread over time
 FIRST_SYNC_SAFETY_NET = timedelta(minutes=10)  # the scheduler's fallback if the upload's own sync never ran
+ALREADY_CONNECTED = "This server token is already connected to an MDM server; renew it to replace its token."
 PROGRESS_EVERY_SECONDS = 0.5  # how often a running sync's record shows its progress
 # a sync that failed (Apple away, or an error of ours): try again soon from the saved cursor, not hours later;
 # a few requests an hour during a long outage is no storm
@@ -106,10 +107,12 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         actor = self.auth.require("enrollment:write")
         row = self._token_for_write(actor, token_id)
         if row.sealed_credentials is not None:
-            raise Conflict("This server token is already connected to an MDM server; renew it to replace its token.")
+            raise Conflict(ALREADY_CONNECTED)
         credentials = self._decrypt(row, p7m)
         account = self._apple(lambda: self._client(credentials).account())
         self._refuse_duplicate(actor, row.id, credentials.consumer_key, account.get("server_uuid"))
+        if TokenRepository(self.db.session).get(row.id, for_update=True).sealed_credentials is not None:
+            raise Conflict(ALREADY_CONNECTED)  # another upload of this token finished while Apple was asked
         now = utc_now()
         TokenRepository(self.db.session).update(
             row.id, **_credential_values(self.secrets.seal(json.dumps(credentials.to_dict())), credentials, account),

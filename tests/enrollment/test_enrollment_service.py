@@ -390,3 +390,31 @@ def test_metrics_show_tokens_devices_and_apple_calls(enrollment, rpc_as, dep_san
     assert 0 <= time.time() - since < 60
     assert 'orchard_enrollment_apple_calls_total{endpoint="/server/devices",status="200"}' in text
     assert 'orchard_enrollment_sync_duration_seconds_count{kind="fetch",outcome="ok"}' in text
+
+
+def test_the_same_token_uploaded_twice_at_once_on_two_replicas_connects_once(runner_factory, service_config, rpc_as,
+                                                                            dep_sandbox):
+    import copy
+
+    from tests.conftest import free_port, postgres_database
+
+    with postgres_database() as url:
+        service_config["SERVICES"]["enrollment"]["database_url"] = url
+        other = copy.deepcopy(service_config)
+        other["SERVICES"]["enrollment"].update(http_address=f"127.0.0.1:{free_port()}", metrics_port=free_port())
+        for config in (service_config, other):
+            runner_factory(config, EnrollmentService).start()
+        with rpc_as() as rpc:
+            for number in range(3):
+                created = rpc.enrollment.create_server_token(f"Uploaded twice {number}")
+                server = dep_sandbox.create_server(created["public_key_pem"].encode())
+                replies = [rpc.enrollment.upload_server_token.call_async(created["id"], server["p7m"]) for _ in range(2)]
+                outcomes = []
+                for reply in replies:
+                    try:
+                        outcomes.append(reply.result()["id"])
+                    except Conflict as refused:
+                        outcomes.append(str(refused))
+                assert outcomes.count(created["id"]) == 1 and any("already connected" in o for o in outcomes), outcomes
+                audit = [e["action"] for e in rpc.enrollment.audit_log(f"server_token:{created['id']}")]
+                assert audit.count("server_token.uploaded") == 1

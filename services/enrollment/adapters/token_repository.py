@@ -25,10 +25,11 @@ class TokenRepository:
     def __init__(self, session: Session):
         self.session = session
 
-    def get(self, token_id: Any) -> Any:
+    def get(self, token_id: Any, for_update: bool = False) -> Any:
         if not isinstance(token_id, str):
             raise NotFound("server token ids are strings; list the tokens to find the id")
-        row = self.session.execute(sa.select(server_tokens).where(server_tokens.c.id == token_id)).first()
+        query = sa.select(server_tokens).where(server_tokens.c.id == token_id)
+        row = self.session.execute(query.with_for_update() if for_update else query).first()
         if row is None:
             raise NotFound(f"there is no server token {token_id}; list the tokens to find the id")
         return row
