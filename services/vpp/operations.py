@@ -204,7 +204,8 @@ class VppOperations:
                 # already registered by an earlier attempt: that is what we wanted
                 reasons = _failed_users(result, [i.user_id for i in batch], ignored=ALREADY_REGISTERED)
                 done = [i for i in batch if i.user_id not in reasons]
-                self.repo.mark_invites(token.id, [i.user_id for i in done], apple_state="registered", apple_error=None)
+                for user_id in self.repo.mark_registered(token.id, [i.user_id for i in done]):
+                    self.repo.request_retirements(user_id, utc_now())  # deleted while Apple registered them
                 for user_id, reason in reasons.items():
                     self.repo.mark_invites(token.id, [user_id], apple_state="failed", apple_error=reason[:500])
                 for method in {i.method for i in done}:

@@ -491,7 +491,8 @@ class VppService(OrchardService):
         policies = repo.auto_invite_policies()
         if not policies:
             return
-        for user_id in repo.deleted_users(list(latest)):  # deleted by a newer roster change than this import
+        # invites follow the stored details: an import older than them (a later import or a deletion won) plans none
+        for user_id in repo.superseded_users({user_id: event.occurred() for user_id, event in latest.items()}):
             del latest[user_id]
         invited = repo.invited_pairs(list(latest))
         now = utc_now()

@@ -7,6 +7,13 @@ from services.vpp.adapters.repository import VppRepository
 from shared.storage import create_engine_for, utc_now
 
 
+def add_token(session: Session, now) -> None:
+    session.execute(t.content_tokens.insert().values(
+        id="tok", name="North", sealed_stoken="sealed", fingerprint="f", org_name="District", location_uid="1",
+        location_name="North Campus", expires_at=now, locations=[], allow_teacher_study_apps=False, revoked=False,
+        added_by="admin", added_at=now))
+
+
 def test_bulk_invite_writes_and_apples_users_applied(database_url):
     engine = create_engine_for(database_url)
     t.metadata.create_all(engine)
@@ -16,10 +23,7 @@ def test_bulk_invite_writes_and_apples_users_applied(database_url):
         engine.dialect).do_executemany(engine.dialect, cursor, statement, *args, **kw)
     try:
         with Session(engine) as session:
-            session.execute(t.content_tokens.insert().values(
-                id="tok", name="North", sealed_stoken="sealed", fingerprint="f", org_name="District", location_uid="1",
-                location_name="North Campus", expires_at=now, locations=[], allow_teacher_study_apps=False, revoked=False,
-                added_by="admin", added_at=now))
+            add_token(session, now)
             repo = VppRepository(session)
             repo.remember_users([{"user_id": f"u{n}", "name": "N", "email": None, "managed_apple_id": f"u{n}@appleid.example",
                                   "locations": ["north"], "changed_at": now} for n in range(1200)])
@@ -45,3 +49,25 @@ def test_bulk_invite_writes_and_apples_users_applied(database_url):
             assert per_row == []
     finally:
         engine.dispose()
+
+
+def test_a_user_deleted_while_apple_registered_them_is_retired_again(database_url):
+    """The retirement was asked for (and done) during the registration's Apple call: the registration that
+    lands afterwards must not leave the user registered with nothing left to retire them."""
+    engine = create_engine_for(database_url)
+    t.metadata.create_all(engine)
+    now = utc_now()
+    with Session(engine) as session:
+        add_token(session, now)
+        repo = VppRepository(session)
+        repo.queue_invites([{"token_id": "tok", "user_id": user_id, "method": "managed_apple_id", "name": "N",
+                             "email": None, "managed_apple_id": f"{user_id}@appleid.example", "status": "pending",
+                             "apple_state": "queued", "invited_at": now} for user_id in ("ann", "bob")])
+        repo.request_retirements("ann", now)  # the roster deleted ann while users/create was on its way
+        repo.complete_retirements("tok", ["ann"])  # Apple answered "not found": retired as far as we know
+        assert repo.mark_registered("tok", ["ann", "bob"]) == ["ann"]
+        states = dict(session.execute(sa.select(t.invites.c.user_id, t.invites.c.apple_state)).all())
+        assert states == {"ann": "retired", "bob": "registered"}
+        repo.request_retirements("ann", now)
+        assert repo.due_retirements(now, 10) == {"tok": ["ann"]}
+    engine.dispose()

@@ -61,3 +61,35 @@ def test_a_deleted_user_is_retired_and_their_licences_freed_once(vpp_sandbox, vp
         assert vpp_sandbox.user(stoken, "ann")["user"]["status"] == "Retired"
         assert {i["user_id"]: i["status"] for i in rpc.vpp.list_invites(token_id)} == {"ann": "revoked", "bob": "pending"}
         assert count_rows(vpp_config, "user_retirements") == 0
+
+
+def test_a_user_imported_again_after_deletion_is_invited_again(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken, locations=["north"], auto_invite_method="managed_apple_id")["id"]
+        publish(vpp_config, user("ann"))
+        wait_for(lambda: (vpp_sandbox.user(stoken, "ann")["user"] or {}).get("status") == "Registered", what="ann registered")
+        event_dispatcher(vpp_config)(UserDeleted.SOURCE, UserDeleted.TYPE, deleted("ann").to_payload())
+        wait_for(lambda: (vpp_sandbox.user(stoken, "ann")["user"] or {}).get("status") == "Retired", what="ann retired")
+        wait_for(lambda: rpc.vpp.list_invites(token_id)[0]["registration"] == "retired", what="the retirement recorded")
+        publish(vpp_config, user("ann"))  # back in the roster: a newer import
+        wait_for(lambda: (vpp_sandbox.user(stoken, "ann")["user"] or {}).get("status") == "Registered",
+                 what="ann registered again")
+        wait_for(lambda: [(i["status"], i["registration"]) for i in rpc.vpp.list_invites(token_id)] == [
+            ("pending", "registered")], what="the invite pending again")
+
+
+def test_a_late_import_of_a_user_who_moved_invites_nothing_where_they_were(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    from datetime import datetime, timedelta, timezone
+
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    with rpc_as() as rpc:
+        rpc.vpp.add_content_token(stoken, locations=["north"], auto_invite_method="managed_apple_id")
+    now = datetime.now(timezone.utc)
+    publish(vpp_config, user("zed", locations=["south"], occurred_at=now.isoformat()))
+    wait_for(lambda: count_rows(vpp_config, "inbox") == 1, what="the current import handled")
+    publish(vpp_config, user("zed", locations=["north"], occurred_at=(now - timedelta(minutes=10)).isoformat()))
+    wait_for(lambda: count_rows(vpp_config, "inbox") == 2, what="the late, older import handled")
+    with entrypoint_hook(get_container(vpp_runner, VppService), "register_invites") as register_invites:
+        register_invites()
+    assert count_rows(vpp_config, "invites") == 0 and vpp_sandbox.state(stoken)["users"] == 0

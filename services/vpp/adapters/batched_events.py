@@ -92,8 +92,10 @@ class BatchedEventHandler(OrchardEventHandler):
         super().setup()
         self._pending: list[tuple[Any, Any]] = []
         self._timer: Any = None
+        self._stopping = False
 
     def stop(self) -> None:
+        self._stopping = True
         self._flush()
         super().stop()
 
@@ -113,6 +115,11 @@ class BatchedEventHandler(OrchardEventHandler):
             self._dispatch(batch)
 
     def _dispatch(self, batch: list[tuple[Any, Any]]) -> None:
+        if self._stopping and len(batch) == 1:
+            # a failed batch's events, one by one, after the service began to stop: back to the queue while its
+            # channel is open (retried or dead-lettered after the restart, their attempts counted once)
+            self.queue_consumer.requeue_message(batch[0][1])
+            return
         context_data = self.unpack_message_headers(batch[0][1])
         try:
             self.container.spawn_worker(self, ([body for body, _ in batch],), {}, context_data=context_data,

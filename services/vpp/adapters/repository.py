@@ -233,22 +233,26 @@ class VppRepository:
             set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at")},
             where=stored.is_(None) | (stored <= insert.excluded.changed_at)), [{**u, "deleted_at": None} for u in users])
 
-    def deleted_users(self, user_ids: Sequence[str]) -> set[str]:
+    def superseded_users(self, occurred: dict[str, datetime]) -> set[str]:
+        """Users whose stored details are newer than the import that ``occurred`` (a later import, or a deletion)."""
         c = t.known_users.c
-        return set(self.session.execute(
-            sa.select(c.user_id).where(c.user_id.in_(list(user_ids)), c.deleted_at.is_not(None))).scalars())
+        rows = self.session.execute(
+            sa.select(c.user_id, c.changed_at, c.deleted_at).where(c.user_id.in_(list(occurred))))
+        return {r.user_id for r in rows
+                if r.deleted_at is not None or (r.changed_at is not None and r.changed_at > occurred[r.user_id])}
 
     def forget_user(self, user_id: str, deleted_at: datetime) -> bool:
-        """Mark the user deleted by the roster; False when a newer import of the user was handled already."""
+        """Mark the user deleted by the roster; False when a newer import of the user was handled already.
+
+        One statement: on PostgreSQL a newer import still being written is waited for, then seen."""
         c = t.known_users.c
-        changed_at = self.session.execute(sa.select(c.changed_at).where(c.user_id == user_id)).scalar()
-        if changed_at is not None and changed_at > deleted_at:
-            return False
         insert = _insert(self.session, t.known_users)
-        self.session.execute(insert.values(user_id=user_id, locations=[], changed_at=deleted_at, deleted_at=deleted_at)
-                             .on_conflict_do_update(index_elements=[c.user_id],
-                                                    set_={"changed_at": deleted_at, "deleted_at": deleted_at}))
-        return True
+        forgotten = self.session.execute(
+            insert.values(user_id=user_id, locations=[], changed_at=deleted_at, deleted_at=deleted_at)
+            .on_conflict_do_update(index_elements=[c.user_id], set_={"changed_at": deleted_at, "deleted_at": deleted_at},
+                                   where=c.changed_at.is_(None) | (c.changed_at <= deleted_at))
+            .returning(c.user_id))
+        return forgotten.first() is not None
 
     def remember_devices(self, serial_numbers: Iterable[str]) -> None:
         rows = [{"serial_number": s} for s in set(serial_numbers) if s]
@@ -275,14 +279,21 @@ class VppRepository:
 
     # --- invites ----------------------------------------------------------------------------
     def invited_pairs(self, user_ids: Sequence[str]) -> set[tuple[str, str]]:
-        """(token id, user id) of the invites these users already have."""
+        """(token id, user id) of the invites these users already have, apart from those retired at Apple."""
         c = t.invites.c
         return {(r.token_id, r.user_id) for r in self.session.execute(
-            sa.select(c.token_id, c.user_id).where(c.user_id.in_(list(user_ids))))}
+            sa.select(c.token_id, c.user_id).where(c.user_id.in_(list(user_ids)), c.apple_state != "retired"))}
 
     def queue_invites(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Add invites to be registered with Apple; an invite that exists already is left as it is."""
-        _insert_many(self.session, _insert(self.session, t.invites).on_conflict_do_nothing(), rows)
+        """Add invites to be registered with Apple; an invite that exists already is left as it is, unless Apple
+        retired its user (deleted from the roster, now imported again): that one is queued again."""
+        insert = _insert(self.session, t.invites)
+        again = ("method", "name", "email", "managed_apple_id", "status", "apple_state", "invited_at")
+        _insert_many(self.session, insert.on_conflict_do_update(
+            index_elements=[t.invites.c.token_id, t.invites.c.user_id],
+            set_={**{k: insert.excluded[k] for k in again}, "apple_error": None, "invite_code": None,
+                  "emailed_at": None, "accepted_at": None},
+            where=t.invites.c.apple_state == "retired"), rows)
 
     def requeue_invites(self, token_id: str, user_ids: Sequence[str], method: str, now: datetime) -> None:
         c = t.invites.c
@@ -305,6 +316,18 @@ class VppRepository:
         if token_id:
             query = query.where(c.token_id == token_id)
         return list(self.session.execute(query.order_by(c.token_id, c.invited_at).limit(limit)))
+
+    def mark_registered(self, token_id: str, user_ids: Sequence[str]) -> list[str]:
+        """Record that Apple registered these users; those whose invite stopped waiting meanwhile (the roster deleted
+        them and their retirement was asked for, perhaps done) are returned, to be retired again."""
+        c = t.invites.c
+        ids, registered = list(user_ids), set()
+        for start in range(0, len(ids), 500):
+            registered.update(self.session.execute(
+                t.invites.update().where(c.token_id == token_id, c.user_id.in_(ids[start:start + 500]),
+                                         c.apple_state == "queued")
+                .values(apple_state="registered", apple_error=None).returning(c.user_id)).scalars())
+        return [user_id for user_id in ids if user_id not in registered]
 
     def mark_invites(self, token_id: str, user_ids: Sequence[str], **values: Any) -> None:
         c = t.invites.c
