@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,3 +41,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class WithoutQueryStrings(logging.Filter):
+    """Access log lines without their query strings: a client may put a password or a token in one."""
+
+    _query = re.compile(r'("[A-Z]+ [^ ?"]*)\?[^ "]*')
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._query.sub(r"\1?[query removed]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True

@@ -134,8 +134,9 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
                             **_JSON_CODEC)
 
 
-# JSON columns (the outbox's payloads among them) are written and read with the fast codec
-_JSON_CODEC = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads}
+# JSON columns (the outbox's payloads among them) are written and read with the fast codec; a statement's
+# parameters (push tokens, sealed secrets, people's details) are kept out of error texts, which reach logs
+_JSON_CODEC = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads, "hide_parameters": True}
 
 
 class KernelTables:

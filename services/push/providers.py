@@ -1,7 +1,7 @@
 """What the push service's workers get besides the database: APNs clients and settings."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from shared.secrets import SecretBox
 @dataclass(frozen=True)
 class VendorCredentials:
     certificate_pem: str
-    private_key_pem: str
+    private_key_pem: str = field(repr=False)
     chain_pem: str
 
 

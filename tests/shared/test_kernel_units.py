@@ -1,4 +1,6 @@
 """The kernel's plain-Python pieces: configuration, contracts, policy, secrets, the lease heartbeat."""
+from pathlib import Path
+
 import eventlet
 import pytest
 from cryptography.fernet import Fernet
@@ -130,3 +132,25 @@ def test_lone_surrogates_are_found_escaped_or_raw_and_named():
     assert may_hold_lone_surrogates(raw)
     with pytest.raises(ValidationError, match=r"the body.users\[0\].name is not valid Unicode text"):
         refuse_lone_surrogates(json.loads(raw), "the body")
+
+
+def test_the_shipped_logging_keeps_headers_replies_and_query_strings_out_even_at_debug(tmp_path):
+    """Run in a fresh interpreter: the configuration is applied to the process's loggers."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "log.py"
+    script.write_text(
+        "import logging, logging.config\n"
+        "from shared.config import load_config\n"
+        "logging.config.dictConfig(load_config()['LOGGING'])\n"
+        "logging.getLogger('httpcore.http11').debug(\"receive_response_headers.complete (b'X-ADM-Auth-Session', b'SESSION-SECRET')\")\n"
+        "logging.getLogger('hpack.hpack').debug(\"Adding b':path'=b'/3/device/DEVICE-TOKEN-SECRET'\")\n"
+        "logging.getLogger('nameko.rpc').debug('RPC reply event complete resp_body=REPLY-SECRET')\n"
+        "logging.getLogger('nameko.web.server').info('127.0.0.1 - - [x] \"GET /enroll?user=s1&password=QUERY-SECRET HTTP/1.1\" 200 5 0.1')\n"
+        "logging.getLogger('services.enrollment').debug('a debug line of our own')\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env={"LOG_LEVEL": "DEBUG"},
+                            cwd=Path(__file__).resolve().parents[2])
+    assert "a debug line of our own" in result.stderr, result.stderr
+    assert "SECRET" not in result.stderr and "GET /enroll?[query removed] HTTP/1.1" in result.stderr

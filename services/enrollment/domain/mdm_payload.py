@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import plistlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CONTENT_TYPE = "application/x-apple-aspen-config"
 IDENTIFIER = "org.orchard.enrollment"
@@ -18,8 +18,8 @@ IDENTIFIER = "org.orchard.enrollment"
 class DeviceIdentityBundle:
     """A device identity as PKCS#12 (DER) and the password that opens it."""
 
-    pkcs12: bytes
-    password: str
+    pkcs12: bytes = field(repr=False)
+    password: str = field(repr=False)
 
 
 def enrollment_mobileconfig(checkin_url: str, identity: DeviceIdentityBundle, topic: str | None,
