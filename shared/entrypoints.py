@@ -16,6 +16,7 @@ method returns; an exception rolls it back.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from shared.config import service_settings
 from shared.contracts.base import Event
 from shared.dead_letters import dead_letter_queue_name
 from shared.storage import Database, unique_key_taken, utc_now
-from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
+from shared.unicode_text import may_hold_unstorable_text, refuse_unstorable_text
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,21 @@ class OrchardRpc(Rpc):
 
     def handle_message(self, body: Any, message: Any) -> None:
         raw = message.body if isinstance(message.body, (bytes, str)) else str(message.body)
-        if may_hold_lone_surrogates(raw) and isinstance(body, dict):  # refused before a worker starts
+        if may_hold_unstorable_text(raw) and isinstance(body, dict):  # refused before a worker starts
             for index, value in enumerate(body.get("args") or ()):
-                refuse_lone_surrogates(value, f"argument {index + 1}")
+                refuse_unstorable_text(value, f"argument {index + 1}")
             for name, value in (body.get("kwargs") or {}).items():
-                refuse_lone_surrogates(value, str(name))
+                refuse_unstorable_text(value, str(name))
         super().handle_message(body, message)
+
+    def check_signature(self, args: Any, kwargs: Any) -> None:
+        """A call with missing or unknown arguments is a ``ValidationError`` naming them (Nameko checks the
+        transaction wrapper's signature, which takes anything)."""
+        method = getattr(self.container.service_cls, self.method_name)
+        try:
+            inspect.signature(method).bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise errors.ValidationError(f"{self.container.service_name}.{self.method_name}: {exc}") from None
 
     def handle_result(self, message: Any, worker_ctx: Any, result: Any, exc_info: Any) -> Any:
         if exc_info is not None:

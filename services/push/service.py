@@ -26,6 +26,7 @@ from services.push.domain.pushes import DELIVERED, outcome, plan_pushes, request
 from services.push.domain.signing_request import create_signing_request as new_signing_request
 from services.push.metrics import CERTIFICATES
 from services.push.providers import Apns
+from shared.arguments import row_id
 from shared.auth import Actor
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
 from shared.entrypoints import event_handler, rpc
@@ -69,7 +70,7 @@ class PushService(OrchardService):
     def renew_certificate(self, certificate_id: int, certificate_pem: str,
                           private_key_pem: str | None = None) -> dict[str, Any]:
         actor = self.auth.require("push:write")
-        stored = self._repository().certificate(_certificate_id(certificate_id))
+        stored = self._repository().certificate(row_id(certificate_id, "certificate_id"))
         parsed = tpool.execute(read_pem_certificate, _text(certificate_pem, "certificate_pem"),
                                _optional_text(private_key_pem, "private_key_pem"))
         return self._renew(actor, stored, parsed)
@@ -77,7 +78,7 @@ class PushService(OrchardService):
     @rpc(sensitive_arguments=("p12_b64", "password"))
     def renew_certificate_pkcs12(self, certificate_id: int, p12_b64: str, password: str | None = None) -> dict[str, Any]:
         actor = self.auth.require("push:write")
-        stored = self._repository().certificate(_certificate_id(certificate_id))
+        stored = self._repository().certificate(row_id(certificate_id, "certificate_id"))
         parsed = tpool.execute(read_pkcs12, _text(p12_b64, "p12_b64"), _optional_text(password, "password"))
         return self._renew(actor, stored, parsed)
 
@@ -92,7 +93,7 @@ class PushService(OrchardService):
     def get_certificate(self, certificate_id: int) -> dict[str, Any]:
         self.auth.require("push:read")
         repository = self._repository()
-        row = repository.certificate(_certificate_id(certificate_id))
+        row = repository.certificate(row_id(certificate_id, "certificate_id"))
         return _details(row, repository.device_count(row.topic))
 
     @rpc
@@ -102,7 +103,7 @@ class PushService(OrchardService):
         if format not in device_export.FORMATS:
             raise ValidationError(f"format must be one of {', '.join(device_export.FORMATS)}, not {format!r}")
         repository = self._repository()
-        row = repository.certificate(_certificate_id(certificate_id))
+        row = repository.certificate(row_id(certificate_id, "certificate_id"))
         devices = list(repository.devices_of_topic(row.topic))
         content = tpool.execute(device_export.export_devices, devices, format)
         return {
@@ -115,7 +116,7 @@ class PushService(OrchardService):
     def certificate_history(self, certificate_id: int) -> list[dict[str, Any]]:
         """Who uploaded and renewed the certificate, when, and what changed (newest first)."""
         self.auth.require("push:read")
-        row = self._repository().certificate(_certificate_id(certificate_id))
+        row = self._repository().certificate(row_id(certificate_id, "certificate_id"))
         return [_history_entry(entry) for entry in self.db.audit_entries(_target(row.id), 1000)]
 
     @rpc
@@ -276,12 +277,6 @@ def _history_entry(entry: dict[str, Any]) -> dict[str, Any]:
         "before_serial_number": before.get("serial_number"), "after_serial_number": after.get("serial_number"),
         "before_not_after": before.get("not_after"), "after_not_after": after.get("not_after"),
     }
-
-
-def _certificate_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"certificate_id must be a positive whole number, not {value!r}")
-    return value
 
 
 def _text(value: Any, name: str) -> str:

@@ -17,16 +17,15 @@ from services.roster.adapters.mosyle_http import MosyleApi, RefusalAudits
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import asm_mapping, planning
 from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, new_device_assignments
-from services.roster.domain.mosyle_api import MAX_PAGE
+from services.roster.domain.mosyle_api import MAX_PAGE, MAX_PAGE_SIZE
 from services.roster.domain.mosyle_openapi import openapi_document
+from shared.arguments import row_id
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
 from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, PermissionDenied, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
-
-MAX_PAGE_SIZE = 1000
 
 
 class RosterService(OrchardService):
@@ -260,9 +259,7 @@ class RosterService(OrchardService):
     @rpc
     def revoke_api_token(self, token_id: int) -> dict[str, Any]:
         actor = self.auth.require("roster:api_tokens")
-        if isinstance(token_id, bool) or not isinstance(token_id, int):
-            raise ValidationError("token_id must be a whole number")
-        row = ApiTokens(self.db.session).revoke(token_id)
+        row = ApiTokens(self.db.session).revoke(row_id(token_id, "token_id"))
         self.db.audit(actor, "api_token.revoked", f"api_token:{token_id}", {"name": row.name})
         return describe(row)
 

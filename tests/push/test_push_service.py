@@ -139,7 +139,9 @@ def test_each_bad_upload_is_named_and_changes_nothing(push_service, rpc_as, issu
             (lambda: rpc.push.upload_certificate("A" * 10_000_000), "10.0 MB"),
             (lambda: rpc.push.upload_certificate(42), "must be text"),
             (lambda: rpc.push.upload_certificate_pkcs12(base64.b64encode(p12).decode(), "wrong"), "password is wrong"),
-            (lambda: rpc.push.renew_certificate("1", good.certificate_pem), "positive whole number"),
+            (lambda: rpc.push.renew_certificate("1", good.certificate_pem), "whole number from 1"),
+            (lambda: rpc.push.get_certificate(10**30), "whole number from 1 to 9223372036854775807"),
+            (lambda: rpc.push.upload_certificate_pkcs12(base64.b64encode(p12).decode(), "right\x00"), "NUL"),
         ]
         for attempt, message in refusals:
             with pytest.raises(ValidationError, match=message):

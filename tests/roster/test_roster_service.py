@@ -374,8 +374,10 @@ def test_bad_rpc_arguments_are_refused_with_typed_errors(roster, rpc_as):
             rpc.roster.create_api_token("n" * 201)
         with pytest.raises(ValidationError, match="page must be a whole number from 1 to"):
             rpc.roster.list_users(page=10**20)
-        with pytest.raises(NotFound, match="no API token"):
+        with pytest.raises(ValidationError, match="token_id must be a whole number from 1"):
             rpc.roster.revoke_api_token(10**30)
+        with pytest.raises(NotFound, match="no API token"):
+            rpc.roster.revoke_api_token(2**63 - 1)
         assert rpc.roster.list_users()["total"] == 0 and rpc.roster.list_api_tokens() == []
 
 

@@ -57,3 +57,16 @@ def test_text_no_store_can_hold_is_refused_before_any_service_code_runs(runner_f
             rpc.vpp.add_content_token("AAAA", name="North \ud800")
         with pytest.raises(NotFound):  # an emoji travels as an escaped surrogate pair: valid text
             rpc.vpp.get_content_token("\U0001F34E")
+        with pytest.raises(ValidationError, match="argument 1 holds a NUL character"):
+            rpc.vpp.get_content_token("tok\x00")
+        with pytest.raises(ValidationError, match=r"locations\[1\] holds a NUL character"):
+            rpc.vpp.update_content_token("tok", locations=["north", "\x00"])
+
+
+def test_missing_and_unknown_arguments_are_named(runner_factory, orchard_config, rpc_as):
+    runner_factory(orchard_config, VppService).start()
+    with rpc_as() as rpc:
+        with pytest.raises(ValidationError, match="vpp.get_content_token: missing a required argument: 'token_id'"):
+            rpc.vpp.get_content_token()
+        with pytest.raises(ValidationError, match="vpp.get_content_token: got an unexpected keyword argument 'colour'"):
+            rpc.vpp.get_content_token("tok", colour="red")

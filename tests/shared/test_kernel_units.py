@@ -120,18 +120,22 @@ def test_a_lease_heartbeat_retries_failed_renewals_and_reports_a_taken_lease():
             heartbeat.check()
 
 
-def test_lone_surrogates_are_found_escaped_or_raw_and_named():
+def test_lone_surrogates_and_nul_characters_are_found_escaped_or_raw_and_named():
     import json
 
-    from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
+    from shared.unicode_text import may_hold_unstorable_text, refuse_unstorable_text
 
-    assert not may_hold_lone_surrogates(json.dumps({"name": "Zoë"}, ensure_ascii=False).encode())
-    assert may_hold_lone_surrogates(json.dumps({"name": "\U0001F34E"}))  # a pair: walked, then found valid
-    refuse_lone_surrogates({"name": "\U0001F34E"}, "the body")
+    assert not may_hold_unstorable_text(json.dumps({"name": "Zoë"}, ensure_ascii=False).encode())
+    assert may_hold_unstorable_text(json.dumps({"name": "\U0001F34E"}))  # a pair: walked, then found valid
+    refuse_unstorable_text({"name": "\U0001F34E"}, "the body")
     raw = b'{"users": [{"name": "\xed\xa0\x80"}]}'  # a surrogate's bytes, which json.loads lets through
-    assert may_hold_lone_surrogates(raw)
+    assert may_hold_unstorable_text(raw)
     with pytest.raises(ValidationError, match=r"the body.users\[0\].name is not valid Unicode text"):
-        refuse_lone_surrogates(json.loads(raw), "the body")
+        refuse_unstorable_text(json.loads(raw), "the body")
+    escaped_nul = json.dumps({"tags": {"x\x00": 1}})
+    assert may_hold_unstorable_text(escaped_nul) and not may_hold_unstorable_text(json.dumps({"name": "Zoë"}))
+    with pytest.raises(ValidationError, match="a key of the body.tags holds a NUL character"):
+        refuse_unstorable_text(json.loads(escaped_nul), "the body")
 
 
 def test_the_shipped_logging_keeps_headers_replies_and_query_strings_out_even_at_debug(tmp_path):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from shared.contracts.roster import ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord
 from shared.errors import ValidationError
-from shared.unicode_text import may_hold_lone_surrogates, refuse_lone_surrogates
+from shared.unicode_text import may_hold_unstorable_text, refuse_unstorable_text
 
 TYPE_TO_WIRE = {"student": "S", "teacher": "T", "staff": "STAFF"}
 WIRE_TO_TYPE = {v: k for k, v in TYPE_TO_WIRE.items()}
@@ -43,8 +43,8 @@ def decode_payload(text: str | bytes | None) -> dict[str, Any]:
     try:
         payload = json.loads(text)
         # neither the database nor the token hash can encode a lone surrogate: refused anywhere in the body
-        if may_hold_lone_surrogates(text):
-            refuse_lone_surrogates(payload, "the request body")
+        if may_hold_unstorable_text(text):
+            refuse_unstorable_text(payload, "the request body")
     except RecursionError:
         raise WireError("the request body nests too deeply; send the documented shape") from None
     except ValidationError as exc:
