@@ -21,6 +21,7 @@ from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
 from services.directory.domain.profile import LdapProfile, apply_changes, parse_profile
 from services.directory.domain.schedule import daily_sync_due
 from services.directory.domain.sync import profile_source, read_import_batch
+from shared.arguments import row_id
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
@@ -65,7 +66,7 @@ class DirectoryService(OrchardService):
     def update_ldap_profile(self, profile_id: int, changes: Any) -> dict[str, Any]:
         actor = self.auth.require("directory:write")
         profiles = self._profiles()
-        current = profiles.get(_profile_id(profile_id))
+        current = profiles.get(row_id(profile_id, "profile_id"))
         stored = profiles.replace(current.id, apply_changes(current.profile, changes))
         fields = sorted(changes) if isinstance(changes, dict) else []
         self.db.audit(actor, "ldap_profile.updated", f"ldap_profile:{stored.id}", {"fields": fields})
@@ -79,13 +80,13 @@ class DirectoryService(OrchardService):
     @rpc
     def get_ldap_profile(self, profile_id: int) -> dict[str, Any]:
         self.auth.require("directory:read")
-        return self._profiles().get(_profile_id(profile_id)).view()
+        return self._profiles().get(row_id(profile_id, "profile_id")).view()
 
     @rpc
     def delete_ldap_profile(self, profile_id: int) -> dict[str, Any]:
         actor = self.auth.require("directory:write")
         profiles = self._profiles()
-        stored = profiles.get(_profile_id(profile_id))
+        stored = profiles.get(row_id(profile_id, "profile_id"))
         profiles.delete(stored.id)
         self.db.audit(actor, "ldap_profile.deleted", f"ldap_profile:{stored.id}", {"name": stored.profile.name})
         return {"deleted": stored.id}
@@ -102,7 +103,7 @@ class DirectoryService(OrchardService):
     def test_ldap_profile(self, profile_id: int, test_username: str | None = None,
                           test_password: str | None = None) -> list[dict[str, Any]]:
         self.auth.require("directory:write")
-        stored = self._profiles().get(_profile_id(profile_id))
+        stored = self._profiles().get(row_id(profile_id, "profile_id"))
         test_user = None
         if test_username is not None or test_password is not None:
             if not isinstance(test_username, str) or not isinstance(test_password, str):
@@ -119,7 +120,7 @@ class DirectoryService(OrchardService):
         self.auth.require("directory:write")
         if not isinstance(apply, bool):
             raise ValidationError("apply must be true or false")
-        return self._sync(self._profiles().get(_profile_id(profile_id)), apply, trigger="manual")
+        return self._sync(self._profiles().get(row_id(profile_id, "profile_id")), apply, trigger="manual")
 
     @rpc(sensitive_arguments=("password",))
     def authenticate(self, username: str, password: str, profile_id: int | None = None) -> dict[str, Any]:
@@ -197,7 +198,7 @@ class DirectoryService(OrchardService):
     def _sign_in_profiles(self, profile_id: int | None) -> list[StoredProfile]:
         profiles = self._profiles()
         if profile_id is not None:
-            stored = profiles.get(_profile_id(profile_id))
+            stored = profiles.get(row_id(profile_id, "profile_id"))
             if not stored.profile.authentication.enabled:
                 raise ValidationError(f"LDAP profile {stored.id} does not validate passwords; enable "
                                       "authentication.enabled on it first")
@@ -206,12 +207,6 @@ class DirectoryService(OrchardService):
         if not enabled:
             raise NotFound("no LDAP profile validates passwords; enable authentication on one first")
         return enabled
-
-
-def _profile_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"profile_id must be a positive whole number, not {value!r}")
-    return value
 
 
 def _bound_directories(stored_profiles: list[StoredProfile]) -> Iterator[tuple[LdapDirectory, LdapProfile]]:

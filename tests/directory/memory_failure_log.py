@@ -5,6 +5,9 @@ class MemoryFailureLog:
     def __init__(self):
         self.times: dict[str, list[float]] = {}
 
+    def hold(self, key):
+        pass  # one process, one thread: nothing runs between check and record
+
     def failures_since(self, key, since):
         return [at for at in self.times.get(key, []) if at > since]
 

@@ -154,3 +154,23 @@ def test_any_username_sign_in_accepts_fits_the_database(runner_factory, director
         # the longest names, grown by case folding (ß -> ss) or NFKC (one character -> 18), still fit
         for username in ("ß" * 320, "\ufdfa" * 320):
             assert rpc.directory.authenticate(username, "incorrect") == {"authenticated": False, "user_id": None}
+
+
+def test_sign_ins_of_one_username_at_once_count_against_one_limit(runner_factory, directory_config, rpc_as, profile_data):
+    """Ten wrong passwords at once over two replicas on PostgreSQL: each sees the failures before it."""
+    from tests.conftest import postgres_database
+
+    with postgres_database() as url:
+        directory_config["SERVICES"]["directory"]["database_url"] = url
+        for _ in range(2):
+            runner_factory(directory_config, DirectoryService).start()
+        with rpc_as() as rpc:
+            rpc.directory.add_ldap_profile(profile_data())
+            replies = [rpc.directory.authenticate.call_async("t00003", f"guess {n}") for n in range(10)]
+            outcomes = []
+            for reply in replies:
+                try:
+                    outcomes.append(reply.result()["authenticated"])
+                except PermissionDenied:
+                    outcomes.append("refused")
+            assert outcomes.count(False) == 5 and outcomes.count("refused") == 5, outcomes

@@ -11,7 +11,7 @@ from services.directory.domain.entries import normalize_dn
 from services.directory.domain.ports import PasswordDirectory
 from services.directory.domain.profile import LdapProfile
 from shared.errors import PermissionDenied, ValidationError
-from shared.unicode_text import refuse_lone_surrogates
+from shared.unicode_text import refuse_unstorable_text
 
 #: the longest e-mail address (64 + "@" + 255), which is what a userPrincipalName or mail login
 #: looks like; a sAMAccountName has at most 20 characters
@@ -29,6 +29,8 @@ class AuthenticationResult:
 
 class FailureLog(Protocol):
     """Where failed sign-ins are remembered: shared by every replica, so the limit holds for all."""
+
+    def hold(self, key: str) -> None: ...  # other sign-ins of ``key`` wait until this one is recorded
 
     def failures_since(self, key: str, since: float) -> list[float]: ...  # times, oldest first
 
@@ -52,6 +54,7 @@ class FailedSignInLimiter:
         self.window = window
 
     def check(self, key: str) -> None:
+        self._failures.hold(key)  # sign-ins of one name at once are counted one after the other, not all as the first
         recent = self._recent(key)
         if len(recent) >= self.max_failures:
             wait = math.ceil((recent[0] + self.window - self._clock()) / 60)
@@ -109,14 +112,14 @@ def _checked_username(username: Any) -> str:
     if len(username) > MAX_USERNAME_LENGTH:
         raise ValidationError(f"the username is {len(username)} characters long; at most "
                               f"{MAX_USERNAME_LENGTH} are allowed")
-    refuse_lone_surrogates(username, "the username")  # it cannot be sent to a directory or stored
+    refuse_unstorable_text(username, "the username")  # it cannot be sent to a directory or stored
     return username.strip()
 
 
 def _check_password(password: Any) -> None:
     if not isinstance(password, str) or not password:
         raise ValidationError("a password is required")
-    refuse_lone_surrogates(password, "the password")
+    refuse_unstorable_text(password, "the password")
 
 
 def _username_key(username: str) -> str:
