@@ -6,6 +6,7 @@ import eventlet
 
 eventlet.monkey_patch()  # noqa: E402  must precede every other import
 
+import copy
 import socket
 import uuid
 from contextlib import contextmanager
@@ -67,6 +68,32 @@ def postgres_database() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def replicas_on_postgresql(start: Any, config: dict, service_cls: Any, count: int = 2) -> Iterator[None]:
+    """``count`` replicas of ``service_cls`` (started with ``start``, e.g. ``runner_factory``) sharing a new
+    PostgreSQL database and the broker, each with its own HTTP and metrics ports."""
+    name = service_cls.name
+    with postgres_database() as url:
+        config["SERVICES"][name]["database_url"] = url
+        for replica in range(count):
+            own = copy.deepcopy(config)
+            if replica:
+                own["SERVICES"][name].update(http_address=f"127.0.0.1:{free_port()}", metrics_port=free_port())
+            start(own, service_cls).start()
+        yield
+
+
+def settle(replies: list[Any], *errors: type[Exception]) -> list[Any]:
+    """Each reply's result, or the text of the error (one of ``errors``) it ended with."""
+    outcomes = []
+    for reply in replies:
+        try:
+            outcomes.append(reply.result())
+        except errors as refused:
+            outcomes.append(str(refused))
+    return outcomes
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -8,6 +8,7 @@ from cryptography.fernet import Fernet
 from services.directory.service import DirectoryService
 from shared.auth import Actor
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from tests.conftest import replicas_on_postgresql, settle
 
 pytestmark = pytest.mark.integration
 
@@ -158,19 +159,10 @@ def test_any_username_sign_in_accepts_fits_the_database(runner_factory, director
 
 def test_sign_ins_of_one_username_at_once_count_against_one_limit(runner_factory, directory_config, rpc_as, profile_data):
     """Ten wrong passwords at once over two replicas on PostgreSQL: each sees the failures before it."""
-    from tests.conftest import postgres_database
-
-    with postgres_database() as url:
-        directory_config["SERVICES"]["directory"]["database_url"] = url
-        for _ in range(2):
-            runner_factory(directory_config, DirectoryService).start()
+    with replicas_on_postgresql(runner_factory, directory_config, DirectoryService):
         with rpc_as() as rpc:
             rpc.directory.add_ldap_profile(profile_data())
             replies = [rpc.directory.authenticate.call_async("t00003", f"guess {n}") for n in range(10)]
-            outcomes = []
-            for reply in replies:
-                try:
-                    outcomes.append(reply.result()["authenticated"])
-                except PermissionDenied:
-                    outcomes.append("refused")
-            assert outcomes.count(False) == 5 and outcomes.count("refused") == 5, outcomes
+            outcomes = settle(replies, PermissionDenied)
+            refused = [o for o in outcomes if "too many failed sign-ins" in str(o)]
+            assert outcomes.count({"authenticated": False, "user_id": None}) == 5 and len(refused) == 5, outcomes

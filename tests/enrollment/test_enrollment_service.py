@@ -12,6 +12,7 @@ from apple_sandbox.dep_tokens import issue_token_file
 from services.enrollment.service import EnrollmentService
 from shared.auth import Actor
 from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
+from tests.conftest import replicas_on_postgresql, settle
 from tests.enrollment.signing import assign_ade_devices, enrolled_identity, put_checkin
 from tests.waiting import wait_for
 
@@ -394,27 +395,14 @@ def test_metrics_show_tokens_devices_and_apple_calls(enrollment, rpc_as, dep_san
 
 def test_the_same_token_uploaded_twice_at_once_on_two_replicas_connects_once(runner_factory, service_config, rpc_as,
                                                                             dep_sandbox):
-    import copy
-
-    from tests.conftest import free_port, postgres_database
-
-    with postgres_database() as url:
-        service_config["SERVICES"]["enrollment"]["database_url"] = url
-        other = copy.deepcopy(service_config)
-        other["SERVICES"]["enrollment"].update(http_address=f"127.0.0.1:{free_port()}", metrics_port=free_port())
-        for config in (service_config, other):
-            runner_factory(config, EnrollmentService).start()
+    with replicas_on_postgresql(runner_factory, service_config, EnrollmentService):
         with rpc_as() as rpc:
             for number in range(3):
                 created = rpc.enrollment.create_server_token(f"Uploaded twice {number}")
                 server = dep_sandbox.create_server(created["public_key_pem"].encode())
                 replies = [rpc.enrollment.upload_server_token.call_async(created["id"], server["p7m"]) for _ in range(2)]
-                outcomes = []
-                for reply in replies:
-                    try:
-                        outcomes.append(reply.result()["id"])
-                    except Conflict as refused:
-                        outcomes.append(str(refused))
-                assert outcomes.count(created["id"]) == 1 and any("already connected" in o for o in outcomes), outcomes
+                outcomes = settle(replies, Conflict)
+                connected = [o for o in outcomes if isinstance(o, dict) and o["id"] == created["id"]]
+                assert len(connected) == 1 and any("already connected" in str(o) for o in outcomes), outcomes
                 audit = [e["action"] for e in rpc.enrollment.audit_log(f"server_token:{created['id']}")]
                 assert audit.count("server_token.uploaded") == 1

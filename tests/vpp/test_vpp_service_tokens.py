@@ -9,7 +9,7 @@ from nameko.standalone.events import event_dispatcher
 from shared.auth import Actor
 from shared.contracts.enrollment import AssignedDevice, DevicesAssigned
 from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
-from tests.conftest import postgres_database
+from tests.conftest import postgres_database, replicas_on_postgresql, settle
 from tests.vpp.test_vpp_service_invites import metric
 from tests.waiting import wait_for
 
@@ -269,10 +269,7 @@ def test_licence_changes_to_one_asset_on_two_replicas_run_one_after_the_other(ru
     """Each checks the free licences against the other's outcome and stores counts that include it."""
     from services.vpp.service import VppService
 
-    with postgres_database() as url:
-        vpp_config["SERVICES"]["vpp"]["database_url"] = url
-        for _ in range(2):
-            runner_factory(vpp_config, VppService).start()
+    with replicas_on_postgresql(runner_factory, vpp_config, VppService):
         vpp_sandbox.post("settings", eventPolls=0)  # Apple's events complete at once: the calls overlap
         stoken = vpp_sandbox.issue_token(locationName="North Campus")
         vpp_sandbox.add_asset(stoken, "111", 100)
@@ -288,11 +285,7 @@ def test_licence_changes_to_one_asset_on_two_replicas_run_one_after_the_other(ru
 
             replies = [rpc.vpp.assign_licenses.call_async(token_id, "222", serial_numbers=[f"C{n}", f"D{n}"])
                        for n in range(2)]
-            outcomes = []
-            for reply in replies:
-                try:
-                    outcomes.append(len(reply.result()["assigned"]["serial_numbers"]))
-                except ValidationError as short:
-                    outcomes.append(str(short))
-            assert outcomes.count(2) == 1 and any("Not enough licences" in str(o) for o in outcomes), outcomes
+            outcomes = settle(replies, ValidationError)
+            assigned = [o for o in outcomes if isinstance(o, dict) and len(o["assigned"]["serial_numbers"]) == 2]
+            assert len(assigned) == 1 and any("Not enough licences" in str(o) for o in outcomes), outcomes
             assert rpc.vpp.get_asset(token_id, "222")["assigned"] == 2
