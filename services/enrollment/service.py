@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 
 SYNC_EVERY = (timedelta(hours=2), timedelta(hours=3))  # jittered so tokens spread over time
 FIRST_SYNC_SAFETY_NET = timedelta(minutes=10)  # the scheduler's fallback if the upload's own sync never ran
+MAX_LOCATIONS_PER_TOKEN = 1000
+MAX_LOCATION_ID_LENGTH = 128  # the roster's longest id
 ALREADY_CONNECTED = "This server token is already connected to an MDM server; renew it to replace its token."
 PROGRESS_EVERY_SECONDS = 0.5  # how often a running sync's record shows its progress
 # a sync that failed (Apple away, or an error of ours): try again soon from the saved cursor, not hours later;
@@ -539,8 +541,10 @@ def _checked_name(name: Any) -> str:
 def _checked_locations(locations: Any) -> list[str] | None:
     if locations is None:
         return None
-    if not isinstance(locations, list) or not locations or not all(isinstance(i, str) and i.strip() for i in locations):
-        raise ValidationError("locations must be a non-empty list of location ids, or null for every location.")
+    if (not isinstance(locations, list) or not 0 < len(locations) <= MAX_LOCATIONS_PER_TOKEN
+            or not all(isinstance(i, str) and i.strip() and len(i) <= MAX_LOCATION_ID_LENGTH for i in locations)):
+        raise ValidationError(f"locations must be a list of 1 to {MAX_LOCATIONS_PER_TOKEN} location ids (each at most "
+                              f"{MAX_LOCATION_ID_LENGTH} characters), or null for every location.")
     return sorted(set(locations))
 
 

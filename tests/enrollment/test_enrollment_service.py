@@ -130,6 +130,9 @@ def test_location_restriction(enrollment, rpc_as):
     south_leader = Actor("leader@south", "location_leader", ("south",))
     with rpc_as() as rpc:
         token_id = rpc.enrollment.create_server_token("Shared")["id"]
+        for too_many in ([f"l{n}" for n in range(1001)], ["x" * 129], []):
+            with pytest.raises(ValidationError, match="a list of 1 to 1000 location ids"):
+                rpc.enrollment.update_server_token(token_id, locations=too_many)
         rpc.enrollment.update_server_token(token_id, locations=["north"])
     with rpc_as(south_leader) as rpc:
         assert rpc.enrollment.list_server_tokens() == []
