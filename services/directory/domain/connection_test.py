@@ -105,6 +105,9 @@ def _authenticate(probe, profile, limiter, username, password) -> StepResult:
 class _NothingRemembered:
     """The connection test's one sign-in is an administrator's check: it neither counts nor is limited."""
 
+    def hold(self, key: str) -> None:
+        pass
+
     def failures_since(self, key: str, since: float) -> list[float]:
         return []
 
