@@ -26,8 +26,8 @@ from datetime import timedelta
 from typing import Any, Callable
 
 import eventlet
-from eventlet import Timeout
 from amqp.exceptions import AMQPError
+from eventlet import Timeout
 from kombu import Queue
 from kombu.exceptions import OperationalError
 from nameko import exceptions as nameko_exceptions
