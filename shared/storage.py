@@ -118,7 +118,7 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             url, pool_size=1, max_overflow=0, pool_timeout=120, poolclass=sa.pool.QueuePool,
-            connect_args={"check_same_thread": False, "timeout": 15}, **_JSON_CODEC,
+            connect_args={"check_same_thread": False, "timeout": 15}, **_ENGINE_OPTIONS,
         )
 
         @sa.event.listens_for(engine, "connect")
@@ -131,12 +131,12 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
 
         return engine
     return sa.create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30,
-                            **_JSON_CODEC)
+                            **_ENGINE_OPTIONS)
 
 
-# JSON columns (the outbox's payloads among them) are written and read with the fast codec; a statement's
-# parameters (push tokens, sealed secrets, people's details) are kept out of error texts, which reach logs
-_JSON_CODEC = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads, "hide_parameters": True}
+# every engine: JSON columns (the outbox's payloads among them) are written and read with the fast codec, and a
+# statement's parameters (push tokens, sealed secrets, people's details) are kept out of error texts, which reach logs
+_ENGINE_OPTIONS = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads, "hide_parameters": True}
 
 
 class KernelTables:
