@@ -212,9 +212,7 @@ def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_co
     eventlet.sleep(1.5)
     other.stop()
     runner.stop()  # last: a replica that stops gives its lease up
-    engine = create_engine_for(f"sqlite:///{tmp_path}/ticker.db")
-    with engine.connect() as connection:
-        holders = [row.holder for row in connection.execute(sa.select(notes.c.holder))]
+    holders = job_runs(tmp_path / "ticker.db")
     assert len(holders) >= 5 and len(set(holders)) == 1
 
 
@@ -229,9 +227,7 @@ def test_a_periodic_job_longer_than_its_lease_term_keeps_it(runner_factory, orch
     eventlet.sleep(11.5)
     first.kill()
     second.kill()
-    engine = create_engine_for(f"sqlite:///{tmp_path}/slowticker.db")
-    with engine.connect() as connection:
-        holders = [row.holder for row in connection.execute(sa.select(notes.c.holder))]
+    holders = job_runs(tmp_path / "slowticker.db")
     assert len(holders) >= 1 and len(set(holders)) == 1
 
 
@@ -241,15 +237,9 @@ def test_a_replica_that_stops_gives_its_lease_up(runner_factory, orchard_config,
     eventlet.sleep(0.5)
     runner.stop()
     stopped = time.monotonic()
-    engine = create_engine_for(f"sqlite:///{tmp_path}/ticker.db")
-
-    def holders() -> set:
-        with engine.connect() as connection:
-            return {row.holder for row in connection.execute(sa.select(notes.c.holder))}
-
-    before = holders()
+    before = set(job_runs(tmp_path / "ticker.db"))
     runner_factory(orchard_config, TickerService).start()
-    wait_for(lambda: holders() - before, what="the next replica to run the job", timeout=5)
+    wait_for(lambda: set(job_runs(tmp_path / "ticker.db")) - before, what="the next replica to run the job", timeout=5)
     assert time.monotonic() - stopped < 5  # not the lease's whole term (10.2 s)
 
 
@@ -290,6 +280,16 @@ def test_a_periodic_job_survives_its_database_going_away(orchard_config, runner_
 def _sqlite(tmp_path):
     from contextlib import nullcontext
     return nullcontext(f"sqlite:///{tmp_path}/storage.db")
+
+
+def job_runs(database) -> list[str]:
+    """The replica that ran each recorded run of a sample periodic job, oldest first."""
+    engine = create_engine_for(f"sqlite:///{database}")
+    try:
+        with engine.connect() as connection:
+            return [row.holder for row in connection.execute(sa.select(notes.c.holder).order_by(notes.c.note_id))]
+    finally:
+        engine.dispose()
 
 
 def publish_raw(config, source, event_type, payload):

@@ -27,6 +27,13 @@ def user(user_id, locations=("north",), managed=True, email=None, **kw):
                         managed_apple_id=f"{user_id}@north.appleid.example" if managed else None, email=email, **kw)
 
 
+def known_to_vpp(config, *events):
+    """Publish the roster's imports and wait until vpp knows the users."""
+    before = count_rows(config, "known_users")
+    publish(config, *events)
+    wait_for(lambda: count_rows(config, "known_users") == before + len(events), what="the users known to vpp")
+
+
 def metric(config, line_start):
     text = httpx.get(f"http://127.0.0.1:{config['SERVICES']['vpp']['metrics_port']}/metrics").text
     return [line for line in text.splitlines() if line.startswith(line_start)]
@@ -116,8 +123,7 @@ def test_an_invite_apple_fails_changes_nothing(vpp_sandbox, vpp_config, vpp_runn
     from services.vpp.service import VppService
 
     stoken = vpp_sandbox.issue_token(locationName="North Campus")
-    publish(vpp_config, user("ann"))
-    wait_for(lambda: count_rows(vpp_config, "known_users") == 1, what="ann known")
+    known_to_vpp(vpp_config, user("ann"))
     with rpc_as() as rpc:
         token_id = rpc.vpp.add_content_token(stoken)["id"]
         vpp_sandbox.fault("users/create", status=503, retryAfter=0, times=4)  # the first try and the client's 3 retries
@@ -219,8 +225,7 @@ def test_a_bad_event_in_a_batch_is_dead_lettered_and_the_others_are_handled(vpp_
 
 def test_a_token_revoked_while_inviting_is_marked_and_nothing_is_queued(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
     stoken = vpp_sandbox.issue_token(locationName="North Campus")
-    publish(vpp_config, user("ann"))
-    wait_for(lambda: count_rows(vpp_config, "known_users") == 1, what="ann known")
+    known_to_vpp(vpp_config, user("ann"))
     with rpc_as() as rpc:
         token_id = rpc.vpp.add_content_token(stoken)["id"]
         vpp_sandbox.fault("users/create", kind="error", errorNumber=9625)
