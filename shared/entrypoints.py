@@ -337,13 +337,13 @@ class Periodic(Timer):
             self.handle_timer_tick()
             self.worker_complete.wait()
         self.worker_complete.reset()
-        leases.hold_until(database.engine, database.kernel.leases, self.lease_name, self.holder, utc_now() + hold)
+        leases.hold_for(database.engine, database.kernel.leases, self.lease_name, self.holder, hold)
 
     def stop(self) -> None:
         super().stop()
         try:  # the next replica need not wait out the term (jobs pick the work that is due, so an early run is safe)
             database = self._database()
-            leases.hold_until(database.engine, database.kernel.leases, self.lease_name, self.holder, utc_now())
+            leases.hold_for(database.engine, database.kernel.leases, self.lease_name, self.holder, timedelta(0))
         except Exception:
             log.warning("scheduled job %s.%s could not give up its lease; it expires by itself",
                         self.container.service_name, self.method_name, exc_info=True)

@@ -2,34 +2,35 @@
 
 A lease is a row (name, holder, expires_at) in the service's own database. Taking
 it is a single conditional UPDATE (or an INSERT for a new name), which the
-database serialises, so two replicas can never both succeed.
+database serialises, so two replicas can never both succeed. Its end is set and
+compared by the database's clock, so replicas whose clocks disagree still agree
+on when it ran out.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import eventlet
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from shared.errors import Conflict
-from shared.storage import utc_now
+from shared.storage import database_now
 
 log = logging.getLogger(__name__)
 
 
-def acquire(engine: Engine, leases: sa.Table, name: str, holder: str, duration: timedelta,
-            now: datetime | None = None) -> bool:
+def acquire(engine: Engine, leases: sa.Table, name: str, holder: str, duration: timedelta) -> bool:
     """Take or extend the lease ``name`` for ``holder``; False while someone else holds it."""
-    now = now or utc_now()
-    expires = now + duration
+    dialect = engine.dialect.name
+    expires = database_now(dialect, duration)
     with engine.begin() as connection:
         updated = connection.execute(
             leases.update()
-            .where(leases.c.name == name, sa.or_(leases.c.expires_at <= now, leases.c.holder == holder))
+            .where(leases.c.name == name, sa.or_(leases.c.expires_at <= database_now(dialect), leases.c.holder == holder))
             .values(holder=holder, expires_at=expires)
         ).rowcount
         if updated:
@@ -42,12 +43,12 @@ def acquire(engine: Engine, leases: sa.Table, name: str, holder: str, duration: 
         return False  # another replica inserted it first
 
 
-def hold_until(engine: Engine, leases: sa.Table, name: str, holder: str, until: datetime) -> None:
-    """Keep the lease until ``until`` (after a run, so the job is not repeated within its interval)."""
+def hold_for(engine: Engine, leases: sa.Table, name: str, holder: str, duration: timedelta) -> None:
+    """Keep the lease for ``duration`` from now (after a run, so the job is not repeated within its interval;
+    zero gives it up)."""
     with engine.begin() as connection:
-        connection.execute(
-            leases.update().where(leases.c.name == name, leases.c.holder == holder).values(expires_at=until)
-        )
+        connection.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder)
+                           .values(expires_at=database_now(engine.dialect.name, duration)))
 
 
 class LeaseLost(Conflict):

@@ -9,7 +9,7 @@ acknowledged, and roll it back otherwise.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,19 @@ def unique_key_taken(exc: BaseException) -> str | None:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def database_now(dialect_name: str, plus: timedelta = timedelta(0)) -> sa.ColumnElement[datetime]:
+    """Now (plus ``plus``) by the database's clock, for times replicas compare, such as a lease's end.
+
+    Replicas on different hosts disagree about the time by their clocks' skew; the one database
+    they share gives them one clock. SQLite is a file on one host, whose clock it already is.
+    """
+    if dialect_name == "postgresql":
+        # the statement's own time, not the transaction's start (``now()``): a transaction can be old
+        now = sa.func.clock_timestamp(type_=UtcDateTime())
+        return now + sa.literal(plus, sa.Interval()) if plus else now
+    return sa.literal(utc_now() + plus, UtcDateTime())
 
 
 class UtcDateTime(sa.types.TypeDecorator):

@@ -61,7 +61,7 @@ from shared.errors import Conflict, NotFound, UpstreamError, ValidationError
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
-from shared.storage import Database, utc_now
+from shared.storage import Database, database_now, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -417,12 +417,12 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             TokenRepository(self.db.session).update(row.id, next_sync_at=retry)
 
     def _take_sync_lease(self, token_id: str, holder: str) -> bool:
-        now = utc_now()
+        dialect = self.db.session.get_bind().dialect.name  # the lease's end is by the database's clock
         c = tables.server_tokens.c
         taken = self.db.session.execute(
             tables.server_tokens.update()
-            .where(c.id == token_id, (c.sync_lease_until.is_(None)) | (c.sync_lease_until < now))
-            .values(sync_holder=holder, sync_lease_until=now + self.sync_lease)
+            .where(c.id == token_id, (c.sync_lease_until.is_(None)) | (c.sync_lease_until < database_now(dialect)))
+            .values(sync_holder=holder, sync_lease_until=database_now(dialect, self.sync_lease))
         ).rowcount
         self.db.commit()
         return bool(taken)
@@ -436,7 +436,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         with self.db.session.get_bind().begin() as connection:
             return bool(connection.execute(
                 tables.server_tokens.update().where(c.id == token_id, c.sync_holder == holder)
-                .values(sync_lease_until=utc_now() + self.sync_lease)).rowcount)
+                .values(sync_lease_until=database_now(connection.dialect.name, self.sync_lease))).rowcount)
 
     def _release_sync_lease(self, token_id: str, holder: str, **values: Any) -> bool:
         """End our hold on the token and record the run's outcome on it; False if the lease is no longer ours."""

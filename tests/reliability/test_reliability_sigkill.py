@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
@@ -140,7 +140,8 @@ def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_c
         with service_process(config, tmp_path, targets):
             wait_until_serving(rpc_as, "enrollment", "roster")
             # the scheduler counts the token due once the dead run's lease has run out
-            assert token_id in due_tokens(config, at=utc_now() + timedelta(seconds=LEASE_SECONDS))
+            wait_for(lambda: token_id in due_tokens(config, at=utc_now()), timeout=LEASE_SECONDS + 5,
+                     what="the scheduler to count the token due")
             with rpc_as(timeout=60) as rpc:
                 # once the lease has run out, the sync RPC the dead process was answering (redelivered) or this
                 # call resumes the sync; this call succeeds once no sync is running any more

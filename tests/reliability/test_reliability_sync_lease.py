@@ -6,7 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+import shared.storage
 from services.enrollment.service import EnrollmentService
+from shared.errors import Conflict
 from tests.conftest import postgres_database
 from tests.reliability.conftest import connect_server_token, device_count, execute, query, sync_runs
 from tests.reliability.fault_proxy import FaultProxy
@@ -68,3 +70,32 @@ def test_a_sync_whose_lease_was_taken_stops_at_its_next_page(
         assert taken[0] == "other-replica"
         assert any("stopped: this run's lease ran out" in r.getMessage() and token_id in r.getMessage()
                    for r in caplog.records)
+
+
+class _FastClock(datetime):
+    """The clock of a replica's host that runs two minutes ahead."""
+
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) + timedelta(minutes=2)
+
+
+def test_a_replica_whose_clock_runs_ahead_does_not_take_a_running_sync(
+        runner_factory, orchard_config, dep_sandbox, rpc_as, monkeypatch):
+    config = orchard_config
+    with postgres_database() as database_url:
+        config["SERVICES"]["enrollment"].update(database_url=database_url, dep_url=dep_sandbox.url)
+        runner_factory(config, EnrollmentService).start()
+        with rpc_as(timeout=60) as rpc:
+            token_id, _ = connect_server_token(rpc, dep_sandbox)
+            wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
+            # another replica runs a sync; its lease lasts another minute by the database's clock
+            execute(config, "enrollment", "update server_tokens set sync_holder = 'other-replica', "
+                                          f"sync_lease_until = now() + interval '60 seconds' where id = '{token_id}'")
+            taken = token_lease(config, token_id)
+
+            monkeypatch.setattr(shared.storage, "datetime", _FastClock)  # this replica's clock is two minutes ahead
+            with pytest.raises(Conflict, match="already running"):
+                rpc.enrollment.sync_devices(token_id)
+        assert token_lease(config, token_id) == taken
+        assert len(sync_runs(config)) == 1

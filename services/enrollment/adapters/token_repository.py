@@ -12,7 +12,7 @@ from services.enrollment.domain.device_sync import SyncCounts
 from services.enrollment.domain.devices import status_colour
 from services.enrollment.domain.server_tokens import days_left, token_status
 from shared.errors import NotFound
-from shared.storage import utc_now
+from shared.storage import database_now, utc_now
 
 STATUS_AWAITING_UPLOAD = "awaiting_upload"
 
@@ -57,7 +57,8 @@ class TokenRepository:
             sa.or_(c.apple_refusal.is_(None), c.apple_refusal != "revoked_or_invalid"),
             c.access_token_expiry > now,
             # or a sync's lease ran out unreleased: the process running it died, so resume it now
-            sa.or_(c.next_sync_at.is_(None), c.next_sync_at <= now, c.sync_lease_until < now),
+            sa.or_(c.next_sync_at.is_(None), c.next_sync_at <= now,
+                   c.sync_lease_until < database_now(self.session.get_bind().dialect.name)),
         ).order_by(c.next_sync_at)
         return list(self.session.scalars(query))
 
