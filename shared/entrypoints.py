@@ -22,10 +22,12 @@ import logging
 import os
 import random
 import socket
+import sys
 from datetime import timedelta
 from typing import Any, Callable
 
 import eventlet
+import kombu.serialization
 from amqp.exceptions import AMQPError
 from eventlet import Timeout
 from kombu import Queue
@@ -127,6 +129,10 @@ class OrchardRpc(Rpc):
             raise errors.ValidationError(f"{self.container.service_name}.{self.method_name}: {exc}") from None
 
     def handle_result(self, message: Any, worker_ctx: Any, result: Any, exc_info: Any) -> Any:
+        if exc_info is None:
+            # a programming error; Nameko's own answer to it would quote the value, which can hold anything
+            exc_info = _unsendable(result, message)
+            result = None if exc_info else result
         if exc_info is not None:
             exc = exc_info[1]
             if not isinstance(exc, errors.ALL_ERRORS):
@@ -137,6 +143,15 @@ class OrchardRpc(Rpc):
                 exc = shared_type(str(exc))
             exc_info = (type(exc), exc, None)
         return super().handle_result(message, worker_ctx, result, exc_info)
+
+
+def _unsendable(result: Any, message: Any) -> Any:
+    """Why ``result`` cannot be encoded as the request was (as its reply will be), or None."""
+    try:
+        kombu.serialization.dumps(result, kombu.serialization.registry.type_to_name[message.properties["content_type"]])
+    except Exception:
+        return sys.exc_info()
+    return None
 
 
 def rpc(fn: Callable | None = None, *, sensitive_arguments: tuple[str, ...] = ()) -> Any:

@@ -148,6 +148,16 @@ def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runn
     assert "secret-looking" not in str(raised.value) and "reference" in str(raised.value)
 
 
+def test_a_result_that_cannot_be_sent_reaches_callers_as_an_internal_error_without_it(
+        runner_factory, orchard_config, rpc_as):
+    runner_factory(orchard_config, NotesService).start()
+    with rpc_as() as rpc:
+        with pytest.raises(InternalError) as raised:
+            rpc.notes.return_unsendable()
+        assert rpc.notes.count() == 0  # the service goes on answering
+    assert "secret-looking" not in str(raised.value) and "reference" in str(raised.value)
+
+
 def test_a_refined_error_reaches_callers_as_its_shared_type(runner_factory, orchard_config, rpc_as):
     runner_factory(orchard_config, NotesService).start()
     with rpc_as() as rpc:

@@ -79,6 +79,10 @@ class NotesService(OrchardService):
     def explode(self) -> None:
         raise KeyError("a secret-looking detail that must not reach the caller")
 
+    @rpc
+    def return_unsendable(self) -> object:
+        return {"secret-looking": object()}  # nothing JSON can carry
+
     @http("PUT", "/notes/<note_id>")
     def put_note(self, request, note_id: str) -> str:
         self.db.session.execute(notes.insert().values(note_id=note_id, text=request.get_data(as_text=True)))
