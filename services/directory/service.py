@@ -24,7 +24,7 @@ from services.directory.domain.sync import profile_source, read_import_batch
 from shared.arguments import row_id
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, periodic, rpc
-from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.errors import Conflict, NotFound, OrchardError, PermissionDenied, ValidationError
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
@@ -164,6 +164,8 @@ class DirectoryService(OrchardService):
         mode = "apply" if apply else "preview"
         started = time.perf_counter()
         profiles = self._profiles()
+        if not profiles.claim_sync(stored.id):  # not a wait: a directory sync can take minutes
+            raise Conflict(f"a sync of LDAP profile {stored.id} is already running; try again once it has finished")
         try:
             directory = LdapDirectory(stored.profile.connection)
             with directory.bound():

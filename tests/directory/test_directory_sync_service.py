@@ -9,7 +9,8 @@ from nameko.testing.utils import get_container
 
 from services.directory.service import DirectoryService
 from services.roster.service import RosterService
-from shared.errors import UpstreamError
+from shared.errors import Conflict, UpstreamError
+from tests.conftest import postgres_database, settle
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -122,3 +123,18 @@ def test_the_daily_sync_applies_once_a_day(services, rpc_as, profile_data, slapd
         run_daily_syncs()  # already ran today: nothing happens
     with rpc_as() as rpc:
         assert rpc.directory.get_ldap_profile(profile_id)["last_sync"]["at"] == first_run
+
+
+def test_a_second_sync_of_a_profile_while_one_runs_is_refused_at_once(runner_factory, orchard_config, rpc_as,
+                                                                       profile_data, slapd):
+    """On PostgreSQL, shared by replicas: the second caller learns so at once instead of holding a worker."""
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    with postgres_database() as database_url:
+        orchard_config["SERVICES"]["directory"]["database_url"] = database_url
+        runner_factory(orchard_config, DirectoryService, RosterService).start()
+        with rpc_as() as rpc:
+            profile_id = rpc.directory.add_ldap_profile(profile_data())["id"]
+            outcomes = settle([rpc.directory.sync_ldap_profile.call_async(profile_id) for _ in range(2)], Conflict)
+            assert sum(isinstance(o, dict) and o["read"]["users"] == len(slapd.tree.people) for o in outcomes) == 1, outcomes
+            assert f"a sync of LDAP profile {profile_id} is already running" in str(outcomes)
+            assert rpc.directory.sync_ldap_profile(profile_id)["plan"]["counts"]["user"]["add"] == len(slapd.tree.people)

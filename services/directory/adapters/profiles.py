@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from services.directory.adapters import advisory_locks
 from services.directory.adapters.tables import ldap_profiles
 from services.directory.domain.profile import LdapProfile, parse_profile, profile_view
 from shared.errors import Conflict, NotFound
@@ -78,6 +79,10 @@ class ProfileRepository:
         if scheduled_on is not None:
             values["last_scheduled_on"] = scheduled_on
         self.session.execute(ldap_profiles.update().where(ldap_profiles.c.id == profile_id).values(**values))
+
+    def claim_sync(self, profile_id: int) -> bool:
+        """Hold the profile's sync until this transaction ends; False while another sync of it runs."""
+        return advisory_locks.try_hold(self.session, f"directory.sync:{profile_id}")
 
     def record_certificate(self, profile_id: int, not_after: datetime) -> None:
         self.session.execute(ldap_profiles.update().where(ldap_profiles.c.id == profile_id)

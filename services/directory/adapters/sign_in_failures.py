@@ -1,11 +1,10 @@
 """Failed sign-ins in the service's database, so the limit holds across replicas."""
 from __future__ import annotations
 
-import hashlib
-
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from services.directory.adapters import advisory_locks
 from services.directory.adapters.tables import sign_in_failures as failures
 
 
@@ -16,9 +15,7 @@ class SqlFailureLog:
     def hold(self, key: str) -> None:
         """Until this transaction ends, other sign-ins of ``key`` wait (on PostgreSQL, across replicas; SQLite
         lets one writer at a time through anyway)."""
-        if self.session.get_bind().dialect.name == "postgresql":
-            lock = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
-            self.session.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+        advisory_locks.hold(self.session, key)
 
     def failures_since(self, key: str, since: float) -> list[float]:
         query = sa.select(failures.c.at).where(failures.c.username == key, failures.c.at > since).order_by(failures.c.at)
