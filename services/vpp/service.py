@@ -395,12 +395,13 @@ class VppService(OrchardService):
             raise ValidationError(f"{len(lacking)} user(s) have no {field.replace('_', ' ')} in the roster "
                                   f"({', '.join(lacking[:10])}); add it there or use the other invite method.")
         existing = {r.user_id: r for r in self.repo.invites(row.id, user_ids=wanted)}
-        already = [u for u in wanted if u in existing and existing[u].status != InviteStatus.REVOKED.value]
-        again = [u for u in wanted if u in existing and u not in already]
+        revoked = [u for u in wanted if u in existing and existing[u].status == InviteStatus.REVOKED.value]
         now = utc_now()
-        self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted if u not in existing])
-        if again:
-            self.repo.requeue_invites(row.id, again, how.value, now)
+        # what this call queued, not what it read: a concurrent call for the same users queues each once
+        invited = self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted if u not in existing])
+        if revoked:
+            invited |= self.repo.requeue_revoked_invites(row.id, revoked, how.value, now)
+        already = [u for u in wanted if u not in invited]
         # registered in this call's transaction: an Apple failure rolls the invites back, so an error means nothing
         # was changed (README, "Guarantees"); a repeat is safe, as Apple answers 9716 for users it already registered
         totals = self.ops.register_queued(row.id)
@@ -410,9 +411,10 @@ class VppService(OrchardService):
                 self.ops.email_invites(self.repo.invites_to_email())
             except OrchardError as exc:
                 mail_error = str(exc)
-        self.db.audit(actor, "invites.sent", f"content_token:{row.id}", {"method": how.value, "users": len(wanted) - len(already)})
+        if invited:
+            self.db.audit(actor, "invites.sent", f"content_token:{row.id}", {"method": how.value, "users": len(invited)})
         invites = self.repo.invites(row.id, user_ids=wanted)
-        return {"invited": len(wanted) - len(already), "already_invited": already, **totals,
+        return {"invited": len(invited), "already_invited": already, **totals,
                 "failures": [{"user_id": r.user_id, "message": r.apple_error} for r in invites if r.apple_state == "failed"],
                 "mail_error": mail_error}
 

@@ -11,6 +11,8 @@ from nameko.standalone.events import event_dispatcher
 
 from shared.contracts.roster import UserImported
 from shared.errors import UpstreamError, ValidationError
+from shared.storage import create_engine_for
+from tests.conftest import replicas_on_postgresql
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -48,7 +50,7 @@ def ready_messages(config, queue_name):
 
 
 def count_rows(config, table):
-    engine = sa.create_engine(config["SERVICES"]["vpp"]["database_url"])
+    engine = create_engine_for(config["SERVICES"]["vpp"]["database_url"])
     try:
         with engine.connect() as connection:
             return connection.execute(sa.text(f"select count(*) from {table}")).scalar()
@@ -137,6 +139,24 @@ def test_an_invite_apple_fails_changes_nothing(vpp_sandbox, vpp_config, vpp_runn
 
         assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 1  # Apple answers again: the same call works
     assert vpp_sandbox.state(stoken)["users"] == 1
+
+
+def test_one_invite_asked_of_two_replicas_at_once_is_sent_and_counted_once(runner_factory, vpp_config, vpp_sandbox,
+                                                                           rpc_as):
+    from services.vpp.service import VppService
+
+    with replicas_on_postgresql(runner_factory, vpp_config, VppService):
+        stoken = vpp_sandbox.issue_token(locationName="North Campus")
+        people = [user(f"u{n}") for n in range(5)]
+        known_to_vpp(vpp_config, *people)
+        with rpc_as() as rpc:
+            token_id = rpc.vpp.add_content_token(stoken)["id"]
+            replies = [rpc.vpp.invite_users.call_async(token_id, [p.user_id for p in people]) for _ in range(2)]
+            outcomes = [reply.result() for reply in replies]
+            assert sorted((o["invited"], len(o["already_invited"])) for o in outcomes) == [(0, 5), (5, 0)], outcomes
+            sent = [e for e in rpc.vpp.audit_log(f"content_token:{token_id}") if e["action"] == "invites.sent"]
+            assert [e["details"]["users"] for e in sent] == [5]
+    assert vpp_sandbox.state(stoken)["users"] == 5
 
 
 def notification_secret(sandbox, stoken):

@@ -22,15 +22,17 @@ def _insert(session: Session, table: sa.Table) -> Any:
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
 
 
-def _insert_many(session: Session, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """An INSERT … ON CONFLICT of many rows, sent as one statement per 1,000 rows.
+def _insert_many(session: Session, statement: Any, rows: Sequence[dict[str, Any]]) -> list[Any]:
+    """An INSERT … ON CONFLICT of many rows, sent as one statement per 1,000 rows; the primary keys of the
+    rows it wrote (not those a conflict left alone).
 
     SQLAlchemy folds a many-row INSERT into one statement ("insertmanyvalues"), but an ON CONFLICT
     one only when it has RETURNING: without it psycopg2 sends a statement per row, and under load those
     round trips made a batch of 200 imported users take seconds instead of milliseconds.
     """
-    if rows:
-        session.execute(statement.returning(*statement.table.primary_key.columns), list(rows))
+    if not rows:
+        return []
+    return list(session.execute(statement.returning(*statement.table.primary_key.columns), list(rows)))
 
 
 def asset_from_row(row: Any) -> Asset:
@@ -284,22 +286,25 @@ class VppRepository:
         return {(r.token_id, r.user_id) for r in self.session.execute(
             sa.select(c.token_id, c.user_id).where(c.user_id.in_(list(user_ids)), c.apple_state != "retired"))}
 
-    def queue_invites(self, rows: Sequence[dict[str, Any]]) -> None:
+    def queue_invites(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """Add invites to be registered with Apple; an invite that exists already is left as it is, unless Apple
-        retired its user (deleted from the roster, now imported again): that one is queued again."""
+        retired its user (deleted from the roster, now imported again): that one is queued again. The users
+        queued: not those another transaction queued first."""
         insert = _insert(self.session, t.invites)
         again = ("method", "name", "email", "managed_apple_id", "status", "apple_state", "invited_at")
-        _insert_many(self.session, insert.on_conflict_do_update(
+        return {key.user_id for key in _insert_many(self.session, insert.on_conflict_do_update(
             index_elements=[t.invites.c.token_id, t.invites.c.user_id],
             set_={**{k: insert.excluded[k] for k in again}, "apple_error": None, "invite_code": None,
                   "emailed_at": None, "accepted_at": None},
-            where=t.invites.c.apple_state == "retired"), rows)
+            where=t.invites.c.apple_state == "retired"), rows)}
 
-    def requeue_invites(self, token_id: str, user_ids: Sequence[str], method: str, now: datetime) -> None:
+    def requeue_revoked_invites(self, token_id: str, user_ids: Sequence[str], method: str, now: datetime) -> set[str]:
+        """Queue these users' revoked invites again; the users queued (not those another transaction queued first)."""
         c = t.invites.c
-        self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id.in_(list(user_ids))).values(
+        return set(self.session.scalars(t.invites.update().where(
+            c.token_id == token_id, c.user_id.in_(list(user_ids)), c.status == InviteStatus.REVOKED.value).values(
             method=method, status=InviteStatus.PENDING.value, apple_state="queued", apple_error=None, invite_code=None,
-            invited_at=now, emailed_at=None, accepted_at=None))
+            invited_at=now, emailed_at=None, accepted_at=None).returning(c.user_id)))
 
     def invites(self, token_id: str, status: str | None = None, user_ids: Sequence[str] | None = None) -> list[Any]:
         c = t.invites.c
