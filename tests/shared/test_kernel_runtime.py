@@ -253,6 +253,22 @@ def test_a_replica_that_stops_gives_its_lease_up(runner_factory, orchard_config,
     assert time.monotonic() - stopped < 5  # not the lease's whole term (10.2 s)
 
 
+def test_a_replica_that_dies_has_its_periodic_job_taken_over_once_its_lease_runs_out(
+        runner_factory, orchard_config, tmp_path):
+    """The lease's term is two intervals and ten seconds (10.2 s here); a killed replica never gives it up."""
+    first = runner_factory(orchard_config, TickerService)
+    first.start()
+    eventlet.sleep(0.5)
+    runner_factory(orchard_config, TickerService).start()  # a second replica, waiting
+    eventlet.sleep(0.5)
+    first.kill()  # no clean stop: the lease stays with the dead replica until its term ends
+    killed = time.monotonic()
+    (holder,) = set(job_runs(tmp_path / "ticker.db"))
+    wait_for(lambda: set(job_runs(tmp_path / "ticker.db")) - {holder}, what="the second replica to run the job",
+             timeout=15)
+    assert 9 < time.monotonic() - killed < 12.5
+
+
 def test_a_periodic_job_survives_its_database_going_away(orchard_config, runner_factory):
     """PostgreSQL refuses connections for a while (a restart, a failover): ticks are skipped, not fatal,
     the job resumes when the database is back, and the service still stops promptly."""
