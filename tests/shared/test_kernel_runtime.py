@@ -1,6 +1,8 @@
 """The kernel at work on the real broker and databases: transactions, outbox, inbox,
 retries and dead letters, leases, typed errors over RPC and HTTP, metrics."""
+import io
 import json
+import logging
 import time
 
 import eventlet
@@ -13,8 +15,9 @@ from nameko.events import get_event_exchange
 
 from shared.dead_letters import list_dead_letters, replay_dead_letters
 from shared.errors import Conflict, InternalError, UpstreamError, ValidationError
+from shared.logs import JsonFormatter
 from shared.storage import create_engine_for
-from tests.conftest import postgres_database
+from tests.conftest import ADMIN, postgres_database
 from tests.shared.sample.services import (CallerService, ListenerService, NoteTaken, NotesService, SlowTickerService,
                                           StepsService, TickerService, notes)
 from tests.waiting import wait_for
@@ -156,6 +159,26 @@ def test_a_result_that_cannot_be_sent_reaches_callers_as_an_internal_error_witho
             rpc.notes.return_unsendable()
         assert rpc.notes.count() == 0  # the service goes on answering
     assert "secret-looking" not in str(raised.value) and "reference" in str(raised.value)
+
+
+def test_a_worker_logs_json_lines_naming_its_service_entrypoint_call_and_actor(runner_factory, orchard_config, rpc_as):
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("shared.entrypoints")  # where an unexpected error is logged, inside the worker
+    logger.addHandler(handler)
+    try:
+        runner_factory(orchard_config, NotesService).start()
+        with rpc_as() as rpc:
+            with pytest.raises(InternalError) as raised:
+                rpc.notes.explode()
+    finally:
+        logger.removeHandler(handler)
+    (entry,) = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert (entry["level"], entry["service"], entry["entrypoint"], entry["actor_id"]) == (
+        "error", "notes", "explode", ADMIN.id)
+    assert entry["call_id"] in str(raised.value)  # the reference the caller was given
+    assert "KeyError" in entry["exception"] and entry["time"].endswith("+00:00")
 
 
 def test_a_refined_error_reaches_callers_as_its_shared_type(runner_factory, orchard_config, rpc_as):
