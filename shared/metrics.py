@@ -3,26 +3,30 @@
 Generic metrics carry a ``service`` label so one dashboard covers every service;
 metrics a single service defines use the prefix ``orchard_<service>_``. The
 ``/metrics`` endpoint runs on its own port (``SERVICES.<name>.metrics_port``),
-outside the worker pool, so it keeps answering when every worker is busy.
+outside the worker pool, so it keeps answering when every worker is busy; ``/ready``
+(``shared.readiness``) answers there too.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from socketserver import ThreadingMixIn
 from importlib import metadata
 from typing import Any, Callable, Iterable, Iterator
 from weakref import WeakKeyDictionary
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
 from prometheus_client.metrics_core import Metric
 from sqlalchemy.engine import Engine
 
+from shared import readiness
 from shared.config import service_settings
 from shared.errors import EXPECTED_ERRORS
 
@@ -66,10 +70,27 @@ def orchard_version() -> str:
         return "0+unknown"
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # a scrape every 15 s is no news
+        pass
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
-    """Start the /metrics endpoint once per process and port."""
-    if port not in _servers:
-        _servers[port] = start_http_server(port, addr=host)
+    """Start the /metrics and /ready endpoints once per process and port."""
+    if port in _servers:
+        return
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return (readiness.app if environ.get("PATH_INFO") == "/ready" else metrics_app)(environ, start_response)
+
+    server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name=f"metrics:{port}", daemon=True).start()
+    _servers[port] = server
 
 
 def entrypoint_kind(entrypoint: Any) -> str:
@@ -102,6 +123,14 @@ class Metrics(DependencyProvider):
             serve_metrics(int(port))
         SERVICE_INFO.labels(self.service, orchard_version()).set(1)
         MAX_WORKERS.labels(self.service).set(int(self.container.config.get("max_workers", 10)))
+
+    def start(self) -> None:
+        readiness.watch(self.container)
+
+    def stop(self) -> None:
+        readiness.forget(self.container)
+
+    kill = stop
 
     def worker_setup(self, worker_ctx: Any) -> None:
         self.started[worker_ctx] = time.perf_counter()
