@@ -28,7 +28,7 @@ def observe_apple_call(endpoint: str, outcome: int | None) -> None:
 
 
 def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
-    """Token expiry and status, licence counts and invites."""
+    """Token expiry, status and last successful sync, licence counts and invites."""
     expiry = GaugeMetricFamily("orchard_vpp_token_expiry_timestamp_seconds", "When a content token expires.", labels=["token_id", "name"])
     status = GaugeMetricFamily("orchard_vpp_token_status", "1 for the content token's current status.", labels=["token_id", "name", "status"])
     licences = GaugeMetricFamily(
@@ -38,6 +38,10 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
         "orchard_vpp_assignments_waiting_for_licences", "Assignments refused because no licence was left.",
         labels=["token_id", "adam_id"])
     invites = GaugeMetricFamily("orchard_vpp_invites", "Invites by status.", labels=["token_id", "status"])
+    synced = GaugeMetricFamily(
+        "orchard_vpp_last_successful_sync_timestamp_seconds",
+        "When the content token's assets, assignments and users were last read from Apple (tokens still in use).",
+        labels=["token_id", "name"])
     now = utc_now()
     with engine.connect() as connection:
         for row in connection.execute(sa.select(t.content_tokens)):
@@ -45,6 +49,8 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
             current = token_status(row.expires_at, now, revoked=row.revoked, conflict=row.conflict_with is not None)
             for option in TokenStatus:
                 status.add_metric([row.id, row.name, option.value], 1.0 if option is current else 0.0)
+            if row.last_sync_at is not None and not row.revoked:  # a revoked token is not synced; it has its own alert
+                synced.add_metric([row.id, row.name], row.last_sync_at.timestamp())
         ranked = sa.select(
             t.assets, sa.func.row_number().over(partition_by=t.assets.c.token_id, order_by=t.assets.c.total_count.desc()).label("rank"),
         ).subquery()
@@ -55,7 +61,7 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
         counts = sa.select(t.invites.c.token_id, t.invites.c.status, sa.func.count()).group_by(t.invites.c.token_id, t.invites.c.status)
         for token_id, invite_status, count in connection.execute(counts):
             invites.add_metric([token_id, invite_status], count)
-    yield from (expiry, status, licences, waiting, invites)
+    yield from (expiry, status, licences, waiting, invites, synced)
 
 
 STATE = DatabaseGauges("vpp state", state_gauges)

@@ -46,6 +46,8 @@ REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight
 REGISTRATION_TICK_SECONDS = 5.0  # a tick that still finds work goes on this long (the lease holds 12 s)
 RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_users
 DEFAULT_SYNC_HOURS = 2.5
+# a sync that failed (Apple away) is tried again soon, not hours later; a dozen requests an hour is no storm
+FAILED_SYNC_RETRY = timedelta(minutes=5)
 MAX_COUNT_DELTA = 1_000_000_000  # licences one ASSET_COUNT may add or take: well within the 32-bit counts
 NAME_LENGTH = tables.content_tokens.c.location_name.type.length  # org and location names as stored
 
@@ -252,11 +254,12 @@ class VppService(OrchardService):
     def sync_due_tokens(self) -> None:
         """Re-read every token's assets, assignments and users every few hours."""
         hours = float(self.settings.get("sync_interval_hours") or DEFAULT_SYNC_HOURS)
-        for token_id in self.repo.tokens_due_for_sync(utc_now() - timedelta(hours=hours)):
+        now = utc_now()
+        for token_id in self.repo.tokens_due_for_sync(now - timedelta(hours=hours), now - FAILED_SYNC_RETRY):
             try:
                 self.ops.sync(self.repo.token(token_id))
             except OrchardError:
-                pass  # recorded on the token (last_sync_error / status); the next due time retries
+                pass  # recorded on the token (last_sync_error / status); tried again after FAILED_SYNC_RETRY
             self.db.commit()
 
     @rpc

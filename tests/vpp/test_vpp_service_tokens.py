@@ -1,6 +1,7 @@
 """Content tokens and licences through the running vpp service (real RabbitMQ, SQLite, the Apple sandbox)."""
 import base64
 import json
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -9,6 +10,7 @@ from nameko.standalone.events import event_dispatcher
 from shared.auth import Actor
 from shared.contracts.enrollment import AssignedDevice, DevicesAssigned
 from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
+from shared.storage import utc_now
 from tests.conftest import postgres_database, replicas_on_postgresql, settle
 from tests.vpp.test_vpp_service_invites import metric
 from tests.waiting import wait_for
@@ -247,6 +249,51 @@ def test_the_scheduled_sync_reads_due_tokens_and_records_failures(vpp_sandbox, v
     with entrypoint_hook(get_container(vpp_runner, VppService), "sync_due_tokens") as sync_due_tokens:
         sync_due_tokens()  # nothing is due again for hours
     assert vpp_sandbox.state()["requests"]["assets"] == requests
+
+
+def test_a_token_whose_scheduled_sync_failed_is_tried_again_minutes_later(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    from nameko.testing.services import entrypoint_hook
+    from nameko.testing.utils import get_container
+
+    from services.vpp.service import VppService
+
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 4)
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+
+    def last_synced() -> list[str]:
+        return [line for line in metric(vpp_config, "orchard_vpp_last_successful_sync_timestamp_seconds{")
+                if f'token_id="{token_id}"' in line]
+
+    def scheduled_sync() -> int:
+        """Run the scheduled job once; how many asset listings Apple has answered so far."""
+        with entrypoint_hook(get_container(vpp_runner, VppService), "sync_due_tokens") as sync_due_tokens:
+            sync_due_tokens()
+        return vpp_sandbox.state()["requests"].get("assets", 0)
+
+    vpp_sandbox.fault("assets", status=503, retryAfter=0, times=4)  # the first try and the client's 3 retries
+    failed = scheduled_sync()
+    with rpc_as() as rpc:
+        token = rpc.vpp.get_content_token(token_id)
+    assert token["last_sync_at"] is None and "503" in token["last_sync_error"]
+    assert last_synced() == []  # never synced: the alert has nothing to count from yet
+    assert scheduled_sync() == failed  # not again at once
+
+    from services.vpp.adapters.tables import content_tokens
+
+    engine = sa.create_engine(vpp_config["SERVICES"]["vpp"]["database_url"])
+    with engine.begin() as connection:  # six minutes pass
+        connection.execute(content_tokens.update().where(content_tokens.c.id == token_id)
+                           .values(sync_attempted_at=utc_now() - timedelta(minutes=6)))
+    engine.dispose()
+    scheduled_sync()
+    with rpc_as() as rpc:
+        token = rpc.vpp.get_content_token(token_id)
+        assert token["last_sync_at"] and token["last_sync_error"] is None
+        assert [a["adam_id"] for a in rpc.vpp.list_assets(token_id)] == ["111"]
+    (line,) = last_synced()
+    assert abs(float(line.rsplit(" ", 1)[1]) - utc_now().timestamp()) < 60
 
 
 def test_a_token_revoked_between_licence_batches_keeps_what_apple_did_and_is_marked(vpp_sandbox, vpp_runner, rpc_as):

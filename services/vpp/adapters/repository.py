@@ -78,10 +78,12 @@ class VppRepository:
             self.session.execute(table.delete().where(table.c.token_id == token_id))
         self.session.execute(t.content_tokens.delete().where(t.content_tokens.c.id == token_id))
 
-    def tokens_due_for_sync(self, attempted_before: datetime) -> list[str]:
+    def tokens_due_for_sync(self, attempted_before: datetime, failed_before: datetime) -> list[str]:
+        """Tokens whose last sync began before ``attempted_before``, or failed and began before ``failed_before``."""
         c = t.content_tokens.c
-        query = sa.select(c.id).where(
-            c.revoked.is_(False), sa.or_(c.sync_attempted_at.is_(None), c.sync_attempted_at < attempted_before))
+        query = sa.select(c.id).where(c.revoked.is_(False), sa.or_(
+            c.sync_attempted_at.is_(None), c.sync_attempted_at < attempted_before,
+            sa.and_(c.last_sync_error.is_not(None), c.sync_attempted_at < failed_before)))
         return list(self.session.execute(query.order_by(c.sync_attempted_at)).scalars())
 
     def auto_invite_policies(self) -> list[AutoInvitePolicy]:
