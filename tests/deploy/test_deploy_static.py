@@ -69,6 +69,17 @@ def test_the_image_tells_every_process_where_the_configuration_is():
     assert "ORCHARD_CONFIG=/app/deploy/config.yaml" in dockerfile and "COPY deploy/config.yaml deploy/config.yaml" in dockerfile
 
 
+def test_the_build_context_holds_what_the_image_copies_and_no_local_secrets():
+    root = DEPLOY.parent
+    ignored = {line.strip() for line in (root / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", "var", ".git"} <= ignored  # var/ holds the secret key and the SQLite files
+    copied = [source for line in (root / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ") and "--from=" not in line for source in line.split()[1:-1]]
+    assert copied and all((root / source).exists() for source in copied), copied
+    assert not {source.split("/")[0] for source in copied} & ignored
+
+
 def test_the_config_map_carries_the_current_configuration():
     config_map = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
     assert config_map["data"]["config.yaml"] == (DEPLOY / "config.yaml").read_text(), \
