@@ -6,7 +6,23 @@ export ORCHARD_SECRET_KEY_FILE="${ORCHARD_SECRET_KEY_FILE:-var/secret.key}"
 config=deploy/config.yaml
 pids=()
 interrupted=
-stop() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+stop_seconds=30  # Nameko lets running workers finish; a process still there after this is killed
+stop() {
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 "$stop_seconds"); do
+    alive=()
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+    [ ${#alive[@]} -eq 0 ] && break
+    sleep 1
+  done
+  if [ ${#alive[@]} -gt 0 ]; then
+    echo "killing what did not stop within ${stop_seconds} s (see var/*.log)" >&2
+    kill -KILL "${alive[@]}" 2>/dev/null || true
+  fi
+  wait 2>/dev/null || true
+}
+
+.venv/bin/python -m deploy.run_local ports "$config" "$@"
 trap 'interrupted=1; stop' INT TERM
 trap stop EXIT
 
@@ -17,20 +33,7 @@ for service in "$@"; do
   pids+=("$!")
 done
 
-.venv/bin/python - "$config" "$@" <<'PY'
-import sys
-from shared.config import load_config, service_settings
-config = load_config(sys.argv[1])
-print("Orchard is starting; logs are in var/<service>.log. Endpoints:")
-for name in sys.argv[2:]:
-    settings = service_settings(config, name)
-    line = f"  {name:<11} metrics http://localhost:{settings['metrics_port']}/metrics"
-    if settings.get("http_address"):
-        port = settings["http_address"].rsplit(":", 1)[1]
-        line += f"   http http://localhost:{port}/"
-    print(line)
-print("Check them with `.venv/bin/orchard health`; stop with Ctrl-C.")
-PY
+.venv/bin/python -m deploy.run_local banner "$config" "$@"
 wait -n "${pids[@]}" || true
 if [[ -n $interrupted ]]; then
   echo "Orchard stopped."

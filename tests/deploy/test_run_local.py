@@ -1,0 +1,35 @@
+"""`make run`'s checks before it starts the services: one line saying what to do, and never a password."""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_local(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deploy.run_local", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+
+
+def test_a_broker_that_refuses_the_login_is_named_without_the_password():
+    refused = run_local("broker", "amqp://guest:not-the-password@127.0.0.1:5672/")
+    assert refused.returncode == 1 and refused.stdout == ""
+    (line,) = refused.stderr.strip().splitlines()
+    assert "refused guest@127.0.0.1:5672/" in line and "ACCESS_REFUSED" in line and "Set AMQP_URI" in line
+    assert "not-the-password" not in line
+    assert run_local("broker", "amqp://guest:guest@127.0.0.1:5672/").returncode == 0
+
+
+def test_a_port_in_use_is_named_before_anything_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run_local("ports", "deploy/config.yaml", "roster", METRICS_PORT_ROSTER=str(port),
+                         HTTP_ADDRESS_ROSTER=f"127.0.0.1:{free_port()}")
+    assert busy.returncode == 1
+    assert f"These ports are already in use: roster metrics :{port}. Is another" in busy.stderr
