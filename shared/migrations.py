@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
+import pkgutil
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -63,12 +65,19 @@ def _run(connection: sa.engine.Connection, target_metadata: sa.MetaData) -> None
         context.run_migrations()
 
 
+def _services_with_migrations() -> list[str]:
+    import services
+
+    return sorted(module.name for module in pkgutil.iter_modules(services.__path__)
+                  if module.ispkg and importlib.util.find_spec(f"services.{module.name}.migrations"))
+
+
 def main() -> None:
     from shared.config import load_config, service_settings
 
     parser = argparse.ArgumentParser(prog="python -m shared.migrations", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["upgrade", "revision", "current"])
-    parser.add_argument("service")
+    parser.add_argument("service", choices=_services_with_migrations())
     parser.add_argument("-m", "--message", default="schema change")
     args = parser.parse_args()
     package = f"services.{args.service}.migrations"
@@ -82,6 +91,7 @@ def main() -> None:
         config = alembic_config(package, connection)
         if args.action == "upgrade":
             command.upgrade(config, "heads")
+            print(f"{args.service}: {engine.url.render_as_string(hide_password=True)} has the newest schema")
         elif args.action == "current":
             command.current(config, verbose=True)
         else:

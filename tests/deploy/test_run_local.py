@@ -33,3 +33,18 @@ def test_a_port_in_use_is_named_before_anything_starts():
                          HTTP_ADDRESS_ROSTER=f"127.0.0.1:{free_port()}")
     assert busy.returncode == 1
     assert f"These ports are already in use: roster metrics :{port}. Is another" in busy.stderr
+
+
+def test_migrations_name_the_services_they_know_and_say_what_they_did(tmp_path):
+    def migrations(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shared.migrations", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120,
+                              env={**os.environ, "ORCHARD_CONFIG": str(ROOT / "deploy" / "config.yaml"),
+                                   "PYTHONPATH": str(ROOT)})
+
+    unknown = migrations("upgrade", "nope")
+    assert unknown.returncode == 2 and "invalid choice: 'nope' (choose from 'directory', 'enrollment'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+    done = migrations("upgrade", "push")
+    assert done.returncode == 0 and done.stdout.strip().endswith("push: sqlite:///var/push.db has the newest schema")
+    assert (tmp_path / "var" / "push.db").exists()
