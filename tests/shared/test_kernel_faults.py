@@ -1,8 +1,12 @@
-"""The kernel under faults: the broker drops every connection, a process dies after committing."""
+"""The kernel under faults: the broker drops every connection or refuses events, a process dies after committing."""
+from urllib.parse import quote
+
 import eventlet
 import httpx
 import pytest
 import sqlalchemy as sa
+from kombu import Connection, Queue
+from nameko.events import get_event_exchange
 
 from shared.storage import create_engine_for, utc_now
 from tests.reliability.fault_proxy import FaultProxy
@@ -73,3 +77,34 @@ def test_a_call_to_another_service_without_the_broker_is_an_upstream_error(runne
         assert "RabbitMQ is out of reach" in answer.json()["message"]
     finally:
         proxy.close()
+
+
+def test_events_the_broker_refuses_stay_in_the_outbox_until_it_takes_them(runner_factory, orchard_config, rpc_as):
+    """A full queue that rejects publishes makes RabbitMQ nack them: the batch is not counted as published."""
+    vhost = orchard_config["AMQP_URI"].rsplit("/", 1)[1]
+    queue = "notes-taken-with-room-for-two"
+    policy = f"http://127.0.0.1:15672/api/policies/{quote(vhost, safe='')}/room-for-two"
+    httpx.put(policy, auth=("guest", "guest"), json={
+        "pattern": f"^{queue}$", "apply-to": "queues",
+        "definition": {"max-length": 2, "overflow": "reject-publish"}}).raise_for_status()
+    with Connection(orchard_config["AMQP_URI"]) as connection:
+        exchange = get_event_exchange("notes", orchard_config)
+        Queue(queue, exchange=exchange, routing_key=NoteTaken.TYPE, durable=True)(connection.default_channel).declare()
+    runner_factory(orchard_config, NotesService).start()
+    engine = create_engine_for(orchard_config["SERVICES"]["notes"]["database_url"])
+
+    def pending() -> int:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one()
+
+    with rpc_as() as rpc:
+        rpc.notes.take_many("n", 5)
+    wait_for(lambda: len(peek(orchard_config, queue)) == 2, what="the queue to take what it has room for")
+    eventlet.sleep(1)
+    assert pending() == 5  # three were nacked, so the whole batch stays to be sent again
+
+    httpx.delete(policy, auth=("guest", "guest")).raise_for_status()
+    wait_for(lambda: pending() == 0, timeout=20, what="the relay to publish the batch again")
+    published = [m["payload"]["note_id"] for m in peek(orchard_config, queue)]
+    assert sorted(set(published)) == [f"n{n:05d}" for n in range(5)]  # at least once; subscribers drop repeats
+    engine.dispose()
