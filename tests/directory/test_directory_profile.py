@@ -1,6 +1,8 @@
 """Profile validation: secure connections only, secrets never shown, AD defaults."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import trustme
 
@@ -60,6 +62,25 @@ def test_system_store_when_no_ca_is_given():
 def test_bad_requests_say_what_is_wrong(overrides, message):
     with pytest.raises(ValidationError, match=message):
         parse_profile(request(**overrides))
+
+
+@pytest.mark.parametrize("overrides, path, accepted", [
+    ({"prot": 636}, "prot", "the profile accepts name, host, port, security,"),
+    ({"authentication": {"enable": True}}, "authentication.enable", "authentication accepts enabled, login_attribute"),
+    ({"sync": {"daily_sync": "03:00"}}, "sync.daily_sync", "sync accepts users, grade_levels, classes,"),
+    ({"sync": {"users": {"filtr": AD_USER_FILTER}}}, "sync.users.filtr", "sync.users accepts filter, user_id,"),
+    ({"sync": {"grade_levels": {"member": "x"}}}, "sync.grade_levels.member",
+     "sync.grade_levels accepts filter, name, members"),
+    ({"sync": {"classes": {"id": "cn"}}}, "sync.classes.id", "sync.classes accepts filter, class_id, name, members"),
+    ({"sync": {"users": {"user_types": [{"user_type": "staff", "ou": "OU=Staff,DC=x", "grade": "7"}]}}},
+     "sync.users.user_types[0].grade", "sync.users.user_types[0] accepts user_type, group, ou"),
+])
+def test_unknown_settings_are_refused_with_their_path_and_the_accepted_ones(overrides, path, accepted):
+    """A misspelt setting would otherwise be dropped and its default used without a word."""
+    with pytest.raises(ValidationError, match=re.escape(f"unknown setting {path}: check the spelling; {accepted}")):
+        parse_profile(request(**overrides))
+    with pytest.raises(ValidationError, match=re.escape(f"unknown setting {path}:")):
+        apply_changes(parse_profile(request()), overrides)
 
 
 def test_the_password_is_never_shown():

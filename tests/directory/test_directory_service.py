@@ -83,6 +83,19 @@ def test_moving_a_profile_to_another_server_needs_its_bind_password(directory_se
         assert moved["host"] == "127.0.0.1"
 
 
+def test_a_misspelt_setting_is_refused_and_nothing_is_stored(directory_service, rpc_as, profile_data):
+    with rpc_as() as rpc:
+        with pytest.raises(ValidationError, match="unknown setting prot: check the spelling"):
+            rpc.directory.add_ldap_profile({**profile_data(), "prot": 636})
+        assert rpc.directory.list_ldap_profiles() == []
+
+        added = rpc.directory.add_ldap_profile(profile_data())
+        with pytest.raises(ValidationError, match=r"unknown setting sync\.users\.filtr: .*sync\.users accepts filter,"):
+            rpc.directory.update_ldap_profile(added["id"], {"sync": {"users": {"filtr": "(sAMAccountName=t*)"}}})
+        assert rpc.directory.get_ldap_profile(added["id"]) == added
+        assert [e["action"] for e in rpc.directory.audit_log(f"ldap_profile:{added['id']}")] == ["ldap_profile.added"]
+
+
 def test_only_administrators_change_profiles(directory_service, rpc_as, profile_data):
     leader = Actor(id="lead@school.example", role="location_leader", locations=("Lincoln High",))
     with rpc_as(leader) as rpc:

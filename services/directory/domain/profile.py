@@ -7,7 +7,7 @@ The defaults fit Active Directory; OpenLDAP works by naming its attributes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 from cryptography import x509
@@ -110,12 +110,12 @@ class LdapProfile:
 
 def parse_profile(data: Any) -> LdapProfile:
     """Check a whole profile request; raises ``ValidationError`` naming the first problem."""
-    data = _mapping(data, "the profile")
+    data = _section(data, "", ("name", *_keys(ConnectionSettings), "sync", "authentication"))
     name = _text(data, "name", "the profile")
     if len(name) > MAX_NAME_LENGTH:
         raise ValidationError(f"the profile name is {len(name)} characters long; at most {MAX_NAME_LENGTH} are allowed")
-    sync = _mapping(data.get("sync") or {}, "sync")
-    auth = _mapping(data.get("authentication") or {}, "authentication")
+    sync = _section(data.get("sync") or {}, "sync", _keys(SyncSettings))
+    auth = _section(data.get("authentication") or {}, "authentication", _keys(AuthenticationSettings))
     return LdapProfile(
         name=name,
         connection=_connection(data),
@@ -215,9 +215,9 @@ def _connection(data: Mapping[str, Any]) -> ConnectionSettings:
 
 
 def _sync(data: Mapping[str, Any]) -> SyncSettings:
-    users = _mapping(data.get("users") or {}, "sync.users")
-    grades = _mapping(data.get("grade_levels") or {}, "sync.grade_levels")
-    classes = _mapping(data.get("classes") or {}, "sync.classes")
+    users = _section(data.get("users") or {}, "sync.users", _keys(UserMapping))
+    grades = _section(data.get("grade_levels") or {}, "sync.grade_levels", _keys(GradeLevelMapping))
+    classes = _section(data.get("classes") or {}, "sync.classes", _keys(ClassMapping))
     default_type = users.get("default_user_type")
     if default_type is not None and default_type not in USER_TYPES:
         raise ValidationError(f"sync.users.default_user_type must be one of {', '.join(USER_TYPES)} or null")
@@ -261,7 +261,7 @@ def _type_rules(rules: Any) -> tuple[UserTypeRule, ...]:
     checked = []
     for i, rule in enumerate(rules):
         where = f"sync.users.user_types[{i}]"
-        rule = _mapping(rule, where)
+        rule = _section(rule, where, _keys(UserTypeRule))
         if rule.get("user_type") not in USER_TYPES:
             raise ValidationError(f"{where}.user_type must be one of {', '.join(USER_TYPES)}")
         group = _dn(rule, "group", where) if rule.get("group") is not None else None
@@ -276,6 +276,21 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ValidationError(f"{what} must be an object")
     return value
+
+
+def _section(value: Any, where: str, accepted: tuple[str, ...]) -> Mapping[str, Any]:
+    """An object of settings (``where`` is its path, "" for the profile itself) naming only ``accepted`` keys:
+    a misspelt key would otherwise be dropped and its setting silently left at the default."""
+    data = _mapping(value, where or "the profile")
+    unknown = [f"{where}.{key}" if where else str(key) for key in data if key not in accepted]
+    if unknown:
+        raise ValidationError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: check the "
+                              f"spelling; {where or 'the profile'} accepts {', '.join(accepted)}")
+    return data
+
+
+def _keys(settings: type) -> tuple[str, ...]:
+    return tuple(setting.name for setting in fields(settings))
 
 
 def _text(data: Mapping[str, Any], key: str, where: str) -> str:
