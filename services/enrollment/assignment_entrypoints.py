@@ -21,6 +21,7 @@ from services.enrollment.domain.assignments import (
     require_self_pairing_allowed,
     user_assignment,
 )
+from services.enrollment.domain.locations import require_roster_locations
 from services.enrollment.domain.scopes import parse_scope, resolved_devices
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceUserAssigned, DeviceUserUnassigned
@@ -105,8 +106,7 @@ class DevicePeopleEntrypoints:
             raise ValidationError("location_id must be the roster's id of the location the group belongs to")
         location_id = location_id.strip()
         require_locations(actor, [location_id])
-        if location_id not in {location["location_id"] for location in self.roster.list_locations()}:
-            raise NotFound(f"the roster has no location '{location_id}'; `orchard roster locations` lists them")
+        require_roster_locations([location_id], self.roster.list_locations())
         repository = AssignmentRepository(self.db.session)
         if repository.group_named(location_id, name):
             raise Conflict(f"location {location_id} already has a shared device group named '{name}'; "

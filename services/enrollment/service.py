@@ -42,6 +42,7 @@ from services.enrollment.domain.device_identity import CheckinRejected, authoriz
 from services.enrollment.domain.device_sync import DeviceSync, SyncCounts, assign_profile
 from services.enrollment.domain.devices import PROFILE_STATUSES
 from services.enrollment.domain.errors import AccessDenied, CursorError, DepError, TermsNotAccepted
+from services.enrollment.domain.locations import require_roster_locations
 from services.enrollment.domain.profiles import validated_profile
 from services.enrollment.domain.server_tokens import (
     STATUS_REVOKED_OR_INVALID,
@@ -148,6 +149,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         if locations is not _UNCHANGED:
             changes["locations"] = _checked_locations(locations)
             require_locations(actor, changes["locations"])
+            if changes["locations"] is not None:  # None: every location, whatever the roster holds
+                require_roster_locations(changes["locations"], self.roster.list_locations())
         if not changes:
             raise ValidationError("Nothing to change: give a new name and/or the locations.")
         TokenRepository(self.db.session).update(row.id, **changes)

@@ -11,6 +11,7 @@ from apple_sandbox.server import serve_wsgi
 from services.enrollment.adapters.dep_client import DepClient
 from services.enrollment.adapters.token_crypto import decrypt_enveloped_data, generate_key_and_certificate
 from services.enrollment.domain.server_tokens import OAuthCredentials, cms_from_token_file, credentials_from_plaintext
+from services.roster.service import RosterService
 
 
 class SandboxAdmin:
@@ -70,6 +71,18 @@ def mdm_server(dep_sandbox: SandboxAdmin, token_key) -> dict:
     """A fresh MDM server in the sandbox, with its token decrypted by our own code."""
     created = dep_sandbox.create_server(token_key[1])
     return {**created, "credentials": decrypt_token(created["p7m"], token_key[0])}
+
+
+@pytest.fixture
+def roster_locations(runner_factory, orchard_config, rpc_as):
+    """The roster service running; ``roster_locations("north", "south")`` gives it those locations."""
+    runner_factory(orchard_config, RosterService).start()
+
+    def add(*location_ids: str) -> None:
+        batch = {"source": "api", "locations": [{"location_id": i, "name": i.title()} for i in location_ids]}
+        with rpc_as() as rpc:
+            rpc.roster.apply_plan(rpc.roster.preview_records(batch)["plan_id"])
+    return add
 
 
 @pytest.fixture

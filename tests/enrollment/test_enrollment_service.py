@@ -125,9 +125,10 @@ def test_token_lifecycle_with_bad_input_changing_nothing(enrollment, rpc_as, dep
             rpc.enrollment.get_server_token(created["id"])
 
 
-def test_location_restriction(enrollment, rpc_as):
+def test_location_restriction(enrollment, roster_locations, rpc_as):
     north_leader = Actor("leader@north", "location_leader", ("north",))
     south_leader = Actor("leader@south", "location_leader", ("south",))
+    roster_locations("north", "south")
     with rpc_as() as rpc:
         token_id = rpc.enrollment.create_server_token("Shared")["id"]
         for too_many in ([f"l{n}" for n in range(1001)], ["x" * 129], []):
@@ -151,7 +152,9 @@ def test_location_restriction(enrollment, rpc_as):
             rpc.enrollment.list_server_tokens()
 
 
-def test_a_duplicate_token_in_another_location_is_refused_without_naming_it(enrollment, rpc_as, dep_sandbox):
+def test_a_duplicate_token_in_another_location_is_refused_without_naming_it(enrollment, roster_locations, rpc_as,
+                                                                          dep_sandbox):
+    roster_locations("north", "south")
     with rpc_as() as rpc:
         north, server = connect(rpc, dep_sandbox, name="North campus secret name")
         rpc.enrollment.update_server_token(north["id"], locations=["north"])
@@ -162,6 +165,31 @@ def test_a_duplicate_token_in_another_location_is_refused_without_naming_it(enro
             rpc.enrollment.upload_server_token(own["id"], same_server["p7m"])
         assert "North campus" not in str(refused.value)
         assert rpc.enrollment.get_server_token(own["id"])["status"] == "awaiting_upload"
+
+
+def test_a_token_is_restricted_only_to_locations_the_roster_knows(enrollment, roster_locations, rpc_as):
+    """A misspelt location would hide the token from the leaders of the location meant."""
+    roster_locations("north", "south")
+    with rpc_as() as rpc:
+        token_id = rpc.enrollment.create_server_token("Shared")["id"]
+        with pytest.raises(NotFound, match="the roster has no locations 'nowhere', 'sout'; `orchard roster locations`"):
+            rpc.enrollment.update_server_token(token_id, name="Renamed", locations=["north", "sout", "nowhere"])
+        token = rpc.enrollment.get_server_token(token_id)
+        assert (token["name"], token["locations"]) == ("Shared", None)
+        assert [e["action"] for e in rpc.enrollment.audit_log(f"server_token:{token_id}")] == ["server_token.created"]
+
+        restricted = rpc.enrollment.update_server_token(token_id, locations=["south", "north"])
+        assert restricted["locations"] == ["north", "south"]
+        assert rpc.enrollment.update_server_token(token_id, locations=None)["locations"] is None
+
+
+def test_restricting_a_token_needs_the_roster_and_opening_it_does_not(enrollment, rpc_as):
+    with rpc_as() as rpc:
+        token_id = rpc.enrollment.create_server_token("Shared")["id"]
+        with pytest.raises(UpstreamError, match="the roster service is not running"):
+            rpc.enrollment.update_server_token(token_id, locations=["north"])
+        assert rpc.enrollment.get_server_token(token_id)["locations"] is None
+        assert rpc.enrollment.update_server_token(token_id, name="Every school", locations=None)["locations"] is None
 
 
 def test_sync_profiles_and_device_list(enrollment, rpc_as, dep_sandbox):
