@@ -25,7 +25,7 @@ def profile() -> None:
 
 
 def _settings_file(path: str) -> dict[str, Any]:
-    data = read_yaml(path)  # YAML, or JSON (a subset of YAML)
+    data = read_yaml(path, "YAML or JSON profile settings")  # JSON is a subset of YAML
     if not isinstance(data, dict):
         raise click.ClickException(f"{path} must hold a mapping of profile settings (see `orchard directory profile add --help`)")
     return data

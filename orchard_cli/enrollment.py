@@ -1,14 +1,14 @@
 """``orchard enrollment``: Apple School Manager server tokens, ADE device sync and the device list."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
+import itertools
+from typing import Any, Callable, Iterator
 
 import click
 import eventlet
 from eventlet.greenthread import GreenThread
 
-from orchard_cli.files import output_path, write_output
+from orchard_cli.files import output_path, read_text, read_yaml, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -19,6 +19,8 @@ DEVICE_COLUMNS = ["serial_number", "model", "description", "color", "os", "devic
                   "device_assigned_date", "device_assigned_by", "assign_result"]
 PAGE = 1000
 SYNC_TIMEOUT = 3600
+NOTHING_TO_SYNC = ("nothing to sync: no server token is connected; create one with `orchard enrollment token create "
+                   "NAME --out FILE`, then connect it with `orchard enrollment token upload TOKEN_ID FILE.p7m`")
 
 
 @click.group()
@@ -32,7 +34,7 @@ def token() -> None:
 
 
 def _read_p7m(path: str) -> str:
-    return Path(path).read_text(encoding="ascii", errors="replace")
+    return read_text(path, "the .p7m server token as downloaded from Apple School Manager")
 
 
 @token.command("create")
@@ -127,6 +129,9 @@ def sync(token_id: str | None, full: bool) -> None:
     """Sync devices with Apple School Manager now (one token, or every connected one), showing progress."""
     token_ids = [token_id] if token_id else [
         t["id"] for t in call("enrollment", "list_server_tokens") if t["status"] != "awaiting_upload"]
+    if not token_ids:
+        click.echo(NOTHING_TO_SYNC)
+        return
     failed = False
     for current in token_ids:
         run = _sync_one(current, full)
@@ -142,12 +147,27 @@ def _sync_one(token_id: str, full: bool) -> dict:
     Neither kind of sync knows its total in advance (Apple reports changes, and even a full fetch may find
     more or fewer devices than Orchard knows), so this is an activity indicator with counts, not a bar to fill.
     """
-    running = eventlet.spawn(call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
-    with click.progressbar(_run_progress(token_id, running), label=f"Syncing {token_id}",
-                           item_show_func=_describe_progress) as updates:
-        for _ in updates:
-            pass
-    return running.wait()
+    running = eventlet.spawn(_caught, call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
+    updates = _run_progress(token_id, running)
+    first = next(updates, None)  # a sync refused at once (unknown token, not uploaded yet) shows only its error
+    if first is not None:
+        with click.progressbar(itertools.chain([first], updates), label=f"Syncing {token_id}",
+                               item_show_func=_describe_progress) as shown:
+            for _ in shown:
+                pass
+    outcome = running.wait()
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def _caught(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What ``function`` returns, or the exception it raised, for the caller to raise: one escaping a green
+    thread is printed by eventlet's hub as a traceback, and the hub drops the connection it was reading."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:
+        return exc
 
 
 def _run_progress(token_id: str, running: GreenThread) -> Iterator[dict]:
@@ -180,3 +200,45 @@ def devices(token_id: str, status: str | None) -> None:
             break
     print_table(rows, DEVICE_COLUMNS, status_column="profile_status")
     click.echo(", ".join(f"{name}: {count}" for name, count in sorted(page["counts"].items())) or "no devices")
+
+
+@enrollment.group()
+def profile() -> None:
+    """The enrollment profile devices receive in Setup Assistant (Automated Device Enrollment)."""
+
+
+@profile.command("define")
+@click.argument("token_id")
+@click.argument("profile_file", type=click.Path(exists=True, dir_okay=False))
+def define_profile(token_id: str, profile_file: str) -> None:
+    """Define the profile at Apple from a YAML or JSON file of Apple's profile keys (profile_name, url,
+    is_supervised, skip_setup_items, ...). It becomes the token's default: new devices get it at their sync."""
+    settings = read_yaml(profile_file, "a YAML or JSON file of enrollment profile keys (profile_name, url, ...)")
+    if not isinstance(settings, dict):
+        raise click.ClickException(f"{profile_file} must hold a mapping of Apple's profile keys, such as profile_name "
+                                   "and url")
+    defined = call("enrollment", "define_profile", token_id, settings)
+    click.echo(f"Profile {defined['profile_uuid']} defined; it is the default for new devices of {token_id}.")
+    click.echo(f"Assign it to devices already there with `orchard enrollment profile assign {token_id} SERIAL...`.")
+
+
+@profile.command("assign")
+@click.argument("token_id")
+@click.argument("serial_numbers", nargs=-1)
+@click.option("--from-file", type=click.Path(exists=True, dir_okay=False), help="A file with one serial number per line.")
+@click.option("--profile", "profile_uuid", help="Another profile's uuid instead of the token's default.")
+def assign_profile(token_id: str, serial_numbers: tuple[str, ...], from_file: str | None, profile_uuid: str | None) -> None:
+    """Assign the enrollment profile to devices and show Apple's answer for each (exit 1 unless all succeed)."""
+    listed = read_text(from_file, "one serial number per line") if from_file else ""
+    wanted = list(serial_numbers) + [line.strip() for line in listed.splitlines() if line.strip()]
+    if not wanted:
+        raise click.UsageError("name at least one serial number")
+    answer = call("enrollment", "assign_profile", token_id, wanted, profile_uuid=profile_uuid)
+    print_table([{"serial_number": serial, "result": result} for serial, result in sorted(answer["devices"].items())],
+                ["serial_number", "result"], status_column=None)
+    if answer["error"]:
+        click.echo(f"Apple: {answer['error']}", err=True)
+    if answer["retry_after_seconds"] is not None or "THROTTLED" in answer["devices"].values():
+        click.echo("Throttled devices are assigned again by the next sync once Apple allows it.", err=True)
+    if set(answer["devices"].values()) != {"SUCCESS"}:
+        raise SystemExit(1)

@@ -19,12 +19,36 @@ def problem(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
 
-def read_yaml(path: str) -> Any:
-    """A YAML (or JSON) file; one that does not parse is a one-line error naming the file and the place."""
+def text_content(data: bytes, name: str, expected: str) -> str:
+    """``data`` as text; binary content (a NUL byte, or not UTF-8) is refused in one line saying which file was
+    expected, before any service is asked: a service could only report the NUL character in its argument."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as exc:
+        if b"\0" not in data:
+            return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    raise click.ClickException(f"{name} is not a text file: expected {expected}")
+
+
+def read_bytes(path: str) -> bytes:
+    """A file the operator names; one that cannot be read is one line naming the file and the OS's reason."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {problem(exc)}") from None
+
+
+def read_text(path: str, expected: str) -> str:
+    """A text file the operator names; a binary one is refused saying what was ``expected`` (see ``text_content``)."""
+    return text_content(read_bytes(path), path, expected)
+
+
+def read_yaml(path: str, expected: str) -> Any:
+    """A YAML (or JSON) file; one that does not parse is a one-line error naming the file and the place."""
+    text = read_text(path, expected)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
         raise click.ClickException(f"cannot read {path}: {problem(exc)}") from None
 
 

@@ -1,11 +1,9 @@
 """``orchard vpp``: Apps and Books — content tokens, apps and books, licences and invites."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from orchard_cli.files import output_path, write_output
+from orchard_cli.files import output_path, read_text, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
 
@@ -23,7 +21,7 @@ def token() -> None:
 
 
 def _read_token(path: str) -> str:
-    return Path(path).read_text(encoding="ascii", errors="replace").strip()
+    return read_text(path, "the .vpptoken content token as downloaded from Apple School Manager").strip()
 
 
 @token.command("add")

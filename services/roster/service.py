@@ -86,7 +86,7 @@ class RosterService(OrchardService):
     @rpc
     def get_asm_preferences(self, token_id: str) -> dict[str, Any]:
         self.auth.require("roster:read")
-        _require_token_id(token_id)
+        self._require_server_token(token_id)
         store = asm.AsmPreferenceStore(self.db.session)
         return {"token_id": token_id, "preferences": store.get(token_id).to_dict(),
                 **store.status(token_id)}
@@ -94,12 +94,17 @@ class RosterService(OrchardService):
     @rpc
     def set_asm_preferences(self, token_id: str, prefs: dict) -> dict[str, Any]:
         actor = self.auth.require("roster:asm")
-        _require_token_id(token_id)
+        self._require_server_token(token_id)
         preferences = asm_mapping.AsmPreferences.from_dict(prefs)
-        self.enrollment.get_server_token(token_id)  # NotFound for a token that is not there (or not the caller's)
         asm.AsmPreferenceStore(self.db.session).set(token_id, preferences)
         self.db.audit(actor, "asm.preferences_set", f"server_token:{token_id}", preferences.to_dict())
         return {"token_id": token_id, "preferences": preferences.to_dict()}
+
+    def _require_server_token(self, token_id: Any) -> None:
+        """Refuse a malformed id, and (NotFound) a server token that is not there or not the caller's: preferences
+        of a token enrollment does not know would be defaults nobody can use."""
+        _require_token_id(token_id)
+        self.enrollment.get_server_token(token_id)
 
     @rpc
     def preview_asm(self, token_id: str) -> dict[str, Any]:

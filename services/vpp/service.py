@@ -81,7 +81,7 @@ def _auto_invite_method(value: Any) -> str | None:
         return None
     if InviteMethod.parse(value) is not InviteMethod.MANAGED_APPLE_ID:
         raise ValidationError("Automatic invites register users with their Managed Apple ID; choose 'managed_apple_id', "
-                              "or invite by e-mail with invite_users.")
+                              "or invite by e-mail with the invite_users RPC.")
     return value
 
 
@@ -158,7 +158,8 @@ class VppService(OrchardService):
         existing = self.repo.token_for_location(uid, location_name)
         if existing:
             raise ValidationError(f"The location {location_name!r} is already here as content token {existing.name!r} "
-                                  f"({existing.id}); use renew_content_token to replace its token.")
+                                  f"({existing.id}); replace its token with `orchard vpp token renew {existing.id} "
+                                  "FILE.vpptoken` (or the renew_content_token RPC).")
         token_id = str(uuid.uuid4())
         subscription, auth_hash = self._notification_subscription(token_id)
         client.claim_location(**subscription)
@@ -545,7 +546,8 @@ class VppService(OrchardService):
         row = self._token(actor, token_id)
         if not row.allow_teacher_study_apps:
             raise PermissionDenied("This content token does not let teachers choose study apps; "
-                                   "an administrator can allow it with update_content_token.")
+                                   "an administrator can allow it with the update_content_token RPC "
+                                   "(allow_teacher_study_apps).")
         return actor, row
 
     @rpc
@@ -563,7 +565,8 @@ class VppService(OrchardService):
         apps = _ids(adam_ids, "adam_ids")
         outside = [a for a in apps if a not in study]
         if outside:
-            raise ValidationError(f"{', '.join(outside)} are not study apps of this token; pick from list_study_apps.")
+            raise ValidationError(f"{', '.join(outside)} are not study apps of this token; pick from those the "
+                                  "list_study_apps RPC lists.")
         if (serial_numbers is None) == (class_id is None):
             raise ValidationError("Name either a class (class_id) or the devices (serial_numbers).")
         if class_id is not None:

@@ -71,3 +71,8 @@ def test_no_egress_ips_and_a_broken_settings_file_are_explained(orchard, tmp_pat
     added = orchard("profile", "add", str(broken), env={"ORCHARD_LDAP_BIND_PASSWORD": "secret"})
     assert added.exit_code == 1 and isinstance(added.exception, SystemExit)
     assert added.output == f"Error: cannot read {broken}: expected ',' or ']', but got ':' at line 3, column 5\n"
+    binary = tmp_path / "settings.xlsx"
+    binary.write_bytes(b"PK\x03\x04\x14\x00\xe3")
+    added = orchard("profile", "add", str(binary), env={"ORCHARD_LDAP_BIND_PASSWORD": "secret"})
+    assert added.exit_code == 1 and isinstance(added.exception, SystemExit)
+    assert added.output == f"Error: {binary} is not a text file: expected YAML or JSON profile settings\n"

@@ -14,13 +14,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def orchard(runner_factory, orchard_config, dep_sandbox, tmp_path, monkeypatch):
+def orchard(runner_factory, orchard_config, dep_sandbox, roster_locations, tmp_path, monkeypatch):
     orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
     orchard_config["SERVICES"]["enrollment"]["dep_url"] = dep_sandbox.url
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(orchard_config))
     monkeypatch.setenv("ORCHARD_CONFIG", str(path))
     runner_factory(orchard_config, EnrollmentService).start()
+    roster_locations("north", "south")
     runner = CliRunner()
 
     def run(*args: str):
@@ -59,8 +60,11 @@ def test_token_and_device_commands(orchard, dep_sandbox, tmp_path, monkeypatch):
     assert re.search(rf"^{token_id} +Springfield +ASM Springfield +Springfield Schools +ok ", listed.output, re.M)
 
     monkeypatch.setattr("click._termui_impl.isatty", lambda stream: True)  # draw progress as on a terminal
+    # Apple asks to wait 2 s: the sync outlasts the first look at its progress
+    dep_sandbox.script("POST /server/devices", {"status": 429, "headers": {"Retry-After": "2"}})
     synced = orchard("sync", token_id, "--full")
     assert synced.exit_code == 0, synced.output
+    assert f"Syncing {token_id}" in synced.output, synced.output
     assert re.search(r"^kind +fetch$", synced.output, re.M) and re.search(r"^error +-$", synced.output, re.M)
     every = orchard("sync")
     assert every.exit_code == 0 and re.search(rf"^token +{token_id}$", every.output, re.M)
@@ -75,6 +79,9 @@ def test_token_and_device_commands(orchard, dep_sandbox, tmp_path, monkeypatch):
     assert "Leadership" in orchard("token", "rename", token_id, "Leadership").output
     restricted = orchard("token", "restrict", token_id, "--location", "north", "--location", "south")
     assert re.search(r"^locations +north, south$", restricted.output, re.M)
+    misspelt = orchard("token", "restrict", token_id, "--location", "nowhere")
+    assert misspelt.exit_code == 1 and "NotFound: the roster has no location 'nowhere'" in misspelt.output
+    assert re.search(r"^locations +north, south$", orchard("token", "show", token_id).output, re.M)
     assert orchard("token", "restrict", token_id).exit_code == 2
 
     other = dep_sandbox.create_server(certificate.read_bytes())
@@ -86,3 +93,30 @@ def test_token_and_device_commands(orchard, dep_sandbox, tmp_path, monkeypatch):
 
     assert orchard("token", "delete", token_id, "--yes").exit_code == 0
     assert "(none)" in orchard("token", "list").output
+
+
+def test_a_sync_that_cannot_run_says_so_in_one_line(orchard):
+    nothing = orchard("sync")
+    assert nothing.exit_code == 0 and nothing.output.count("\n") == 1, nothing.output
+    assert "nothing to sync" in nothing.output and "orchard enrollment token upload" in nothing.output
+    token_id = re.search(r"^# token id: (\S+)$", orchard("token", "create", "Springfield").output, re.M).group(1)
+    assert "nothing to sync" in orchard("sync").output  # a token awaiting its .p7m is not connected yet
+
+    not_uploaded = orchard("sync", token_id)
+    assert not_uploaded.exit_code == 1
+    assert not_uploaded.output == ("Error: ValidationError: Upload the token from Apple School Manager before "
+                                   "syncing devices.\n")
+    unknown = orchard("sync", "no-such-token")
+    assert unknown.exit_code == 1 and unknown.output.startswith("Error: NotFound: ")
+    assert unknown.output.count("\n") == 1, unknown.output
+
+
+def test_a_binary_token_file_is_refused_before_the_service_is_asked(orchard, tmp_path):
+    token_id = re.search(r"^# token id: (\S+)$", orchard("token", "create", "Springfield").output, re.M).group(1)
+    binary = tmp_path / "Springfield.zip"
+    binary.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\xe3\x9a")
+    for command in ("upload", "renew"):
+        refused = orchard("token", command, token_id, str(binary))
+        assert refused.exit_code == 1
+        assert refused.output == (f"Error: {binary} is not a text file: expected the .p7m server token as "
+                                  f"downloaded from Apple School Manager\n")

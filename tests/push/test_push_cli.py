@@ -7,6 +7,9 @@ import csv
 import pytest
 import yaml
 from click.testing import CliRunner
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from nameko.standalone.events import event_dispatcher
 
 from apple_sandbox.push_portal import sign_push_request
@@ -77,3 +80,29 @@ def test_every_push_command(orchard, orchard_config, issue_push, apple_ca, tmp_p
     history = orchard("history", "1").splitlines()
     assert history[1].split()[2] == "certificate.renewed" and history[2].split()[2] == "certificate.uploaded"
     assert base64.b64decode((tmp_path / "request.b64").read_text())  # the file is the base64 plist itself
+
+
+def test_binary_files_go_as_pkcs12_or_are_refused_in_one_line(orchard, issue_push, push_keys, tmp_path):
+    issued = issue_push()
+    certificate = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+    (tmp_path / "push.pem").write_text(issued.certificate_pem)
+    (tmp_path / "push.cer").write_bytes(certificate.public_bytes(serialization.Encoding.DER))
+    (tmp_path / "push.der").write_bytes(push_keys[0].private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "push.p12").write_bytes(pkcs12.serialize_key_and_certificates(
+        b"push", push_keys[0], certificate, None, serialization.BestAvailableEncryption(b"s3cret")))
+    (tmp_path / "udids.txt").write_bytes(b"\x00\xffUDID")
+
+    refused = orchard("upload", "push.cer", exit_code=1)
+    assert refused == ("Error: push.cer is not a text file: expected a PEM certificate (-----BEGIN CERTIFICATE-----) "
+                       "or the certificate with its key as PKCS#12 (.p12 or .pfx, or any name with --p12); convert a "
+                       "DER certificate with `openssl x509 -inform der -in push.cer -out certificate.pem`\n")
+    refused = orchard("upload", "push.pem", "--key", "push.der", exit_code=1)
+    assert refused.startswith("Error: push.der is not a text file: expected a PEM private key ")
+    assert refused.count("\n") == 1
+    refused = orchard("send", "--from-file", "udids.txt", exit_code=1)
+    assert refused == "Error: udids.txt is not a text file: expected one device UDID per line\n"
+    assert "a PKCS#12 file holds its own key" in orchard("upload", "push.p12", "--key", "push.der", exit_code=2)
+
+    uploaded = orchard("upload", "push.p12", "--password", "s3cret").splitlines()
+    assert uploaded[1].split()[0] == "1" and uploaded[1].split()[-1] == "ok"

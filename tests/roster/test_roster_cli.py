@@ -8,17 +8,20 @@ from nameko.rpc import rpc
 
 from orchard_cli.main import cli
 from services.roster.service import RosterService
+from shared.errors import NotFound
 
 pytestmark = pytest.mark.integration
 
 
 class KnownServerTokens:
-    """Enrollment as far as ASM preferences need it: every server token exists."""
+    """Enrollment as far as ASM preferences need it: every server token but "tok-gone" exists."""
 
     name = "enrollment"
 
     @rpc
     def get_server_token(self, token_id):
+        if token_id == "tok-gone":
+            raise NotFound(f"there is no server token {token_id}")
         return {"id": token_id}
 
 
@@ -73,3 +76,13 @@ def test_api_tokens_and_errors(cli_runner, runner_factory, orchard_config):
                                     "--set", "skip_student_email=true"])
     assert prefs.exit_code == 0, prefs.output
     assert "02:30" in prefs.output
+    for args in (["asm", "prefs", "tok-gone"], ["asm", "prefs", "tok-gone", "--set", "sync_time=02:30"]):
+        gone = cli_runner.invoke(cli, ["roster", *args])
+        assert gone.exit_code == 1 and gone.output == "Error: NotFound: there is no server token tok-gone\n"
+
+
+def test_an_unknown_api_token_points_to_the_list_command(cli_runner):
+    unknown = cli_runner.invoke(cli, ["roster", "api-token", "revoke", "999"])
+    assert unknown.exit_code == 1
+    assert unknown.output == ("Error: NotFound: there is no API token 999; list them with `orchard roster api-token "
+                              "list` (or the list_api_tokens RPC)\n")

@@ -118,8 +118,9 @@ def test_mass_delete_guard(hierarchy):
     plan = p.build_plan(hierarchy, batch([user(f"s{i}") for i in range(17)]))
     assert plan.summary.counts["user"]["delete"] == 3
     assert plan.summary.needs_mass_delete_approval  # 15% > 10%
-    with pytest.raises(Conflict, match="allow_mass_delete"):
+    with pytest.raises(Conflict, match="allow_mass_delete") as refused:
         apply(hierarchy, plan)
+    assert "--allow-mass-delete (`orchard roster apply`" in str(refused.value)  # the step a CLI user takes
     assert len(hierarchy.user_rows) == 20
     events = apply(hierarchy, plan, allow_mass_delete=True)
     assert sorted(e.user_id for e in events if isinstance(e, UserDeleted)) == ["s17", "s18", "s19"]

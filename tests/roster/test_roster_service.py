@@ -226,7 +226,8 @@ def test_asm_preview_follows_preferences_and_warns(roster, rpc_as):
             rpc.roster.set_asm_preferences("tok-1", {"email_source": "carrier pigeon"})
         with pytest.raises(NotFound, match="no server token tok-gone"):
             rpc.roster.set_asm_preferences("tok-gone", {"sync_time": "02:30"})
-        assert rpc.roster.get_asm_preferences("tok-gone")["preferences"]["sync_time"] is None
+        with pytest.raises(NotFound, match="no server token tok-gone"):
+            rpc.roster.get_asm_preferences("tok-gone")
 
 
 def test_mosyle_compatible_api(roster, rpc_as):

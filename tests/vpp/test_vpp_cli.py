@@ -62,3 +62,17 @@ def test_every_vpp_command(orchard, vpp_sandbox, tmp_path):
 
     orchard("token", "delete", token_id, "--yes")
     assert orchard("token", "list").strip().endswith("(none)")
+
+
+def test_a_binary_token_file_and_a_location_added_twice_say_what_to_do(orchard, vpp_sandbox, tmp_path):
+    (tmp_path / "north.p12").write_bytes(b"0\x82\x04\x00\x02\x01\x03\x00")
+    expected = ("Error: north.p12 is not a text file: expected the .vpptoken content token as downloaded from Apple "
+                "School Manager\n")
+    assert orchard("token", "add", "north.p12", exit_code=1) == expected
+
+    (tmp_path / "north.vpptoken").write_text(vpp_sandbox.issue_token(locationName="North Campus"))
+    added = orchard("token", "add", "north.vpptoken")
+    token_id = next(line.split()[-1] for line in added.splitlines() if line.startswith("id "))
+    again = orchard("token", "add", "north.vpptoken", exit_code=1)
+    assert f"`orchard vpp token renew {token_id} FILE.vpptoken` (or the renew_content_token RPC)" in again
+    assert orchard("token", "renew", token_id, "north.p12", exit_code=1) == expected

@@ -122,7 +122,7 @@ def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
         assert rpc.vpp.get_asset(token_id, "222")["serial_numbers"] == []
 
     with rpc_as(Actor("t@school.example", "teacher", ("north",))) as rpc:
-        with pytest.raises(PermissionDenied, match="study apps"):
+        with pytest.raises(PermissionDenied, match="study apps; .* the update_content_token RPC"):
             rpc.vpp.list_study_apps(token_id)
     with rpc_as() as rpc:
         rpc.vpp.update_content_token(token_id, allow_teacher_study_apps=True)
@@ -131,6 +131,10 @@ def test_assets_licences_and_revocation(vpp_sandbox, vpp_runner, rpc_as):
         with pytest.raises(PermissionDenied):
             rpc.vpp.assign_licenses(token_id, "222", serial_numbers=["X"])
     with rpc_as() as rpc:  # an administrator names any device; a teacher only their students' (test_vpp_scope_licences)
+        with pytest.raises(ValidationError, match="not study apps of this token; .* the list_study_apps RPC"):
+            rpc.vpp.install_study_apps(token_id, ["999"], ["CLASS-IPAD-1"])
+        with pytest.raises(ValidationError, match="invite by e-mail with the invite_users RPC"):
+            rpc.vpp.update_content_token(token_id, auto_invite_method="email")
         installed = rpc.vpp.install_study_apps(token_id, ["222"], ["CLASS-IPAD-1"])
         assert installed[0]["assigned"]["serial_numbers"] == ["CLASS-IPAD-1"]
 

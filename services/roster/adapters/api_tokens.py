@@ -76,7 +76,8 @@ class ApiTokens:
             row = self.session.execute(
                 sa.select(t.api_tokens).where(t.api_tokens.c.id == token_id)).first()
         if row is None:
-            raise NotFound(f"there is no API token {token_id}; list them with list_api_tokens")
+            raise NotFound(f"there is no API token {token_id}; list them with `orchard roster api-token list` "
+                           "(or the list_api_tokens RPC)")
         return row
 
     def all(self) -> list[Any]:

@@ -722,8 +722,9 @@ def check_can_apply(summary: PlanSummary, current_version: int, *,
         raise Conflict(
             f"this plan deletes {summary.counts[USER][DELETE]} of {summary.existing_users} "
             f"users ({summary.user_delete_share:.0%}), more than the allowed "
-            f"{summary.max_user_delete_share:.0%}; check the source, then apply again "
-            f"with allow_mass_delete=True if the deletions are intended")
+            f"{summary.max_user_delete_share:.0%}; check the source, then, if the deletions are intended, "
+            f"apply again with --allow-mass-delete (`orchard roster apply` or `orchard roster import --apply`) "
+            f"or allow_mass_delete=True (the apply_plan RPC)")
     if current_version != summary.base_version:
         raise Conflict("the roster changed since this plan was previewed; "
                        "preview again and apply the new plan")

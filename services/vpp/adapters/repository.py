@@ -159,7 +159,7 @@ class VppRepository:
         row = self.session.execute(query.with_for_update() if for_update else query).first()
         if row is None:
             raise NotFound(f"This content token has no app or book with adamId {adam_id!r}; "
-                           "run sync_assets if it was bought recently.")
+                           f"if it was bought recently, sync first: `orchard vpp sync {token_id}` (or the sync_assets RPC).")
         return row
 
     def set_hidden(self, token_id: str, adam_id: str, hidden: bool) -> None:
