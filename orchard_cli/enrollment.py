@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import click
 import eventlet
-from eventlet.greenthread import GreenThread
 
 from orchard_cli.files import output_path, read_text, read_yaml, write_output
 from orchard_cli.output import print_record, print_table
 from orchard_cli.rpc import call
+from shared import green
 
 TOKEN_COLUMNS = ["id", "name", "server_name", "org_name", "status", "access_token_expiry", "days_left", "last_sync_at",
                  "last_sync_result"]
@@ -147,7 +147,8 @@ def _sync_one(token_id: str, full: bool) -> dict:
     Neither kind of sync knows its total in advance (Apple reports changes, and even a full fetch may find
     more or fewer devices than Orchard knows), so this is an activity indicator with counts, not a bar to fill.
     """
-    running = eventlet.spawn(_caught, call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
+    # its error is raised here, by wait(): one escaping a plain green thread is also printed by eventlet's hub
+    running = green.spawn(call, "enrollment", "sync_devices", token_id, full=full, timeout=SYNC_TIMEOUT)
     updates = _run_progress(token_id, running)
     first = next(updates, None)  # a sync refused at once (unknown token, not uploaded yet) shows only its error
     if first is not None:
@@ -155,22 +156,10 @@ def _sync_one(token_id: str, full: bool) -> dict:
                                item_show_func=_describe_progress) as shown:
             for _ in shown:
                 pass
-    outcome = running.wait()
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
+    return running.wait()
 
 
-def _caught(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """What ``function`` returns, or the exception it raised, for the caller to raise: one escaping a green
-    thread is printed by eventlet's hub as a traceback, and the hub drops the connection it was reading."""
-    try:
-        return function(*args, **kwargs)
-    except Exception as exc:
-        return exc
-
-
-def _run_progress(token_id: str, running: GreenThread) -> Iterator[dict]:
+def _run_progress(token_id: str, running: green.Pending) -> Iterator[dict]:
     """The running sync's run record, once a second until the sync returns."""
     while not running.dead:
         eventlet.sleep(1)

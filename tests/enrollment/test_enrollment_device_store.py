@@ -81,7 +81,7 @@ def test_read_ahead_downloads_the_next_page_while_the_current_one_is_used():
     assert seen == [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2])]
 
 
-def test_read_ahead_raises_the_download_error_to_the_consumer():
+def test_read_ahead_raises_the_download_error_to_the_consumer_and_nowhere_else(capfd):
     def failing():
         yield 1
         raise RuntimeError("EXPIRED_CURSOR")
@@ -90,6 +90,7 @@ def test_read_ahead_raises_the_download_error_to_the_consumer():
     assert next(reader) == 1
     with pytest.raises(RuntimeError, match="EXPIRED_CURSOR"):
         next(reader)
+    assert "Traceback" not in capfd.readouterr().err  # eventlet's hub prints what ends a plain green thread
 
 
 @pytest.mark.integration

@@ -4,10 +4,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-import eventlet
-
 from services.enrollment.adapters.dep_client import DepClient, Page
 from services.enrollment.domain.device_sync import AssignOutcome, DevicePage
+from shared import green
 
 T = TypeVar("T")
 
@@ -33,13 +32,13 @@ def _records(pages: Iterator[Page]) -> Iterator[DevicePage]:
 def read_ahead(pages: Iterator[T]) -> Iterator[T]:
     """Yield from ``pages`` while a green thread already downloads the next item."""
     done = object()
-    pending = eventlet.spawn(next, pages, done)
+    pending = green.spawn(next, pages, done)
     try:
         while True:
             item = pending.wait()  # re-raises the download's error here, in the consumer
             if item is done:
                 return
-            pending = eventlet.spawn(next, pages, done)
+            pending = green.spawn(next, pages, done)
             yield item
     finally:
         pending.kill()
