@@ -7,10 +7,12 @@ thread hands its exception to ``wait()``, which raises it, and the hub prints no
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 import eventlet
+from eventlet.greenpool import GreenPool
 from eventlet.greenthread import GreenThread
 
 T = TypeVar("T")
@@ -43,10 +45,19 @@ class Pending(Generic[T]):
 
 
 def spawn(function: Callable[..., T], *args: Any, **kwargs: Any) -> Pending[T]:
-    def run() -> Any:
-        try:
-            return function(*args, **kwargs)
-        except Exception as exc:
-            return _Failed(exc)
+    return Pending(eventlet.spawn(_outcome, function, *args, **kwargs))
 
-    return Pending(eventlet.spawn(run))
+
+def imap(function: Callable[[Any], T], items: Iterable[Any], size: int) -> Iterator[T]:
+    """``GreenPool(size).imap``: results in order, the first failure raised here when its turn comes."""
+    for outcome in GreenPool(size).imap(functools.partial(_outcome, function), items):
+        if isinstance(outcome, _Failed):
+            raise outcome.exc
+        yield outcome
+
+
+def _outcome(function: Callable[..., T], *args: Any, **kwargs: Any) -> T | _Failed:
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:
+        return _Failed(exc)

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from eventlet.greenpool import GreenPool
-
 from services.vpp import metrics
 from services.vpp.adapters.apple_client import (
     AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
@@ -24,6 +22,7 @@ from services.vpp.adapters.mailer import SmtpMailer
 from services.vpp.adapters.repository import VppRepository
 from services.vpp.domain.invites import InviteMethod, invite_email, invite_url
 from services.vpp.domain.licences import Asset, LicenceBatch, chunks
+from shared import green
 from shared.errors import OrchardError, UpstreamError
 from shared.secrets import SecretBox
 from shared.storage import UnitOfWork, utc_now
@@ -198,7 +197,7 @@ class VppOperations:
                 users = [_apple_user(i) for i in batch]
                 return batch, client.wait_for_event(client.create_users(users))
 
-            results = list(GreenPool(APPLE_CONCURRENCY).imap(create, batches))
+            results = list(green.imap(create, batches, APPLE_CONCURRENCY))
             registered = failed = 0
             for batch, result in results:
                 # already registered by an earlier attempt: that is what we wanted
