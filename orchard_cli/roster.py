@@ -59,7 +59,8 @@ def template(fmt: str, output: str | None) -> None:
     answer = call("roster", "spreadsheet_template", fmt)
     path = Path(output or answer["filename"])
     write_output(path, base64.b64decode(answer["content_b64"]))
-    click.echo(f"wrote {path}: fill it in without deleting any sheet or header")
+    click.echo(f"wrote {path}: fill it in without deleting any sheet or header, and replace each sheet's example "
+               "row (user s-1001, location north, class maths-7a): left in, it is imported too")
 
 
 @roster.command("import")

@@ -206,7 +206,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise ValidationError("Upload the token from Apple School Manager before syncing devices.")
         run = self._sync(row, full=full, trigger="manual")
         if run is None:
-            raise Conflict("A sync of this server token is already running; follow it with sync_runs.")
+            raise Conflict("A sync of this server token is already running; follow it with "
+                           f"`orchard enrollment token show {row.id}` (or the sync_runs RPC).")
         return run
 
     @rpc

@@ -37,7 +37,7 @@ def cli_runner(runner_factory, orchard_config, tmp_path, monkeypatch):
 
 def test_template_import_apply_and_list(cli_runner, tmp_path):
     result = cli_runner.invoke(cli, ["roster", "template", "--output", "t.xlsx"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "replace each sheet's example row (user s-1001" in result.output, result.output
     result = cli_runner.invoke(cli, ["roster", "import", "t.xlsx"])
     assert result.exit_code == 0, result.output
     assert "nothing was changed" in result.output
