@@ -4,25 +4,12 @@ import re
 import pytest
 import yaml
 from click.testing import CliRunner
-from nameko.rpc import rpc
 
 from orchard_cli.main import cli
 from services.roster.service import RosterService
-from shared.errors import NotFound
+from tests.roster.test_roster_service import FakeEnrollment
 
 pytestmark = pytest.mark.integration
-
-
-class KnownServerTokens:
-    """Enrollment as far as ASM preferences need it: every server token but "tok-gone" exists."""
-
-    name = "enrollment"
-
-    @rpc
-    def get_server_token(self, token_id):
-        if token_id == "tok-gone":
-            raise NotFound(f"there is no server token {token_id}")
-        return {"id": token_id}
 
 
 @pytest.fixture
@@ -63,7 +50,7 @@ def test_an_output_file_in_a_missing_directory_is_refused_before_asking(cli_runn
 
 
 def test_api_tokens_and_errors(cli_runner, runner_factory, orchard_config):
-    runner_factory(orchard_config, KnownServerTokens).start()
+    runner_factory(orchard_config, FakeEnrollment).start()  # every server token but "tok-gone" exists
     result = cli_runner.invoke(cli, ["roster", "api-token", "create", "sis", "--allow-ip", "10.0.0.0/8"])
     assert result.exit_code == 0, result.output
     assert "token: orch_" in result.output

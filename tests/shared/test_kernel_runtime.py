@@ -249,7 +249,6 @@ def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_co
     assert len(holders) >= 5 and len(set(holders)) == 1
 
 
-
 def test_a_periodic_job_longer_than_its_lease_term_keeps_it(runner_factory, orchard_config, tmp_path):
     """The lease's term is two intervals and ten seconds (10.2 s here); the job takes 11 s."""
     first = runner_factory(orchard_config, SlowTickerService)
