@@ -24,14 +24,15 @@ BROKER_TIMEOUT_SECONDS = 5
 
 def broker_accepts(uri: str) -> bool:
     parts = urlsplit(uri)
-    where = f"{parts.username or 'guest'}@{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"  # never the password
+    # who and where, never the password
+    where = f"{parts.username or 'guest'}@{parts.hostname}:{parts.port or 5672}{parts.path or '/'}"
     try:
         with Connection(uri, connect_timeout=BROKER_TIMEOUT_SECONDS) as connection:
             connection.ensure_connection(max_retries=1)
     except Exception as exc:
-        print(f"RabbitMQ answers but refused {where}: {str(exc).rstrip('.')}. Set AMQP_URI to a user, password and virtual host it "
-              "accepts (the broker in deploy/docker-compose.yml takes amqp://orchard:orchard@localhost:5672/).",
-              file=sys.stderr)
+        print(f"RabbitMQ answers but refused {where}: {str(exc).rstrip('.')}. Set AMQP_URI to a user, password "
+              "and virtual host it accepts (the broker in deploy/docker-compose.yml takes "
+              "amqp://orchard:orchard@localhost:5672/).", file=sys.stderr)
         return False
     return True
 
@@ -74,8 +75,11 @@ def main(argv: list[str]) -> int:
         return 0 if broker_accepts(rest[0]) else 1
     if command == "ports":
         return 0 if ports_free(rest[0], rest[1:]) else 1
-    banner(rest[0], rest[1:])
-    return 0
+    if command == "banner":
+        banner(rest[0], rest[1:])
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def acquire(engine: Engine, leases: sa.Table, name: str, holder: str, duration: 
     with engine.begin() as connection:
         updated = connection.execute(
             leases.update()
-            .where(leases.c.name == name, sa.or_(leases.c.expires_at <= database_now(dialect), leases.c.holder == holder))
+            .where(leases.c.name == name,
+                   sa.or_(leases.c.expires_at <= database_now(dialect), leases.c.holder == holder))
             .values(holder=holder, expires_at=expires)
         ).rowcount
         if updated:
