@@ -32,8 +32,12 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
     expiry = GaugeMetricFamily("orchard_vpp_token_expiry_timestamp_seconds", "When a content token expires.", labels=["token_id", "name"])
     status = GaugeMetricFamily("orchard_vpp_token_status", "1 for the content token's current status.", labels=["token_id", "name", "status"])
     licences = GaugeMetricFamily(
-        "orchard_vpp_licences", f"Licences per asset (the {TOP_ASSETS_PER_TOKEN} largest per token) by state.",
-        labels=["token_id", "adam_id", "product_type", "state"])
+        "orchard_vpp_licences",
+        f"Licences per asset by state: the {TOP_ASSETS_PER_TOKEN} largest per token and every asset with assignments "
+        "waiting for licences.", labels=["token_id", "adam_id", "product_type", "state"])
+    token_licences = GaugeMetricFamily(
+        "orchard_vpp_token_licences", "Licences of all the content token's assets together, by state.",
+        labels=["token_id", "state"])
     waiting = GaugeMetricFamily(
         "orchard_vpp_assignments_waiting_for_licences", "Assignments refused because no licence was left.",
         labels=["token_id", "adam_id"])
@@ -54,14 +58,22 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
         ranked = sa.select(
             t.assets, sa.func.row_number().over(partition_by=t.assets.c.token_id, order_by=t.assets.c.total_count.desc()).label("rank"),
         ).subquery()
-        for row in connection.execute(sa.select(ranked).where(ranked.c.rank <= TOP_ASSETS_PER_TOKEN)):
+        # a series per asset would be thousands per district; an asset that needs attention is always among them
+        shown = sa.or_(ranked.c.rank <= TOP_ASSETS_PER_TOKEN, ranked.c.refused_for_licences > 0)
+        for row in connection.execute(sa.select(ranked).where(shown)):
             for state in ("total", "assigned", "available"):
                 licences.add_metric([row.token_id, row.adam_id, row.product_type, state], getattr(row, f"{state}_count"))
             waiting.add_metric([row.token_id, row.adam_id], row.refused_for_licences)
+        a = t.assets.c
+        totals = sa.select(a.token_id, sa.func.sum(a.total_count), sa.func.sum(a.assigned_count),
+                           sa.func.sum(a.available_count)).group_by(a.token_id)
+        for token_id, *by_state in connection.execute(totals):
+            for state, count in zip(("total", "assigned", "available"), by_state):
+                token_licences.add_metric([token_id, state], count)
         counts = sa.select(t.invites.c.token_id, t.invites.c.status, sa.func.count()).group_by(t.invites.c.token_id, t.invites.c.status)
         for token_id, invite_status, count in connection.execute(counts):
             invites.add_metric([token_id, invite_status], count)
-    yield from (expiry, status, licences, waiting, invites, synced)
+    yield from (expiry, status, licences, token_licences, waiting, invites, synced)
 
 
 STATE = DatabaseGauges("vpp state", state_gauges)
