@@ -25,7 +25,7 @@ broker:
 ## Start all five services (each its own `nameko run` process) against deploy/config.yaml.
 run: install broker
 	@mkdir -p var
-	@$(BIN)/python -c 'from shared.secrets import load_key; load_key(create=True)'
+	@$(BIN)/python -m deploy.run_local secret-key
 	@bash deploy/run-local.sh $(SERVICES)
 
 ## The Apple sandbox and all five services in var/demo/, the whole story told with the CLI; runs until Ctrl-C.

@@ -27,8 +27,7 @@ trap 'interrupted=1; stop' INT TERM
 trap stop EXIT
 
 for service in "$@"; do
-  class="$(.venv/bin/python -c "import sys; print(sys.argv[1].capitalize() + 'Service')" "$service")"
-  .venv/bin/nameko run --config "$config" "services.$service.service:$class" \
+  SERVICE="$service" ORCHARD_CONFIG="$config" PATH="$PWD/.venv/bin:$PATH" deploy/entrypoint.sh \
     >"var/$service.log" 2>&1 &
   pids+=("$!")
 done

@@ -3,6 +3,7 @@
     python -m deploy.run_local broker AMQP_URI           # does RabbitMQ accept this login?
     python -m deploy.run_local ports CONFIG SERVICE...    # are the services' ports free?
     python -m deploy.run_local banner CONFIG SERVICE...   # where each service answers
+    python -m deploy.run_local secret-key                  # create the secret key if there is none
 
 Each check prints one line saying what to do and exits 1 when it fails.
 """
@@ -18,6 +19,7 @@ from kombu import Connection  # noqa: E402
 
 from deploy.demo.processes import listening  # noqa: E402
 from shared.config import load_config, service_settings  # noqa: E402
+from shared.secrets import load_key  # noqa: E402
 
 BROKER_TIMEOUT_SECONDS = 5
 
@@ -77,6 +79,9 @@ def main(argv: list[str]) -> int:
         return 0 if ports_free(rest[0], rest[1:]) else 1
     if command == "banner":
         banner(rest[0], rest[1:])
+        return 0
+    if command == "secret-key":
+        load_key(create=True)
         return 0
     print(__doc__, file=sys.stderr)
     return 2

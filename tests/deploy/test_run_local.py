@@ -48,3 +48,13 @@ def test_migrations_name_the_services_they_know_and_say_what_they_did(tmp_path):
     done = migrations("upgrade", "push")
     assert done.returncode == 0 and done.stdout.strip().endswith("push: sqlite:///var/push.db has the newest schema")
     assert (tmp_path / "var" / "push.db").exists()
+
+
+def test_the_secret_key_is_created_once_readable_by_its_owner_only_and_quietly(tmp_path):
+    key_file = tmp_path / "var" / "secret.key"
+    environment = {"ORCHARD_SECRET_KEY_FILE": str(key_file), "ORCHARD_SECRET_KEY": ""}
+    created = run_local("secret-key", **environment)
+    assert (created.returncode, created.stdout, created.stderr) == (0, "", "")  # not even a deprecation notice
+    key = key_file.read_text()
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600" and len(key.strip()) == 44
+    assert run_local("secret-key", **environment).returncode == 0 and key_file.read_text() == key

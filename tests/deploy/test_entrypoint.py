@@ -1,0 +1,44 @@
+"""The image's entrypoint runs one service whose whole output, from its first line, is JSON log lines."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_service_started_by_the_entrypoint_writes_only_json_lines(orchard_config, rpc_as, tmp_path):
+    shipped = yaml.safe_load((ROOT / "deploy" / "config.yaml").read_text())
+    config = tmp_path / "orchard.yaml"
+    config.write_text(yaml.safe_dump({**orchard_config, "LOGGING": shipped["LOGGING"]}))
+    environment = {**os.environ, "SERVICE": "push", "ORCHARD_CONFIG": str(config),
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    environment.pop("PYTHONWARNINGS", None)
+    process = subprocess.Popen([str(ROOT / "deploy" / "entrypoint.sh")], cwd=ROOT, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def answers() -> bool:
+            try:
+                with rpc_as(timeout=2) as rpc:
+                    return rpc.push.health()["database"] == "ok"
+            except Exception:
+                return False
+        wait_for(answers, timeout=30, interval=0.2, what="the push service to answer")
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines, "the service wrote nothing"
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except ValueError:
+            pytest.fail(f"not a JSON log line: {line!r}")
