@@ -23,9 +23,10 @@ from services.enrollment.domain.assignments import (
 )
 from services.enrollment.domain.locations import require_roster_locations
 from services.enrollment.domain.scopes import parse_scope, resolved_devices
-from shared.auth import Actor, require_locations, visible
+from shared.auth import Actor, require_locations, system_actor, visible
 from shared.contracts.enrollment import DeviceUserAssigned, DeviceUserUnassigned
-from shared.entrypoints import ServiceRpc, rpc
+from shared.contracts.roster import UserDeleted, UserUpdated
+from shared.entrypoints import ServiceRpc, event_handler, rpc
 from shared.errors import Conflict, NotFound, ValidationError
 
 
@@ -61,7 +62,28 @@ class DevicePeopleEntrypoints:
         actor = self.auth.require("enrollment:read")
         serial = self._visible_serial(actor, checked_serial(serial_number))
         current = AssignmentRepository(self.db.session).assignments([serial]).get(serial)
-        return current.to_dict() if current else _unassigned(serial)
+        if current is None:
+            return _unassigned(serial)
+        if not visible(actor, current.locations):  # whose it is belongs to the other location
+            return {**_unassigned(serial), "assigned_outside_your_locations": True}
+        return current.to_dict()
+
+    # --- following the roster ----------------------------------------------------------------
+
+    @event_handler(UserUpdated)
+    def on_user_updated(self, event: UserUpdated) -> None:
+        """A user's devices are in the user's current locations, for who may see and change them."""
+        AssignmentRepository(self.db.session).follow_user(event.user_id, list(event.locations), event.occurred())
+
+    @event_handler(UserDeleted)
+    def on_user_deleted(self, event: UserDeleted) -> None:
+        """A user the roster deleted keeps no device: each is freed and announced, so licences follow."""
+        freed = AssignmentRepository(self.db.session).release_user(event.user_id, event.occurred())
+        for serial in freed:
+            self.db.publish(DeviceUserUnassigned(serial_number=serial, user_id=event.user_id))
+        if freed:
+            self.db.audit(system_actor(self.name), "device.unassigned", f"user:{event.user_id}",
+                          {"serial_numbers": freed, "reason": "the roster deleted the user"})
 
     def _assign_to_user(self, actor: Actor, serial: str, user_id: str, source: str,
                         self_service: bool = False) -> dict[str, Any]:
@@ -74,6 +96,8 @@ class DevicePeopleEntrypoints:
             require_self_pairing_allowed(change, repository.device_token_locations([serial]).get(serial))
         if change.unchanged and change.previous is not None:
             return change.previous.to_dict()
+        if change.previous is not None:  # a move takes the device from its user: their location must be the actor's
+            require_locations(actor, change.previous.locations)
         repository.put(change.new, actor.id)
         if change.previous is not None:
             self.db.publish(DeviceUserUnassigned(serial_number=serial, user_id=change.previous.user_id))

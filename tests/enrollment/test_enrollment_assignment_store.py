@@ -49,3 +49,27 @@ def test_assignment_repository_round_trip(database_url):
     assert repository.assignments(["D1100"]) == {} and repository.groups() == []
     session.close()
     engine.dispose()
+
+
+@pytest.mark.integration
+def test_assignments_follow_the_roster_and_a_late_older_event_loses(database_url):
+    engine = create_engine_for(database_url)
+    upgrade(engine, "services.enrollment.migrations")
+    session = sessionmaker(engine)()
+    repository = AssignmentRepository(session)
+    before = utc_now()
+    repository.add_many([Assignment("D1", user_id="u1", locations=("A",)), Assignment("D2", user_id="u1", locations=("A",))],
+                        "me")
+    repository.follow_user("u1", ["B"], before)  # an update older than the assignment's own read of the user
+    assert {a.locations for a in repository.of_users(["u1"])} == {("A",)}
+    moved_at = utc_now()
+    repository.follow_user("u1", ["B"], moved_at)
+    assert {a.locations for a in repository.of_users(["u1"])} == {("B",)}
+    repository.follow_user("u1", ["C"], before)
+    assert {a.locations for a in repository.of_users(["u1"])} == {("B",)}
+
+    assert repository.release_user("u1", before) == []  # deleted before these devices were assigned to them
+    assert repository.release_user("u1", utc_now()) == ["D1", "D2"]
+    assert repository.of_users(["u1"]) == []
+    session.close()
+    engine.dispose()

@@ -90,6 +90,19 @@ def test_bad_assignments_are_refused_and_change_nothing(people, rpc_as):
             rpc.enrollment.assign_device("SER7B1", "s7b1")
         assert rpc.enrollment.assign_device("SER7A1", "s7a1")["user_id"] == "s7a1"
 
+    # a device of location B's user is neither shown nor taken by location A's leader
+    with rpc_as() as rpc:
+        rpc.enrollment.assign_device("SER7B1", "s7b1")
+    with rpc_as(LEADER_A) as rpc:
+        shown = rpc.enrollment.device_assignment("SER7B1")
+        assert (shown["user_id"], shown["locations"], shown["assigned_outside_your_locations"]) == (None, [], True)
+        with pytest.raises(PermissionDenied, match="location\\(s\\) B"):
+            rpc.enrollment.assign_device("SER7B1", "s7a1")
+        with pytest.raises(PermissionDenied):
+            rpc.enrollment.unassign_device("SER7B1")
+    with rpc_as() as rpc:
+        assert rpc.enrollment.device_assignment("SER7B1")["user_id"] == "s7b1"
+
 
 def test_shared_groups(people, rpc_as):
     with rpc_as() as rpc:
@@ -163,6 +176,35 @@ def test_scope_follows_the_roster(people, rpc_as):
         # without naming a location, a leader reaches only their own
         assert [r["serial_number"] for r in rpc.enrollment.resolve_scope({"grade_levels": ["7"]})] == [
             "SER7A1", "SERT7A"]
+
+
+def test_devices_follow_their_user_when_the_roster_moves_or_deletes_them(people, rpc_as):
+    with rpc_as() as rpc:
+        rpc.enrollment.assign_device("SER7A1", "s7a1")
+        rpc.enrollment.assign_device("SER7B1", "s7b1")
+        token = rpc.roster.create_api_token("sis")["token"]
+    with rpc_as(LEADER_A) as rpc:
+        assert rpc.enrollment.device_assignment("SER7B1")["user_id"] is None  # B's student: not A's to see
+
+    api = f"http://{people['SERVICES']['roster']['http_address']}/v2/users"
+    written = httpx.post(api, json={"accessToken": token, "elements": [
+        {"operation": "save", "id": "s7b1", "name": "s7b1", "type": "S", "locations": [["Alpha", "7"]]},
+        {"operation": "delete", "id": "s7a1"},
+    ]}).json()["response"]
+    assert [e["status"] for e in written] == ["OK", "OK"], written
+
+    with rpc_as(LEADER_A) as rpc:  # the student moved to A: their device is A's leader's to manage now
+        moved = wait_for(lambda: rpc.enrollment.device_assignment("SER7B1")["locations"] == ["A"] or None,
+                         what="the device to follow its user to location A")
+        assert moved and rpc.enrollment.unassign_device("SER7B1")["user_id"] is None
+    with rpc_as() as rpc:  # the deleted student's device is free, and no scope reaches it through them
+        wait_for(lambda: rpc.enrollment.device_assignment("SER7A1")["user_id"] is None,
+                 what="the deleted user's device freed")
+        assert rpc.enrollment.resolve_scope({"users": ["s7a1"]}) == []
+        (entry,) = rpc.enrollment.audit_log("user:s7a1")
+        assert (entry["action"], entry["details"]["serial_numbers"]) == ("device.unassigned", ["SER7A1"])
+    wait_for(lambda: ("unassigned", "SER7A1", "s7a1") in [(k, p["serial_number"], p["user_id"]) for k, p in RECEIVED],
+             what="the freed device announced")
 
 
 def test_imports_and_the_api_pre_assign_devices_through_enrollment(people, rpc_as):

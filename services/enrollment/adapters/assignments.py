@@ -1,6 +1,7 @@
 """Device assignments and shared device groups in the enrollment database."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -75,7 +76,8 @@ class AssignmentRepository:
     def add_many(self, assignments: list[Assignment], actor_id: str) -> None:
         now = utc_now()
         rows = [{"serial_number": a.serial_number, "user_id": a.user_id, "group_id": a.group_id,
-                 "locations": list(a.locations), "source": a.source, "assigned_at": now, "assigned_by": actor_id}
+                 "locations": list(a.locations), "locations_at": now if a.user_id else None, "source": a.source,
+                 "assigned_at": now, "assigned_by": actor_id}
                 for a in assignments]
         for start in range(0, len(rows), 1000):
             self.session.execute(device_assignments.insert(), rows[start:start + 1000])
@@ -83,6 +85,22 @@ class AssignmentRepository:
     def remove(self, serials: list[str]) -> None:
         for chunk in _chunks(serials):
             self.session.execute(device_assignments.delete().where(device_assignments.c.serial_number.in_(chunk)))
+
+    def follow_user(self, user_id: str, locations: list[str], changed_at: datetime) -> None:
+        """The user's devices take the locations the roster gave them at ``changed_at``, unless newer are stored."""
+        c = device_assignments.c
+        self.session.execute(device_assignments.update()
+                             .where(c.user_id == user_id, sa.or_(c.locations_at.is_(None), c.locations_at < changed_at))
+                             .values(locations=list(locations), locations_at=changed_at))
+
+    def release_user(self, user_id: str, deleted_at: datetime) -> list[str]:
+        """Free the devices the user had when the roster deleted them; a device assigned to a user of that id
+        since (a re-created user) stays. The serial numbers freed."""
+        c = device_assignments.c
+        held = sa.and_(c.user_id == user_id, sa.or_(c.locations_at.is_(None), c.locations_at <= deleted_at))
+        serials = sorted(self.session.scalars(sa.select(c.serial_number).where(held)))
+        self.remove(serials)
+        return serials
 
     # --- shared groups ---------------------------------------------------------------------
 

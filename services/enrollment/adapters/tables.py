@@ -139,7 +139,8 @@ device_assignments = sa.Table(
     sa.Column("user_id", sa.String(128), nullable=True, index=True),
     sa.Column("group_id", sa.String(36), sa.ForeignKey("shared_groups.id", ondelete="CASCADE"), nullable=True,
               index=True),
-    sa.Column("locations", sa.JSON, nullable=False),  # the user's at assignment, or the group's
+    sa.Column("locations", sa.JSON, nullable=False),  # the user's (kept up to date from the roster), or the group's
+    sa.Column("locations_at", UtcDateTime, nullable=True),  # when a user's locations were read: older events lose
     sa.Column("source", sa.String(20), nullable=False),  # admin | pairing | roster
     sa.Column("assigned_at", UtcDateTime, nullable=False),
     sa.Column("assigned_by", sa.String(200), nullable=False),
