@@ -17,13 +17,23 @@ def validated_profile(profile: Any) -> dict[str, Any]:
     url = profile.get("url")
     if not isinstance(url, str) or not url.strip():
         raise ValidationError("The enrollment profile needs a url: the MDM enrollment URL devices fetch their profile from.")
+    _require_https("url", url)
+    web_url = profile.get("configuration_web_url")
+    if web_url is not None:
+        if not isinstance(web_url, str):
+            raise ValidationError("configuration_web_url must be the https:// address of the sign-in page "
+                                  "(Orchard's is https://<enrollment address>/enroll), or left out.")
+        _require_https("configuration_web_url", web_url)
+    if profile.get("is_mdm_removable") is False and profile.get("is_supervised") is False:
+        raise ValidationError("A profile that cannot be removed (is_mdm_removable false) must also be supervised.")
+    return {key: value for key, value in profile.items() if key != "devices"}
+
+
+def _require_https(key: str, url: str) -> None:
     try:
         parts = urlsplit(url)
         reachable = parts.scheme == "https" and bool(parts.hostname) and parts.port != 0
     except ValueError:  # a malformed host or port: "https://[::1", "https://mdm.example:99999"
         reachable = False
     if not reachable:
-        raise ValidationError(f"The enrollment profile url '{url}' must be an https:// address devices can reach.")
-    if profile.get("is_mdm_removable") is False and profile.get("is_supervised") is False:
-        raise ValidationError("A profile that cannot be removed (is_mdm_removable false) must also be supervised.")
-    return {key: value for key, value in profile.items() if key != "devices"}
+        raise ValidationError(f"The enrollment profile {key} '{url}' must be an https:// address devices can reach.")
