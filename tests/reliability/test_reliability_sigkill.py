@@ -5,76 +5,30 @@ is stored or announced twice."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import eventlet
 import httpx
 import pytest
-import yaml
 from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.token_repository import TokenRepository
 import shared.entrypoints  # noqa: F401  registers Orchard's errors, so they reach this caller typed
 from shared.errors import Conflict
 from shared.storage import create_engine_for, utc_now
-from tests.conftest import TEST_SECRET_KEY
+from tests.conftest import settle
 from tests.reliability.conftest import connect_server_token, device_count, district, query, sync_runs
 from tests.reliability.fault_proxy import FaultProxy
+from tests.service_processes import kill, service_process, wait_until_serving
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-NAMEKO = Path(sys.executable).with_name("nameko")
 DEVICES = 4000
 PAGE = 100
 LEASE_SECONDS = 3  # deploy/config.yaml: 30
-
-
-@contextmanager
-def service_process(config: dict, tmp_path: Path, targets: list[str]) -> Iterator[subprocess.Popen]:
-    """``nameko run`` of services in a process of their own, on the test's vhost and databases."""
-    path = tmp_path / "orchard.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = open(tmp_path / "services.log", "a")
-    process = subprocess.Popen([str(NAMEKO), "run", "--config", str(path), *targets], cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT, env={**os.environ, "ORCHARD_SECRET_KEY": TEST_SECRET_KEY})
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        log.close()
-
-
-def wait_until_serving(rpc_as, *services: str) -> None:
-    def answers() -> bool:
-        try:
-            with rpc_as(timeout=2) as rpc:
-                return all(getattr(rpc, service).health()["database"] == "ok" for service in services)
-        except Exception:
-            return False
-    wait_for(answers, timeout=30, interval=0.2, what=f"{', '.join(services)} to answer")
-
-
-def kill(process: subprocess.Popen) -> None:
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(10)
-
-
 USERS = 5000
 
 
@@ -110,52 +64,57 @@ def test_a_process_killed_mid_sync_and_mid_apply_resumes_and_reapplies(orchard_c
     config["SERVICES"]["enrollment"].update(dep_url=proxy.url_for(dep_sandbox.url), sync_lease_seconds=LEASE_SECONDS)
     targets = ["services.enrollment.service:EnrollmentService", "services.roster.service:RosterService"]
     try:
-        with service_process(config, tmp_path, targets) as first:
-            wait_until_serving(rpc_as, "enrollment", "roster")
-            with rpc_as(timeout=60) as rpc:
-                token_id, server = connect_server_token(rpc, dep_sandbox)
-                plan_id = rpc.roster.preview_records(district(USERS))["plan_id"]
-            wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
-            dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
-            dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
-            dep_sandbox.http.delete("/_sandbox/requests")
-            proxy.delay = 0.2  # a page every ~0.2 s: the sync outlives its first lease term and is killed midway
-            with rpc_as(timeout=60) as rpc:
-                rpc.enrollment.sync_devices.call_async(token_id)
+        with rpc_as(timeout=90) as caller:  # its calls outlive the process that took them
+            with service_process(config, tmp_path, targets) as first:
+                wait_until_serving(rpc_as, "enrollment", "roster")
+                with rpc_as(timeout=60) as rpc:
+                    token_id, server = connect_server_token(rpc, dep_sandbox)
+                    plan_id = rpc.roster.preview_records(district(USERS))["plan_id"]
+                wait_for(lambda: sync_runs(config) and sync_runs(config)[-1].finished_at, what="the first (empty) sync")
+                dep_sandbox.server(server["server_uuid"], "settings", {"page_maximum": PAGE})
+                dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": DEVICES})
+                dep_sandbox.http.delete("/_sandbox/requests")
+                proxy.delay = 0.2  # a page every ~0.2 s: the sync outlives its first lease term and is killed midway
+                sync_reply = caller.enrollment.sync_devices.call_async(token_id)
                 started = time.monotonic()
                 wait_for(lambda: sync_runs(config)[-1].pages >= 8, timeout=30, what="several pages stored")
                 eventlet.sleep(max(0.0, started + LEASE_SECONDS + 1 - time.monotonic()))
-                with pytest.raises(Conflict):  # the live run has renewed its lease past its first term
+                with rpc_as(timeout=60) as rpc, pytest.raises(Conflict):  # the live run renewed its lease
                     rpc.enrollment.sync_devices(token_id)
-                rpc.roster.apply_plan.call_async(plan_id)
+                apply_reply = caller.roster.apply_plan.call_async(plan_id)
                 eventlet.sleep(0.3)  # the apply is writing users and their events
                 kill(first)
                 killed_at = time.monotonic()
-        proxy.delay = 0
-        stored = device_count(config)
-        assert 8 * PAGE <= stored < DEVICES
-        killed_run = sync_runs(config)[-1]
-        assert killed_run.finished_at is None
+            proxy.delay = 0
+            stored = device_count(config)
+            assert 8 * PAGE <= stored < DEVICES
+            killed_run = sync_runs(config)[-1]
+            assert killed_run.finished_at is None
 
-        with service_process(config, tmp_path, targets):
-            wait_until_serving(rpc_as, "enrollment", "roster")
-            # the scheduler counts the token due once the dead run's lease has run out
-            wait_for(lambda: token_id in due_tokens(config, at=utc_now()), timeout=LEASE_SECONDS + 5,
-                     what="the scheduler to count the token due")
-            with rpc_as(timeout=60) as rpc:
-                # once the lease has run out, the sync RPC the dead process was answering (redelivered) or this
-                # call resumes the sync; this call succeeds once no sync is running any more
-                wait_for(lambda: sync_unless_running(rpc, token_id), timeout=30, interval=0.5,
-                         what="the dead run's lease to run out")
-                resumed_after = time.monotonic() - killed_at
-                runs = rpc.enrollment.sync_runs(token_id)
-                rpc.roster.apply_plan(plan_id)  # the operator applies again: same plan, same result
-                assert rpc.roster.list_users()["total"] == USERS
-            wait_for(lambda: query(config, "roster", "select count(*) from outbox")[0][0] == 0, timeout=30,
-                     what="the roster's outbox drained after the restart")
+            with service_process(config, tmp_path, targets):
+                wait_until_serving(rpc_as, "enrollment", "roster")
+                # the two calls the dead process had taken and not answered are delivered again and answered
+                # now (a sync still held by the dead run's lease, or a plan being applied, is a Conflict)
+                redelivered = settle([sync_reply, apply_reply], Conflict)
+                # the scheduler counts the token due once the dead run's lease has run out
+                wait_for(lambda: token_id in due_tokens(config, at=utc_now()), timeout=LEASE_SECONDS + 5,
+                         what="the scheduler to count the token due")
+                with rpc_as(timeout=60) as rpc:
+                    # once the lease has run out, the redelivered call or this one resumes the sync; this call
+                    # succeeds once no sync is running any more
+                    wait_for(lambda: sync_unless_running(rpc, token_id), timeout=30, interval=0.5,
+                             what="the dead run's lease to run out")
+                    resumed_after = time.monotonic() - killed_at
+                    runs = rpc.enrollment.sync_runs(token_id)
+                    rpc.roster.apply_plan(plan_id)  # the operator applies again: same plan, same result
+                    assert rpc.roster.list_users()["total"] == USERS
+                wait_for(lambda: query(config, "roster", "select count(*) from outbox")[0][0] == 0, timeout=30,
+                         what="the roster's outbox drained after the restart")
     finally:
         proxy.close()
 
+    # answered by the new process (an unanswered call would have timed out in settle): a result or a Conflict
+    assert all(isinstance(answer, (dict, str)) for answer in redelivered), redelivered
     # the sync went on from its stored cursor soon after the kill: only the missing devices, each page about once
     assert resumed_after < LEASE_SECONDS + 15, resumed_after
     later = [r for r in runs if r["id"] > killed_run.id]

@@ -8,9 +8,10 @@ import sqlalchemy as sa
 from kombu import Connection, Queue
 from nameko.events import get_event_exchange
 
-from shared.storage import create_engine_for, utc_now
+from shared.storage import create_engine_for
 from tests.reliability.fault_proxy import FaultProxy
-from tests.shared.sample.services import CallerService, ListenerService, NoteTaken, NotesService, metadata, notes
+from tests.shared.sample.services import CallerService, ListenerService, NoteTaken, NotesService, notes
+from tests.service_processes import kill, service_process, wait_until_serving
 from tests.shared.test_kernel_runtime import peek
 from tests.waiting import wait_for
 
@@ -47,20 +48,32 @@ def test_events_survive_the_broker_dropping_every_connection(
     assert peek(orchard_config, "evt-notes-NoteTaken--listener.on_note_taken.dead-letters") == []
 
 
-def test_events_committed_before_a_crash_are_published_on_restart(runner_factory, orchard_config):
-    # the process committed its change and its outbox row, then died before publishing
+def test_events_committed_before_a_crash_are_published_on_restart(runner_factory, orchard_config, rpc_as, tmp_path):
+    """The process commits a note and its event, cannot publish the event (the broker refuses it) and is killed
+    with SIGKILL: the event waits in the outbox, and the next replica publishes it."""
+    runner_factory(orchard_config, ListenerService).start()  # the subscriber's queue exists
+    vhost = orchard_config["AMQP_URI"].rsplit("/", 1)[1]
+    policy = f"http://127.0.0.1:15672/api/policies/{quote(vhost, safe='')}/refuse-every-event"
+    httpx.put(policy, auth=("guest", "guest"), json={
+        "pattern": "^evt-notes-NoteTaken--listener\\.on_note_taken$", "apply-to": "queues",
+        "definition": {"max-length": 0, "overflow": "reject-publish"}}).raise_for_status()
+    log = tmp_path / "services.log"
+    with service_process(orchard_config, tmp_path, ["tests.shared.sample.services:NotesService"]) as notes_process:
+        wait_until_serving(rpc_as, "notes")
+        with rpc_as() as rpc:
+            rpc.notes.take_note("crash", "committed just before the crash")
+        wait_for(lambda: "outbox relay for notes could not publish" in log.read_text(), timeout=20,
+                 what="the relay's publish refused")
+        kill(notes_process)
     engine = create_engine_for(orchard_config["SERVICES"]["notes"]["database_url"])
-    runner = runner_factory(orchard_config, ListenerService)
-    runner.start()  # the subscriber exists; the publisher is down
-    from shared.migrations import upgrade
-    upgrade(engine, "tests.shared.sample.migrations")
-    orphan = NoteTaken(note_id="orphan", text="committed just before the crash")
-    with engine.begin() as connection:
-        connection.execute(metadata.tables["outbox"].insert().values(
-            event_id=orphan.event_id, event_type=orphan.TYPE, payload=orphan.to_payload(), created_at=utc_now()))
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM outbox")).scalar_one() == 1
+    engine.dispose()
+    assert listener_notes(orchard_config) == []
 
-    runner_factory(orchard_config, NotesService).start()  # the publisher restarts
-    wait_for(lambda: listener_notes(orchard_config) == ["orphan"], what="the orphaned event delivered")
+    httpx.delete(policy, auth=("guest", "guest")).raise_for_status()
+    runner_factory(orchard_config, NotesService).start()  # a replica starts again
+    wait_for(lambda: listener_notes(orchard_config) == ["crash"], what="the orphaned event delivered")
 
 
 def test_a_call_to_another_service_without_the_broker_is_an_upstream_error(runner_factory, orchard_config):
