@@ -17,9 +17,10 @@ from services.directory.adapters.profiles import ProfileRepository, StoredProfil
 from services.directory.adapters.sign_in_failures import SqlFailureLog
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from services.directory.domain.connection_test import run_connection_test
+from services.directory.domain.egress import egress_addresses
 from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
 from services.directory.domain.profile import LdapProfile, apply_changes, parse_profile
-from services.directory.domain.schedule import daily_sync_due
+from services.directory.domain.schedule import daily_sync_due, worth_retrying
 from services.directory.domain.sync import profile_source, read_import_batch
 from shared.arguments import row_id
 from shared.config import service_settings
@@ -38,8 +39,9 @@ ROSTER_TIMEOUT = 600
 
 class EgressAddresses(DependencyProvider):
     def setup(self) -> None:
-        addresses = service_settings(self.container.config, self.container.service_name).get("egress_ips") or []
-        self.addresses = [str(address) for address in addresses]
+        # a wrong entry stops the service at start rather than be shown to schools for their firewalls
+        self.addresses = egress_addresses(service_settings(self.container.config, self.container.service_name)
+                                          .get("egress_ips"))
 
     def get_dependency(self, worker_ctx: Any) -> list[str]:
         return list(self.addresses)
@@ -109,9 +111,9 @@ class DirectoryService(OrchardService):
             if not isinstance(test_username, str) or not isinstance(test_password, str):
                 raise ValidationError("give both test_username and test_password, or neither")
             test_user = (test_username, test_password)
-        directory = LdapDirectory(stored.profile.connection)
+        directory = LdapDirectory(stored.profile.connection, profile=str(stored.id))
         steps = run_connection_test(directory, stored.profile, time.monotonic, test_user)
-        self._remember_certificate(stored.id, directory)
+        self._remember_certificate(stored, directory)
         return [step.to_dict() for step in steps]
 
     @rpc
@@ -126,7 +128,7 @@ class DirectoryService(OrchardService):
     def authenticate(self, username: str, password: str, profile_id: int | None = None) -> dict[str, Any]:
         """``{authenticated, user_id}``: the same answer whether the user is unknown or the password wrong."""
         self.auth.require("directory:authenticate")
-        candidates = _bound_directories(self._sign_in_profiles(profile_id))
+        candidates = self._bound_directories(self._sign_in_profiles(profile_id))
         try:
             limiter = FailedSignInLimiter(SqlFailureLog(self.db.session), time.time)
             result = authenticate(candidates, limiter, username, password)
@@ -144,15 +146,17 @@ class DirectoryService(OrchardService):
 
     @periodic(interval=60)
     def run_daily_syncs(self) -> None:
-        """Apply each profile's sync once a day, at or after its daily sync time (UTC)."""
+        """Apply each profile's sync once a day, at or after its daily sync time (UTC); a failed one is tried again."""
         now = utc_now()
         profiles = self._profiles()
         for stored in profiles.list():
-            if daily_sync_due(stored.profile.sync.daily_sync_time, stored.last_scheduled_on, now):
+            failed_at = stored.last_sync_at if stored.last_sync_outcome == "failed" else None
+            if daily_sync_due(stored.profile.sync.daily_sync_time, stored.last_scheduled_on, now, failed_at):
                 try:
                     self._sync(stored, apply=True, trigger="scheduled", scheduled_on=now.date().isoformat())
                 except OrchardError as exc:  # recorded on the profile; the next profile still runs
-                    log.warning("scheduled sync of LDAP profile %s failed: %s", stored.id, exc)
+                    log.warning("scheduled sync of LDAP profile %s failed (%s): %s", stored.id,
+                                "tried again later today" if worth_retrying(exc) else "not tried again today", exc)
                 self.db.commit()
 
     # -- internals --
@@ -160,18 +164,18 @@ class DirectoryService(OrchardService):
     def _profiles(self) -> ProfileRepository:
         return ProfileRepository(self.db.session, self.secrets)
 
-    def _sync(self, stored: StoredProfile, apply: bool, trigger: str, scheduled_on: str | None = None) -> dict[str, Any]:
+    def _sync(self, stored: StoredProfile, apply: bool, trigger: str,
+              scheduled_on: str | None = None) -> dict[str, Any]:
+        """``scheduled_on`` marks that day's scheduled sync done, unless it failed in a way worth retrying."""
         mode = "apply" if apply else "preview"
         started = time.perf_counter()
-        profiles = self._profiles()
-        if not profiles.claim_sync(stored.id):  # not a wait: a directory sync can take minutes
+        if not self._profiles().claim_sync(stored.id):  # not a wait: a directory sync can take minutes
             raise Conflict(f"a sync of LDAP profile {stored.id} is already running; try again once it has finished")
+        directory = LdapDirectory(stored.profile.connection, profile=str(stored.id))
         try:
-            directory = LdapDirectory(stored.profile.connection)
             with directory.bound():
                 batch = dataclasses.replace(read_import_batch(directory, stored.profile),
                                             source=profile_source(stored.id))
-            self._remember_certificate(stored.id, directory)
             for kind, count in ((USERS, len(batch.users)), (GRADE_LEVELS, len(batch.grade_levels)),
                                 (CLASSES, len(batch.classes))):
                 metrics.ENTRIES_READ.labels(kind).inc(count)
@@ -180,22 +184,38 @@ class DirectoryService(OrchardService):
             plan = self.roster.preview_records(payload, options)
             applied = self.roster.apply_plan(plan["plan_id"]) if apply else None
         except OrchardError as exc:
-            metrics.SYNC_RUNS.labels(trigger, mode, "error").inc()
-            profiles.record_sync(stored.id, "failed", exc.message, scheduled_on)
+            metrics.SYNC_RUNS.labels(str(stored.id), trigger, mode, "error").inc()
+            self._record_sync(stored, directory, "failed", exc.message, None if worth_retrying(exc) else scheduled_on)
             self.db.commit()  # the failure is recorded even though the caller gets the error
             raise
-        metrics.SYNC_RUNS.labels(trigger, mode, "success").inc()
+        metrics.SYNC_RUNS.labels(str(stored.id), trigger, mode, "success").inc()
         metrics.SYNC_DURATION.labels(mode).observe(time.perf_counter() - started)
         read = {"users": len(batch.users), "grade_levels": len(batch.grade_levels), "classes": len(batch.classes),
                 "locations": len(batch.locations), "rejected": len(batch.rejected)}
         message = f"read {read['users']} users, {read['classes']} classes; {read['rejected']} entries rejected"
-        profiles.record_sync(stored.id, "applied" if apply else "previewed", message, scheduled_on)
+        self._record_sync(stored, directory, "applied" if apply else "previewed", message, scheduled_on)
         return {"profile_id": stored.id, "read": read, "plan": plan, "applied": applied}
 
-    def _remember_certificate(self, profile_id: int, directory: LdapDirectory) -> None:
+    def _record_sync(self, stored: StoredProfile, directory: LdapDirectory, outcome: str, message: str,
+                     scheduled_on: str | None) -> None:
+        # written last: the sync's transaction, open while the roster works, locks what it writes until it ends
+        self._remember_certificate(stored, directory)
+        self._profiles().record_sync(stored.id, outcome, message, scheduled_on)
+
+    def _remember_certificate(self, stored: StoredProfile, directory: LdapDirectory) -> None:
+        """Store the expiry of the certificate the server showed, only when it changed: sign-ins come here too."""
         if directory.certificate is None:
             return
-        self._profiles().record_certificate(profile_id, datetime.fromisoformat(directory.certificate.not_after))
+        not_after = datetime.fromisoformat(directory.certificate.not_after)
+        if not_after != stored.certificate_not_after:
+            self._profiles().record_certificate(stored.id, not_after)
+
+    def _bound_directories(self, stored_profiles: list[StoredProfile]) -> Iterator[tuple[LdapDirectory, LdapProfile]]:
+        """Each profile's directory, bound as its service account only when the sign-in reaches it."""
+        for stored in stored_profiles:
+            with LdapDirectory(stored.profile.connection, profile=str(stored.id)).bound() as directory:
+                self._remember_certificate(stored, directory)
+                yield directory, stored.profile
 
     def _sign_in_profiles(self, profile_id: int | None) -> list[StoredProfile]:
         profiles = self._profiles()
@@ -209,10 +229,3 @@ class DirectoryService(OrchardService):
         if not enabled:
             raise NotFound("no LDAP profile validates passwords; enable authentication on one first")
         return enabled
-
-
-def _bound_directories(stored_profiles: list[StoredProfile]) -> Iterator[tuple[LdapDirectory, LdapProfile]]:
-    """Each profile's directory, bound as its service account only when the sign-in reaches it."""
-    for stored in stored_profiles:
-        with LdapDirectory(stored.profile.connection).bound() as directory:
-            yield directory, stored.profile

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.slapd import BASE_DN, RunningSlapd, TreeShape, school_dn, start_slapd, teachers_group_dn
 
@@ -17,6 +19,19 @@ def slapd() -> Iterator[RunningSlapd]:
         yield server
     finally:
         server.stop()
+
+
+def metrics_text(config: dict) -> str:
+    return httpx.get(f"http://127.0.0.1:{config['SERVICES']['directory']['metrics_port']}/metrics").text
+
+
+def metric_value(config: dict, name: str, **labels: str) -> float:
+    """The directory service's sample ``name`` with exactly ``labels`` (0 when it has none yet)."""
+    for family in text_string_to_metric_families(metrics_text(config)):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
 
 
 def ad_sync_settings(server: RunningSlapd) -> dict[str, Any]:

@@ -1,14 +1,23 @@
 """The directory service over the real broker: profiles, connection test, sign-in, metrics."""
 from __future__ import annotations
 
-import httpx
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Iterator
+
 import pytest
+import sqlalchemy as sa
+from cryptography import x509
 from cryptography.fernet import Fernet
 
+from services.directory.adapters.tables import ldap_profiles
 from services.directory.service import DirectoryService
 from shared.auth import Actor
+from shared.config import DEFAULT_CONFIG_PATH, load_config
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from shared.storage import create_engine_for
 from tests.conftest import replicas_on_postgresql, settle
+from tests.directory.conftest import metric_value, metrics_text
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +36,6 @@ def directory_service(runner_factory, directory_config):
     runner = runner_factory(directory_config, DirectoryService)
     runner.start()
     return runner
-
-
-def metrics_text(config) -> str:
-    return httpx.get(f"http://127.0.0.1:{config['SERVICES']['directory']['metrics_port']}/metrics").text
 
 
 def auth_attempts(config) -> dict[str, float]:
@@ -104,6 +109,31 @@ def test_only_administrators_change_profiles(directory_service, rpc_as, profile_
         assert rpc.directory.egress_ips() == EGRESS
 
 
+def deployed_egress_ips(environment: str) -> object:
+    """``egress_ips`` as deploy/config.yaml reads it when ORCHARD_EGRESS_IPS is ``environment``."""
+    config = load_config(DEFAULT_CONFIG_PATH, environ={"ORCHARD_EGRESS_IPS": environment})
+    return config["SERVICES"]["directory"]["egress_ips"]
+
+
+@pytest.mark.parametrize("environment, addresses", [
+    ("203.0.113.5", ["203.0.113.5"]),
+    ("203.0.113.5,198.51.100.7", ["203.0.113.5", "198.51.100.7"]),
+    ("2001:db8::1", ["2001:db8::1"]),
+])
+def test_egress_addresses_set_in_plain_form_in_the_environment(runner_factory, directory_config, rpc_as,
+                                                               environment, addresses):
+    directory_config["SERVICES"]["directory"]["egress_ips"] = deployed_egress_ips(environment)
+    runner_factory(directory_config, DirectoryService).start()
+    with rpc_as() as rpc:
+        assert rpc.directory.egress_ips() == addresses
+
+
+def test_an_egress_entry_that_is_not_an_address_stops_the_service_at_start(runner_factory, directory_config):
+    directory_config["SERVICES"]["directory"]["egress_ips"] = deployed_egress_ips("203.0.113.5, nat.school.example")
+    with pytest.raises(ValidationError, match="'nat.school.example' is not an IP address or network"):
+        runner_factory(directory_config, DirectoryService).start()
+
+
 def test_the_connection_test_reports_each_step_and_the_certificate_expiry(
         directory_service, directory_config, rpc_as, profile_data):
     with rpc_as() as rpc:
@@ -118,7 +148,46 @@ def test_the_connection_test_reports_each_step_and_the_certificate_expiry(
         assert steps[-1]["step"] == "bind" and not steps[-1]["ok"] and "refused the bind" in steps[-1]["detail"]
     text = metrics_text(directory_config)
     assert f'orchard_directory_tls_certificate_expiry_timestamp_seconds{{profile="{profile_id}"}}' in text
-    assert "orchard_directory_bind_failures_total" in text
+    assert f'orchard_directory_bind_failures_total{{profile="{bad["id"]}"}}' in text
+
+
+@contextmanager
+def profile_updates() -> Iterator[list[str]]:
+    """The UPDATE statements on LDAP profiles that this process sends while the block runs."""
+    statements: list[str] = []
+
+    def seen(connection, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith("UPDATE LDAP_PROFILES"):
+            statements.append(statement)
+    sa.event.listen(sa.Engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", seen)
+
+
+def test_sign_ins_keep_the_certificate_expiry_current_without_writing_it_each_time(
+        directory_service, directory_config, rpc_as, profile_data, slapd):
+    server_certificate = x509.load_pem_x509_certificate((slapd.workdir / "server.pem").read_bytes())
+    expires = server_certificate.not_valid_after_utc
+    with rpc_as() as rpc:
+        profile_id = rpc.directory.add_ldap_profile(profile_data())["id"]  # used for sign-ins only
+        assert rpc.directory.authenticate("t00001", "correct horse battery")["authenticated"] is True
+        assert rpc.directory.get_ldap_profile(profile_id)["certificate_not_after"] == expires.isoformat()
+        assert metric_value(directory_config, "orchard_directory_tls_certificate_expiry_timestamp_seconds",
+                            profile=str(profile_id)) == expires.timestamp()
+
+        with profile_updates() as updates:
+            assert rpc.directory.authenticate("t00001", "correct horse battery")["authenticated"] is True
+            assert rpc.directory.authenticate("t00001", "incorrect")["authenticated"] is False
+        assert updates == []  # the same certificate: nothing to write
+
+        engine = create_engine_for(directory_config["SERVICES"]["directory"]["database_url"])
+        with engine.begin() as connection:  # what an earlier certificate of the server left
+            connection.execute(ldap_profiles.update().values(certificate_not_after=expires - timedelta(days=365)))
+        engine.dispose()
+        rpc.directory.authenticate("t00001", "incorrect")
+        assert datetime.fromisoformat(rpc.directory.get_ldap_profile(profile_id)["certificate_not_after"]) == expires
 
 
 def test_sign_in_against_the_directory(directory_service, directory_config, rpc_as, profile_data):

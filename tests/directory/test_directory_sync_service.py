@@ -1,16 +1,20 @@
 """Directory syncs into the real roster service over RabbitMQ: preview, apply, only-add-new, guards, schedule."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import pytest
 from cryptography.fernet import Fernet
 from nameko.events import event_handler
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_container
 
+import shared.storage
 from services.directory.service import DirectoryService
 from services.roster.service import RosterService
 from shared.errors import Conflict, UpstreamError
-from tests.conftest import postgres_database, settle
+from tests.conftest import free_port, postgres_database, settle
+from tests.directory.conftest import metric_value
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -87,9 +91,15 @@ def test_only_add_new_adds_users_and_leaves_existing_ones_alone(services, rpc_as
         assert rpc.roster.get_user("t00003")["name"] == "t00003"  # new: mapped with the new settings
 
 
-def test_a_failed_read_is_an_error_and_never_an_empty_plan(services, rpc_as, profile_data):
+def sync_runs(config: dict, profile_id: int, outcome: str) -> float:
+    return metric_value(config, "orchard_directory_sync_runs_total", profile=str(profile_id), trigger="manual",
+                        mode="apply", outcome=outcome)
+
+
+def test_a_failed_read_is_an_error_and_never_an_empty_plan(services, orchard_config, rpc_as, profile_data):
     with rpc_as() as rpc:
         good = rpc.directory.add_ldap_profile(with_users_filter(profile_data(), TEACHERS))["id"]
+        before = {outcome: sync_runs(orchard_config, good, outcome) for outcome in ("success", "error")}
         rpc.directory.sync_ldap_profile(good, apply=True)
         total = rpc.roster.list_users()["total"]
 
@@ -103,6 +113,9 @@ def test_a_failed_read_is_an_error_and_never_an_empty_plan(services, rpc_as, pro
         assert rpc.roster.list_users()["total"] == total
         last = rpc.directory.get_ldap_profile(good)["last_sync"]
         assert last["outcome"] == "failed" and "refused the bind" in last["message"]
+    # counted per profile, so that one profile's successes cannot hide another's failures
+    assert {outcome: sync_runs(orchard_config, good, outcome) - before[outcome] for outcome in before} == {
+        "success": 1, "error": 2}
 
 
 def test_the_daily_sync_applies_once_a_day(services, rpc_as, profile_data, slapd):
@@ -123,6 +136,47 @@ def test_the_daily_sync_applies_once_a_day(services, rpc_as, profile_data, slapd
         run_daily_syncs()  # already ran today: nothing happens
     with rpc_as() as rpc:
         assert rpc.directory.get_ldap_profile(profile_id)["last_sync"]["at"] == first_run
+
+
+class SchoolClock(datetime):
+    """The clock every part of Orchard in this process reads (``shared.storage.utc_now``), set by the test."""
+    at = datetime(2026, 3, 2, 3, 0, tzinfo=timezone.utc)
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls.at.astimezone(tz) if tz else cls.at.replace(tzinfo=None)
+
+
+def test_a_failed_daily_sync_is_tried_again_the_same_day(services, rpc_as, profile_data, slapd, monkeypatch):
+    monkeypatch.setattr(shared.storage, "datetime", SchoolClock)
+    with rpc_as() as rpc:
+        rebooting = rpc.directory.add_ldap_profile(with_users_filter(  # its server does not answer at 03:00
+            profile_data(port=free_port()), TEACHERS, daily_sync_time="03:00"))["id"]
+        refused = rpc.directory.add_ldap_profile(with_users_filter(
+            profile_data(name="expired password", bind_password="expired"), TEACHERS, daily_sync_time="03:00"))["id"]
+    container = get_container(services, DirectoryService)
+
+    def run_at(day: int, hour: int, minute: int) -> dict[int, dict]:
+        monkeypatch.setattr(SchoolClock, "at", datetime(2026, 3, day, hour, minute, tzinfo=timezone.utc))
+        with entrypoint_hook(container, "run_daily_syncs") as run_daily_syncs:
+            run_daily_syncs()
+        with rpc_as() as rpc:
+            return {p["id"]: p["last_sync"] for p in rpc.directory.list_ldap_profiles()}
+
+    first = run_at(2, 3, 0)
+    assert first[rebooting]["outcome"] == first[refused]["outcome"] == "failed"
+    assert "refused the bind" in first[refused]["message"]
+    assert run_at(2, 3, 4) == first  # not before five minutes have passed
+
+    with rpc_as() as rpc:
+        rpc.directory.update_ldap_profile(rebooting, {"port": slapd.ldaps_port})  # the server is back
+    retried = run_at(2, 3, 5)
+    assert retried[rebooting]["outcome"] == "applied" and retried[rebooting]["at"].startswith("2026-03-02T03:05")
+    assert retried[refused] == first[refused]  # a refused password is not tried again: it could lock the account
+    assert run_at(2, 4, 0) == retried  # the day's sync is done
+
+    next_day = run_at(3, 3, 0)
+    assert next_day[refused]["at"].startswith("2026-03-03T03:00") and next_day[rebooting]["at"].startswith("2026-03-03")
 
 
 def test_a_second_sync_of_a_profile_while_one_runs_is_refused_at_once(runner_factory, orchard_config, rpc_as,

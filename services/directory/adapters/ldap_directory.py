@@ -20,7 +20,7 @@ from ldap3.utils.conv import escape_filter_chars
 
 from services.directory.domain.entries import DirectoryEntry
 from services.directory.metrics import BIND_FAILURES
-from services.directory.domain.ports import CertificateInfo, FoundUser
+from services.directory.domain.ports import BindRefused, CertificateInfo, FoundUser
 from services.directory.domain.profile import ConnectionSettings
 from shared.errors import UpstreamError
 
@@ -31,8 +31,9 @@ PAGED_RESULTS_OID = "1.2.840.113556.1.4.319"
 class LdapDirectory:
     """One connection to the directory; implements the domain's reader, password and probe ports."""
 
-    def __init__(self, settings: ConnectionSettings):
+    def __init__(self, settings: ConnectionSettings, profile: str = ""):
         self.settings = settings
+        self.profile = profile  # the stored profile's id, which labels its metrics
         self._server = Server(
             settings.host,
             port=settings.port,
@@ -72,9 +73,9 @@ class LdapDirectory:
         try:
             self._connection.bind()
         except ldap_errors.LDAPInvalidCredentialsResult:
-            BIND_FAILURES.inc()
-            raise UpstreamError(f"the directory refused the bind as {self.settings.bind_dn}: the bind DN or "
-                                "password is wrong (or the account is disabled)") from None
+            BIND_FAILURES.labels(self.profile).inc()
+            raise BindRefused(f"the directory refused the bind as {self.settings.bind_dn}: the bind DN or "
+                              "password is wrong (or the account is disabled)") from None
         except ldap_errors.LDAPException as exc:
             raise _upstream("binding as the service account", exc) from None
 
