@@ -62,10 +62,12 @@ _MODELS = (
 
 
 class SandboxError(Exception):
-    """An Apple-style error answer: HTTP status and the short body string."""
+    """An Apple-style error answer: HTTP status and the short body string (sent as it is with a ``content_type``,
+    as a proxy's HTML page would be; quoted as JSON otherwise)."""
 
-    def __init__(self, status: int, code: str = "", headers: dict[str, str] | None = None):
-        self.status, self.code, self.headers = status, code, headers or {}
+    def __init__(self, status: int, code: str = "", headers: dict[str, str] | None = None,
+                 content_type: str | None = None):
+        self.status, self.code, self.headers, self.content_type = status, code, headers or {}, content_type
 
 
 class RangeLog:
@@ -151,7 +153,7 @@ class DepSandbox:
         self._sessions: dict[str, Session] = {}
         self._nonces: set[str] = set()
         self._clock_offset = 0.0
-        self._scripted: dict[str, deque[tuple[int, str, dict[str, str]]]] = {}
+        self._scripted: dict[str, deque[tuple[int, str, dict[str, str], str | None]]] = {}
         self._counts: Counter[str] = Counter()
 
     def now(self) -> float:
@@ -176,8 +178,8 @@ class DepSandbox:
         try:
             response = self._apple(request, path, endpoint)
         except SandboxError as exc:
-            body = json.dumps(exc.code) if exc.code else ""
-            response = Response(body, exc.status, headers=exc.headers, content_type=CONTENT_TYPE)
+            body = exc.code if exc.content_type else json.dumps(exc.code) if exc.code else ""
+            response = Response(body, exc.status, headers=exc.headers, content_type=exc.content_type or CONTENT_TYPE)
         self._counts[endpoint] += 1
         self._counts[f"{endpoint} {response.status_code}"] += 1
         return response
@@ -187,8 +189,7 @@ class DepSandbox:
     def _apple(self, request: Request, path: str, endpoint: str) -> Response:
         scripted = self._scripted.get(endpoint)
         if scripted:
-            status, code, headers = scripted.popleft()
-            raise SandboxError(status, code, headers)
+            raise SandboxError(*scripted.popleft())
         if not request.headers.get("User-Agent"):
             raise SandboxError(400, "USER_AGENT_MISSING")
         if path == "/session":
@@ -615,14 +616,16 @@ class DepSandbox:
         return {"p7m": p7m.decode(), "access_token_expiry": credentials["access_token_expiry"]}
 
     def script(self, endpoint: str, responses: list) -> None:
-        """The next answers of ``endpoint`` ("METHOD /path"): depsim names or {status, body, headers}."""
+        """The next answers of ``endpoint`` ("METHOD /path"): depsim names or {status, body, headers, content_type}
+        (the body is quoted as JSON, as Apple's short strings are, unless a content_type is given)."""
         queue = self._scripted.setdefault(endpoint, deque())
         for item in responses:
             if isinstance(item, str):
                 status, code = NAMED_FAILURES[item]
-                queue.append((status, code, {}))
+                queue.append((status, code, {}, None))
             else:
-                queue.append((int(item["status"]), item.get("body", ""), dict(item.get("headers") or {})))
+                queue.append((int(item["status"]), item.get("body", ""), dict(item.get("headers") or {}),
+                              item.get("content_type")))
 
     @staticmethod
     def _iso(moment: float) -> str:

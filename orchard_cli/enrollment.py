@@ -187,7 +187,7 @@ def devices(token_id: str, status: str | None) -> None:
         after = page["next_after"]
         if after is None:
             break
-    print_table(rows, DEVICE_COLUMNS, status_column="profile_status")
+    print_table(rows, DEVICE_COLUMNS, status_column="profile_status", colour_column="status_colour")
     click.echo(", ".join(f"{name}: {count}" for name, count in sorted(page["counts"].items())) or "no devices")
 
 

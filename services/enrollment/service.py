@@ -41,7 +41,7 @@ from services.enrollment.domain.checkin import (
 from services.enrollment.domain.device_identity import CheckinRejected, authorize_checkin
 from services.enrollment.domain.device_sync import DeviceSync, SyncCounts, assign_profile
 from services.enrollment.domain.devices import PROFILE_STATUSES
-from services.enrollment.domain.errors import AccessDenied, CursorError, DepError, TermsNotAccepted
+from services.enrollment.domain.errors import AccessDenied, CursorError, DepError, TermsNotAccepted, Throttled
 from services.enrollment.domain.locations import require_roster_locations
 from services.enrollment.domain.profiles import validated_profile
 from services.enrollment.domain.server_tokens import (
@@ -73,7 +73,7 @@ MAX_LOCATION_ID_LENGTH = 128  # the roster's longest id
 ALREADY_CONNECTED = "This server token is already connected to an MDM server; renew it to replace its token."
 PROGRESS_EVERY_SECONDS = 0.5  # how often a running sync's record shows its progress
 # a sync that failed (Apple away, or an error of ours): try again soon from the saved cursor, not hours later;
-# a few requests an hour during a long outage is no storm
+# a few requests an hour during a long outage is no storm (and never before the time Apple gave with a 429)
 FAILED_SYNC_RETRY = (timedelta(minutes=5), timedelta(minutes=10))
 MAX_SERIALS_PER_CALL = 10_000
 _UNCHANGED: Any = object()
@@ -370,6 +370,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                 runs.progress(run_id, counts)
 
         started, error, refusal = time.monotonic(), None, None
+        apple_wait = timedelta(0)  # how long Apple asked us not to call again
         devices = DeviceRepository(session, row.id, assigned_by=f"system:{self.name}")
         try:
             client = self._client(self._credentials(row))
@@ -387,6 +388,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         except DepError as exc:
             session.rollback()  # the page in progress is redone next time: its cursor was not saved
             error, refusal = str(exc), _refusal_status(exc)
+            if isinstance(exc, Throttled) and exc.retry_after:
+                apple_wait = timedelta(seconds=exc.retry_after)
         except BaseException:
             session.rollback()
             self._release_sync_lease(row.id, holder, last_sync_at=utc_now(), last_sync_result="error",
@@ -397,15 +400,19 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise
         now = utc_now()
         outcome = "error" if error else "ok"
+        next_sync_at = _next_sync(FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY)
+        retry = devices.next_profile_retry()
+        if retry is not None:  # throttled profile assignments are retried by the sync: run it when they are due
+            next_sync_at = min(next_sync_at, retry)
+        next_sync_at = max(next_sync_at, now + apple_wait)  # sooner would only be throttled again
+        if apple_wait:
+            error = f"{error} The next scheduled sync runs at {next_sync_at:%Y-%m-%d %H:%M:%S} UTC."
         values: dict[str, Any] = {
             "last_sync_at": now, "last_sync_result": outcome, "last_sync_error": error, "apple_refusal": refusal,
-            "next_sync_at": _next_sync(FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY),
+            "next_sync_at": next_sync_at,
         }
         if error is None:
             values["last_successful_sync_at"] = now
-        retry = devices.next_profile_retry()
-        if retry is not None:  # throttled profile assignments are retried by the sync: run it when they are due
-            values["next_sync_at"] = max(min(values["next_sync_at"], retry), now)
         if not self._release_sync_lease(row.id, holder, **values):
             # taken between two renewals: the token's state is the new holder's to record
             return self._lost_sync_lease(row.id, run_id, latest, started)

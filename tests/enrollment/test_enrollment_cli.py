@@ -24,9 +24,8 @@ def orchard(runner_factory, orchard_config, dep_sandbox, roster_locations, tmp_p
     roster_locations("north", "south")
     runner = CliRunner()
 
-    def run(*args: str):
-        result = runner.invoke(cli, ["enrollment", *args])
-        return result
+    def run(*args: str, color: bool = False):
+        return runner.invoke(cli, ["enrollment", *args], color=color)
     return run
 
 
@@ -93,6 +92,26 @@ def test_token_and_device_commands(orchard, dep_sandbox, tmp_path, monkeypatch):
 
     assert orchard("token", "delete", token_id, "--yes").exit_code == 0
     assert "(none)" in orchard("token", "list").output
+
+
+def test_devices_show_their_profile_status_in_the_colour_the_service_gives(orchard, dep_sandbox, tmp_path):
+    certificate = tmp_path / "orchard.pem"
+    token_id = re.search(r"Token (\S+) created", orchard("token", "create", "Springfield", "--out",
+                                                         str(certificate)).output).group(1)
+    server = dep_sandbox.create_server(certificate.read_bytes())
+    statuses = ("empty", "assigned", "pushed", "removed")
+    dep_sandbox.server(server["server_uuid"], "devices", {"devices": [
+        {"serial_number": f"S{status.upper()}", "model": "iPad", "profile_status": status} for status in statuses]})
+    p7m = tmp_path / "Springfield_Token_2026.p7m"
+    p7m.write_text(server["p7m"])
+    assert orchard("token", "upload", token_id, str(p7m)).exit_code == 0
+    wait_for(lambda: "removed: 1" in orchard("devices", token_id).output, what="the first sync")
+
+    shown = orchard("devices", token_id, color=True)
+    assert shown.exit_code == 0, shown.output
+    for status, colour in zip(statuses, ("33", "32", "36", "90")):  # the service's grey is the terminal's bright black
+        assert re.search(rf"^S{status.upper()} .*\x1b\[{colour}m{status}\x1b\[0m ", shown.output, re.M), shown.output
+    assert "\x1b[" not in orchard("devices", token_id).output  # no colours when the output is not a terminal
 
 
 def test_a_sync_that_cannot_run_says_so_in_one_line(orchard):

@@ -1,6 +1,7 @@
 """The Device Assignment API client against the DEP sandbox, over real HTTP."""
 import dataclasses
 import email.utils
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,6 +17,7 @@ from services.enrollment.domain.errors import (
     Throttled,
     TokenExpired,
 )
+from shared.errors import ValidationError
 
 DAY = 86400
 
@@ -150,10 +152,29 @@ def test_429_on_session_is_waited_out(dep_client, dep_sandbox, sleeps):
 
 def test_429_has_bounded_attempts(dep_client, dep_sandbox, sleeps):
     dep_sandbox.script("GET /account", *["too_many_requests"] * 10)
-    with pytest.raises(Throttled, match="after 5 attempts"):
+    with pytest.raises(Throttled, match="after 5 attempts; try again after") as error:
         dep_client.account()
+    assert error.value.retry_after == 32.0
     assert dep_sandbox.counts()["GET /account 429"] == 5
     assert sleeps == [2.0, 4.0, 8.0, 16.0]  # no Retry-After: exponential
+
+
+def test_a_retry_after_longer_than_a_request_waits_is_throttled_at_once(dep_client, dep_sandbox, sleeps):
+    dep_sandbox.script("GET /account", *[{"status": 429, "body": "TOO_MANY_REQUESTS",
+                                          "headers": {"Retry-After": "3600"}}] * 5)
+    with pytest.raises(Throttled, match=r"asked Orchard to wait 3600 s; try again after \d{4}-\d\d-\d\d ") as error:
+        dep_client.account()
+    assert error.value.retry_after == 3600 and sleeps == []
+    assert dep_sandbox.counts()["GET /account"] == 1
+
+
+def test_the_waits_of_one_request_are_bounded_in_all(dep_client, dep_sandbox, sleeps):
+    dep_sandbox.script("GET /account", *[{"status": 429, "body": "TOO_MANY_REQUESTS",
+                                          "headers": {"Retry-After": "200"}}] * 5)
+    with pytest.raises(Throttled, match="wait 200 s") as error:
+        dep_client.account()  # a second wait of 200 s would take it past 300 s
+    assert error.value.retry_after == 200 and sleeps == [200.0]
+    assert dep_sandbox.counts()["GET /account"] == 2
 
 
 def test_retry_after_parsing():
@@ -211,7 +232,7 @@ def test_profiles_define_assign_remove(dep_client, dep_sandbox, mdm_server):
     server = mdm_server["server_uuid"]
     first = dep_sandbox.server(server, "devices/generate", {"count": 4})["first"]
     serials = [first[:-1] + str(i) for i in range(4)]
-    with pytest.raises(DepError, match="CONFIG_URL_REQUIRED"):
+    with pytest.raises(ValidationError, match=r"\(CONFIG_URL_REQUIRED\): correct its url and define it again"):
         dep_client.define_profile({"profile_name": "School iPads"})
     defined = dep_client.define_profile({"profile_name": "School iPads", "url": "https://mdm.school.example/enroll"})
     profile_uuid = defined["profile_uuid"]
@@ -293,8 +314,64 @@ def test_unreachable_apple_is_an_upstream_error(mdm_server):
         client.account()
 
 
-@pytest.mark.parametrize("body", ["", "<html>Service Unavailable</html>"])
-def test_a_device_page_that_is_not_json_is_a_clear_error(dep_client, dep_sandbox, body):
-    dep_sandbox.script("POST /server/devices", {"status": 200, "body": body})
-    with pytest.raises(DepError, match="was not a page of JSON; try again later"):
-        list(dep_client.fetch_device_pages())
+NOT_AN_OBJECT = [
+    {"status": 200, "body": "<html>Service Unavailable</html>", "content_type": "text/html"},  # a proxy's page
+    {"status": 200, "body": "<html>Service Unavailable</html>"},  # a JSON string
+    {"status": 200, "body": "[]", "content_type": "application/json"},
+    {"status": 200, "body": ""},
+]
+CALLS = [
+    ("GET /account", lambda client: client.account()),
+    ("POST /server/devices", lambda client: list(client.fetch_device_pages())),
+    ("POST /devices", lambda client: client.device_details(["C0000001"])),
+    ("POST /profile", lambda client: client.define_profile({"profile_name": "P", "url": "https://mdm.example/e"})),
+    ("GET /profile", lambda client: client.get_profile("P")),
+    ("PUT /profile/devices", lambda client: client.assign_profile("P", ["C0000001"])),
+    ("DELETE /profile/devices", lambda client: client.remove_profile(["C0000001"])),
+    ("POST /roster/class/person", lambda client: client.roster_page("person")),
+]
+
+
+@pytest.mark.parametrize("answer", NOT_AN_OBJECT)
+@pytest.mark.parametrize("endpoint,call", CALLS, ids=[endpoint for endpoint, _ in CALLS])
+def test_an_answer_that_is_not_a_json_object_is_an_upstream_error_naming_the_endpoint(
+        dep_client, dep_sandbox, endpoint, call, answer):
+    dep_client.account()
+    dep_sandbox.script(endpoint, answer)
+    path = endpoint.split()[1]
+    with pytest.raises(DepError, match=f"Apple's answer on {path} was not a JSON object; try again later"):
+        call(dep_client)
+
+
+@pytest.mark.parametrize("endpoint,call,body,complaint", [
+    ("POST /devices", CALLS[2][1], {"devices": ["C0000001"]}, "did not give its devices by serial number"),
+    ("PUT /profile/devices", CALLS[5][1], {"devices": "SUCCESS"}, "did not give its devices by serial number"),
+    ("POST /server/devices", CALLS[1][1], {"devices": {"C0000001": {}}}, "did not list its devices with a cursor"),
+    ("POST /roster/class/person", CALLS[7][1], {"persons": [], "cursor": 7}, "did not list its persons with a cursor"),
+])
+def test_an_object_of_the_wrong_shape_is_an_upstream_error(dep_client, dep_sandbox, endpoint, call, body, complaint):
+    dep_client.account()
+    dep_sandbox.script(endpoint, {"status": 200, "body": json.dumps(body), "content_type": "application/json"})
+    with pytest.raises(DepError, match=complaint):
+        call(dep_client)
+
+
+@pytest.mark.parametrize("code,field", [
+    ("DEPARTMENT_INVALID", "department"), ("SUPPORT_EMAIL_INVALID", "support_email_address"),
+    ("SUPPORT_PHONE_INVALID", "support_phone_number"), ("LOCALE_INVALID", "language and region"),
+    ("MAGIC_INVALID", "org_magic"), ("CONFIG_NAME_INVALID", "profile_name"),
+    ("FLAGS_INVALID", "is_mdm_removable and is_supervised"),
+])
+def test_apple_refusing_a_field_of_the_profile_is_the_callers_to_fix(dep_client, dep_sandbox, code, field):
+    dep_sandbox.script("POST /profile", {"status": 400, "body": code})
+    with pytest.raises(ValidationError, match=f"refused the enrollment profile \\({code}\\): correct its {field} "):
+        dep_client.define_profile({"profile_name": "P", "url": "https://mdm.example/enroll"})
+
+
+def test_a_profile_refusal_apple_names_no_field_for_still_asks_to_correct_the_profile(dep_client, dep_sandbox):
+    dep_sandbox.script("POST /profile", {"status": 400, "body": "CONFIG_ANCHOR_CERTS_INVALID"})
+    with pytest.raises(ValidationError, match=r"\(CONFIG_ANCHOR_CERTS_INVALID\): correct it and define it again"):
+        dep_client.define_profile({"profile_name": "P", "url": "https://mdm.example/enroll"})
+    dep_sandbox.script("POST /profile", {"status": 400, "body": "MALFORMED_REQUEST_BODY"})
+    with pytest.raises(DepError, match="400 MALFORMED_REQUEST_BODY on /profile"):  # Orchard's request, not the profile
+        dep_client.define_profile({"profile_name": "P", "url": "https://mdm.example/enroll"})

@@ -270,6 +270,14 @@ def test_a_batch_apple_fails_keeps_the_results_of_the_batches_before_it():
     assert store.assignments["S0000"] == ("P", "THROTTLED", NOW + timedelta(seconds=60))  # retried, not failed
 
 
+def test_a_throttled_assignment_waits_as_long_as_apples_retry_after():
+    store = MemoryStore()
+    throttled = RecordingAssigner(failures={1: Throttled("Apple asked Orchard to wait 3600 s", retry_after=3599.5)})
+    outcome = assign_profile(throttled, store, "P", ["A", "B"], NOW)
+    assert (outcome.statuses, outcome.retry_after_seconds) == ({"A": "THROTTLED", "B": "THROTTLED"}, 3600)
+    assert store.assignments["A"] == ("P", "THROTTLED", NOW + timedelta(hours=1))  # not in a minute
+
+
 def test_a_throttled_assignment_is_retried_with_the_profile_it_asked_for():
     store = MemoryStore()
     assign_profile(RecordingAssigner({"A": "THROTTLED"}, retry_after=30), store, "CHOSEN", ["A"], NOW)

@@ -293,6 +293,61 @@ def test_a_throttled_assignment_is_retried_with_its_own_profile_when_apple_said(
         assert (device["assign_result"], device["assign_retry_at"]) == ("SUCCESS", None)
 
 
+def test_a_sync_books_its_next_run_by_its_outcome_and_by_the_wait_apple_asks_for(enrollment, rpc_as, dep_sandbox):
+    with rpc_as() as rpc:
+        token, server = connect(rpc, dep_sandbox, devices=2)
+        serial = rpc.enrollment.list_devices(token["id"])["devices"][0]["serial_number"]
+        rpc.enrollment.define_profile(token["id"], PROFILE)
+        before = datetime.now(timezone.utc)
+        assert rpc.enrollment.sync_devices(token["id"])["error"] is None
+        after = datetime.now(timezone.utc)
+        next_sync = datetime.fromisoformat(rpc.enrollment.get_server_token(token["id"])["next_sync_at"])
+        assert before + timedelta(hours=2) <= next_sync <= after + timedelta(hours=3)
+
+        # Apple asks for an hour: one request, no worker asleep, the next sync in an hour and the run says so
+        an_hour = {"status": 429, "body": "TOO_MANY_REQUESTS", "headers": {"Retry-After": "3600"}}
+        dep_sandbox.script("POST /devices/sync", an_hour)
+        run = rpc.enrollment.sync_devices(token["id"])
+        next_sync = datetime.fromisoformat(rpc.enrollment.get_server_token(token["id"])["next_sync_at"])
+        assert timedelta(minutes=59) < next_sync - datetime.now(timezone.utc) <= timedelta(hours=1)
+        assert "asked Orchard to wait 3600 s" in run["error"]
+        assert f"The next scheduled sync runs at {next_sync:%Y-%m-%d %H:%M:%S} UTC." in run["error"]
+        assert dep_sandbox.counts()["POST /devices/sync 429"] == 1
+
+        dep_sandbox.script("PUT /profile/devices", an_hour)
+        answer = rpc.enrollment.assign_profile(token["id"], [serial])
+        assert (answer["devices"], answer["retry_after_seconds"]) == ({serial: "THROTTLED"}, 3600)
+        retry_at = datetime.fromisoformat(rpc.enrollment.list_devices(token["id"])["devices"][0]["assign_retry_at"])
+        assert timedelta(minutes=59) < retry_at - datetime.now(timezone.utc) <= timedelta(hours=1)
+
+        dep_sandbox.script("POST /roster/class/person", an_hour)
+        with pytest.raises(UpstreamError, match=r"wait 3600 s; try again after \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"):
+            rpc.enrollment.fetch_roster(token["id"], "person")
+        counts = dep_sandbox.counts()
+        assert counts["PUT /profile/devices 429"] == counts["POST /roster/class/person"] == 1
+
+
+def test_an_odd_answer_from_apple_is_an_upstream_error_and_a_refused_profile_field_the_callers(enrollment, rpc_as,
+                                                                                             dep_sandbox):
+    with rpc_as() as rpc:
+        created = rpc.enrollment.create_server_token("Springfield MDM")
+        server = dep_sandbox.create_server(created["public_key_pem"].encode())
+        dep_sandbox.script("GET /account", {"status": 200, "body": "<html>Sign in to the proxy</html>",
+                                            "content_type": "text/html"})
+        with pytest.raises(UpstreamError, match="Apple's answer on /account was not a JSON object; try again later"):
+            rpc.enrollment.upload_server_token(created["id"], server["p7m"])
+        shown = rpc.enrollment.get_server_token(created["id"])
+        assert (shown["status"], shown["server_name"]) == ("awaiting_upload", None)
+        audit = rpc.enrollment.audit_log(f"server_token:{created['id']}")
+        assert [e["action"] for e in audit] == ["server_token.created"]
+        assert rpc.enrollment.upload_server_token(created["id"], server["p7m"])["status"] == "ok"  # once Apple answers
+
+        dep_sandbox.script("POST /profile", {"status": 400, "body": "SUPPORT_EMAIL_INVALID"})
+        with pytest.raises(ValidationError, match=r"\(SUPPORT_EMAIL_INVALID\): correct its support_email_address"):
+            rpc.enrollment.define_profile(created["id"], {**PROFILE, "support_email_address": "it at the school"})
+        assert rpc.enrollment.get_server_token(created["id"])["default_profile_uuid"] is None
+
+
 def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
         token, server = connect(rpc, dep_sandbox)

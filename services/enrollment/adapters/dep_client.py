@@ -3,17 +3,20 @@
 One client per MDM server token. It owns the session: authenticates with OAuth 1.0a,
 adopts a rotated ``X-ADM-Auth-Session``, re-authenticates once when the session
 expires, waits out 429s within bounds and turns Apple's short error strings into
-the typed errors of ``domain.errors``. Lists come back as page iterators so a
-100,000-device account is never held in memory at once.
+the typed errors of ``domain.errors`` (and its refusals of a profile's fields into
+``ValidationError``); an answer that is not a JSON object is a ``DepError`` too.
+Lists come back as page iterators so a 100,000-device account is never held in
+memory at once.
 """
 from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -31,6 +34,7 @@ from services.enrollment.domain.errors import (
 )
 from services.enrollment.domain.server_tokens import OAuthCredentials
 from shared import json_text
+from shared.errors import OrchardError, ValidationError
 
 APPLE_DEP_URL = "https://mdmenrollment.apple.com"
 PROTOCOL_VERSION = 10  # per-serial THROTTLED needs 9+, retry_after_seconds 10+
@@ -47,6 +51,15 @@ _ROSTER_PATHS = {
     "person": ("/roster/class/person",),
     "location": ("/roster/class/location",),
     "course": ("/roster/class/course", "/roster/course"),
+}
+
+# Apple's 400s on POST /profile that name a field of the profile: the profile is at fault, not Apple
+_PROFILE_FIELDS = {
+    "CONFIG_NAME_REQUIRED": "profile_name", "CONFIG_NAME_INVALID": "profile_name",
+    "CONFIG_URL_REQUIRED": "url", "CONFIG_URL_INVALID": "url",
+    "DEPARTMENT_INVALID": "department", "FLAGS_INVALID": "is_mdm_removable and is_supervised",
+    "LOCALE_INVALID": "language and region", "MAGIC_INVALID": "org_magic",
+    "SUPPORT_EMAIL_INVALID": "support_email_address", "SUPPORT_PHONE_INVALID": "support_phone_number",
 }
 
 CallObserver = Callable[[str, int], None]
@@ -107,7 +120,7 @@ class DepClient:
     # --- account ---------------------------------------------------------------------------
 
     def account(self) -> dict[str, Any]:
-        detail = self._call("GET", "/account").json()
+        detail = self._answer("GET", "/account")
         self._urls = {u.get("uri"): u for u in detail.get("urls") or [] if isinstance(u, dict)}
         return detail
 
@@ -132,30 +145,31 @@ class DepClient:
         return self._pages("/devices/sync", "devices", cursor, self.page_limit("/devices/sync", limit))
 
     def device_details(self, serial_numbers: list[str]) -> dict[str, dict[str, Any]]:
-        body = self._call("POST", "/devices", {"devices": list(serial_numbers)}).json()
-        return body.get("devices") or {}
+        return _devices(self._answer("POST", "/devices", {"devices": list(serial_numbers)}), "/devices")
 
     # --- profiles --------------------------------------------------------------------------
 
     def define_profile(self, profile: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/profile", profile).json()
+        return self._answer("POST", "/profile", profile)
 
     def get_profile(self, profile_uuid: str) -> dict[str, Any]:
-        return self._call("GET", "/profile", params={"profile_uuid": profile_uuid}).json()
+        return self._answer("GET", "/profile", params={"profile_uuid": profile_uuid})
 
     def assign_profile(self, profile_uuid: str, serial_numbers: list[str]) -> AssignResult:
         """One request of at most ``ASSIGN_BATCH`` serials (the caller batches, keeping each batch's results)."""
         if len(serial_numbers) > ASSIGN_BATCH:
             raise ValueError(f"assign at most {ASSIGN_BATCH} serial numbers per request")
-        body = self._call("PUT", "/profile/devices", {"profile_uuid": profile_uuid, "devices": serial_numbers}).json()
+        body = self._answer("PUT", "/profile/devices", {"profile_uuid": profile_uuid, "devices": serial_numbers})
         seconds = body.get("retry_after_seconds")
-        return AssignResult(profile_uuid, body.get("devices") or {}, seconds if isinstance(seconds, int) else None)
+        retry_after = seconds if isinstance(seconds, int) else None
+        return AssignResult(profile_uuid, _devices(body, "/profile/devices"), retry_after)
 
     def remove_profile(self, serial_numbers: list[str]) -> dict[str, str]:
         statuses: dict[str, str] = {}
         for start in range(0, len(serial_numbers), ASSIGN_BATCH):
             batch = serial_numbers[start:start + ASSIGN_BATCH]
-            statuses.update(self._call("DELETE", "/profile/devices", {"devices": batch}).json().get("devices") or {})
+            answer = self._answer("DELETE", "/profile/devices", {"devices": batch})
+            statuses.update(_devices(answer, "/profile/devices"))
         return statuses
 
     # --- roster ----------------------------------------------------------------------------
@@ -168,7 +182,7 @@ class DepClient:
         body: dict[str, Any] = {"limit": self.page_limit(path)}
         if cursor:
             body["cursor"] = cursor
-        return _page(self._call("POST", path, body).json(), _ROSTER_LIST_KEYS[kind])
+        return _page(self._answer("POST", path, body), _ROSTER_LIST_KEYS[kind], path)
 
     def roster_pages(self, kind: str, cursor: str | None = None, *, sync: bool = False) -> Iterator[Page]:
         while True:
@@ -193,20 +207,19 @@ class DepClient:
             body: dict[str, Any] = {"limit": limit}
             if cursor:
                 body["cursor"] = cursor
-            response = self._call("POST", path, body)
-            try:
-                answer = json_text.loads(response.content)
-            except ValueError:
-                answer = None
-            if not isinstance(answer, dict):
-                raise DepError(f"Apple's answer on {path} was not a page of JSON; try again later.")
-            page = _page(answer, list_key)
+            page = _page(self._answer("POST", path, body), list_key, path)
             yield page
             if not page.more_to_follow:
                 return
             if not page.cursor:
                 raise DepError(f"Apple announced more to follow on {path} but sent no cursor; run the sync again.")
             cursor = page.cursor
+
+    def _answer(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Apple's answer to a request, which every endpoint gives as a JSON object."""
+        return _json_object(self._call(method, path, body, params), path)
 
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
@@ -215,7 +228,7 @@ class DepClient:
             self._authenticate()
         content = json.dumps(body).encode() if body is not None else None
         reauthenticated = False
-        throttled = 0
+        throttled, waited = 0, 0.0
         while True:
             response = self._send(method, path, content=content, params=params, session=self._session)
             rotated = response.headers.get("X-ADM-Auth-Session")
@@ -229,7 +242,7 @@ class DepClient:
                 continue
             if response.status_code == 429:
                 throttled += 1
-                self._wait_for_throttle(response, throttled, path)
+                waited = self._wait_for_throttle(response, throttled, path, waited)
                 continue
             raise _error(response, path)
 
@@ -241,7 +254,7 @@ class DepClient:
                 "Download a new token from Apple School Manager and renew it in Orchard."
             )
         url = f"{self._base_url}/session"
-        throttled = 0
+        throttled, waited = 0, 0.0
         while True:
             header = authorization_header(
                 "GET", url,
@@ -251,7 +264,7 @@ class DepClient:
             response = self._send("GET", "/session", authorization=header)
             if response.status_code == 429:
                 throttled += 1
-                self._wait_for_throttle(response, throttled, "/session")
+                waited = self._wait_for_throttle(response, throttled, "/session", waited)
                 continue
             break
         if response.status_code == 401:
@@ -262,10 +275,9 @@ class DepClient:
             )
         if not response.is_success:
             raise _error(response, "/session")
-        try:
-            token = response.json()["auth_session_token"]
-        except (ValueError, KeyError, TypeError):
-            raise DepError("Apple's /session answer had no auth_session_token; try again later.") from None
+        token = _json_object(response, "/session").get("auth_session_token")
+        if not isinstance(token, str) or not token:
+            raise DepError("Apple's /session answer had no auth_session_token; try again later.")
         self._session = token
 
     def _send(
@@ -298,14 +310,20 @@ class DepClient:
             self._observe_call(path, response.status_code)
         return response
 
-    def _wait_for_throttle(self, response: httpx.Response, attempt: int, path: str) -> None:
+    def _wait_for_throttle(self, response: httpx.Response, attempt: int, path: str, waited: float) -> float:
+        """Wait as long as Apple asked; the seconds this request has waited so far.
+
+        ``Throttled`` at once, without waiting, when the attempts are used up or the wait would take the
+        request past ``max_retry_after_seconds`` in all: a worker asleep for an hour holds its caller (who
+        gave up long before) and its sync lease, and calling before Apple's time only draws more 429s.
+        """
+        delay = max(retry_after_seconds(response.headers.get("Retry-After"), default=2.0 ** attempt), 0.0)
         if attempt >= self._max_throttle_attempts:
-            raise Throttled(
-                f"Apple kept throttling {path} after {attempt} attempts; the next scheduled sync will continue.",
-                status_code=429,
-            )
-        delay = retry_after_seconds(response.headers.get("Retry-After"), default=2.0 ** attempt)
-        self._sleep(min(max(delay, 0.0), self._max_retry_after))
+            raise _throttled(f"Apple kept throttling {path} after {attempt} attempts", delay)
+        if waited + delay > self._max_retry_after:
+            raise _throttled(f"Apple is throttling {path} and asked Orchard to wait {math.ceil(delay)} s", delay)
+        self._sleep(delay)
+        return waited + delay
 
 
 def retry_after_seconds(value: str | None, *, default: float, now: datetime | None = None) -> float:
@@ -324,11 +342,39 @@ def retry_after_seconds(value: str | None, *, default: float, now: datetime | No
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
-def _page(body: dict[str, Any], list_key: str) -> Page:
+def _throttled(what: str, seconds: float) -> Throttled:
+    until = datetime.now(timezone.utc) + timedelta(seconds=math.ceil(seconds))
+    return Throttled(f"{what}; try again after {until:%Y-%m-%d %H:%M:%S} UTC.", retry_after=seconds)
+
+
+def _json_object(response: httpx.Response, path: str) -> dict[str, Any]:
+    """The body as a JSON object; a proxy's HTML page or any other JSON value is Apple failing, not a crash of ours."""
+    try:
+        answer = json_text.loads(response.content)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise DepError(f"Apple's answer on {path} was not a JSON object; try again later.",
+                       status_code=response.status_code)
+    return answer
+
+
+def _devices(body: dict[str, Any], path: str) -> dict[str, Any]:
+    """An answer's ``devices``: results by serial number."""
+    devices = body.get("devices") or {}
+    if not isinstance(devices, dict):
+        raise DepError(f"Apple's answer on {path} did not give its devices by serial number; try again later.")
+    return devices
+
+
+def _page(body: dict[str, Any], list_key: str, path: str) -> Page:
     items = body.get(list_key) or []
+    cursor = body.get("cursor")
+    if not isinstance(items, list) or not (cursor is None or isinstance(cursor, str)):
+        raise DepError(f"Apple's page on {path} did not list its {list_key} with a cursor; try again later.")
     return Page(
         items=items,
-        cursor=body.get("cursor"),
+        cursor=cursor,
         more_to_follow=bool(body.get("more_to_follow")),
         fetched_until=body.get("fetched_until"),
     )
@@ -338,7 +384,7 @@ def _session_rejected(response: httpx.Response) -> bool:
     return response.status_code == 401 or (response.status_code == 403 and "FORBIDDEN" in response.text)
 
 
-def _error(response: httpx.Response, path: str) -> DepError:
+def _error(response: httpx.Response, path: str) -> OrchardError:
     """Apple's error bodies are short strings, sometimes quoted or in JSON: match by substring."""
     text = response.text[:500]
     status = response.status_code
@@ -359,6 +405,9 @@ def _error(response: httpx.Response, path: str) -> DepError:
         if code in text:
             return kind(f"Apple answered {code} on {path}.", status_code=status)
     code = _error_code(text)
+    if status == 400 and path == "/profile" and (code in _PROFILE_FIELDS or code.startswith("CONFIG_")):
+        fix = f"correct its {_PROFILE_FIELDS[code]}" if code in _PROFILE_FIELDS else "correct it"
+        return ValidationError(f"Apple refused the enrollment profile ({code}): {fix} and define it again.")
     return DepError(f"Apple answered {status}{' ' + code if code else ''} on {path}.", status_code=status)
 
 

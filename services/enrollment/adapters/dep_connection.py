@@ -38,8 +38,10 @@ class DepConnector:
 
 
 class DepConnection(DependencyProvider):
-    """``SERVICES.enrollment``: ``dep_url``, ``dep_max_retry_after_seconds`` and ``dep_timeout_seconds``
-    (how long to wait for Apple to connect and for each read before the sync ends with a timeout)."""
+    """``SERVICES.enrollment``: ``dep_url``, ``dep_max_retry_after_seconds`` (how long one request waits out
+    Apple's 429s in all; when Apple asks for longer it stops at once and says when to try again) and
+    ``dep_timeout_seconds`` (how long to wait for Apple to connect and for each read before the sync ends with a
+    timeout)."""
 
     def setup(self) -> None:
         settings = service_settings(self.container.config, self.container.service_name)

@@ -10,6 +10,7 @@ repeat: per serial, the latest ``op_date`` wins.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -235,6 +236,7 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
     Apple failing a batch does not lose the results of the batches before it: that batch and the
     rest are THROTTLED (retried with the same profile when Apple said, or in a minute) if Apple
     throttled, FAILED otherwise. A revoked token or unsigned terms end it: nothing more can succeed.
+    The retry waits for the longest time Apple gave, per serial or in a 429's Retry-After.
     """
     statuses: dict[str, str] = {}
     retry_after: int | None = None
@@ -247,8 +249,12 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
                 outcome = assigner.assign(profile_uuid, batch)
             except _FATAL:
                 raise
+            except Throttled as exc:
+                error, unsent_status = str(exc), "THROTTLED"
+                if exc.retry_after is not None:
+                    retry_after = max(retry_after or 0, math.ceil(exc.retry_after))
             except DepError as exc:
-                error, unsent_status = str(exc), ("THROTTLED" if isinstance(exc, Throttled) else "FAILED")
+                error, unsent_status = str(exc), "FAILED"
             else:
                 statuses.update(outcome.statuses)
                 if outcome.retry_after_seconds is not None:

@@ -25,7 +25,14 @@ class AccessDenied(DepError):
 
 
 class Throttled(DepError):
-    """429 even after waiting as long as Apple asked, within our bounded attempts."""
+    """429 after our bounded attempts, or with a Retry-After longer than we wait within one request.
+
+    ``retry_after``: the seconds Apple asked us to wait (None when it did not say); nothing calls again before then.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status_code: int | None = 429):
+        super().__init__(message, status_code=status_code)
+        self.retry_after = retry_after
 
 
 class CursorError(DepError):
