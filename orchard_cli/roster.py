@@ -155,7 +155,8 @@ def asm() -> None:
 @asm.command()
 @click.argument("token_id")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
-              help="Change a preference (repeat), e.g. user_id_source=sis_username, sync_time=02:30.")
+              help="Change a preference (repeat), e.g. user_id_source=sis_username, sync_time=02:30, "
+                   "locations=north,south (all: every location).")
 def prefs(token_id: str, settings: tuple[str, ...]) -> None:
     """Show or change a server token's sync preferences."""
     current = call("roster", "get_asm_preferences", token_id)
@@ -163,20 +164,20 @@ def prefs(token_id: str, settings: tuple[str, ...]) -> None:
         preferences = dict(current["preferences"])
         for setting in settings:
             key, _, value = setting.partition("=")
-            preferences[key.strip()] = _preference_value(value.strip())
+            preferences[key.strip()] = _preference_value(key.strip(), value.strip())
         current = {**current, **call("roster", "set_asm_preferences", token_id, preferences)}
     print_record({**current.pop("preferences"), **current})
 
 
-def _preference_value(text: str) -> Any:
+def _preference_value(key: str, text: str) -> Any:
+    if text.lower() in ("", "none", "all"):
+        return None
+    if key == "locations":  # a list, of one location too
+        return [part.strip() for part in text.split(",") if part.strip()]
     if text.lower() in ("true", "yes", "on"):
         return True
     if text.lower() in ("false", "no", "off"):
         return False
-    if text.lower() in ("", "none", "all"):
-        return None
-    if "," in text:
-        return [part.strip() for part in text.split(",") if part.strip()]
     return text
 
 

@@ -5,6 +5,7 @@ import base64
 import dataclasses
 import binascii
 import json
+import logging
 from typing import Any
 
 from eventlet import tpool
@@ -16,7 +17,7 @@ from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.mosyle_http import MosyleApi, RefusalAudits
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import asm_mapping, planning
-from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, new_device_assignments
+from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, device_assignments
 from services.roster.domain.mosyle_api import MAX_PAGE, MAX_PAGE_SIZE
 from services.roster.domain.mosyle_openapi import openapi_document
 from shared.arguments import row_id
@@ -26,6 +27,8 @@ from shared.entrypoints import ServiceRpc, http, periodic, rpc
 from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, PermissionDenied, ValidationError
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
+
+log = logging.getLogger(__name__)
 
 
 class RosterService(OrchardService):
@@ -114,7 +117,7 @@ class RosterService(OrchardService):
 
     @periodic(interval=60)
     def daily_asm_sync(self) -> None:
-        """Sync one server token whose daily time has come; the next tick takes the next."""
+        """Sync one server token that is due (see ``AsmPreferenceStore.due``); the next tick takes the next."""
         store = asm.AsmPreferenceStore(self.db.session)
         due = store.due(utc_now())
         if not due:
@@ -122,22 +125,31 @@ class RosterService(OrchardService):
         token_id = due[0]
         actor = Actor(id="system:roster.daily_asm_sync", role="system")
         try:
-            summary = self._preview_asm(token_id, actor)
-        except EXPECTED_ERRORS as failed:  # recorded, so the next token is not held up
-            store.record_sync(token_id, f"failed: {failed.message}")
+            outcome = self._sync_asm(token_id, actor)
+        except Exception as failed:  # whatever it was, recorded and retried later: the other tokens go first
+            self.db.session.rollback()  # nothing of the failed run is kept
+            if isinstance(failed, EXPECTED_ERRORS):
+                reason = failed.message
+            else:  # the details are for the log, not for the people reading the outcome
+                log.error("the daily Apple School Manager sync of server token %s failed", token_id, exc_info=True)
+                reason = "internal error, see the roster service's log"
+            retry_at = store.record_failure(token_id, f"failed: {reason}")
             self.db.audit(actor, "asm.sync_failed", f"server_token:{token_id}",
-                          {"reason": failed.message})
+                          {"reason": reason, "retry_at": retry_at.isoformat()})
             return
+        store.record_sync(token_id, outcome)
+
+    def _sync_asm(self, token_id: str, actor: Actor) -> str:
+        """Preview and apply a token's roster; returns the outcome to record."""
+        summary = self._preview_asm(token_id, actor)
         try:
             result = self._runner().apply(summary["plan_id"], actor=actor)
-            outcome = f"applied plan {summary['plan_id']}: {summary['total_changes']} change(s)"
-            self.db.audit(actor, "import.applied", f"plan:{summary['plan_id']}",
-                          {"applied": result["applied"]})
         except Conflict as refused:  # the deletion guard: a person must look at this plan
-            outcome = f"stopped before applying plan {summary['plan_id']}: {refused.message}"
             self.db.audit(actor, "asm.sync_stopped", f"server_token:{token_id}",
                           {"plan_id": summary["plan_id"], "reason": refused.message})
-        store.record_sync(token_id, outcome)
+            return f"stopped before applying plan {summary['plan_id']}: {refused.message}"
+        self.db.audit(actor, "import.applied", f"plan:{summary['plan_id']}", {"applied": result["applied"]})
+        return f"applied plan {summary['plan_id']}: {summary['total_changes']} change(s)"
 
     def _preview_asm(self, token_id: str, actor: Actor) -> dict[str, Any]:
         prefs = asm.AsmPreferenceStore(self.db.session).get(token_id)
@@ -301,9 +313,9 @@ class RosterService(OrchardService):
         return MosyleApi(self.db.session, self.db.publish, self.db.audit, self._preassign_devices, self.refusal_audits)
 
     def _preassign_devices(self, plan_id: str) -> tuple[int, list[DeviceAssignmentFailure]]:
-        """Hand the plan's newly listed serial numbers to enrollment, once the users are committed
+        """Hand the serial numbers listed for the plan's users to enrollment, once the users are committed
         (enrollment looks each user up in this roster)."""
-        pairs = new_device_assignments(self._runner().plans.changes(plan_id))
+        pairs = device_assignments(self._runner().plans.changes(plan_id, entity=planning.DEVICES))
         if not pairs:
             return 0, []
         self.db.commit()
@@ -364,8 +376,8 @@ def _change_view(change: planning.Change) -> dict[str, Any]:
     if change.action == planning.UPDATE:
         view["fields"] = {name: {"before": old, "after": new}
                           for name, (old, new) in change.field_changes().items()}
-    elif change.action == planning.ADD:
-        view["record"] = change.after
-    else:
+    elif change.action == planning.DELETE:
         view["record"] = change.before
+    else:
+        view["record"] = change.after
     return view

@@ -61,6 +61,9 @@ class RejectedRow(Contract):
     sheet: str
     row: int
     reason: str
+    # the row's user ID, class ID or grade level ("location ID/name") when it could be read:
+    # what a rejected row names is kept, never deleted as missing from the source
+    id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +102,8 @@ class UserImported(UserChanged):
 @dataclass(frozen=True, kw_only=True)
 class UserUpdated(UserChanged):
     """A user's details changed in an import."""
+
+    previous_user_id: str | None = None  # set when the import gave the user a new user ID
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ class InMemoryHierarchy:
         self.grade_rows: dict[tuple, tuple[GradeLevelRecord, str]] = {}
         self.user_rows: dict[int, tuple[UserRecord, str]] = {}
         self.class_rows: dict[str, tuple[dict, str]] = {}
-        self.memberships: set[tuple[str, int, str]] = set()  # class, user key, role
+        self.memberships: dict[tuple[str, int, str], int] = {}  # (class, user key, role) -> position
         self.writes = 0
 
     # reader
@@ -38,9 +38,10 @@ class InMemoryHierarchy:
     def classes(self):
         ids = {k: r.user_id for k, (r, _) in self.user_rows.items()}
         out = []
+        in_order = sorted(self.memberships, key=self.memberships.__getitem__)
         for class_id, (data, source) in self.class_rows.items():
             members = {"teacher": [], "student": []}
-            for cid, key, role in self.memberships:
+            for cid, key, role in in_order:
                 if cid == class_id:
                     members[role].append(ids[key])
             out.append(p.StoredClass(record=ClassRecord(
@@ -78,22 +79,22 @@ class InMemoryHierarchy:
 
     def _user_delete(self, c, source):
         del self.user_rows[c.target]
-        self.memberships = {m for m in self.memberships if m[1] != c.target}
+        self.memberships = {m: at for m, at in self.memberships.items() if m[1] != c.target}
 
     def _class_add(self, c, source):
         data = {k: v for k, v in c.after.items() if k not in ("class_id", "teacher_ids", "student_ids")}
         self.class_rows[c.natural_id] = (data, source)
-        self.memberships = {m for m in self.memberships if m[0] != c.natural_id}
+        self.memberships = {m: at for m, at in self.memberships.items() if m[0] != c.natural_id}
         keys = {r.user_id: k for k, (r, _) in self.user_rows.items()}
         for role in ("teacher", "student"):
-            for user_id in c.after[f"{role}_ids"]:
-                self.memberships.add((c.natural_id, keys[user_id], role))
+            for position, user_id in enumerate(c.after[f"{role}_ids"]):
+                self.memberships[(c.natural_id, keys[user_id], role)] = position
 
     _class_update = _class_add
 
     def _class_delete(self, c, source):
         del self.class_rows[c.natural_id]
-        self.memberships = {m for m in self.memberships if m[0] != c.natural_id}
+        self.memberships = {m: at for m, at in self.memberships.items() if m[0] != c.natural_id}
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.roster.domain import planning
 from services.roster.domain.asm_mapping import AsmPreferences, AsmRoster, map_roster
 from shared.errors import ValidationError
 
@@ -122,6 +123,23 @@ def test_only_chosen_locations_are_synced():
     assert [c.class_id for c in mapping.batch.classes] == ["C2"]
     assert users_by_id(mapping)["pid-T1"].locations == ["L2"]
     assert "pid-S1" not in users_by_id(mapping)
+
+
+@pytest.mark.parametrize("without_location", [False, True])
+def test_people_of_locations_not_synced_are_skipped_as_such_not_taken_for_people_in_no_class(
+        hierarchy, without_location):
+    prefs = AsmPreferences(locations=("L1",), import_users_without_location=without_location)
+    mapping = map_roster(roster(), prefs)
+    # S3 attends only C2 (L2); X1 is in no active class; T1 teaches in both and stays, with L1 only
+    assert sorted(users_by_id(mapping)) == ["pid-S1", "pid-S2", "pid-T1"]
+    assert users_by_id(mapping)["pid-T1"].locations == ["L1"]
+    assert (mapping.skipped_elsewhere, mapping.skipped_without_location) == (1, 1)
+    assert mapping.warnings == [
+        "1 user(s) only in classes of locations this token does not sync were skipped",
+        "1 user(s) in no class were skipped: their location is unknown, and a sync limited to some locations "
+        "imports only people of those locations"]
+    plan = planning.build_plan(hierarchy, mapping.batch, planning.PlanOptions(locations=prefs.locations))
+    assert plan.summary.rejected == [] and plan.summary.counts["user"]["add"] == 3
 
 
 def test_repeated_objects_from_sync_endpoints_are_deduplicated():

@@ -73,3 +73,12 @@ def test_an_unknown_api_token_points_to_the_list_command(cli_runner):
     assert unknown.exit_code == 1
     assert unknown.output == ("Error: NotFound: there is no API token 999; list them with `orchard roster api-token "
                               "list` (or the list_api_tokens RPC)\n")
+
+
+def test_asm_locations_are_a_list_even_of_one(cli_runner, runner_factory, orchard_config, rpc_as):
+    runner_factory(orchard_config, FakeEnrollment).start()
+    for value, stored in (("north", ["north"]), ("north, south", ["north", "south"]), ("all", None)):
+        result = cli_runner.invoke(cli, ["roster", "asm", "prefs", "tok", "--set", f"locations={value}"])
+        assert result.exit_code == 0, result.output
+        with rpc_as() as rpc:
+            assert rpc.roster.get_asm_preferences("tok")["preferences"]["locations"] == stored

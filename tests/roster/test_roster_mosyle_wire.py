@@ -8,7 +8,7 @@ import pytest
 from services.roster.domain import mosyle_api as m
 from services.roster.domain import planning
 from services.roster.domain.mosyle_openapi import openapi_document
-from shared.contracts.roster import ClassRecord, UserRecord
+from shared.contracts.roster import ClassRecord, LocationRecord, UserRecord
 
 
 def test_payload_from_json_or_form_content():
@@ -164,3 +164,49 @@ def test_rejections_are_matched_to_elements_by_kind_and_row(hierarchy):
     response = m.write_response(request, plan.summary.rejected)
     assert [r["status"] for r in response["response"]] == ["OK", "OK", "ERROR"]
     assert [c.natural_id for c in plan.changes if c.entity == "user"] == ["a1", "a2"]
+
+
+def plan_for(hierarchy, request):
+    return planning.build_plan(hierarchy, request.batch, request.plan_options(), row_numbers=request.row_numbers)
+
+
+def test_only_the_accepted_elements_bring_their_new_locations(hierarchy):
+    request = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "u1", "name": "Ann", "type": "S", "locations": [["Typo Schoool"]], "welcome_email": "yes"},
+        {"id": "u2", "name": "Bob", "type": "S", "locations": [["Other Typo"]], "email": "not-an-email"},
+        {"id": "u3", "name": "Cy", "type": "S", "locations": [["North"], ["New Campus"]]},
+    ]}, {"North": "L1"})
+    plan = plan_for(hierarchy, request)
+    assert [r["status"] for r in m.write_response(request, plan.summary.rejected)["response"]] == [
+        "ERROR", "ERROR", "ERROR"]  # L1 is unknown to this roster, so u3 is refused too
+    assert [c.natural_id for c in plan.changes] == []
+
+    hierarchy.location_rows["L1"] = (LocationRecord(location_id="L1", name="North"), "api")
+    plan = plan_for(hierarchy, request)
+    assert [(c.entity, c.natural_id) for c in plan.changes] == [("location", "New Campus"), ("user", "u3")]
+    assert plan.summary.counts["location"]["add"] == 1
+
+    classes = m.class_write_request({"accessToken": "t", "elements": [
+        {"id": "k1", "class_name": "Art", "location": "Brand New Campus", "idteacher": "ghost"}]}, {})
+    plan = plan_for(hierarchy, classes)
+    assert [r["status"] for r in m.write_response(classes, plan.summary.rejected)["response"]] == ["ERROR"]
+    assert plan.changes == [] and plan.summary.counts["location"]["add"] == 0
+
+
+def test_deleting_what_does_not_exist_is_an_error_of_that_element(hierarchy):
+    saved = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "u1", "name": "Ann", "type": "S"}, {"id": "u2", "name": "Bob", "type": "S"}]}, {})
+    list(planning.apply_plan(plan_for(hierarchy, saved).changes, hierarchy, "api"))
+    request = m.user_write_request({"accessToken": "t", "elements": [
+        {"operation": "delete", "id": "u1"}, {"operation": "delete", "id": "x"},
+        {"id": "u2", "name": "Bob", "type": "S"}, {"operation": "delete", "id": "u2"}]}, {})
+    plan = plan_for(hierarchy, request)
+    response = m.write_response(request, plan.summary.rejected)["response"]
+    assert [(r["status"], r.get("error")) for r in response] == [
+        ("OK", None), ("ERROR", "user 'x' does not exist; check the ID (nothing was deleted)"), ("OK", None),
+        ("ERROR", "user 'u2' appears twice in this request")]
+    assert [(c.action, c.natural_id) for c in plan.changes] == [("delete", "u1")]
+
+    classes = m.class_write_request({"accessToken": "t", "elements": [{"operation": "delete", "id": "k9"}]}, {})
+    response = m.write_response(classes, plan_for(hierarchy, classes).summary.rejected)["response"]
+    assert response[0]["error"] == "class 'k9' does not exist; check the ID (nothing was deleted)"

@@ -88,9 +88,11 @@ def test_changing_user_id_or_email_updates_instead_of_duplicating(hierarchy, cha
     assert plan.summary.counts["user"] == {"add": 0, "update": 1, "delete": 0}
     (change,) = plan.changes
     assert list(change.field_changes()) == [changed]
-    apply(hierarchy, plan)
+    (event,) = apply(hierarchy, plan)
     assert [r.user_id for r, _ in hierarchy.user_rows.values()] == [new.user_id]
     assert [r.email for r, _ in hierarchy.user_rows.values()] == [new.email]
+    # subscribers that keep the user under its ID learn which one it had
+    assert (event.user_id, event.previous_user_id) == (("s1-new", "s1") if changed == "user_id" else ("s1", None))
 
 
 def test_user_id_and_email_of_two_different_users_is_rejected(hierarchy):
@@ -98,8 +100,9 @@ def test_user_id_and_email_of_two_different_users_is_rejected(hierarchy):
     plan = p.build_plan(hierarchy, batch([user("s1", "b@x.edu"), user("s2", "b2@x.edu")]))
     (rejected,) = plan.summary.rejected
     assert rejected.sheet == "Users" and rejected.row == 1 and "two different" in rejected.reason
-    # s1 is not deleted just because its row was rejected? it is missing from the file, so it is
-    assert plan.summary.counts["user"]["update"] == 1
+    # s1's row was rejected, so s1 stays: the file still lists it, in a row that could not be read
+    assert plan.summary.counts["user"] == {"add": 0, "update": 1, "delete": 0}
+    assert "user(s) s1 kept, not deleted, because their rows were rejected" in plan.summary.warnings[0]
 
 
 def test_only_add_new_skips_updates_and_deletions(hierarchy):
@@ -150,7 +153,9 @@ def test_partial_batches_delete_only_what_they_name(hierarchy):
     plan = p.build_plan(hierarchy, batch([], source="api", locations=[]),
                         p.PlanOptions(delete_missing=False, delete_user_ids=("s2", "nobody")))
     assert [(c.entity, c.action, c.natural_id) for c in plan.changes] == [("user", "delete", "s2")]
-    assert "user 'nobody' to delete does not exist" in plan.summary.warnings
+    (missing,) = plan.summary.rejected
+    assert (missing.sheet, missing.row, missing.id) == ("Users", 2, "nobody")
+    assert missing.reason.startswith("user 'nobody' does not exist")
 
 
 def test_class_with_unknown_teacher_is_rejected_and_the_rest_stands(hierarchy):

@@ -25,6 +25,7 @@ MSP = Actor(id="msp@partner", role="msp")
 
 RECEIVED: list[tuple[str, dict]] = []
 ASM_PAGES: dict[str, list[dict]] = {}
+FAULTY_CALLS: list[str] = []
 
 
 class EventCollector:
@@ -54,6 +55,9 @@ class FakeEnrollment:
     def fetch_roster(self, token_id, kind, cursor=None):
         if token_id == "tok-broken":
             raise UpstreamError("Apple School Manager answered 503; try again later")
+        if token_id == "tok-faulty":
+            FAULTY_CALLS.append(kind)
+            raise RuntimeError("a fault that is none of Orchard's errors")
         items = ASM_PAGES.get(kind, [])
         if cursor is None:
             return {"kind": kind, "items": items[:1], "cursor": "page-2", "more_to_follow": len(items) > 1}
@@ -356,6 +360,48 @@ def test_a_failing_daily_asm_sync_is_recorded(roster, rpc_as, container_factory)
         outcome = rpc.roster.get_asm_preferences("tok-broken")["last_sync_outcome"]
         assert outcome == "failed: Apple School Manager answered 503; try again later"
         assert [e["action"] for e in rpc.roster.audit_log()][0] == "asm.sync_failed"
+
+
+def test_a_daily_asm_sync_that_fails_unexpectedly_is_recorded_backs_off_and_holds_up_no_other(
+        roster, rpc_as, container_factory):
+    import sqlalchemy as sa
+    from nameko.testing.services import entrypoint_hook
+
+    from services.roster.adapters import tables
+    from shared.storage import utc_now
+
+    ASM_PAGES.update({"location": [{"unique_identifier": "L1", "name": "North"}], "course": [], "class": [],
+                      "person": []})
+    FAULTY_CALLS.clear()
+    container = container_factory(RosterService, roster)
+    container.start()
+    with rpc_as() as rpc:  # the failing token is first in the table, and neither has ever run
+        rpc.roster.set_asm_preferences("tok-faulty", {"sync_time": "00:00"})
+        rpc.roster.set_asm_preferences("tok-fine", {"sync_time": "00:00"})
+
+    def tick():
+        with entrypoint_hook(container, "daily_asm_sync") as daily_sync:
+            daily_sync()
+
+    for _ in range(3):
+        tick()
+    with rpc_as() as rpc:
+        faulty, fine = (rpc.roster.get_asm_preferences(t) for t in ("tok-faulty", "tok-fine"))
+        assert fine["last_sync_outcome"].startswith("applied plan")
+        assert faulty["last_sync_outcome"] == "failed: internal error, see the roster service's log"
+        (failed,) = [e for e in rpc.roster.audit_log() if e["action"] == "asm.sync_failed"]
+        assert failed["target"] == "server_token:tok-faulty" and failed["details"]["retry_at"] == faulty["retry_at"]
+    assert FAULTY_CALLS == ["location"]  # tried once: the third tick found it backing off
+
+    engine = sa.create_engine(roster["SERVICES"]["roster"]["database_url"])
+    with engine.begin() as connection:  # its retry time comes
+        connection.execute(tables.asm_preferences.update().where(tables.asm_preferences.c.token_id == "tok-faulty")
+                           .values(retry_at=utc_now()))
+    engine.dispose()
+    tick()
+    with rpc_as() as rpc:
+        again = rpc.roster.get_asm_preferences("tok-faulty")
+        assert FAULTY_CALLS == ["location", "location"] and again["retry_at"] > faulty["retry_at"]
 
 
 def test_bad_rpc_arguments_are_refused_with_typed_errors(roster, rpc_as):

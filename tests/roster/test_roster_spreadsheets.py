@@ -269,3 +269,50 @@ def test_a_repeated_header_is_refused_and_named(fmt):
     with pytest.raises(ValidationError, match="sheet 'Users' has the header 'email' twice "
                                               r"\(columns E and J\)"):
         s.read_spreadsheet(f"roster.{fmt}", data)
+
+
+def with_cached_values(data: bytes, cached: dict[bytes, bytes]) -> bytes:
+    """The workbook as Excel saves it: each formula with the value it last computed (openpyxl stores none)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            part = source.read(item)
+            for formula, value in cached.items():
+                part = part.replace(b"<f>" + formula + b"</f><v />", b"<f>" + formula + b"</f><v>" + value + b"</v>")
+            target.writestr(item, part)
+    return out.getvalue()
+
+
+def test_a_rejected_row_keeps_what_it_names_instead_of_deleting_it(hierarchy):
+    classes = [["c1", "Maths", "", "north", "", "t1", "s1,s2"], ["c2", "Art", "", "north", "", "t1", "s3"]]
+    users = [TEACHER] + [student(f"s{i}") for i in range(1, 11)]
+    grades = [["7", "north"], ["8", "north"]]
+    first = s.read_spreadsheet("a.xlsx", workbook(users=users, classes=classes, grades=grades))
+    list(planning.apply_plan(planning.build_plan(hierarchy, first.batch).changes, hierarchy, "xlsx"))
+
+    # the same district with mistakes: the teacher's type, a name too long, formulas, a class without its name
+    teacher = list(TEACHER)
+    teacher[1] = "Teachr"
+    bad_users = [teacher, student("s1", **{"First Name": "A" * 300}), student("s2", **{"Last Name": "=UPPER(C3)"})]
+    bad_classes = [classes[0], ["c2", "", "", "north", "", "t1", "s3"]]
+    data = with_cached_values(workbook(users=bad_users + users[3:], classes=bad_classes,
+                                       grades=[["7", "north"], ["=8", "north"]]), {b"8": b"8"})
+    result = s.read_spreadsheet("b.xlsx", data)
+    plan = planning.build_plan(hierarchy, result.batch, row_numbers=result.row_numbers)
+    assert {(r.sheet, r.row): r.id for r in plan.summary.rejected} == {
+        ("Users", 2): "t1", ("Users", 3): "s1", ("Users", 4): "s2", ("Classes", 3): "c2",
+        ("Grade Levels", 3): "north/8"}
+    assert plan.changes == []  # nothing a rejected row names is deleted, and c1 keeps its teacher and students
+    assert plan.summary.warnings == [
+        "grade level(s) north/8 kept, not deleted, because their rows were rejected; fix those rows and import again",
+        "user(s) t1, s1, s2 kept, not deleted, because their rows were rejected; fix those rows and import again",
+        "class(es) c2 kept, not deleted, because their rows were rejected; fix those rows and import again"]
+
+
+def test_grade_level_rejections_name_their_sheet_rows(hierarchy):
+    data = workbook(grades=[["7", "north"], [None, None], ["8", "nowhere"], ["G" * 300, "north"], ["7", "north"]])
+    result = s.read_spreadsheet("grades.xlsx", data)
+    plan = planning.build_plan(hierarchy, result.batch, row_numbers=result.row_numbers)
+    rejected = {r.row: r.reason for r in plan.summary.rejected}
+    assert sorted(rejected) == [4, 5]  # the empty row 3 and the header count; row 6 repeats row 2, harmlessly
+    assert "nowhere" in rejected[4] and "300 characters" in rejected[5]

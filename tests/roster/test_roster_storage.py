@@ -103,6 +103,39 @@ def test_applying_twice_and_stale_plans(unit):
     assert [u.record.user_id for u in SqlHierarchy(unit.session).users()] == ["a"]
 
 
+def test_a_plan_that_changes_nothing_leaves_the_plans_previewed_beside_it_current(unit):
+    runner = ImportRunner(unit.session, unit.publish)
+    run(unit, batch([person("a")]))
+    pending = runner.preview(batch([person("a", grade_level="8")]), PlanOptions(), actor=ADMIN)
+    unchanged = runner.preview(batch([person("a")]), PlanOptions(), actor=ADMIN)  # e.g. an API script's repeat
+    assert unchanged["total_changes"] == 0
+    assert runner.apply(unchanged["plan_id"], actor=ADMIN)["status"] == "applied"
+    assert runner.apply(unchanged["plan_id"], actor=ADMIN)["already_applied"]
+    assert runner.apply(pending["plan_id"], actor=ADMIN)["applied"]["user"]["update"] == 1
+    unit.commit()
+    assert [u.record.grade_level for u in SqlHierarchy(unit.session).users()] == ["8"]
+
+
+def test_a_class_keeps_its_primary_teacher_first(unit):
+    from services.roster.adapters.queries import RosterQueries
+    from services.roster.domain import mosyle_api
+
+    teachers = [person(uid, kind="teacher") for uid in ("zed", "amy", "bob")]
+    maths = ClassRecord(class_id="c1", name="Maths", location_id="L1", teacher_ids=["zed", "bob", "amy"])
+    run(unit, batch(teachers, [maths]))
+    (listed,), _ = RosterQueries(unit.session).classes(locations=None, offset=0, limit=10)
+    assert listed.teacher_ids == ["zed", "amy", "bob"]
+    wire = mosyle_api.class_to_wire(listed, {}, ("idteacher", "coordinators"))
+    assert wire == {"idteacher": "zed", "coordinators": ["amy", "bob"]}
+    runner = ImportRunner(unit.session, unit.publish)
+    assert runner.preview(batch(teachers, [maths]), PlanOptions(), actor=ADMIN)["total_changes"] == 0
+
+    amy_leads = ClassRecord(class_id="c1", name="Maths", location_id="L1", teacher_ids=["amy", "zed", "bob"])
+    summary, _ = run(unit, batch(teachers, [amy_leads]))
+    assert summary["counts"]["class"]["update"] == 1 and summary["counts"]["membership"]["add"] == 0
+    assert SqlHierarchy(unit.session).classes()[0].record.teacher_ids == ["amy", "bob", "zed"]
+
+
 def test_a_location_leader_cannot_apply_an_unscoped_plan(unit):
     runner = ImportRunner(unit.session, unit.publish)
     plan = runner.preview(batch([person("a")]), PlanOptions(), actor=ADMIN)
@@ -168,7 +201,7 @@ def test_the_planner_limits_every_text_column_an_apply_writes():
 
     # columns whose values the code chooses, not the source
     chosen = {"user_type": USER_TYPES, "role": ("teacher", "student"),
-              "entity": planning.ENTITIES, "action": planning.ACTIONS,
+              "entity": (*planning.ENTITIES, planning.DEVICES), "action": (*planning.ACTIONS, planning.ASSIGN),
               "plan_id": ("00000000-0000-0000-0000-000000000000",)}
     limits = {"source": planning.MAX_SOURCE_LENGTH, "natural_id": planning.MAX_NATURAL_ID_LENGTH,
               "user_id": planning.MAX_ID_LENGTH, "location_id": planning.MAX_ID_LENGTH,

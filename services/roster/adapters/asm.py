@@ -5,7 +5,7 @@ for each roster endpoint page by page (``enrollment.fetch_roster``).
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,10 @@ from shared.storage import utc_now
 # enrollment's roster kinds -> the AsmRoster list they fill
 ROSTER_KINDS = {"location": "locations", "course": "courses", "class": "classes", "person": "persons"}
 MAX_PAGES = 10_000  # a cursor that never ends is Apple's bug, not a reason to loop forever
+# a failed daily sync is tried again after 5 minutes, then after twice as long each time, at most 6 hours
+FIRST_RETRY = timedelta(minutes=5)
+LONGEST_RETRY = timedelta(hours=6)
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
 class AsmPreferenceStore:
@@ -32,7 +36,8 @@ class AsmPreferenceStore:
     def status(self, token_id: str) -> dict[str, Any]:
         row = self._row(token_id)
         return {"last_sync_at": row.last_sync_at.isoformat() if row and row.last_sync_at else None,
-                "last_sync_outcome": row.last_sync_outcome if row else None}
+                "last_sync_outcome": row.last_sync_outcome if row else None,
+                "retry_at": row.retry_at.isoformat() if row and row.retry_at else None}
 
     def set(self, token_id: str, prefs: AsmPreferences) -> None:
         values = {"preferences": prefs.to_dict(), "updated_at": utc_now()}
@@ -43,21 +48,39 @@ class AsmPreferenceStore:
                                  .where(t.asm_preferences.c.token_id == token_id).values(**values))
 
     def record_sync(self, token_id: str, outcome: str) -> None:
+        """A run that worked (or stopped at the deletion guard, which a person must look at)."""
+        self._record(token_id, outcome, failed_syncs=0, retry_at=None)
+
+    def record_failure(self, token_id: str, outcome: str) -> datetime:
+        """A run that failed; returns when it is tried again, later after each failure in a row."""
+        failed = (self.session.execute(sa.select(t.asm_preferences.c.failed_syncs)
+                                       .where(t.asm_preferences.c.token_id == token_id)).scalar() or 0) + 1
+        retry_at = utc_now() + min(FIRST_RETRY * 2 ** min(failed - 1, 10), LONGEST_RETRY)
+        self._record(token_id, outcome, failed_syncs=failed, retry_at=retry_at)
+        return retry_at
+
+    def _record(self, token_id: str, outcome: str, **values: Any) -> None:
         self.session.execute(t.asm_preferences.update().where(t.asm_preferences.c.token_id == token_id)
-                             .values(last_sync_at=utc_now(), last_sync_outcome=outcome[:2000]))
+                             .values(last_sync_at=utc_now(), last_sync_outcome=outcome[:2000], **values))
 
     def due(self, now: datetime) -> list[str]:
-        """Tokens whose daily sync time has passed today and that have not synced since."""
+        """Tokens to sync: their daily time has passed today and they have not run since, or a failed run's
+        retry time has come. The token that ran longest ago comes first, so a failing one holds up no other."""
         due = []
         for row in self.session.execute(sa.select(t.asm_preferences)):
             sync_time = (row.preferences or {}).get("sync_time")
             if not sync_time:
                 continue
+            if row.retry_at is not None:  # failing: its retry time, not the daily one, says when
+                if row.retry_at <= now:
+                    due.append(row)
+                continue
             hours, minutes = (int(part) for part in sync_time.split(":"))
             scheduled = now.replace(hour=hours, minute=minutes, second=0, microsecond=0)
             if now >= scheduled and (row.last_sync_at is None or row.last_sync_at < scheduled):
-                due.append(row.token_id)
-        return due
+                due.append(row)
+        due.sort(key=lambda row: row.last_sync_at or _NEVER)
+        return [row.token_id for row in due]
 
     def _row(self, token_id: str) -> Any:
         return self.session.execute(

@@ -128,8 +128,10 @@ class SqlHierarchy:
             for r in self.session.execute(sa.select(t.classes))]
 
     def class_members(self, class_ids: Iterable[str] | None = None) -> dict[str, dict[str, list[str]]]:
+        # in their order (the primary teacher first); memberships of the same position by user ID
         query = (sa.select(t.memberships.c.class_id, t.memberships.c.role, t.users.c.user_id)
-                 .join(t.users, t.users.c.id == t.memberships.c.user_key))
+                 .join(t.users, t.users.c.id == t.memberships.c.user_key)
+                 .order_by(t.memberships.c.position, t.users.c.user_id))
         if class_ids is not None:
             query = query.where(t.memberships.c.class_id.in_(list(class_ids)))
         members: dict[str, dict[str, list[str]]] = defaultdict(lambda: {"teacher": [], "student": []})
@@ -240,10 +242,10 @@ class SqlHierarchy:
             self.session.execute(t.memberships.delete().where(
                 t.memberships.c.class_id.in_([c.natural_id for c in changes])))
         keys = self.user_keys()
-        rows = [(c.natural_id, keys[user_id], role)
+        rows = [(c.natural_id, keys[user_id], role, position)
                 for c in changes for role in ("teacher", "student")
-                for user_id in c.after[f"{role}_ids"]]
-        bulk_insert(self.session, t.memberships, ("class_id", "user_key", "role"), rows)
+                for position, user_id in enumerate(c.after[f"{role}_ids"])]
+        bulk_insert(self.session, t.memberships, ("class_id", "user_key", "role", "position"), rows)
 
     def user_keys(self) -> dict[str, int]:
         """user ID -> key, loaded once and kept current by this writer's own writes."""

@@ -61,7 +61,9 @@ class ImportRunner:
         try:
             planning.check_can_apply(summary, hierarchy.version(),
                                      allow_mass_delete=allow_mass_delete)
-            hierarchy.claim_version(summary.base_version)
+            # a plan that changes nothing writes nothing, so the plans previewed beside it stay current
+            if summary.total_changes:
+                hierarchy.claim_version(summary.base_version)
         except Conflict:
             metrics.IMPORT_RUNS.labels(summary.source, "refused").inc()
             raise

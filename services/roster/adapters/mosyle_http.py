@@ -19,7 +19,6 @@ from services.roster.adapters.api_tokens import ApiTokens, ip_allowed
 from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import mosyle_api as wire
-from services.roster.domain.planning import PlanOptions
 from services.roster.domain.refusal_audits import RefusalAuditBudget
 from shared.auth import Actor
 from shared.contracts.roster import RejectedRow
@@ -113,19 +112,13 @@ class MosyleApi:
             total, options)
 
     def _users(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
-        request = wire.user_write_request(payload, self._location_ids_by_name())
-        options = PlanOptions(delete_missing=False, delete_user_ids=tuple(request.delete_ids),
-                              max_user_delete_share=1.0)
-        return self._write(request, options, actor)
+        return self._write(wire.user_write_request(payload, self._location_ids_by_name()), actor)
 
     def _classes(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
-        request = wire.class_write_request(payload, self._location_ids_by_name())
-        options = PlanOptions(delete_missing=False, delete_class_ids=tuple(request.delete_ids))
-        return self._write(request, options, actor)
+        return self._write(wire.class_write_request(payload, self._location_ids_by_name()), actor)
 
-    def _write(self, request: wire.WriteRequest, options: PlanOptions,
-               actor: Actor) -> dict[str, Any]:
-        summary = self.runner.preview(request.batch, options, actor=actor, origin=actor.id,
+    def _write(self, request: wire.WriteRequest, actor: Actor) -> dict[str, Any]:
+        summary = self.runner.preview(request.batch, request.plan_options(), actor=actor, origin=actor.id,
                                       row_numbers=request.row_numbers)
         try:
             self.runner.apply(summary["plan_id"], actor=actor)

@@ -51,15 +51,16 @@ class PlanStore:
         return PlanSummary.from_dict(row.summary)
 
     def changes(self, plan_id: str, *, after_seq: int = -1, limit: int | None = None,
-                batch: int = 5000) -> Iterator[Change]:
-        """The plan's changes in order, read a batch at a time (keyset pagination)."""
+                batch: int = 5000, entity: str | None = None) -> Iterator[Change]:
+        """The plan's changes (of one entity, if given) in order, read a batch at a time (keyset pagination)."""
         remaining = limit
+        query = sa.select(t.plan_changes).where(t.plan_changes.c.plan_id == plan_id)
+        if entity is not None:
+            query = query.where(t.plan_changes.c.entity == entity)
         while remaining is None or remaining > 0:
             size = batch if remaining is None else min(batch, remaining)
             rows = self.session.execute(
-                sa.select(t.plan_changes).where(t.plan_changes.c.plan_id == plan_id,
-                                                t.plan_changes.c.seq > after_seq)
-                .order_by(t.plan_changes.c.seq).limit(size)).all()
+                query.where(t.plan_changes.c.seq > after_seq).order_by(t.plan_changes.c.seq).limit(size)).all()
             for row in rows:
                 yield Change(row.entity, row.action, row.natural_id, after=row.after,
                              before=row.before, target=row.target)

@@ -56,7 +56,7 @@ class RosterQueries:
         members = SqlHierarchy(self.session).class_members([r.class_id for r in rows])
         return [ClassRecord(class_id=r.class_id, name=r.name, location_id=r.location_id,
                             course_name=r.course_name, room=r.room,
-                            teacher_ids=sorted(members[r.class_id]["teacher"]),
+                            teacher_ids=members[r.class_id]["teacher"],  # the primary teacher first
                             student_ids=sorted(members[r.class_id]["student"]))
                 for r in rows], total
 

@@ -28,7 +28,7 @@ import openpyxl
 import python_calamine
 from openpyxl.styles import Font
 
-from services.roster.domain.planning import SHEET_OF
+from services.roster.domain.planning import SHEET_OF, grade_level_id
 from shared.contracts.roster import (
     ClassRecord, GradeLevelRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord,
 )
@@ -209,7 +209,10 @@ class _RowProblem(Exception):
 
 
 RowSource = Iterator[tuple[int, list[Any]]]  # (row number as the user sees it, cells)
-FORMULA_ROW: list[Any] = []  # stands for the cells of a row holding a formula
+
+
+class FormulaCells(list):
+    """The cells of a row holding a formula (their cached values): rejected, yet what it names is known."""
 
 
 def read_spreadsheet(filename: str, content: bytes) -> SpreadsheetImport:
@@ -227,40 +230,44 @@ class _Reader:
         self.row_numbers: dict[str, dict[str, int]] = {s: {} for s in SHEETS}
 
     def read(self) -> SpreadsheetImport:
-        locations = list(self._records(LOCATIONS, self._location, "location_id"))
-        grade_levels = list(self._records(GRADE_LEVELS, self._grade_level, None))
-        users = list(self._records(USERS, self._user, "user_id"))
-        classes = list(self._records(CLASSES, self._class, "class_id"))
+        locations = list(self._records(LOCATIONS, self._location))
+        grade_levels = list(self._records(GRADE_LEVELS, self._grade_level))
+        users = list(self._records(USERS, self._user))
+        classes = list(self._records(CLASSES, self._class))
         batch = ImportBatch(source=self.fmt, locations=locations, grade_levels=grade_levels,
                             users=users, classes=classes, rejected=self.rejected)
         return SpreadsheetImport(batch=batch, row_numbers=self.row_numbers)
 
-    def _records(self, sheet: str, build: Callable[[dict[str, str | None]], Any],
-                 id_field: str | None) -> Iterator[Any]:
+    def _records(self, sheet: str, build: Callable[[dict[str, str | None]], Any]) -> Iterator[Any]:
         rows = self.tables[sheet]
         header_row = next(rows, None)
         columns = _header_positions(sheet, header_row[1] if header_row else [])
         numbers = self.row_numbers[sheet]
         for number, cells in rows:
-            if cells is FORMULA_ROW:
-                self.rejected.append(RejectedRow(
-                    sheet=sheet, row=number, reason="holds a formula; paste values only"))
+            if isinstance(cells, FormulaCells):
+                self._reject(sheet, number, "holds a formula; paste values only", columns, cells)
                 continue
             try:
                 values = _values(columns, cells)
                 if not any(values.values()):
                     continue  # empty rows, often trailing, mean nothing
                 record = build(values)
-                if id_field:
-                    natural_id = getattr(record, id_field)
-                    if natural_id in numbers:
-                        raise _RowProblem(f"{_label(id_field)} '{natural_id}' already appears "
-                                          f"in row {numbers[natural_id]}")
+                natural_id = _NATURAL_ID[sheet](record)
+                if sheet == GRADE_LEVELS:  # the same grade level twice is harmless: named by its first row
+                    numbers.setdefault(natural_id, number)
+                elif natural_id in numbers:
+                    raise _RowProblem(f"{_ID_NOUN[sheet]} '{natural_id}' already appears "
+                                      f"in row {numbers[natural_id]}")
+                else:
                     numbers[natural_id] = number
             except _RowProblem as problem:
-                self.rejected.append(RejectedRow(sheet=sheet, row=number, reason=str(problem)))
+                self._reject(sheet, number, str(problem), columns, cells)
                 continue
             yield record
+
+    def _reject(self, sheet: str, number: int, reason: str, columns: dict[str, int], cells: list[Any]) -> None:
+        self.rejected.append(RejectedRow(sheet=sheet, row=number, reason=reason,
+                                         id=_rejected_row_id(sheet, columns, cells)))
 
     def _location(self, values: dict[str, str | None]) -> LocationRecord:
         return LocationRecord(location_id=_required(values, "Location ID"),
@@ -289,8 +296,28 @@ class _Reader:
             student_ids=_list(values["Student IDs"]))
 
 
-def _label(id_field: str) -> str:
-    return id_field.replace("_id", " ID").replace("_", " ")
+# what each sheet's rows are known by (the planner's natural IDs)
+_NATURAL_ID: dict[str, Callable[[Any], str]] = {
+    LOCATIONS: lambda record: record.location_id, GRADE_LEVELS: grade_level_id,
+    USERS: lambda record: record.user_id, CLASSES: lambda record: record.class_id,
+}
+_ID_HEADER = {LOCATIONS: "Location ID", USERS: "User ID", CLASSES: "Class ID"}
+_ID_NOUN = {LOCATIONS: "location ID", USERS: "user ID", CLASSES: "class ID"}
+
+
+def _rejected_row_id(sheet: str, columns: dict[str, int], cells: list[Any]) -> str | None:
+    """The natural ID of a row that was rejected, where its ID columns can be read, so the
+    planner keeps what it names rather than delete it as missing from the file."""
+    names = ("Name", "Location ID") if sheet == GRADE_LEVELS else (_ID_HEADER[sheet],)
+    try:
+        values = _values({name: columns[name] for name in names}, cells)
+    except _RowProblem:
+        return None
+    if sheet != GRADE_LEVELS:
+        return values[names[0]]
+    if values["Name"] is None:
+        return None
+    return grade_level_id(GradeLevelRecord(name=values["Name"], location_id=values["Location ID"]))
 
 
 def _header_positions(sheet: str, header: list[Any]) -> dict[str, int]:
@@ -391,7 +418,7 @@ def _calamine_rows(filename: str, book: Any, sheet: str, formula_rows: set[int])
     first_row = worksheet.start[0] + 1 if worksheet.start else 1
     for number, cells in enumerate(worksheet.iter_rows(), start=first_row):
         if number in formula_rows:
-            yield number, FORMULA_ROW
+            yield number, FormulaCells(cells)
         else:
             yield number, cells  # empty cells come as "", which reads as missing
 

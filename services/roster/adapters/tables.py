@@ -69,6 +69,8 @@ memberships = sa.Table(
     sa.Column("class_id", sa.String(128), primary_key=True),
     sa.Column("user_key", sa.Integer, primary_key=True, index=True),
     sa.Column("role", sa.String(10), primary_key=True),
+    # order within the role: a class's first teacher is its primary one (the API's idteacher)
+    sa.Column("position", sa.Integer, nullable=False, server_default="0"),
 )
 
 # a preview; also the record of an import run (status previewed, applied or expired)
@@ -114,6 +116,9 @@ asm_preferences = sa.Table(
     sa.Column("token_id", sa.String(100), primary_key=True),
     sa.Column("preferences", sa.JSON, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
-    sa.Column("last_sync_at", UtcDateTime),
+    sa.Column("last_sync_at", UtcDateTime),  # the last run, whether it worked or failed
     sa.Column("last_sync_outcome", sa.Text),
+    # failed runs in a row, since the last one that worked
+    sa.Column("failed_syncs", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_at", UtcDateTime),  # after a failed run: when it is tried again
 )

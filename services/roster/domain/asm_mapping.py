@@ -84,7 +84,8 @@ class AsmRoster:
 class AsmMapping:
     batch: ImportBatch
     warnings: list[str]
-    skipped_without_location: int
+    skipped_without_location: int  # in no class
+    skipped_elsewhere: int  # only in classes of locations the preferences do not sync
 
 
 def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
@@ -106,10 +107,13 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
                         "API does not provide; the Person ID is used instead")
         user_id_source = "person_id"
 
-    # a person's type and locations follow from the classes they are in
-    classes = [c for c in _dedupe(roster.classes)
-               if (c.get("status") or "Active") == "Active"
-               and (c.get("location") or {}).get("unique_identifier") in synced_locations]
+    # a person's type and locations follow from the classes they are in; whether they are in a class
+    # at all, from every active class, those of locations not synced too
+    active = [c for c in _dedupe(roster.classes) if (c.get("status") or "Active") == "Active"]
+    in_any_class = {person for cls in active for key in ("instructor_unique_identifiers",
+                                                         "student_unique_identifiers")
+                    for person in cls.get(key) or ()}
+    classes = [c for c in active if (c.get("location") or {}).get("unique_identifier") in synced_locations]
     teaches: dict[str, set[str]] = {}
     attends: dict[str, set[str]] = {}
     for cls in classes:
@@ -122,14 +126,19 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
     users: list[UserRecord] = []
     user_id_of: dict[str, str] = {}  # Apple's unique identifier -> our user ID
     seen_ids: dict[str, int] = {}
-    skipped = 0
+    skipped = skipped_elsewhere = 0
     name_source_missing = 0
+    # a sync limited to some locations cannot hold people in none (its plan would refuse them)
+    without_location = prefs.import_users_without_location and wanted_locations is None
     for row, person in enumerate(_dedupe(roster.persons), start=1):
         apple_id = person["unique_identifier"]
-        in_classes = apple_id in teaches or apple_id in attends
-        if not in_classes and not prefs.import_users_without_location:
-            skipped += 1
-            continue
+        if apple_id not in teaches and apple_id not in attends:
+            if apple_id in in_any_class:
+                skipped_elsewhere += 1
+                continue
+            if not without_location:
+                skipped += 1
+                continue
         user_type = ("teacher" if apple_id in teaches else
                      "student" if apple_id in attends or person.get("grade") else "staff")
         user_id = _user_id(person, user_id_source)
@@ -139,7 +148,7 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
                 f"in Apple School Manager, which the sync preferences use as user ID")))
             continue
         if user_id in seen_ids:
-            rejected.append(RejectedRow(sheet="Users", row=row, reason=(
+            rejected.append(RejectedRow(sheet="Users", row=row, id=user_id, reason=(
                 f"user ID '{user_id}' ({user_id_source.replace('_', ' ')}) is shared with "
                 f"row {seen_ids[user_id]}; choose a user ID source that is unique")))
             continue
@@ -171,7 +180,13 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
             student_ids=[user_id_of[p] for p in cls.get("student_unique_identifiers") or ()
                          if p in user_id_of]))
 
-    if skipped:
+    if skipped_elsewhere:
+        warnings.append(f"{skipped_elsewhere} user(s) only in classes of locations this token does not "
+                        f"sync were skipped")
+    if skipped and wanted_locations is not None:
+        warnings.append(f"{skipped} user(s) in no class were skipped: their location is unknown, and a "
+                        f"sync limited to some locations imports only people of those locations")
+    elif skipped:
         warnings.append(f"{skipped} user(s) in no class were skipped (their location is "
                         f"unknown); allow importing users without a location to import them")
     if name_source_missing:
@@ -180,7 +195,8 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
                         f"their name is used instead")
     batch = ImportBatch(source="asm", locations=locations, users=users, classes=records,
                         rejected=rejected)
-    return AsmMapping(batch=batch, warnings=warnings, skipped_without_location=skipped)
+    return AsmMapping(batch=batch, warnings=warnings, skipped_without_location=skipped,
+                      skipped_elsewhere=skipped_elsewhere)
 
 
 def _dedupe(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,15 +1,17 @@
 """Devices pre-assigned in an import (spreadsheet column, ``assign_device`` in the API) go to enrollment.
 
-The enrollment service owns device assignment; the roster hands it each serial number
-that an applied plan newly lists for a user, and reports a refusal per user instead of
-undoing the import.
+The enrollment service owns device assignment; the roster hands it every serial number
+listed for the users an applied plan names (added, updated or unchanged), not only new ones,
+so a device enrollment refused earlier (not synced from Apple yet) is assigned by the next
+import of the same rows, and enrollment keeps the devices the source lists. Enrollment takes
+a repeated assignment as a no-op. A refusal is reported per user instead of undoing the import.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from services.roster.domain.planning import ADD, UPDATE, Change
+from services.roster.domain.planning import DEVICES, Change
 from shared.errors import OrchardError, UpstreamError
 
 
@@ -23,16 +25,10 @@ class DeviceAssignmentFailure:
         return {"user_id": self.user_id, "serial_number": self.serial_number, "reason": self.reason}
 
 
-def new_device_assignments(changes: Iterable[Change]) -> list[tuple[str, str]]:
-    """``(serial_number, user_id)`` for each serial a user gained in these changes."""
-    pairs: list[tuple[str, str]] = []
-    for change in changes:
-        if change.entity != "user" or change.action not in (ADD, UPDATE) or not change.after:
-            continue
-        listed = change.after.get("serial_numbers") or []
-        before = (change.before or {}).get("serial_numbers", listed) if change.action == UPDATE else []
-        pairs.extend((serial, change.natural_id) for serial in listed if serial not in set(before or []))
-    return pairs
+def device_assignments(changes: Iterable[Change]) -> list[tuple[str, str]]:
+    """``(serial_number, user_id)`` for each device a plan's users list."""
+    return [(serial, change.natural_id) for change in changes if change.entity == DEVICES
+            for serial in (change.after or {}).get("serial_numbers") or ()]
 
 
 def assign_devices(pairs: Iterable[tuple[str, str]],

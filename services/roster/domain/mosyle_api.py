@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from services.roster.domain.planning import PlanOptions
 from shared.contracts.roster import ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord
 from shared.errors import ValidationError
 from shared.unicode_text import may_hold_unstorable_text, refuse_unstorable_text
@@ -175,6 +176,13 @@ class WriteRequest:
     errors: dict[int, str] = field(default_factory=dict)
     row_numbers: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    def plan_options(self) -> PlanOptions:
+        """A write touches only what its elements name: nothing is deleted as missing, the deletions
+        are the elements', and a new location comes only with an element the planner accepts."""
+        deleted = "delete_user_ids" if self.sheet == "Users" else "delete_class_ids"
+        return PlanOptions(delete_missing=False, add_unused_locations=False, max_user_delete_share=1.0,
+                           **{deleted: tuple(self.delete_ids)})
+
 
 def _elements(payload: Mapping[str, Any]) -> list[Any]:
     elements = payload.get("elements")
@@ -211,18 +219,19 @@ def _write_request(payload: Mapping[str, Any], sheet: str, noun: str, parse: Cal
         try:
             operation, record_id = _operation_and_id(element)
             request.element_ids[number - 1], request.operations[number - 1] = record_id, operation
-            if operation == "delete":
-                request.delete_ids.append(record_id)
-                continue
-            record = parse(element, record_id, location_ids_by_name, new_locations)
+            record = None if operation == "delete" else parse(
+                element, record_id, location_ids_by_name, new_locations)
         except WireError as exc:
             request.errors[number] = exc.message
             continue
         if record_id in request.row_numbers[sheet]:
             request.errors[number] = f"{noun} '{record_id}' appears twice in this request"
             continue
-        request.row_numbers[sheet][record_id] = number
-        records.append(record)
+        request.row_numbers[sheet][record_id] = number  # the planner's rejections name the element
+        if record is None:
+            request.delete_ids.append(record_id)
+        else:
+            records.append(record)
     return request, records, list(new_locations.values())
 
 

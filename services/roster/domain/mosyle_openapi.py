@@ -100,8 +100,8 @@ def openapi_document(server_url: str = "/") -> dict[str, Any]:
         "email": {"type": "string"},
         "managed_appleid": {"type": "string"},
         "locations": {"type": "array", "description": (
-            "location names (created if missing) with the grade level, as objects or as "
-            "[name, grade_level] pairs"),
+            "location names (created if missing, when the element is accepted) with the grade level, "
+            "as objects or as [name, grade_level] pairs"),
             "items": {"oneOf": [
                 {"type": "object", "properties": {"name": {"type": "string"},
                                                   "grade_level": {"type": "string"}}},
@@ -115,11 +115,12 @@ def openapi_document(server_url: str = "/") -> dict[str, Any]:
         "id": {"type": "string", "description": "the class ID"},
         "course_name": {"type": "string"},
         "class_name": {"type": "string"},
-        "location": {"type": "string", "description": "location name, created if missing"},
-        "idteacher": {"type": "string"},
+        "location": {"type": "string",
+                     "description": "location name, created if missing, when the element is accepted"},
+        "idteacher": {"type": "string", "description": "the class's primary teacher"},
         "students": _string_list(),
         "room": {"type": "string"},
-        "coordinators": _string_list(),
+        "coordinators": {**_string_list(), "description": "the class's other teachers"},
     }}
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {

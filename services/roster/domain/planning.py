@@ -50,9 +50,13 @@ LOCATION, GRADE_LEVEL, USER, CLASS, MEMBERSHIP = (
 ENTITIES = (LOCATION, GRADE_LEVEL, USER, CLASS, MEMBERSHIP)
 ADD, UPDATE, DELETE = "add", "update", "delete"
 ACTIONS = (ADD, UPDATE, DELETE)
+# not a change of the hierarchy: the devices a user's record lists, handed to enrollment once the
+# plan is applied; written last in a plan and not counted among its changes
+DEVICES, ASSIGN = "devices", "assign"
 
 # the sheet names a rejection is reported under (the spreadsheet template uses the same)
 SHEET_OF = {LOCATION: "Locations", GRADE_LEVEL: "Grade Levels", USER: "Users", CLASS: "Classes"}
+_NOUNS = {LOCATION: "location(s)", GRADE_LEVEL: "grade level(s)", USER: "user(s)", CLASS: "class(es)"}
 
 # the fields compared between an incoming record and the stored one
 USER_FIELDS = ("user_id", "user_type", "first_name", "last_name", "name", "email",
@@ -187,6 +191,9 @@ class PlanOptions:
     delete_user_ids: tuple[str, ...] = ()  # explicit deletions (the API's "delete" operation)
     delete_class_ids: tuple[str, ...] = ()
     max_user_delete_share: float = DEFAULT_MAX_USER_DELETE_SHARE
+    # False: a new location is added only if a user or class the plan keeps is in it (the API
+    # names locations in its elements, so a refused element must not leave its location behind)
+    add_unused_locations: bool = True
     # a location leader's import: only these locations are read, changed or deleted
     locations: tuple[str, ...] | None = None
 
@@ -194,7 +201,7 @@ class PlanOptions:
     def from_dict(cls, data: Mapping[str, Any] | None) -> "PlanOptions":
         """The options of an RPC call (a JSON object, or None), checked."""
         data = known_options(data, "import option", {f.name for f in fields(cls)})
-        check_flags(data, ("only_add_new", "delete_missing"))
+        check_flags(data, ("only_add_new", "delete_missing", "add_unused_locations"))
         for name in ("delete_user_ids", "delete_class_ids", "locations"):
             value = data.pop(name, None)
             if value is not None:  # None: no IDs to delete; for locations, every location
@@ -269,7 +276,7 @@ class PlanSummary:
 @dataclass
 class Plan:
     summary: PlanSummary
-    changes: list[Change]  # in the order they must be written
+    changes: list[Change]  # in the order they must be written, then the users' devices (DEVICES)
 
 
 # ---------------------------------------------------------------- building
@@ -308,23 +315,42 @@ class _Planner:
                                    else None)
         # changes grouped by the phase in which they are written (see _PHASES)
         self.phases: dict[tuple[str, str], list[Change]] = {p: [] for p in _PHASES}
+        self.devices: list[Change] = []  # the users' devices, handed to enrollment after the apply
         # in an import limited to some locations: the users who stay and are in none of them
         self.outsiders: set[str] = set()
+        # what rejected rows name, per entity: kept even where the source no longer lists it,
+        # since the row that lists it could not be read
+        self.rejected_ids: dict[str, set[str]] = {entity: set() for entity in SHEET_OF}
+        entity_of_sheet = {sheet.lower(): entity for entity, sheet in SHEET_OF.items()}
+        for rejected in batch.rejected:
+            entity = entity_of_sheet.get(rejected.sheet.lower())
+            if entity is not None and rejected.id is not None:
+                self.rejected_ids[entity].add(rejected.id)
 
     def build(self) -> Plan:
         location_ids = self._plan_locations()
         self._plan_grade_levels(location_ids)
         user_ids = self._plan_users(location_ids)
         self._plan_classes(location_ids, user_ids)
+        if not self.options.add_unused_locations:
+            self._drop_unused_new_locations()
         changes = [c for phase in _PHASES for c in self.phases[phase]]
-        return Plan(summary=self.summary, changes=changes)
+        return Plan(summary=self.summary, changes=changes + self.devices)
 
     # -- helpers
 
     def _reject(self, entity: str, natural_id: str, position: int, reason: str) -> None:
         sheet = SHEET_OF[entity]
         row = self.row_numbers.get(sheet, {}).get(natural_id, position)
-        self.summary.rejected.append(RejectedRow(sheet=sheet, row=row, reason=reason))
+        self.summary.rejected.append(RejectedRow(sheet=sheet, row=row, reason=reason, id=natural_id))
+        self.rejected_ids[entity].add(natural_id)
+
+    def _kept_for_rejected_rows(self, entity: str, natural_ids: list[str]) -> None:
+        """Say which records stay only because their rows were rejected."""
+        if natural_ids:
+            self.summary.warnings.append(
+                f"{_NOUNS[entity]} {_some(natural_ids)} kept, not deleted, because their rows were "
+                f"rejected; fix those rows and import again")
 
     def _emit(self, change: Change) -> None:
         self.phases[(change.entity, change.action)].append(change)
@@ -379,8 +405,11 @@ class _Planner:
                 else:
                     self._emit(Change(LOCATION, UPDATE, location.location_id, after=after,
                                       before={"name": old.record.name}))
-        self.missing_locations = [
-            s for lid, s in stored.items() if lid not in seen and self._may_delete(s.source, [lid])]
+        missing = [s for lid, s in stored.items() if lid not in seen and self._may_delete(s.source, [lid])]
+        rejected = self.rejected_ids[LOCATION]
+        self.missing_locations = [s for s in missing if s.record.location_id not in rejected]
+        self._kept_for_rejected_rows(
+            LOCATION, [s.record.location_id for s in missing if s.record.location_id in rejected])
         return set(stored) | seen
 
     def _plan_grade_levels(self, location_ids: set[str]) -> None:
@@ -388,7 +417,7 @@ class _Planner:
         seen: set[tuple[str, str | None]] = set()
         for position, grade in enumerate(self.batch.grade_levels, start=1):
             key = (grade.name, grade.location_id)
-            natural_id = _grade_level_id(grade)
+            natural_id = grade_level_id(grade)
             problem = _name_problem("grade level name", grade.name, required=True)
             if not problem and grade.location_id is not None and grade.location_id not in location_ids:
                 problem = f"unknown location ID '{grade.location_id}'; add it to the Locations sheet"
@@ -405,11 +434,16 @@ class _Planner:
             seen.add(key)
             if key not in stored:
                 self._emit(Change(GRADE_LEVEL, ADD, natural_id, after=grade.to_dict()))
+        kept: list[str] = []
         for key, old in stored.items():
-            if (key not in seen and self._may_delete(old.source, [old.record.location_id])
-                    and not self._skip_deletion()):
-                self._emit(Change(GRADE_LEVEL, DELETE, _grade_level_id(old.record),
-                                  before=old.record.to_dict()))
+            if key in seen or not self._may_delete(old.source, [old.record.location_id]):
+                continue
+            natural_id = grade_level_id(old.record)
+            if natural_id in self.rejected_ids[GRADE_LEVEL]:
+                kept.append(natural_id)
+            elif not self._skip_deletion():
+                self._emit(Change(GRADE_LEVEL, DELETE, natural_id, before=old.record.to_dict()))
+        self._kept_for_rejected_rows(GRADE_LEVEL, kept)
 
     # -- users
 
@@ -423,6 +457,7 @@ class _Planner:
         by_id = {s.record.user_id: s for s in stored_users}
         by_email = {s.record.email.lower(): s for s in stored_users if s.record.email}
         matched: set[Any] = set()  # stored keys an incoming user matched
+        named_by_rejected: set[Any] = set()  # stored keys a rejected row names by user ID or e-mail
         final_ids: set[str] = set()
         explicit_deletes = set(self.options.delete_user_ids)
         seen_ids: set[str] = set()
@@ -442,6 +477,7 @@ class _Planner:
                            f"different existing users; fix one of them in the source")
             if problem:
                 self._reject(USER, user.user_id, position, problem)
+                named_by_rejected.update(old.key for old in (by_own_id, by_own_email) if old is not None)
                 continue
             seen_ids.add(user.user_id)
             if email_key:
@@ -454,6 +490,7 @@ class _Planner:
             final_ids.add(user.user_id)
             if old is None:
                 self._emit(Change(USER, ADD, user.user_id, after=_user_dict(user)))
+                self._hand_over_devices(user.user_id, user.serial_numbers)
                 continue
             if old.key in matched:
                 self._reject(USER, user.user_id, position,
@@ -464,22 +501,28 @@ class _Planner:
             matched.add(old.key)
             after = _user_dict(user)
             before = _differences(_user_dict(old.record), after, USER_FIELDS)
-            if not before:
-                self.summary.unchanged_users += 1
-            elif self.options.only_add_new:
+            if before and self.options.only_add_new:
                 self.summary.skipped_updates += 1
                 final_ids.discard(user.user_id)
                 final_ids.add(old.record.user_id)
-            else:
+                self._hand_over_devices(old.record.user_id, old.record.serial_numbers)
+                continue
+            if before:
                 self._emit(Change(USER, UPDATE, user.user_id, after=after, before=before,
                                   target=old.key))
+            else:
+                self.summary.unchanged_users += 1
+            self._hand_over_devices(user.user_id, user.serial_numbers)
+        kept: list[str] = []
         for stored in stored_users:
             if stored.key in matched:
                 continue
             uid = stored.record.user_id
             wanted = (uid in explicit_deletes and self._in_scope(stored.record.locations)) or (
                 self._may_delete(stored.source, stored.record.locations))
-            if wanted and not self._skip_deletion():
+            if wanted and (stored.key in named_by_rejected or uid in self.rejected_ids[USER]):
+                kept.append(uid)
+            elif wanted and not self._skip_deletion():
                 self._emit(Change(USER, DELETE, uid, before=_user_dict(stored.record),
                                   target=stored.key))
                 continue
@@ -487,10 +530,24 @@ class _Planner:
             if self.options.locations is not None and not any(
                     lid in self.options.locations for lid in stored.record.locations):
                 self.outsiders.add(uid)
-        unknown = explicit_deletes - set(by_id)
-        for uid in sorted(unknown):
-            self.summary.warnings.append(f"user '{uid}' to delete does not exist")
+        self._kept_for_rejected_rows(USER, kept)
+        self._reject_unknown_deletions(USER, self.options.delete_user_ids, set(by_id))
         return final_ids
+
+    def _hand_over_devices(self, user_id: str, serial_numbers: list[str]) -> None:
+        """Every device a listed user's record names goes to enrollment on apply, not only new ones:
+        one enrollment refused before (not synced yet) is assigned once it is known."""
+        if serial_numbers:
+            self.devices.append(Change(DEVICES, ASSIGN, user_id,
+                                       after={"serial_numbers": sorted(set(serial_numbers))}))
+
+    def _reject_unknown_deletions(self, entity: str, natural_ids: Iterable[str], known: set[str]) -> None:
+        """An explicit deletion (the API's) of what the roster does not hold is refused, not done."""
+        noun = "user" if entity == USER else "class"
+        for position, natural_id in enumerate(natural_ids, start=1):
+            if natural_id not in known:
+                self._reject(entity, natural_id, position,
+                             f"{noun} '{natural_id}' does not exist; check the ID (nothing was deleted)")
 
     # -- classes and memberships
 
@@ -538,17 +595,32 @@ class _Planner:
                 continue
             self._emit(Change(CLASS, UPDATE, cls.class_id, after=after, before=before))
             self._count_memberships(_class_dict(old.record), after)
+        kept: list[str] = []
         for class_id, old in stored.items():
             if class_id in seen:
                 continue
             in_scope = self._in_scope([old.record.location_id])
             wanted = (class_id in explicit_deletes and in_scope) or self._may_delete(
                 old.source, [old.record.location_id])
-            if wanted and not self._skip_deletion():
+            if wanted and class_id in self.rejected_ids[CLASS]:
+                kept.append(class_id)
+            elif wanted and not self._skip_deletion():
                 before = _class_dict(old.record)
                 self._emit(Change(CLASS, DELETE, class_id, before=before))
                 self._count_memberships(before, {})
+        self._kept_for_rejected_rows(CLASS, kept)
+        self._reject_unknown_deletions(CLASS, self.options.delete_class_ids, set(stored))
         self._plan_location_deletions(stored, seen)
+
+    def _drop_unused_new_locations(self) -> None:
+        """Add only the new locations that a user or class this plan writes is in."""
+        used = {lid for phase in ((USER, ADD), (USER, UPDATE)) for change in self.phases[phase]
+                for lid in change.after["locations"]}
+        used.update(change.after["location_id"] for phase in ((GRADE_LEVEL, ADD), (CLASS, ADD), (CLASS, UPDATE))
+                    for change in self.phases[phase])
+        added = [change for change in self.phases[(LOCATION, ADD)] if change.natural_id in used]
+        self.phases[(LOCATION, ADD)] = added
+        self.summary.counts[LOCATION][ADD] = len(added)
 
     def _newcomers_from_outside(self, cls: ClassRecord, old: StoredClass | None) -> str | None:
         """A scoped import may not bring users of other locations into a class."""
@@ -630,7 +702,8 @@ def _user_dict(user: UserRecord) -> dict[str, Any]:
 
 def _class_dict(cls: ClassRecord) -> dict[str, Any]:
     data = {name: getattr(cls, name) for name in _CLASS_RECORD_FIELDS}
-    data["teacher_ids"] = sorted(cls.teacher_ids)
+    # the first teacher is the class's primary teacher (the API's idteacher); the others have no order
+    data["teacher_ids"] = cls.teacher_ids[:1] + sorted(cls.teacher_ids[1:])
     data["student_ids"] = sorted(cls.student_ids)
     return data
 
@@ -650,7 +723,8 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any],
     return {f: old.get(f) for f in fields if old.get(f) != new.get(f)}
 
 
-def _grade_level_id(grade: GradeLevelRecord) -> str:
+def grade_level_id(grade: GradeLevelRecord) -> str:
+    """A grade level's natural ID, as plans and rejected rows name it."""
     return f"{grade.location_id or ''}/{grade.name}"
 
 
@@ -739,6 +813,8 @@ def apply_plan(changes: Iterable[Change], writer: HierarchyWriter, source: str, 
     """
     run: list[Change] = []
     for change in changes:
+        if change.entity == DEVICES:
+            continue  # enrollment's to write, once the plan is committed
         if run and ((run[0].entity, run[0].action) != (change.entity, change.action)
                     or len(run) >= chunk_size):
             yield from _write_run(run, writer, source)
@@ -772,6 +848,8 @@ def event_for(change: Change, source: str, occurred_at: str | None = None) -> Ev
         fields = {f: record.get(f) for f in _USER_EVENT_FIELDS}
         fields["locations"] = list(fields["locations"] or [])
         fields["welcome_email"] = bool(fields["welcome_email"]) and change.action == ADD
+        if change.action == UPDATE and "user_id" in (change.before or {}):
+            fields["previous_user_id"] = change.before["user_id"]  # matched by e-mail, given a new ID
         return _USER_EVENTS[change.action](name=display_name(record), source=source, **fields,
                                            **when)
     if change.entity == CLASS:
