@@ -72,8 +72,10 @@ class DevicePeopleEntrypoints:
 
     @event_handler(UserUpdated)
     def on_user_updated(self, event: UserUpdated) -> None:
-        """A user's devices are in the user's current locations, for who may see and change them."""
-        AssignmentRepository(self.db.session).follow_user(event.user_id, list(event.locations), event.occurred())
+        """A user's devices are in the user's current locations, for who may see and change them, and follow a
+        change of the user's ID."""
+        AssignmentRepository(self.db.session).follow_user(event.user_id, list(event.locations), event.occurred(),
+                                                          event.previous_user_id)
 
     @event_handler(UserDeleted)
     def on_user_deleted(self, event: UserDeleted) -> None:

@@ -68,6 +68,11 @@ def test_assignments_follow_the_roster_and_a_late_older_event_loses(database_url
     repository.follow_user("u1", ["C"], before)
     assert {a.locations for a in repository.of_users(["u1"])} == {("B",)}
 
+    repository.add_many([Assignment("D3", user_id="old-id", locations=("A",))], "me")
+    repository.follow_user("new-id", ["B"], utc_now(), previous_user_id="old-id")  # the roster changed the ID
+    assert [(a.serial_number, a.locations) for a in repository.of_users(["new-id", "old-id"])] == [("D3", ("B",))]
+    assert repository.of_users(["new-id"])[0].user_id == "new-id"
+
     assert repository.release_user("u1", before) == []  # deleted before these devices were assigned to them
     assert repository.release_user("u1", utc_now()) == ["D1", "D2"]
     assert repository.of_users(["u1"]) == []
