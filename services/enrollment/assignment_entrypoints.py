@@ -15,8 +15,10 @@ from services.enrollment.domain.assignments import (
     checked_group_name,
     checked_serial,
     checked_serials,
+    checked_user_devices,
     checked_user_id,
     devices_for_group,
+    listed_twice,
     require_known,
     require_self_pairing_allowed,
     user_assignment,
@@ -27,7 +29,7 @@ from shared.auth import Actor, require_locations, system_actor, visible
 from shared.contracts.enrollment import DeviceUserAssigned, DeviceUserUnassigned
 from shared.contracts.roster import UserDeleted, UserUpdated
 from shared.entrypoints import ServiceRpc, event_handler, rpc
-from shared.errors import Conflict, NotFound, ValidationError
+from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
 
 
 class DevicePeopleEntrypoints:
@@ -40,6 +42,30 @@ class DevicePeopleEntrypoints:
         """Assign a known device to a roster user (a move from another user is allowed)."""
         actor = self.auth.require("enrollment:write")
         return self._assign_to_user(actor, checked_serial(serial_number), checked_user_id(user_id), "admin")
+
+    @rpc
+    def assign_devices(self, assignments: list[dict[str, str]]) -> dict[str, Any]:
+        """Assign many devices to roster users at once, as an import lists them: ``[{serial_number, user_id}]``.
+        A repeat changes nothing; each refusal is reported (``failed``) and the others are assigned."""
+        actor = self.auth.require("enrollment:write")
+        pairs = checked_user_devices(assignments)
+        doubts = listed_twice(pairs)
+        users = {row["user_id"]: row["locations"]
+                 for row in self.roster.users_in_scope(user_ids=sorted({user_id for _, user_id in pairs}))}
+        assigned, failed = 0, []
+        for serial, user_id in pairs:
+            try:
+                if serial in doubts:
+                    raise Conflict(f"device {serial} is listed for more than one user ({', '.join(doubts[serial])}); "
+                                   "list it for one")
+                self._visible_serial(actor, serial)
+                if user_id not in users:
+                    raise NotFound(f"there is no user '{user_id}' in your locations")
+                self._put_user_assignment(actor, serial, user_id, users[user_id], "roster")
+                assigned += 1
+            except (NotFound, PermissionDenied, Conflict) as refused:
+                failed.append({"serial_number": serial, "user_id": user_id, "reason": refused.message})
+        return {"assigned": assigned, "failed": failed}
 
     @rpc
     def unassign_device(self, serial_number: str) -> dict[str, Any]:
@@ -91,9 +117,14 @@ class DevicePeopleEntrypoints:
                         self_service: bool = False) -> dict[str, Any]:
         self._visible_serial(actor, serial)
         user = self.roster.get_user(user_id)  # NotFound when the roster has no such user the actor may see
-        require_locations(actor, user.get("locations") or [])
+        return self._put_user_assignment(actor, serial, user_id, user.get("locations") or [], source, self_service)
+
+    def _put_user_assignment(self, actor: Actor, serial: str, user_id: str, user_locations: list[str], source: str,
+                             self_service: bool = False) -> dict[str, Any]:
+        """Assign a device the actor may see to a user of ``user_locations``: every check, then the writes."""
+        require_locations(actor, user_locations)
         repository = AssignmentRepository(self.db.session)
-        change = user_assignment(repository, serial, user_id, user.get("locations") or [], source)
+        change = user_assignment(repository, serial, user_id, user_locations, source)
         if self_service:
             require_self_pairing_allowed(change, repository.device_token_locations([serial]).get(serial))
         if change.unchanged and change.previous is not None:

@@ -30,6 +30,8 @@ from shared.storage import Database, utc_now
 
 log = logging.getLogger(__name__)
 
+MAX_USER_IDS_PER_CALL = 1_000  # users_in_scope(user_ids=...): enrollment asks for an import's users in batches
+
 
 class RosterService(OrchardService):
     name = "roster"
@@ -187,11 +189,14 @@ class RosterService(OrchardService):
 
     @rpc
     def users_in_scope(self, locations: list[str] | None = None, grade_levels: list[str] | None = None,
-                       classes: list[str] | None = None, user_types: list[str] | None = None) -> list[dict[str, Any]]:
+                       classes: list[str] | None = None, user_types: list[str] | None = None,
+                       user_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """``[{user_id, locations}]``: an AND across the given dimensions, an OR within one, from today's roster."""
         actor = self.auth.require("roster:read")
+        if user_ids is not None and len(user_ids) > MAX_USER_IDS_PER_CALL:
+            raise ValidationError(f"name at most {MAX_USER_IDS_PER_CALL} user_ids per call")
         for values, name in ((locations, "locations"), (grade_levels, "grade_levels"), (classes, "classes"),
-                             (user_types, "user_types")):
+                             (user_types, "user_types"), (user_ids, "user_ids")):
             if values is not None and (not isinstance(values, list)
                                        or not all(isinstance(v, str) and v.strip() for v in values)):
                 raise ValidationError(f"{name} must be a list of non-empty strings, or null")
@@ -202,7 +207,7 @@ class RosterService(OrchardService):
                 locations = list(actor.locations or ())
             require_locations(actor, locations)
         return RosterQueries(self.db.session).users_in_scope(
-            locations=locations, grade_levels=grade_levels, classes=classes, user_types=user_types)
+            locations=locations, grade_levels=grade_levels, classes=classes, user_types=user_types, user_ids=user_ids)
 
     @rpc
     def list_classes(self, location_id: str | None = None, page: int = 1,
@@ -319,7 +324,7 @@ class RosterService(OrchardService):
         if not pairs:
             return 0, []
         self.db.commit()
-        return assign_devices(pairs, self.enrollment.assign_device)
+        return assign_devices(pairs, self.enrollment.assign_devices)
 
     @staticmethod
     def _options(actor: Actor, options: dict | None) -> planning.PlanOptions:

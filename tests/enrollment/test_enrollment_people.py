@@ -178,6 +178,33 @@ def test_scope_follows_the_roster(people, rpc_as):
             "SER7A1", "SERT7A"]
 
 
+def test_many_devices_are_assigned_in_one_call_and_each_refusal_is_reported(people, rpc_as):
+    with rpc_as() as rpc:
+        for bad in ([], [{"serial_number": "SER7A1"}], "SER7A1", [{"serial_number": "", "user_id": "s7a1"}]):
+            with pytest.raises(ValidationError):
+                rpc.enrollment.assign_devices(bad)
+        answer = rpc.enrollment.assign_devices([
+            {"serial_number": "ser7a1", "user_id": "s7a1"}, {"serial_number": "SER7A2", "user_id": "s7a2"},
+            {"serial_number": "NOPE", "user_id": "s7a1"}, {"serial_number": "SER8A1", "user_id": "ghost"},
+            {"serial_number": "SER7B1", "user_id": "s7b1"}, {"serial_number": "SER7B1", "user_id": "s7a1"}])
+        assert answer["assigned"] == 2
+        assert [(f["serial_number"], f["reason"].split(":")[0]) for f in answer["failed"]] == [
+            ("NOPE", "enrollment knows no device NOPE"),
+            ("SER8A1", "there is no user 'ghost' in your locations"),
+            ("SER7B1", "device SER7B1 is listed for more than one user (s7b1, s7a1); list it for one"),
+            ("SER7B1", "device SER7B1 is listed for more than one user (s7b1, s7a1); list it for one")]
+        assert rpc.enrollment.device_assignment("SER7A1")["source"] == "roster"
+        assert rpc.enrollment.device_assignment("SER7B1")["user_id"] is None
+        again = rpc.enrollment.assign_devices([{"serial_number": "SER7A1", "user_id": "s7a1"}])
+        assert again == {"assigned": 1, "failed": []}  # a repeat changes nothing
+        assert len(rpc.enrollment.audit_log("device:SER7A1")) == 1
+    with rpc_as(LEADER_A) as rpc:  # B's student is not A's leader's to give a device to
+        answer = rpc.enrollment.assign_devices([{"serial_number": "SER7B1", "user_id": "s7b1"}])
+        assert answer["assigned"] == 0 and answer["failed"][0]["reason"] == "there is no user 's7b1' in your locations"
+    wait_for(lambda: sorted(p["serial_number"] for k, p in RECEIVED if k == "assigned") == ["SER7A1", "SER7A2"],
+             what="one event per device assigned")
+
+
 def test_devices_follow_their_user_when_the_roster_moves_or_deletes_them(people, rpc_as):
     with rpc_as() as rpc:
         rpc.enrollment.assign_device("SER7A1", "s7a1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from services.roster.domain import planning as p
 from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, device_assignments
 from shared.contracts.roster import ImportBatch, LocationRecord, UserRecord
-from shared.errors import NotFound, UpstreamError
+from shared.errors import UpstreamError
 
 
 def student(uid, serials=(), name="Ann"):
@@ -38,15 +38,17 @@ def test_every_serial_of_the_users_a_plan_lists_is_handed_over_not_only_new_ones
 def test_refusals_are_reported_per_device_and_an_absent_enrollment_is_not_waited_for_again():
     calls = []
 
-    def assign(serial, user_id):
-        calls.append(serial)
-        if serial == "X":
-            raise NotFound("no device X")
-        if serial == "DOWN":
+    def assign(batch):
+        calls.append([pair["serial_number"] for pair in batch])
+        if batch[0]["serial_number"] == "DOWN":
             raise UpstreamError("enrollment did not answer")
+        refused = [dict(pair, reason=f"no device {pair['serial_number']}") for pair in batch
+                   if pair["serial_number"].startswith("X")]
+        return {"assigned": len(batch) - len(refused), "failed": refused}
 
-    done, failures = assign_devices([("A", "u1"), ("X", "u1"), ("DOWN", "u2"), ("B", "u3")], assign)
-    assert done == 1 and calls == ["A", "X", "DOWN"]
-    assert failures == [DeviceAssignmentFailure("u1", "X", "no device X"),
+    pairs = [(f"A{n}", "u1") for n in range(499)] + [("X1", "u1"), ("DOWN", "u2"), ("B", "u3")]
+    done, failures = assign_devices(pairs, assign)
+    assert done == 499 and [len(batch) for batch in calls] == [500, 2]  # in batches; none after enrollment is away
+    assert failures == [DeviceAssignmentFailure("u1", "X1", "no device X1"),
                         DeviceAssignmentFailure("u2", "DOWN", "enrollment did not answer"),
                         DeviceAssignmentFailure("u3", "B", "enrollment did not answer")]

@@ -14,6 +14,7 @@ from shared.errors import Conflict, NotFound, ValidationError
 
 MAX_SERIAL_LENGTH = 64
 MAX_SERIALS_PER_CALL = 10_000
+MAX_ASSIGNMENTS_PER_CALL = 1_000
 MAX_GROUP_NAME = 200
 SOURCES = ("admin", "pairing", "roster")
 
@@ -73,6 +74,29 @@ def checked_user_id(user_id: Any) -> str:
     if not isinstance(user_id, str) or not 0 < len(user_id.strip()) <= 128:
         raise ValidationError("user_id must be the roster's user ID, a non-empty string of at most 128 characters")
     return user_id.strip()
+
+
+def checked_user_devices(assignments: Any) -> list[tuple[str, str]]:
+    """``[{serial_number, user_id}]`` as ``(serial, user_id)`` pairs, each checked."""
+    if not isinstance(assignments, list) or not 0 < len(assignments) <= MAX_ASSIGNMENTS_PER_CALL:
+        raise ValidationError(f"assignments must be a list of 1 to {MAX_ASSIGNMENTS_PER_CALL} "
+                              "{serial_number, user_id} objects")
+    pairs = []
+    for item in assignments:
+        if not isinstance(item, dict) or set(item) != {"serial_number", "user_id"}:
+            raise ValidationError("each assignment must be an object with exactly serial_number and user_id")
+        pairs.append((checked_serial(item["serial_number"]), checked_user_id(item["user_id"])))
+    return pairs
+
+
+def listed_twice(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The serials a call lists for more than one user, with those users: which one is meant is not known."""
+    users: dict[str, list[str]] = {}
+    for serial, user_id in pairs:
+        users.setdefault(serial, [])
+        if user_id not in users[serial]:
+            users[serial].append(user_id)
+    return {serial: ids for serial, ids in users.items() if len(ids) > 1}
 
 
 def checked_group_name(name: Any) -> str:

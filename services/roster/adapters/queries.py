@@ -79,9 +79,12 @@ class RosterQueries:
                                                        t.grade_levels.c.name))]
 
     def users_in_scope(self, *, locations: Iterable[str] | None, grade_levels: Iterable[str] | None,
-                       classes: Iterable[str] | None, user_types: Iterable[str] | None) -> list[dict[str, Any]]:
+                       classes: Iterable[str] | None, user_types: Iterable[str] | None,
+                       user_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """``[{user_id, locations}]`` of the users matching every given dimension (any value within one)."""
         query = sa.select(t.users.c.id, t.users.c.user_id)
+        if user_ids is not None:
+            query = query.where(t.users.c.user_id.in_(list(user_ids)))
         if locations is not None:
             query = query.where(t.users.c.id.in_(
                 sa.select(t.user_locations.c.user_key)

@@ -9,7 +9,7 @@ a repeated assignment as a no-op. A refusal is reported per user instead of undo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from services.roster.domain.planning import DEVICES, Change
 from shared.errors import OrchardError, UpstreamError
@@ -31,20 +31,26 @@ def device_assignments(changes: Iterable[Change]) -> list[tuple[str, str]]:
             for serial in (change.after or {}).get("serial_numbers") or ()]
 
 
-def assign_devices(pairs: Iterable[tuple[str, str]],
-                   assign: Callable[[str, str], object]) -> tuple[int, list[DeviceAssignmentFailure]]:
-    """Call ``assign(serial, user_id)`` for each pair; (how many succeeded, the refusals)."""
+ASSIGNMENTS_PER_CALL = 500  # pairs per enrollment call: the users of one call are looked up in one roster query
+
+
+def assign_devices(pairs: Iterable[tuple[str, str]], assign: Callable[[list[dict[str, str]]], dict[str, Any]]
+                   ) -> tuple[int, list[DeviceAssignmentFailure]]:
+    """Hand the pairs to ``assign`` (enrollment's ``assign_devices``) in batches; (how many are assigned, the
+    refusals). Once enrollment does not answer, the rest are reported with that, not waited for again."""
+    pairs = list(pairs)
     done, failures = 0, []
-    unavailable: str | None = None  # once enrollment does not answer, don't wait a timeout per device
-    for serial, user_id in pairs:
-        if unavailable:
-            failures.append(DeviceAssignmentFailure(user_id, serial, unavailable))
-            continue
+    for start in range(0, len(pairs), ASSIGNMENTS_PER_CALL):
+        batch = pairs[start:start + ASSIGNMENTS_PER_CALL]
         try:
-            assign(serial, user_id)
-            done += 1
-        except OrchardError as exc:
-            failures.append(DeviceAssignmentFailure(user_id, serial, exc.message))
-            if isinstance(exc, UpstreamError):
-                unavailable = exc.message
+            answer = assign([{"serial_number": serial, "user_id": user_id} for serial, user_id in batch])
+        except UpstreamError as exc:
+            failures.extend(DeviceAssignmentFailure(user_id, serial, exc.message) for serial, user_id in pairs[start:])
+            break
+        except OrchardError as exc:  # the batch itself was refused
+            failures.extend(DeviceAssignmentFailure(user_id, serial, exc.message) for serial, user_id in batch)
+            continue
+        done += answer["assigned"]
+        failures.extend(DeviceAssignmentFailure(f["user_id"], f["serial_number"], f["reason"])
+                        for f in answer["failed"])
     return done, failures
