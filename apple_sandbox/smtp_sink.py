@@ -21,6 +21,8 @@ class SmtpSink:
     server: socketserver.ThreadingTCPServer
     thread: threading.Thread
     messages: list[ReceivedMail] = field(default_factory=list)
+    # recipient address -> the reply to its RCPT TO, e.g. "550 5.1.1 No such user" (for good) or "450 Try later"
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -61,8 +63,12 @@ class _Session(socketserver.StreamRequestHandler):
                 sender, recipients = command.split(":", 1)[1].strip().strip("<>"), []
                 self._reply("250 OK")
             elif verb == "RCPT":
-                recipients.append(command.split(":", 1)[1].strip().strip("<>"))
-                self._reply("250 OK")
+                recipient = command.split(":", 1)[1].strip().strip("<>")
+                if recipient in self.sink.refused:
+                    self._reply(self.sink.refused[recipient])
+                else:
+                    recipients.append(recipient)
+                    self._reply("250 OK")
             elif verb == "DATA":
                 self._reply("354 End data with <CR><LF>.<CR><LF>")
                 lines = []

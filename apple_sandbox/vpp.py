@@ -157,12 +157,15 @@ class IssuedToken:
 @dataclass
 class Fault:
     path: str
-    kind: str  # "http" (status + Retry-After), "error" (errorNumber in a 200 body), "version_change"
+    # "http" (status + Retry-After), "error" (errorNumber in a 200 body), "version_change", or "users" (the request
+    # is taken, but its event fails ``client_user_ids`` with ``error_number`` and leaves them as they were)
+    kind: str
     status: int = 503
     retry_after: int | None = None
     error_number: int | None = None
     skip: int = 0
     times: int = 1
+    client_user_ids: list[str] = field(default_factory=list)
 
 
 class VppSandbox:
@@ -213,7 +216,14 @@ class VppSandbox:
                 if handler is None:
                     raise AppleError(9726, 405 if any(p == path for _, p in self._routes()) else 404)
                 body = self._body(request) if request.method == "POST" else None
+                if fault and fault.kind == "users":
+                    body, failing = _without_users(body or {}, fault.client_user_ids)
                 data = handler(location, request, body)
+                if fault and fault.kind == "users" and failing:
+                    event = location.events[data["eventId"]]
+                    event.failures.append(_failure(fault.error_number or 9603, clientUserIds=failing))
+                    event.num_requested += len(failing)
+                    event.num_failed += len(failing)
                 return _json(self._stamp(data, location, token))
             except AppleError as exc:
                 data = {"errorNumber": exc.number, "errorMessage": ERROR_MESSAGES.get(exc.number, "Error")}
@@ -663,8 +673,21 @@ class VppSandbox:
         self._faults.append(Fault(
             path=body["path"], kind=body.get("kind", "http"), status=int(body.get("status", 503)),
             retry_after=body.get("retryAfter"), error_number=body.get("errorNumber"),
-            skip=int(body.get("skip", 0)), times=int(body.get("times", 1))))
+            skip=int(body.get("skip", 0)), times=int(body.get("times", 1)),
+            client_user_ids=list(body.get("clientUserIds", []))))
         return {"faults": len(self._faults)}
+
+    def _admin_faults_clear(self, request: Request, body: dict) -> dict:
+        """Apple works again: the faults not used up yet are dropped."""
+        self._faults.clear()
+        return {"faults": 0}
+
+    def _admin_locations_rename(self, request: Request, body: dict) -> dict:
+        """The location is renamed in Apple School Manager: its uId stays."""
+        location = self._location_of(body["sToken"])
+        location.name = body["locationName"]
+        location.bump()
+        return {"uId": location.uid, "locationName": location.name}
 
     def _admin_users_accept(self, request: Request, body: dict) -> dict:
         """The user opened the invite link and signed in with an Apple ID."""
@@ -700,6 +723,19 @@ class VppSandbox:
                     adam_id for adam_id, _, kind, holder in location.assignments
                     if kind == "clientUserId" and holder == request.args["clientUserId"])
         return data
+
+
+def _without_users(body: dict, client_user_ids: list[str]) -> tuple[dict, list[str]]:
+    """The request without these users (``users`` or ``clientUserIds``), and those of them it named."""
+    named = {u.get("clientUserId") for u in body.get("users") or [] if isinstance(u, dict)}
+    named |= set(body.get("clientUserIds") or [])
+    failing = [u for u in client_user_ids if u in named]
+    kept = dict(body)
+    if "users" in kept:
+        kept["users"] = [u for u in kept["users"] if not isinstance(u, dict) or u.get("clientUserId") not in failing]
+    if "clientUserIds" in kept:
+        kept["clientUserIds"] = [u for u in kept["clientUserIds"] if u not in failing]
+    return kept, failing
 
 
 def _failure(number: int, **info: list) -> dict:

@@ -55,9 +55,10 @@ def show_token(token_id: str) -> None:
 @token.command("renew")
 @click.argument("token_id")
 @click.argument("vpptoken_file", type=click.Path(exists=True, dir_okay=False))
-def renew_token(token_id: str, vpptoken_file: str) -> None:
+@click.option("--take-over", is_flag=True, help="Claim the location back from another MDM that manages it now.")
+def renew_token(token_id: str, vpptoken_file: str, take_over: bool) -> None:
     """Replace a token with the newly downloaded one for the same location."""
-    print_record(call("vpp", "renew_content_token", token_id, _read_token(vpptoken_file)))
+    print_record(call("vpp", "renew_content_token", token_id, _read_token(vpptoken_file), take_over=take_over))
 
 
 @token.command("delete")
@@ -124,14 +125,15 @@ _bulk_revoke_command("revoke-unknown", "revoke_unknown", "licences held by devic
 
 @vpp.command("invites")
 @click.argument("token_id")
-@click.option("--status", type=click.Choice(["pending", "accepted", "revoked"]))
+@click.option("--status", type=click.Choice(["pending", "accepted", "revoked", "failed"]))
 @click.option("--export", "export_file", type=click.Path(dir_okay=False, writable=True), callback=output_path,
               help="Write the invites to this CSV file.")
 def invites(token_id: str, status: str | None, export_file: str | None) -> None:
-    """Invited users, their status and invite links."""
+    """Invited users, their status, invite links, and why Apple or the mail relay refused one."""
     if export_file:
         write_output(export_file, call("vpp", "export_invites", token_id))
         click.echo(f"wrote {export_file}")
         return
-    print_table(call("vpp", "list_invites", token_id, status=status),
-                ["user_id", "name", "method", "status", "registration", "invite_url"])
+    rows = [{**row, "problem": row["error"] or row["mail_error"]}
+            for row in call("vpp", "list_invites", token_id, status=status)]
+    print_table(rows, ["user_id", "name", "method", "status", "registration", "mail", "invite_url", "problem"])

@@ -21,6 +21,10 @@ APPLE_CALLS = Counter(
 NAME_LOOKUP_FAILURES = Counter(
     "orchard_vpp_name_lookup_failures", "Syncs whose content metadata lookup (asset names) failed; names stay as they were.")
 INVITES_REGISTERED = Counter("orchard_vpp_invites_registered", "Users registered (invited) with Apple, by method.", ["method"])
+INVITE_EMAILS = Counter(
+    "orchard_vpp_invite_emails",
+    "Invite e-mails by outcome: sent; refused (the relay refused the address: not tried again until the invite is "
+    "resent or invited again); retried (the relay failed or put it off: tried again later).", ["outcome"])
 
 
 def observe_apple_call(endpoint: str, outcome: int | None) -> None:
@@ -41,7 +45,8 @@ def state_gauges(engine: Engine) -> Iterator[GaugeMetricFamily]:
     waiting = GaugeMetricFamily(
         "orchard_vpp_assignments_waiting_for_licences", "Assignments refused because no licence was left.",
         labels=["token_id", "adam_id"])
-    invites = GaugeMetricFamily("orchard_vpp_invites", "Invites by status.", labels=["token_id", "status"])
+    invites = GaugeMetricFamily("orchard_vpp_invites", "Invites by status (failed: Apple did not register the user).",
+                                labels=["token_id", "status"])
     synced = GaugeMetricFamily(
         "orchard_vpp_last_successful_sync_timestamp_seconds",
         "When the content token's assets, assignments and users were last read from Apple (tokens still in use).",

@@ -18,9 +18,9 @@ from services.vpp import metrics
 from services.vpp.adapters.apple_client import (
     AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
 )
-from services.vpp.adapters.mailer import SmtpMailer
+from services.vpp.adapters.mailer import Delivery, SmtpMailer
 from services.vpp.adapters.repository import VppRepository
-from services.vpp.domain.invites import InviteMethod, invite_email, invite_url
+from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url
 from services.vpp.domain.licences import Asset, LicenceBatch, chunks
 from shared import green
 from shared.errors import OrchardError, UpstreamError
@@ -45,6 +45,16 @@ class LicenceOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"serial_numbers": self.serial_numbers, "user_ids": self.user_ids, "failures": self.failures, "events": self.events}
+
+
+@dataclass
+class MailOutcome:
+    """What a round of invite e-mails did: how many went out, the messages the relay refused or put off (by user),
+    and why the rest waits when the relay failed altogether (``error``)."""
+
+    sent: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
 
 
 def failed_holders(batch: LicenceBatch, result: EventResult) -> dict[str, dict[str, Any]]:
@@ -88,6 +98,20 @@ class VppOperations:
             self.db.session.rollback()
             self.record_refusal(token, exc)
             raise
+
+    @contextmanager
+    def step(self, token: Any, number: int, done: str) -> Iterator[None]:
+        """Run request ``number`` of several to Apple; ``done`` says what the earlier ones did.
+
+        A failure of the first changes nothing; a later one keeps (commits) what Apple already did and says so."""
+        try:
+            yield
+        except OrchardError as exc:
+            if number == 1:
+                raise
+            self.db.commit()
+            self.record_refusal(token, exc)
+            raise UpstreamError(f"{exc} Before that, {done}; run it again for the rest.") from None
 
     def record_refusal(self, token: Any, exc: Exception) -> None:
         """Commit what an Apple refusal says about the token itself; other errors say nothing about it."""
@@ -142,23 +166,15 @@ class VppOperations:
         client = self.client_for(token)
         outcome = LicenceOutcome()
         submit = client.associate if assign else client.disassociate
+        verb = "assigned" if assign else "revoked"
         with self.apple(token):
             for number, batch in enumerate(batches, 1):
-                try:
+                with self.step(token, number, f"{len(outcome.serial_numbers)} device and {len(outcome.user_ids)} user "
+                                              f"licence(s) were {verb} ({number - 1} of {len(batches)} requests)"):
                     event_id = submit(batch)
                     outcome.events.append(event_id)
                     self.repo.record_event(token.id, event_id, "ASSOCIATE" if assign else "DISASSOCIATE", "PENDING", [], utc_now())
                     result = client.wait_for_event(event_id)
-                except OrchardError as exc:
-                    if number == 1:
-                        raise
-                    self.db.commit()  # keep what Apple already did
-                    self.record_refusal(token, exc)
-                    verb = "assigned" if assign else "revoked"
-                    raise UpstreamError(
-                        f"{exc} Before that, {len(outcome.serial_numbers)} device and {len(outcome.user_ids)} user "
-                        f"licence(s) were {verb} ({number - 1} of {len(batches)} requests); run it again for the rest."
-                    ) from None
                 failed = failed_holders(batch, result)
                 done_serials = [s for s in batch.serial_numbers if s not in failed]
                 done_users = [u for u in batch.client_user_ids if u not in failed]
@@ -179,8 +195,10 @@ class VppOperations:
         for tid, invites in by_token.items():
             token = self.repo.token(tid)
             if token.revoked or token.conflict_with:
-                reason = "the content token is revoked" if token.revoked else f"another MDM ({token.conflict_with}) manages this location"
-                self.repo.mark_invites(tid, [i.user_id for i in invites], apple_state="failed", apple_error=reason)
+                reason = ("the content token is revoked; renew it to register the user"
+                          if token.revoked else f"another MDM ({token.conflict_with}) manages this location; renew the "
+                                                "content token with take_over to claim it back")
+                self.repo.mark_failed(tid, [i.user_id for i in invites], reason)
                 totals["failed"] += len(invites)
                 continue
             registered, failed = self._register(token, invites)
@@ -203,10 +221,11 @@ class VppOperations:
                 # already registered by an earlier attempt: that is what we wanted
                 reasons = _failed_users(result, [i.user_id for i in batch], ignored=ALREADY_REGISTERED)
                 done = [i for i in batch if i.user_id not in reasons]
+                # deleted from the roster, or the invite revoked, while Apple registered them: retired here again
                 for user_id in self.repo.mark_registered(token.id, [i.user_id for i in done]):
-                    self.repo.request_retirements(user_id, utc_now())  # deleted while Apple registered them
+                    self.repo.request_retirements(user_id, utc_now(), token.id)
                 for user_id, reason in reasons.items():
-                    self.repo.mark_invites(token.id, [user_id], apple_state="failed", apple_error=reason[:500])
+                    self.repo.mark_failed(token.id, [user_id], reason)
                 for method in {i.method for i in done}:
                     metrics.INVITES_REGISTERED.labels(method).inc(sum(1 for i in done if i.method == method))
                 registered, failed = registered + len(done), failed + len(reasons)
@@ -235,6 +254,24 @@ class VppOperations:
             self.repo.retirements_failed(token.id, [u for u, r in failed.items() if r == reason], reason, utc_now())
         return done
 
+    def retire_invited(self, token: Any, user_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+        """Retire invited users at Apple, a batch at a time. The invites of those Apple retired (or never knew) are
+        revoked; the others stay as they are. Returns the users revoked and the failures, with Apple's reason."""
+        client = self.client_for(token)
+        revoked: list[str] = []
+        failures: list[dict[str, Any]] = []
+        with self.apple(token):
+            batches = chunks(user_ids, client.limits().max_users)
+            for number, batch in enumerate(batches, 1):
+                with self.step(token, number, f"{len(revoked)} invite(s) were revoked ({number - 1} of {len(batches)} "
+                                              "requests)"):
+                    failed = _failed_users(client.wait_for_event(client.retire_users(batch)), batch, USER_NOT_FOUND)
+                done = [u for u in batch if u not in failed]
+                self.repo.mark_invites(token.id, done, status=InviteStatus.REVOKED.value)
+                revoked += done
+                failures += [{"user_id": user_id, "message": reason} for user_id, reason in failed.items()]
+        return revoked, failures
+
     def refresh_invites(self, token: Any) -> None:
         """Read the users Apple changed since the last read: invite codes, acceptances, retirements."""
         client = self.client_for(token)
@@ -246,26 +283,47 @@ class VppOperations:
     def invite_url_template(self, token: Any) -> str:
         return self.client_for(token).invitation_url_template()
 
-    def email_invites(self, invites: Sequence[Any] | None = None) -> int:
-        """Mail the invite link of registered e-mail invites that were not mailed yet; the number sent."""
-        rows = list(invites) if invites is not None else self.repo.invites_to_email()
-        if not rows:
-            return 0
+    def email_invites(self, invites: Sequence[Any], *, commit_each: bool = False) -> MailOutcome:
+        """Mail these invites' links, recording each message's outcome as soon as the relay answered for it (and
+        committing it, ``commit_each``, when nothing else is in the transaction), so a failure later in the round
+        never sends it twice. A refused address is recorded on its invite; a relay that failed leaves the rest for
+        a later round, each invite waiting longer after every failure."""
+        rows = list(invites)
+        outcome = MailOutcome()
         templates: dict[str, str] = {}
-        mails, sent = [], defaultdict(list)
+        mails = []
         for row in rows:
             token = self.repo.token(row.token_id)
             if row.token_id not in templates:
                 templates[row.token_id] = self.invite_url_template(token)
             url = invite_url(templates[row.token_id], row.invite_code)
             mails.append(invite_email(to=row.email, user_name=row.name, organisation=token.org_name, url=url))
-            sent[row.token_id].append(row.user_id)
-        self.mailer.send(mails)
-        now = utc_now()
-        for tid, user_ids in sent.items():
-            self.repo.mark_invites(tid, user_ids, emailed_at=now)
-        return len(mails)
+        answered = 0
+        try:
+            for delivery in self.mailer.send(mails):
+                self._record_delivery(rows[answered], delivery, outcome)
+                answered += 1
+                if commit_each:
+                    self.db.commit()
+        except UpstreamError as exc:
+            outcome.error = str(exc)
+            self.repo.mail_failed(rows[answered:], outcome.error, utc_now())
+            metrics.INVITE_EMAILS.labels("retried").inc(len(rows) - answered)
+        return outcome
 
+    def _record_delivery(self, row: Any, delivery: Delivery, outcome: MailOutcome) -> None:
+        if delivery.error is None:
+            self.repo.mail_sent(row.token_id, row.user_id, utc_now())
+            outcome.sent += 1
+            metrics.INVITE_EMAILS.labels("sent").inc()
+            return
+        if delivery.refused:
+            self.repo.mail_refused(row.token_id, row.user_id, delivery.error, utc_now())
+        else:
+            self.repo.mail_failed([row], delivery.error, utc_now())
+        metrics.INVITE_EMAILS.labels("refused" if delivery.refused else "retried").inc()
+        outcome.failures.append({"user_id": row.user_id, "email": row.email, "refused": delivery.refused,
+                                 "message": delivery.error})
 
 def _failed_users(result: EventResult, batch: list[str], ignored: int) -> dict[str, str]:
     """Users of a users/… or revoke request that Apple failed, with its reason; errors numbered ``ignored`` are fine."""

@@ -20,18 +20,18 @@ from services.vpp.adapters.repository import VppRepository, asset_from_row
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
 from services.vpp.domain.licence_reach import LicenceTarget, require_within_token
 from services.vpp.domain.licences import (
-    NotEnoughLicences, ProductType, plan_assignment, plan_revocation, revocation_batches, revoke_all_selection,
-    revoke_unknown_selection,
+    Asset, LicencePlan, NotEnoughLicences, ProductType, plan_assignment, plan_revocation, revocation_batches,
+    revoke_all_selection, revoke_unknown_selection,
 )
 from services.vpp.domain.tokens import ContentToken, check_renewal, decode_content_token
 from services.vpp.metrics import STATE
 from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
-from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned
+from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, DevicesRemoved
 from shared.contracts.roster import UserDeleted, UserImported
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
-from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.errors import NotFound, OrchardError, PermissionDenied, UpstreamError, ValidationError
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
@@ -95,6 +95,12 @@ def _apple_location(config: dict[str, Any], token: ContentToken) -> tuple[str, s
     return str(config.get("uId") or ""), str(config.get("locationName") or token.org_name)[:NAME_LENGTH]
 
 
+def _other_mdm(config: dict[str, Any], ours: str) -> dict[str, Any] | None:
+    """The ``mdmInfo`` of another MDM managing the location, if one does."""
+    other = config.get("mdmInfo") or {}
+    return other if other.get("id") and other["id"] != ours else None
+
+
 class VppService(OrchardService):
     name = "vpp"
     db = Database(tables.metadata, migrations="services.vpp.migrations")
@@ -150,12 +156,12 @@ class VppService(OrchardService):
         token = decode_content_token(stoken, now=now)
         client = self.apple.client(token.stoken)
         config = client.client_config(check_mdm=False)
-        other = config.get("mdmInfo") or {}
-        taken_from = other if other.get("id") and other["id"] != self.apple.mdm.id else None
+        taken_from = _other_mdm(config, self.apple.mdm.id)
         if taken_from and not take_over:
-            raise ManagedByAnotherMdm(taken_from)
+            raise ManagedByAnotherMdm(taken_from, claim="add it here with take_over to claim it "
+                                                        "(`orchard vpp token add FILE.vpptoken --take-over`)")
         uid, location_name = _apple_location(config, token)
-        existing = self.repo.token_for_location(uid, location_name)
+        existing = self.repo.token_for_location(uid)
         if existing:
             raise ValidationError(f"The location {location_name!r} is already here as content token {existing.name!r} "
                                   f"({existing.id}); replace its token with `orchard vpp token renew {existing.id} "
@@ -175,10 +181,13 @@ class VppService(OrchardService):
         })
         target = f"content_token:{token_id}"
         self.db.audit(actor, "content_token.added", target, {"fingerprint": token.fingerprint, "location": location_name})
+        self._audit_take_over(actor, target, taken_from, location_name)
+        return token_view(self.repo.token(token_id), now)
+
+    def _audit_take_over(self, actor: Actor, target: str, taken_from: dict[str, Any] | None, location: str) -> None:
         if taken_from:
             self.db.audit(actor, "content_token.taken_over", target,
-                          {"from_mdm": taken_from.get("name") or taken_from.get("id"), "location": location_name})
-        return token_view(self.repo.token(token_id), now)
+                          {"from_mdm": taken_from.get("name") or taken_from.get("id"), "location": location})
 
     @rpc
     def list_content_tokens(self) -> list[dict[str, Any]]:
@@ -213,26 +222,37 @@ class VppService(OrchardService):
         return token_view(self.repo.token(row.id), utc_now())
 
     @rpc(sensitive_arguments=("stoken",))
-    def renew_content_token(self, token_id: Any, stoken: Any) -> dict[str, Any]:
+    def renew_content_token(self, token_id: Any, stoken: Any, take_over: Any = False) -> dict[str, Any]:
+        """Replace the token with a new one of the same location; ``take_over`` claims the location back from
+        another MDM (audited). Invites Apple failed to register are queued again."""
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
         if not isinstance(stoken, (str, bytes)):
             raise ValidationError("Pass the content of the new .vpptoken file as text.")
+        take_over = _flag(take_over, "take_over")
         now = utc_now()
         token = decode_content_token(stoken, now=now)
         client = self.apple.client(token.stoken)
         config = client.client_config(check_mdm=False)
-        check_renewal((row.location_uid, row.location_name), _apple_location(config, token))
-        other = config.get("mdmInfo") or {}
-        if other.get("id") and other["id"] != self.apple.mdm.id:
-            raise ManagedByAnotherMdm(other)
+        uid, location_name = _apple_location(config, token)
+        check_renewal(row.location_uid, uid)
+        taken_from = _other_mdm(config, self.apple.mdm.id)
+        if taken_from and not take_over:
+            raise ManagedByAnotherMdm(taken_from, claim=(
+                f"renew it here with take_over to claim the location back "
+                f"(`orchard vpp token renew {row.id} FILE.vpptoken --take-over`)"))
         subscription, auth_hash = self._notification_subscription(row.id)
         client.claim_location(**subscription)
         self.repo.update_token(
             row.id, sealed_stoken=self.secrets.seal(token.stoken), fingerprint=token.fingerprint, expires_at=token.expires_at,
-            org_name=token.org_name[:NAME_LENGTH], revoked=False, conflict_with=None, notification_auth_hash=auth_hash,
-            country=config.get("countryISO2ACode") or row.country, default_platform=config.get("defaultPlatform") or row.default_platform)
-        self.db.audit(actor, "content_token.renewed", f"content_token:{row.id}", {"fingerprint": token.fingerprint})
+            org_name=token.org_name[:NAME_LENGTH], location_name=location_name, revoked=False, conflict_with=None,
+            notification_auth_hash=auth_hash, country=config.get("countryISO2ACode") or row.country,
+            default_platform=config.get("defaultPlatform") or row.default_platform)
+        requeued = self.repo.requeue_failed_invites(row.id, now)
+        target = f"content_token:{row.id}"
+        self.db.audit(actor, "content_token.renewed", target,
+                      {"fingerprint": token.fingerprint, "invites_queued": requeued})
+        self._audit_take_over(actor, target, taken_from, location_name)
         return token_view(self.repo.token(row.id), now)
 
     @rpc
@@ -304,7 +324,7 @@ class VppService(OrchardService):
         reached = self.enrollment.resolve_scope(scope) if scope is not None else []
         self._require_within_token(row, serials, users, reached)
         serials = list(dict.fromkeys([*serials, *(device["serial_number"] for device in reached)]))
-        return self._assign(actor, row, adam_id, serials, users)
+        return self._assign(actor, row, *self._plan_assignment(row, adam_id, serials, users))
 
     def _require_within_token(self, row: Any, serials: list[str], users: list[str], reached: list[dict]) -> None:
         """A token restricted to locations serves only devices and users there (checked before any Apple call)."""
@@ -320,16 +340,19 @@ class VppService(OrchardService):
             *(LicenceTarget("device", serial, tuple(located[serial])) for serial in sorted(located)),
             *(LicenceTarget("user", user, tuple(user_locations.get(user, ()))) for user in users)])
 
-    def _assign(self, actor: Actor, row: Any, adam_id: Any, serials: list[str], users: list[str]) -> dict[str, Any]:
+    def _plan_assignment(self, row: Any, adam_id: Any, serials: list[str],
+                         users: list[str]) -> tuple[Asset, LicencePlan]:
+        """Check an assignment (the asset locked until the commit) before anything is asked of Apple."""
         asset = asset_from_row(self.repo.asset(row.id, adam_id, for_update=True))
-        limits = self.ops.client_for(row).limits()
         try:
-            plan = plan_assignment(asset, serials, users, self.repo.holders(row.id, asset), limits)
+            return asset, plan_assignment(asset, serials, users, self.repo.holders(row.id, asset))
         except NotEnoughLicences as short:  # only a shortage: a request refused for another reason waits for nothing
             self.repo.count_refusal(row.id, asset, short.shortage)
             self.db.commit()  # the alert on assets without licences needs to see the refusal
             raise
-        outcome = self.ops.run_licence_batches(row, asset, plan.batches, assign=True)
+
+    def _assign(self, actor: Actor, row: Any, asset: Asset, plan: LicencePlan) -> dict[str, Any]:
+        outcome = self.ops.run_licence_batches(row, asset, plan.batches(self.ops.client_for(row).limits()), assign=True)
         self.db.audit(actor, "licences.assigned", f"content_token:{row.id}", {
             "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
             "failures": len(outcome.failures)})
@@ -341,8 +364,9 @@ class VppService(OrchardService):
         row = self._writable_token(actor, token_id)
         asset = asset_from_row(self.repo.asset(row.id, adam_id, for_update=True))
         plan = plan_revocation(asset, _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids"),
-                               self.repo.holders(row.id, asset), self.ops.client_for(row).limits())
-        outcome = self.ops.run_licence_batches(row, asset, plan.batches, assign=False)
+                               self.repo.holders(row.id, asset))
+        limits = self.ops.client_for(row).limits()  # asked of Apple only for a revocation the rules allow
+        outcome = self.ops.run_licence_batches(row, asset, plan.batches(limits), assign=False)
         self.db.audit(actor, "licences.revoked", f"content_token:{row.id}", {
             "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
             "failures": len(outcome.failures)})
@@ -370,11 +394,16 @@ class VppService(OrchardService):
         if dry_run:
             return result
         assets = self.repo.assets_by_key(row.id)
-        failures, events = [], []
-        for batch in revocation_batches(selection, self.ops.client_for(row).limits()):
-            outcome = self.ops.run_licence_batches(row, assets[(batch.adam_id, batch.pricing_param)], [batch], assign=False)
+        failures, events, revoked = [], [], 0
+        batches = revocation_batches(selection, self.ops.client_for(row).limits())
+        for number, batch in enumerate(batches, 1):
+            done = f"{revoked} licence(s) were revoked ({number - 1} of {len(batches)} requests)"
+            with self.ops.step(row, number, done):
+                outcome = self.ops.run_licence_batches(row, assets[(batch.adam_id, batch.pricing_param)], [batch],
+                                                       assign=False)
             failures += [{"adam_id": batch.adam_id, **f} for f in outcome.failures]
             events += outcome.events
+            revoked += len(outcome.serial_numbers) + len(outcome.user_ids)
             self.db.commit()  # each completed batch stays recorded even if a later one fails
         result.update(failures=failures, events=events)
         self.db.audit(actor, f"licences.{action}", f"content_token:{row.id}", {"count": len(listed), "failures": len(failures)})
@@ -398,29 +427,28 @@ class VppService(OrchardService):
         if lacking:
             raise ValidationError(f"{len(lacking)} user(s) have no {field.replace('_', ' ')} in the roster "
                                   f"({', '.join(lacking[:10])}); add it there or use the other invite method.")
-        existing = {r.user_id: r for r in self.repo.invites(row.id, user_ids=wanted)}
-        revoked = [u for u in wanted if u in existing and existing[u].status == InviteStatus.REVOKED.value]
         now = utc_now()
-        # what this call queued, not what it read: a concurrent call for the same users queues each once
-        invited = self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted if u not in existing])
-        if revoked:
-            invited |= self.repo.requeue_revoked_invites(row.id, revoked, how.value, now)
+        # new invites, and revoked or failed ones invited again; what this call queued, not what it read: a
+        # concurrent call for the same users queues each once
+        invited = self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted], invited_again=True)
         already = [u for u in wanted if u not in invited]
         # registered in this call's transaction: an Apple failure rolls the invites back, so an error means nothing
         # was changed (README, "Guarantees"); a repeat is safe, as Apple answers 9716 for users it already registered
         totals = self.ops.register_queued(row.id)
-        mail_error = None
+        if invited:
+            self.db.audit(actor, "invites.sent", f"content_token:{row.id}",
+                          {"method": how.value, "users": len(invited)})
+        mail_failures, mail_error = [], None
         if how is InviteMethod.EMAIL:
-            try:
-                self.ops.email_invites(self.repo.invites_to_email())
+            try:  # this call's invites (the mail job mails the others)
+                mailed = self.ops.email_invites(self.repo.invites_to_email(utc_now(), row.id, wanted))
+                mail_failures, mail_error = mailed.failures, mailed.error
             except OrchardError as exc:
                 mail_error = str(exc)
-        if invited:
-            self.db.audit(actor, "invites.sent", f"content_token:{row.id}", {"method": how.value, "users": len(invited)})
         invites = self.repo.invites(row.id, user_ids=wanted)
         return {"invited": len(invited), "already_invited": already, **totals,
                 "failures": [{"user_id": r.user_id, "message": r.apple_error} for r in invites if r.apple_state == "failed"],
-                "mail_error": mail_error}
+                "mail_failures": mail_failures, "mail_error": mail_error}
 
     @rpc
     def list_invites(self, token_id: Any, status: Any = None) -> list[dict[str, Any]]:
@@ -444,27 +472,30 @@ class VppService(OrchardService):
         ids = _ids(user_ids, "user_ids") if user_ids is not None else None
         pending = [r for r in self.repo.invites(row.id, InviteStatus.PENDING.value, ids)
                    if r.method == InviteMethod.EMAIL.value and r.invite_code and r.email]
-        sent = self.ops.email_invites(pending)
-        self.db.audit(actor, "invites.resent", f"content_token:{row.id}", {"count": sent})
-        return {"resent": sent}
+        mailed = self.ops.email_invites(pending)
+        if mailed.error:
+            self.db.commit()  # what the relay answered for, so that no message is sent twice
+            done = (f"Before that, {mailed.sent} of {len(pending)} invite e-mail(s) were sent; resend the others"
+                    if mailed.sent else "Resend them")
+            raise UpstreamError(f"{mailed.error} {done} once the relay works again.")
+        self.db.audit(actor, "invites.resent", f"content_token:{row.id}", {"count": mailed.sent})
+        return {"resent": mailed.sent, "failures": mailed.failures}
 
     @rpc
     def revoke_invites(self, token_id: Any, user_ids: Any) -> dict[str, Any]:
+        """Revoke invites: those Apple never registered are withdrawn here; registered users are retired at Apple,
+        and only the invites of those Apple retired are revoked (the others are in ``failures``)."""
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
         rows = [r for r in self.repo.invites(row.id, user_ids=_ids(user_ids, "user_ids")) if r.status != InviteStatus.REVOKED.value]
-        client = self.ops.client_for(row)
-        failures: list[dict[str, Any]] = []
-        with self.ops.apple(row):
-            registered = [r.user_id for r in rows if r.apple_state == "registered"]
-            for start in range(0, len(registered), client.limits().max_users):
-                batch = registered[start:start + client.limits().max_users]
-                result = client.wait_for_event(client.retire_users(batch))
-                failures += [{"error_number": f.get("errorNumber"), "message": f.get("errorMessage"),
-                              "user_ids": (f.get("errorInfo") or {}).get("clientUserIds")} for f in result.failures]
-        self.repo.mark_invites(row.id, [r.user_id for r in rows], status=InviteStatus.REVOKED.value)
-        self.db.audit(actor, "invites.revoked", f"content_token:{row.id}", {"count": len(rows)})
-        return {"revoked": len(rows), "failures": failures}
+        unregistered = [r.user_id for r in rows if r.apple_state in ("queued", "failed")]
+        self.repo.withdraw_invites(row.id, unregistered)
+        at_apple = [r.user_id for r in rows if r.apple_state in ("registered", "retiring")]
+        retired, failures = self.ops.retire_invited(row, at_apple) if at_apple else ([], [])
+        revoked = len(unregistered) + len(retired)
+        self.db.audit(actor, "invites.revoked", f"content_token:{row.id}",
+                      {"count": revoked, "failures": len(failures)})
+        return {"revoked": revoked, "failures": failures}
 
     @periodic(interval=1)
     def register_invites(self) -> None:
@@ -480,9 +511,11 @@ class VppService(OrchardService):
             if outcome["registered"] + outcome["failed"] < REGISTRATION_ROUND or time.monotonic() > deadline:
                 break
         try:
-            self.ops.email_invites()
-        except OrchardError as exc:
-            log.warning("invite e-mails wait for the next run: %s", exc)
+            error = self.ops.email_invites(self.repo.invites_to_email(utc_now()), commit_each=True).error
+        except OrchardError as exc:  # Apple's invitation link could not be read
+            error = str(exc)
+        if error:
+            log.warning("invite e-mails wait for a later run: %s", error)
 
     @batched_event_handler(UserImported, tables.metadata.tables["inbox"])
     def on_user_imported(self, events: list[UserImported]) -> None:
@@ -534,11 +567,16 @@ class VppService(OrchardService):
 
     @event_handler(DeviceEnrolled)
     def on_device_enrolled(self, event: DeviceEnrolled) -> None:
-        self.repo.remember_devices([event.serial_number] if event.serial_number else [])
+        self.repo.remember_devices([event.serial_number] if event.serial_number else [], event.occurred())
 
     @event_handler(DevicesAssigned)
     def on_devices_assigned(self, event: DevicesAssigned) -> None:
-        self.repo.remember_devices(device.serial_number for device in event.devices)
+        self.repo.remember_devices((device.serial_number for device in event.devices), event.occurred())
+
+    @event_handler(DevicesRemoved)
+    def on_devices_removed(self, event: DevicesRemoved) -> None:
+        """Devices gone from our MDM servers are strangers again to ``revoke_unknown``."""
+        self.repo.forget_devices(event.serial_numbers, event.occurred())
 
     # --- teachers ---------------------------------------------------------------------------
     def _study_token(self, token_id: Any) -> tuple[Actor, Any]:
@@ -576,7 +614,15 @@ class VppService(OrchardService):
             serials = _ids(serial_numbers, "serial_numbers")
             devices = self._devices_of_teacher(actor, serials) if actor.role == "teacher" else []
         self._require_within_token(row, serials, [], devices)
-        return [self._assign(actor, row, adam_id, serials, []) for adam_id in apps]
+        # every app is checked (licences left, hidden, books) before Apple assigns any
+        plans = [self._plan_assignment(row, adam_id, serials, []) for adam_id in apps]
+        installed: list[dict[str, Any]] = []
+        for number, (asset, plan) in enumerate(plans, 1):
+            done = "; ".join(f"app {i['adam_id']} was installed on {len(i['assigned']['serial_numbers'])} device(s)"
+                             for i in installed)
+            with self.ops.step(row, number, done):
+                installed.append(self._assign(actor, row, asset, plan))
+        return installed
 
     def _taught_classes(self, actor: Actor) -> set[str]:
         try:

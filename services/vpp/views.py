@@ -51,5 +51,18 @@ def invite_view(row: Any, url_template: str | None) -> dict[str, Any]:
         "user_id": row.user_id, "name": row.name, "email": row.email, "managed_apple_id": row.managed_apple_id,
         "method": row.method, "status": row.status, "registration": row.apple_state, "error": row.apple_error,
         "invite_url": url, "invited_at": _iso(row.invited_at), "emailed_at": _iso(row.emailed_at),
-        "accepted_at": _iso(row.accepted_at),
+        "accepted_at": _iso(row.accepted_at), "mail": _mail_state(row), "mail_error": row.mail_error,
+        "mail_retry_at": _iso(row.mail_retry_at),
     }
+
+
+def _mail_state(row: Any) -> str | None:
+    """Where an e-mail invite's message stands: waiting (to be sent), sent, refused (the address, for good: not
+    tried again until the invite is resent or invited again) or retrying (the relay failed; at mail_retry_at)."""
+    if row.method != "email":
+        return None
+    if row.mail_refused_at is not None:
+        return "refused"
+    if row.emailed_at is not None:
+        return "sent"
+    return "retrying" if row.mail_retry_at is not None else "waiting"

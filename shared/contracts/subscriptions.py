@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.contracts.base import Event
-from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, DeviceUnenrolled, ServerTokenConnected
-from shared.contracts.roster import UserDeleted, UserImported
+from shared.contracts.enrollment import (
+    DeviceEnrolled, DevicesAssigned, DevicesRemoved, DeviceUnenrolled, ServerTokenConnected,
+)
+from shared.contracts.roster import UserDeleted, UserImported, UserUpdated
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(UserDeleted, "vpp", "on_user_deleted"),  # retire the user at Apple, free their licences
     Subscription(DeviceEnrolled, "vpp", "on_device_enrolled"),  # revoke_unknown tells our devices from strangers
     Subscription(DevicesAssigned, "vpp", "on_devices_assigned"),
+    Subscription(DevicesRemoved, "vpp", "on_devices_removed"),
+    # a user's devices follow them to other locations, and are freed when the roster deletes them
+    Subscription(UserUpdated, "enrollment", "on_user_updated"),
+    Subscription(UserDeleted, "enrollment", "on_user_deleted"),
 )
 
 

@@ -76,3 +76,18 @@ def test_a_binary_token_file_and_a_location_added_twice_say_what_to_do(orchard, 
     again = orchard("token", "add", "north.vpptoken", exit_code=1)
     assert f"`orchard vpp token renew {token_id} FILE.vpptoken` (or the renew_content_token RPC)" in again
     assert orchard("token", "renew", token_id, "north.p12", exit_code=1) == expected
+
+
+def test_a_token_another_mdm_took_is_claimed_back_with_renew_take_over(orchard, vpp_sandbox, tmp_path):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    (tmp_path / "north.vpptoken").write_text(stoken)
+    added = orchard("token", "add", "north.vpptoken")
+    token_id = next(line.split()[-1] for line in added.splitlines() if line.startswith("id "))
+    vpp_sandbox.post("mdm-info", sToken=stoken, mdmInfo={"id": "other", "name": "Other MDM"})
+    assert "Conflict" in orchard("sync", token_id, exit_code=1)
+
+    refused = orchard("token", "renew", token_id, "north.vpptoken", exit_code=1)
+    assert f"orchard vpp token renew {token_id} FILE.vpptoken --take-over" in refused
+    renewed = orchard("token", "renew", token_id, "north.vpptoken", "--take-over")
+    assert {line[:25].strip(): line[25:].strip() for line in renewed.splitlines()}["status"] == "ok"
+    assert vpp_sandbox.state(stoken)["mdmInfo"]["id"] == "orchard-test"

@@ -1,4 +1,7 @@
-"""The vpp repository's bulk writes on SQLite and PostgreSQL (one statement per many rows on PostgreSQL)."""
+"""The vpp repository on SQLite and PostgreSQL: bulk writes (one statement per many rows on PostgreSQL), events
+applied in the order they happened, invites queued again."""
+from datetime import timedelta
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -70,4 +73,58 @@ def test_a_user_deleted_while_apple_registered_them_is_retired_again(database_ur
         assert states == {"ann": "retired", "bob": "registered"}
         repo.request_retirements("ann", now)
         assert repo.due_retirements(now, 10) == {"tok": ["ann"]}
+    engine.dispose()
+
+
+def test_devices_follow_the_newest_event_about_them(database_url):
+    """Arrivals and removals from two queues arrive in any order: the newest one about a device wins."""
+    engine = create_engine_for(database_url)
+    t.metadata.create_all(engine)
+    start = utc_now()
+    with Session(engine) as session:
+        repo = VppRepository(session)
+        repo.remember_devices(["GONE", "KEPT", "BACK"], start)
+        repo.forget_devices(["GONE", "BACK"], start + timedelta(minutes=10))
+        repo.remember_devices(["BACK"], start + timedelta(minutes=20))
+        repo.remember_devices(["GONE", "NEW"], start + timedelta(minutes=5))  # older than GONE's removal
+        repo.forget_devices(["BACK", "KEPT"], start + timedelta(minutes=15))  # older than BACK's return
+        session.commit()
+        assert repo.known_holders()[0] == {"BACK", "NEW"}
+    engine.dispose()
+
+
+def test_invites_invited_again_start_afresh_with_the_details_given(database_url):
+    engine = create_engine_for(database_url)
+    t.metadata.create_all(engine)
+    now = utc_now()
+
+    def invite(user_id, email, **values):
+        return {"token_id": "tok", "user_id": user_id, "method": "email", "name": "N", "email": email,
+                "managed_apple_id": None, "status": "pending", "apple_state": "queued", "invited_at": now, **values}
+
+    with Session(engine) as session:
+        add_token(session, now)
+        repo = VppRepository(session)
+        repo.queue_invites([invite(u, f"{u}@old.example") for u in ("ann", "bob", "cat", "dan")])
+        repo.mark_failed("tok", ["ann"], "Apple refused it (error 9602)")
+        repo.mark_invites("tok", ["bob"], status="revoked", apple_state="registered", mail_error="refused",
+                          mail_refused_at=now, mail_attempts=3)
+        repo.mark_invites("tok", ["cat", "dan"], apple_state="registered", invite_code="code")
+        repo.mail_refused("tok", "cat", "The mail relay refused the address", now)
+        assert [r.user_id for r in repo.invites_to_email(now, "tok", ["cat", "dan"])] == ["dan"]
+        repo.mail_failed(repo.invites_to_email(now), "the relay is down", now)
+        assert repo.invites_to_email(now) == []  # dan waits for his pause
+        assert [r.user_id for r in repo.invites_to_email(now + timedelta(seconds=31))] == ["dan"]
+
+        fresh = [invite(u, f"{u}@new.example") for u in ("ann", "bob", "cat")]
+        assert repo.queue_invites(fresh) == set()  # an import queues none of them again
+        assert repo.queue_invites(fresh, invited_again=True) == {"ann", "bob"}  # cat's invite is still pending
+        session.commit()
+        rows = {r.user_id: r for r in repo.invites("tok")}
+        assert {(r.user_id, r.status, r.apple_state, r.email, r.apple_error, r.mail_error, r.mail_refused_at,
+                 r.mail_attempts) for r in (rows["ann"], rows["bob"])} == {
+            ("ann", "pending", "queued", "ann@new.example", None, None, None, 0),
+            ("bob", "pending", "queued", "bob@new.example", None, None, None, 0)}
+        assert (rows["cat"].email, rows["cat"].mail_refused_at is not None) == ("cat@old.example", True)
+        assert (rows["dan"].mail_attempts, rows["dan"].mail_error) == (1, "the relay is down")
     engine.dispose()

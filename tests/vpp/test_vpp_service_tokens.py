@@ -38,20 +38,29 @@ def test_content_token_lifecycle(vpp_sandbox, vpp_runner, rpc_as):
 
         # another MDM claims the location: the next answer from Apple marks the token
         vpp_sandbox.post("mdm-info", sToken=stoken, mdmInfo={"id": "other", "name": "Other MDM"})
-        with pytest.raises(Conflict, match="Other MDM"):
+        with pytest.raises(Conflict, match="Other MDM.* renew the content token here with take_over"):
             rpc.vpp.sync_assets(added["id"])
         assert rpc.vpp.get_content_token(added["id"])["status"] == "conflict"
 
-        # renewal: same location only, and it claims the location back
+        # renewal: same location only, and it claims the location back when told to take it over (audited)
         other_location = vpp_sandbox.issue_token(locationName="South Campus")
         with pytest.raises(ValidationError, match="different location"):
             rpc.vpp.renew_content_token(added["id"], other_location)
-        with pytest.raises(Conflict):
+        with pytest.raises(Conflict, match=f"orchard vpp token renew {added['id']} FILE.vpptoken --take-over"):
             rpc.vpp.renew_content_token(added["id"], vpp_sandbox.issue_token(locationName="North Campus"))
+        assert rpc.vpp.get_content_token(added["id"])["status"] == "conflict"
+        renewed = rpc.vpp.renew_content_token(added["id"], vpp_sandbox.issue_token(locationName="North Campus"),
+                                              take_over=True)
+        assert renewed["status"] == "ok" and renewed["managed_by_other_mdm"] is None
+        assert vpp_sandbox.state(stoken)["mdmInfo"]["id"] == "orchard-test"
+        (taken,) = [e for e in rpc.vpp.audit_log(f"content_token:{added['id']}")
+                    if e["action"] == "content_token.taken_over"]
+        assert taken["details"] == {"from_mdm": "Other MDM", "location": "North Campus"}
+        rpc.vpp.sync_assets(added["id"])
 
         south = vpp_sandbox.issue_token(locationName="South Campus")
         vpp_sandbox.post("mdm-info", sToken=south, mdmInfo={"id": "other", "name": "Other MDM"})
-        with pytest.raises(Conflict, match="Delete the content token from the other MDM"):
+        with pytest.raises(Conflict, match="from the other MDM, or add it here with take_over"):
             rpc.vpp.add_content_token(south)
         taken = rpc.vpp.add_content_token(south, take_over=True)
         assert vpp_sandbox.state(south)["mdmInfo"]["id"] == "orchard-test"
@@ -340,3 +349,39 @@ def test_licence_changes_to_one_asset_on_two_replicas_run_one_after_the_other(ru
             assigned = [o for o in outcomes if isinstance(o, dict) and len(o["assigned"]["serial_numbers"]) == 2]
             assert len(assigned) == 1 and any("Not enough licences" in str(o) for o in outcomes), outcomes
             assert rpc.vpp.get_asset(token_id, "222")["assigned"] == 2
+
+
+def test_a_location_renamed_in_apple_school_manager_is_still_the_same_location(vpp_sandbox, vpp_runner, rpc_as):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        vpp_sandbox.post("locations/rename", sToken=stoken, locationName="North Campus (Main)")
+        renewal = vpp_sandbox.issue_token(locationName="North Campus (Main)")
+        with pytest.raises(ValidationError, match=f"already here as content token .*{token_id}"):
+            rpc.vpp.add_content_token(renewal)
+        renewed = rpc.vpp.renew_content_token(token_id, renewal)
+        assert renewed["location_name"] == "North Campus (Main)" and renewed["status"] == "ok"
+        assert [t["id"] for t in rpc.vpp.list_content_tokens()] == [token_id]
+
+
+def test_licence_requests_are_checked_before_apple_is_asked_for_its_limits(vpp_sandbox, vpp_runner, rpc_as):
+    vpp_sandbox.fault("service/config", status=503, retryAfter=0, times=10_000)  # Apple's service config is away
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 1)
+    vpp_sandbox.add_asset(stoken, "900", 5, product_type="Book")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        rpc.vpp.sync_assets(token_id)  # the names are not looked up; the sync goes on
+        asked = vpp_sandbox.requests("service/config")
+        with pytest.raises(ValidationError, match="Books are assigned to users only"):
+            rpc.vpp.assign_licenses(token_id, "900", serial_numbers=["A"])
+        with pytest.raises(ValidationError, match="Not enough licences"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["A", "B"])
+        with pytest.raises(ValidationError, match="never be revoked"):
+            rpc.vpp.revoke_licenses(token_id, "900", user_ids=["u1"])
+        rpc.vpp.set_asset_hidden(token_id, "111", True)
+        with pytest.raises(ValidationError, match="hidden"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["A"])
+        with pytest.raises(UpstreamError, match="HTTP 503"):  # an allowed request needs Apple's limits
+            rpc.vpp.assign_licenses(token_id, "900", user_ids=["u1"])
+    assert vpp_sandbox.requests("service/config") == asked + 4  # the allowed request, with the client's 3 retries

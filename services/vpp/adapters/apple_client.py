@@ -47,14 +47,19 @@ class ContentTokenInvalid(AppleRequestError):
     pass
 
 
+# how to claim back a location whose content token is here already (the caller names the token when it can)
+RENEW_TO_CLAIM = ("renew the content token here with take_over to claim the location back "
+                  "(`orchard vpp token renew TOKEN_ID FILE.vpptoken --take-over`, or the renew_content_token RPC)")
+
+
 class ManagedByAnotherMdm(Conflict):
     """The location's ``mdmInfo`` names another MDM: licences would be managed twice."""
 
-    def __init__(self, other: dict):
+    def __init__(self, other: dict, claim: str = RENEW_TO_CLAIM):
         name = other.get("name") or other.get("id") or "unknown"
         super().__init__(
             f"This location is managed by another MDM ({name}); one location's licences cannot be managed "
-            "by two MDMs. Delete the content token from the other MDM, or add it here with take_over to claim it."
+            f"by two MDMs. Delete the content token from the other MDM, or {claim}."
         )
         self.other_mdm = dict(other)
 

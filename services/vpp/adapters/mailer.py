@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
@@ -13,25 +14,82 @@ from shared.config import service_settings
 from shared.errors import UpstreamError
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What the relay did with one message: took it (``error`` None), refused it for good (``refused``: a 5xx
+    for its recipient or content) or put it off (a 4xx: it may take it later)."""
+
+    mail: InviteEmail
+    error: str | None = None
+    refused: bool = False
+
+
 class SmtpMailer:
     def __init__(self, host: str, port: int, sender: str):
         self.host, self.port, self.sender = host, port, sender
 
-    def send(self, mails: Sequence[InviteEmail]) -> None:
-        """Send over one SMTP session; a relay that cannot be reached is an ``UpstreamError``."""
+    def send(self, mails: Sequence[InviteEmail]) -> Iterator[Delivery]:
+        """Send over one SMTP session, yielding each message's ``Delivery`` as soon as the relay answered for it.
+
+        A relay that cannot be reached, drops the session or refuses the sender raises ``UpstreamError``: the
+        messages not yielded yet were not sent."""
         if not mails:
             return
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
-                for mail in mails:
-                    message = EmailMessage()
-                    message["From"], message["To"], message["Subject"] = self.sender, mail.to, mail.subject
-                    message.set_content(mail.body)
-                    smtp.send_message(message)
+            smtp = smtplib.SMTP(self.host, self.port, timeout=30)
         except (OSError, smtplib.SMTPException) as exc:
-            raise UpstreamError(
-                f"Invite e-mails could not be sent through {self.host}:{self.port} ({type(exc).__name__}); "
-                "check SMTP_HOST/SMTP_PORT, then resend the invites.") from None
+            raise self._failed(exc) from None
+        try:
+            for mail in mails:
+                try:
+                    delivery = self._deliver(smtp, mail)
+                except (OSError, smtplib.SMTPException) as exc:
+                    raise self._failed(exc) from None
+                yield delivery
+        finally:
+            _close(smtp)
+
+    def _failed(self, exc: Exception) -> UpstreamError:
+        if isinstance(exc, smtplib.SMTPSenderRefused):
+            return UpstreamError(
+                f"The mail relay {self.host}:{self.port} refused the sender {self.sender} ({exc.smtp_code} "
+                f"{_text(exc.smtp_error)}); set MAIL_FROM to an address the relay accepts from this host.")
+        return UpstreamError(f"Invite e-mails could not be sent through {self.host}:{self.port} "
+                             f"({type(exc).__name__}); check SMTP_HOST/SMTP_PORT and that the relay is up.")
+
+    def _deliver(self, smtp: smtplib.SMTP, mail: InviteEmail) -> Delivery:
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = self.sender, mail.to, mail.subject
+        message.set_content(mail.body)
+        try:
+            smtp.send_message(message)
+        except smtplib.SMTPRecipientsRefused as exc:  # the relay reset the transaction: the session goes on
+            code, reason = next(iter(exc.recipients.values()))
+            return _answer(mail, code, reason, "the address")
+        except smtplib.SMTPDataError as exc:
+            return _answer(mail, exc.smtp_code, exc.smtp_error, "the message to")
+        return Delivery(mail)
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    """End the session; a relay that does not say goodbye has still taken the messages it accepted."""
+    try:
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        smtp.close()
+
+
+def _text(reason: bytes | str) -> str:
+    return (reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)).strip()[:300]
+
+
+def _answer(mail: InviteEmail, code: int, reason: bytes | str, what: str) -> Delivery:
+    said = f"{code} {_text(reason)}"
+    if 500 <= code < 600:
+        return Delivery(mail, f"The mail relay refused {what} {mail.to} ({said}); correct the address in the roster, "
+                              "then revoke the invite and invite the user again (resending tries the same address).",
+                        refused=True)
+    return Delivery(mail, f"The mail relay put off {what} {mail.to} for now ({said}); it is tried again later.")
 
 
 class Mailer(DependencyProvider):

@@ -15,6 +15,14 @@ from services.vpp.domain.licences import Asset, Assignment, ProductType
 from shared.errors import NotFound
 
 HOLDER_KINDS = {"serial": "serial_number", "user": "client_user_id"}
+# what an invite queued again starts from: no code, no mail sent or refused, no error
+FRESH_INVITE = {"apple_error": None, "invite_code": None, "emailed_at": None, "accepted_at": None, "mail_error": None,
+                "mail_refused_at": None, "mail_attempts": 0, "mail_retry_at": None}
+
+
+def _retry_delay(attempts: int) -> timedelta:
+    """How long to wait after ``attempts`` failures in a row: 30 s doubling, at most an hour."""
+    return timedelta(seconds=min(30 * 2 ** attempts, 3600))
 
 
 def _insert(session: Session, table: sa.Table) -> Any:
@@ -62,10 +70,10 @@ class VppRepository:
     def tokens(self) -> list[Any]:
         return list(self.session.execute(sa.select(t.content_tokens).order_by(t.content_tokens.c.name)))
 
-    def token_for_location(self, location_uid: str, location_name: str) -> Any:
+    def token_for_location(self, location_uid: str) -> Any:
+        """The token of Apple's location ``uId`` (its name may have changed in Apple School Manager since)."""
         c = t.content_tokens.c
-        return self.session.execute(
-            sa.select(t.content_tokens).where(c.location_uid == location_uid, c.location_name == location_name)).first()
+        return self.session.execute(sa.select(t.content_tokens).where(c.location_uid == location_uid)).first()
 
     def add_token(self, values: dict[str, Any]) -> None:
         self.session.execute(t.content_tokens.insert().values(**values))
@@ -228,14 +236,18 @@ class VppRepository:
     # --- what Orchard knows -----------------------------------------------------------------
     def remember_users(self, users: Sequence[dict[str, Any]]) -> None:
         """Store imported users' details; an import newer than a deletion brings the user back."""
-        if not users:
-            return
-        insert = _insert(self.session, t.known_users)
-        stored = t.known_users.c.changed_at
+        if users:
+            columns = ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at")
+            self._write_newer(t.known_users, columns, [{**u, "deleted_at": None} for u in users])
+
+    def _write_newer(self, table: sa.Table, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+        """Insert the rows, or write ``columns`` over a stored row whose ``changed_at`` is not newer: a late, older
+        event changes nothing."""
+        insert = _insert(self.session, table)
+        stored = table.c.changed_at
         _insert_many(self.session, insert.on_conflict_do_update(
-            index_elements=[t.known_users.c.user_id],
-            set_={k: insert.excluded[k] for k in ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at")},
-            where=stored.is_(None) | (stored <= insert.excluded.changed_at)), [{**u, "deleted_at": None} for u in users])
+            index_elements=list(table.primary_key.columns), set_={k: insert.excluded[k] for k in columns},
+            where=stored.is_(None) | (stored <= insert.excluded.changed_at)), rows)
 
     def superseded_users(self, occurred: dict[str, datetime]) -> set[str]:
         """Users whose stored details are newer than the import that ``occurred`` (a later import, or a deletion)."""
@@ -258,10 +270,21 @@ class VppRepository:
             .returning(c.user_id))
         return forgotten.first() is not None
 
-    def remember_devices(self, serial_numbers: Iterable[str]) -> None:
-        rows = [{"serial_number": s} for s in set(serial_numbers) if s]
+    def remember_devices(self, serial_numbers: Iterable[str], occurred: datetime) -> None:
+        self._device_change(serial_numbers, occurred, removed=False)
+
+    def forget_devices(self, serial_numbers: Iterable[str], occurred: datetime) -> None:
+        """Apple School Manager removed the devices from our MDM servers: ``revoke_unknown`` counts them as
+        strangers."""
+        self._device_change(serial_numbers, occurred, removed=True)
+
+    def _device_change(self, serial_numbers: Iterable[str], occurred: datetime, *, removed: bool) -> None:
+        """Record a device's arrival or removal, unless a newer change of it was recorded already (events from two
+        queues arrive in any order, and a refetch announces a device again)."""
+        rows = [{"serial_number": s, "changed_at": occurred, "removed_at": occurred if removed else None}
+                for s in set(serial_numbers) if s]
         if rows:
-            _insert_many(self.session, _insert(self.session, t.known_devices).on_conflict_do_nothing(), rows)
+            self._write_newer(t.known_devices, ("changed_at", "removed_at"), rows)
 
     def known_users(self, user_ids: Iterable[str]) -> dict[str, Any]:
         ids = list(user_ids)
@@ -276,7 +299,8 @@ class VppRepository:
             sa.select(c.user_id, c.locations).where(c.user_id.in_(list(user_ids))))} if user_ids else {}
 
     def known_holders(self) -> tuple[set[str], set[str]]:
-        serials = set(self.session.execute(sa.select(t.known_devices.c.serial_number)).scalars())
+        d = t.known_devices.c
+        serials = set(self.session.execute(sa.select(d.serial_number).where(d.removed_at.is_(None))).scalars())
         c = t.known_users.c
         users = set(self.session.execute(sa.select(c.user_id).where(c.deleted_at.is_(None))).scalars())
         return serials, users
@@ -288,25 +312,35 @@ class VppRepository:
         return {(r.token_id, r.user_id) for r in self.session.execute(
             sa.select(c.token_id, c.user_id).where(c.user_id.in_(list(user_ids)), c.apple_state != "retired"))}
 
-    def queue_invites(self, rows: Sequence[dict[str, Any]]) -> set[str]:
+    def queue_invites(self, rows: Sequence[dict[str, Any]], *, invited_again: bool = False) -> set[str]:
         """Add invites to be registered with Apple; an invite that exists already is left as it is, unless Apple
-        retired its user (deleted from the roster, now imported again): that one is queued again. The users
+        retired its user (deleted from the roster, now imported again) or, ``invited_again``, it was revoked or
+        failed: that one is queued again with the details given (the roster's current address, say). The users
         queued: not those another transaction queued first."""
         insert = _insert(self.session, t.invites)
-        again = ("method", "name", "email", "managed_apple_id", "status", "apple_state", "invited_at")
-        return {key.user_id for key in _insert_many(self.session, insert.on_conflict_do_update(
-            index_elements=[t.invites.c.token_id, t.invites.c.user_id],
-            set_={**{k: insert.excluded[k] for k in again}, "apple_error": None, "invite_code": None,
-                  "emailed_at": None, "accepted_at": None},
-            where=t.invites.c.apple_state == "retired"), rows)}
-
-    def requeue_revoked_invites(self, token_id: str, user_ids: Sequence[str], method: str, now: datetime) -> set[str]:
-        """Queue these users' revoked invites again; the users queued (not those another transaction queued first)."""
         c = t.invites.c
-        return set(self.session.scalars(t.invites.update().where(
-            c.token_id == token_id, c.user_id.in_(list(user_ids)), c.status == InviteStatus.REVOKED.value).values(
-            method=method, status=InviteStatus.PENDING.value, apple_state="queued", apple_error=None, invite_code=None,
-            invited_at=now, emailed_at=None, accepted_at=None).returning(c.user_id)))
+        again = ("method", "name", "email", "managed_apple_id", "status", "apple_state", "invited_at")
+        requeued = c.apple_state == "retired"
+        if invited_again:
+            # no IN (…) here: an expanding list cannot go into a many-row statement
+            requeued = requeued | (c.status == InviteStatus.REVOKED.value) | (c.status == InviteStatus.FAILED.value)
+        return {key.user_id for key in _insert_many(self.session, insert.on_conflict_do_update(
+            index_elements=[c.token_id, c.user_id], set_={**{k: insert.excluded[k] for k in again}, **FRESH_INVITE},
+            where=requeued), rows)}
+
+    def requeue_failed_invites(self, token_id: str, now: datetime) -> int:
+        """Queue the token's failed invites again (a renewed token registers what the old one could not)."""
+        c = t.invites.c
+        return self.session.execute(t.invites.update().where(
+            c.token_id == token_id, c.status == InviteStatus.FAILED.value).values(
+            status=InviteStatus.PENDING.value, apple_state="queued", invited_at=now, **FRESH_INVITE)).rowcount
+
+    def withdraw_invites(self, token_id: str, user_ids: Sequence[str]) -> None:
+        """Revoke invites Apple never registered (queued or failed): the registration job no longer picks them."""
+        c = t.invites.c
+        self.session.execute(t.invites.update().where(
+            c.token_id == token_id, c.user_id.in_(list(user_ids)), c.apple_state.in_(["queued", "failed"]))
+            .values(status=InviteStatus.REVOKED.value, apple_state="withdrawn"))
 
     def invites(self, token_id: str, status: str | None = None, user_ids: Sequence[str] | None = None) -> list[Any]:
         c = t.invites.c
@@ -335,6 +369,15 @@ class VppRepository:
                                          c.apple_state == "queued")
                 .values(apple_state="registered", apple_error=None).returning(c.user_id)).scalars())
         return [user_id for user_id in ids if user_id not in registered]
+
+    def mark_failed(self, token_id: str, user_ids: Sequence[str], reason: str) -> None:
+        """Apple did not register these users; an invite withdrawn (or retiring) meanwhile is left as it is."""
+        c = t.invites.c
+        ids = list(user_ids)
+        for start in range(0, len(ids), 500):
+            self.session.execute(t.invites.update().where(
+                c.token_id == token_id, c.user_id.in_(ids[start:start + 500]), c.apple_state == "queued")
+                .values(status=InviteStatus.FAILED.value, apple_state="failed", apple_error=reason[:500]))
 
     def mark_invites(self, token_id: str, user_ids: Sequence[str], **values: Any) -> None:
         c = t.invites.c
@@ -389,26 +432,54 @@ class VppRepository:
             c.token_id == token_id, c.apple_state == "registered", c.status == InviteStatus.PENDING.value,
             c.invite_code.is_(None)).limit(1)).first() is not None
 
-    def invites_to_email(self, limit: int = 200) -> list[Any]:
+    def invites_to_email(self, now: datetime, token_id: str | None = None, user_ids: Sequence[str] | None = None,
+                         limit: int = 200) -> list[Any]:
+        """Registered e-mail invites not mailed yet (of this token and these users only, if given), apart from
+        refused addresses and those waiting for a retry."""
         c = t.invites.c
-        return list(self.session.execute(sa.select(t.invites).where(
+        query = sa.select(t.invites).where(
             c.method == InviteMethod.EMAIL.value, c.apple_state == "registered", c.status == InviteStatus.PENDING.value,
-            c.invite_code.is_not(None), c.emailed_at.is_(None), c.email.is_not(None)).limit(limit)))
+            c.invite_code.is_not(None), c.emailed_at.is_(None), c.email.is_not(None), c.mail_refused_at.is_(None),
+            c.mail_retry_at.is_(None) | (c.mail_retry_at <= now))
+        if token_id is not None:
+            query = query.where(c.token_id == token_id)
+        if user_ids is not None:
+            query = query.where(c.user_id.in_(list(user_ids)))
+        return list(self.session.execute(query.limit(limit)))
+
+    def mail_sent(self, token_id: str, user_id: str, now: datetime) -> None:
+        self.mark_invites(token_id, [user_id], emailed_at=now, mail_error=None, mail_refused_at=None, mail_attempts=0,
+                          mail_retry_at=None)
+
+    def mail_refused(self, token_id: str, user_id: str, error: str, now: datetime) -> None:
+        """The relay refused the address for good: not tried again until the invite is resent or invited again."""
+        self.mark_invites(token_id, [user_id], mail_error=error, mail_refused_at=now, mail_retry_at=None)
+
+    def mail_failed(self, invites: Sequence[Any], error: str, now: datetime) -> None:
+        """The mail did not go out (the relay failed or put it off): try again later, waiting longer each time."""
+        for invite in invites:
+            attempts = invite.mail_attempts
+            self.mark_invites(invite.token_id, [invite.user_id], mail_error=error, mail_attempts=attempts + 1,
+                              mail_retry_at=now + _retry_delay(attempts))
 
     # --- users the roster deleted -----------------------------------------------------------
-    def request_retirements(self, user_id: str, now: datetime) -> None:
-        """Queue the user's retirement for every token where they have an invite or hold a licence."""
+    def request_retirements(self, user_id: str, now: datetime, token_id: str | None = None) -> None:
+        """Queue the user's retirement for every token (or ``token_id`` only) where they have an invite or hold a
+        licence."""
         tokens = set(self.session.execute(sa.select(t.invites.c.token_id).where(t.invites.c.user_id == user_id)).scalars())
         a = t.assignments.c
         tokens |= set(self.session.execute(
             sa.select(a.token_id).where(a.holder_kind == "user", a.holder == user_id)).scalars())
+        if token_id is not None:
+            tokens &= {token_id}
         if tokens:
             rows = [{"token_id": token_id, "user_id": user_id, "requested_at": now, "attempts": 0, "next_attempt_at": now}
                     for token_id in sorted(tokens)]
             _insert_many(self.session, _insert(self.session, t.user_retirements).on_conflict_do_nothing(), rows)
             # queued invites are not registered any more
-            self.session.execute(t.invites.update().where(t.invites.c.user_id == user_id, t.invites.c.apple_state == "queued")
-                                 .values(apple_state="retiring"))
+            c = t.invites.c
+            self.session.execute(t.invites.update().where(c.user_id == user_id, c.token_id.in_(sorted(tokens)),
+                                                          c.apple_state == "queued").values(apple_state="retiring"))
 
     def due_retirements(self, now: datetime, limit: int) -> dict[str, list[str]]:
         """Users to retire, by token, whose next attempt is due."""
@@ -453,8 +524,7 @@ class VppRepository:
         rows = self.session.execute(sa.select(r.user_id, r.attempts).where(r.token_id == token_id, r.user_id.in_(list(user_ids))))
         for user_id, attempts in list(rows):
             self.session.execute(t.user_retirements.update().where(r.token_id == token_id, r.user_id == user_id).values(
-                attempts=attempts + 1, last_error=error[:1000],
-                next_attempt_at=now + timedelta(seconds=min(30 * 2 ** attempts, 3600))))
+                attempts=attempts + 1, last_error=error[:1000], next_attempt_at=now + _retry_delay(attempts)))
 
     # --- Apple events -----------------------------------------------------------------------
     def record_event(self, token_id: str, event_id: str, event_type: str, status: str, failures: list, now: datetime) -> None:

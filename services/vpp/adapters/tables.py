@@ -70,14 +70,21 @@ invites = sa.Table(
     sa.Column("name", sa.String(300), nullable=True),
     sa.Column("email", sa.String(300), nullable=True),
     sa.Column("managed_apple_id", sa.String(300), nullable=True),
-    sa.Column("status", sa.String(10), nullable=False),  # pending | accepted | revoked
-    # where the registration with Apple stands: queued -> registered | failed; retiring -> retired (the roster deleted the user)
+    sa.Column("status", sa.String(10), nullable=False),  # pending | accepted | revoked | failed (Apple refused it)
+    # where the registration with Apple stands: queued -> registered | failed; retiring -> retired (the roster deleted
+    # the user); withdrawn: revoked before Apple registered it
     sa.Column("apple_state", sa.String(12), nullable=False),
     sa.Column("apple_error", sa.Text, nullable=True),
     sa.Column("invite_code", sa.String(100), nullable=True),
     sa.Column("invited_at", UtcDateTime, nullable=False),
     sa.Column("emailed_at", UtcDateTime, nullable=True),
     sa.Column("accepted_at", UtcDateTime, nullable=True),
+    # why the invite e-mail did not go out; a refused address is not tried again until the invite is resent,
+    # a relay that failed is tried again at mail_retry_at, later after every failure in a row (mail_attempts)
+    sa.Column("mail_error", sa.Text, nullable=True),
+    sa.Column("mail_refused_at", UtcDateTime, nullable=True),
+    sa.Column("mail_attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("mail_retry_at", UtcDateTime, nullable=True),
     sa.Index("ix_invites_user", "user_id"),
     # the registration queue in the order it is worked through, and the e-mails still to send: both are read
     # every second, and must not walk every registered invite to find the few (or none) that are waiting
@@ -110,9 +117,13 @@ user_retirements = sa.Table(
     sa.Column("last_error", sa.Text, nullable=True),
 )
 
+# devices Apple School Manager gave our MDM servers (or that checked in), so revoke_unknown can tell strangers apart
 known_devices = sa.Table(
     "known_devices", metadata,
     sa.Column("serial_number", sa.String(64), primary_key=True),
+    # when the enrollment service last said the device came or went: a late, older event does not undo a newer one
+    sa.Column("changed_at", UtcDateTime, nullable=True),
+    sa.Column("removed_at", UtcDateTime, nullable=True),  # removed from our MDM servers (the row stays, as above)
 )
 
 apple_events = sa.Table(

@@ -29,13 +29,15 @@ class InviteStatus(str, enum.Enum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     REVOKED = "revoked"
+    FAILED = "failed"  # Apple did not register the user; inviting again (or renewing the token) queues it again
 
     @classmethod
     def parse(cls, value: str) -> "InviteStatus":
         try:
             return cls(value)
         except ValueError:
-            raise ValidationError(f"Unknown invite status {value!r}; use pending, accepted or revoked.") from None
+            raise ValidationError(
+                f"Unknown invite status {value!r}; use pending, accepted, revoked or failed.") from None
 
     @classmethod
     def from_apple_user_status(cls, status: str) -> "InviteStatus":
@@ -44,9 +46,11 @@ class InviteStatus(str, enum.Enum):
 
 
 _ALLOWED = {
-    InviteStatus.PENDING: {InviteStatus.PENDING, InviteStatus.ACCEPTED, InviteStatus.REVOKED},
+    InviteStatus.PENDING: {InviteStatus.PENDING, InviteStatus.ACCEPTED, InviteStatus.REVOKED, InviteStatus.FAILED},
     InviteStatus.ACCEPTED: {InviteStatus.ACCEPTED, InviteStatus.REVOKED},
     InviteStatus.REVOKED: {InviteStatus.REVOKED, InviteStatus.PENDING},  # invited again
+    # queued again (invited again, or the token renewed), or withdrawn
+    InviteStatus.FAILED: {InviteStatus.FAILED, InviteStatus.PENDING, InviteStatus.REVOKED},
 }
 
 

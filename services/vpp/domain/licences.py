@@ -97,13 +97,21 @@ class LicenceBatch:
 
 @dataclass(frozen=True)
 class LicencePlan:
-    """What a request will change, what it will skip (already so) and the Apple batches."""
+    """What a request will change and what it will skip (already so)."""
 
     asset: Asset
     serial_numbers: tuple[str, ...]
     client_user_ids: tuple[str, ...]
     already_done: tuple[str, ...]
-    batches: tuple[LicenceBatch, ...]
+    revoking: bool = False
+
+    def batches(self, limits: Limits) -> tuple[LicenceBatch, ...]:
+        """The Apple requests, cut to Apple's limits (read only once the plan is known to be allowed)."""
+        serials, users = list(self.serial_numbers), list(self.client_user_ids)
+        if self.revoking:
+            return _batches(self.asset, serials, users, limits.max_revoke_serial_numbers,
+                            limits.max_revoke_client_user_ids)
+        return _batches(self.asset, serials, users, limits.max_serial_numbers, limits.max_client_user_ids)
 
 
 def chunks(items: Sequence[T], size: int) -> list[list[T]]:
@@ -132,7 +140,6 @@ def plan_assignment(
     serial_numbers: Iterable[str] | None,
     client_user_ids: Iterable[str] | None,
     holders: Iterable[Assignment],
-    limits: Limits,
 ) -> LicencePlan:
     """Check an assignment against the rules before anything is sent to Apple."""
     serials = _unique(serial_numbers, "serial number")
@@ -157,10 +164,7 @@ def plan_assignment(
             f"({asset.assigned_count} of {asset.total_count} in use). Buy more licences or revoke some, then try again.",
             needed - asset.available_count,
         )
-    return LicencePlan(
-        asset, tuple(new_serials), tuple(new_users), already,
-        _batches(asset, new_serials, new_users, limits.max_serial_numbers, limits.max_client_user_ids),
-    )
+    return LicencePlan(asset, tuple(new_serials), tuple(new_users), already)
 
 
 def check_revocable(asset: Asset) -> None:
@@ -175,7 +179,6 @@ def plan_revocation(
     serial_numbers: Iterable[str] | None,
     client_user_ids: Iterable[str] | None,
     holders: Iterable[Assignment],
-    limits: Limits,
 ) -> LicencePlan:
     """Check a revocation; holders that have no licence are reported, not sent to Apple."""
     serials = _unique(serial_numbers, "serial number")
@@ -188,10 +191,7 @@ def plan_revocation(
     revoke_serials = [s for s in serials if s in held_serials]
     revoke_users = [u for u in users if u in held_users]
     not_held = tuple([s for s in serials if s not in held_serials] + [u for u in users if u not in held_users])
-    return LicencePlan(
-        asset, tuple(revoke_serials), tuple(revoke_users), not_held,
-        _batches(asset, revoke_serials, revoke_users, limits.max_revoke_serial_numbers, limits.max_revoke_client_user_ids),
-    )
+    return LicencePlan(asset, tuple(revoke_serials), tuple(revoke_users), not_held, revoking=True)
 
 
 def _revocable_assignments(assignments: Iterable[Assignment], assets: dict[tuple[str, str], Asset]) -> list[Assignment]:

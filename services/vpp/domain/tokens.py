@@ -112,9 +112,10 @@ def token_status(expires_at: datetime, now: datetime, *, revoked: bool = False, 
     return TokenStatus.OK
 
 
-def check_renewal(current_location: tuple[str, str], renewed_location: tuple[str, str]) -> None:
-    """A renewed token must be for the same location: Apple's ``(uId, locationName)``."""
-    if tuple(current_location) != tuple(renewed_location):
+def check_renewal(current_uid: str, renewed_uid: str) -> None:
+    """A renewed token must be for the same location: Apple's ``uId`` (a location renamed in Apple School Manager
+    keeps it)."""
+    if current_uid != renewed_uid:
         raise ValidationError(
             "The new content token belongs to a different location than the one it should renew; "
             "download the token of the same location, or add it as a new content token."
