@@ -55,6 +55,9 @@ class RosterService(OrchardService):
         _require_str(plan_id, "plan_id")
         if not isinstance(allow_mass_delete, bool):
             raise ValidationError("allow_mass_delete must be true or false")
+        if allow_mass_delete and actor.is_location_bound:  # as with max_user_delete_share: the guard is the district's
+            raise PermissionDenied(f"a {actor.role} cannot approve a mass deletion; ask an administrator to apply "
+                                   f"plan {plan_id} with allow_mass_delete")
         result = self._runner().apply(plan_id, actor=actor, allow_mass_delete=allow_mass_delete)
         if not result["already_applied"]:
             self.db.audit(actor, "import.applied", f"plan:{plan_id}",

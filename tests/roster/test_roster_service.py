@@ -436,6 +436,9 @@ def test_a_location_leader_cannot_loosen_the_deletion_guard(roster, rpc_as):
         stricter = rpc.roster.preview_spreadsheet("north.xlsx", content,
                                                   {"max_user_delete_share": 0.05})
         assert stricter["max_user_delete_share"] == 0.05
+        with pytest.raises(PermissionDenied, match="cannot approve a mass deletion; ask an administrator"):
+            rpc.roster.apply_plan(stricter["plan_id"], allow_mass_delete=True)
+        assert rpc.roster.list_users()["total"] == 0
 
 
 def test_mosyle_api_answers_bad_input_with_400_and_reports_the_right_element(roster, rpc_as):
