@@ -24,10 +24,10 @@ from services.enrollment.domain.assignments import (
     user_assignment,
 )
 from services.enrollment.domain.locations import require_roster_locations
-from services.enrollment.domain.scopes import parse_scope, resolved_devices
+from services.enrollment.domain.scopes import parse_scope, require_teachers_scope, resolved_devices
 from shared.auth import Actor, require_locations, system_actor, visible
 from shared.contracts.enrollment import DeviceUserAssigned, DeviceUserUnassigned
-from shared.contracts.roster import UserDeleted, UserUpdated
+from shared.contracts.roster import UserDeleted, UserUpdated, classes_taught_by
 from shared.entrypoints import ServiceRpc, event_handler, rpc
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
 
@@ -252,6 +252,8 @@ class DevicePeopleEntrypoints:
         """The devices a scope reaches now: ``[{serial_number, user_id, group_id, locations}]`` by serial."""
         actor = self.auth.require("enrollment:resolve_scope")
         parsed = parse_scope(scope)
+        if actor.role == "teacher":
+            require_teachers_scope(parsed, classes_taught_by(self.roster, actor.id))
         if parsed.locations is not None:
             require_locations(actor, parsed.locations)  # naming a location you cannot see is refused
         repository = AssignmentRepository(self.db.session)

@@ -29,7 +29,7 @@ from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, DevicesRemoved
-from shared.contracts.roster import UserDeleted, UserImported
+from shared.contracts.roster import UserDeleted, UserImported, classes_taught_by
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, UpstreamError, ValidationError
 from shared.metrics import GaugesFromDatabase
@@ -624,19 +624,12 @@ class VppService(OrchardService):
                 installed.append(self._assign(actor, row, asset, plan))
         return installed
 
-    def _taught_classes(self, actor: Actor) -> set[str]:
-        try:
-            classes = self.roster.get_user(actor.id)["classes"]
-        except NotFound:  # a teacher the roster does not know teaches nothing
-            classes = []
-        return {c["class_id"] for c in classes if c["role"] == "teacher"}
-
     def _students_devices(self, class_ids: list[str]) -> list[dict[str, Any]]:
         """The devices of the classes' students, as the roster and device assignments say today."""
         return self.enrollment.resolve_scope({"classes": class_ids, "user_types": ["student"]})
 
     def _class_devices(self, actor: Actor, class_id: str) -> list[dict[str, Any]]:
-        if actor.role == "teacher" and class_id not in self._taught_classes(actor):
+        if actor.role == "teacher" and class_id not in classes_taught_by(self.roster, actor.id):
             raise PermissionDenied(f"You do not teach class {class_id}; a teacher installs study apps for their own classes.")
         devices = self._students_devices([class_id])
         if not devices:
@@ -646,7 +639,7 @@ class VppService(OrchardService):
     def _devices_of_teacher(self, actor: Actor, serials: list[str]) -> list[dict[str, Any]]:
         """A teacher naming devices reaches the same devices as through their classes: those of their students
         (a student's own iPad, say), never a device elsewhere in the school."""
-        taught = sorted(self._taught_classes(actor))
+        taught = sorted(classes_taught_by(self.roster, actor.id))
         theirs = {device["serial_number"]: device for device in (self._students_devices(taught) if taught else [])}
         others = [serial for serial in serials if serial not in theirs]
         if others:

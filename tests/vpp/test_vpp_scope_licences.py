@@ -113,3 +113,15 @@ def test_a_teacher_installs_study_apps_on_their_class_devices(district, vpp_sand
             rpc.vpp.install_study_apps(token_id, ["111"], class_id="maths-7a")
         with pytest.raises(PermissionDenied, match="not those of your students"):
             rpc.vpp.install_study_apps(token_id, ["111"], serial_numbers=["SER7A1"])
+
+    # asking enrollment directly, a teacher reaches their own classes' devices, never the school's
+    with rpc_as(Actor("t7a", "teacher", ("A",))) as rpc:
+        students = rpc.enrollment.resolve_scope({"classes": ["maths-7a"], "user_types": ["student"]})
+        assert [d["serial_number"] for d in students] == ["SER7A1", "SER7A2"]
+        for wider in ({"locations": ["A"]}, {"grade_levels": ["7"]}, {"user_types": ["student"]},
+                      {"classes": ["maths-7a"], "devices": ["SER8A1"]}, {"users": ["s8a1"]}):
+            with pytest.raises(PermissionDenied, match="a teacher's scope names classes they teach"):
+                rpc.enrollment.resolve_scope(wider)
+    with rpc_as(Actor("t-other", "teacher", ("A",))) as rpc:
+        with pytest.raises(PermissionDenied, match="you do not teach class\\(es\\) maths-7a"):
+            rpc.enrollment.resolve_scope({"classes": ["maths-7a"]})

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 from services.enrollment.domain.assignments import Assignment, SharedGroup, checked_serial
 from shared.contracts.roster import USER_TYPES
-from shared.errors import ValidationError
+from shared.errors import PermissionDenied, ValidationError
 
 USER_DIMENSIONS = ("locations", "grade_levels", "classes", "user_types")
 DIMENSIONS = (*USER_DIMENSIONS, "groups", "users", "devices")
@@ -54,6 +54,19 @@ def parse_scope(data: Any) -> Scope:
     if "devices" in values:
         values["devices"] = tuple(dict.fromkeys(checked_serial(s) for s in values["devices"]))
     return Scope(**values)
+
+
+def require_teachers_scope(scope: Scope, taught: set[str]) -> None:
+    """A teacher's scope is classes they teach, their students or teachers among them: never their school."""
+    wider = [name for name in ("locations", "grade_levels") if getattr(scope, name) is not None]
+    wider += [name for name in ("groups", "users", "devices") if getattr(scope, name)]
+    if wider or not scope.classes:
+        raise PermissionDenied("a teacher's scope names classes they teach (and user types), "
+                               f"not {', '.join(wider) or 'everyone'}")
+    others = sorted(set(scope.classes) - taught)
+    if others:
+        raise PermissionDenied(f"you do not teach class(es) {', '.join(others[:10])}; a teacher's scope is "
+                               "their own classes")
 
 
 def _strings(value: Any, name: str) -> tuple[str, ...]:
