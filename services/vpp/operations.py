@@ -18,7 +18,7 @@ from services.vpp import metrics
 from services.vpp.adapters.apple_client import (
     AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
 )
-from services.vpp.adapters.mailer import Delivery, SmtpMailer
+from shared.mail import Delivery, SmtpMailer
 from services.vpp.adapters.repository import VppRepository
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url
 from services.vpp.domain.licences import Asset, LicenceBatch, chunks
@@ -317,13 +317,16 @@ class VppOperations:
             outcome.sent += 1
             metrics.INVITE_EMAILS.labels("sent").inc()
             return
+        message = delivery.error
         if delivery.refused:
-            self.repo.mail_refused(row.token_id, row.user_id, delivery.error, utc_now())
+            message += ("; correct the address in the roster, then revoke the invite and invite the user again "
+                        "(resending tries the same address).")
+            self.repo.mail_refused(row.token_id, row.user_id, message, utc_now())
         else:
-            self.repo.mail_failed([row], delivery.error, utc_now())
+            self.repo.mail_failed([row], message, utc_now())
         metrics.INVITE_EMAILS.labels("refused" if delivery.refused else "retried").inc()
         outcome.failures.append({"user_id": row.user_id, "email": row.email, "refused": delivery.refused,
-                                 "message": delivery.error})
+                                 "message": message})
 
 def _failed_users(result: EventResult, batch: list[str], ignored: int) -> dict[str, str]:
     """Users of a users/… or revoke request that Apple failed, with its reason; errors numbered ``ignored`` are fine."""

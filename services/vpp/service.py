@@ -15,7 +15,7 @@ from services.vpp.adapters import tables
 from services.vpp.adapters.apple_client import ManagedByAnotherMdm
 from services.vpp.adapters.apple_connection import AppleConnection
 from services.vpp.adapters.batched_events import batched_event_handler
-from services.vpp.adapters.mailer import Mailer
+from shared.mail import Mailer
 from services.vpp.adapters.repository import VppRepository, asset_from_row
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
 from services.vpp.domain.licence_reach import LicenceTarget, require_within_token

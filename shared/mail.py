@@ -1,17 +1,23 @@
-"""Sends invite e-mails through the SMTP relay configured in ``SERVICES.vpp`` (smtp_host, smtp_port, mail_from)."""
+"""Sending e-mail through the SMTP relay a service is configured with (``smtp_host``, ``smtp_port``,
+``mail_from`` in its ``SERVICES`` section), one message at a time so each outcome is known."""
 from __future__ import annotations
 
 import smtplib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 
 from nameko.extensions import DependencyProvider
 
-from services.vpp.domain.invites import InviteEmail
 from shared.config import service_settings
 from shared.errors import UpstreamError
+
+
+class Mail(Protocol):
+    to: str
+    subject: str
+    body: str
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,7 @@ class Delivery:
     """What the relay did with one message: took it (``error`` None), refused it for good (``refused``: a 5xx
     for its recipient or content) or put it off (a 4xx: it may take it later)."""
 
-    mail: InviteEmail
+    mail: Any
     error: str | None = None
     refused: bool = False
 
@@ -28,7 +34,7 @@ class SmtpMailer:
     def __init__(self, host: str, port: int, sender: str):
         self.host, self.port, self.sender = host, port, sender
 
-    def send(self, mails: Sequence[InviteEmail]) -> Iterator[Delivery]:
+    def send(self, mails: Sequence[Mail]) -> Iterator[Delivery]:
         """Send over one SMTP session, yielding each message's ``Delivery`` as soon as the relay answered for it.
 
         A relay that cannot be reached, drops the session or refuses the sender raises ``UpstreamError``: the
@@ -36,28 +42,19 @@ class SmtpMailer:
         if not mails:
             return
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=30)
-        except (OSError, smtplib.SMTPException) as exc:
-            raise self._failed(exc) from None
-        try:
-            for mail in mails:
-                try:
-                    delivery = self._deliver(smtp, mail)
-                except (OSError, smtplib.SMTPException) as exc:
-                    raise self._failed(exc) from None
-                yield delivery
-        finally:
-            _close(smtp)
-
-    def _failed(self, exc: Exception) -> UpstreamError:
-        if isinstance(exc, smtplib.SMTPSenderRefused):
-            return UpstreamError(
+            with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
+                for mail in mails:
+                    yield self._deliver(smtp, mail)
+        except smtplib.SMTPSenderRefused as exc:
+            raise UpstreamError(
                 f"The mail relay {self.host}:{self.port} refused the sender {self.sender} ({exc.smtp_code} "
-                f"{_text(exc.smtp_error)}); set MAIL_FROM to an address the relay accepts from this host.")
-        return UpstreamError(f"Invite e-mails could not be sent through {self.host}:{self.port} "
-                             f"({type(exc).__name__}); check SMTP_HOST/SMTP_PORT and that the relay is up.")
+                f"{_text(exc.smtp_error)}); set MAIL_FROM to an address the relay accepts from this host.") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise UpstreamError(
+                f"E-mails could not be sent through {self.host}:{self.port} ({type(exc).__name__}); "
+                "check SMTP_HOST/SMTP_PORT and that the relay is up.") from None
 
-    def _deliver(self, smtp: smtplib.SMTP, mail: InviteEmail) -> Delivery:
+    def _deliver(self, smtp: smtplib.SMTP, mail: Mail) -> Delivery:
         message = EmailMessage()
         message["From"], message["To"], message["Subject"] = self.sender, mail.to, mail.subject
         message.set_content(mail.body)
@@ -71,28 +68,20 @@ class SmtpMailer:
         return Delivery(mail)
 
 
-def _close(smtp: smtplib.SMTP) -> None:
-    """End the session; a relay that does not say goodbye has still taken the messages it accepted."""
-    try:
-        smtp.quit()
-    except (OSError, smtplib.SMTPException):
-        smtp.close()
-
-
 def _text(reason: bytes | str) -> str:
     return (reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)).strip()[:300]
 
 
-def _answer(mail: InviteEmail, code: int, reason: bytes | str, what: str) -> Delivery:
+def _answer(mail: Mail, code: int, reason: bytes | str, what: str) -> Delivery:
     said = f"{code} {_text(reason)}"
     if 500 <= code < 600:
-        return Delivery(mail, f"The mail relay refused {what} {mail.to} ({said}); correct the address in the roster, "
-                              "then revoke the invite and invite the user again (resending tries the same address).",
-                        refused=True)
+        return Delivery(mail, f"The mail relay refused {what} {mail.to} ({said})", refused=True)
     return Delivery(mail, f"The mail relay put off {what} {mail.to} for now ({said}); it is tried again later.")
 
 
 class Mailer(DependencyProvider):
+    """Gives workers the service's ``SmtpMailer``."""
+
     def setup(self) -> None:
         settings = service_settings(self.container.config, self.container.service_name)
         self.mailer = SmtpMailer(str(settings.get("smtp_host") or "localhost"), int(settings.get("smtp_port") or 25),
