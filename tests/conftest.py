@@ -55,6 +55,16 @@ def orchard_config(rabbit_config: dict, tmp_path: Any) -> dict:
             "SECRET_KEY": TEST_SECRET_KEY}
 
 
+@pytest.fixture
+def smtp_sink() -> Iterator[Any]:
+    """A mail relay that keeps what it receives (``.messages``) and refuses the addresses in ``.refused``."""
+    from apple_sandbox.smtp_sink import serve_smtp
+
+    sink = serve_smtp()
+    yield sink
+    sink.stop()
+
+
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A new, empty PostgreSQL database for one test; dropped afterwards."""

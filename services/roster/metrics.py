@@ -18,3 +18,6 @@ API_REFUSALS_NOT_AUDITED = Counter(
     "orchard_roster_api_refusals_not_audited",
     "Refused API calls left out of the audit log: the same refusal again within a minute, or past 60 a minute.",
     ["reason"])
+WELCOME_EMAILS = Counter(
+    "orchard_roster_welcome_emails", "Welcome e-mails to new users by outcome (sent, refused by the relay for good, "
+    "retried later).", ["outcome"])

@@ -11,11 +11,13 @@ from typing import Any
 from eventlet import tpool
 from werkzeug.wrappers import Request, Response
 
+from services.roster import metrics
 from services.roster.adapters import asm, spreadsheets, tables
 from services.roster.adapters.api_tokens import ApiTokens, describe, parse_allowed_ips
 from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.mosyle_http import MosyleApi, RefusalAudits
 from services.roster.adapters.queries import RosterQueries
+from services.roster.adapters.welcome_mails import WelcomeMails, send_due
 from services.roster.domain import asm_mapping, planning
 from services.roster.domain.device_preassignment import DeviceAssignmentFailure, assign_devices, device_assignments
 from services.roster.domain.mosyle_api import MAX_PAGE, MAX_PAGE_SIZE
@@ -25,11 +27,13 @@ from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
 from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, PermissionDenied, ValidationError
+from shared.mail import Mailer
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
 
 log = logging.getLogger(__name__)
 
+WELCOME_MAILS_PER_ROUND = 100
 MAX_USER_IDS_PER_CALL = 1_000  # users_in_scope(user_ids=...): enrollment asks for an import's users in batches
 
 
@@ -38,6 +42,7 @@ class RosterService(OrchardService):
     db = Database(tables.metadata, migrations="services.roster.migrations")
     enrollment = ServiceRpc("enrollment")
     refusal_audits = RefusalAudits()
+    mailer = Mailer()
 
     # ------------------------------------------------------------ imports
 
@@ -120,6 +125,14 @@ class RosterService(OrchardService):
         _require_token_id(token_id)
         return self._preview_asm(token_id, actor)
 
+    @periodic(interval=2)
+    def send_welcome_mails(self) -> None:
+        """Send the welcome e-mails applies asked for (see ``adapters.welcome_mails``)."""
+        counts = send_due(WelcomeMails(self.db.session), self.mailer, self.db.commit, utc_now(), WELCOME_MAILS_PER_ROUND)
+        for outcome, count in counts.items():
+            if count:
+                metrics.WELCOME_EMAILS.labels(outcome).inc(count)
+
     @periodic(interval=60)
     def daily_asm_sync(self) -> None:
         """Sync one server token that is due (see ``AsmPreferenceStore.due``); the next tick takes the next."""
@@ -188,7 +201,8 @@ class RosterService(OrchardService):
         user = queries.user(user_id)
         if user is None or not visible(actor, user.locations):
             raise NotFound(f"there is no user '{user_id}' in your locations")
-        return {**user.to_dict(), "classes": queries.classes_of_user(user_id)}
+        return {**user.to_dict(), "classes": queries.classes_of_user(user_id),
+                "welcome_email": WelcomeMails(self.db.session).of_user(user_id)}
 
     @rpc
     def users_in_scope(self, locations: list[str] | None = None, grade_levels: list[str] | None = None,

@@ -58,15 +58,6 @@ def vpp_sandbox():
 
 
 @pytest.fixture
-def smtp_sink():
-    from apple_sandbox.smtp_sink import serve_smtp
-
-    sink = serve_smtp()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
 def vpp_config(orchard_config, vpp_sandbox, smtp_sink):
     """The Orchard configuration with the vpp service pointed at the sandbox and the SMTP sink."""
     settings = orchard_config["SERVICES"]["vpp"]

@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 from services.roster import metrics
 from services.roster.adapters.hierarchy import SqlHierarchy
 from services.roster.adapters.plans import APPLIED, PREVIEWED, PlanStore
+from services.roster.adapters.welcome_mails import WelcomeMails
 from services.roster.domain import planning
+from services.roster.domain.welcome import welcome_emails
 from shared.auth import Actor, require_locations
 from shared.contracts.base import Event
-from shared.contracts.roster import ImportBatch
+from shared.contracts.roster import ImportBatch, UserImported
 from shared.errors import Conflict
 from shared.storage import utc_now
 
@@ -69,13 +71,17 @@ class ImportRunner:
             raise
         published = 0
         pending: list[Event] = []
+        welcomes: list[UserImported] = []  # new users whose import asked for a welcome e-mail
         changes = self.plans.changes(plan_id, batch=APPLY_CHUNK)
         for event in planning.apply_plan(changes, hierarchy, summary.source,
                                          chunk_size=APPLY_CHUNK):
             pending.append(event)
             if len(pending) >= APPLY_CHUNK:
-                published += self._flush(pending)
-        published += self._flush(pending)
+                published += self._flush(pending, welcomes)
+        published += self._flush(pending, welcomes)
+        if welcomes:  # in the apply's transaction: sent once it has committed, never for an apply undone
+            names = {location.record.location_id: location.record.name for location in hierarchy.locations()}
+            WelcomeMails(self.session).queue(welcome_emails(welcomes, names), utc_now())
         self.plans.mark(plan_id, APPLIED)
         for entity, actions in summary.counts.items():
             for action, count in actions.items():
@@ -86,8 +92,9 @@ class ImportRunner:
         return {"plan_id": plan_id, "status": APPLIED, "already_applied": False,
                 "applied": summary.counts, "events": published}
 
-    def _flush(self, pending: list[Event]) -> int:
+    def _flush(self, pending: list[Event], welcomes: list[UserImported]) -> int:
         count = len(pending)
+        welcomes.extend(event for event in pending if isinstance(event, UserImported) and event.welcome_email)
         if pending:
             self.publish(*pending)
             pending.clear()

@@ -99,6 +99,22 @@ plan_changes = sa.Table(
     sa.Column("before", sa.JSON),
 )
 
+# welcome e-mails an apply asked for, sent by a job after the commit; kept once sent, as the user's record of it
+welcome_mails = sa.Table(
+    "roster_welcome_mails", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("to", sa.String(255), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("queued_at", UtcDateTime, nullable=False),
+    sa.Column("sent_at", UtcDateTime),
+    sa.Column("refused_at", UtcDateTime),  # the relay refused the address for good: not tried again
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retry_at", UtcDateTime),
+    sa.Column("error", sa.Text),
+)
+
 api_tokens = sa.Table(
     "roster_api_tokens", metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,17 +12,13 @@ from sqlalchemy.orm import Session
 from services.vpp.adapters import tables as t
 from services.vpp.domain.invites import AutoInvitePolicy, InviteMethod, InviteStatus
 from services.vpp.domain.licences import Asset, Assignment, ProductType
+from shared.backoff import doubling_delay
 from shared.errors import NotFound
 
 HOLDER_KINDS = {"serial": "serial_number", "user": "client_user_id"}
 # what an invite queued again starts from: no code, no mail sent or refused, no error
 FRESH_INVITE = {"apple_error": None, "invite_code": None, "emailed_at": None, "accepted_at": None, "mail_error": None,
                 "mail_refused_at": None, "mail_attempts": 0, "mail_retry_at": None}
-
-
-def _retry_delay(attempts: int) -> timedelta:
-    """How long to wait after ``attempts`` failures in a row: 30 s doubling, at most an hour."""
-    return timedelta(seconds=min(30 * 2 ** attempts, 3600))
 
 
 def _insert(session: Session, table: sa.Table) -> Any:
@@ -460,7 +456,7 @@ class VppRepository:
         for invite in invites:
             attempts = invite.mail_attempts
             self.mark_invites(invite.token_id, [invite.user_id], mail_error=error, mail_attempts=attempts + 1,
-                              mail_retry_at=now + _retry_delay(attempts))
+                              mail_retry_at=now + doubling_delay(attempts))
 
     # --- users the roster deleted -----------------------------------------------------------
     def request_retirements(self, user_id: str, now: datetime, token_id: str | None = None) -> None:
@@ -524,7 +520,7 @@ class VppRepository:
         rows = self.session.execute(sa.select(r.user_id, r.attempts).where(r.token_id == token_id, r.user_id.in_(list(user_ids))))
         for user_id, attempts in list(rows):
             self.session.execute(t.user_retirements.update().where(r.token_id == token_id, r.user_id == user_id).values(
-                attempts=attempts + 1, last_error=error[:1000], next_attempt_at=now + _retry_delay(attempts)))
+                attempts=attempts + 1, last_error=error[:1000], next_attempt_at=now + doubling_delay(attempts)))
 
     # --- Apple events -----------------------------------------------------------------------
     def record_event(self, token_id: str, event_id: str, event_type: str, status: str, failures: list, now: datetime) -> None:
