@@ -93,6 +93,8 @@ def test_unmappable_entries_are_rejected_with_reasons():
     assert "is also used by" in reasons[0] and "OU=South" in reasons[0]
     assert "matches no user type rule" in reasons[1]
     assert "has no sAMAccountName" in reasons[2]
+    # the roster keeps a user whose entry it could not map, instead of deleting them as gone from the directory
+    assert [r.id for r in batch.rejected] == [None, "zed", None]
 
 
 @pytest.mark.parametrize("which", ["users", "grade_levels", "classes"])

@@ -79,7 +79,7 @@ class BatchBuilder:
         user_type = self._user_type(entry, dn)
         if user_type is None:
             return self._reject(USERS, entry, "matches no user type rule (by group or OU) and no default user "
-                                              "type is set; add a rule to sync.users.user_types")
+                                              "type is set; add a rule to sync.users.user_types", user_id)
         first, last = entry.first(m.first_name), entry.first(m.last_name)
         name = entry.first(m.display_name) or " ".join(p for p in (first, last) if p) or None
         grade = entry.first(m.grade_level) if m.grade_level else self._grade_by_member.get(dn)
@@ -110,7 +110,7 @@ class BatchBuilder:
         location = self._location(entry)
         if not location:
             return self._reject(CLASSES, entry, "is not inside a school OU below the base DN (or has no "
-                                                "location attribute), so its location is unknown")
+                                                "location attribute), so its location is unknown", class_id)
         teachers, students = [], []
         for member in entry.values(m.members):
             user = self._user_by_dn.get(normalize_dn(member))
@@ -153,8 +153,11 @@ class BatchBuilder:
                 self.locations[name] = LocationRecord(location_id=name, name=name)
         return names
 
-    def _reject(self, what: str, entry: DirectoryEntry, reason: str) -> None:
-        self.rejected.append(RejectedRow(sheet=what, row=self._seen[what], reason=f"{entry.dn} {reason}"))
+    def _reject(self, what: str, entry: DirectoryEntry, reason: str, natural_id: str | None = None) -> None:
+        """``natural_id``: the user or class ID the entry has, so the roster keeps that record rather than
+        delete it as no longer in the directory."""
+        self.rejected.append(RejectedRow(sheet=what, row=self._seen[what], reason=f"{entry.dn} {reason}",
+                                         id=natural_id))
         return None
 
 
