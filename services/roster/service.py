@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from eventlet import tpool
+from eventlet.semaphore import Semaphore
 from werkzeug.wrappers import Request, Response
 
 from services.roster import metrics
@@ -34,6 +35,7 @@ from shared.storage import Database, utc_now
 log = logging.getLogger(__name__)
 
 WELCOME_MAILS_PER_ROUND = 100
+SPREADSHEET_READS = Semaphore(1)
 MAX_USER_IDS_PER_CALL = 1_000  # users_in_scope(user_ids=...): enrollment asks for an import's users in batches
 
 
@@ -90,7 +92,8 @@ class RosterService(OrchardService):
             content = base64.b64decode(content_b64, validate=True)
         except (binascii.Error, ValueError):
             raise ValidationError("content_b64 is not valid base64") from None
-        read = tpool.execute(spreadsheets.read_spreadsheet, filename, content)
+        with SPREADSHEET_READS:  # one at a time: a large workbook takes hundreds of MB while it is read
+            read = tpool.execute(spreadsheets.read_spreadsheet, filename, content)
         return self._runner().preview(read.batch, self._options(actor, options), actor=actor,
                                       origin=filename, row_numbers=read.row_numbers)
 
