@@ -8,9 +8,13 @@ and ``{"reason": ...}``, and records every request.
 
 A plain-HTTP admin port scripts what happens next (``POST /_sandbox/outcomes``): per device
 token or for any token (``"*"``), for the next N requests or always, answer a given status
-and reason, send an HTTP/2 GOAWAY (``"action": "goaway"``) or drop the TCP connection
-(``"action": "reset"``). ``GET /_sandbox/requests`` lists what was received,
-``POST /_sandbox/reset`` forgets requests and scripts.
+and reason (``"delay"``: that many seconds later, as a slow APNs does), send an HTTP/2 GOAWAY
+(``"action": "goaway"``) or drop the TCP connection (``"action": "reset"``). A GOAWAY names
+the stream before the request as the last one processed, so the request is never answered;
+with ``"graceful": true`` it names the request itself, which is then answered (after
+``"delay"``) before the connection closes, as APNs does when it shuts a connection down.
+``GET /_sandbox/requests`` lists what was received, ``POST /_sandbox/reset`` forgets
+requests and scripts.
 
 Why asyncio on the ``h2`` protocol library, in its own process: a GOAWAY or a dropped
 connection at a chosen request needs control of the HTTP/2 connection itself, which ASGI
@@ -46,6 +50,7 @@ import h2.exceptions
 import h2.settings
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from hyperframe.frame import GoAwayFrame
 from werkzeug.wrappers import Request, Response
 
 from apple_sandbox.push_portal import CA_CERT_FILE, SandboxAppleCA
@@ -63,6 +68,8 @@ class Outcome:
     reason: str | None = None
     action: str = "respond"  # or "goaway", "reset"
     times: int | None = None  # None: every matching request from now on
+    delay: float = 0.0  # seconds before the answer
+    graceful: bool = False  # goaway: this request is the last one processed, and is answered
 
 
 class SandboxState:
@@ -116,6 +123,8 @@ class ApnsProtocol(asyncio.Protocol):
         self.streams: dict[int, tuple[list, bytearray]] = {}
         self.transport: asyncio.Transport | None = None
         self.topic: str | None = None
+        self.last_stream_id: int | None = None  # set by a graceful GOAWAY: later streams are not processed
+        self.answers_due = 0  # delayed answers not sent yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -140,6 +149,8 @@ class ApnsProtocol(asyncio.Protocol):
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 headers, body = self.streams.pop(event.stream_id)
+                if self.last_stream_id is not None and event.stream_id > self.last_stream_id:
+                    continue  # opened after the GOAWAY: never processed, as APNs does
                 if not self._answer(event.stream_id, headers, bytes(body)):
                     return
             elif isinstance(event, h2.events.StreamReset):
@@ -149,44 +160,78 @@ class ApnsProtocol(asyncio.Protocol):
                 self.transport.close()
                 return
         self._flush()
+        self._close_if_drained()
 
     def _flush(self) -> None:
         data = self.h2.data_to_send()
         if data:
             self.transport.write(data)
 
+    def _close_if_drained(self) -> None:
+        if self.last_stream_id is not None and not self.answers_due and not self.transport.is_closing():
+            self._flush()
+            self.transport.close()
+
     def _answer(self, stream_id: int, headers: list, body: bytes) -> bool:
-        """Answer one request; False when the connection was closed instead."""
+        """Answer one request (now, or after the scripted delay); False when the connection was closed instead."""
         request = _Request(headers, body)
         status, reason = _check(request, self.topic)
-        action = "respond"
+        outcome = Outcome()
         if status == 200:
-            outcome = self.state.take_outcome(request.device_token)
-            if outcome is not None:
-                action = outcome.action
-                status, reason = (outcome.status or 200), outcome.reason
+            outcome = self.state.take_outcome(request.device_token) or outcome
+            status, reason = (outcome.status or 200), outcome.reason
+        answered = outcome.action == "respond" or (outcome.action == "goaway" and outcome.graceful)
         apns_id = request.header(b"apns-id") or str(uuid.uuid4()).upper()
         self.state.record({
             "connection": self.connection_id,
             "method": request.method, "path": request.path,
             "headers": request.header_dict(), "body": body.decode("utf-8", "replace"),
             "client_topic": self.topic, "device_token": request.device_token,
-            "action": action, "status": status if action == "respond" else None,
+            "action": outcome.action, "status": status if answered else None,
             "reason": reason, "apns_id": apns_id, "at": time.time(),
         })
-        if action == "goaway":
-            debug = json.dumps({"reason": reason or "Shutdown"}).encode()
+        if outcome.action == "reset":
+            self.transport.abort()
+            return False
+        debug = json.dumps({"reason": reason or "Shutdown"}).encode()
+        if outcome.action == "goaway" and not outcome.graceful:
             self.h2.close_connection(error_code=0, additional_data=debug, last_stream_id=max(0, stream_id - 2))
             self._flush()
             self.transport.close()
             return False
-        if action == "reset":
-            self.transport.abort()
-            return False
+        if outcome.action == "goaway":
+            self._graceful_goaway(stream_id, debug)
+        if outcome.delay > 0:
+            self.answers_due += 1
+            asyncio.get_running_loop().call_later(outcome.delay, self._answer_later, stream_id, status, reason, apns_id)
+        else:
+            self._respond(stream_id, status, reason, apns_id)
+        return True
+
+    def _graceful_goaway(self, stream_id: int, debug: bytes) -> None:
+        # written by hand: h2's close_connection would refuse the answer that still follows
+        self._flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id, frame.error_code, frame.additional_data = stream_id, 0, debug
+        self.transport.write(frame.serialize())
+        self.last_stream_id = stream_id
+
+    def _answer_later(self, stream_id: int, status: int, reason: str | None, apns_id: str) -> None:
+        self.answers_due -= 1
+        if self.transport.is_closing():
+            return
+        try:
+            self._respond(stream_id, status, reason, apns_id)
+        except h2.exceptions.StreamClosedError:
+            pass  # the client gave up on the request (reset the stream)
+        self._flush()
+        self._close_if_drained()
+
+    def _respond(self, stream_id: int, status: int, reason: str | None, apns_id: str) -> None:
         response_headers = [(b":status", str(status).encode()), (b"apns-id", apns_id.encode())]
         if status == 200:
             self.h2.send_headers(stream_id, response_headers, end_stream=True)
-            return True
+            return
         payload = {"reason": reason}
         if status == 410:
             payload["timestamp"] = int(time.time() * 1000)
@@ -194,7 +239,6 @@ class ApnsProtocol(asyncio.Protocol):
         response_headers += [(b"content-type", b"application/json"), (b"content-length", str(len(error_body)).encode())]
         self.h2.send_headers(stream_id, response_headers)
         self.h2.send_data(stream_id, error_body, end_stream=True)
-        return True
 
 
 class _Request:
@@ -290,6 +334,7 @@ def admin_app(state: SandboxState):
             outcome = Outcome(
                 status=spec.get("status"), reason=spec.get("reason"),
                 action=spec.get("action", "respond"), times=spec.get("times"),
+                delay=float(spec.get("delay") or 0), graceful=bool(spec.get("graceful")),
             )
             if outcome.action not in ("respond", "goaway", "reset"):
                 response = Response(json.dumps({"error": f"unknown action {outcome.action}"}), 400)
@@ -349,9 +394,10 @@ class ApnsSandbox:
     ca_file: str
 
     def script(self, device_token: str = "*", *, status: int | None = None, reason: str | None = None,
-               action: str = "respond", times: int | None = 1) -> None:
+               action: str = "respond", times: int | None = 1, delay: float = 0.0, graceful: bool = False) -> None:
         self._admin("POST", "/_sandbox/outcomes", {
             "device_token": device_token, "status": status, "reason": reason, "action": action, "times": times,
+            "delay": delay, "graceful": graceful,
         })
 
     def requests(self, since: int = 0) -> list[dict]:

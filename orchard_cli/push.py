@@ -136,6 +136,7 @@ def send(udids: tuple[str, ...], from_file: BinaryIO | None) -> None:
     if not wanted:
         raise click.UsageError("name at least one device UDID")
     answer = call("push", "send_push", wanted)
-    print_table(answer["results"], ["udid", ("result", "STATUS"), ("status", "APNS STATUS")], status_column="result")
+    print_table(answer["results"], ["udid", ("result", "STATUS"), ("status", "APNS STATUS"), ("detail", "WHY")],
+                status_column="result")
     click.echo(f"{answer['delivered']} delivered, {answer['failed']} failed, {answer['skipped']} skipped, "
                f"{answer['disabled']} no longer pushed")

@@ -10,7 +10,7 @@ from eventlet import tpool
 
 from services.push import metrics
 from services.push.adapters import device_export, tables
-from services.push.adapters.apns_client import Push
+from services.push.adapters.apns_client import Push, PushResult
 from services.push.adapters.repository import PushRepository
 from services.push.domain.certificates import (
     PushCertificate,
@@ -22,7 +22,7 @@ from services.push.domain.certificates import (
     read_pem_certificate,
     read_pkcs12,
 )
-from services.push.domain.pushes import DELIVERED, outcome, plan_pushes, requested_udids
+from services.push.domain.pushes import DELIVERED, connection_failure, outcome, plan_pushes, requested_udids
 from services.push.domain.signing_request import create_signing_request as new_signing_request
 from services.push.metrics import CERTIFICATES
 from services.push.providers import Apns
@@ -137,27 +137,35 @@ class PushService(OrchardService):
 
     @rpc
     def send_push(self, device_udids: list[str]) -> dict[str, Any]:
-        """Wake the devices; ``results`` says per device what APNs answered, or why it was skipped."""
+        """Wake the devices; ``results`` says per device what APNs answered, or why it was skipped.
+
+        The database is not held during the fan-out (on SQLite it is the process's one connection):
+        the targets are read and that transaction ends, APNs is asked, then the results are written.
+        """
         self.auth.require("push:write")
         udids = requested_udids(device_udids)
         repository = self._repository()
         targets = repository.push_targets(udids)
         certificates = repository.certificates_for_topics({target.topic for target in targets.values()})
+        self.db.commit()
         plan = plan_pushes(udids, targets, {topic: row.not_after for topic, row in certificates.items()}, utc_now())
-        results = {udid: {"udid": udid, "result": reason, "status": None, "sent": False}
+        results = {udid: {"udid": udid, "result": reason, "status": None, "sent": False, "detail": None}
                    for udid, reason in plan.skipped.items()}
         records = []
         for topic, devices in plan.by_topic.items():
             client = self.apns.client_for(certificates[topic], self.secrets)
-            for device, result in zip(devices, client.send([Push(d.push_token, d.push_magic) for d in devices])):
+            answers = client.send([Push(d.push_token, d.push_magic) for d in devices])
+            for device, result in zip(devices, answers):
                 label = outcome(result.status, result.reason)
                 metrics.PUSH_RESULTS.labels(label).inc()
                 metrics.PUSH_LATENCY.observe(result.seconds)
-                results[device.udid] = {"udid": device.udid, "result": label, "status": result.status, "sent": True}
-                records.append({"udid": device.udid, "outcome": label,
+                results[device.udid] = {"udid": device.udid, "result": label, "status": result.status, "sent": True,
+                                        "detail": connection_failure(result.status, result.reason)}
+                records.append({"udid": device.udid, "push_token": device.push_token, "outcome": label,
                                 "disable_reason": label if result.permanent else None})
             log.info("pushed %d device(s) of topic %s: %s", len(devices), topic,
                      _tally(r["outcome"] for r in records[-len(devices):]))
+            _warn_unreached(topic, answers)
         repository.record_push_results(records, utc_now())
         delivered = sum(1 for record in records if record["outcome"] == DELIVERED)
         return {
@@ -240,6 +248,14 @@ class PushService(OrchardService):
 
 def _tally(labels: Any) -> str:
     return ", ".join(f"{count} {label}" for label, count in sorted(Counter(labels).items()))
+
+
+def _warn_unreached(topic: str, answers: list[PushResult]) -> None:
+    """Once per topic and call, why APNs gave no answer (the reasons name no device)."""
+    failures = Counter(connection_failure(r.status, r.reason) for r in answers if r.status is None)
+    if failures:
+        log.warning("APNs was not reached for %d device(s) of topic %s: %s", sum(failures.values()), topic,
+                    "; ".join(f"{reason} ({count})" for reason, count in failures.most_common()))
 
 
 def _target(certificate_id: int) -> str:

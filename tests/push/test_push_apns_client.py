@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 
 import eventlet
@@ -189,3 +190,107 @@ def test_closed_connection_refuses_new_requests(push_certificate, apns_sandbox):
     connection.close()
     with pytest.raises(ConnectionLost, match="closed"):
         connection.request(b"/3/device/00", [], b"{}", 5)
+
+
+@pytest.fixture
+def black_hole():
+    """An address that accepts TCP connections and then says nothing, as a black-holing firewall does:
+    ``(url, accepted)``, where ``accepted`` lists the connections it took."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1000)
+    accepted = []
+    acceptor = eventlet.spawn(lambda: [accepted.append(listener.accept()[0]) for _ in iter(int, 1)])
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}", accepted
+    acceptor.kill()
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def timed_batch(push_certificate, url: str, ca_file: str, pushes: int, *, warm_up: bool = False,
+                before=lambda: None, **options) -> tuple[list, float]:
+    """Send ``pushes`` pushes in one batch with a new client; the results and the seconds the batch took."""
+    client = ApnsClient(topic=push_certificate.topic, certificate_pem=push_certificate.certificate_pem,
+                        private_key_pem=push_certificate.private_key_pem, base_url=url, ca_file=ca_file, **options)
+    try:
+        if warm_up:
+            client.send_one(Push(token(), "warm-up"))  # connected before the clock starts
+        before()
+        started = time.monotonic()
+        results = client.send([Push(token(), "m") for _ in range(pushes)])
+        return results, time.monotonic() - started
+    finally:
+        client.close()
+
+
+def test_a_batch_shares_each_connection_attempt_to_an_unresponsive_apns(push_certificate, apns_sandbox, black_hole):
+    url, accepted = black_hole
+    results, seconds = timed_batch(push_certificate, url, apns_sandbox.ca_file, 40, timeout=0.5,
+                                   retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=0.1))
+    # one handshake per attempt for the whole batch, each waiting out the 0.5 s timeout: not one per device
+    assert seconds < 3
+    assert len(accepted) == 2
+    assert all(r.status is None and r.attempts == 2 and "timed out" in r.reason for r in results)
+
+
+def test_a_batch_ends_by_its_deadline_however_long_the_connect_timeout(push_certificate, apns_sandbox, black_hole):
+    url, _ = black_hole
+    results, seconds = timed_batch(push_certificate, url, apns_sandbox.ca_file, 40,
+                                   timeout=30, batch_seconds=1, retry=FAST_RETRY)
+    assert seconds < 2.5
+    assert all(r.status is None and "still connecting" in r.reason and "1 s were over" in r.reason for r in results)
+
+
+def unanswered_batch(push_certificate, apns_sandbox, pushes: int, **options) -> tuple[list, float]:
+    """A timed batch to a stand-in that holds every answer for 30 s, from a client connected before it starts."""
+    return timed_batch(push_certificate, apns_sandbox.url, apns_sandbox.ca_file, pushes, warm_up=True,
+                       before=lambda: apns_sandbox.script("*", delay=30, times=None),
+                       timeout=30, retry=FAST_RETRY, **options)
+
+
+def test_a_batch_ends_by_its_deadline_when_apns_is_slow_to_answer(push_certificate, apns_sandbox):
+    results, seconds = unanswered_batch(push_certificate, apns_sandbox, 20, batch_seconds=1.5, concurrency=5)
+    assert seconds < 3
+    assert all(r.status is None for r in results)
+    assert [r.reason for r in results[:5]] == ["no answer within 1.5 s"] * 5
+    assert {r.reason for r in results[5:]} == {"not sent: the batch's 1.5 s were over"}
+    assert {r.attempts for r in results[5:]} == {0}
+
+
+def test_pushes_waiting_for_a_free_stream_end_by_the_deadline_too(push_certificate, apns_sandbox):
+    # more pushes in flight than the 1,000 streams APNs allows on a connection, none of them answered
+    results, seconds = unanswered_batch(push_certificate, apns_sandbox, 1100, batch_seconds=2, concurrency=1100)
+    assert seconds < 3.2
+    reasons = [r.reason.rsplit(" within ", 1)[0] for r in results]
+    assert (reasons.count("no answer"), reasons.count("no stream free")) == (1000, 100)
+
+
+def test_streams_apns_still_processes_after_a_goaway_are_answered_once(client, apns_sandbox):
+    client.send_one(Push(token(), "warm-up"))
+    device = token()
+    # APNs shuts the connection down, naming this push as the last stream it processes, and answers it later
+    apns_sandbox.script(device, action="goaway", graceful=True, delay=0.3, reason="Shutdown")
+    result = client.send_one(Push(device, "m"))
+    assert result.delivered and result.attempts == 1 and result.seconds < 2
+    assert [r["device_token"] for r in apns_sandbox.requests()].count(device) == 1
+    after = client.send_one(Push(token(), "m"))
+    assert after.delivered
+    first, answered, reconnected = [r["connection"] for r in apns_sandbox.requests()]
+    assert first == answered != reconnected
+
+
+def test_a_graceful_goaway_in_a_busy_connection_fails_only_the_streams_after_it(client, apns_sandbox):
+    client.send_one(Push(token(), "warm-up"))
+    apns_sandbox.script("*", delay=0.5, times=None)  # answers slow enough that streams pile up behind the GOAWAY
+    devices = [token() for _ in range(30)]
+    apns_sandbox.script(devices[10], action="goaway", graceful=True, delay=0.5, reason="Shutdown")
+    results = client.send([Push(device, "m") for device in devices])
+    assert all(r.delivered for r in results)
+    received = apns_sandbox.requests()[1:]
+    first_connection = received[0]["connection"]
+    answered_there = {r["device_token"] for r in received if r["connection"] == first_connection}
+    # the streams up to the GOAWAY's were answered there, once; the ones after it, never processed, were sent again
+    assert devices[10] in answered_there and len(answered_there) < 30
+    assert sorted(r["device_token"] for r in received) == sorted(devices)
+    assert [r.attempts for r, device in zip(results, devices)] == [1 if d in answered_there else 2 for d in devices]

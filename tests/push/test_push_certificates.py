@@ -68,6 +68,26 @@ def test_certificate_and_key_in_one_file(issue_push):
     assert pushed.private_key_pem is not None
 
 
+def test_a_bundle_with_the_chain_first_is_read_as_its_push_certificate(issue_push, apple_ca, push_keys):
+    issued = issue_push()
+    expected = read_pem_certificate(issued.certificate_pem).serial_number
+    chain_first = apple_ca.certificate_pem + issued.certificate_pem
+    assert read_pem_certificate(chain_first + issued.private_key_pem).serial_number == expected
+    assert read_pem_certificate(chain_first, issued.private_key_pem).serial_number == expected
+    # without a key, the certificate with a topic is the push certificate
+    assert read_pem_certificate(chain_first).serial_number == expected
+    # two certificates with topics: the key's is the one read
+    other = issue_push(key_index=1)
+    both = other.certificate_pem + issued.certificate_pem
+    assert read_pem_certificate(both, issued.private_key_pem).serial_number == expected
+
+
+def test_a_bundle_whose_certificates_all_belong_to_other_keys_is_refused(issue_push, apple_ca):
+    issued = issue_push(key_index=0)
+    with pytest.raises(ValidationError, match="None of the 2 certificates in the upload belongs to the private key"):
+        read_pem_certificate(apple_ca.certificate_pem + issued.certificate_pem, issue_push(key_index=1).private_key_pem)
+
+
 def test_certificate_without_key_is_read_without_one(issue_push):
     assert read_pem_certificate(issue_push().certificate_pem).private_key_pem is None
 

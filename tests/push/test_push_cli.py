@@ -69,7 +69,7 @@ def test_every_push_command(orchard, orchard_config, issue_push, apple_ca, tmp_p
     assert (tmp_path / "devices.xlsx").read_bytes()[:2] == b"PK"
 
     sent = orchard("send", "UDID-CLI-1", "UDID-NOBODY")
-    assert sent.splitlines()[0].split() == ["UDID", "STATUS", "APNS", "STATUS"]
+    assert sent.splitlines()[0].split() == ["UDID", "STATUS", "APNS", "STATUS", "WHY"]
     assert "UDID-CLI-1" in sent and "delivered" in sent and "unknown_device" in sent
     assert "1 delivered, 0 failed, 1 skipped" in sent
 

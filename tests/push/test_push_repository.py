@@ -49,18 +49,38 @@ def test_certificates_and_devices_round_trip(repository, issue_push):
     targets = repository.push_targets(udids + ["MISSING"])
     assert len(targets) == 1500 and targets["D0001"].push_magic == "magic-D0001"
 
-    results = [{"udid": udid, "outcome": "delivered", "disable_reason": None} for udid in udids]
-    results[7] = {"udid": "D0007", "outcome": "Unregistered", "disable_reason": "Unregistered"}
+    results = [{"udid": udid, "push_token": "ab" * 32, "outcome": "delivered", "disable_reason": None}
+               for udid in udids]
+    results[7] = {"udid": "D0007", "push_token": "ab" * 32, "outcome": "Unregistered", "disable_reason": "Unregistered"}
     repository.record_push_results(results, NOW + timedelta(minutes=1))
     rows = {row.udid: row for row in repository.devices_of_topic(parsed.topic)}
     assert rows["D0007"].push_disabled_reason == "Unregistered" and rows["D0007"].last_push_result == "Unregistered"
     assert rows["D0008"].push_disabled_reason is None and rows["D0008"].last_push_at == NOW + timedelta(minutes=1)
 
     # a later delivered result keeps the device disabled; only a new enrollment enables it again
-    repository.record_push_results([{"udid": "D0007", "outcome": "delivered", "disable_reason": None}], NOW)
+    repository.record_push_results(
+        [{"udid": "D0007", "push_token": "ab" * 32, "outcome": "delivered", "disable_reason": None}], NOW)
     assert repository.push_targets(["D0007"])["D0007"].push_disabled_reason == "Unregistered"
     repository.enroll_device(device("D0007", parsed.topic, token="cd" * 32))
     assert repository.push_targets(["D0007"])["D0007"].push_disabled_reason is None
 
     assert repository.remove_device("D0000", NOW) and not repository.remove_device("D0000", NOW)
     assert repository.device_count(parsed.topic) == 1499
+
+
+def test_a_late_unregistered_for_an_old_token_leaves_the_re_enrolled_device_alone(repository):
+    """A device that enrolled again while its old token was pushed keeps its new token enabled."""
+    topic = "com.apple.mgmt.External.school"
+    repository.enroll_device(device("U1", topic, token="aa" * 32))
+    pushed = repository.push_targets(["U1"])["U1"]
+    repository.enroll_device({**device("U1", topic, token="bb" * 32), "enrolled_at": NOW + timedelta(seconds=5)})
+    repository.record_push_results([{"udid": "U1", "push_token": pushed.push_token, "outcome": "Unregistered",
+                                     "disable_reason": "Unregistered"}], NOW + timedelta(seconds=6))
+    stored = repository.push_targets(["U1"])["U1"]
+    assert (stored.push_token, stored.push_disabled_reason) == ("bb" * 32, None)
+    (row,) = repository.devices_of_topic(topic)
+    assert row.last_push_result is None  # the answer was about a token the device no longer has
+
+    repository.record_push_results([{"udid": "U1", "push_token": "bb" * 32, "outcome": "Unregistered",
+                                     "disable_reason": "Unregistered"}], NOW + timedelta(seconds=7))
+    assert repository.push_targets(["U1"])["U1"].push_disabled_reason == "Unregistered"

@@ -4,7 +4,9 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import logging
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -21,7 +23,7 @@ from services.push.service import PushService
 from shared.auth import Actor
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
-from tests.conftest import replicas_on_postgresql, settle
+from tests.conftest import free_port, replicas_on_postgresql, settle
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -211,7 +213,8 @@ def test_send_push_wakes_devices_and_stops_pushing_unregistered_ones(
 
         answer = rpc.push.send_push([d.udid for d in devices] + [orphan.udid, "UNKNOWN"])
         results = {r["udid"]: r for r in answer["results"]}
-        assert results[devices[0].udid] == {"udid": devices[0].udid, "result": "delivered", "status": 200, "sent": True}
+        assert results[devices[0].udid] == {"udid": devices[0].udid, "result": "delivered", "status": 200, "sent": True,
+                                            "detail": None}
         assert (results[devices[1].udid]["result"], results[devices[1].udid]["status"]) == ("Unregistered", 410)
         assert results[devices[2].udid]["result"] == "delivered"  # retried after the 429
         assert results[orphan.udid]["result"] == "no_certificate_for_topic"
@@ -238,6 +241,53 @@ def test_send_push_wakes_devices_and_stops_pushing_unregistered_ones(
     assert samples["orchard_push_results_total", "Unregistered"] >= 1
     assert samples["orchard_push_results_total", "delivered"] >= 3
     assert samples["orchard_push_latency_seconds_count", None] >= 4
+
+
+def test_other_calls_and_the_metrics_are_answered_while_apns_is_slow(
+        push_service, push_config, rpc_as, issue_push, apns_sandbox):
+    """On SQLite a process has one database connection: a push must not keep it while APNs takes its time."""
+    issued = issue_push()
+    with rpc_as() as rpc:
+        certificate = rpc.push.upload_certificate(issued.certificate_pem, issued.private_key_pem)
+        device = enroll(push_config, certificate["topic"])
+        wait_for(lambda: device_count(rpc, certificate["id"]) == 1, what="device enrolled")
+        apns_sandbox.script(device.push_token, delay=5)
+        started = time.monotonic()
+        reply = rpc.push.send_push.call_async([device.udid])
+        wait_for(apns_sandbox.requests, what="the push at APNs")
+        assert rpc.push.list_certificates()[0]["devices_enrolled"] == 1
+        assert metric_samples(push_config)["orchard_push_devices", certificate["topic"]] == 1
+        answered_meanwhile = time.monotonic() - started
+        answer = reply.result()
+        assert answered_meanwhile < 3 <= time.monotonic() - started
+        assert answer["delivered"] == 1
+        exported = base64.b64decode(rpc.push.export_devices(certificate["id"])["content_b64"]).decode()
+        assert ",delivered," in exported  # written after the fan-out, in a transaction of its own
+
+
+def test_why_apns_was_not_reached_is_in_each_result_and_logged_once_per_topic(
+        runner_factory, push_config, rpc_as, issue_push, caplog):
+    unreachable = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    push_config["SERVICES"]["push"]["apns_url"] = unreachable
+    runner_factory(push_config, PushService).start()
+    issued = issue_push()
+    caplog.set_level(logging.INFO, logger="services.push")
+    with rpc_as() as rpc:
+        certificate = rpc.push.upload_certificate(issued.certificate_pem, issued.private_key_pem)
+        devices = [enroll(push_config, certificate["topic"]) for _ in range(3)]
+        wait_for(lambda: device_count(rpc, certificate["id"]) == 3, what="devices enrolled")
+        answer = rpc.push.send_push([d.udid for d in devices])
+    assert answer["failed"] == 3
+    for result in answer["results"]:
+        assert (result["result"], result["status"], result["sent"]) == ("connection_failed", None, True)
+        assert result["detail"].startswith(f"cannot connect to 127.0.0.1:{unreachable.rsplit(':', 1)[1]}: ")
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and r.name.startswith("services.push")]
+    assert len(warnings) == 1
+    assert certificate["topic"] in warnings[0] and "3 device(s)" in warnings[0]
+    assert answer["results"][0]["detail"] in warnings[0]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert not any(d.push_token in logged or d.push_magic in logged for d in devices)
 
 
 RPC_CALLS = {

@@ -11,10 +11,17 @@ Per device the outcome is APNs's: ``200`` delivered; ``410`` (``Unregistered``),
 that device); ``429`` and ``5xx`` are retried with jittered exponential backoff, as are a
 GOAWAY and a dropped connection (an MDM push is an idempotent wake-up, so sending it twice
 is harmless). Other errors (a topic or certificate problem) are reported without retry.
+
+When APNs cannot be reached, every push of a batch waits for the same connection attempt
+and takes its outcome; a failed attempt is remembered until the pushes it failed are due to
+retry (a refused certificate for 30 s), so a batch costs one attempt per retry, not one per
+device. A batch ends within ``batch_seconds`` however APNs behaves: a device not answered by
+then is reported with status None and what went wrong.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -33,6 +40,7 @@ import eventlet.tpool
 from cryptography.hazmat.primitives import serialization
 
 from services.push.adapters.http2 import ConnectionLost, Http2Connection
+from shared import green
 
 PRODUCTION_URL = "https://api.push.apple.com"
 REFUSAL_MEMORY_SECONDS = 30.0
@@ -72,8 +80,21 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         # equal jitter: at least half the exponential step, so a burst of 429s spreads out
-        step = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return step / 2 + random.uniform(0, step / 2)
+        shortest = self.shortest_delay(attempt)
+        return shortest + random.uniform(0, shortest)
+
+    def shortest_delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) / 2
+
+
+@dataclass(frozen=True)
+class _ConnectFailure:
+    reason: str
+    retryable: bool
+    until: float  # monotonic time until which pushes take this failure instead of connecting again
+
+    def error(self) -> ConnectionLost:
+        return ConnectionLost(self.reason, retryable=self.retryable)
 
 
 class ApnsClient:
@@ -91,6 +112,7 @@ class ApnsClient:
         retry: RetryPolicy = RetryPolicy(),
         expiration_seconds: int = 86400,
         timeout: float = 15.0,
+        batch_seconds: float = 45.0,
     ):
         self.topic = topic
         url = urlsplit(base_url)
@@ -101,9 +123,13 @@ class ApnsClient:
         self._retry = retry
         self._expiration_seconds = expiration_seconds
         self._timeout = timeout
+        self._batch_seconds = batch_seconds
         self._connection: Http2Connection | None = None
-        self._refusal: tuple[float, str] | None = None  # when and why APNs last refused us
+        self._connecting: green.Pending[Http2Connection | _ConnectFailure] | None = None
         self._connect_lock = eventlet.semaphore.Semaphore(1)
+        self._connect_attempts = 0
+        self._failure: _ConnectFailure | None = None  # the last connection attempt's, while remembered
+        self._failed_attempts = 0  # connection attempts failed in a row
         self._static_headers = [
             (b"apns-topic", topic.encode()),
             (b"apns-push-type", b"mdm"),
@@ -112,32 +138,42 @@ class ApnsClient:
         ]
 
     def send(self, pushes: Iterable[Push]) -> list[PushResult]:
-        """Push every device concurrently; results in the order given."""
+        """Push every device concurrently; results in the order given, all within ``batch_seconds``."""
+        deadline = time.monotonic() + self._batch_seconds
         pool = eventlet.GreenPool(self._concurrency)
-        return list(pool.imap(self.send_one, pushes))
+        return list(pool.imap(functools.partial(self.send_one, deadline=deadline), pushes))
 
-    def send_one(self, push: Push) -> PushResult:
+    def send_one(self, push: Push, deadline: float | None = None) -> PushResult:
+        """Push one device, retrying what may pass, until APNs answers or ``deadline`` (monotonic) passes."""
         started = time.monotonic()
+        deadline = started + self._batch_seconds if deadline is None else deadline
         path = b"/3/device/" + push.device_token.encode()
         body = json.dumps({"mdm": push.push_magic}, separators=(",", ":")).encode()
+        status, reason, apns_id = None, None, None
         attempt = 0
-        while True:
+        while time.monotonic() < deadline:
             attempt += 1
-            status, reason, apns_id, retryable = self._attempt(path, body)
+            status, reason, apns_id, retryable = self._attempt(path, body, deadline)
             if not retryable or attempt >= self._retry.max_attempts:
-                return PushResult(push.device_token, status, reason, apns_id, attempt, time.monotonic() - started)
-            eventlet.sleep(self._retry.delay(attempt))
+                break
+            eventlet.sleep(min(self._retry.delay(attempt), max(0.0, deadline - time.monotonic())))
+        if not attempt:
+            reason = f"not sent: {self._batch_over}"
+        return PushResult(push.device_token, status, reason, apns_id, attempt, time.monotonic() - started)
 
     def close(self) -> None:
-        with self._connect_lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
-    def _attempt(self, path: bytes, body: bytes) -> tuple[int | None, str | None, str | None, bool]:
+    def _attempt(self, path: bytes, body: bytes, deadline: float) -> tuple[int | None, str | None, str | None, bool]:
         headers = [*self._static_headers, (b"apns-expiration", b"%d" % (time.time() + self._expiration_seconds))]
         try:
-            response = self._usable_connection().request(path, headers, body, self._timeout)
+            connection = self._usable_connection(deadline)
+            timeout = min(self._timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise ConnectionLost(f"connected, but {self._batch_over}")
+            response = connection.request(path, headers, body, timeout)
         except ConnectionLost as exc:
             return None, str(exc), None, exc.retryable
         apns_id = response.headers.get(b"apns-id", b"").decode() or None
@@ -145,28 +181,59 @@ class ApnsClient:
             return 200, None, apns_id, False
         return response.status, _reason(response.status, response.body), apns_id, _retryable(response.status)
 
-    def _usable_connection(self) -> Http2Connection:
+    def _usable_connection(self, deadline: float) -> Http2Connection:
         connection = self._connection
         if connection is not None and connection.usable:
             return connection
-        with self._connect_lock:
-            if self._refusal is not None and time.monotonic() - self._refusal[0] < REFUSAL_MEMORY_SECONDS:
-                # the whole batch would otherwise repeat the refused handshake device by device
-                raise ConnectionLost(self._refusal[1], retryable=False)
-            if self._connection is None or not self._connection.usable:
-                if self._connection is not None:
-                    self._connection.close()
-                self._connection = None
-                try:
-                    self._connection = Http2Connection(
-                        self._host, self._port, self._ssl_context, connect_timeout=self._timeout
-                    )
-                except ConnectionLost as exc:
-                    if not exc.retryable:
-                        self._refusal = (time.monotonic(), str(exc))
-                    raise
-                self._refusal = None
-            return self._connection
+        attempts = self._connect_attempts
+        # one push at a time: once a connection attempt ends, the pushes waiting for it go on one per turn of
+        # the hub rather than all in one burst that would keep every other green thread waiting
+        if not self._connect_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._still_connecting()
+        try:
+            connection = self._connection
+            if connection is not None and connection.usable:
+                return connection
+            failure = self._failure
+            if failure is not None and (self._connect_attempts != attempts or time.monotonic() < failure.until):
+                raise failure.error()  # the attempt this push waited for failed, or one failed a moment ago
+            if self._connecting is None:
+                self._connecting = green.spawn(self._connect)
+            with eventlet.Timeout(max(0.0, deadline - time.monotonic()), False):
+                outcome = self._connecting.wait()
+                if isinstance(outcome, _ConnectFailure):
+                    raise outcome.error()
+                return outcome
+            raise self._still_connecting()
+        finally:
+            self._connect_lock.release()
+
+    def _still_connecting(self) -> ConnectionLost:
+        earlier = f" (the attempt before: {self._failure.reason})" if self._failure is not None else ""
+        return ConnectionLost(f"still connecting to {self._host}:{self._port} when {self._batch_over}{earlier}")
+
+    @property
+    def _batch_over(self) -> str:
+        return f"the batch's {self._batch_seconds:g} s were over"
+
+    def _connect(self) -> Http2Connection | _ConnectFailure:
+        """One connection attempt, in a green thread of its own: it runs to its own timeout, whichever batch's
+        deadline passes meanwhile, and every push waiting for it meanwhile takes its outcome."""
+        try:
+            connection = Http2Connection(self._host, self._port, self._ssl_context, connect_timeout=self._timeout)
+        except ConnectionLost as exc:
+            self._failed_attempts += 1
+            remembered = self._retry.shortest_delay(self._failed_attempts) if exc.retryable else REFUSAL_MEMORY_SECONDS
+            self._failure = _ConnectFailure(str(exc), exc.retryable, time.monotonic() + remembered)
+            return self._failure
+        finally:
+            self._connecting = None
+            self._connect_attempts += 1
+        previous, self._connection = self._connection, connection
+        self._failure, self._failed_attempts = None, 0
+        if previous is not None and not previous.draining:  # a draining one closes itself once answered
+            previous.close()
+        return connection
 
 
 class ApnsClients:

@@ -6,15 +6,18 @@ so whoever writes first flushes the frames of everyone queued behind it (one sys
 for a burst of requests). Everything waits on eventlet primitives and green sockets, so the
 hub keeps running while hundreds of requests are in flight.
 
-GOAWAY, a reset stream or a dropped socket fail the affected requests with
-``ConnectionLost`` (the request was not answered; sending it again is the caller's call);
-the connection then takes no new requests and the owner opens a fresh one.
+A reset stream or a dropped socket fail the affected requests with ``ConnectionLost`` (the
+request was not answered; sending it again is the caller's call). After a GOAWAY the
+connection takes no new requests and the owner opens a fresh one, but it keeps reading until
+the streams the server still processes (up to its last stream id) are answered, then closes;
+only the streams after that id fail at once.
 """
 from __future__ import annotations
 
 import json
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 
 import eventlet
@@ -62,12 +65,25 @@ class _Signal:
     def __init__(self) -> None:
         self._event = eventlet.event.Event()
 
-    def wait(self) -> None:
-        self._event.wait()
+    def wait(self, timeout: float) -> bool:
+        """False when ``timeout`` seconds passed first."""
+        return timeout > 0 and bool(self._event.wait(timeout))
 
     def fire(self) -> None:
         event, self._event = self._event, eventlet.event.Event()
-        event.send(None)
+        event.send(True)
+
+
+class _StateMachine(h2.connection.H2ConnectionStateMachine):
+    """h2 takes a GOAWAY as the end of the connection and refuses every frame after it, so the answers the
+    server still sends to streams up to its last stream id would be lost: the connection stays open in h2,
+    and ``Http2Connection`` itself opens no stream after a GOAWAY."""
+
+    _transitions = {
+        **h2.connection.H2ConnectionStateMachine._transitions,
+        (h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionInputs.RECV_GOAWAY):
+            (None, h2.connection.ConnectionState.CLIENT_OPEN),
+    }
 
 
 class Http2Connection:
@@ -92,12 +108,14 @@ class Http2Connection:
             client_side=True, header_encoding=None,
             validate_outbound_headers=False, normalize_outbound_headers=False, validate_inbound_headers=False,
         ))
+        self._h2.state_machine = _StateMachine()
         self._exchanges: dict[int, _Exchange] = {}
         self._write_lock = eventlet.semaphore.Semaphore(1)
         self._capacity = _Signal()  # a stream slot or flow-control window opened
         self._max_streams = 100  # RFC 9113's advice, until the server's SETTINGS say otherwise
         self.closed_reason: str | None = None
         self._closed_retryable = True
+        self._last_stream_id: int | None = None  # from the server's GOAWAY: the streams it still answers
         try:
             self._start()
         except BaseException:
@@ -137,11 +155,20 @@ class Http2Connection:
     def usable(self) -> bool:
         return self.closed_reason is None
 
+    @property
+    def draining(self) -> bool:
+        """After a GOAWAY: some stream the server still processes has not been answered yet."""
+        last = self._last_stream_id
+        return last is not None and any(
+            stream_id <= last and not exchange.done.ready() for stream_id, exchange in self._exchanges.items())
+
     def request(self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes, timeout: float) -> Response:
-        """POST ``body`` to ``path`` and wait for the whole response."""
+        """POST ``body`` to ``path`` and wait for the whole response, waiting for a free stream included."""
+        ends = time.monotonic() + timeout
         while len(self._exchanges) >= self._max_streams or self._window_too_small(len(body)):
             self._raise_if_closed()
-            self._capacity.wait()
+            if not self._capacity.wait(ends - time.monotonic()):
+                raise ConnectionLost(f"no stream free within {round(timeout, 1):g} s")
         self._raise_if_closed()
         try:
             stream_id = self._h2.get_next_available_stream_id()
@@ -156,14 +183,16 @@ class Http2Connection:
             ])
             self._h2.send_data(stream_id, body, end_stream=True)
             self._flush()
-            with eventlet.Timeout(timeout, False):
+            with eventlet.Timeout(max(0.0, ends - time.monotonic()), False):
                 failure = exchange.done.wait()
         finally:
             if self._exchanges.pop(stream_id, None) is not None:
                 self._capacity.fire()
+            if self._last_stream_id is not None and not self.draining:
+                self.close()  # the last answer the server owed after its GOAWAY is in (or given up on)
         if not exchange.done.ready():
             self._cancel(stream_id)
-            raise ConnectionLost(f"no answer within {timeout:g} s")
+            raise ConnectionLost(f"no answer within {round(timeout, 1):g} s")
         if failure is not None:
             raise failure
         return Response(exchange.status, exchange.headers, bytes(exchange.body))
@@ -206,7 +235,7 @@ class Http2Connection:
             self._write_lock.release()
 
     def _read_loop(self) -> None:
-        while self.closed_reason is None:
+        while self.closed_reason is None or self.draining:
             try:
                 data = self._socket.recv(_READ_SIZE)
             except OSError as exc:
@@ -255,11 +284,14 @@ class Http2Connection:
 
     def _go_away(self, event: h2.events.ConnectionTerminated) -> None:
         reason = _goaway_reason(event.additional_data) or f"error code {event.error_code}"
-        self.closed_reason = f"GOAWAY from the server ({reason})"
+        failure = f"GOAWAY from the server ({reason})"
+        self.closed_reason = self.closed_reason or failure
         last = event.last_stream_id or 0
+        # a second GOAWAY may lower the last stream id, never raise it
+        self._last_stream_id = last if self._last_stream_id is None else min(last, self._last_stream_id)
         for stream_id, exchange in list(self._exchanges.items()):
             if stream_id > last and not exchange.done.ready():
-                exchange.done.send(ConnectionLost(self.closed_reason))  # never processed: safe to resend
+                exchange.done.send(ConnectionLost(failure))  # never processed: safe to resend
         self._capacity.fire()
 
     def _fail_all(self, reason: str, *, retryable: bool = True) -> None:

@@ -122,13 +122,19 @@ class PushRepository:
         return targets
 
     def record_push_results(self, results: list[dict[str, Any]], now: datetime) -> None:
-        """``results``: ``{udid, outcome, disable_reason}``; one batched UPDATE per 1,000 devices."""
+        """``results``: ``{udid, push_token, outcome, disable_reason}``; one batched UPDATE per 1,000 devices.
+
+        Only a device still holding the token that was pushed is updated: one that enrolled again during the
+        push has a new token, which an ``Unregistered`` for its old one must not disable.
+        """
         statement = (
-            devices.update().where(devices.c.udid == sa.bindparam("b_udid"))
+            devices.update()
+            .where(devices.c.udid == sa.bindparam("b_udid"), devices.c.push_token == sa.bindparam("b_token"))
             .values(last_push_at=now, last_push_result=sa.bindparam("b_outcome"),
                     push_disabled_reason=sa.func.coalesce(sa.bindparam("b_disable"), devices.c.push_disabled_reason))
         )
-        rows = [{"b_udid": r["udid"], "b_outcome": r["outcome"], "b_disable": r["disable_reason"]} for r in results]
+        rows = [{"b_udid": r["udid"], "b_token": r["push_token"], "b_outcome": r["outcome"],
+                 "b_disable": r["disable_reason"]} for r in results]
         for start in range(0, len(rows), _BATCH):
             self.session.execute(statement, rows[start:start + _BATCH])
 

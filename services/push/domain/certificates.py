@@ -80,14 +80,15 @@ def read_pem_certificate(
     """Validate an uploaded PEM certificate and, when given, its PEM private key.
 
     A key pasted into the certificate file (one .pem with both blocks) is used when no
-    separate key is given.
+    separate key is given. A file that also holds Apple's chain, in any order, is read as
+    the certificate the key belongs to (without a key: the one with a topic).
     """
     cert_bytes = _as_bytes(certificate_pem, "certificate")
     key_bytes = _as_bytes(private_key_pem, "private key") if private_key_pem is not None else None
     _check_size(len(cert_bytes) + len(key_bytes or b""), "certificate upload")
     blocks = _pem_blocks(cert_bytes, "certificate")
-    cert_block = next((body for label, body in blocks if label == b"CERTIFICATE"), None)
-    if cert_block is None:
+    cert_blocks = [body for label, body in blocks if label == b"CERTIFICATE"]
+    if not cert_blocks:
         if any(label in _KEY_LABELS for label, _ in blocks):
             raise ValidationError(
                 "The certificate field holds a private key, not a certificate. "
@@ -95,7 +96,7 @@ def read_pem_certificate(
             )
         raise ValidationError(f"The upload contains no certificate (-----BEGIN CERTIFICATE-----). {_PORTAL_HINT}")
     try:
-        certificate = x509.load_pem_x509_certificate(cert_block)
+        certificates = [x509.load_pem_x509_certificate(block) for block in cert_blocks]
     except ValueError:
         raise ValidationError(f"The certificate is damaged and cannot be decoded. {_PORTAL_HINT}") from None
     if key_bytes is None:
@@ -103,7 +104,7 @@ def read_pem_certificate(
     else:
         key_block = _single_key_block(key_bytes)
     private_key = _load_private_key(key_block) if key_block is not None else None
-    return _validated(certificate, private_key, now)
+    return _validated(_push_certificate_of(certificates, private_key), private_key, now)
 
 
 def read_pkcs12(p12_b64: str | bytes, password: str | None, *, now: datetime | None = None) -> PushCertificate:
@@ -142,6 +143,36 @@ def check_renewal(stored_topic: str, stored_not_after: datetime, renewed: PushCe
             f"The uploaded certificate expires on {renewed.not_after.isoformat()}, before the stored one "
             f"({stored_not_after.isoformat()}): it is an older certificate, not a renewal."
         )
+
+
+def _push_certificate_of(certificates: list[x509.Certificate], private_key) -> x509.Certificate:
+    """The push certificate among an upload's certificates: the key's, else the first with a topic (UID)."""
+    if len(certificates) == 1:
+        return certificates[0]  # checked against the key later, with the error that names the mismatch
+    if private_key is not None:
+        key_der = _public_key_der(private_key)
+        matching = next((c for c in certificates if _public_key_der_or_none(c) == key_der), None)
+        if matching is None:
+            raise ValidationError(
+                f"None of the {len(certificates)} certificates in the upload belongs to the private key. Upload "
+                "the push certificate with the key that was used to create its signing request."
+            )
+        return matching
+    return next((c for c in certificates if _has_topic(c)), certificates[0])
+
+
+def _has_topic(certificate: x509.Certificate) -> bool:
+    try:
+        return _first_attribute(certificate.subject, NameOID.USER_ID) is not None
+    except ValueError:  # a damaged subject: this is not the certificate to pick
+        return False
+
+
+def _public_key_der_or_none(certificate: x509.Certificate) -> bytes | None:
+    try:
+        return _public_key_der(certificate)
+    except ValueError:  # an unsupported or damaged key: not the push certificate's
+        return None
 
 
 def _validated(certificate: x509.Certificate, private_key, now: datetime | None) -> PushCertificate:

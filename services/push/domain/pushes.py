@@ -9,6 +9,7 @@ from shared.errors import ValidationError
 
 MAX_DEVICES_PER_CALL = 10_000
 DELIVERED = "delivered"
+CONNECTION_FAILED = "connection_failed"
 
 
 @dataclass(frozen=True)
@@ -68,5 +69,12 @@ def outcome(status: int | None, reason: str | None) -> str:
     if status == 200:
         return DELIVERED
     if status is None:
-        return "connection_failed"
+        return CONNECTION_FAILED
     return reason or f"HTTP {status}"
+
+
+def connection_failure(status: int | None, reason: str | None) -> str | None:
+    """Why APNs gave no answer (the label alone, ``connection_failed``, cannot say); None when it answered."""
+    if status is not None:
+        return None
+    return reason or "no answer from APNs"
