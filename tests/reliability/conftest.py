@@ -10,7 +10,7 @@ from nameko.standalone.events import event_dispatcher
 
 from shared.contracts.base import Event
 from shared.storage import create_engine_for
-from tests.vpp.conftest import smtp_sink, vpp_config, vpp_sandbox  # noqa: F401  the vpp tests' sandbox fixtures
+from tests.vpp.conftest import vpp_config, vpp_sandbox  # noqa: F401  the vpp tests' sandbox fixtures
 
 
 def publish(config: dict, *events: Event) -> None:
