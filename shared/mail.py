@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -42,9 +42,12 @@ class SmtpMailer:
         if not mails:
             return
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=30)
+            try:
                 for mail in mails:
                     yield self._deliver(smtp, mail)
+            finally:
+                _end(smtp)
         except smtplib.SMTPSenderRefused as exc:
             raise UpstreamError(
                 f"The mail relay {self.host}:{self.port} refused the sender {self.sender} ({exc.smtp_code} "
@@ -66,6 +69,29 @@ class SmtpMailer:
         except smtplib.SMTPDataError as exc:
             return _answer(mail, exc.smtp_code, exc.smtp_error, "the message to")
         return Delivery(mail)
+
+
+def send_each(mailer: SmtpMailer, mails: Sequence[Mail], answered: Callable[[int, Delivery], None]
+              ) -> tuple[int, UpstreamError | None]:
+    """Send ``mails``, calling ``answered(index, delivery)`` as soon as the relay answered for each: record what
+    it said right there, so a relay failing later in the round never has a message sent twice. How many were
+    answered, and the relay's failure if it failed (the mails from that index on were not sent)."""
+    count = 0
+    try:
+        for delivery in mailer.send(mails):
+            answered(count, delivery)
+            count += 1
+    except UpstreamError as failed:
+        return count, failed
+    return count, None
+
+
+def _end(smtp: smtplib.SMTP) -> None:
+    """Close the session; once every message has its answer, a relay that fumbles the goodbye changes nothing."""
+    try:
+        smtp.quit()
+    except (OSError, smtplib.SMTPException):
+        smtp.close()
 
 
 def _text(reason: bytes | str) -> str:

@@ -27,9 +27,10 @@ from services.enrollment.domain.locations import require_roster_locations
 from services.enrollment.domain.scopes import parse_scope, require_teachers_scope, resolved_devices
 from shared.auth import Actor, require_locations, system_actor, visible
 from shared.contracts.enrollment import DeviceUserAssigned, DeviceUserUnassigned
-from shared.contracts.roster import UserDeleted, UserUpdated, classes_taught_by
+from shared.contracts.roster import UserDeleted, UserUpdated
 from shared.entrypoints import ServiceRpc, event_handler, rpc
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from shared.roster_lookups import classes_taught_by
 
 
 class DevicePeopleEntrypoints:
@@ -50,11 +51,13 @@ class DevicePeopleEntrypoints:
         actor = self.auth.require("enrollment:write")
         pairs = checked_user_devices(assignments)
         doubts = listed_twice(pairs)
-        users = {row["user_id"]: row["locations"]
-                 for row in self.roster.users_in_scope(user_ids=sorted({user_id for _, user_id in pairs}))}
+        named = sorted({user_id for _, user_id, problem in pairs if problem is None})
+        users = {row["user_id"]: row["locations"] for row in self.roster.users_in_scope(user_ids=named)}
         assigned, failed = 0, []
-        for serial, user_id in pairs:
+        for serial, user_id, problem in pairs:
             try:
+                if problem is not None:
+                    raise ValidationError(problem)
                 if serial in doubts:
                     raise Conflict(f"device {serial} is listed for more than one user ({', '.join(doubts[serial])}); "
                                    "list it for one")
@@ -63,7 +66,7 @@ class DevicePeopleEntrypoints:
                     raise NotFound(f"there is no user '{user_id}' in your locations")
                 self._put_user_assignment(actor, serial, user_id, users[user_id], "roster")
                 assigned += 1
-            except (NotFound, PermissionDenied, Conflict) as refused:
+            except (ValidationError, NotFound, PermissionDenied, Conflict) as refused:
                 failed.append({"serial_number": serial, "user_id": user_id, "reason": refused.message})
         return {"assigned": assigned, "failed": failed}
 
@@ -100,8 +103,15 @@ class DevicePeopleEntrypoints:
     def on_user_updated(self, event: UserUpdated) -> None:
         """A user's devices are in the user's current locations, for who may see and change them, and follow a
         change of the user's ID."""
-        AssignmentRepository(self.db.session).follow_user(event.user_id, list(event.locations), event.occurred(),
-                                                          event.previous_user_id)
+        renamed = AssignmentRepository(self.db.session).follow_user(
+            event.user_id, list(event.locations), event.occurred(), event.previous_user_id)
+        for serial in renamed:  # to subscribers, the device went from the old ID to the new one
+            self.db.publish(DeviceUserUnassigned(serial_number=serial, user_id=event.previous_user_id),
+                            DeviceUserAssigned(serial_number=serial, user_id=event.user_id))
+        if renamed:
+            self.db.audit(system_actor(self.name), "device.assigned", f"user:{event.user_id}",
+                          {"serial_numbers": renamed, "previous_user_id": event.previous_user_id,
+                           "reason": "the roster changed the user's ID"})
 
     @event_handler(UserDeleted)
     def on_user_deleted(self, event: UserDeleted) -> None:

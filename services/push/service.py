@@ -31,6 +31,7 @@ from shared.auth import Actor
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
 from shared.entrypoints import event_handler, rpc
 from shared.errors import Conflict, ValidationError
+from shared.green import spawn
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
@@ -152,9 +153,12 @@ class PushService(OrchardService):
         results = {udid: {"udid": udid, "result": reason, "status": None, "sent": False, "detail": None}
                    for udid, reason in plan.skipped.items()}
         records = []
+        # every topic at once: the call ends within one batch's time however many certificates it spans
+        sending = {topic: spawn(self.apns.client_for(certificates[topic], self.secrets).send,
+                                [Push(d.push_token, d.push_magic) for d in devices])
+                   for topic, devices in plan.by_topic.items()}
         for topic, devices in plan.by_topic.items():
-            client = self.apns.client_for(certificates[topic], self.secrets)
-            answers = client.send([Push(d.push_token, d.push_magic) for d in devices])
+            answers = sending[topic].wait()
             for device, result in zip(devices, answers):
                 label = outcome(result.status, result.reason)
                 metrics.PUSH_RESULTS.labels(label).inc()

@@ -131,7 +131,8 @@ class RosterService(OrchardService):
     @periodic(interval=2)
     def send_welcome_mails(self) -> None:
         """Send the welcome e-mails applies asked for (see ``adapters.welcome_mails``)."""
-        counts = send_due(WelcomeMails(self.db.session), self.mailer, self.db.commit, utc_now(), WELCOME_MAILS_PER_ROUND)
+        counts = send_due(WelcomeMails(self.db.session), self.mailer, self.db.commit, utc_now(),
+                          WELCOME_MAILS_PER_ROUND)
         for outcome, count in counts.items():
             if count:
                 metrics.WELCOME_EMAILS.labels(outcome).inc(count)
@@ -213,13 +214,13 @@ class RosterService(OrchardService):
                        user_ids: list[str] | None = None) -> list[dict[str, Any]]:
         """``[{user_id, locations}]``: an AND across the given dimensions, an OR within one, from today's roster."""
         actor = self.auth.require("roster:read")
-        if user_ids is not None and len(user_ids) > MAX_USER_IDS_PER_CALL:
-            raise ValidationError(f"name at most {MAX_USER_IDS_PER_CALL} user_ids per call")
         for values, name in ((locations, "locations"), (grade_levels, "grade_levels"), (classes, "classes"),
                              (user_types, "user_types"), (user_ids, "user_ids")):
             if values is not None and (not isinstance(values, list)
                                        or not all(isinstance(v, str) and v.strip() for v in values)):
                 raise ValidationError(f"{name} must be a list of non-empty strings, or null")
+        if user_ids is not None and len(user_ids) > MAX_USER_IDS_PER_CALL:
+            raise ValidationError(f"name at most {MAX_USER_IDS_PER_CALL} user_ids per call")
         if user_types is not None and set(user_types) - set(USER_TYPES):
             raise ValidationError(f"user_types must be among {', '.join(USER_TYPES)}")
         if actor.is_location_bound:

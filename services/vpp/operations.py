@@ -18,12 +18,12 @@ from services.vpp import metrics
 from services.vpp.adapters.apple_client import (
     AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
 )
-from shared.mail import Delivery, SmtpMailer
 from services.vpp.adapters.repository import VppRepository
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url
 from services.vpp.domain.licences import Asset, LicenceBatch, chunks
 from shared import green
 from shared.errors import OrchardError, UpstreamError
+from shared.mail import Delivery, SmtpMailer, send_each
 from shared.secrets import SecretBox
 from shared.storage import UnitOfWork, utc_now
 
@@ -72,6 +72,14 @@ def failed_holders(batch: LicenceBatch, result: EventResult) -> dict[str, dict[s
     return failed
 
 
+class PartlyDone(UpstreamError):
+    """Apple failed after earlier requests of several had done their work, which is kept."""
+
+    def __init__(self, failure: str, done: list[str]):
+        self.failure, self.done = failure, done
+        super().__init__(f"{failure} Before that, {'; '.join(done)}; run it again for the rest.")
+
+
 class VppOperations:
     def __init__(self, db: UnitOfWork, connector: Any, secrets: SecretBox, mailer: SmtpMailer):
         self.db, self.connector, self.secrets, self.mailer = db, connector, secrets, mailer
@@ -111,7 +119,9 @@ class VppOperations:
                 raise
             self.db.commit()
             self.record_refusal(token, exc)
-            raise UpstreamError(f"{exc} Before that, {done}; run it again for the rest.") from None
+            if isinstance(exc, PartlyDone):  # the request was itself several: all that was done, said once
+                raise PartlyDone(exc.failure, [done, *exc.done]) from None
+            raise PartlyDone(str(exc), [done]) from None
 
     def record_refusal(self, token: Any, exc: Exception) -> None:
         """Commit what an Apple refusal says about the token itself; other errors say nothing about it."""
@@ -298,17 +308,16 @@ class VppOperations:
                 templates[row.token_id] = self.invite_url_template(token)
             url = invite_url(templates[row.token_id], row.invite_code)
             mails.append(invite_email(to=row.email, user_name=row.name, organisation=token.org_name, url=url))
-        answered = 0
-        try:
-            for delivery in self.mailer.send(mails):
-                self._record_delivery(rows[answered], delivery, outcome)
-                answered += 1
-                if commit_each:
-                    self.db.commit()
-        except UpstreamError as exc:
-            outcome.error = str(exc)
-            self.repo.mail_failed(rows[answered:], outcome.error, utc_now())
-            metrics.INVITE_EMAILS.labels("retried").inc(len(rows) - answered)
+        def answered(index: int, delivery: Delivery) -> None:
+            self._record_delivery(rows[index], delivery, outcome)
+            if commit_each:
+                self.db.commit()
+
+        count, failed = send_each(self.mailer, mails, answered)
+        if failed is not None:
+            outcome.error = str(failed)
+            self.repo.mail_failed(rows[count:], outcome.error, utc_now())
+            metrics.INVITE_EMAILS.labels("retried").inc(len(rows) - count)
         return outcome
 
     def _record_delivery(self, row: Any, delivery: Delivery, outcome: MailOutcome) -> None:

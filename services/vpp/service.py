@@ -15,7 +15,6 @@ from services.vpp.adapters import tables
 from services.vpp.adapters.apple_client import ManagedByAnotherMdm
 from services.vpp.adapters.apple_connection import AppleConnection
 from services.vpp.adapters.batched_events import batched_event_handler
-from shared.mail import Mailer
 from services.vpp.adapters.repository import VppRepository, asset_from_row
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
 from services.vpp.domain.licence_reach import LicenceTarget, require_within_token
@@ -29,10 +28,12 @@ from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, DevicesRemoved
-from shared.contracts.roster import UserDeleted, UserImported, classes_taught_by
+from shared.contracts.roster import UserDeleted, UserImported
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, UpstreamError, ValidationError
+from shared.mail import Mailer
 from shared.metrics import GaugesFromDatabase
+from shared.roster_lookups import classes_taught_by
 from shared.secrets import Secrets
 from shared.service import OrchardService
 from shared.settings import ServiceSettings
@@ -91,8 +92,13 @@ def _hash(secret: str) -> str:
 
 def _apple_location(config: dict[str, Any], token: ContentToken) -> tuple[str, str]:
     """Apple's ``(uId, locationName)``, the name cut to what is stored: PostgreSQL would refuse a longer one
-    only after ``claim_location`` had moved the location here (adding and renewing cut it alike)."""
-    return str(config.get("uId") or ""), str(config.get("locationName") or token.org_name)[:NAME_LENGTH]
+    only after ``claim_location`` had moved the location here (adding and renewing cut it alike). The ``uId`` is
+    what tells locations apart, so an answer without one is Apple's fault, not a location."""
+    uid = str(config.get("uId") or "").strip()
+    if not uid:
+        raise UpstreamError("Apple's client configuration for this content token names no location (uId); "
+                            "try again later, and if it persists download a new token in Apple School Manager.")
+    return uid, str(config.get("locationName") or token.org_name)[:NAME_LENGTH]
 
 
 def _other_mdm(config: dict[str, Any], ours: str) -> dict[str, Any] | None:

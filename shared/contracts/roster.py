@@ -7,10 +7,8 @@ events are what the roster publishes once a plan is applied (exchange ``roster.e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.contracts.base import Contract, Event
-from shared.errors import NotFound
 
 SOURCE = "roster"
 
@@ -139,12 +137,3 @@ class ClassUpdated(ClassChanged):
 class ClassDeleted(ClassChanged):
     """A class was removed from the roster by an import."""
 
-
-def classes_taught_by(roster: Any, user_id: str) -> set[str]:
-    """The IDs of the classes ``user_id`` teaches, asked of the roster (``roster``: its RPC proxy, called as the
-    actor); none for a user the roster does not know."""
-    try:
-        classes = roster.get_user(user_id)["classes"]
-    except NotFound:
-        return set()
-    return {c["class_id"] for c in classes if c["role"] == "teacher"}

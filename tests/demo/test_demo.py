@@ -90,7 +90,7 @@ def test_demo_walks_the_whole_story_and_stops_everything(rabbit_config, tmp_path
     district = section(output, 5)
     assert re.search(r"^user\s+8\s+0\s+0$", district, re.MULTILINE)
     assert "applied; 10 event(s) published" in district
-    assert len(re.findall(r"managed_apple_id\s+pending\s+registered\s+https://", district)) == 8
+    assert len(re.findall(r"managed_apple_id\s+pending\s+registered\s+-\s+https://", district)) == 8  # no mail
 
     directory = section(output, 6)
     assert "$ orchard directory sync 1 --apply" in directory

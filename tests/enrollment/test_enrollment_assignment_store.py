@@ -58,8 +58,8 @@ def test_assignments_follow_the_roster_and_a_late_older_event_loses(database_url
     session = sessionmaker(engine)()
     repository = AssignmentRepository(session)
     before = utc_now()
-    repository.add_many([Assignment("D1", user_id="u1", locations=("A",)), Assignment("D2", user_id="u1", locations=("A",))],
-                        "me")
+    repository.add_many([Assignment("D1", user_id="u1", locations=("A",)),
+                         Assignment("D2", user_id="u1", locations=("A",))], "me")
     repository.follow_user("u1", ["B"], before)  # an update older than the assignment's own read of the user
     assert {a.locations for a in repository.of_users(["u1"])} == {("A",)}
     moved_at = utc_now()
@@ -69,7 +69,7 @@ def test_assignments_follow_the_roster_and_a_late_older_event_loses(database_url
     assert {a.locations for a in repository.of_users(["u1"])} == {("B",)}
 
     repository.add_many([Assignment("D3", user_id="old-id", locations=("A",))], "me")
-    repository.follow_user("new-id", ["B"], utc_now(), previous_user_id="old-id")  # the roster changed the ID
+    assert repository.follow_user("new-id", ["B"], utc_now(), previous_user_id="old-id") == ["D3"]  # a new ID
     assert [(a.serial_number, a.locations) for a in repository.of_users(["new-id", "old-id"])] == [("D3", ("B",))]
     assert repository.of_users(["new-id"])[0].user_id == "new-id"
 

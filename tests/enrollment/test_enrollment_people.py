@@ -10,9 +10,11 @@ from nameko.events import event_handler
 from services.enrollment.service import EnrollmentService
 from services.roster.service import RosterService
 from shared.auth import Actor
+from shared.contracts.roster import UserUpdated
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from tests.enrollment.signing import assign_ade_devices
 from tests.people import GRADE_7_STUDENTS_AT_A, USERS, enroll, import_roster, moved_to_grade_8
+from tests.reliability.conftest import publish
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -180,15 +182,17 @@ def test_scope_follows_the_roster(people, rpc_as):
 
 def test_many_devices_are_assigned_in_one_call_and_each_refusal_is_reported(people, rpc_as):
     with rpc_as() as rpc:
-        for bad in ([], [{"serial_number": "SER7A1"}], "SER7A1", [{"serial_number": "", "user_id": "s7a1"}]):
+        for bad in ([], [{"serial_number": "SER7A1"}], "SER7A1"):
             with pytest.raises(ValidationError):
                 rpc.enrollment.assign_devices(bad)
         answer = rpc.enrollment.assign_devices([
             {"serial_number": "ser7a1", "user_id": "s7a1"}, {"serial_number": "SER7A2", "user_id": "s7a2"},
+            {"serial_number": "X" * 65, "user_id": "s8a1"},  # one bad value fails its pair, not the call
             {"serial_number": "NOPE", "user_id": "s7a1"}, {"serial_number": "SER8A1", "user_id": "ghost"},
             {"serial_number": "SER7B1", "user_id": "s7b1"}, {"serial_number": "SER7B1", "user_id": "s7a1"}])
         assert answer["assigned"] == 2
-        assert [(f["serial_number"], f["reason"].split(":")[0]) for f in answer["failed"]] == [
+        assert [(f["serial_number"][:9], f["reason"].split(":")[0]) for f in answer["failed"]] == [
+            ("XXXXXXXXX", "a serial number must be a non-empty string of at most 64 characters"),
             ("NOPE", "enrollment knows no device NOPE"),
             ("SER8A1", "there is no user 'ghost' in your locations"),
             ("SER7B1", "device SER7B1 is listed for more than one user (s7b1, s7a1); list it for one"),
@@ -232,6 +236,19 @@ def test_devices_follow_their_user_when_the_roster_moves_or_deletes_them(people,
         assert (entry["action"], entry["details"]["serial_numbers"]) == ("device.unassigned", ["SER7A1"])
     wait_for(lambda: ("unassigned", "SER7A1", "s7a1") in [(k, p["serial_number"], p["user_id"]) for k, p in RECEIVED],
              what="the freed device announced")
+
+    # the roster gives s8a1 a new user ID: their device goes along, announced as leaving the old ID for the new
+    with rpc_as() as rpc:
+        rpc.enrollment.assign_device("SER8A1", "s8a1")
+    publish(people, UserUpdated(user_id="s8a1-new", previous_user_id="s8a1", user_type="student", locations=["A"],
+                                source="api"))
+    with rpc_as() as rpc:
+        wait_for(lambda: rpc.enrollment.device_assignment("SER8A1")["user_id"] == "s8a1-new",
+                 what="the device to follow the new user ID")
+        (entry,) = rpc.enrollment.audit_log("user:s8a1-new")
+        assert entry["details"]["previous_user_id"] == "s8a1"
+    wait_for(lambda: {("unassigned", "s8a1"), ("assigned", "s8a1-new")} <= {
+        (k, p["user_id"]) for k, p in RECEIVED if p["serial_number"] == "SER8A1"}, what="the change announced")
 
 
 def test_imports_and_the_api_pre_assign_devices_through_enrollment(people, rpc_as):

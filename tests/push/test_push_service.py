@@ -265,6 +265,22 @@ def test_other_calls_and_the_metrics_are_answered_while_apns_is_slow(
         assert ",delivered," in exported  # written after the fan-out, in a transaction of its own
 
 
+def test_devices_of_several_certificates_are_pushed_at_once(push_service, push_config, rpc_as, issue_push,
+                                                             apns_sandbox):
+    """A call spanning topics takes as long as the slowest, not their sum: it stays within one batch's time."""
+    with rpc_as() as rpc:
+        devices = []
+        for _ in range(2):
+            issued = issue_push()
+            certificate = rpc.push.upload_certificate(issued.certificate_pem, issued.private_key_pem)
+            devices.append(enroll(push_config, certificate["topic"]))
+            wait_for(lambda: device_count(rpc, certificate["id"]) == 1, what="device enrolled")
+            apns_sandbox.script(devices[-1].push_token, delay=3)
+        started = time.monotonic()
+        answer = rpc.push.send_push([device.udid for device in devices])
+        assert answer["delivered"] == 2 and 3 <= time.monotonic() - started < 5.5
+
+
 def test_why_apns_was_not_reached_is_in_each_result_and_logged_once_per_topic(
         runner_factory, push_config, rpc_as, issue_push, caplog):
     unreachable = f"https://127.0.0.1:{free_port()}"  # nothing listens there

@@ -426,6 +426,11 @@ def test_bad_rpc_arguments_are_refused_with_typed_errors(roster, rpc_as):
         with pytest.raises(NotFound, match="no API token"):
             rpc.roster.revoke_api_token(2**63 - 1)
         assert rpc.roster.list_users()["total"] == 0 and rpc.roster.list_api_tokens() == []
+        for bad in (5, "u1", [""], [1]):
+            with pytest.raises(ValidationError, match="user_ids must be a list of non-empty strings"):
+                rpc.roster.users_in_scope(user_ids=bad)
+        with pytest.raises(ValidationError, match="at most 1000 user_ids"):
+            rpc.roster.users_in_scope(user_ids=["u"] * 1001)
 
 
 def test_a_location_leader_cannot_loosen_the_deletion_guard(roster, rpc_as):

@@ -158,3 +158,12 @@ def test_the_shipped_logging_keeps_headers_replies_and_query_strings_out_even_at
                             cwd=Path(__file__).resolve().parents[2])
     assert "a debug line of our own" in result.stderr, result.stderr
     assert "SECRET" not in result.stderr and "GET /enroll?[query removed] HTTP/1.1" in result.stderr
+
+
+def test_a_doubling_delay_starts_short_and_stops_at_its_longest_however_long_the_failures_go_on():
+    from datetime import timedelta
+
+    from shared.backoff import doubling_delay
+
+    assert [doubling_delay(n).total_seconds() for n in (0, 1, 2, 6, 7, 10_000)] == [30, 60, 120, 1920, 3600, 3600]
+    assert doubling_delay(1, timedelta(minutes=5), timedelta(hours=6)) == timedelta(minutes=10)

@@ -1,5 +1,4 @@
 """The vpp gauges read at scrape time: bounded per-asset series that still show every asset short of licences."""
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.vpp.adapters import tables as t
@@ -22,7 +21,8 @@ def test_an_asset_short_of_licences_is_shown_however_small_and_token_totals_coun
         add_token(session, now)
         session.execute(t.assets.insert(), [
             {"token_id": "tok", "adam_id": str(n), "pricing_param": "STDQ", "product_type": "App",
-             "total_count": 100 + n, "assigned_count": 100 + n if n == 0 else n, "available_count": 0 if n == 0 else 100,
+             "total_count": 100 + n, "assigned_count": 100 + n if n == 0 else n,
+             "available_count": 0 if n == 0 else 100,
              "device_assignable": True, "revocable": True, "hidden": False,
              "refused_for_licences": 7 if n == 0 else 0, "synced_at": now} for n in range(assets)])
         session.commit()
@@ -33,7 +33,8 @@ def test_an_asset_short_of_licences_is_shown_however_small_and_token_totals_coun
         assert shown == {"0"} | {str(n) for n in range(assets - TOP_ASSETS_PER_TOKEN, assets)}
         waiting = samples(engine, "orchard_vpp_assignments_waiting_for_licences")
         assert waiting[(("adam_id", "0"), ("token_id", "tok"))] == 7
-        totals = {dict(labels)["state"]: value for labels, value in samples(engine, "orchard_vpp_token_licences").items()}
+        totals = {dict(labels)["state"]: value
+                  for labels, value in samples(engine, "orchard_vpp_token_licences").items()}
         assert totals == {"total": sum(100 + n for n in range(assets)), "available": 100 * (assets - 1),
                           "assigned": 100 + sum(range(1, assets))}
     finally:

@@ -385,3 +385,16 @@ def test_licence_requests_are_checked_before_apple_is_asked_for_its_limits(vpp_s
         with pytest.raises(UpstreamError, match="HTTP 503"):  # an allowed request needs Apple's limits
             rpc.vpp.assign_licenses(token_id, "900", user_ids=["u1"])
     assert vpp_sandbox.requests("service/config") == asked + 4  # the allowed request, with the client's 3 retries
+
+
+def test_apple_naming_no_location_is_an_upstream_error_not_a_location_every_token_shares():
+    from datetime import datetime, timezone
+
+    from services.vpp.domain.tokens import ContentToken
+    from services.vpp.service import _apple_location
+
+    token = ContentToken(stoken="s", expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc), org_name="District")
+    assert _apple_location({"uId": " 42 ", "locationName": "North"}, token) == ("42", "North")
+    for config in ({}, {"uId": ""}, {"uId": None, "locationName": "North"}):
+        with pytest.raises(UpstreamError, match="names no location"):
+            _apple_location(config, token)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
-from services.directory.domain.ports import BindRefused
-from shared.errors import Conflict, OrchardError, UpstreamError
+from services.directory.domain.ports import BindRefused, SyncAlreadyRunning
+from shared.errors import OrchardError, UpstreamError
 
 #: a failed daily sync waits as long as the day's sync has been failing, within these bounds
 SHORTEST_RETRY_WAIT = timedelta(minutes=5)
@@ -36,6 +36,8 @@ def worth_retrying(error: OrchardError) -> bool:
 
     The directory or the roster out of reach, or another sync of the profile running, may pass. A refused
     service-account password will not, and trying it again could lock the account; nor will data the
-    roster refuses as invalid.
+    roster refuses as invalid, or a plan its deletion guard stops (a person must look at it).
     """
-    return isinstance(error, (UpstreamError, Conflict)) and not isinstance(error, BindRefused)
+    if isinstance(error, UpstreamError):
+        return not isinstance(error, BindRefused)
+    return isinstance(error, SyncAlreadyRunning)

@@ -87,14 +87,20 @@ class AssignmentRepository:
             self.session.execute(device_assignments.delete().where(device_assignments.c.serial_number.in_(chunk)))
 
     def follow_user(self, user_id: str, locations: list[str], changed_at: datetime,
-                    previous_user_id: str | None = None) -> None:
+                    previous_user_id: str | None = None) -> list[str]:
         """The user's devices take the user ID and locations the roster gave them at ``changed_at``, unless newer
-        are stored; ``previous_user_id`` is the ID the user had before, if the roster changed it."""
+        are stored; ``previous_user_id`` is the ID the user had before, if the roster changed it. The serial
+        numbers that changed hands that way."""
         c = device_assignments.c
+        older = sa.or_(c.locations_at.is_(None), c.locations_at < changed_at)
+        renamed: list[str] = []
+        if previous_user_id is not None:
+            renamed = sorted(self.session.scalars(
+                sa.select(c.serial_number).where(c.user_id == previous_user_id, older)))
         held_by = [user_id] if previous_user_id is None else [user_id, previous_user_id]
-        self.session.execute(device_assignments.update()
-                             .where(c.user_id.in_(held_by), sa.or_(c.locations_at.is_(None), c.locations_at < changed_at))
+        self.session.execute(device_assignments.update().where(c.user_id.in_(held_by), older)
                              .values(user_id=user_id, locations=list(locations), locations_at=changed_at))
+        return renamed
 
     def release_user(self, user_id: str, deleted_at: datetime) -> list[str]:
         """Free the devices the user had when the roster deleted them; a device assigned to a user of that id

@@ -317,11 +317,13 @@ class DepClient:
         request past ``max_retry_after_seconds`` in all: a worker asleep for an hour holds its caller (who
         gave up long before) and its sync lease, and calling before Apple's time only draws more 429s.
         """
-        delay = max(retry_after_seconds(response.headers.get("Retry-After"), default=2.0 ** attempt), 0.0)
+        said = response.headers.get("Retry-After")
+        delay = max(retry_after_seconds(said, default=2.0 ** attempt), 0.0)
+        asked = delay if said else None  # without Apple's word, our own backoff is no time to book a retry at
         if attempt >= self._max_throttle_attempts:
-            raise _throttled(f"Apple kept throttling {path} after {attempt} attempts", delay)
+            raise _throttled(f"Apple kept throttling {path} after {attempt} attempts", asked)
         if waited + delay > self._max_retry_after:
-            raise _throttled(f"Apple is throttling {path} and asked Orchard to wait {math.ceil(delay)} s", delay)
+            raise _throttled(f"Apple is throttling {path} and asked Orchard to wait {math.ceil(delay)} s", asked)
         self._sleep(delay)
         return waited + delay
 
@@ -342,7 +344,9 @@ def retry_after_seconds(value: str | None, *, default: float, now: datetime | No
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
-def _throttled(what: str, seconds: float) -> Throttled:
+def _throttled(what: str, seconds: float | None) -> Throttled:
+    if seconds is None:
+        return Throttled(f"{what}; try again in a few minutes.")
     until = datetime.now(timezone.utc) + timedelta(seconds=math.ceil(seconds))
     return Throttled(f"{what}; try again after {until:%Y-%m-%d %H:%M:%S} UTC.", retry_after=seconds)
 
@@ -405,7 +409,8 @@ def _error(response: httpx.Response, path: str) -> OrchardError:
         if code in text:
             return kind(f"Apple answered {code} on {path}.", status_code=status)
     code = _error_code(text)
-    if status == 400 and path == "/profile" and (code in _PROFILE_FIELDS or code.startswith("CONFIG_")):
+    defining = path == "/profile" and response.request.method == "POST"
+    if status == 400 and defining and (code in _PROFILE_FIELDS or code.startswith("CONFIG_")):
         fix = f"correct its {_PROFILE_FIELDS[code]}" if code in _PROFILE_FIELDS else "correct it"
         return ValidationError(f"Apple refused the enrollment profile ({code}): {fix} and define it again.")
     return DepError(f"Apple answered {status}{' ' + code if code else ''} on {path}.", status_code=status)

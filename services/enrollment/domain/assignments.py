@@ -76,23 +76,28 @@ def checked_user_id(user_id: Any) -> str:
     return user_id.strip()
 
 
-def checked_user_devices(assignments: Any) -> list[tuple[str, str]]:
-    """``[{serial_number, user_id}]`` as ``(serial, user_id)`` pairs, each checked."""
+def checked_user_devices(assignments: Any) -> list[tuple[Any, Any, str | None]]:
+    """``[{serial_number, user_id}]`` as ``(serial, user_id, problem)``: a value that is not a serial number or
+    a user ID is that pair's ``problem`` (the others can still be assigned); a call that is not such a list
+    is refused whole."""
     if not isinstance(assignments, list) or not 0 < len(assignments) <= MAX_ASSIGNMENTS_PER_CALL:
         raise ValidationError(f"assignments must be a list of 1 to {MAX_ASSIGNMENTS_PER_CALL} "
                               "{serial_number, user_id} objects")
-    pairs = []
+    checked = []
     for item in assignments:
         if not isinstance(item, dict) or set(item) != {"serial_number", "user_id"}:
             raise ValidationError("each assignment must be an object with exactly serial_number and user_id")
-        pairs.append((checked_serial(item["serial_number"]), checked_user_id(item["user_id"])))
-    return pairs
+        try:
+            checked.append((checked_serial(item["serial_number"]), checked_user_id(item["user_id"]), None))
+        except ValidationError as invalid:
+            checked.append((item["serial_number"], item["user_id"], invalid.message))
+    return checked
 
 
-def listed_twice(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+def listed_twice(pairs: list[tuple[Any, Any, str | None]]) -> dict[str, list[str]]:
     """The serials a call lists for more than one user, with those users: which one is meant is not known."""
     users: dict[str, list[str]] = {}
-    for serial, user_id in pairs:
+    for serial, user_id, _ in pairs:
         users.setdefault(serial, [])
         if user_id not in users[serial]:
             users[serial].append(user_id)

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.roster.adapters import tables as t
 from services.roster.domain.asm_mapping import AsmPreferences, AsmRoster
+from shared.backoff import doubling_delay
 from shared.errors import UpstreamError
 from shared.storage import utc_now
 
@@ -55,7 +56,7 @@ class AsmPreferenceStore:
         """A run that failed; returns when it is tried again, later after each failure in a row."""
         failed = (self.session.execute(sa.select(t.asm_preferences.c.failed_syncs)
                                        .where(t.asm_preferences.c.token_id == token_id)).scalar() or 0) + 1
-        retry_at = utc_now() + min(FIRST_RETRY * 2 ** min(failed - 1, 10), LONGEST_RETRY)
+        retry_at = utc_now() + doubling_delay(failed - 1, FIRST_RETRY, LONGEST_RETRY)
         self._record(token_id, outcome, failed_syncs=failed, retry_at=retry_at)
         return retry_at
 

@@ -113,6 +113,8 @@ welcome_mails = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("retry_at", UtcDateTime),
     sa.Column("error", sa.Text),
+    # the sending job's question every 2 s, on a table that keeps every mail sent
+    sa.Index("ix_roster_welcome_mails_due", "sent_at", "refused_at", "retry_at"),
 )
 
 api_tokens = sa.Table(

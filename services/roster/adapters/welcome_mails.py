@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 from services.roster.adapters.tables import welcome_mails
 from services.roster.domain.welcome import WelcomeEmail
 from shared.backoff import doubling_delay
-from shared.errors import UpstreamError
-from shared.mail import SmtpMailer
+from shared.mail import Delivery, SmtpMailer, send_each
 
 log = logging.getLogger(__name__)
 c = welcome_mails.c
@@ -67,23 +66,23 @@ def send_due(store: WelcomeMails, mailer: SmtpMailer, commit: Callable[[], None]
     so none is sent twice; a relay that fails leaves the rest for later. How many were sent, refused, put off."""
     due = store.due(now, limit)
     counts = {"sent": 0, "refused": 0, "retried": 0}
-    answered = 0
-    try:
-        for delivery in mailer.send(due):
-            row = due[answered]
-            answered += 1
-            if delivery.error is None:
-                store.sent(row.id, now)
-                counts["sent"] += 1
-            elif delivery.refused:
-                store.refused(row.id, f"{delivery.error}; correct the user's e-mail address in the roster", now)
-                counts["refused"] += 1
-            else:
-                store.put_off([row], delivery.error, now)
-                counts["retried"] += 1
-            commit()
-    except UpstreamError as failed:
-        store.put_off(due[answered:], failed.message, now)
-        counts["retried"] += len(due) - answered
+
+    def answered(index: int, delivery: Delivery) -> None:
+        row = due[index]
+        if delivery.error is None:
+            store.sent(row.id, now)
+            counts["sent"] += 1
+        elif delivery.refused:
+            store.refused(row.id, f"{delivery.error}; correct the user's e-mail address in the roster", now)
+            counts["refused"] += 1
+        else:
+            store.put_off([row], delivery.error, now)
+            counts["retried"] += 1
+        commit()
+
+    count, failed = send_each(mailer, due, answered)
+    if failed is not None:
+        store.put_off(due[count:], failed.message, now)
+        counts["retried"] += len(due) - count
         log.warning("welcome e-mails not sent, tried again later: %s", failed.message)
     return counts

@@ -1,7 +1,7 @@
 """Device assignments follow their user's locations in the roster
 
 Revision ID: 7e2c4b9d1a36
-Revises: c5b625b79f3d
+Revises: 9161fde1841f
 Created: 2026-12-06 17:40:00.000000
 """
 from alembic import op
@@ -10,7 +10,7 @@ import shared.storage
 
 
 revision = '7e2c4b9d1a36'
-down_revision = 'c5b625b79f3d'
+down_revision = '9161fde1841f'
 branch_labels = None
 depends_on = None
 

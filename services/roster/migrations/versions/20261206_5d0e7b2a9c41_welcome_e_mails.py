@@ -32,9 +32,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('roster_welcome_mails', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_roster_welcome_mails_user_id'), ['user_id'], unique=False)
+        batch_op.create_index('ix_roster_welcome_mails_due', ['sent_at', 'refused_at', 'retry_at'], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table('roster_welcome_mails', schema=None) as batch_op:
+        batch_op.drop_index('ix_roster_welcome_mails_due')
         batch_op.drop_index(batch_op.f('ix_roster_welcome_mails_user_id'))
     op.drop_table('roster_welcome_mails')
