@@ -5,7 +5,6 @@ action and turns it into a handful of executemany statements.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -16,6 +15,7 @@ from services.roster.adapters import tables as t
 from services.roster.domain.planning import (
     Change, StoredClass, StoredGradeLevel, StoredLocation, StoredUser,
 )
+from shared import json_text
 from shared.contracts.roster import ClassRecord, GradeLevelRecord, LocationRecord, UserRecord
 from shared.errors import Conflict
 
@@ -46,7 +46,7 @@ def bulk_insert(session: Session, table: sa.Table, columns: Sequence[str],
         return
     encoded = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, sa.JSON)]
     if encoded:
-        dumps = json.dumps
+        dumps = json_text.dumps  # as the engine writes JSON columns
         rows = [tuple(dumps(v) if i in encoded and v is not None else v for i, v in enumerate(row))
                 for row in rows]
     connection.exec_driver_sql(
