@@ -28,7 +28,7 @@ from services.vpp.operations import VppOperations
 from services.vpp.views import asset_view, invite_view, token_view
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, DevicesRemoved
-from shared.contracts.roster import UserDeleted, UserImported
+from shared.contracts.roster import UserChanged, UserDeleted, UserImported, UserUpdated
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, UpstreamError, ValidationError
 from shared.mail import Mailer
@@ -527,12 +527,8 @@ class VppService(OrchardService):
     def on_user_imported(self, events: list[UserImported]) -> None:
         """Remember imported users; tokens with auto-invite register them with Apple (see ``register_invites``)."""
         repo = self.repo
-        latest: dict[str, UserImported] = {}
-        for event in events:  # a late, older event must not win over a newer one in the same batch
-            if event.user_id not in latest or latest[event.user_id].occurred() <= event.occurred():
-                latest[event.user_id] = event
-        repo.remember_users([{"user_id": e.user_id, "name": e.name, "email": e.email, "managed_apple_id": e.managed_apple_id,
-                              "locations": list(e.locations), "changed_at": e.occurred()} for e in latest.values()])
+        latest = {event.user_id: event for event in _latest_per_user(events)}
+        repo.remember_users([_known_user(event) for event in latest.values()])
         policies = repo.auto_invite_policies()
         if not policies:
             return
@@ -551,6 +547,12 @@ class VppService(OrchardService):
                              "managed_apple_id": planned.managed_apple_id, "status": InviteStatus.PENDING.value,
                              "apple_state": "queued", "invited_at": now})
         repo.queue_invites(rows)
+
+    @batched_event_handler(UserUpdated, tables.metadata.tables["inbox"])
+    def on_user_updated(self, events: list[UserUpdated]) -> None:
+        """Keep users' details current: the address an invite is mailed to when the user is invited again, the
+        locations a token's auto-invite reaches. A late, older event changes nothing."""
+        self.repo.remember_users([_known_user(event) for event in _latest_per_user(events)])
 
     @event_handler(UserDeleted)
     def on_user_deleted(self, event: UserDeleted) -> None:
@@ -716,3 +718,18 @@ def _invite_row(token_id: str, user: Any, method: InviteMethod, now: Any) -> dic
     return {"token_id": token_id, "user_id": user.user_id, "method": method.value, "name": user.name, "email": user.email,
             "managed_apple_id": user.managed_apple_id, "status": InviteStatus.PENDING.value, "apple_state": "queued",
             "invited_at": now}
+
+
+def _latest_per_user(events: list[UserChanged]) -> list[UserChanged]:
+    """Each user's newest event of a batch: a late, older one must not win over a newer one."""
+    latest: dict[str, UserChanged] = {}
+    for event in events:
+        if event.user_id not in latest or latest[event.user_id].occurred() <= event.occurred():
+            latest[event.user_id] = event
+    return list(latest.values())
+
+
+def _known_user(event: UserChanged) -> dict[str, Any]:
+    return {"user_id": event.user_id, "name": event.name, "email": event.email,
+            "managed_apple_id": event.managed_apple_id, "locations": list(event.locations),
+            "changed_at": event.occurred()}

@@ -1,5 +1,5 @@
 """Invite e-mails through a real SMTP relay stand-in: a refused address, a relay that puts mail off or is down."""
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from nameko.testing.services import entrypoint_hook
@@ -8,9 +8,11 @@ from nameko.testing.utils import get_container
 from apple_sandbox.smtp_sink import serve_smtp
 from services.vpp.adapters.tables import invites
 from services.vpp.service import VppService
+from shared.contracts.roster import UserUpdated
 from shared.storage import create_engine_for, utc_now
 from tests.conftest import free_port
-from tests.vpp.test_vpp_service_invites import known_to_vpp, metric, user
+from tests.reliability.conftest import publish
+from tests.vpp.test_vpp_service_invites import count_rows, known_to_vpp, metric, user
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,25 @@ def test_invites_wait_for_a_relay_that_is_down_and_go_out_once_it_is_back(runner
         finally:
             relay.stop()
 
+
+
+def test_an_address_changed_in_the_roster_is_the_one_an_invite_is_mailed_to(vpp_sandbox, vpp_config, vpp_runner,
+                                                                            rpc_as, smtp_sink):
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    imported = by_mail("amy", "amy@old.example")
+    known_to_vpp(vpp_config, imported)
+    later = datetime.now(timezone.utc).isoformat()
+
+    def updated(address, at):
+        return UserUpdated(user_id="amy", user_type="student", name="Amy", source="csv", locations=["north"],
+                           email=address, occurred_at=at)
+    before = count_rows(vpp_config, "inbox")
+    # the newer address arrives, then an update older than the import: the latter changes nothing
+    publish(vpp_config, updated("amy@new.example", later), updated("amy@stale.example", "2000-01-01T00:00:00+00:00"))
+    wait_for(lambda: count_rows(vpp_config, "inbox") >= before + 2, what="both updates handled")
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        assert rpc.vpp.invite_users(token_id, ["amy"], "email")["invited"] == 1
+    run_mail_job(vpp_runner)
+    wait_for(lambda: smtp_sink.messages, what="the invite mailed")
+    assert [m.recipients for m in smtp_sink.messages] == [["amy@new.example"]]
