@@ -294,3 +294,13 @@ def test_a_graceful_goaway_in_a_busy_connection_fails_only_the_streams_after_it(
     assert devices[10] in answered_there and len(answered_there) < 30
     assert sorted(r["device_token"] for r in received) == sorted(devices)
     assert [r.attempts for r, device in zip(results, devices)] == [1 if d in answered_there else 2 for d in devices]
+
+
+def test_a_client_closed_while_it_connects_keeps_no_connection_open(client, apns_sandbox):
+    """A renewed certificate closes the old client; a connection its attempt makes afterwards is closed too."""
+    pushing = eventlet.spawn(client.send_one, Push(token(), "m"))
+    eventlet.sleep(0)  # the push starts connecting
+    client.close()
+    result = pushing.wait()
+    assert (result.status, result.attempts) == (None, 1) and "the client was closed" in result.reason
+    assert client.send_one(Push(token(), "m")).reason.startswith("the client was closed")

@@ -87,6 +87,9 @@ class RetryPolicy:
         return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) / 2
 
 
+CLOSED = "the client was closed (its certificate was replaced)"
+
+
 @dataclass(frozen=True)
 class _ConnectFailure:
     reason: str
@@ -130,6 +133,7 @@ class ApnsClient:
         self._connect_attempts = 0
         self._failure: _ConnectFailure | None = None  # the last connection attempt's, while remembered
         self._failed_attempts = 0  # connection attempts failed in a row
+        self._closed = False
         self._static_headers = [
             (b"apns-topic", topic.encode()),
             (b"apns-push-type", b"mdm"),
@@ -162,6 +166,7 @@ class ApnsClient:
         return PushResult(push.device_token, status, reason, apns_id, attempt, time.monotonic() - started)
 
     def close(self) -> None:
+        self._closed = True  # an attempt still connecting closes what it gets
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -182,6 +187,8 @@ class ApnsClient:
         return response.status, _reason(response.status, response.body), apns_id, _retryable(response.status)
 
     def _usable_connection(self, deadline: float) -> Http2Connection:
+        if self._closed:
+            raise ConnectionLost(CLOSED, retryable=False)
         connection = self._connection
         if connection is not None and connection.usable:
             return connection
@@ -229,6 +236,9 @@ class ApnsClient:
         finally:
             self._connecting = None
             self._connect_attempts += 1
+        if self._closed:  # replaced meanwhile (a renewed certificate): nothing else would ever close it
+            connection.close()
+            return _ConnectFailure(CLOSED, False, time.monotonic())
         previous, self._connection = self._connection, connection
         self._failure, self._failed_attempts = None, 0
         if previous is not None and not previous.draining:  # a draining one closes itself once answered
