@@ -136,6 +136,25 @@ def users(location: str | None, user_type: str | None, page: int) -> None:
 
 
 @roster.command()
+@click.argument("user_id")
+def user(user_id: str) -> None:
+    """One user: details, classes, devices listed for them, and their welcome e-mail."""
+    found = call("roster", "get_user", user_id)
+    mail = found["welcome_mail"]
+    rows = [(name, found[key]) for name, key in (
+        ("user ID", "user_id"), ("type", "user_type"), ("name", "name"), ("e-mail", "email"),
+        ("Managed Apple ID", "managed_apple_id"), ("locations", "locations"), ("grade level", "grade_level"),
+        ("devices", "serial_numbers"))]
+    rows.append(("classes", [f"{c['class_id']} ({c['role']})" for c in found["classes"]]))
+    if mail is None:
+        rows.append(("welcome e-mail", "none asked for"))
+    else:
+        said = f": {mail['error']}" if mail["error"] else ""
+        rows.append(("welcome e-mail", f"{mail['status']} {mail['at'][:16]} to {mail['to']}{said}"))
+    print_table([{"field": name, "value": value} for name, value in rows], ["field", "value"], status_column=None)
+
+
+@roster.command()
 @click.option("--location", help="Only classes in this location.")
 @click.option("--page", default=1, show_default=True)
 def classes(location: str | None, page: int) -> None:

@@ -206,7 +206,7 @@ class RosterService(OrchardService):
         if user is None or not visible(actor, user.locations):
             raise NotFound(f"there is no user '{user_id}' in your locations")
         return {**user.to_dict(), "classes": queries.classes_of_user(user_id),
-                "welcome_email": WelcomeMails(self.db.session).of_user(user_id)}
+                "welcome_mail": WelcomeMails(self.db.session).of_user(user_id)}
 
     @rpc
     def users_in_scope(self, locations: list[str] | None = None, grade_levels: list[str] | None = None,

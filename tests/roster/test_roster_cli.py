@@ -37,6 +37,13 @@ def test_template_import_apply_and_list(cli_runner, tmp_path):
     assert re.search(r"^s-1001 +F9FXK0AAHG7J +the enrollment service is not running", result.output, re.M)
     result = cli_runner.invoke(cli, ["roster", "users"])
     assert "s-1001" in result.output and "1 user(s)" in result.output
+    result = cli_runner.invoke(cli, ["roster", "user", "s-1001"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^devices +F9FXK0AAHG7J$", result.output, re.M), result.output
+    assert re.search(r"^classes +maths-7a \(student\)$", result.output, re.M)
+    assert re.search(r"^welcome e-mail +none asked for$", result.output, re.M)
+    result = cli_runner.invoke(cli, ["roster", "user", "nobody"])
+    assert result.exit_code == 1 and "there is no user 'nobody'" in result.output
     result = cli_runner.invoke(cli, ["roster", "locations"])
     assert result.exit_code == 0 and re.search(r"^north +North Middle School +xlsx +1$", result.output, re.M), result.output
     result = cli_runner.invoke(cli, ["roster", "runs"])

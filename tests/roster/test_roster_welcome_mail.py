@@ -39,25 +39,25 @@ def test_a_new_user_asking_for_a_welcome_email_gets_one_once(roster, rpc_as):
                     user("w2", welcome_email=True),  # no address to write to
                     user("w3", email="w3@school.example"),  # not asked for
                     user("w4", email="typo@school.example", welcome_email=True)])
-        wait_for(lambda: rpc.roster.get_user("w4")["welcome_email"]["status"] == "refused",
+        wait_for(lambda: rpc.roster.get_user("w4")["welcome_mail"]["status"] == "refused",
                  what="the refused address recorded")
-        wait_for(lambda: rpc.roster.get_user("w1")["welcome_email"]["status"] == "sent", what="w1's welcome")
+        wait_for(lambda: rpc.roster.get_user("w1")["welcome_mail"]["status"] == "sent", what="w1's welcome")
         (mail,) = sink.messages
         assert mail.recipients == ["w1@school.example"] and mail.sender == "it@school.example"
         body = mail.message.get_content()
         assert mail.message["Subject"] == "Your school account is ready"
         assert "Hello Student w1," in body and "user ID is w1 (North Campus)" in body
         assert "Managed Apple ID is w1@appleid.school.example" in body
-        refused = rpc.roster.get_user("w4")["welcome_email"]
+        refused = rpc.roster.get_user("w4")["welcome_mail"]
         assert "No such user here" in refused["error"] and "correct the user's e-mail address" in refused["error"]
-        assert rpc.roster.get_user("w2")["welcome_email"] is None and rpc.roster.get_user("w3")["welcome_email"] is None
+        assert rpc.roster.get_user("w2")["welcome_mail"] is None and rpc.roster.get_user("w3")["welcome_mail"] is None
 
         # an existing user asking again, or an unchanged import, sends nothing more; neither is w4 tried again
         apply(rpc, [user("w1", email="w1@school.example", managed_apple_id="w1@appleid.school.example",
                          welcome_email=True, name="Student W1"), user("w2", welcome_email=True),
                     user("w3", email="w3@school.example"), user("w4", email="typo@school.example")])
         eventlet.sleep(3)
-        assert len(sink.messages) == 1 and rpc.roster.get_user("w4")["welcome_email"]["status"] == "refused"
+        assert len(sink.messages) == 1 and rpc.roster.get_user("w4")["welcome_mail"]["status"] == "refused"
 
 
 def test_a_relay_that_is_away_leaves_welcome_emails_for_later(runner_factory, orchard_config, rpc_as, smtp_sink):
@@ -67,7 +67,7 @@ def test_a_relay_that_is_away_leaves_welcome_emails_for_later(runner_factory, or
     runner_factory(orchard_config, RosterService).start()
     with rpc_as() as rpc:
         apply(rpc, [user("w1", email="w1@school.example", welcome_email=True)])
-        waiting = wait_for(lambda: (rpc.roster.get_user("w1")["welcome_email"] or {}).get("error"),
+        waiting = wait_for(lambda: (rpc.roster.get_user("w1")["welcome_mail"] or {}).get("error"),
                            what="the failed attempt recorded")
         assert f":{port}" in waiting and "check SMTP_HOST/SMTP_PORT" in waiting
-        assert rpc.roster.get_user("w1")["welcome_email"]["status"] == "waiting"
+        assert rpc.roster.get_user("w1")["welcome_mail"]["status"] == "waiting"
