@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 broker:
 	@bash deploy/ensure-broker.sh
 
-## Start all five services (each its own `nameko run` process) against deploy/config.yaml.
+## Start all five services (each its own process) against deploy/config.yaml.
 run: install broker
 	@mkdir -p var
 	@$(BIN)/python -m deploy.run_local secret-key

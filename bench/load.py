@@ -1,4 +1,4 @@
-"""Sustained load against all five services at once, each its own ``nameko run`` process.
+"""Sustained load against all five services at once, each its own service process (``shared.run``).
 
     .venv/bin/python bench/load.py [--seconds 60] [--callers 20] [--users 50000]
         [--devices 20000] [--push-devices 5000] [--database sqlite|postgresql] [--drain 300]
@@ -115,11 +115,10 @@ class Platform:
         path = self.workdir / "orchard.yaml"
         path.write_text(yaml.safe_dump(self.config))
         env = {**os.environ, "ORCHARD_SECRET_KEY": self.secret_key, "PYTHONWARNINGS": "ignore"}
-        nameko = Path(sys.executable).with_name("nameko")
         for name in SERVICES:
             target = f"services.{name}.service:{name.title()}Service"
             log = open(self.workdir / f"{name}.log", "w")
-            self.processes.append(subprocess.Popen([str(nameko), "run", "--config", str(path), target],
+            self.processes.append(subprocess.Popen([sys.executable, "-m", "shared.run", "--config", str(path), target],
                                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + 90
         for name in SERVICES:

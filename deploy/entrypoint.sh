@@ -9,7 +9,5 @@ case "${SERVICE:-}" in
   directory) class=DirectoryService ;;
   *) echo "set SERVICE to one of: push enrollment vpp roster directory" >&2; exit 64 ;;
 esac
-# Nameko's CLI imports pkg_resources and eventlet, whose deprecation notices would be the only lines of the
-# log that are not JSON; they are silenced for those two imports only
-export PYTHONWARNINGS="ignore::Warning:nameko.cli.main,ignore::Warning:nameko.cli.commands"
-exec nameko run --config "${ORCHARD_CONFIG:-deploy/config.yaml}" "services.${SERVICE}.service:${class}"
+# Orchard's runner: Nameko's, with the configuration read by shared.config (see shared/run.py)
+exec python -m shared.run --config "${ORCHARD_CONFIG:-deploy/config.yaml}" "services.${SERVICE}.service:${class}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run each service as its own `nameko run` process, as replicas would run in production.
+# Run each service as its own process (deploy/entrypoint.sh), as replicas would run in production.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ORCHARD_SECRET_KEY_FILE="${ORCHARD_SECRET_KEY_FILE:-var/secret.key}"

@@ -1,7 +1,7 @@
 """Orchard's configuration: one Nameko YAML file for every service.
 
-Values may reference the environment as ``${VAR:default}``, as ``nameko run``
-does; a value that is exactly one reference is typed after substitution:
+Values may reference the environment as ``${VAR:default}`` (services read it
+through ``shared.run``); a value that is exactly one reference is typed after substitution:
 ``${MAX_WORKERS:10}`` is the integer 10, ``true``/``false`` are booleans and a
 YAML list (``[1, 5, 30]``) is a list; anything else stays the text it is (a name
 like ``Acme: North`` is not a mapping, ``0123`` is not octal). Per-service

@@ -1,4 +1,4 @@
-"""Services run by ``nameko run`` in processes of their own, as deployed, so a test can kill one outright."""
+"""Services run in processes of their own (``shared.run``, as deployed), so a test can kill one outright."""
 from __future__ import annotations
 
 import os
@@ -15,18 +15,18 @@ from tests.conftest import TEST_SECRET_KEY
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMEKO = Path(sys.executable).with_name("nameko")
 
 
 @contextmanager
 def service_process(config: dict, tmp_path: Path, targets: list[str]) -> Iterator[subprocess.Popen]:
-    """``nameko run`` of services in a process of their own, on the test's vhost and databases; its output goes
+    """Services in a process of their own, on the test's vhost and databases; its output goes
     to ``tmp_path / "services.log"``."""
     path = tmp_path / "orchard.yaml"
     path.write_text(yaml.safe_dump(config))
     log = open(tmp_path / "services.log", "a")
-    process = subprocess.Popen([str(NAMEKO), "run", "--config", str(path), *targets], cwd=ROOT, stdout=log,
-                               stderr=subprocess.STDOUT, env={**os.environ, "ORCHARD_SECRET_KEY": TEST_SECRET_KEY})
+    process = subprocess.Popen([sys.executable, "-m", "shared.run", "--config", str(path), *targets], cwd=ROOT,
+                               stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "ORCHARD_SECRET_KEY": TEST_SECRET_KEY})
     try:
         yield process
     finally:

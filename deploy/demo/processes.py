@@ -85,11 +85,11 @@ class Children:
         return settings
 
     def start_services(self, env: dict[str, str]) -> None:
-        nameko = str(Path(sys.executable).with_name("nameko"))
         for service in SERVICES:
             with open(self.state_dir / f"{service}.log", "wb") as log:
                 self.processes[service] = subprocess.Popen(
-                    [nameko, "run", "--config", "deploy/config.yaml", f"services.{service}.service:{service.capitalize()}Service"],
+                    [sys.executable, "-m", "shared.run", "--config", "deploy/config.yaml",
+                     f"services.{service}.service:{service.capitalize()}Service"],
                     cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_for_ports(self, ports: dict[str, int], seconds: float) -> None:

@@ -42,3 +42,16 @@ def test_a_service_started_by_the_entrypoint_writes_only_json_lines(orchard_conf
             assert isinstance(json.loads(line), dict)
         except ValueError:
             pytest.fail(f"not a JSON log line: {line!r}")
+
+
+def test_the_runner_reads_the_configuration_with_orchards_loader(tmp_path):
+    """A variable the configuration needs and the environment lacks stops the start, by name (Nameko's own
+    loader would have made it nothing and started anyway)."""
+    config = tmp_path / "orchard.yaml"
+    config.write_text("AMQP_URI: ${ORCHARD_TEST_BROKER_NOWHERE}\n")
+    started = subprocess.run([sys.executable, "-m", "shared.run", "--config", str(config),
+                              "services.push.service:PushService"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, env={k: v for k, v in os.environ.items() if k != "ORCHARD_TEST_BROKER_NOWHERE"})
+    assert started.returncode == 2
+    assert started.stderr.strip() == (f"cannot read the configuration {config}: configuration needs the environment "
+                                      "variable ORCHARD_TEST_BROKER_NOWHERE (no default is given)")

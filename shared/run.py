@@ -1,0 +1,55 @@
+"""Run services as ``nameko run`` does, reading the configuration with Orchard's own loader.
+
+    python -m shared.run --config deploy/config.yaml services.vpp.service:VppService [...]
+
+``nameko run`` parses every substituted ``${VAR}`` as YAML, so ``VPP_MDM_ID=0123`` would become the
+octal number 83 and ``VPP_MDM_NAME="Acme: North"`` a mapping, and a variable without a default that is
+not set would become nothing at all. ``shared.config`` keeps such values the text they are and refuses a
+missing one by name. Everything else (signals, graceful stop, logging from ``LOGGING``) is Nameko's.
+"""
+from __future__ import annotations
+
+import warnings
+
+# eventlet and pkg_resources announce their deprecation on import; the log stays JSON from its first line
+warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
+warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
+
+import eventlet  # noqa: E402
+
+eventlet.monkey_patch()  # noqa: E402  before anything opens a socket
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import logging.config  # noqa: E402
+import sys  # noqa: E402
+
+from nameko.cli.run import import_service, run  # noqa: E402
+
+from shared.config import load_config  # noqa: E402
+from shared.errors import ValidationError  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the YAML configuration (deploy/config.yaml)")
+    parser.add_argument("services", nargs="+", help="module:Class of each service to run")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except (OSError, ValidationError) as problem:
+        print(f"cannot read the configuration {args.config}: {problem}", file=sys.stderr)
+        return 2
+    if "LOGGING" in config:
+        logging.config.dictConfig(config["LOGGING"])
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if "." not in sys.path:
+        sys.path.insert(0, ".")
+    services = [service for path in args.services for service in import_service(path)]
+    run(services, config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
