@@ -175,6 +175,7 @@ class RosterService(OrchardService):
 
     def _preview_asm(self, token_id: str, actor: Actor) -> dict[str, Any]:
         prefs = asm.AsmPreferenceStore(self.db.session).get(token_id)
+        self.db.commit()  # nothing written yet: no database connection held while enrollment pages Apple
         roster = asm.fetch_roster(self.enrollment, token_id)
         mapping = tpool.execute(asm_mapping.map_roster, roster, prefs)
         options = planning.PlanOptions(only_add_new=prefs.only_add_new, locations=prefs.locations)

@@ -139,6 +139,7 @@ class VppOperations:
         client = self.client_for(token)
         now = utc_now()
         self.repo.update_token(token.id, sync_attempted_at=now)
+        self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
         with self.apple(token):
             try:
                 assets = client.assets()
@@ -160,6 +161,7 @@ class VppOperations:
     def _look_up_names(self, client: AppsAndBooksClient, token: Any, adam_ids: list[str], now: datetime) -> list[AssetMetadata]:
         """Names for assets that have none (or an old one); a failed lookup leaves names as they are, never the sync."""
         wanted = self.repo.assets_needing_names(token.id, adam_ids, now - NAMES_REFRESHED_AFTER)
+        self.db.commit()  # nothing written yet: the lookup's wait holds no database connection
         if not wanted:
             return []
         try:

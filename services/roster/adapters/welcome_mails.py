@@ -65,6 +65,7 @@ def send_due(store: WelcomeMails, mailer: SmtpMailer, commit: Callable[[], None]
     """Send the mails that are due, recording (and committing) each outcome as soon as the relay answered for it,
     so none is sent twice; a relay that fails leaves the rest for later. How many were sent, refused, put off."""
     due = store.due(now, limit)
+    commit()  # no database connection held while the relay answers (SQLite has one per process)
     counts = {"sent": 0, "refused": 0, "retried": 0}
 
     def answered(index: int, delivery: Delivery) -> None:
