@@ -1,7 +1,7 @@
 """The errors Orchard raises across RPC, each keeping its type on the caller's side.
 
 Plain Python, so domain code can raise them without importing Nameko;
-``shared.rpc`` registers them with Nameko so that a ``ClusterRpcProxy`` caller
+``shared.entrypoints`` registers them with Nameko so that a ``ClusterRpcProxy`` caller
 gets the same class back and can ``except NotFound``. Every message is meant
 for a person: say what is wrong and what to do next.
 """

@@ -2,10 +2,9 @@
 
 Each service keeps its revisions in ``services/<name>/migrations/versions`` and a
 two-line ``env.py`` that calls ``run_environment`` with its metadata. The
-service upgrades its schema when it starts; ``orchard db upgrade`` (or
-``python -m shared.migrations upgrade <service>``) does it ahead of a rollout,
-and ``python -m shared.migrations revision <service> -m "..."`` drafts a new
-revision from the tables' current definition.
+service upgrades its schema when it starts; ``python -m shared.migrations upgrade
+<service>`` does it ahead of a rollout, and ``python -m shared.migrations revision
+<service> -m "..."`` drafts a new revision from the tables' current definition.
 """
 from __future__ import annotations
 

@@ -167,3 +167,12 @@ def test_a_doubling_delay_starts_short_and_stops_at_its_longest_however_long_the
 
     assert [doubling_delay(n).total_seconds() for n in (0, 1, 2, 6, 7, 10_000)] == [30, 60, 120, 1920, 3600, 3600]
     assert doubling_delay(1, timedelta(minutes=5), timedelta(hours=6)) == timedelta(minutes=10)
+
+
+def test_periodic_jobs_spread_their_ticks_so_replicas_do_not_tick_together():
+    from shared.entrypoints import Periodic
+
+    timer = Periodic(interval=60, jitter=0.1)
+    delays = [timer._jittered_interval() for _ in range(2000)]
+    assert 54 <= min(delays) < 56 and 64 < max(delays) <= 66  # within 10% either way, and using the spread
+    assert len({round(delay, 3) for delay in delays}) > 1500
