@@ -35,6 +35,11 @@ class Conflict(OrchardError):
     """The request contradicts the current state (a different topic, another MDM, ...)."""
 
 
+class NeedsApproval(Conflict):
+    """A change large enough that a person must approve it (the roster's deletion guard): trying again
+    unchanged will not pass."""
+
+
 class UpstreamError(OrchardError):
     """Apple, the directory or another system outside Orchard failed or refused."""
 
@@ -45,4 +50,4 @@ class InternalError(OrchardError):
 
 #: the errors that are the caller's business; anything else is logged as a fault
 EXPECTED_ERRORS = (ValidationError, NotFound, PermissionDenied, Conflict, UpstreamError)
-ALL_ERRORS = EXPECTED_ERRORS + (InternalError,)
+ALL_ERRORS = EXPECTED_ERRORS + (NeedsApproval, InternalError)

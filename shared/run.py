@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import warnings
 
-# eventlet and pkg_resources announce their deprecation on import; the log stays JSON from its first line
+# eventlet announces its deprecation on import; the log stays JSON from its first line
 warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
-warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated")
 
 import eventlet  # noqa: E402
 
@@ -24,7 +23,9 @@ import logging  # noqa: E402
 import logging.config  # noqa: E402
 import sys  # noqa: E402
 
+import yaml  # noqa: E402
 from nameko.cli.run import import_service, run  # noqa: E402
+from nameko.exceptions import CommandError  # noqa: E402
 
 from shared.config import load_config  # noqa: E402
 from shared.errors import ValidationError  # noqa: E402
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
-    except (OSError, ValidationError) as problem:
+    except (OSError, ValidationError, yaml.YAMLError) as problem:
         print(f"cannot read the configuration {args.config}: {problem}", file=sys.stderr)
         return 2
     if "LOGGING" in config:
@@ -46,7 +47,11 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     if "." not in sys.path:
         sys.path.insert(0, ".")
-    services = [service for path in args.services for service in import_service(path)]
+    try:
+        services = [service for path in args.services for service in import_service(path)]
+    except (CommandError, ImportError) as problem:  # a module or class that is not there
+        print(f"cannot start: {problem}", file=sys.stderr)
+        return 2
     run(services, config)
     return 0
 

@@ -19,14 +19,13 @@ from services.directory.domain.authentication import FailedSignInLimiter, authen
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.egress import egress_addresses
 from services.directory.domain.mapping import CLASSES, GRADE_LEVELS, USERS
-from services.directory.domain.ports import SyncAlreadyRunning
 from services.directory.domain.profile import LdapProfile, apply_changes, parse_profile
 from services.directory.domain.schedule import daily_sync_due, worth_retrying
 from services.directory.domain.sync import profile_source, read_import_batch
 from shared.arguments import row_id
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, periodic, rpc
-from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.errors import Conflict, NotFound, OrchardError, PermissionDenied, ValidationError
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
@@ -171,8 +170,7 @@ class DirectoryService(OrchardService):
         mode = "apply" if apply else "preview"
         started = time.perf_counter()
         if not self._profiles().claim_sync(stored.id):  # not a wait: a directory sync can take minutes
-            raise SyncAlreadyRunning(f"a sync of LDAP profile {stored.id} is already running; try again once it "
-                                     "has finished")
+            raise Conflict(f"a sync of LDAP profile {stored.id} is already running; try again once it has finished")
         directory = LdapDirectory(stored.profile.connection, profile=str(stored.id))
         try:
             with directory.bound():

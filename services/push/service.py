@@ -154,8 +154,8 @@ class PushService(OrchardService):
                    for udid, reason in plan.skipped.items()}
         records = []
         # every topic at once: the call ends within one batch's time however many certificates it spans
-        sending = {topic: spawn(self.apns.client_for(certificates[topic], self.secrets).send,
-                                [Push(d.push_token, d.push_magic) for d in devices])
+        clients = {topic: self.apns.client_for(certificates[topic], self.secrets) for topic in plan.by_topic}
+        sending = {topic: spawn(clients[topic].send, [Push(d.push_token, d.push_magic) for d in devices])
                    for topic, devices in plan.by_topic.items()}
         for topic, devices in plan.by_topic.items():
             answers = sending[topic].wait()

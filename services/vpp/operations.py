@@ -310,6 +310,7 @@ class VppOperations:
                 templates[row.token_id] = self.invite_url_template(token)
             url = invite_url(templates[row.token_id], row.invite_code)
             mails.append(invite_email(to=row.email, user_name=row.name, organisation=token.org_name, url=url))
+
         def answered(index: int, delivery: Delivery) -> None:
             self._record_delivery(rows[index], delivery, outcome)
             if commit_each:

@@ -550,8 +550,9 @@ class VppService(OrchardService):
 
     @batched_event_handler(UserUpdated, tables.metadata.tables["inbox"])
     def on_user_updated(self, events: list[UserUpdated]) -> None:
-        """Keep users' details current: the address an invite is mailed to when the user is invited again, the
-        locations a token's auto-invite reaches. A late, older event changes nothing."""
+        """Keep users' details current (the address an invite is mailed to when the user is invited again); a
+        late, older event changes nothing. A new user ID (``previous_user_id``) is not followed: Apple knows the
+        user by the old one."""
         self.repo.remember_users([_known_user(event) for event in _latest_per_user(events)])
 
     @event_handler(UserDeleted)

@@ -33,7 +33,7 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(DeviceUnenrolled, "push", "on_device_unenrolled"),
     Subscription(ServerTokenConnected, "enrollment", "on_server_token_connected"),
     Subscription(UserImported, "vpp", "on_user_imported"),
-    Subscription(UserUpdated, "vpp", "on_user_updated"),  # the address invites are mailed to, the locations
+    Subscription(UserUpdated, "vpp", "on_user_updated"),  # the address invites are mailed to
     Subscription(UserDeleted, "vpp", "on_user_deleted"),  # retire the user at Apple, free their licences
     Subscription(DeviceEnrolled, "vpp", "on_device_enrolled"),  # revoke_unknown tells our devices from strangers
     Subscription(DevicesAssigned, "vpp", "on_devices_assigned"),

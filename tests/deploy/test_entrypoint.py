@@ -49,9 +49,16 @@ def test_the_runner_reads_the_configuration_with_orchards_loader(tmp_path):
     loader would have made it nothing and started anyway)."""
     config = tmp_path / "orchard.yaml"
     config.write_text("AMQP_URI: ${ORCHARD_TEST_BROKER_NOWHERE}\n")
-    started = subprocess.run([sys.executable, "-m", "shared.run", "--config", str(config),
-                              "services.push.service:PushService"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=60, env={k: v for k, v in os.environ.items() if k != "ORCHARD_TEST_BROKER_NOWHERE"})
+    environment = {k: v for k, v in os.environ.items() if k != "ORCHARD_TEST_BROKER_NOWHERE"}
+
+    def start(*services: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "shared.run", "--config", str(config), *services], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, env=environment)
+
+    started = start("services.push.service:PushService")
     assert started.returncode == 2
     assert started.stderr.strip() == (f"cannot read the configuration {config}: configuration needs the environment "
                                       "variable ORCHARD_TEST_BROKER_NOWHERE (no default is given)")
+    config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/\n")
+    unknown = start("services.nope.service:NopeService")
+    assert (unknown.returncode, unknown.stderr.strip()) == (2, "cannot start: No module named 'services.nope'")

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from services.directory.domain.egress import egress_addresses
-from services.directory.domain.ports import BindRefused, SyncAlreadyRunning
+from services.directory.domain.ports import BindRefused
 from services.directory.domain.schedule import daily_sync_due, worth_retrying
-from shared.errors import Conflict, NotFound, UpstreamError, ValidationError
+from shared.errors import Conflict, NeedsApproval, NotFound, UpstreamError, ValidationError
 
 DAY = datetime(2026, 3, 2, tzinfo=timezone.utc)
 
@@ -39,8 +39,9 @@ def test_a_failed_daily_sync_waits_as_long_as_it_has_been_failing_between_five_m
 
 def test_only_failures_that_may_pass_are_tried_again_the_same_day():
     assert worth_retrying(UpstreamError("the directory failed while connecting: timed out"))
-    assert worth_retrying(SyncAlreadyRunning("a sync of LDAP profile 1 is already running"))
-    assert not worth_retrying(Conflict("this plan deletes 40 of 100 users (40%), more than the allowed 10%"))
+    assert worth_retrying(Conflict("a sync of LDAP profile 1 is already running"))
+    assert worth_retrying(Conflict("the roster changed since this plan was previewed"))
+    assert not worth_retrying(NeedsApproval("this plan deletes 40 of 100 users (40%), more than the allowed 10%"))
     assert not worth_retrying(BindRefused("the directory refused the bind as CN=orchard"))
     assert not worth_retrying(ValidationError("the roster refused the records"))
     assert not worth_retrying(NotFound("there is no LDAP profile 1"))

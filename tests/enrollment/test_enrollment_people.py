@@ -188,11 +188,14 @@ def test_many_devices_are_assigned_in_one_call_and_each_refusal_is_reported(peop
         answer = rpc.enrollment.assign_devices([
             {"serial_number": "ser7a1", "user_id": "s7a1"}, {"serial_number": "SER7A2", "user_id": "s7a2"},
             {"serial_number": "X" * 65, "user_id": "s8a1"},  # one bad value fails its pair, not the call
+            {"serial_number": ["SER7A2"], "user_id": "s7a2"}, {"serial_number": "SER7A2", "user_id": 5},
             {"serial_number": "NOPE", "user_id": "s7a1"}, {"serial_number": "SER8A1", "user_id": "ghost"},
             {"serial_number": "SER7B1", "user_id": "s7b1"}, {"serial_number": "SER7B1", "user_id": "s7a1"}])
         assert answer["assigned"] == 2
         assert [(f["serial_number"][:9], f["reason"].split(":")[0]) for f in answer["failed"]] == [
             ("XXXXXXXXX", "a serial number must be a non-empty string of at most 64 characters"),
+            ("['SER7A2'", "a serial number must be a non-empty string of at most 64 characters"),
+            ("SER7A2", "user_id must be the roster's user ID, a non-empty string of at most 128 characters"),
             ("NOPE", "enrollment knows no device NOPE"),
             ("SER8A1", "there is no user 'ghost' in your locations"),
             ("SER7B1", "device SER7B1 is listed for more than one user (s7b1, s7a1); list it for one"),

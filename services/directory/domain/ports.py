@@ -5,15 +5,11 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol, Sequence
 
 from services.directory.domain.entries import DirectoryEntry
-from shared.errors import Conflict, UpstreamError
+from shared.errors import UpstreamError
 
 
 class BindRefused(UpstreamError):
     """The directory refused the service account's bind DN or password: only an administrator can fix it."""
-
-
-class SyncAlreadyRunning(Conflict):
-    """Another sync of the same profile is running (on any replica)."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
-from services.directory.domain.ports import BindRefused, SyncAlreadyRunning
-from shared.errors import OrchardError, UpstreamError
+from services.directory.domain.ports import BindRefused
+from shared.errors import Conflict, NeedsApproval, OrchardError, UpstreamError
 
 #: a failed daily sync waits as long as the day's sync has been failing, within these bounds
 SHORTEST_RETRY_WAIT = timedelta(minutes=5)
@@ -40,4 +40,6 @@ def worth_retrying(error: OrchardError) -> bool:
     """
     if isinstance(error, UpstreamError):
         return not isinstance(error, BindRefused)
-    return isinstance(error, SyncAlreadyRunning)
+    # another sync running, or the roster changing between preview and apply, passes; a plan the roster's
+    # deletion guard stops waits for a person
+    return isinstance(error, Conflict) and not isinstance(error, NeedsApproval)

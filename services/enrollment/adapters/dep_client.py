@@ -323,7 +323,8 @@ class DepClient:
         if attempt >= self._max_throttle_attempts:
             raise _throttled(f"Apple kept throttling {path} after {attempt} attempts", asked)
         if waited + delay > self._max_retry_after:
-            raise _throttled(f"Apple is throttling {path} and asked Orchard to wait {math.ceil(delay)} s", asked)
+            asking = f" and asked Orchard to wait {math.ceil(delay)} s" if said else ""
+            raise _throttled(f"Apple is throttling {path}{asking}", asked)
         self._sleep(delay)
         return waited + delay
 

@@ -89,15 +89,19 @@ def checked_user_devices(assignments: Any) -> list[tuple[Any, Any, str | None]]:
             raise ValidationError("each assignment must be an object with exactly serial_number and user_id")
         try:
             checked.append((checked_serial(item["serial_number"]), checked_user_id(item["user_id"]), None))
-        except ValidationError as invalid:
-            checked.append((item["serial_number"], item["user_id"], invalid.message))
+        except ValidationError as invalid:  # echoed back as text, cut short: it may be anything
+            checked.append((str(item["serial_number"])[:MAX_SERIAL_LENGTH], str(item["user_id"])[:128],
+                            invalid.message))
     return checked
 
 
 def listed_twice(pairs: list[tuple[Any, Any, str | None]]) -> dict[str, list[str]]:
-    """The serials a call lists for more than one user, with those users: which one is meant is not known."""
+    """The serials a call lists for more than one user, with those users: which one is meant is not known.
+    Only pairs whose values are valid count (the others fail on their own)."""
     users: dict[str, list[str]] = {}
-    for serial, user_id, _ in pairs:
+    for serial, user_id, problem in pairs:
+        if problem is not None:
+            continue
         users.setdefault(serial, [])
         if user_id not in users[serial]:
             users[serial].append(user_id)

@@ -35,7 +35,7 @@ from shared.contracts.roster import (
     UserUpdated,
 )
 from shared.contracts.base import Event, utc_now_iso
-from shared.errors import Conflict, ValidationError
+from shared.errors import Conflict, NeedsApproval, ValidationError
 
 # the lengths of the roster's text columns: what passes the planner must fit when applied
 MAX_NAME_LENGTH = 255
@@ -793,7 +793,7 @@ def check_can_apply(summary: PlanSummary, current_version: int, *,
                     allow_mass_delete: bool) -> None:
     """Refuse a plan that is stale or deletes too many users without explicit consent."""
     if summary.needs_mass_delete_approval and not allow_mass_delete:
-        raise Conflict(
+        raise NeedsApproval(
             f"this plan deletes {summary.counts[USER][DELETE]} of {summary.existing_users} "
             f"users ({summary.user_delete_share:.0%}), more than the allowed "
             f"{summary.max_user_delete_share:.0%}; check the source, then, if the deletions are intended, "
