@@ -302,14 +302,12 @@ class VppOperations:
         a later round, each invite waiting longer after every failure."""
         rows = list(invites)
         outcome = MailOutcome()
-        templates: dict[str, str] = {}
-        mails = []
-        for row in rows:
-            token = self.repo.token(row.token_id)
-            if row.token_id not in templates:
-                templates[row.token_id] = self.invite_url_template(token)
-            url = invite_url(templates[row.token_id], row.invite_code)
-            mails.append(invite_email(to=row.email, user_name=row.name, organisation=token.org_name, url=url))
+        tokens = {row.token_id: self.repo.token(row.token_id) for row in rows}
+        if commit_each:
+            self.db.commit()  # no database connection held while Apple and the relay answer
+        templates = {token_id: self.invite_url_template(token) for token_id, token in tokens.items()}
+        mails = [invite_email(to=row.email, user_name=row.name, organisation=tokens[row.token_id].org_name,
+                              url=invite_url(templates[row.token_id], row.invite_code)) for row in rows]
 
         def answered(index: int, delivery: Delivery) -> None:
             self._record_delivery(rows[index], delivery, outcome)
