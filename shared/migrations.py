@@ -16,12 +16,16 @@ import pkgutil
 from pathlib import Path
 
 import sqlalchemy as sa
+from eventlet.semaphore import Semaphore
 from alembic import command, context
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "kernel_schema"
 _LOCK_ID = 0x0C4A4D  # any constant: serialises replicas migrating the same PostgreSQL database
+# Alembic keeps the running migration in module state, so services started together in one process
+# (their greenthreads yield while PostgreSQL answers) migrate one after the other
+_ONE_AT_A_TIME = Semaphore(1)
 
 
 def alembic_config(migrations_package: str, connection: sa.engine.Connection | None = None) -> Config:
@@ -38,7 +42,7 @@ def alembic_config(migrations_package: str, connection: sa.engine.Connection | N
 
 def upgrade(engine: Engine, migrations_package: str) -> None:
     """Bring the database to the newest revision; safe when replicas start together."""
-    with engine.begin() as connection:
+    with _ONE_AT_A_TIME, engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
         command.upgrade(alembic_config(migrations_package, connection), "heads")

@@ -29,6 +29,7 @@ from nameko.exceptions import CommandError  # noqa: E402
 
 from shared.config import load_config  # noqa: E402
 from shared.errors import ValidationError  # noqa: E402
+from shared.storage import DatabaseInUse  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +53,11 @@ def main(argv: list[str]) -> int:
     except (CommandError, ImportError) as problem:  # a module or class that is not there
         print(f"cannot start: {problem}", file=sys.stderr)
         return 2
-    run(services, config)
+    try:
+        run(services, config)
+    except DatabaseInUse as problem:
+        print(f"cannot start: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 

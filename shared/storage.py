@@ -8,7 +8,9 @@ acknowledged, and roll it back otherwise.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,41 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
 _ENGINE_OPTIONS = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads, "hide_parameters": True}
 
 
+class DatabaseInUse(RuntimeError):
+    """Another process already serves this SQLite file (refused at start, before the service runs)."""
+
+
+def hold_sqlite_file(url: str) -> Any | None:
+    """Claim a SQLite database file for this process, or refuse with what to do instead.
+
+    SQLite is for one process per service: a second process writing the same file would wait on
+    its locks inside SQLite's C code, where the event loop cannot run, and two migrating at once
+    can fail. The claim is an exclusive ``flock`` on ``<file>.lock``, which the kernel drops when
+    the process ends, however it ends. Returns the open lock file (close it to give the claim up),
+    or ``None`` for PostgreSQL and in-memory databases.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(f"{parsed.database}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = open(path, "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "unknown"
+        lock_file.close()
+        raise DatabaseInUse(
+            f"{parsed.database} is in use by another process (pid {holder}). A SQLite database serves "
+            f"one process per service; stop that process, or run replicas on PostgreSQL (database_url)."
+        ) from None
+    lock_file.truncate(0)
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file
+
+
 class KernelTables:
     def __init__(self, metadata: sa.MetaData):
         self.outbox = metadata.tables["outbox"]
@@ -260,6 +297,8 @@ class Database(DependencyProvider):
     def __init__(self, metadata: sa.MetaData, migrations: str):
         self.metadata = metadata
         self.migrations = migrations  # dotted package holding the Alembic environment
+        self.sqlite_claim: Any | None = None
+        self.relay: Any | None = None  # none yet if the setup stopped early (the file in use, say)
 
     def setup(self) -> None:
         from shared.migrations import upgrade
@@ -267,6 +306,7 @@ class Database(DependencyProvider):
 
         settings = service_settings(self.container.config, self.container.service_name)
         url = settings.get("database_url") or f"sqlite:///var/{self.container.service_name}.db"
+        self.sqlite_claim = hold_sqlite_file(url)
         self.engine = create_engine_for(url, pool_size=int(self.container.config.get("max_workers", 10)) + 2)
         upgrade(self.engine, self.migrations)
         self.kernel = KernelTables(self.metadata)
@@ -279,11 +319,20 @@ class Database(DependencyProvider):
         runtime.freeze_start_up_objects()  # every extension is set up by now (migrations included)
 
     def stop(self) -> None:
-        self.relay.stop()
-        self.engine.dispose()
+        if self.relay is not None:
+            self.relay.stop()
+            self.engine.dispose()
+        self._give_up_claim()
 
     def kill(self) -> None:
-        self.relay.stop()
+        if self.relay is not None:
+            self.relay.stop()
+        self._give_up_claim()
+
+    def _give_up_claim(self) -> None:
+        if self.sqlite_claim is not None:
+            self.sqlite_claim.close()
+            self.sqlite_claim = None
 
     def get_dependency(self, worker_ctx: Any) -> UnitOfWork:
         unit = UnitOfWork(self.session_factory, self.kernel, self.relay.wake)

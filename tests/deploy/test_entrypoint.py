@@ -8,11 +8,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def push_answers(rpc_as) -> bool:
+    try:
+        with rpc_as(timeout=2) as rpc:
+            return rpc.push.health()["database"] == "ok"
+    except Exception:
+        return False
 
 
 def test_a_service_started_by_the_entrypoint_writes_only_json_lines(orchard_config, rpc_as, tmp_path):
@@ -25,13 +34,7 @@ def test_a_service_started_by_the_entrypoint_writes_only_json_lines(orchard_conf
     process = subprocess.Popen([str(ROOT / "deploy" / "entrypoint.sh")], cwd=ROOT, env=environment,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        def answers() -> bool:
-            try:
-                with rpc_as(timeout=2) as rpc:
-                    return rpc.push.health()["database"] == "ok"
-            except Exception:
-                return False
-        wait_for(answers, timeout=30, interval=0.2, what="the push service to answer")
+        wait_for(lambda: push_answers(rpc_as), timeout=30, interval=0.2, what="the push service to answer")
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
@@ -62,3 +65,40 @@ def test_the_runner_reads_the_configuration_with_orchards_loader(tmp_path):
     config.write_text("AMQP_URI: amqp://guest:guest@127.0.0.1:5672/\n")
     unknown = start("services.nope.service:NopeService")
     assert (unknown.returncode, unknown.stderr.strip()) == (2, "cannot start: No module named 'services.nope'")
+
+
+def test_a_second_process_on_one_sqlite_file_is_refused_until_the_first_is_gone(orchard_config, rpc_as, tmp_path):
+    """SQLite serves one process per service: a second one stops at start, naming the first; once the first is
+    killed (no chance to clean up), the file is free again."""
+    def start(config: dict, name: str) -> subprocess.Popen:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return subprocess.Popen([sys.executable, "-m", "shared.run", "--config", str(path),
+                                 "services.push.service:PushService"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    first = start(orchard_config, "first")
+    second = None
+    try:
+        wait_for(lambda: push_answers(rpc_as), timeout=30, interval=0.2, what="the push service to answer")
+        second_config = {**orchard_config, "SERVICES": {**orchard_config["SERVICES"], "push": {
+            **orchard_config["SERVICES"]["push"], "metrics_port": free_port()}}}
+        second = start(second_config, "second")
+        _, errors = second.communicate(timeout=60)
+        database = orchard_config["SERVICES"]["push"]["database_url"].removeprefix("sqlite:///")
+        assert second.returncode == 2
+        assert errors.strip().splitlines()[-1] == (
+            f"cannot start: {database} is in use by another process (pid {first.pid}). A SQLite database serves "
+            f"one process per service; stop that process, or run replicas on PostgreSQL (database_url).")
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+    third = start(orchard_config, "third")
+    try:
+        wait_for(lambda: push_answers(rpc_as), timeout=30, interval=0.2,
+                 what="the push service to answer after the first was killed")
+    finally:
+        third.terminate()
+        third.wait(timeout=30)

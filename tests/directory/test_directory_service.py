@@ -214,16 +214,15 @@ def test_sign_in_against_the_directory(directory_service, directory_config, rpc_
         "success": 2, "failure": 7, "refused": 1, "rate_limited": 1}
 
 
-def test_the_sign_in_limit_holds_across_replicas(directory_service, runner_factory, directory_config, rpc_as,
-                                                 profile_data):
-    runner_factory(directory_config, DirectoryService).start()  # a second replica on the same database
-    with rpc_as() as rpc:
-        rpc.directory.add_ldap_profile(profile_data())
-        for _ in range(5):  # spread over both replicas by the broker
-            assert rpc.directory.authenticate("t00002", "incorrect")["authenticated"] is False
-        for _ in range(4):
-            with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
-                rpc.directory.authenticate("t00002", "correct horse battery")
+def test_the_sign_in_limit_holds_across_replicas(runner_factory, directory_config, rpc_as, profile_data):
+    with replicas_on_postgresql(runner_factory, directory_config, DirectoryService):
+        with rpc_as() as rpc:
+            rpc.directory.add_ldap_profile(profile_data())
+            for _ in range(5):  # spread over both replicas by the broker
+                assert rpc.directory.authenticate("t00002", "incorrect")["authenticated"] is False
+            for _ in range(4):
+                with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
+                    rpc.directory.authenticate("t00002", "correct horse battery")
 
 
 def test_any_username_sign_in_accepts_fits_the_database(runner_factory, directory_config, database_url, rpc_as,

@@ -10,6 +10,7 @@ import openpyxl
 import pytest
 from nameko.events import event_handler
 from nameko.rpc import rpc
+from nameko.testing.utils import get_container
 
 from services.roster.adapters import spreadsheets
 from services.roster.service import RosterService
@@ -83,11 +84,23 @@ def user_row(uid, kind="Student", location="north", email=None):
 
 
 @pytest.fixture
-def roster(runner_factory, orchard_config):
+def roster_runner(runner_factory, orchard_config):
     RECEIVED.clear()
     runner = runner_factory(orchard_config, RosterService, EventCollector, FakeEnrollment)
     runner.start()
+    return runner
+
+
+@pytest.fixture
+def roster(roster_runner, orchard_config):
     return orchard_config
+
+
+@pytest.fixture
+def roster_container(roster_runner):
+    """The running roster service, whose periodic entrypoints a test calls directly (a second container on the
+    same SQLite file would be refused)."""
+    return get_container(roster_runner, RosterService)
 
 
 def test_spreadsheet_preview_apply_events_and_idempotence(roster, rpc_as):
@@ -300,7 +313,7 @@ def test_mosyle_compatible_api(roster, rpc_as):
     assert 'orchard_roster_import_runs_total{outcome="applied",source="api"}' in metrics
 
 
-def test_daily_asm_sync_applies_and_stops_at_the_deletion_guard(roster, rpc_as, container_factory):
+def test_daily_asm_sync_applies_and_stops_at_the_deletion_guard(roster, rpc_as, roster_container):
     import sqlalchemy as sa
     from nameko.testing.services import entrypoint_hook
 
@@ -315,8 +328,7 @@ def test_daily_asm_sync_applies_and_stops_at_the_deletion_guard(roster, rpc_as, 
                    "student_unique_identifiers": ["P1", "P2", "P3"]}],
         "person": persons,
     })
-    container = container_factory(RosterService, roster)
-    container.start()
+    container = roster_container
     engine = sa.create_engine(roster["SERVICES"]["roster"]["database_url"])
 
     def sync_now():
@@ -345,11 +357,10 @@ def test_daily_asm_sync_applies_and_stops_at_the_deletion_guard(roster, rpc_as, 
     engine.dispose()
 
 
-def test_a_failing_daily_asm_sync_is_recorded(roster, rpc_as, container_factory):
+def test_a_failing_daily_asm_sync_is_recorded(roster, rpc_as, roster_container):
     from nameko.testing.services import entrypoint_hook
 
-    container = container_factory(RosterService, roster)
-    container.start()
+    container = roster_container
     with rpc_as() as rpc:
         rpc.roster.set_asm_preferences("tok-broken", {"sync_time": "00:00"})
         with pytest.raises(UpstreamError, match="503"):
@@ -363,7 +374,7 @@ def test_a_failing_daily_asm_sync_is_recorded(roster, rpc_as, container_factory)
 
 
 def test_a_daily_asm_sync_that_fails_unexpectedly_is_recorded_backs_off_and_holds_up_no_other(
-        roster, rpc_as, container_factory):
+        roster, rpc_as, roster_container):
     import sqlalchemy as sa
     from nameko.testing.services import entrypoint_hook
 
@@ -373,8 +384,7 @@ def test_a_daily_asm_sync_that_fails_unexpectedly_is_recorded_backs_off_and_hold
     ASM_PAGES.update({"location": [{"unique_identifier": "L1", "name": "North"}], "course": [], "class": [],
                       "person": []})
     FAULTY_CALLS.clear()
-    container = container_factory(RosterService, roster)
-    container.start()
+    container = roster_container
     with rpc_as() as rpc:  # the failing token is first in the table, and neither has ever run
         rpc.roster.set_asm_preferences("tok-faulty", {"sync_time": "00:00"})
         rpc.roster.set_asm_preferences("tok-fine", {"sync_time": "00:00"})

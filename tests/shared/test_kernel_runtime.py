@@ -237,7 +237,17 @@ def test_postgresql_queries_do_not_block_other_workers(runner_factory, orchard_c
     assert elapsed < 1.8, f"two concurrent 1 s queries took {elapsed:.2f} s: the driver blocks the event loop"
 
 
-def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_config, tmp_path):
+@pytest.fixture
+def replicas_database(orchard_config):
+    """Replicas of the sample periodic services share one PostgreSQL database, as replicas must (SQLite serves one
+    process); listed before ``runner_factory``, it outlives the replicas."""
+    with postgres_database() as url:
+        for name in ("ticker", "slowticker"):
+            orchard_config["SERVICES"][name]["database_url"] = url
+        yield url
+
+
+def test_a_periodic_job_runs_on_one_replica_at_a_time(replicas_database, runner_factory, orchard_config):
     runner = runner_factory(orchard_config, TickerService)
     runner.start()
     other = runner_factory(orchard_config, TickerService)  # a second replica on the same database
@@ -245,11 +255,11 @@ def test_a_periodic_job_runs_on_one_replica_at_a_time(runner_factory, orchard_co
     eventlet.sleep(1.5)
     other.stop()
     runner.stop()  # last: a replica that stops gives its lease up
-    holders = job_runs(tmp_path / "ticker.db")
+    holders = job_runs(replicas_database)
     assert len(holders) >= 5 and len(set(holders)) == 1
 
 
-def test_a_periodic_job_longer_than_its_lease_term_keeps_it(runner_factory, orchard_config, tmp_path):
+def test_a_periodic_job_longer_than_its_lease_term_keeps_it(replicas_database, runner_factory, orchard_config):
     """The lease's term is two intervals and ten seconds (10.2 s here); the job takes 11 s."""
     first = runner_factory(orchard_config, SlowTickerService)
     first.start()
@@ -259,24 +269,24 @@ def test_a_periodic_job_longer_than_its_lease_term_keeps_it(runner_factory, orch
     eventlet.sleep(11.5)
     first.kill()
     second.kill()
-    holders = job_runs(tmp_path / "slowticker.db")
+    holders = job_runs(replicas_database)
     assert len(holders) >= 1 and len(set(holders)) == 1
 
 
-def test_a_replica_that_stops_gives_its_lease_up(runner_factory, orchard_config, tmp_path):
+def test_a_replica_that_stops_gives_its_lease_up(replicas_database, runner_factory, orchard_config):
     runner = runner_factory(orchard_config, TickerService)
     runner.start()
     eventlet.sleep(0.5)
     runner.stop()
     stopped = time.monotonic()
-    before = set(job_runs(tmp_path / "ticker.db"))
+    before = set(job_runs(replicas_database))
     runner_factory(orchard_config, TickerService).start()
-    wait_for(lambda: set(job_runs(tmp_path / "ticker.db")) - before, what="the next replica to run the job", timeout=5)
+    wait_for(lambda: set(job_runs(replicas_database)) - before, what="the next replica to run the job", timeout=5)
     assert time.monotonic() - stopped < 5  # not the lease's whole term (10.2 s)
 
 
 def test_a_replica_that_dies_has_its_periodic_job_taken_over_once_its_lease_runs_out(
-        runner_factory, orchard_config, tmp_path):
+        replicas_database, runner_factory, orchard_config):
     """The lease's term is two intervals and ten seconds (10.2 s here); a killed replica never gives it up."""
     first = runner_factory(orchard_config, TickerService)
     first.start()
@@ -285,8 +295,8 @@ def test_a_replica_that_dies_has_its_periodic_job_taken_over_once_its_lease_runs
     eventlet.sleep(0.5)
     first.kill()  # no clean stop: the lease stays with the dead replica until its term ends
     killed = time.monotonic()
-    (holder,) = set(job_runs(tmp_path / "ticker.db"))
-    wait_for(lambda: set(job_runs(tmp_path / "ticker.db")) - {holder}, what="the second replica to run the job",
+    (holder,) = set(job_runs(replicas_database))
+    wait_for(lambda: set(job_runs(replicas_database)) - {holder}, what="the second replica to run the job",
              timeout=15)
     assert 9 < time.monotonic() - killed < 12.5
 
@@ -330,9 +340,9 @@ def _sqlite(tmp_path):
     return nullcontext(f"sqlite:///{tmp_path}/storage.db")
 
 
-def job_runs(database) -> list[str]:
+def job_runs(url: str) -> list[str]:
     """The replica that ran each recorded run of a sample periodic job, oldest first."""
-    engine = create_engine_for(f"sqlite:///{database}")
+    engine = create_engine_for(url)
     try:
         with engine.connect() as connection:
             return [row.holder for row in connection.execute(sa.select(notes.c.holder).order_by(notes.c.note_id))]

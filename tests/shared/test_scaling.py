@@ -5,13 +5,25 @@ import pytest
 import sqlalchemy as sa
 
 from shared.storage import create_engine_for
+from tests.conftest import postgres_database
 from tests.shared.sample.services import ListenerService, NotesService, notes
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_replicas_share_rpc_calls_and_handle_each_event_once(runner_factory, orchard_config, rpc_as):
+@pytest.fixture
+def shared_databases(orchard_config):
+    """Replicas share their service's PostgreSQL database, as replicas must (SQLite serves one process); listed
+    before ``runner_factory``, the databases outlive the replicas."""
+    with postgres_database() as notes_url, postgres_database() as listener_url:
+        orchard_config["SERVICES"]["notes"]["database_url"] = notes_url
+        orchard_config["SERVICES"]["listener"]["database_url"] = listener_url
+        yield
+
+
+def test_replicas_share_rpc_calls_and_handle_each_event_once(shared_databases, runner_factory, orchard_config,
+                                                             rpc_as):
     for _ in range(2):
         runner_factory(orchard_config, NotesService, ListenerService).start()
 
@@ -33,3 +45,4 @@ def test_replicas_share_rpc_calls_and_handle_each_event_once(runner_factory, orc
     holders = handled()
     assert len(holders) == 30  # once per service, not once per replica
     assert len(set(holders)) == 2, "both listener replicas took events"
+    engine.dispose()
