@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 from services.roster import metrics
 from services.roster.adapters import asm, spreadsheets, tables
 from services.roster.adapters.api_tokens import ApiTokens, describe, parse_allowed_ips
+from services.roster.adapters.hierarchy import SqlHierarchy
 from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.mosyle_http import MosyleApi, RefusalAudits
 from services.roster.adapters.queries import RosterQueries
@@ -177,10 +178,13 @@ class RosterService(OrchardService):
         prefs = asm.AsmPreferenceStore(self.db.session).get(token_id)
         self.db.commit()  # nothing written yet: no database connection held while enrollment pages Apple
         roster = asm.fetch_roster(self.enrollment, token_id)
-        mapping = tpool.execute(asm_mapping.map_roster, roster, prefs)
+        # the users the roster holds for Apple's persons: a person Apple no longer gives an ID keeps theirs
+        known_users = SqlHierarchy(self.db.session).users_by_source_identifier()
+        mapping = tpool.execute(asm_mapping.map_roster, roster, prefs, known_users)
         options = planning.PlanOptions(only_add_new=prefs.only_add_new, locations=prefs.locations)
         return self._runner().preview(mapping.batch, options, actor=actor,
-                                      origin=f"server_token:{token_id}", warnings=mapping.warnings)
+                                      origin=f"server_token:{token_id}", warnings=mapping.warnings,
+                                      source_identifiers=mapping.source_identifiers)
 
     # ------------------------------------------------------------ queries
 

@@ -20,6 +20,7 @@ class InMemoryHierarchy:
         self.user_rows: dict[int, tuple[UserRecord, str]] = {}
         self.class_rows: dict[str, tuple[dict, str]] = {}
         self.memberships: dict[tuple[str, int, str], int] = {}  # (class, user key, role) -> position
+        self.identifiers: dict[int, str] = {}  # user key -> the source's identifier of the person
         self.writes = 0
 
     # reader
@@ -33,7 +34,11 @@ class InMemoryHierarchy:
         return [p.StoredGradeLevel(record=r, source=s) for r, s in self.grade_rows.values()]
 
     def users(self):
-        return [p.StoredUser(key=k, record=r, source=s) for k, (r, s) in self.user_rows.items()]
+        return [p.StoredUser(key=k, record=r, source=s, source_identifier=self.identifiers.get(k))
+                for k, (r, s) in self.user_rows.items()]
+
+    def users_by_source_identifier(self):
+        return {identifier: self.user_rows[k][0].user_id for k, identifier in self.identifiers.items()}
 
     def classes(self):
         ids = {k: r.user_id for k, (r, _) in self.user_rows.items()}
@@ -79,7 +84,15 @@ class InMemoryHierarchy:
 
     def _user_delete(self, c, source):
         del self.user_rows[c.target]
+        self.identifiers.pop(c.target, None)
         self.memberships = {m: at for m, at in self.memberships.items() if m[1] != c.target}
+
+    def _source_identifier_record(self, c, source):
+        identifier = c.after["source_identifier"]
+        self.identifiers = {k: i for k, i in self.identifiers.items() if i != identifier}
+        key = c.target if c.target is not None else next(
+            k for k, (r, _) in self.user_rows.items() if r.user_id == c.natural_id)
+        self.identifiers[key] = identifier
 
     def _class_add(self, c, source):
         data = {k: v for k, v in c.after.items() if k not in ("class_id", "teacher_ids", "student_ids")}

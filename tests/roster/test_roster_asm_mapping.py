@@ -5,6 +5,7 @@ import pytest
 
 from services.roster.domain import planning
 from services.roster.domain.asm_mapping import AsmPreferences, AsmRoster, map_roster
+from shared.contracts.roster import UserUpdated
 from shared.errors import ValidationError
 
 
@@ -154,6 +155,110 @@ def test_duplicate_user_ids_are_rejected():
                person("S3")]
     mapping = map_roster(roster(persons=persons), AsmPreferences())
     assert "shared with row" in mapping.batch.rejected[0].reason
+
+
+# ---------------------------------------------------------------- persons the roster already holds
+
+MANAGED_APPLE_ID = AsmPreferences(user_id_source="managed_apple_id")
+
+
+def sync(hierarchy, data, prefs):
+    """Preview and apply Apple's roster as the service does; returns the plan and its events."""
+    mapping = map_roster(data, prefs, hierarchy.users_by_source_identifier())
+    plan = planning.build_plan(hierarchy, mapping.batch, source_identifiers=mapping.source_identifiers)
+    return plan, list(planning.apply_plan(plan.changes, hierarchy, "asm"))
+
+
+def stored_ids(hierarchy):
+    return sorted(u.record.user_id for u in hierarchy.users())
+
+
+def members(hierarchy):
+    return {c.record.class_id: (c.record.teacher_ids, c.record.student_ids) for c in hierarchy.classes()}
+
+
+def test_a_person_whose_user_id_field_was_emptied_keeps_their_user_and_classes(hierarchy):
+    sync(hierarchy, roster(), MANAGED_APPLE_ID)
+    users, classes = stored_ids(hierarchy), members(hierarchy)
+    persons = [person("T1"), person("S1", grade="7", managed_apple_id=None), person("S2", grade="8"),
+               person("S3", grade="7")]
+    plan, events = sync(hierarchy, roster(persons=persons), MANAGED_APPLE_ID)
+    assert plan.summary.total_changes == 0 and events == []
+    (rejected,) = plan.summary.rejected
+    assert rejected.id == "S1@appleid.school.edu"
+    assert rejected.reason == (
+        "Name S1 has no managed apple id in Apple School Manager, which the sync preferences use as user ID; "
+        "user 'S1@appleid.school.edu', imported before for this person, is not deleted")
+    assert plan.summary.warnings == ["user(s) S1@appleid.school.edu kept, not deleted, because their rows "
+                                     "were rejected; fix those rows and import again"]
+    assert stored_ids(hierarchy) == users and members(hierarchy) == classes
+
+
+def test_persons_imported_under_another_user_id_source_keep_their_users_and_a_new_one_is_only_rejected(hierarchy):
+    sync(hierarchy, roster(), AsmPreferences())  # person IDs
+    persons = [person("T1", managed_apple_id=None), person("S1", grade="7", managed_apple_id=None),
+               person("S2", grade="8"), person("S3", grade="7"), person("N1", grade="7", managed_apple_id=None)]
+    data = roster(persons=persons)
+    data.classes[0]["student_unique_identifiers"].append("N1")
+    plan, events = sync(hierarchy, data, MANAGED_APPLE_ID)
+    assert sorted((r.id or "", r.row) for r in plan.summary.rejected) == [("", 5), ("pid-S1", 2), ("pid-T1", 1)]
+    assert plan.summary.counts["user"] == {"add": 0, "update": 2, "delete": 0}
+    assert {e.user_id: e.previous_user_id for e in events if isinstance(e, UserUpdated)} == {
+        "S2@appleid.school.edu": "pid-S2", "S3@appleid.school.edu": "pid-S3"}
+    assert stored_ids(hierarchy) == ["S2@appleid.school.edu", "S3@appleid.school.edu", "pid-S1", "pid-T1"]
+    assert members(hierarchy) == {"C1": (["pid-T1"], ["S2@appleid.school.edu", "pid-S1"]),
+                                  "C2": (["pid-T1"], ["S3@appleid.school.edu"])}
+
+
+def test_a_person_whose_user_id_is_now_shared_keeps_their_user(hierarchy):
+    sync(hierarchy, roster(), AsmPreferences())
+    persons = [person("T1"), person("S1", grade="7"), person("S2", grade="8", person_id="pid-S1"),
+               person("S3", grade="7")]
+    plan, _ = sync(hierarchy, roster(persons=persons), AsmPreferences())
+    (rejected,) = plan.summary.rejected
+    assert rejected.id == "pid-S2"
+    assert rejected.reason.startswith("user ID 'pid-S1' (person id) is shared with row 2")
+    assert plan.summary.counts["user"]["delete"] == 0 and "pid-S2" in stored_ids(hierarchy)
+
+
+def test_a_person_whose_user_id_and_email_both_changed_keeps_their_user_under_the_new_id(hierarchy):
+    prefs = AsmPreferences(user_id_source="email")
+    sync(hierarchy, roster(), prefs)
+    persons = [person("T1"), person("S1", grade="7", email_address="s1.new@mail.school.edu"),
+               person("S2", grade="8"), person("S3", grade="7")]
+    plan, events = sync(hierarchy, roster(persons=persons), prefs)
+    assert plan.summary.counts["user"] == {"add": 0, "update": 1, "delete": 0}
+    (updated,) = [e for e in events if isinstance(e, UserUpdated)]
+    assert (updated.user_id, updated.previous_user_id) == ("s1.new@mail.school.edu", "S1@mail.school.edu")
+    assert members(hierarchy)["C1"] == (["T1@mail.school.edu"], ["S2@mail.school.edu", "s1.new@mail.school.edu"])
+
+
+def test_an_old_user_id_another_person_now_has_goes_to_that_person(hierarchy):
+    prefs = AsmPreferences(user_id_source="sis_username")
+    sync(hierarchy, roster(), prefs)
+    # S2 gets a new username and S1 takes S2's old one; neither keeps an e-mail the roster knows
+    persons = [person("T1"), person("S2", grade="8", sis_username="user.S2b", email_address="s2b@mail.school.edu"),
+               person("S1", grade="7", sis_username="user.S2", email_address="s1b@mail.school.edu"),
+               person("S3", grade="7")]
+    plan, _ = sync(hierarchy, roster(persons=persons), prefs)
+    assert plan.summary.rejected == []  # whatever the order of the rows
+    assert plan.summary.counts["user"] == {"add": 1, "update": 1, "delete": 1}
+    assert hierarchy.users_by_source_identifier() == {
+        "T1": "user.T1", "S1": "user.S2", "S2": "user.S2b", "S3": "user.S3"}
+
+
+def test_identifiers_are_recorded_where_the_roster_lacks_them_without_changing_anything(hierarchy):
+    earlier = planning.build_plan(hierarchy, map_roster(roster(), AsmPreferences()).batch)
+    list(planning.apply_plan(earlier.changes, hierarchy, "asm"))  # imported before identifiers were kept
+    assert hierarchy.users_by_source_identifier() == {}
+
+    plan, events = sync(hierarchy, roster(), AsmPreferences())
+    assert plan.summary.total_changes == 0 and events == []
+    assert {c.natural_id: c.after for c in plan.changes} == {
+        f"pid-{uid}": {"source_identifier": uid} for uid in ("T1", "S1", "S2", "S3")}
+    assert hierarchy.users_by_source_identifier() == {uid: f"pid-{uid}" for uid in ("T1", "S1", "S2", "S3")}
+    again, _ = sync(hierarchy, roster(), AsmPreferences())
+    assert again.changes == []
 
 
 def test_preferences_validate_and_round_trip():

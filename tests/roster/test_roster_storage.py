@@ -116,6 +116,23 @@ def test_a_plan_that_changes_nothing_leaves_the_plans_previewed_beside_it_curren
     assert [u.record.grade_level for u in SqlHierarchy(unit.session).users()] == ["8"]
 
 
+def test_a_person_is_one_user_whatever_the_order_identifiers_move_in(unit):
+    runner = ImportRunner(unit.session, unit.publish)
+
+    def sync(users, identifiers):
+        records = ImportBatch(source="asm", locations=[LocationRecord(location_id="L1", name="North")],
+                              users=users)
+        summary = runner.preview(records, PlanOptions(), actor=ADMIN, source_identifiers=identifiers)
+        runner.apply(summary["plan_id"], actor=ADMIN)
+        unit.commit()
+        return SqlHierarchy(unit.session).users_by_source_identifier()
+
+    assert sync([person("a"), person("b")], {"a": "P1", "b": "P2"}) == {"P1": "a", "P2": "b"}
+    # identifiers move to other users, one to a new user: each is taken from the user that had it
+    assert sync([person("a"), person("b"), person("c")], {"a": "P2", "b": "P3", "c": "P1"}) == {
+        "P2": "a", "P3": "b", "P1": "c"}
+
+
 def test_a_class_keeps_its_primary_teacher_first(unit):
     from services.roster.adapters.queries import RosterQueries
     from services.roster.domain import mosyle_api
@@ -201,7 +218,8 @@ def test_the_planner_limits_every_text_column_an_apply_writes():
 
     # columns whose values the code chooses, not the source
     chosen = {"user_type": USER_TYPES, "role": ("teacher", "student"),
-              "entity": (*planning.ENTITIES, planning.DEVICES), "action": (*planning.ACTIONS, planning.ASSIGN),
+              "entity": (*planning.ENTITIES, planning.DEVICES, planning.SOURCE_IDENTIFIER),
+              "action": (*planning.ACTIONS, planning.ASSIGN, planning.RECORD),
               "plan_id": ("00000000-0000-0000-0000-000000000000",)}
     limits = {"source": planning.MAX_SOURCE_LENGTH, "natural_id": planning.MAX_NATURAL_ID_LENGTH,
               "user_id": planning.MAX_ID_LENGTH, "location_id": planning.MAX_ID_LENGTH,

@@ -117,7 +117,13 @@ class SqlHierarchy:
         result = self.session.execute(sa.select(t.users).execution_options(yield_per=5000))
         for row in result:
             yield StoredUser(key=row.id, record=user_record(row, located.get(row.id, [])),
-                             source=row.source)
+                             source=row.source, source_identifier=row.source_identifier)
+
+    def users_by_source_identifier(self) -> dict[str, str]:
+        """The source's own identifier of a person -> the user ID, where one is recorded."""
+        return {identifier: user_id for identifier, user_id in self.session.execute(
+            sa.select(t.users.c.source_identifier, t.users.c.user_id)
+            .where(t.users.c.source_identifier.is_not(None)))}
 
     def classes(self) -> list[StoredClass]:
         members = self.class_members()
@@ -217,6 +223,18 @@ class SqlHierarchy:
             self.session.execute(table.delete().where(column.in_(targets)))
         for c in changes:
             keys.pop(c.natural_id, None)
+
+    def _source_identifier_record(self, changes: list[Change], source: str) -> None:
+        keys = self.user_keys()
+        identifiers = [c.after["source_identifier"] for c in changes]
+        # a person is one user: an identifier given to another user is taken from the one that had it
+        self.session.execute(t.users.update().where(t.users.c.source_identifier.in_(identifiers))
+                             .values(source_identifier=None))
+        self.session.execute(
+            t.users.update().where(t.users.c.id == sa.bindparam("key"))
+            .values(source_identifier=sa.bindparam("new_identifier")),
+            [{"key": c.target if c.target is not None else keys[c.natural_id],
+              "new_identifier": c.after["source_identifier"]} for c in changes])
 
     def _class_add(self, changes: list[Change], source: str) -> None:
         self.session.execute(t.classes.insert(), [

@@ -38,10 +38,12 @@ class ImportRunner:
     def preview(self, batch: ImportBatch, options: planning.PlanOptions, *, actor: Actor,
                 origin: str | None = None,
                 row_numbers: Mapping[str, Mapping[str, int]] | None = None,
-                warnings: list[str] | None = None) -> dict[str, Any]:
+                warnings: list[str] | None = None,
+                source_identifiers: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Store the plan for ``batch``; returns its summary with ``plan_id``."""
         snapshot = planning.HierarchySnapshot.of(SqlHierarchy(self.session))
-        plan = tpool.execute(planning.build_plan, snapshot, batch, options, row_numbers=row_numbers)
+        plan = tpool.execute(planning.build_plan, snapshot, batch, options, row_numbers=row_numbers,
+                             source_identifiers=source_identifiers)
         del snapshot
         plan.summary.warnings[:0] = warnings or []
         self.plans.prune()

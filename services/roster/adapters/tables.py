@@ -41,6 +41,9 @@ users = sa.Table(
     sa.Column("grade_level", sa.String(255)),
     sa.Column("serial_numbers", sa.Text),  # comma-separated; serial numbers hold no commas
     sa.Column("source", sa.String(20), nullable=False),
+    # the person's own identifier in the source (Apple School Manager's unique_identifier), which
+    # names the user when Apple's field chosen as user ID is empty or changes; one user per person
+    sa.Column("source_identifier", sa.String(255), index=True, unique=True),
 )
 
 # No foreign keys below: the writer removes memberships, locations and plan changes

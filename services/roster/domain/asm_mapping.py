@@ -5,6 +5,10 @@ RosterCourse objects. Persons carry no type and no location: a person who teache
 class is a teacher, one who attends a class is a student, and their locations are
 those of their classes. A preference Apple's API cannot satisfy (the Person Number is
 not exposed) is reported as a warning in the preview, together with the fallback used.
+
+A person is known by Apple's ``unique_identifier`` whatever the user ID preference: a person
+rejected here (no value in the field chosen as user ID, or one shared with another person)
+names the user the roster already holds for them, so a gap in Apple's data never deletes it.
 """
 from __future__ import annotations
 
@@ -86,9 +90,15 @@ class AsmMapping:
     warnings: list[str]
     skipped_without_location: int  # in no class
     skipped_elsewhere: int  # only in classes of locations the preferences do not sync
+    # user ID -> Apple's unique identifier of the person, for the batch's users
+    source_identifiers: dict[str, str]
 
 
-def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
+def map_roster(roster: AsmRoster, prefs: AsmPreferences,
+               known_users: Mapping[str, str] | None = None) -> AsmMapping:
+    """Map Apple's roster to an import batch; ``known_users`` maps Apple's unique identifier of a
+    person to the user ID the roster holds for them (imported before, maybe under another ID)."""
+    known_users = known_users or {}
     warnings: list[str] = []
     rejected: list[RejectedRow] = []
     wanted_locations = set(prefs.locations) if prefs.locations is not None else None
@@ -125,6 +135,7 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
 
     users: list[UserRecord] = []
     user_id_of: dict[str, str] = {}  # Apple's unique identifier -> our user ID
+    source_identifiers: dict[str, str] = {}  # the reverse, for the batch's users only
     seen_ids: dict[str, int] = {}
     skipped = skipped_elsewhere = 0
     name_source_missing = 0
@@ -142,18 +153,16 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
         user_type = ("teacher" if apple_id in teaches else
                      "student" if apple_id in attends or person.get("grade") else "staff")
         user_id = _user_id(person, user_id_source)
-        if not user_id:
-            rejected.append(RejectedRow(sheet="Users", row=row, reason=(
-                f"{person.get('name') or apple_id} has no {user_id_source.replace('_', ' ')} "
-                f"in Apple School Manager, which the sync preferences use as user ID")))
-            continue
-        if user_id in seen_ids:
-            rejected.append(RejectedRow(sheet="Users", row=row, id=user_id, reason=(
-                f"user ID '{user_id}' ({user_id_source.replace('_', ' ')}) is shared with "
-                f"row {seen_ids[user_id]}; choose a user ID source that is unique")))
+        if not user_id or user_id in seen_ids:
+            known_id = known_users.get(apple_id)
+            rejected.append(_rejected_person(person, row, user_id, user_id_source, seen_ids.get(user_id),
+                                             known_id))
+            if known_id:  # their user stays as it is, in their classes too
+                user_id_of[apple_id] = known_id
             continue
         seen_ids[user_id] = row
         user_id_of[apple_id] = user_id
+        source_identifiers[user_id] = apple_id
         email = None if (user_type == "student" and prefs.skip_student_email) else _email(
             person, prefs.email_source)
         users.append(UserRecord(
@@ -196,7 +205,22 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences) -> AsmMapping:
     batch = ImportBatch(source="asm", locations=locations, users=users, classes=records,
                         rejected=rejected)
     return AsmMapping(batch=batch, warnings=warnings, skipped_without_location=skipped,
-                      skipped_elsewhere=skipped_elsewhere)
+                      skipped_elsewhere=skipped_elsewhere, source_identifiers=source_identifiers)
+
+
+def _rejected_person(person: Mapping[str, Any], row: int, user_id: str | None, user_id_source: str,
+                     shared_with: int | None, known_id: str | None) -> RejectedRow:
+    """A person without a user ID of their own; the row names the user the roster holds for them, if any."""
+    source = user_id_source.replace("_", " ")
+    if not user_id:
+        reason = (f"{person.get('name') or person['unique_identifier']} has no {source} in Apple School "
+                  f"Manager, which the sync preferences use as user ID")
+    else:
+        reason = (f"user ID '{user_id}' ({source}) is shared with row {shared_with}; choose a user ID "
+                  f"source that is unique")
+    if known_id:
+        reason += f"; user '{known_id}', imported before for this person, is not deleted"
+    return RejectedRow(sheet="Users", row=row, id=known_id or user_id or None, reason=reason)
 
 
 def _dedupe(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -53,6 +53,10 @@ ACTIONS = (ADD, UPDATE, DELETE)
 # not a change of the hierarchy: the devices a user's record lists, handed to enrollment once the
 # plan is applied; written last in a plan and not counted among its changes
 DEVICES, ASSIGN = "devices", "assign"
+# nor this: the source's own identifier of a user it lists (Apple's unique identifier of a person),
+# recorded on apply where the roster lacks it, so the user is recognised when its user ID is missing
+# or changes; written after the hierarchy, before the devices, and not counted either
+SOURCE_IDENTIFIER, RECORD = "source_identifier", "record"
 
 # the sheet names a rejection is reported under (the spreadsheet template uses the same)
 SHEET_OF = {LOCATION: "Locations", GRADE_LEVEL: "Grade Levels", USER: "Users", CLASS: "Classes"}
@@ -80,6 +84,7 @@ class StoredUser:
     key: Any  # the storage's own identity; survives a change of user ID
     record: UserRecord
     source: str
+    source_identifier: str | None = None  # the person's own identifier in the source, where recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +156,8 @@ class HierarchyWriter(Protocol):
 
     A class add or update sets the class's members to ``after["teacher_ids"]`` and
     ``after["student_ids"]`` (user IDs as they are once the users are written); deleting
-    a user or a class removes its memberships.
+    a user or a class removes its memberships. Recording a source identifier gives it to the user
+    ``target`` (or, for a user the plan adds, the user ``natural_id``) and takes it from any other.
     """
 
     def write(self, entity: str, action: str, changes: list["Change"], source: str) -> None: ...
@@ -276,7 +282,8 @@ class PlanSummary:
 @dataclass
 class Plan:
     summary: PlanSummary
-    changes: list[Change]  # in the order they must be written, then the users' devices (DEVICES)
+    # in the order they must be written, then the source identifiers to record and the users' devices
+    changes: list[Change]
 
 
 # ---------------------------------------------------------------- building
@@ -288,25 +295,30 @@ def build_plan(
     options: PlanOptions | None = None,
     *,
     row_numbers: Mapping[str, Mapping[str, int]] | None = None,
+    source_identifiers: Mapping[str, str] | None = None,
 ) -> Plan:
     """Compare ``batch`` with the hierarchy; nothing is written.
 
     ``row_numbers`` maps a sheet name to {natural id: row} so that a rejection names the
     row of the file it came from; without it, the position in the batch is used.
+    ``source_identifiers`` maps a user ID of the batch to the person's own identifier in the
+    source (Apple School Manager's); a user whose ID and e-mail both changed is matched by it.
     """
     if len(batch.source) > MAX_SOURCE_LENGTH:
         raise ValidationError(f"the batch's source is {len(batch.source)} characters long; "
                               f"at most {MAX_SOURCE_LENGTH} are allowed")
-    return _Planner(hierarchy, batch, options or PlanOptions(), row_numbers or {}).build()
+    return _Planner(hierarchy, batch, options or PlanOptions(), row_numbers or {},
+                    source_identifiers or {}).build()
 
 
 class _Planner:
     def __init__(self, hierarchy: HierarchyReader, batch: ImportBatch, options: PlanOptions,
-                 row_numbers: Mapping[str, Mapping[str, int]]):
+                 row_numbers: Mapping[str, Mapping[str, int]], source_identifiers: Mapping[str, str]):
         self.hierarchy = hierarchy
         self.batch = batch
         self.options = options
         self.row_numbers = row_numbers
+        self.source_identifiers = source_identifiers
         self.family = source_family(batch.source)
         self.summary = PlanSummary(source=batch.source, base_version=hierarchy.version(),
                                    rejected=list(batch.rejected),
@@ -316,6 +328,7 @@ class _Planner:
         # changes grouped by the phase in which they are written (see _PHASES)
         self.phases: dict[tuple[str, str], list[Change]] = {p: [] for p in _PHASES}
         self.devices: list[Change] = []  # the users' devices, handed to enrollment after the apply
+        self.identified: list[Change] = []  # source identifiers to record on apply
         # in an import limited to some locations: the users who stay and are in none of them
         self.outsiders: set[str] = set()
         # what rejected rows name, per entity: kept even where the source no longer lists it,
@@ -335,7 +348,7 @@ class _Planner:
         if not self.options.add_unused_locations:
             self._drop_unused_new_locations()
         changes = [c for phase in _PHASES for c in self.phases[phase]]
-        return Plan(summary=self.summary, changes=changes + self.devices)
+        return Plan(summary=self.summary, changes=changes + self.identified + self.devices)
 
     # -- helpers
 
@@ -456,8 +469,10 @@ class _Planner:
             else sum(1 for s in stored_users if self._in_scope(s.record.locations)))
         by_id = {s.record.user_id: s for s in stored_users}
         by_email = {s.record.email.lower(): s for s in stored_users if s.record.email}
+        by_identifier = {s.source_identifier: s for s in stored_users if s.source_identifier}
+        listed_ids = {user.user_id for user in self.batch.users}
         matched: set[Any] = set()  # stored keys an incoming user matched
-        named_by_rejected: set[Any] = set()  # stored keys a rejected row names by user ID or e-mail
+        named_by_rejected: set[Any] = set()  # stored keys a rejected row names (user ID, e-mail, identifier)
         final_ids: set[str] = set()
         explicit_deletes = set(self.options.delete_user_ids)
         seen_ids: set[str] = set()
@@ -471,18 +486,20 @@ class _Planner:
                 problem = f"e-mail '{user.email}' belongs to another user in this import"
             by_own_id = by_id.get(user.user_id)
             by_own_email = by_email.get(email_key) if email_key else None
+            by_own_identifier = self._by_identifier(user.user_id, by_identifier, listed_ids)
             if (not problem and by_own_id and by_own_email
                     and by_own_id.key != by_own_email.key):
                 problem = (f"user ID '{user.user_id}' and e-mail '{user.email}' belong to two "
                            f"different existing users; fix one of them in the source")
             if problem:
                 self._reject(USER, user.user_id, position, problem)
-                named_by_rejected.update(old.key for old in (by_own_id, by_own_email) if old is not None)
+                named_by_rejected.update(old.key for old in (by_own_id, by_own_email, by_own_identifier)
+                                         if old is not None)
                 continue
             seen_ids.add(user.user_id)
             if email_key:
                 seen_emails.add(email_key)
-            old = by_own_id or by_own_email
+            old = by_own_id or by_own_email or by_own_identifier
             if old is not None and not self._in_scope(old.record.locations):
                 self._reject(USER, user.user_id, position, "the existing user is "
                              + (self._out_of_scope(old.record.locations) or ""))
@@ -490,6 +507,7 @@ class _Planner:
             final_ids.add(user.user_id)
             if old is None:
                 self._emit(Change(USER, ADD, user.user_id, after=_user_dict(user)))
+                self._record_identifier(user.user_id, None)
                 self._hand_over_devices(user.user_id, user.serial_numbers)
                 continue
             if old.key in matched:
@@ -499,6 +517,7 @@ class _Planner:
                 final_ids.discard(user.user_id)
                 continue
             matched.add(old.key)
+            self._record_identifier(user.user_id, old)
             after = _user_dict(user)
             before = _differences(_user_dict(old.record), after, USER_FIELDS)
             if before and self.options.only_add_new:
@@ -533,6 +552,27 @@ class _Planner:
         self._kept_for_rejected_rows(USER, kept)
         self._reject_unknown_deletions(USER, self.options.delete_user_ids, set(by_id))
         return final_ids
+
+    def _by_identifier(self, user_id: str, by_identifier: Mapping[str, StoredUser],
+                       listed_ids: set[str]) -> StoredUser | None:
+        """The stored user the source's identifier of ``user_id`` names, unless another row of the
+        batch lists that user's ID: then that row is the one that matches it."""
+        identifier = self.source_identifiers.get(user_id)
+        stored = by_identifier.get(identifier) if identifier else None
+        if stored is None or stored.record.user_id in listed_ids:
+            return None
+        return stored
+
+    def _record_identifier(self, user_id: str, old: StoredUser | None) -> None:
+        """Have the source's identifier of a user recorded on apply, where the roster lacks it."""
+        identifier = self.source_identifiers.get(user_id)
+        # one longer than the column holds stays unrecorded: it must not fail the apply
+        if (identifier is None or len(identifier) > MAX_NAME_LENGTH
+                or (old is not None and old.source_identifier == identifier)):
+            return
+        self.identified.append(Change(SOURCE_IDENTIFIER, RECORD, user_id,
+                                      after={"source_identifier": identifier},
+                                      target=old.key if old is not None else None))
 
     def _hand_over_devices(self, user_id: str, serial_numbers: list[str]) -> None:
         """Every device a listed user's record names goes to enrollment on apply, not only new ones:
