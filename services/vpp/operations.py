@@ -2,26 +2,34 @@
 
 Apple calls run outside the database session; results are written by the worker's
 own greenthread. Whatever Apple already did is committed even when a later call
-fails, and the error says what was done.
+fails, and the error says what was done. No database connection is held while Apple
+or the mail relay answers (SQLite has one per process): what a worker read or wrote
+is committed before it waits, and the answer is written in a new transaction.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import eventlet
+
 from services.vpp import metrics
+from services.vpp.adapters import tables
 from services.vpp.adapters.apple_client import (
-    AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, ManagedByAnotherMdm,
+    AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, Listing, ManagedByAnotherMdm,
 )
 from services.vpp.adapters.repository import VppRepository
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url
-from services.vpp.domain.licences import Asset, LicenceBatch, chunks
-from shared import green
+from services.vpp.domain.licences import Asset, LicenceBatch, Limits, chunks
+from shared import green, leases
+from shared.backoff import doubling_delay
 from shared.errors import OrchardError, UpstreamError
 from shared.mail import Delivery, SmtpMailer, send_each
 from shared.secrets import SecretBox
@@ -34,6 +42,12 @@ ALREADY_REGISTERED = 9716
 USER_NOT_FOUND = 9609  # never registered with Apple (an invite still queued): nothing to retire
 NAMES_REFRESHED_AFTER = timedelta(days=7)  # store names change (renamed apps); look them up again after this
 DEFAULT_PLATFORM = "volumestore"  # client/config's defaultPlatform for tokens added before it was stored
+# a licence change holds its asset's turn this long, renewed every third of it while it runs: a holder that died
+# passes the turn on within this time
+LICENCE_TURN = timedelta(seconds=30)
+TURN_POLL_FIRST, TURN_POLL_LONGEST = timedelta(milliseconds=50), timedelta(seconds=1)  # how often a waiter looks
+# invites being mailed are left to their round this long (a round of a process that died is taken up after it)
+MAIL_ROUND = timedelta(minutes=5)
 
 
 @dataclass
@@ -97,8 +111,8 @@ class VppOperations:
     def apple(self, token: Any) -> Iterator[None]:
         """Record on the token what Apple's answers say about it (managed elsewhere, revoked), even on failure.
 
-        The call fails then, so nothing else it wrote is kept: its changes are rolled back before the token's
-        state is committed (queued invites, say, would otherwise stay behind a failed ``invite_users``).
+        The call fails then, so nothing else it wrote and did not commit yet is kept: that is rolled back before
+        the token's state is committed.
         """
         try:
             yield
@@ -174,18 +188,54 @@ class VppOperations:
         return list(found.values())
 
     # --- licences ---------------------------------------------------------------------------
+    @contextmanager
+    def licence_turn(self, token: Any, adam_ids: Iterable[str]) -> Iterator[None]:
+        """Take the turn on these assets' licences: changes to one asset run one after the other, each planned
+        against the last one's outcome, which is committed before the turn passes on (an error rolls back what
+        was not committed yet).
+
+        The turn is a lease, not a row lock, so neither waiting for it nor the change's wait on Apple holds a
+        database connection; several assets are taken in one order, so two changes never wait on each other."""
+        engine, turns = self.db.session.get_bind(), tables.metadata.tables["leases"]
+        names = [f"vpp.licences:{token.id}:{adam_id}" for adam_id in sorted(set(adam_ids))]
+        holder = uuid.uuid4().hex
+        self.db.commit()  # the turn is waited for with nothing held
+
+        def renew() -> bool:
+            return all(leases.acquire(engine, turns, name, holder, LICENCE_TURN) for name in names)
+
+        try:
+            for name in names:
+                _wait_for_turn(engine, turns, name, holder)
+            with leases.renewed(renew, every=LICENCE_TURN.total_seconds() / 3):
+                yield
+                self.db.commit()
+        except BaseException:  # the turn is given up with nothing held, a worker killed meanwhile too
+            self.db.session.rollback()
+            raise
+        finally:
+            for name in names:
+                leases.hold_for(engine, turns, name, holder, timedelta(0))
+
+    def limits(self, token: Any) -> Limits:
+        """Apple's request limits (``service/config``, which it may be asked for): what the worker read or wrote so
+        far is committed first."""
+        self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
+        return self.client_for(token).limits()
+
     def run_licence_batches(self, token: Any, asset: Asset, batches: Sequence[LicenceBatch], *, assign: bool) -> LicenceOutcome:
+        """Send the batches to Apple one after the other; each one's outcome is committed before the next is sent."""
         client = self.client_for(token)
         outcome = LicenceOutcome()
         submit = client.associate if assign else client.disassociate
         verb = "assigned" if assign else "revoked"
         with self.apple(token):
             for number, batch in enumerate(batches, 1):
+                self.db.commit()  # what the requests before did is kept; no database connection held while Apple answers
                 with self.step(token, number, f"{len(outcome.serial_numbers)} device and {len(outcome.user_ids)} user "
                                               f"licence(s) were {verb} ({number - 1} of {len(batches)} requests)"):
                     event_id = submit(batch)
                     outcome.events.append(event_id)
-                    self.repo.record_event(token.id, event_id, "ASSOCIATE" if assign else "DISASSOCIATE", "PENDING", [], utc_now())
                     result = client.wait_for_event(event_id)
                 failed = failed_holders(batch, result)
                 done_serials = [s for s in batch.serial_numbers if s not in failed]
@@ -198,51 +248,77 @@ class VppOperations:
         return outcome
 
     # --- invites ----------------------------------------------------------------------------
-    def register_queued(self, token_id: str | None = None, limit: int = 5000) -> dict[str, int]:
-        """Register queued invites with Apple in ``users/create`` batches, several in flight at once."""
+    def invite(self, token: Any, invites: list[dict[str, Any]]) -> tuple[set[str], dict[str, int]]:
+        """Queue these invites (``invite_users``) and register them with Apple.
+
+        Nothing is written before Apple has answered, so a failure changes nothing (what Apple says about the token
+        apart, see ``apple``). Returns the users this call queued (not those another call queued first) and how
+        many of them Apple registered and failed; those that became invitable only meanwhile stay queued for
+        ``register_queued``."""
+        invitable = set(self.repo.invitable(token.id, [invite["user_id"] for invite in invites]))
+        asked = [invite for invite in invites if invite["user_id"] in invitable]
+        refused = _unusable(token)
+        created = self._create_users(token, asked) if asked and not refused else []
+        listing = self._users_changed(token) if created and _by_email(asked) else None  # the e-mails' invite codes
+        invited = self.repo.queue_invites(invites, invited_again=True)
+        if refused:
+            self.repo.mark_failed(token.id, sorted(invited), refused)
+            return invited, {"registered": 0, "failed": len(invited)}
+        registered, failed = self._record_registrations(
+            token, [([i for i in batch if i["user_id"] in invited], result) for batch, result in created])
+        if listing is not None:
+            self._apply_users(token, listing)
+        return invited, {"registered": registered, "failed": failed}
+
+    def register_queued(self, limit: int = 5000) -> dict[str, int]:
+        """Register queued invites with Apple in ``users/create`` batches, several in flight at once; each token's
+        outcome is written once Apple answered."""
         by_token: dict[str, list[Any]] = defaultdict(list)
-        for invite in self.repo.queued_invites(limit, token_id):
-            by_token[invite.token_id].append(invite)
+        for invite in self.repo.queued_invites(limit):
+            by_token[invite["token_id"]].append(invite)
         totals = {"registered": 0, "failed": 0}
         for tid, invites in by_token.items():
-            token = self.repo.token(tid)
-            if token.revoked or token.conflict_with:
-                reason = ("the content token is revoked; renew it to register the user"
-                          if token.revoked else f"another MDM ({token.conflict_with}) manages this location; renew the "
-                                                "content token with take_over to claim it back")
-                self.repo.mark_failed(tid, [i.user_id for i in invites], reason)
-                totals["failed"] += len(invites)
-                continue
-            registered, failed = self._register(token, invites)
+            registered, failed = self._register(self.repo.token(tid), invites)
             totals["registered"] += registered
             totals["failed"] += failed
         return totals
 
     def _register(self, token: Any, invites: list[Any]) -> tuple[int, int]:
-        client = self.client_for(token)
-        with self.apple(token):
-            batches = chunks(invites, client.limits().max_users)
-
-            def create(batch: list[Any]) -> tuple[list[Any], EventResult]:
-                users = [_apple_user(i) for i in batch]
-                return batch, client.wait_for_event(client.create_users(users))
-
-            results = list(green.imap(create, batches, APPLE_CONCURRENCY))
-            registered = failed = 0
-            for batch, result in results:
-                # already registered by an earlier attempt: that is what we wanted
-                reasons = _failed_users(result, [i.user_id for i in batch], ignored=ALREADY_REGISTERED)
-                done = [i for i in batch if i.user_id not in reasons]
-                # deleted from the roster, or the invite revoked, while Apple registered them: retired here again
-                for user_id in self.repo.mark_registered(token.id, [i.user_id for i in done]):
-                    self.repo.request_retirements(user_id, utc_now(), token.id)
-                for user_id, reason in reasons.items():
-                    self.repo.mark_failed(token.id, [user_id], reason)
-                for method in {i.method for i in done}:
-                    metrics.INVITES_REGISTERED.labels(method).inc(sum(1 for i in done if i.method == method))
-                registered, failed = registered + len(done), failed + len(reasons)
-        if any(i.method == InviteMethod.EMAIL.value for i in invites):
+        refused = _unusable(token)
+        if refused:
+            self.repo.mark_failed(token.id, [i["user_id"] for i in invites], refused)
+            return 0, len(invites)
+        registered, failed = self._record_registrations(token, self._create_users(token, invites))
+        if _by_email(invites):
             self.refresh_invites(token)  # the e-mails need the invite codes now; others get them when listed
+        return registered, failed
+
+    def _create_users(self, token: Any, invites: list[Any]) -> list[tuple[list[Any], EventResult]]:
+        """Ask Apple to register the invites' users; each batch with Apple's answer (nothing is written)."""
+        client = self.client_for(token)
+        batches = chunks(invites, self.limits(token).max_users)
+
+        def create(batch: list[Any]) -> tuple[list[Any], EventResult]:
+            return batch, client.wait_for_event(client.create_users([_apple_user(i) for i in batch]))
+
+        with self.apple(token):
+            return list(green.imap(create, batches, APPLE_CONCURRENCY))
+
+    def _record_registrations(self, token: Any, created: list[tuple[list[Any], EventResult]]) -> tuple[int, int]:
+        """Write what Apple answered to ``_create_users``: how many it registered and failed."""
+        registered = failed = 0
+        for batch, result in created:
+            # already registered by an earlier attempt: that is what we wanted
+            reasons = _failed_users(result, [i["user_id"] for i in batch], ignored=ALREADY_REGISTERED)
+            done = [i for i in batch if i["user_id"] not in reasons]
+            # deleted from the roster, or the invite revoked, while Apple registered them: retired here again
+            for user_id in self.repo.mark_registered(token.id, [i["user_id"] for i in done]):
+                self.repo.request_retirements(user_id, utc_now(), token.id)
+            for user_id, reason in reasons.items():
+                self.repo.mark_failed(token.id, [user_id], reason)
+            for method in {i["method"] for i in done}:
+                metrics.INVITES_REGISTERED.labels(method).inc(sum(1 for i in done if i["method"] == method))
+            registered, failed = registered + len(done), failed + len(reasons)
         return registered, failed
 
     # --- users the roster deleted -----------------------------------------------------------
@@ -250,12 +326,13 @@ class VppOperations:
         """Revoke the users' revocable licences, then retire them at Apple, in batches within Apple's limits.
 
         Returns the users done; the others stay queued with Apple's reason (raises when Apple cannot be asked at all).
+        Apple's answers are written only at the end, so a failure writes nothing.
         """
         client = self.client_for(token)
-        limits = client.limits()
         failed: dict[str, str] = {}
+        holders = self.repo.user_licence_holders(token.id, user_ids)
+        limits = self.limits(token)
         with self.apple(token):
-            holders = self.repo.user_licence_holders(token.id, user_ids)
             for batch in chunks(holders, limits.max_revoke_client_user_ids):
                 failed.update(_failed_users(client.wait_for_event(client.revoke(client_user_ids=batch)), batch, USER_NOT_FOUND))
             for batch in chunks([u for u in user_ids if u not in failed], limits.max_users):
@@ -267,14 +344,16 @@ class VppOperations:
         return done
 
     def retire_invited(self, token: Any, user_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-        """Retire invited users at Apple, a batch at a time. The invites of those Apple retired (or never knew) are
-        revoked; the others stay as they are. Returns the users revoked and the failures, with Apple's reason."""
+        """Retire invited users at Apple, a batch at a time, each batch's outcome committed before the next is sent.
+        The invites of those Apple retired (or never knew) are revoked; the others stay as they are. Returns the
+        users revoked and the failures, with Apple's reason."""
         client = self.client_for(token)
+        batches = chunks(user_ids, self.limits(token).max_users)
         revoked: list[str] = []
         failures: list[dict[str, Any]] = []
         with self.apple(token):
-            batches = chunks(user_ids, client.limits().max_users)
             for number, batch in enumerate(batches, 1):
+                self.db.commit()  # what the requests before did is kept; no database connection held while Apple answers
                 with self.step(token, number, f"{len(revoked)} invite(s) were revoked ({number - 1} of {len(batches)} "
                                               "requests)"):
                     failed = _failed_users(client.wait_for_event(client.retire_users(batch)), batch, USER_NOT_FOUND)
@@ -285,34 +364,39 @@ class VppOperations:
         return revoked, failures
 
     def refresh_invites(self, token: Any) -> None:
-        """Read the users Apple changed since the last read: invite codes, acceptances, retirements."""
-        client = self.client_for(token)
+        """Read the users Apple changed since the last read: invite codes, acceptances, retirements. What the worker
+        read or wrote so far is committed first."""
+        self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
+        self._apply_users(token, self._users_changed(token))
+
+    def _users_changed(self, token: Any) -> Listing:
         with self.apple(token):
-            listing = client.users(since_version_id=token.users_version)
+            return self.client_for(token).users(since_version_id=token.users_version)
+
+    def _apply_users(self, token: Any, listing: Listing) -> None:
         self.repo.apply_apple_users(token.id, listing.items, utc_now())
         self.repo.update_token(token.id, users_version=listing.version_id)
 
     def invite_url_template(self, token: Any) -> str:
         return self.client_for(token).invitation_url_template()
 
-    def email_invites(self, invites: Sequence[Any], *, commit_each: bool = False) -> MailOutcome:
-        """Mail these invites' links, recording each message's outcome as soon as the relay answered for it (and
-        committing it, ``commit_each``, when nothing else is in the transaction), so a failure later in the round
-        never sends it twice. A refused address is recorded on its invite; a relay that failed leaves the rest for
-        a later round, each invite waiting longer after every failure."""
+    def email_invites(self, invites: Sequence[Any]) -> MailOutcome:
+        """Mail these invites' links, recording and committing each message's outcome as soon as the relay answered
+        for it, so a failure later in the round never sends it twice. What the worker read or wrote before is
+        committed first. A refused address is recorded on its invite; a relay that failed leaves the rest for a
+        later round, each invite waiting longer after every failure (written, not committed)."""
         rows = list(invites)
         outcome = MailOutcome()
         tokens = {row.token_id: self.repo.token(row.token_id) for row in rows}
-        if commit_each:
-            self.db.commit()  # no database connection held while Apple and the relay answer
+        self.repo.mail_round(rows, utc_now() + MAIL_ROUND)  # the mail job's next round leaves them to this one
+        self.db.commit()  # no database connection held while Apple and the relay answer
         templates = {token_id: self.invite_url_template(token) for token_id, token in tokens.items()}
         mails = [invite_email(to=row.email, user_name=row.name, organisation=tokens[row.token_id].org_name,
                               url=invite_url(templates[row.token_id], row.invite_code)) for row in rows]
 
         def answered(index: int, delivery: Delivery) -> None:
             self._record_delivery(rows[index], delivery, outcome)
-            if commit_each:
-                self.db.commit()
+            self.db.commit()
 
         count, failed = send_each(self.mailer, mails, answered)
         if failed is not None:
@@ -338,22 +422,47 @@ class VppOperations:
         outcome.failures.append({"user_id": row.user_id, "email": row.email, "refused": delivery.refused,
                                  "message": message})
 
+
+def _wait_for_turn(engine: Any, turns: Any, name: str, holder: str) -> None:
+    """Take the lease ``name`` as soon as it is free, looking less often the longer the wait."""
+    for attempt in itertools.count():
+        if leases.acquire(engine, turns, name, holder, LICENCE_TURN):
+            return
+        eventlet.sleep(doubling_delay(attempt, TURN_POLL_FIRST, TURN_POLL_LONGEST).total_seconds())
+
+
+def _unusable(token: Any) -> str | None:
+    """Why Apple cannot register users with this token now, if it cannot."""
+    if token.revoked:
+        return "the content token is revoked; renew it to register the user"
+    if token.conflict_with:
+        return (f"another MDM ({token.conflict_with}) manages this location; renew the content token with take_over "
+                "to claim it back")
+    return None
+
+
+def _by_email(invites: Iterable[Any]) -> bool:
+    return any(invite["method"] == InviteMethod.EMAIL.value for invite in invites)
+
+
 def _failed_users(result: EventResult, batch: list[str], ignored: int) -> dict[str, str]:
-    """Users of a users/… or revoke request that Apple failed, with its reason; errors numbered ``ignored`` are fine."""
+    """Those of ``batch`` that Apple failed in a users/… or revoke request, with its reason (``invite`` writes the
+    outcome of part of a request only); errors numbered ``ignored`` are fine."""
     failed: dict[str, str] = {}
+    members = set(batch)
     for failure in result.failures:
         if failure.get("errorNumber") == ignored:
             continue
         reason = f"{failure.get('errorMessage')} (error {failure.get('errorNumber')})"
-        for user_id in (failure.get("errorInfo") or {}).get("clientUserIds") or batch:
-            failed[user_id] = reason
+        named = (failure.get("errorInfo") or {}).get("clientUserIds") or batch
+        failed.update((user_id, reason) for user_id in named if user_id in members)
     return failed
 
 
 def _apple_user(invite: Any) -> dict[str, str]:
-    user = {"clientUserId": invite.user_id}
-    if invite.method == InviteMethod.MANAGED_APPLE_ID.value and invite.managed_apple_id:
-        user["managedAppleId"] = invite.managed_apple_id
-    if invite.email:
-        user["email"] = invite.email
+    user = {"clientUserId": invite["user_id"]}
+    if invite["method"] == InviteMethod.MANAGED_APPLE_ID.value and invite["managed_apple_id"]:
+        user["managedAppleId"] = invite["managed_apple_id"]
+    if invite["email"]:
+        user["email"] = invite["email"]
     return user

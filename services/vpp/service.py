@@ -51,6 +51,7 @@ DEFAULT_SYNC_HOURS = 2.5
 FAILED_SYNC_RETRY = timedelta(minutes=5)
 MAX_COUNT_DELTA = 1_000_000_000  # licences one ASSET_COUNT may add or take: well within the 32-bit counts
 NAME_LENGTH = tables.content_tokens.c.location_name.type.length  # org and location names as stored
+REGISTERED_MEANWHILE = "Apple registered this invite while the others were revoked; revoke it again to retire the user."
 
 
 def _text(value: Any, what: str, limit: int = 200) -> str:
@@ -174,6 +175,7 @@ class VppService(OrchardService):
                                   "FILE.vpptoken` (or the renew_content_token RPC).")
         token_id = str(uuid.uuid4())
         subscription, auth_hash = self._notification_subscription(token_id)
+        self.db.commit()  # read only so far: no database connection held while Apple answers
         client.claim_location(**subscription)
         self.repo.add_token({
             "id": token_id, "name": chosen_name or location_name,
@@ -239,6 +241,7 @@ class VppService(OrchardService):
         now = utc_now()
         token = decode_content_token(stoken, now=now)
         client = self.apple.client(token.stoken)
+        self.db.commit()  # read only so far: no database connection held while Apple answers
         config = client.client_config(check_mdm=False)
         uid, location_name = _apple_location(config, token)
         check_renewal(row.location_uid, uid)
@@ -327,10 +330,12 @@ class VppService(OrchardService):
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
         serials, users = _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids")
+        self.db.commit()  # read only so far: no database connection held while enrollment answers
         reached = self.enrollment.resolve_scope(scope) if scope is not None else []
         self._require_within_token(row, serials, users, reached)
         serials = list(dict.fromkeys([*serials, *(device["serial_number"] for device in reached)]))
-        return self._assign(actor, row, *self._plan_assignment(row, adam_id, serials, users))
+        with self.ops.licence_turn(row, [self.repo.asset(row.id, adam_id).adam_id]):
+            return self._assign(actor, row, *self._plan_assignment(row, adam_id, serials, users))
 
     def _require_within_token(self, row: Any, serials: list[str], users: list[str], reached: list[dict]) -> None:
         """A token restricted to locations serves only devices and users there (checked before any Apple call)."""
@@ -348,8 +353,8 @@ class VppService(OrchardService):
 
     def _plan_assignment(self, row: Any, adam_id: Any, serials: list[str],
                          users: list[str]) -> tuple[Asset, LicencePlan]:
-        """Check an assignment (the asset locked until the commit) before anything is asked of Apple."""
-        asset = asset_from_row(self.repo.asset(row.id, adam_id, for_update=True))
+        """Check an assignment (holding the asset's turn, ``licence_turn``) before anything is asked of Apple."""
+        asset = asset_from_row(self.repo.asset(row.id, adam_id))
         try:
             return asset, plan_assignment(asset, serials, users, self.repo.holders(row.id, asset))
         except NotEnoughLicences as short:  # only a shortage: a request refused for another reason waits for nothing
@@ -358,7 +363,7 @@ class VppService(OrchardService):
             raise
 
     def _assign(self, actor: Actor, row: Any, asset: Asset, plan: LicencePlan) -> dict[str, Any]:
-        outcome = self.ops.run_licence_batches(row, asset, plan.batches(self.ops.client_for(row).limits()), assign=True)
+        outcome = self.ops.run_licence_batches(row, asset, plan.batches(self.ops.limits(row)), assign=True)
         self.db.audit(actor, "licences.assigned", f"content_token:{row.id}", {
             "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
             "failures": len(outcome.failures)})
@@ -368,14 +373,15 @@ class VppService(OrchardService):
     def revoke_licenses(self, token_id: Any, adam_id: Any, serial_numbers: Any = None, user_ids: Any = None) -> dict[str, Any]:
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
-        asset = asset_from_row(self.repo.asset(row.id, adam_id, for_update=True))
-        plan = plan_revocation(asset, _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids"),
-                               self.repo.holders(row.id, asset))
-        limits = self.ops.client_for(row).limits()  # asked of Apple only for a revocation the rules allow
-        outcome = self.ops.run_licence_batches(row, asset, plan.batches(limits), assign=False)
-        self.db.audit(actor, "licences.revoked", f"content_token:{row.id}", {
-            "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
-            "failures": len(outcome.failures)})
+        serials, users = _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids")
+        with self.ops.licence_turn(row, [self.repo.asset(row.id, adam_id).adam_id]):
+            asset = asset_from_row(self.repo.asset(row.id, adam_id))
+            plan = plan_revocation(asset, serials, users, self.repo.holders(row.id, asset))
+            limits = self.ops.limits(row)  # asked of Apple only for a revocation the rules allow
+            outcome = self.ops.run_licence_batches(row, asset, plan.batches(limits), assign=False)
+            self.db.audit(actor, "licences.revoked", f"content_token:{row.id}", {
+                "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
+                "failures": len(outcome.failures)})
         return {"adam_id": asset.adam_id, "revoked": outcome.to_json(), "not_assigned": list(plan.already_done)}
 
     @rpc
@@ -401,16 +407,16 @@ class VppService(OrchardService):
             return result
         assets = self.repo.assets_by_key(row.id)
         failures, events, revoked = [], [], 0
-        batches = revocation_batches(selection, self.ops.client_for(row).limits())
+        batches = revocation_batches(selection, self.ops.limits(row))
         for number, batch in enumerate(batches, 1):
             done = f"{revoked} licence(s) were revoked ({number - 1} of {len(batches)} requests)"
-            with self.ops.step(row, number, done):
+            # each completed batch stays recorded (the turn commits it) even if a later one fails
+            with self.ops.step(row, number, done), self.ops.licence_turn(row, [batch.adam_id]):
                 outcome = self.ops.run_licence_batches(row, assets[(batch.adam_id, batch.pricing_param)], [batch],
                                                        assign=False)
             failures += [{"adam_id": batch.adam_id, **f} for f in outcome.failures]
             events += outcome.events
             revoked += len(outcome.serial_numbers) + len(outcome.user_ids)
-            self.db.commit()  # each completed batch stays recorded even if a later one fails
         result.update(failures=failures, events=events)
         self.db.audit(actor, f"licences.{action}", f"content_token:{row.id}", {"count": len(listed), "failures": len(failures)})
         return result
@@ -435,18 +441,17 @@ class VppService(OrchardService):
                                   f"({', '.join(lacking[:10])}); add it there or use the other invite method.")
         now = utc_now()
         # new invites, and revoked or failed ones invited again; what this call queued, not what it read: a
-        # concurrent call for the same users queues each once
-        invited = self.repo.queue_invites([_invite_row(row.id, known[u], how, now) for u in wanted], invited_again=True)
+        # concurrent call for the same users queues each once. Written once Apple registered them, so an error
+        # means nothing was changed (README, "Guarantees"); a repeat is safe, as Apple answers 9716 for users it
+        # already registered
+        invited, totals = self.ops.invite(row, [_invite_row(row.id, known[u], how, now) for u in wanted])
         already = [u for u in wanted if u not in invited]
-        # registered in this call's transaction: an Apple failure rolls the invites back, so an error means nothing
-        # was changed (README, "Guarantees"); a repeat is safe, as Apple answers 9716 for users it already registered
-        totals = self.ops.register_queued(row.id)
         if invited:
             self.db.audit(actor, "invites.sent", f"content_token:{row.id}",
                           {"method": how.value, "users": len(invited)})
         mail_failures, mail_error = [], None
         if how is InviteMethod.EMAIL:
-            try:  # this call's invites (the mail job mails the others)
+            try:  # this call's invites (the mail job mails the others), once they are committed
                 mailed = self.ops.email_invites(self.repo.invites_to_email(utc_now(), row.id, wanted))
                 mail_failures, mail_error = mailed.failures, mailed.error
             except OrchardError as exc:
@@ -464,6 +469,7 @@ class VppService(OrchardService):
         if self.repo.invites_missing_codes(row.id):
             self.ops.refresh_invites(row)
         rows = self.repo.invites(row.id, wanted)
+        self.db.commit()  # read only: no database connection held while Apple answers
         template = self.ops.invite_url_template(row) if any(r.invite_code for r in rows) else None
         return [invite_view(r, template) for r in rows]
 
@@ -480,7 +486,7 @@ class VppService(OrchardService):
                    if r.method == InviteMethod.EMAIL.value and r.invite_code and r.email]
         mailed = self.ops.email_invites(pending)
         if mailed.error:
-            self.db.commit()  # what the relay answered for, so that no message is sent twice
+            self.db.commit()  # when the others are tried again (what the relay answered for is committed)
             done = (f"Before that, {mailed.sent} of {len(pending)} invite e-mail(s) were sent; resend the others"
                     if mailed.sent else "Resend them")
             raise UpstreamError(f"{mailed.error} {done} once the relay works again.")
@@ -494,11 +500,14 @@ class VppService(OrchardService):
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
         rows = [r for r in self.repo.invites(row.id, user_ids=_ids(user_ids, "user_ids")) if r.status != InviteStatus.REVOKED.value]
-        unregistered = [r.user_id for r in rows if r.apple_state in ("queued", "failed")]
-        self.repo.withdraw_invites(row.id, unregistered)
         at_apple = [r.user_id for r in rows if r.apple_state in ("registered", "retiring")]
         retired, failures = self.ops.retire_invited(row, at_apple) if at_apple else ([], [])
-        revoked = len(unregistered) + len(retired)
+        # withdrawn once Apple has answered, so that an Apple failure changes nothing
+        unregistered = [r.user_id for r in rows if r.apple_state in ("queued", "failed")]
+        withdrawn = self.repo.withdraw_invites(row.id, unregistered)
+        failures += [{"user_id": user_id, "message": REGISTERED_MEANWHILE} for user_id in unregistered
+                     if user_id not in withdrawn]
+        revoked = len(withdrawn) + len(retired)
         self.db.audit(actor, "invites.revoked", f"content_token:{row.id}",
                       {"count": revoked, "failures": len(failures)})
         return {"revoked": revoked, "failures": failures}
@@ -517,7 +526,7 @@ class VppService(OrchardService):
             if outcome["registered"] + outcome["failed"] < REGISTRATION_ROUND or time.monotonic() > deadline:
                 break
         try:
-            error = self.ops.email_invites(self.repo.invites_to_email(utc_now()), commit_each=True).error
+            error = self.ops.email_invites(self.repo.invites_to_email(utc_now())).error
         except OrchardError as exc:  # Apple's invitation link could not be read
             error = str(exc)
         if error:
@@ -616,6 +625,7 @@ class VppService(OrchardService):
                                   "list_study_apps RPC lists.")
         if (serial_numbers is None) == (class_id is None):
             raise ValidationError("Name either a class (class_id) or the devices (serial_numbers).")
+        self.db.commit()  # read only so far: no database connection held while the roster and enrollment answer
         if class_id is not None:
             devices = self._class_devices(actor, _text(class_id, "class_id"))
             serials = [device["serial_number"] for device in devices]
@@ -623,14 +633,15 @@ class VppService(OrchardService):
             serials = _ids(serial_numbers, "serial_numbers")
             devices = self._devices_of_teacher(actor, serials) if actor.role == "teacher" else []
         self._require_within_token(row, serials, [], devices)
-        # every app is checked (licences left, hidden, books) before Apple assigns any
-        plans = [self._plan_assignment(row, adam_id, serials, []) for adam_id in apps]
         installed: list[dict[str, Any]] = []
-        for number, (asset, plan) in enumerate(plans, 1):
-            done = "; ".join(f"app {i['adam_id']} was installed on {len(i['assigned']['serial_numbers'])} device(s)"
-                             for i in installed)
-            with self.ops.step(row, number, done):
-                installed.append(self._assign(actor, row, asset, plan))
+        with self.ops.licence_turn(row, apps):
+            # every app is checked (licences left, hidden, books) before Apple assigns any
+            plans = [self._plan_assignment(row, adam_id, serials, []) for adam_id in apps]
+            for number, (asset, plan) in enumerate(plans, 1):
+                done = "; ".join(f"app {i['adam_id']} was installed on {len(i['assigned']['serial_numbers'])} device(s)"
+                                 for i in installed)
+                with self.ops.step(row, number, done):
+                    installed.append(self._assign(actor, row, asset, plan))
         return installed
 
     def _students_devices(self, class_ids: list[str]) -> list[dict[str, Any]]:

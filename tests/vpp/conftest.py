@@ -1,6 +1,8 @@
 """Fixtures for the vpp tests: an Apps and Books sandbox on a real socket."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -48,13 +50,18 @@ class SandboxAdmin:
         self._http.close()
 
 
-@pytest.fixture
-def vpp_sandbox():
-    running = serve_wsgi(VppSandbox(page_size=1000, event_polls=1))
+def served(app) -> Iterator[SandboxAdmin]:
+    """``app`` (a ``VppSandbox``, or something in front of one) on a real socket, until the generator ends."""
+    running = serve_wsgi(app)
     admin = SandboxAdmin(running.url)
     yield admin
     admin.close()
     running.stop()
+
+
+@pytest.fixture
+def vpp_sandbox():
+    yield from served(VppSandbox(page_size=1000, event_polls=1))
 
 
 @pytest.fixture

@@ -39,6 +39,17 @@ def _insert_many(session: Session, statement: Any, rows: Sequence[dict[str, Any]
     return list(session.execute(statement.returning(*statement.table.primary_key.columns), list(rows)))
 
 
+def _queued_again(invited_again: bool) -> sa.ColumnElement[bool]:
+    """Which stored invites a new one replaces: its user's, retired at Apple (deleted from the roster, imported
+    again), or, ``invited_again``, one revoked or failed."""
+    c = t.invites.c
+    queued_again = c.apple_state == "retired"
+    if invited_again:
+        # no IN (…) here: an expanding list cannot go into a many-row statement
+        queued_again = queued_again | (c.status == InviteStatus.REVOKED.value) | (c.status == InviteStatus.FAILED.value)
+    return queued_again
+
+
 def asset_from_row(row: Any) -> Asset:
     return Asset(row.adam_id, row.pricing_param, ProductType(row.product_type), row.total_count, row.assigned_count,
                  row.available_count, row.device_assignable, row.revocable, row.hidden, row.name)
@@ -150,17 +161,14 @@ class VppRepository:
             query = query.where(c.hidden.is_(False))
         return list(self.session.execute(query.order_by(c.product_type, c.adam_id, c.pricing_param)))
 
-    def asset(self, token_id: str, adam_id: Any, for_update: bool = False) -> Any:
-        """The asset with this adamId; with two pricing params, the one with more licences free.
-
-        ``for_update`` locks its rows until the commit: licence changes to one asset then run one after the
-        other, each counting against the last one's outcome (and writing counts that include it)."""
+    def asset(self, token_id: str, adam_id: Any) -> Any:
+        """The asset with this adamId; with two pricing params, the one with more licences free."""
         if not isinstance(adam_id, str) or not adam_id.strip():
             raise NotFound("Name the asset by its adamId (text).")
         c = t.assets.c
         query = (sa.select(t.assets).where(c.token_id == token_id, c.adam_id == adam_id.strip())
                  .order_by(c.available_count.desc()))
-        row = self.session.execute(query.with_for_update() if for_update else query).first()
+        row = self.session.execute(query).first()
         if row is None:
             raise NotFound(f"This content token has no app or book with adamId {adam_id!r}; "
                            f"if it was bought recently, sync first: `orchard vpp sync {token_id}` (or the sync_assets RPC).")
@@ -316,13 +324,16 @@ class VppRepository:
         insert = _insert(self.session, t.invites)
         c = t.invites.c
         again = ("method", "name", "email", "managed_apple_id", "status", "apple_state", "invited_at")
-        requeued = c.apple_state == "retired"
-        if invited_again:
-            # no IN (…) here: an expanding list cannot go into a many-row statement
-            requeued = requeued | (c.status == InviteStatus.REVOKED.value) | (c.status == InviteStatus.FAILED.value)
         return {key.user_id for key in _insert_many(self.session, insert.on_conflict_do_update(
             index_elements=[c.token_id, c.user_id], set_={**{k: insert.excluded[k] for k in again}, **FRESH_INVITE},
-            where=requeued), rows)}
+            where=_queued_again(invited_again)), rows)}
+
+    def invitable(self, token_id: str, user_ids: Sequence[str]) -> list[str]:
+        """Those of ``user_ids`` whose invite ``queue_invites(..., invited_again=True)`` would queue now."""
+        c = t.invites.c
+        staying = set(self.session.execute(sa.select(c.user_id).where(
+            c.token_id == token_id, c.user_id.in_(list(user_ids)), ~_queued_again(True))).scalars())
+        return [user_id for user_id in user_ids if user_id not in staying]
 
     def requeue_failed_invites(self, token_id: str, now: datetime) -> int:
         """Queue the token's failed invites again (a renewed token registers what the old one could not)."""
@@ -331,12 +342,13 @@ class VppRepository:
             c.token_id == token_id, c.status == InviteStatus.FAILED.value).values(
             status=InviteStatus.PENDING.value, apple_state="queued", invited_at=now, **FRESH_INVITE)).rowcount
 
-    def withdraw_invites(self, token_id: str, user_ids: Sequence[str]) -> None:
-        """Revoke invites Apple never registered (queued or failed): the registration job no longer picks them."""
+    def withdraw_invites(self, token_id: str, user_ids: Sequence[str]) -> set[str]:
+        """Revoke invites Apple never registered (queued or failed): the registration job no longer picks them.
+        The users withdrawn (not those Apple registered meanwhile)."""
         c = t.invites.c
-        self.session.execute(t.invites.update().where(
+        return set(self.session.execute(t.invites.update().where(
             c.token_id == token_id, c.user_id.in_(list(user_ids)), c.apple_state.in_(["queued", "failed"]))
-            .values(status=InviteStatus.REVOKED.value, apple_state="withdrawn"))
+            .values(status=InviteStatus.REVOKED.value, apple_state="withdrawn").returning(c.user_id)).scalars())
 
     def invites(self, token_id: str, status: str | None = None, user_ids: Sequence[str] | None = None) -> list[Any]:
         c = t.invites.c
@@ -347,12 +359,11 @@ class VppRepository:
             query = query.where(c.user_id.in_(list(user_ids)))
         return list(self.session.execute(query.order_by(c.user_id)))
 
-    def queued_invites(self, limit: int, token_id: str | None = None) -> list[Any]:
+    def queued_invites(self, limit: int) -> list[Any]:
+        """The invites waiting to be registered with Apple, each a mapping (as the invites ``invite_users`` queues)."""
         c = t.invites.c
         query = sa.select(c.token_id, c.user_id, c.email, c.managed_apple_id, c.method).where(c.apple_state == "queued")
-        if token_id:
-            query = query.where(c.token_id == token_id)
-        return list(self.session.execute(query.order_by(c.token_id, c.invited_at).limit(limit)))
+        return list(self.session.execute(query.order_by(c.token_id, c.invited_at).limit(limit)).mappings())
 
     def mark_registered(self, token_id: str, user_ids: Sequence[str]) -> list[str]:
         """Record that Apple registered these users; those whose invite stopped waiting meanwhile (the roster deleted
@@ -442,6 +453,15 @@ class VppRepository:
         if user_ids is not None:
             query = query.where(c.user_id.in_(list(user_ids)))
         return list(self.session.execute(query.limit(limit)))
+
+    def mail_round(self, invites: Sequence[Any], until: datetime) -> None:
+        """These invites are being mailed: ``invites_to_email`` leaves them out until ``until``, when a round that
+        never recorded its outcome (its process died) is taken up again."""
+        by_token: dict[str, list[str]] = {}
+        for invite in invites:
+            by_token.setdefault(invite.token_id, []).append(invite.user_id)
+        for token_id, user_ids in by_token.items():
+            self.mark_invites(token_id, user_ids, mail_retry_at=until)
 
     def mail_sent(self, token_id: str, user_id: str, now: datetime) -> None:
         self.mark_invites(token_id, [user_id], emailed_at=now, mail_error=None, mail_refused_at=None, mail_attempts=0,
