@@ -118,6 +118,7 @@ class OutboxRelay:
         ]
         self.publisher = BatchPublisher(container.config[AMQP_URI_CONFIG_KEY], declare)
         self._wakeup = GreenEvent()
+        self._stopping = GreenEvent()
         self._running = False
         self._thread = None
 
@@ -129,6 +130,8 @@ class OutboxRelay:
         self._running = False
         if self._thread is not None:
             self.wake()
+            if not self._stopping.ready():
+                self._stopping.send(True)
             with eventlet.Timeout(10, False):  # let a pass in progress finish its batch
                 self._thread.wait()
             self._thread.kill()
@@ -157,7 +160,8 @@ class OutboxRelay:
                     self._prune_inbox()
             except Exception:  # the broker or the database is away: keep the rows, try again later
                 log.warning("outbox relay for %s could not publish; will retry", self.service_name, exc_info=True)
-                eventlet.sleep(POLL_SECONDS)
+                with eventlet.Timeout(POLL_SECONDS, False):  # a commit does not cut the pause short, a stop does
+                    self._stopping.wait()
 
     def drain_once(self) -> int:
         """Publish one batch of pending events; the number published."""

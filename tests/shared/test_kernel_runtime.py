@@ -8,6 +8,7 @@ import time
 import eventlet
 import httpx
 import pytest
+from nameko.testing.utils import get_container
 import sqlalchemy as sa
 from kombu import Connection, Queue
 from nameko.amqp.publish import Publisher
@@ -16,7 +17,7 @@ from nameko.events import get_event_exchange
 from shared.dead_letters import list_dead_letters, replay_dead_letters
 from shared.errors import Conflict, InternalError, UpstreamError, ValidationError
 from shared.logs import JsonFormatter
-from shared.storage import create_engine_for
+from shared.storage import Database, create_engine_for
 from tests.conftest import ADMIN, postgres_database
 from tests.shared.sample.services import (CallerService, ListenerService, NoteTaken, NotesService, SlowTickerService,
                                           StepsService, TickerService, notes)
@@ -335,6 +336,7 @@ def test_a_periodic_job_survives_its_database_going_away(orchard_config, runner_
         engine.dispose()
         admin.dispose()
 
+
 def _sqlite(tmp_path):
     from contextlib import nullcontext
     return nullcontext(f"sqlite:///{tmp_path}/storage.db")
@@ -371,3 +373,22 @@ def peek(config, queue_name):
         for message in held:
             channel.basic_reject(message.delivery_tag, requeue=True)
     return messages
+
+
+def test_a_service_whose_database_is_gone_stops_at_once(orchard_config, runner_factory):
+    """The outbox relay pausing after a failed pass (the database dropped) ends its pause when the service stops."""
+    with postgres_database() as url:
+        orchard_config["SERVICES"]["notes"]["database_url"] = url
+        runner = runner_factory(orchard_config, NotesService)
+        runner.start()
+        (database,) = [extension for extension in get_container(runner, NotesService).extensions
+                       if isinstance(extension, Database)]
+        admin = sa.create_engine("postgresql+psycopg2://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        admin.dispose()
+        database.relay.wake()
+        eventlet.sleep(0.3)  # that pass fails, and the relay pauses (2 s) before the next
+        started = time.monotonic()
+        database.stop()
+        assert time.monotonic() - started < 0.5
