@@ -12,7 +12,7 @@ import itertools
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,6 +26,7 @@ from services.vpp.adapters.apple_client import (
     AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, Listing, ManagedByAnotherMdm,
 )
 from services.vpp.adapters.repository import VppRepository
+from services.vpp.domain.apple_users import AppleUserIds
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url
 from services.vpp.domain.licences import Asset, LicenceBatch, Limits, chunks
 from shared import green, leases
@@ -48,6 +49,9 @@ LICENCE_TURN = timedelta(seconds=30)
 TURN_POLL_FIRST, TURN_POLL_LONGEST = timedelta(milliseconds=50), timedelta(seconds=1)  # how often a waiter looks
 # invites being mailed are left to their round this long (a round of a process that died is taken up after it)
 MAIL_ROUND = timedelta(minutes=5)
+# a user whose user ID is Apple's clientUserId of another user, one the roster renamed
+ID_OF_ANOTHER = ("Apple knows another user of this content token (one the roster gave a new user ID) by this user ID, "
+                 "so this user cannot be registered or given licences here under it.")
 
 
 @dataclass
@@ -71,18 +75,19 @@ class MailOutcome:
     error: str | None = None
 
 
-def failed_holders(batch: LicenceBatch, result: EventResult) -> dict[str, dict[str, Any]]:
-    """Which serials/users of a batch Apple reports as failed, with Apple's reason."""
+def failed_holders(batch: LicenceBatch, result: EventResult, ids: AppleUserIds) -> dict[str, dict[str, Any]]:
+    """Which serials/users of a batch sent to Apple (users by clientUserId) Apple reports as failed, with Apple's
+    reason; users by user ID."""
     failed: dict[str, dict[str, Any]] = {}
+    everyone = [*batch.serial_numbers, *map(ids.user_id, batch.client_user_ids)]
     for failure in result.failures:
         info = failure.get("errorInfo") or {}
-        named = list(info.get("serialNumbers") or []) + list(info.get("clientUserIds") or [])
+        named = list(info.get("serialNumbers") or []) + [ids.user_id(u) for u in info.get("clientUserIds") or []]
         reason = {"error_number": failure.get("errorNumber"), "message": failure.get("errorMessage")}
-        for holder in named or list(batch.serial_numbers + batch.client_user_ids):
+        for holder in named or everyone:
             failed[holder] = reason
     if result.status == "FAILED" and not failed:
-        failed = {h: {"error_number": None, "message": "Apple reported the request as failed"}
-                  for h in batch.serial_numbers + batch.client_user_ids}
+        failed = {h: {"error_number": None, "message": "Apple reported the request as failed"} for h in everyone}
     return failed
 
 
@@ -224,24 +229,30 @@ class VppOperations:
         return self.client_for(token).limits()
 
     def run_licence_batches(self, token: Any, asset: Asset, batches: Sequence[LicenceBatch], *, assign: bool) -> LicenceOutcome:
-        """Send the batches to Apple one after the other; each one's outcome is committed before the next is sent."""
+        """Send the batches to Apple one after the other, users by their clientUserId; each one's outcome is committed
+        before the next is sent."""
         client = self.client_for(token)
+        ids = self.repo.apple_user_ids(token.id)
         outcome = LicenceOutcome()
         submit = client.associate if assign else client.disassociate
         verb = "assigned" if assign else "revoked"
         with self.apple(token):
             for number, batch in enumerate(batches, 1):
+                apple_batch, unregistered = ids.for_apple(batch)
+                failed = {user_id: {"error_number": None, "message": ID_OF_ANOTHER} for user_id in unregistered}
                 self.db.commit()  # what the requests before did is kept; no database connection held while Apple answers
-                with self.step(token, number, f"{len(outcome.serial_numbers)} device and {len(outcome.user_ids)} user "
-                                              f"licence(s) were {verb} ({number - 1} of {len(batches)} requests)"):
-                    event_id = submit(batch)
-                    outcome.events.append(event_id)
-                    result = client.wait_for_event(event_id)
-                failed = failed_holders(batch, result)
+                if apple_batch.size:
+                    with self.step(token, number, f"{len(outcome.serial_numbers)} device and {len(outcome.user_ids)} "
+                                                  f"user licence(s) were {verb} ({number - 1} of {len(batches)} requests)"):
+                        event_id = submit(apple_batch)
+                        outcome.events.append(event_id)
+                        result = client.wait_for_event(event_id)
+                    failed.update(failed_holders(apple_batch, result, ids))
+                    self.repo.record_event(token.id, event_id, result.event_type or "", result.status, result.failures,
+                                           utc_now())
                 done_serials = [s for s in batch.serial_numbers if s not in failed]
                 done_users = [u for u in batch.client_user_ids if u not in failed]
                 self.repo.apply_licence_change(token.id, asset, done_serials, done_users, added=assign)
-                self.repo.record_event(token.id, event_id, result.event_type or "", result.status, result.failures, utc_now())
                 outcome.serial_numbers += done_serials
                 outcome.user_ids += done_users
                 outcome.failures += [{"holder": h, **reason} for h, reason in failed.items()]
@@ -265,7 +276,7 @@ class VppOperations:
             self.repo.mark_failed(token.id, sorted(invited), refused)
             return invited, {"registered": 0, "failed": len(invited)}
         registered, failed = self._record_registrations(
-            token, [([i for i in batch if i["user_id"] in invited], result) for batch, result in created])
+            token, [([i for i in batch if i["user_id"] in invited], reasons) for batch, reasons in created])
         if listing is not None:
             self._apply_users(token, listing)
         return invited, {"registered": registered, "failed": failed}
@@ -293,23 +304,31 @@ class VppOperations:
             self.refresh_invites(token)  # the e-mails need the invite codes now; others get them when listed
         return registered, failed
 
-    def _create_users(self, token: Any, invites: list[Any]) -> list[tuple[list[Any], EventResult]]:
-        """Ask Apple to register the invites' users; each batch with Apple's answer (nothing is written)."""
+    def _create_users(self, token: Any, invites: list[Any]) -> list[tuple[list[Any], dict[str, str]]]:
+        """Ask Apple to register the invites' users by their clientUserId; each batch with the users Apple did not
+        register and why (nothing is written). A user registered by an earlier attempt is what we wanted."""
         client = self.client_for(token)
+        ids = self.repo.apple_user_ids(token.id)
         batches = chunks(invites, self.limits(token).max_users)
 
-        def create(batch: list[Any]) -> tuple[list[Any], EventResult]:
-            return batch, client.wait_for_event(client.create_users([_apple_user(i) for i in batch]))
+        def create(batch: list[Any]) -> tuple[list[Any], dict[str, str]]:
+            users = {i["user_id"]: ids.client_user_id(i["user_id"]) for i in batch}
+            failed = {user_id: ID_OF_ANOTHER for user_id, client_user_id in users.items() if not client_user_id}
+            asked = [i for i in batch if i["user_id"] not in failed]
+            if asked:
+                result = client.wait_for_event(client.create_users([_apple_user(i, users[i["user_id"]]) for i in asked]))
+                failed.update(_failed_users(result, [i["user_id"] for i in asked], ALREADY_REGISTERED, ids))
+            return batch, failed
 
         with self.apple(token):
             return list(green.imap(create, batches, APPLE_CONCURRENCY))
 
-    def _record_registrations(self, token: Any, created: list[tuple[list[Any], EventResult]]) -> tuple[int, int]:
+    def _record_registrations(self, token: Any, created: list[tuple[list[Any], dict[str, str]]]) -> tuple[int, int]:
         """Write what Apple answered to ``_create_users``: how many it registered and failed."""
         registered = failed = 0
-        for batch, result in created:
-            # already registered by an earlier attempt: that is what we wanted
-            reasons = _failed_users(result, [i["user_id"] for i in batch], ignored=ALREADY_REGISTERED)
+        for batch, not_registered in created:
+            members = {i["user_id"] for i in batch}
+            reasons = {user_id: reason for user_id, reason in not_registered.items() if user_id in members}
             done = [i for i in batch if i["user_id"] not in reasons]
             # deleted from the roster, or the invite revoked, while Apple registered them: retired here again
             for user_id in self.repo.mark_registered(token.id, [i["user_id"] for i in done]):
@@ -329,14 +348,15 @@ class VppOperations:
         Apple's answers are written only at the end, so a failure writes nothing.
         """
         client = self.client_for(token)
+        ids = self.repo.apple_user_ids(token.id)
         failed: dict[str, str] = {}
         holders = self.repo.user_licence_holders(token.id, user_ids)
         limits = self.limits(token)
         with self.apple(token):
             for batch in chunks(holders, limits.max_revoke_client_user_ids):
-                failed.update(_failed_users(client.wait_for_event(client.revoke(client_user_ids=batch)), batch, USER_NOT_FOUND))
+                failed.update(_ask_for_users(lambda apple_ids: client.revoke(client_user_ids=apple_ids), client, batch, ids))
             for batch in chunks([u for u in user_ids if u not in failed], limits.max_users):
-                failed.update(_failed_users(client.wait_for_event(client.retire_users(batch)), batch, USER_NOT_FOUND))
+                failed.update(_ask_for_users(client.retire_users, client, batch, ids))
         done = [u for u in user_ids if u not in failed]
         self.repo.complete_retirements(token.id, done)
         for reason in set(failed.values()):
@@ -348,6 +368,7 @@ class VppOperations:
         The invites of those Apple retired (or never knew) are revoked; the others stay as they are. Returns the
         users revoked and the failures, with Apple's reason."""
         client = self.client_for(token)
+        ids = self.repo.apple_user_ids(token.id)
         batches = chunks(user_ids, self.limits(token).max_users)
         revoked: list[str] = []
         failures: list[dict[str, Any]] = []
@@ -356,7 +377,7 @@ class VppOperations:
                 self.db.commit()  # what the requests before did is kept; no database connection held while Apple answers
                 with self.step(token, number, f"{len(revoked)} invite(s) were revoked ({number - 1} of {len(batches)} "
                                               "requests)"):
-                    failed = _failed_users(client.wait_for_event(client.retire_users(batch)), batch, USER_NOT_FOUND)
+                    failed = _ask_for_users(client.retire_users, client, batch, ids)
                 done = [u for u in batch if u not in failed]
                 self.repo.mark_invites(token.id, done, status=InviteStatus.REVOKED.value)
                 revoked += done
@@ -445,22 +466,32 @@ def _by_email(invites: Iterable[Any]) -> bool:
     return any(invite["method"] == InviteMethod.EMAIL.value for invite in invites)
 
 
-def _failed_users(result: EventResult, batch: list[str], ignored: int) -> dict[str, str]:
-    """Those of ``batch`` that Apple failed in a users/… or revoke request, with its reason (``invite`` writes the
-    outcome of part of a request only); errors numbered ``ignored`` are fine."""
+def _ask_for_users(request: Callable[[list[str]], str], client: AppsAndBooksClient, user_ids: list[str],
+                   ids: AppleUserIds) -> dict[str, str]:
+    """Send a users/retire or assets/revoke request naming these users by clientUserId and wait for it; the users
+    Apple failed, with its reason. A user Apple has none of here is not named, as Apple would not find them."""
+    apple_ids = [client_user_id for client_user_id in map(ids.client_user_id, user_ids) if client_user_id]
+    if not apple_ids:
+        return {}
+    return _failed_users(client.wait_for_event(request(apple_ids)), user_ids, USER_NOT_FOUND, ids)
+
+
+def _failed_users(result: EventResult, user_ids: list[str], ignored: int, ids: AppleUserIds) -> dict[str, str]:
+    """Those of ``user_ids`` that Apple failed in a users/… or revoke request naming them by clientUserId, with its
+    reason (``invite`` writes the outcome of part of a request only); errors numbered ``ignored`` are fine."""
     failed: dict[str, str] = {}
-    members = set(batch)
+    members = set(user_ids)
     for failure in result.failures:
         if failure.get("errorNumber") == ignored:
             continue
         reason = f"{failure.get('errorMessage')} (error {failure.get('errorNumber')})"
-        named = (failure.get("errorInfo") or {}).get("clientUserIds") or batch
+        named = [ids.user_id(u) for u in (failure.get("errorInfo") or {}).get("clientUserIds") or []] or user_ids
         failed.update((user_id, reason) for user_id in named if user_id in members)
     return failed
 
 
-def _apple_user(invite: Any) -> dict[str, str]:
-    user = {"clientUserId": invite["user_id"]}
+def _apple_user(invite: Any, client_user_id: str) -> dict[str, str]:
+    user = {"clientUserId": client_user_id}
     if invite["method"] == InviteMethod.MANAGED_APPLE_ID.value and invite["managed_apple_id"]:
         user["managedAppleId"] = invite["managed_apple_id"]
     if invite["email"]:

@@ -559,10 +559,12 @@ class VppService(OrchardService):
 
     @batched_event_handler(UserUpdated, tables.metadata.tables["inbox"])
     def on_user_updated(self, events: list[UserUpdated]) -> None:
-        """Keep users' details current (the address an invite is mailed to when the user is invited again); a
-        late, older event changes nothing. A new user ID (``previous_user_id``) is not followed: Apple knows the
-        user by the old one."""
-        self.repo.remember_users([_known_user(event) for event in _latest_per_user(events)])
+        """Keep users' details current (the address an invite is mailed to when the user is invited again), and follow
+        a new user ID (``previous_user_id``): the user's invites, licences and retirements move to it, while Apple
+        keeps knowing the user by the clientUserId it registered, which cannot change. A late, older event changes
+        nothing (``VppRepository.follow_new_user_id``)."""
+        stale = _follow_new_user_ids(self.repo, events)
+        self.repo.remember_users([_known_user(e) for e in _latest_per_user([e for e in events if e.event_id not in stale])])
 
     @event_handler(UserDeleted)
     def on_user_deleted(self, event: UserDeleted) -> None:
@@ -739,6 +741,21 @@ def _latest_per_user(events: list[UserChanged]) -> list[UserChanged]:
         if event.user_id not in latest or latest[event.user_id].occurred() <= event.occurred():
             latest[event.user_id] = event
     return list(latest.values())
+
+
+def _follow_new_user_ids(repo: VppRepository, events: list[UserUpdated]) -> set[str]:
+    """Follow the events' new user IDs; the ids of the events too old to (a late, older event changes nothing)."""
+    stale = set()
+    # in the order they happened, each against what the ones before left: a batch may rename a user twice
+    for event in sorted((e for e in events if e.previous_user_id not in (None, e.user_id)), key=UserUpdated.occurred):
+        kept = repo.follow_new_user_id(event.previous_user_id, event.user_id, event.occurred())
+        if kept is None:
+            stale.add(event.event_id)
+        elif kept:
+            log.warning("user %s is now %s, but content token(s) %s already know %s as another Apple user: the rows "
+                        "of %s stay there as they are", event.previous_user_id, event.user_id, ", ".join(kept),
+                        event.user_id, event.previous_user_id)
+    return stale
 
 
 def _known_user(event: UserChanged) -> dict[str, Any]:

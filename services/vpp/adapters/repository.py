@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.vpp.adapters import tables as t
+from services.vpp.domain.apple_users import AppleUserIds
 from services.vpp.domain.invites import AutoInvitePolicy, InviteMethod, InviteStatus
 from services.vpp.domain.licences import Asset, Assignment, ProductType
 from shared.backoff import doubling_delay
@@ -89,7 +90,7 @@ class VppRepository:
         self.session.execute(t.content_tokens.update().where(t.content_tokens.c.id == token_id).values(**values))
 
     def delete_token(self, token_id: str) -> None:
-        for table in (t.apple_events, t.user_retirements, t.invites, t.assignments, t.assets):
+        for table in (t.apple_events, t.user_retirements, t.renamed_users, t.invites, t.assignments, t.assets):
             self.session.execute(table.delete().where(table.c.token_id == token_id))
         self.session.execute(t.content_tokens.delete().where(t.content_tokens.c.id == token_id))
 
@@ -190,10 +191,14 @@ class VppRepository:
                              .values(total_count=c.total_count + delta, available_count=c.available_count + delta))
 
     def replace_assignments(self, token_id: str, fresh: Iterable[dict[str, Any]]) -> int:
+        """Store Apple's assignments, users by their user ID."""
+        ids = self.apple_user_ids(token_id)
         self.session.execute(t.assignments.delete().where(t.assignments.c.token_id == token_id))
         rows = {}
         for a in fresh:
             kind, holder = ("serial", a["serialNumber"]) if a.get("serialNumber") else ("user", a.get("clientUserId"))
+            if kind == "user" and holder:
+                holder = ids.user_id(holder)
             if holder:
                 key = (str(a["adamId"]), a.get("pricingParam", "STDQ"), kind, holder)
                 rows[key] = dict(zip(("adam_id", "pricing_param", "holder_kind", "holder"), key), token_id=token_id)
@@ -394,18 +399,19 @@ class VppRepository:
                                  .values(**values))
 
     def apply_apple_users(self, token_id: str, users: Iterable[dict[str, Any]], now: datetime) -> None:
-        """Bring invites in line with Apple's users: invite codes, accepted, retired."""
+        """Bring invites in line with Apple's users (named by clientUserId): invite codes, accepted, retired."""
         c = t.invites.c
-        users = [u for u in users if u.get("clientUserId")]
-        ids = [u["clientUserId"] for u in users]
+        apple_ids = self.apple_user_ids(token_id)
+        by_user = {apple_ids.user_id(u["clientUserId"]): u for u in users if u.get("clientUserId")}
+        ids = list(by_user)
         current = {}
         for start in range(0, len(ids), 1000):
             current.update((r.user_id, r) for r in self.session.execute(
                 sa.select(c.user_id, c.status, c.invite_code, c.accepted_at)
                 .where(c.token_id == token_id, c.user_id.in_(ids[start:start + 1000]))))
         changes = []
-        for user in users:
-            row = current.get(user.get("clientUserId"))
+        for user_id, user in by_user.items():
+            row = current.get(user_id)
             if row is None:
                 continue
             status = InviteStatus.from_apple_user_status(user.get("status", ""))
@@ -478,14 +484,66 @@ class VppRepository:
             self.mark_invites(invite.token_id, [invite.user_id], mail_error=error, mail_attempts=attempts + 1,
                               mail_retry_at=now + doubling_delay(attempts))
 
+    # --- users the roster gave a new user ID ------------------------------------------------
+    def apple_user_ids(self, token_id: str) -> AppleUserIds:
+        """The ``clientUserId`` Apple knows each user of this token by."""
+        r = t.renamed_users.c
+        return AppleUserIds({user_id: client_user_id for user_id, client_user_id in self.session.execute(
+            sa.select(r.user_id, r.client_user_id).where(r.token_id == token_id))})
+
+    def follow_new_user_id(self, old: str, new: str, occurred: datetime) -> list[str] | None:
+        """Move the old user ID's invites, licences and retirements to the new one, token by token, Apple still knowing
+        the user by the ``clientUserId`` it registered; the old ID is then gone (as if deleted, so a late, older
+        event does not bring it back).
+
+        None, changing nothing, when the roster changed either ID after ``occurred`` (a late, older event). Otherwise
+        the tokens where the new ID has rows of its own (another Apple user): there the old ID's rows stay as they
+        are, and the old ID stays known, so that neither Apple user is taken for the other nor for a stranger."""
+        c = t.known_users.c
+        if self.session.execute(sa.select(c.user_id).where(
+                c.user_id.in_([old, new]), c.changed_at > occurred).limit(1)).first() is not None:
+            return None
+        kept, theirs = [], self._tokens_of_user(new)
+        for token_id in sorted(self._tokens_of_user(old)):
+            if token_id in theirs:
+                kept.append(token_id)
+            else:
+                self._move_user(token_id, old, new)
+        if not kept:
+            self.forget_user(old, occurred)
+        return kept
+
+    def _tokens_of_user(self, user_id: str) -> set[str]:
+        """The tokens where the user has an invite, a licence, a retirement or Apple's clientUserId recorded."""
+        a = t.assignments.c
+        queries = [sa.select(a.token_id).where(a.holder_kind == "user", a.holder == user_id)]
+        queries += [sa.select(table.c.token_id).where(table.c.user_id == user_id)
+                    for table in (t.invites, t.user_retirements, t.renamed_users)]
+        return set(self.session.execute(sa.union(*queries)).scalars())
+
+    def _move_user(self, token_id: str, old: str, new: str) -> None:
+        client_user_id = self._client_user_id(token_id, old)
+        a, r = t.assignments.c, t.renamed_users.c
+        for table, column, *only in ((t.invites, t.invites.c.user_id), (t.user_retirements, t.user_retirements.c.user_id),
+                                     (t.assignments, a.holder, a.holder_kind == "user")):
+            self.session.execute(table.update().where(table.c.token_id == token_id, column == old, *only)
+                                 .values({column.name: new}))
+        self.session.execute(t.renamed_users.delete().where(r.token_id == token_id, r.user_id == old))
+        if client_user_id not in (None, new):  # None: Apple has no user of theirs here
+            self.session.execute(t.renamed_users.insert().values(token_id=token_id, user_id=new,
+                                                                 client_user_id=client_user_id))
+
+    def _client_user_id(self, token_id: str, user_id: str) -> str | None:
+        r = t.renamed_users.c
+        rows = self.session.execute(sa.select(r.user_id, r.client_user_id).where(
+            r.token_id == token_id, (r.user_id == user_id) | (r.client_user_id == user_id)))
+        return AppleUserIds({user: client_user_id for user, client_user_id in rows}).client_user_id(user_id)
+
     # --- users the roster deleted -----------------------------------------------------------
     def request_retirements(self, user_id: str, now: datetime, token_id: str | None = None) -> None:
-        """Queue the user's retirement for every token (or ``token_id`` only) where they have an invite or hold a
-        licence."""
-        tokens = set(self.session.execute(sa.select(t.invites.c.token_id).where(t.invites.c.user_id == user_id)).scalars())
-        a = t.assignments.c
-        tokens |= set(self.session.execute(
-            sa.select(a.token_id).where(a.holder_kind == "user", a.holder == user_id)).scalars())
+        """Queue the user's retirement for every token (or ``token_id`` only) where they have an invite, hold a licence
+        or are known to Apple by another clientUserId."""
+        tokens = self._tokens_of_user(user_id)
         if token_id is not None:
             tokens &= {token_id}
         if tokens:
@@ -544,6 +602,9 @@ class VppRepository:
 
     # --- Apple events -----------------------------------------------------------------------
     def record_event(self, token_id: str, event_id: str, event_type: str, status: str, failures: list, now: datetime) -> None:
+        """Record an Apple event's outcome, its failures naming users by user ID."""
+        if failures:
+            failures = self.apple_user_ids(token_id).failures_by_user_id(failures)
         values = {"token_id": token_id, "event_type": event_type, "status": status, "failures": failures,
                   "completed_at": None if status == "PENDING" else now}
         insert = _insert(self.session, t.apple_events)

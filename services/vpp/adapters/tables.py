@@ -59,13 +59,13 @@ assignments = sa.Table(
     sa.Column("adam_id", sa.String(40), primary_key=True),
     sa.Column("pricing_param", sa.String(10), primary_key=True),
     sa.Column("holder_kind", sa.String(10), primary_key=True),  # "serial" | "user"
-    sa.Column("holder", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), primary_key=True),  # a serial number, or a user ID (see renamed_users)
 )
 
 invites = sa.Table(
     "invites", metadata,
     sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("user_id", sa.String(200), primary_key=True),  # Apple's clientUserId
+    sa.Column("user_id", sa.String(200), primary_key=True),  # the roster's; Apple's clientUserId may differ (renamed_users)
     sa.Column("method", sa.String(20), nullable=False),
     sa.Column("name", sa.String(300), nullable=True),
     sa.Column("email", sa.String(300), nullable=True),
@@ -102,7 +102,8 @@ known_users = sa.Table(
     sa.Column("locations", sa.JSON, nullable=False),
     # when the roster changed these details: a late, older event does not overwrite newer ones
     sa.Column("changed_at", UtcDateTime, nullable=True),
-    # the roster deleted the user (the row stays, so a late, older UserImported does not bring them back)
+    # the roster deleted the user, or gave them a new user ID (the row stays, so a late, older event does not bring
+    # them back)
     sa.Column("deleted_at", UtcDateTime, nullable=True),
 )
 
@@ -115,6 +116,16 @@ user_retirements = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False, index=True),
     sa.Column("last_error", sa.Text, nullable=True),
+)
+
+# users the roster gave a new user ID: Apple knows them by the clientUserId they had (registered, or queued to be), which
+# cannot change; every other user's clientUserId is their user ID
+renamed_users = sa.Table(
+    "renamed_users", metadata,
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("client_user_id", sa.String(200), nullable=False),
+    sa.UniqueConstraint("token_id", "client_user_id", name="uq_renamed_users_client_user_id"),
 )
 
 # devices Apple School Manager gave our MDM servers (or that checked in), so revoke_unknown can tell strangers apart

@@ -46,7 +46,8 @@ class Asset:
 
 @dataclass(frozen=True)
 class Assignment:
-    """One licence in use: an asset held by a device (serial number) or a user (clientUserId)."""
+    """One licence in use: an asset held by a device (serial number) or a user (user ID; Apple's clientUserId may
+    differ, see ``apple_users``)."""
 
     adam_id: str
     pricing_param: str
@@ -83,7 +84,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class LicenceBatch:
-    """One Apple request: an asset and the serials or users it goes to (never both mixed past a limit)."""
+    """One Apple request: an asset and the serials or users it goes to (never both mixed past a limit); users by user
+    ID until ``AppleUserIds.for_apple`` names them by clientUserId."""
 
     adam_id: str
     pricing_param: str
