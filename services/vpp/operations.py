@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import eventlet
+import sqlalchemy as sa
 
 from services.vpp import metrics
 from services.vpp.adapters import tables
@@ -31,7 +33,7 @@ from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email
 from services.vpp.domain.licences import Asset, LicenceBatch, Limits, chunks
 from shared import green, leases
 from shared.backoff import doubling_delay
-from shared.errors import OrchardError, UpstreamError
+from shared.errors import Conflict, OrchardError, UpstreamError
 from shared.mail import Delivery, SmtpMailer, send_each
 from shared.secrets import SecretBox
 from shared.storage import UnitOfWork, utc_now
@@ -47,6 +49,9 @@ DEFAULT_PLATFORM = "volumestore"  # client/config's defaultPlatform for tokens a
 # passes the turn on within this time
 LICENCE_TURN = timedelta(seconds=30)
 TURN_POLL_FIRST, TURN_POLL_LONGEST = timedelta(milliseconds=50), timedelta(seconds=1)  # how often a waiter looks
+# the longest wait for a turn: well within a caller's RPC timeout (30 s by default), so a caller never gives up on
+# a change that then runs
+TURN_WAIT_LIMIT = timedelta(seconds=20)
 # invites being mailed are left to their round this long (a round of a process that died is taken up after it)
 MAIL_ROUND = timedelta(minutes=5)
 # a user whose user ID is Apple's clientUserId of another user, one the roster renamed
@@ -108,9 +113,16 @@ class VppOperations:
         return VppRepository(self.db.session)
 
     def client_for(self, token: Any) -> AppsAndBooksClient:
-        token_id = token.id
-        return self.connector.client(
-            self.secrets.open(token.sealed_stoken), lambda: self.secrets.open(self.repo.token(token_id).sealed_stoken))
+        engine, token_id = self.db.session.get_bind(), token.id
+
+        def stored_stoken() -> str:
+            # read in the middle of Apple's answers, perhaps by several greenthreads at once: on a connection of its
+            # own, not through the worker's session, which must hold none while Apple answers
+            with engine.connect() as connection:
+                return self.secrets.open(connection.execute(sa.select(tables.content_tokens.c.sealed_stoken).where(
+                    tables.content_tokens.c.id == token_id)).scalar_one())
+
+        return self.connector.client(self.secrets.open(token.sealed_stoken), stored_stoken)
 
     @contextmanager
     def apple(self, token: Any) -> Iterator[None]:
@@ -194,33 +206,40 @@ class VppOperations:
 
     # --- licences ---------------------------------------------------------------------------
     @contextmanager
-    def licence_turn(self, token: Any, adam_ids: Iterable[str]) -> Iterator[None]:
+    def licence_turn(self, token: Any, adam_ids: Iterable[str]) -> Iterator[leases.Heartbeat]:
         """Take the turn on these assets' licences: changes to one asset run one after the other, each planned
         against the last one's outcome, which is committed before the turn passes on (an error rolls back what
-        was not committed yet).
+        was not committed yet). Hand the yielded heartbeat to ``run_licence_batches``, which stops before its
+        next request to Apple if a turn was lost (not renewed in time, and taken by another change).
 
         The turn is a lease, not a row lock, so neither waiting for it nor the change's wait on Apple holds a
-        database connection; several assets are taken in one order, so two changes never wait on each other."""
+        database connection; several assets are taken in one order, so two changes never wait on each other.
+        A turn not free within ``TURN_WAIT_LIMIT`` is a ``Conflict``: the caller hears so before its own RPC
+        timeout, and nothing was changed."""
         engine, turns = self.db.session.get_bind(), tables.metadata.tables["leases"]
         names = [f"vpp.licences:{token.id}:{adam_id}" for adam_id in sorted(set(adam_ids))]
         holder = uuid.uuid4().hex
+        taken: list[str] = []  # renewed from the first, while the others are waited for
         self.db.commit()  # the turn is waited for with nothing held
 
         def renew() -> bool:
-            return all(leases.acquire(engine, turns, name, holder, LICENCE_TURN) for name in names)
+            return all([leases.acquire(engine, turns, name, holder, LICENCE_TURN) for name in taken])  # each one
 
         try:
-            for name in names:
-                _wait_for_turn(engine, turns, name, holder)
-            with leases.renewed(renew, every=LICENCE_TURN.total_seconds() / 3):
-                yield
+            with leases.renewed(renew, every=LICENCE_TURN.total_seconds() / 3) as heartbeat:
+                deadline = time.monotonic() + TURN_WAIT_LIMIT.total_seconds()
+                for name in names:
+                    _wait_for_turn(engine, turns, name, holder, deadline)
+                    taken.append(name)
+                _require_turn(heartbeat, ", ".join(name.rsplit(":", 1)[1] for name in names))
+                yield heartbeat
                 self.db.commit()
         except BaseException:  # the turn is given up with nothing held, a worker killed meanwhile too
             self.db.session.rollback()
             raise
         finally:
-            for name in names:
-                leases.hold_for(engine, turns, name, holder, timedelta(0))
+            for name in taken:
+                _give_up_turn(engine, turns, name, holder)
 
     def limits(self, token: Any) -> Limits:
         """Apple's request limits (``service/config``, which it may be asked for): what the worker read or wrote so
@@ -228,9 +247,10 @@ class VppOperations:
         self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
         return self.client_for(token).limits()
 
-    def run_licence_batches(self, token: Any, asset: Asset, batches: Sequence[LicenceBatch], *, assign: bool) -> LicenceOutcome:
-        """Send the batches to Apple one after the other, users by their clientUserId; each one's outcome is committed
-        before the next is sent."""
+    def run_licence_batches(self, token: Any, asset: Asset, batches: Sequence[LicenceBatch], *, assign: bool,
+                            turn: leases.Heartbeat) -> LicenceOutcome:
+        """Send the batches to Apple one after the other, users by their clientUserId, holding the asset's ``turn``
+        (``licence_turn``); each one's outcome is committed before the next is sent."""
         client = self.client_for(token)
         ids = self.repo.apple_user_ids(token.id)
         outcome = LicenceOutcome()
@@ -244,6 +264,7 @@ class VppOperations:
                 if apple_batch.size:
                     with self.step(token, number, f"{len(outcome.serial_numbers)} device and {len(outcome.user_ids)} "
                                                   f"user licence(s) were {verb} ({number - 1} of {len(batches)} requests)"):
+                        _require_turn(turn, asset.adam_id)  # ask Apple for nothing more once another change has it
                         event_id = submit(apple_batch)
                         outcome.events.append(event_id)
                         result = client.wait_for_event(event_id)
@@ -444,12 +465,33 @@ class VppOperations:
                                  "message": message})
 
 
-def _wait_for_turn(engine: Any, turns: Any, name: str, holder: str) -> None:
-    """Take the lease ``name`` as soon as it is free, looking less often the longer the wait."""
+def _wait_for_turn(engine: Any, turns: Any, name: str, holder: str, deadline: float) -> None:
+    """Take the lease ``name`` as soon as it is free, looking less often the longer the wait; ``Conflict`` if it is
+    not free by ``deadline`` (``time.monotonic()``)."""
     for attempt in itertools.count():
         if leases.acquire(engine, turns, name, holder, LICENCE_TURN):
             return
-        eventlet.sleep(doubling_delay(attempt, TURN_POLL_FIRST, TURN_POLL_LONGEST).total_seconds())
+        pause = doubling_delay(attempt, TURN_POLL_FIRST, TURN_POLL_LONGEST).total_seconds()
+        if time.monotonic() + pause > deadline:
+            adam_id = name.rsplit(":", 1)[1]
+            raise Conflict(f"Another licence change to app {adam_id} is still running; nothing was changed. "
+                           f"Try again in a moment.")
+        eventlet.sleep(pause)
+
+
+def _require_turn(turn: leases.Heartbeat, adam_ids: str) -> None:
+    """``Conflict`` once a renewal found a turn taken by another change (ours was not renewed in time)."""
+    if turn.lost:
+        raise Conflict(f"Another licence change to app {adam_ids} took its turn while this one waited; check the "
+                       f"licences and run it again if needed.")
+
+
+def _give_up_turn(engine: Any, turns: Any, name: str, holder: str) -> None:
+    """Pass the turn on; if the database cannot be reached, the turn lapses by itself within ``LICENCE_TURN``."""
+    try:
+        leases.hold_for(engine, turns, name, holder, timedelta(0))
+    except Exception:
+        log.warning("could not give up the licence turn %s; it lapses within %s", name, LICENCE_TURN, exc_info=True)
 
 
 def _unusable(token: Any) -> str | None:

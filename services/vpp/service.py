@@ -31,6 +31,7 @@ from shared.contracts.enrollment import DeviceEnrolled, DevicesAssigned, Devices
 from shared.contracts.roster import UserChanged, UserDeleted, UserImported, UserUpdated
 from shared.entrypoints import ServiceRpc, event_handler, http, periodic, rpc
 from shared.errors import NotFound, OrchardError, PermissionDenied, UpstreamError, ValidationError
+from shared.leases import Heartbeat
 from shared.mail import Mailer
 from shared.metrics import GaugesFromDatabase
 from shared.roster_lookups import classes_taught_by
@@ -334,8 +335,8 @@ class VppService(OrchardService):
         reached = self.enrollment.resolve_scope(scope) if scope is not None else []
         self._require_within_token(row, serials, users, reached)
         serials = list(dict.fromkeys([*serials, *(device["serial_number"] for device in reached)]))
-        with self.ops.licence_turn(row, [self.repo.asset(row.id, adam_id).adam_id]):
-            return self._assign(actor, row, *self._plan_assignment(row, adam_id, serials, users))
+        with self.ops.licence_turn(row, [self.repo.asset(row.id, adam_id).adam_id]) as turn:
+            return self._assign(actor, row, *self._plan_assignment(row, adam_id, serials, users), turn=turn)
 
     def _require_within_token(self, row: Any, serials: list[str], users: list[str], reached: list[dict]) -> None:
         """A token restricted to locations serves only devices and users there (checked before any Apple call)."""
@@ -362,8 +363,8 @@ class VppService(OrchardService):
             self.db.commit()  # the alert on assets without licences needs to see the refusal
             raise
 
-    def _assign(self, actor: Actor, row: Any, asset: Asset, plan: LicencePlan) -> dict[str, Any]:
-        outcome = self.ops.run_licence_batches(row, asset, plan.batches(self.ops.limits(row)), assign=True)
+    def _assign(self, actor: Actor, row: Any, asset: Asset, plan: LicencePlan, *, turn: Heartbeat) -> dict[str, Any]:
+        outcome = self.ops.run_licence_batches(row, asset, plan.batches(self.ops.limits(row)), assign=True, turn=turn)
         self.db.audit(actor, "licences.assigned", f"content_token:{row.id}", {
             "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
             "failures": len(outcome.failures)})
@@ -374,11 +375,11 @@ class VppService(OrchardService):
         actor = self.auth.require("vpp:write")
         row = self._writable_token(actor, token_id)
         serials, users = _ids(serial_numbers, "serial_numbers"), _ids(user_ids, "user_ids")
-        with self.ops.licence_turn(row, [self.repo.asset(row.id, adam_id).adam_id]):
+        with self.ops.licence_turn(row, [self.repo.asset(row.id, adam_id).adam_id]) as turn:
             asset = asset_from_row(self.repo.asset(row.id, adam_id))
             plan = plan_revocation(asset, serials, users, self.repo.holders(row.id, asset))
             limits = self.ops.limits(row)  # asked of Apple only for a revocation the rules allow
-            outcome = self.ops.run_licence_batches(row, asset, plan.batches(limits), assign=False)
+            outcome = self.ops.run_licence_batches(row, asset, plan.batches(limits), assign=False, turn=turn)
             self.db.audit(actor, "licences.revoked", f"content_token:{row.id}", {
                 "adam_id": asset.adam_id, "serial_numbers": len(outcome.serial_numbers), "users": len(outcome.user_ids),
                 "failures": len(outcome.failures)})
@@ -411,9 +412,9 @@ class VppService(OrchardService):
         for number, batch in enumerate(batches, 1):
             done = f"{revoked} licence(s) were revoked ({number - 1} of {len(batches)} requests)"
             # each completed batch stays recorded (the turn commits it) even if a later one fails
-            with self.ops.step(row, number, done), self.ops.licence_turn(row, [batch.adam_id]):
+            with self.ops.step(row, number, done), self.ops.licence_turn(row, [batch.adam_id]) as turn:
                 outcome = self.ops.run_licence_batches(row, assets[(batch.adam_id, batch.pricing_param)], [batch],
-                                                       assign=False)
+                                                       assign=False, turn=turn)
             failures += [{"adam_id": batch.adam_id, **f} for f in outcome.failures]
             events += outcome.events
             revoked += len(outcome.serial_numbers) + len(outcome.user_ids)
@@ -636,14 +637,14 @@ class VppService(OrchardService):
             devices = self._devices_of_teacher(actor, serials) if actor.role == "teacher" else []
         self._require_within_token(row, serials, [], devices)
         installed: list[dict[str, Any]] = []
-        with self.ops.licence_turn(row, apps):
+        with self.ops.licence_turn(row, apps) as turn:
             # every app is checked (licences left, hidden, books) before Apple assigns any
             plans = [self._plan_assignment(row, adam_id, serials, []) for adam_id in apps]
             for number, (asset, plan) in enumerate(plans, 1):
                 done = "; ".join(f"app {i['adam_id']} was installed on {len(i['assigned']['serial_numbers'])} device(s)"
                                  for i in installed)
                 with self.ops.step(row, number, done):
-                    installed.append(self._assign(actor, row, asset, plan))
+                    installed.append(self._assign(actor, row, asset, plan, turn=turn))
         return installed
 
     def _students_devices(self, class_ids: list[str]) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import timedelta
 
 import eventlet
 import httpx
@@ -12,9 +13,12 @@ from nameko.rpc import rpc as nameko_rpc
 
 from apple_sandbox.vpp import VppSandbox
 from services.roster.service import RosterService
+from services.vpp import operations
+from services.vpp.adapters import tables as vpp_tables
 from services.vpp.service import VppService
 from shared.contracts.roster import UserDeleted
-from shared.errors import UpstreamError
+from shared.errors import Conflict, UpstreamError
+from shared.storage import create_engine_for, database_now
 from tests.reliability.conftest import publish
 from tests.vpp.conftest import served
 from tests.vpp.test_vpp_service_invites import known_to_vpp, user
@@ -22,6 +26,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
+LEASES = vpp_tables.metadata.tables["leases"]
 HOLD_SECONDS = 3  # the longest a held wait lasts: twice the 1.5 s a quick answer may take
 
 
@@ -326,3 +331,50 @@ def test_invite_mails_resent_waiting_on_a_silent_relay_leave_the_service_answeri
         keeps_answering(vpp_config, rpc, lambda: relay.connections, relay.hang_up)
         with pytest.raises(UpstreamError, match="Resend them once the relay works again"):
             resending.result()
+
+
+@pytest.fixture
+def one_serial_a_request(held_answers):
+    """Apple takes one serial number a request (asked before the token is added, which reads the limits)."""
+    held_answers.app.limits["maxSerialNumbers"] = 1
+
+
+def take_turn(config, token_id: str, adam_id: str) -> None:
+    """Another change takes the asset's licence turn, as if the holder had not renewed it in time."""
+    engine = create_engine_for(config["SERVICES"]["vpp"]["database_url"])
+    with engine.begin() as connection:
+        connection.execute(LEASES.update().where(LEASES.c.name == f"vpp.licences:{token_id}:{adam_id}").values(
+            holder="another change", expires_at=database_now(engine.dialect.name, timedelta(minutes=1))))
+    engine.dispose()
+
+
+def test_a_licence_change_whose_turn_was_taken_asks_apple_for_nothing_more(
+        one_serial_a_request, token_id, vpp_config, held_answers, rpc_as, monkeypatch):
+    monkeypatch.setattr(operations, "LICENCE_TURN", timedelta(seconds=0.6))  # renewed every 0.2 s
+    with rpc_as(timeout=60) as rpc:
+        held_answers.held.add("POST assets/associate")
+        assigning = rpc.vpp.assign_licenses.call_async(token_id, "111", serial_numbers=["C", "D"])
+        wait_for(lambda: held_answers.waiting["POST assets/associate"], what="the first request at Apple")
+        take_turn(vpp_config, token_id, "111")
+        eventlet.sleep(0.5)  # a renewal finds the turn taken
+        held_answers.held.discard("POST assets/associate")
+        with pytest.raises(UpstreamError, match=r"Another licence change to app 111 took its turn .* Before that, "
+                                                r"1 device and 0 user licence\(s\) were assigned \(1 of 2 requests\)"):
+            assigning.result()
+        assert held_answers.waiting["POST assets/associate"] == 1  # D was never asked for
+        assert rpc.vpp.get_asset(token_id, "111")["assigned"] == 3  # A, B and C
+
+
+def test_a_licence_change_kept_waiting_for_its_turn_is_refused_in_time_and_changes_nothing(
+        token_id, vpp_config, held_answers, rpc_as, monkeypatch):
+    monkeypatch.setattr(operations, "TURN_WAIT_LIMIT", timedelta(seconds=1))
+    with rpc_as(timeout=60) as rpc:
+        held_answers.held.add("POST assets/associate")
+        first = rpc.vpp.assign_licenses.call_async(token_id, "111", serial_numbers=["C"])
+        wait_for(lambda: held_answers.waiting["POST assets/associate"], what="the first change at Apple")
+        with pytest.raises(Conflict, match="Another licence change to app 111 is still running; nothing was changed"):
+            rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["D"])
+        held_answers.held.discard("POST assets/associate")
+        assert first.result()["assigned"]["serial_numbers"] == ["C"]
+        assert held_answers.waiting["POST assets/associate"] == 1
+        assert rpc.vpp.get_asset(token_id, "111")["assigned"] == 3

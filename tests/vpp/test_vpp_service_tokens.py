@@ -415,3 +415,18 @@ def test_apple_naming_no_location_is_an_upstream_error_not_a_location_every_toke
     for config in ({}, {"uId": ""}, {"uId": None, "locationName": "North"}):
         with pytest.raises(UpstreamError, match="names no location"):
             _apple_location(config, token)
+
+
+def test_a_token_apple_calls_invalid_mid_change_is_read_again_from_the_database_and_the_change_goes_on(
+        vpp_sandbox, vpp_runner, rpc_as):
+    """Apple answering 9622 (another replica renewed the token meanwhile, say): the stored token is read again, on a
+    connection of its own, and the request is sent once more."""
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 5)
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        rpc.vpp.sync_assets(token_id)
+        vpp_sandbox.fault("assets/associate", kind="error", errorNumber=9622)
+        assert rpc.vpp.assign_licenses(token_id, "111", serial_numbers=["C"])["assigned"]["serial_numbers"] == ["C"]
+        assert rpc.vpp.get_asset(token_id, "111")["assigned"] == 1
+    assert vpp_sandbox.requests("assets/associate") == 2
