@@ -221,6 +221,19 @@ def test_a_person_whose_user_id_is_now_shared_keeps_their_user(hierarchy):
     assert plan.summary.counts["user"]["delete"] == 0 and "pid-S2" in stored_ids(hierarchy)
 
 
+def test_a_shared_user_id_stays_with_the_person_it_was_imported_for_whatever_the_order(hierarchy):
+    sync(hierarchy, roster(), AsmPreferences())
+    # S2 is listed first with S1's person ID: S1 keeps it, and S2 keeps their own user
+    persons = [person("S2", grade="8", person_id="pid-S1"), person("T1"), person("S1", grade="7"),
+               person("S3", grade="7")]
+    plan, events = sync(hierarchy, roster(persons=persons), AsmPreferences())
+    (rejected,) = plan.summary.rejected
+    assert (rejected.row, rejected.id) == (1, "pid-S2")
+    assert rejected.reason.startswith("user ID 'pid-S1' (person id) is shared with row 3")
+    assert plan.summary.total_changes == 0 and events == []
+    assert hierarchy.users_by_source_identifier() == {"T1": "pid-T1", "S1": "pid-S1", "S2": "pid-S2", "S3": "pid-S3"}
+
+
 def test_a_person_whose_user_id_and_email_both_changed_keeps_their_user_under_the_new_id(hierarchy):
     prefs = AsmPreferences(user_id_source="email")
     sync(hierarchy, roster(), prefs)

@@ -136,11 +136,11 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences,
     users: list[UserRecord] = []
     user_id_of: dict[str, str] = {}  # Apple's unique identifier -> our user ID
     source_identifiers: dict[str, str] = {}  # the reverse, for the batch's users only
-    seen_ids: dict[str, int] = {}
     skipped = skipped_elsewhere = 0
     name_source_missing = 0
     # a sync limited to some locations cannot hold people in none (its plan would refuse them)
     without_location = prefs.import_users_without_location and wanted_locations is None
+    listed: list[tuple[int, dict[str, Any], str | None]] = []  # row, person, user ID
     for row, person in enumerate(_dedupe(roster.persons), start=1):
         apple_id = person["unique_identifier"]
         if apple_id not in teaches and apple_id not in attends:
@@ -150,19 +150,21 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences,
             if not without_location:
                 skipped += 1
                 continue
-        user_type = ("teacher" if apple_id in teaches else
-                     "student" if apple_id in attends or person.get("grade") else "staff")
-        user_id = _user_id(person, user_id_source)
-        if not user_id or user_id in seen_ids:
+        listed.append((row, person, _user_id(person, user_id_source)))
+    keepers = _id_keepers(listed, known_users)
+    for row, person, user_id in listed:
+        apple_id = person["unique_identifier"]
+        keeper_row = keepers.get(user_id) if user_id else None
+        if keeper_row != row:
             known_id = known_users.get(apple_id)
-            rejected.append(_rejected_person(person, row, user_id, user_id_source, seen_ids.get(user_id),
-                                             known_id))
+            rejected.append(_rejected_person(person, row, user_id, user_id_source, keeper_row, known_id))
             if known_id:  # their user stays as it is, in their classes too
                 user_id_of[apple_id] = known_id
             continue
-        seen_ids[user_id] = row
         user_id_of[apple_id] = user_id
         source_identifiers[user_id] = apple_id
+        user_type = ("teacher" if apple_id in teaches else
+                     "student" if apple_id in attends or person.get("grade") else "staff")
         email = None if (user_type == "student" and prefs.skip_student_email) else _email(
             person, prefs.email_source)
         users.append(UserRecord(
@@ -206,6 +208,17 @@ def map_roster(roster: AsmRoster, prefs: AsmPreferences,
                         rejected=rejected)
     return AsmMapping(batch=batch, warnings=warnings, skipped_without_location=skipped,
                       skipped_elsewhere=skipped_elsewhere, source_identifiers=source_identifiers)
+
+
+def _id_keepers(listed: list[tuple[int, dict[str, Any], str | None]],
+                known_users: Mapping[str, str]) -> dict[str, int]:
+    """The row that keeps each user ID: the person the roster already holds it for, wherever Apple lists them;
+    otherwise the first row giving it. Every other person giving that ID is rejected."""
+    keepers: dict[str, int] = {}
+    for row, person, user_id in listed:
+        if user_id and (user_id not in keepers or known_users.get(person["unique_identifier"]) == user_id):
+            keepers[user_id] = row
+    return keepers
 
 
 def _rejected_person(person: Mapping[str, Any], row: int, user_id: str | None, user_id_source: str,
