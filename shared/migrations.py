@@ -76,7 +76,8 @@ def _services_with_migrations() -> list[str]:
 
 
 def main() -> None:
-    from shared.config import load_config, service_settings
+    from shared.config import load_config
+    from shared.storage import create_engine_for, database_url_for
 
     parser = argparse.ArgumentParser(prog="python -m shared.migrations", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["upgrade", "revision", "current"])
@@ -84,10 +85,9 @@ def main() -> None:
     parser.add_argument("-m", "--message", default="schema change")
     args = parser.parse_args()
     package = f"services.{args.service}.migrations"
-    url = service_settings(load_config(), args.service).get("database_url") or f"sqlite:///var/{args.service}.db"
+    url = database_url_for(load_config(), args.service)
     if args.action == "revision":
         url = "sqlite://"  # draft against an empty in-memory database brought to head
-    from shared.storage import create_engine_for
 
     engine = create_engine_for(url)
     with engine.begin() as connection:

@@ -29,7 +29,7 @@ from nameko.exceptions import CommandError  # noqa: E402
 
 from shared.config import load_config  # noqa: E402
 from shared.errors import ValidationError  # noqa: E402
-from shared.storage import DatabaseInUse  # noqa: E402
+from shared.storage import DatabaseInUse, database_url_for, require_sqlite_file_free  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -54,6 +54,8 @@ def main(argv: list[str]) -> int:
         print(f"cannot start: {problem}", file=sys.stderr)
         return 2
     try:
+        for service in services:
+            require_sqlite_file_free(database_url_for(config, service.name))
         run(services, config)
     except DatabaseInUse as problem:
         print(f"cannot start: {problem}", file=sys.stderr)

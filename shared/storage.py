@@ -154,6 +154,11 @@ def create_engine_for(url: str, pool_size: int = 10) -> Engine:
 _ENGINE_OPTIONS = {"json_serializer": json_text.dumps, "json_deserializer": json_text.loads, "hide_parameters": True}
 
 
+def database_url_for(config: dict[str, Any], service_name: str) -> str:
+    """The service's ``database_url``; a SQLite file under ``var/`` when none is set."""
+    return service_settings(config, service_name).get("database_url") or f"sqlite:///var/{service_name}.db"
+
+
 class DatabaseInUse(RuntimeError):
     """Another process already serves this SQLite file (refused at start, before the service runs)."""
 
@@ -187,6 +192,14 @@ def hold_sqlite_file(url: str) -> Any | None:
     lock_file.write(str(os.getpid()))
     lock_file.flush()
     return lock_file
+
+
+def require_sqlite_file_free(url: str) -> None:
+    """``DatabaseInUse`` if another process serves this SQLite file now: a look before starting, so the refusal
+    is one line rather than a failure among the extensions starting in parallel (which claim it for good)."""
+    claim = hold_sqlite_file(url)
+    if claim is not None:
+        claim.close()
 
 
 class KernelTables:
@@ -304,8 +317,7 @@ class Database(DependencyProvider):
         from shared.migrations import upgrade
         from shared.outbox import OutboxRelay
 
-        settings = service_settings(self.container.config, self.container.service_name)
-        url = settings.get("database_url") or f"sqlite:///var/{self.container.service_name}.db"
+        url = database_url_for(self.container.config, self.container.service_name)
         self.sqlite_claim = hold_sqlite_file(url)
         self.engine = create_engine_for(url, pool_size=int(self.container.config.get("max_workers", 10)) + 2)
         upgrade(self.engine, self.migrations)
