@@ -422,15 +422,20 @@ class VppOperations:
     def invite_url_template(self, token: Any) -> str:
         return self.client_for(token).invitation_url_template()
 
-    def email_invites(self, invites: Sequence[Any]) -> MailOutcome:
-        """Mail these invites' links, recording and committing each message's outcome as soon as the relay answered
-        for it, so a failure later in the round never sends it twice. What the worker read or wrote before is
+    def email_invites(self, invites: Sequence[Any], *, resend: bool = False) -> MailOutcome:
+        """Mail these due invites' links (or, ``resend``, these invites' links again), recording and committing each
+        message's outcome as soon as the relay answered for it, so a failure later in the round never sends it
+        twice. Due invites another round took meanwhile are left to it. What the worker read or wrote before is
         committed first. A refused address is recorded on its invite; a relay that failed leaves the rest for a
         later round, each invite waiting longer after every failure (written, not committed)."""
-        rows = list(invites)
+        now = utc_now()
+        if resend:
+            rows = list(invites)
+            self.repo.mail_round(rows, now + MAIL_ROUND)  # the mail job's next round leaves them to this one
+        else:
+            rows = self.repo.claim_mail_round(list(invites), now, now + MAIL_ROUND)
         outcome = MailOutcome()
         tokens = {row.token_id: self.repo.token(row.token_id) for row in rows}
-        self.repo.mail_round(rows, utc_now() + MAIL_ROUND)  # the mail job's next round leaves them to this one
         self.db.commit()  # no database connection held while Apple and the relay answer
         templates = {token_id: self.invite_url_template(token) for token_id, token in tokens.items()}
         mails = [invite_email(to=row.email, user_name=row.name, organisation=tokens[row.token_id].org_name,

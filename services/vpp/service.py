@@ -485,7 +485,7 @@ class VppService(OrchardService):
         ids = _ids(user_ids, "user_ids") if user_ids is not None else None
         pending = [r for r in self.repo.invites(row.id, InviteStatus.PENDING.value, ids)
                    if r.method == InviteMethod.EMAIL.value and r.invite_code and r.email]
-        mailed = self.ops.email_invites(pending)
+        mailed = self.ops.email_invites(pending, resend=True)
         if mailed.error:
             self.db.commit()  # when the others are tried again (what the relay answered for is committed)
             done = (f"Before that, {mailed.sent} of {len(pending)} invite e-mail(s) were sent; resend the others"

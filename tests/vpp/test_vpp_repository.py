@@ -1,5 +1,6 @@
 """The vpp repository on SQLite and PostgreSQL: bulk writes (one statement per many rows on PostgreSQL), events
 applied in the order they happened, invites queued again."""
+from contextlib import contextmanager
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -54,15 +55,24 @@ def test_bulk_invite_writes_and_apples_users_applied(database_url):
         engine.dispose()
 
 
-def test_a_user_deleted_while_apple_registered_them_is_retired_again(database_url):
-    """The retirement was asked for (and done) during the registration's Apple call: the registration that
-    lands afterwards must not leave the user registered with nothing left to retire them."""
+@contextmanager
+def token_repository(database_url):
+    """A repository on a new database holding the token ``tok``, with its session and the time it was added."""
     engine = create_engine_for(database_url)
     t.metadata.create_all(engine)
     now = utc_now()
-    with Session(engine) as session:
-        add_token(session, now)
-        repo = VppRepository(session)
+    try:
+        with Session(engine) as session:
+            add_token(session, now)
+            yield VppRepository(session), session, now
+    finally:
+        engine.dispose()
+
+
+def test_a_user_deleted_while_apple_registered_them_is_retired_again(database_url):
+    """The retirement was asked for (and done) during the registration's Apple call: the registration that
+    lands afterwards must not leave the user registered with nothing left to retire them."""
+    with token_repository(database_url) as (repo, session, now):
         repo.queue_invites([{"token_id": "tok", "user_id": user_id, "method": "managed_apple_id", "name": "N",
                              "email": None, "managed_apple_id": f"{user_id}@appleid.example", "status": "pending",
                              "apple_state": "queued", "invited_at": now} for user_id in ("ann", "bob")])
@@ -73,7 +83,6 @@ def test_a_user_deleted_while_apple_registered_them_is_retired_again(database_ur
         assert states == {"ann": "retired", "bob": "registered"}
         repo.request_retirements("ann", now)
         assert repo.due_retirements(now, 10) == {"tok": ["ann"]}
-    engine.dispose()
 
 
 def test_devices_follow_the_newest_event_about_them(database_url):
@@ -91,6 +100,20 @@ def test_devices_follow_the_newest_event_about_them(database_url):
         session.commit()
         assert repo.known_holders()[0] == {"BACK", "NEW"}
     engine.dispose()
+
+
+def test_a_due_invite_is_taken_by_one_mail_round_until_that_round_ends(database_url):
+    with token_repository(database_url) as (repo, session, now):
+        repo.queue_invites([{"token_id": "tok", "user_id": u, "method": "email", "name": "N", "email": f"{u}@x.example",
+                             "managed_apple_id": None, "status": "pending", "apple_state": "registered",
+                             "invited_at": now} for u in ("ann", "bob")])
+        repo.mark_invites("tok", ["ann", "bob"], invite_code="code")
+        due = repo.invites_to_email(now)
+        assert [r.user_id for r in repo.claim_mail_round(due, now, now + timedelta(minutes=5))] == ["ann", "bob"]
+        assert repo.claim_mail_round(due, now, now + timedelta(minutes=5)) == []  # another round read them too
+        repo.mail_sent("tok", "ann", now)
+        later = now + timedelta(minutes=6)  # bob's round never said how it went (its process died)
+        assert [r.user_id for r in repo.claim_mail_round(due, later, later + timedelta(minutes=5))] == ["bob"]
 
 
 def test_invites_invited_again_start_afresh_with_the_details_given(database_url):

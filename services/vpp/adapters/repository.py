@@ -469,6 +469,23 @@ class VppRepository:
         for token_id, user_ids in by_token.items():
             self.mark_invites(token_id, user_ids, mail_retry_at=until)
 
+    def claim_mail_round(self, invites: Sequence[Any], now: datetime, until: datetime) -> list[Any]:
+        """Those of these due invites that no other round took meanwhile (another replica's, say), now this round's:
+        ``invites_to_email`` leaves them out until ``until``. Concurrent claims on PostgreSQL wait for each other's
+        commit and see it, so each invite is mailed by one round."""
+        c = t.invites.c
+        claimed: set[tuple[str, str]] = set()
+        by_token: dict[str, list[str]] = {}
+        for invite in invites:
+            by_token.setdefault(invite.token_id, []).append(invite.user_id)
+        for token_id, user_ids in by_token.items():
+            for start in range(0, len(user_ids), 500):
+                claimed.update((token_id, user_id) for user_id in self.session.execute(
+                    t.invites.update().where(c.token_id == token_id, c.user_id.in_(user_ids[start:start + 500]),
+                                             c.emailed_at.is_(None), c.mail_retry_at.is_(None) | (c.mail_retry_at <= now))
+                    .values(mail_retry_at=until).returning(c.user_id)).scalars())
+        return [invite for invite in invites if (invite.token_id, invite.user_id) in claimed]
+
     def mail_sent(self, token_id: str, user_id: str, now: datetime) -> None:
         self.mark_invites(token_id, [user_id], emailed_at=now, mail_error=None, mail_refused_at=None, mail_attempts=0,
                           mail_retry_at=None)
