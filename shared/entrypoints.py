@@ -304,6 +304,8 @@ class Periodic(Timer):
     pick the work that is due, so failover is quick.
     """
 
+    LEASE_SLACK = timedelta(seconds=10)  # beyond two intervals: what a slow tick or a paused process may take
+
     def __init__(self, interval: float, jitter: float = 0.1, **kwargs: Any):
         super().__init__(interval, **kwargs)
         self.jitter = jitter
@@ -339,7 +341,7 @@ class Periodic(Timer):
     def tick(self) -> None:
         database = self._database()
         # two intervals plus slack for a slow tick: only a replica that stopped ticking loses the lease
-        hold = timedelta(seconds=2 * self.interval + 10)
+        hold = timedelta(seconds=2 * self.interval) + self.LEASE_SLACK
         if not leases.acquire(database.engine, database.kernel.leases, self.lease_name, self.holder, hold):
             metrics.SCHEDULED_RUNS.labels(self.container.service_name, self.method_name, "skipped").inc()
             return

@@ -4,21 +4,24 @@ import io
 import json
 import logging
 import time
+from datetime import timedelta
 
 import eventlet
 import httpx
 import pytest
-from nameko.testing.utils import get_container
 import sqlalchemy as sa
 from kombu import Connection, Queue
 from nameko.amqp.publish import Publisher
 from nameko.events import get_event_exchange
+from nameko.testing.utils import get_container
 
 from shared.dead_letters import list_dead_letters, replay_dead_letters
+from shared.entrypoints import Periodic
 from shared.errors import Conflict, InternalError, UpstreamError, ValidationError
 from shared.logs import JsonFormatter
 from shared.storage import Database, create_engine_for
 from tests.conftest import ADMIN, postgres_database
+from tests.shared.sample import services as sample_services
 from tests.shared.sample.services import (CallerService, ListenerService, NoteTaken, NotesService, SlowTickerService,
                                           StepsService, TickerService, notes)
 from tests.waiting import wait_for
@@ -260,14 +263,17 @@ def test_a_periodic_job_runs_on_one_replica_at_a_time(replicas_database, runner_
     assert len(holders) >= 5 and len(set(holders)) == 1
 
 
-def test_a_periodic_job_longer_than_its_lease_term_keeps_it(replicas_database, runner_factory, orchard_config):
-    """The lease's term is two intervals and ten seconds (10.2 s here); the job takes 11 s."""
+def test_a_periodic_job_longer_than_its_lease_term_keeps_it(replicas_database, runner_factory, orchard_config,
+                                                            monkeypatch):
+    """The lease's term is two intervals and the slack (2.2 s here); the job takes 3 s."""
+    monkeypatch.setattr(Periodic, "LEASE_SLACK", timedelta(seconds=2))
+    monkeypatch.setattr(sample_services, "SLOW_TICK_SECONDS", 3)
     first = runner_factory(orchard_config, SlowTickerService)
     first.start()
-    eventlet.sleep(1)
+    eventlet.sleep(0.5)
     second = runner_factory(orchard_config, SlowTickerService)  # a second replica on the same database
     second.start()
-    eventlet.sleep(11.5)
+    eventlet.sleep(3.5)
     first.kill()
     second.kill()
     holders = job_runs(replicas_database)
@@ -287,8 +293,9 @@ def test_a_replica_that_stops_gives_its_lease_up(replicas_database, runner_facto
 
 
 def test_a_replica_that_dies_has_its_periodic_job_taken_over_once_its_lease_runs_out(
-        replicas_database, runner_factory, orchard_config):
-    """The lease's term is two intervals and ten seconds (10.2 s here); a killed replica never gives it up."""
+        replicas_database, runner_factory, orchard_config, monkeypatch):
+    """The lease's term is two intervals and the slack (2.2 s here); a killed replica never gives it up."""
+    monkeypatch.setattr(Periodic, "LEASE_SLACK", timedelta(seconds=2))
     first = runner_factory(orchard_config, TickerService)
     first.start()
     eventlet.sleep(0.5)
@@ -299,7 +306,7 @@ def test_a_replica_that_dies_has_its_periodic_job_taken_over_once_its_lease_runs
     (holder,) = set(job_runs(replicas_database))
     wait_for(lambda: set(job_runs(replicas_database)) - {holder}, what="the second replica to run the job",
              timeout=15)
-    assert 9 < time.monotonic() - killed < 12.5
+    assert 1.2 < time.monotonic() - killed < 4.5
 
 
 def test_a_periodic_job_survives_its_database_going_away(orchard_config, runner_factory):

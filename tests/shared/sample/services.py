@@ -138,8 +138,11 @@ class StepsService(OrchardService):
         return [row.text for row in self.db.session.execute(sa.select(notes).order_by(notes.c.note_id))]
 
 
+SLOW_TICK_SECONDS = 11  # longer than the lease's term: two intervals and ``Periodic.LEASE_SLACK``
+
+
 class SlowTickerService(OrchardService):
-    """A job that runs far longer than its lease's term (two intervals and ten seconds)."""
+    """A job that runs far longer than its lease's term."""
 
     name = "slowticker"
     db = Database(metadata, migrations="tests.shared.sample.migrations")
@@ -149,7 +152,7 @@ class SlowTickerService(OrchardService):
     def tick(self) -> None:
         self.db.session.execute(notes.insert().values(note_id=utc_now().isoformat(), text="started", holder=self.replica))
         self.db.commit()
-        eventlet.sleep(11)
+        eventlet.sleep(SLOW_TICK_SECONDS)
 
 
 class CallerService(OrchardService):
