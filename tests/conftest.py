@@ -40,6 +40,15 @@ def free_port() -> int:
             return port
 
 
+@pytest.fixture(autouse=True)
+def fresh_apps_and_books_config(monkeypatch):
+    """Each test starts with no cached ``service/config``: the client keeps Apple's for five minutes per URL, and a
+    test's Apps and Books sandbox may be given the port of an earlier test's, whose limits or faults differed."""
+    from services.vpp.adapters import apple_client
+
+    monkeypatch.setattr(apple_client, "SERVICE_CONFIG_CACHE", apple_client._ServiceConfigCache())
+
+
 @pytest.fixture
 def orchard_config(rabbit_config: dict, tmp_path: Any) -> dict:
     """A full Orchard configuration on a fresh RabbitMQ vhost, SQLite files and free ports."""
