@@ -562,8 +562,8 @@ class VppService(OrchardService):
     def on_user_updated(self, events: list[UserUpdated]) -> None:
         """Keep users' details current (the address an invite is mailed to when the user is invited again), and follow
         a new user ID (``previous_user_id``): the user's invites, licences and retirements move to it, while Apple
-        keeps knowing the user by the clientUserId it registered, which cannot change. A late, older event changes
-        nothing (``VppRepository.follow_new_user_id``)."""
+        keeps knowing the user by the clientUserId it registered, which cannot change. A late event follows what the
+        roster did since: a later rename or deletion of the new ID (``VppRepository.follow_new_user_id``)."""
         stale = _follow_new_user_ids(self.repo, events)
         self.repo.remember_users([_known_user(e) for e in _latest_per_user([e for e in events if e.event_id not in stale])])
 
@@ -749,13 +749,16 @@ def _follow_new_user_ids(repo: VppRepository, events: list[UserUpdated]) -> set[
     stale = set()
     # in the order they happened, each against what the ones before left: a batch may rename a user twice
     for event in sorted((e for e in events if e.previous_user_id not in (None, e.user_id)), key=UserUpdated.occurred):
-        kept = repo.follow_new_user_id(event.previous_user_id, event.user_id, event.occurred())
-        if kept is None:
+        followed = repo.follow_new_user_id(event.previous_user_id, event.user_id, event.occurred(), utc_now())
+        if followed is None:
             stale.add(event.event_id)
-        elif kept:
+        elif followed.user_id is None:
+            log.info("user %s became %s, whom the roster has deleted since: %s is retired as they would have been",
+                     event.previous_user_id, event.user_id, event.previous_user_id)
+        elif followed.kept:
             log.warning("user %s is now %s, but content token(s) %s already know %s as another Apple user: the rows "
-                        "of %s stay there as they are", event.previous_user_id, event.user_id, ", ".join(kept),
-                        event.user_id, event.previous_user_id)
+                        "of %s stay there as they are", event.previous_user_id, followed.user_id,
+                        ", ".join(followed.kept), followed.user_id, event.previous_user_id)
     return stale
 
 

@@ -73,3 +73,27 @@ def test_a_user_given_a_new_id_keeps_invite_and_licences_at_apple(vpp_sandbox, v
         wait_for(lambda: vpp_sandbox.user(stoken, "old")["user"]["status"] == "Retired", what="Apple's user old retired")
         assert vpp_sandbox.user(stoken, "old")["userAssignments"] == []
         wait_for(lambda: rpc.vpp.list_invites(token_id)[0]["registration"] == "retired", what="the retirement recorded")
+
+
+def test_renames_handled_out_of_order_leave_the_user_under_their_latest_id(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    """ann became bea, then cat; vpp hears of the second rename first."""
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    vpp_sandbox.add_asset(stoken, "111", 5)
+    known_to_vpp(vpp_config, user("ann"))
+    dispatch = event_dispatcher(vpp_config)
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken, locations=["north"])["id"]
+        rpc.vpp.sync_assets(token_id)
+        assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 1
+
+        to_bea = datetime.now(timezone.utc)
+        dispatch(UserUpdated.SOURCE, UserUpdated.TYPE, updated("cat", "bea", to_bea + timedelta(minutes=1)).to_payload())
+        wait_for(lambda: count_rows(vpp_config, "inbox") == 2, what="the rename to cat handled")  # ann's import, this
+        dispatch(UserUpdated.SOURCE, UserUpdated.TYPE, updated("bea", "ann", to_bea).to_payload())
+        wait_for(lambda: [i["user_id"] for i in rpc.vpp.list_invites(token_id)] == ["cat"], what="the invite under cat")
+        assigned = rpc.vpp.assign_licenses(token_id, "111", user_ids=["cat"])["assigned"]
+        assert (assigned["user_ids"], assigned["failures"]) == (["cat"], [])
+        assert vpp_sandbox.user(stoken, "ann")["userAssignments"] == ["111"]
+        assert rpc.vpp.revoke_unknown(token_id)["count"] == 0
+        with pytest.raises(ValidationError, match="not in the roster"):
+            rpc.vpp.invite_users(token_id, ["bea"])

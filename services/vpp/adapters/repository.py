@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +61,14 @@ def assignment_from_row(row: Any) -> Assignment:
     if row.holder_kind == "serial":
         return Assignment(row.adam_id, row.pricing_param, serial_number=row.holder)
     return Assignment(row.adam_id, row.pricing_param, client_user_id=row.holder)
+
+
+@dataclass(frozen=True)
+class FollowedUserId:
+    """Where a renamed user's rows went."""
+
+    user_id: str | None  # the ID the user has now; None: the roster deleted them since, and the old ID is retired
+    kept: list[str]  # tokens where that ID has rows of its own (another Apple user): the old ID's rows stay there
 
 
 class VppRepository:
@@ -246,8 +255,8 @@ class VppRepository:
     def remember_users(self, users: Sequence[dict[str, Any]]) -> None:
         """Store imported users' details; an import newer than a deletion brings the user back."""
         if users:
-            columns = ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at")
-            self._write_newer(t.known_users, columns, [{**u, "deleted_at": None} for u in users])
+            columns = ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at", "renamed_to")
+            self._write_newer(t.known_users, columns, [{**u, "deleted_at": None, "renamed_to": None} for u in users])
 
     def _write_newer(self, table: sa.Table, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
         """Insert the rows, or write ``columns`` over a stored row whose ``changed_at`` is not newer: a late, older
@@ -266,18 +275,36 @@ class VppRepository:
         return {r.user_id for r in rows
                 if r.deleted_at is not None or (r.changed_at is not None and r.changed_at > occurred[r.user_id])}
 
-    def forget_user(self, user_id: str, deleted_at: datetime) -> bool:
-        """Mark the user deleted by the roster; False when a newer import of the user was handled already.
+    def forget_user(self, user_id: str, deleted_at: datetime, renamed_to: str | None = None) -> bool:
+        """Mark the user deleted by the roster, or ``renamed_to`` a new user ID; False when a newer import of the user
+        was handled already.
 
         One statement: on PostgreSQL a newer import still being written is waited for, then seen."""
         c = t.known_users.c
         insert = _insert(self.session, t.known_users)
+        gone = {"changed_at": deleted_at, "deleted_at": deleted_at, "renamed_to": renamed_to}
         forgotten = self.session.execute(
-            insert.values(user_id=user_id, locations=[], changed_at=deleted_at, deleted_at=deleted_at)
-            .on_conflict_do_update(index_elements=[c.user_id], set_={"changed_at": deleted_at, "deleted_at": deleted_at},
+            insert.values(user_id=user_id, locations=[], **gone)
+            .on_conflict_do_update(index_elements=[c.user_id], set_=gone,
                                    where=c.changed_at.is_(None) | (c.changed_at <= deleted_at))
             .returning(c.user_id))
         return forgotten.first() is not None
+
+    def current_user_id(self, user_id: str, since: datetime) -> str | None:
+        """The user ID the user has now, following the new IDs the roster gave them after ``since``; None when the
+        roster deleted them after ``since``."""
+        c = t.known_users.c
+        seen = set()
+        while user_id not in seen:  # a user renamed back and forth leads round in a circle: stop where it closes
+            seen.add(user_id)
+            row = self.session.execute(
+                sa.select(c.deleted_at, c.renamed_to).where(c.user_id == user_id)).first()
+            if row is None or row.deleted_at is None or row.deleted_at <= since:
+                return user_id
+            if row.renamed_to is None:
+                return None
+            user_id, since = row.renamed_to, row.deleted_at
+        return user_id
 
     def remember_devices(self, serial_numbers: Iterable[str], occurred: datetime) -> None:
         self._device_change(serial_numbers, occurred, removed=False)
@@ -508,27 +535,34 @@ class VppRepository:
         return AppleUserIds({user_id: client_user_id for user_id, client_user_id in self.session.execute(
             sa.select(r.user_id, r.client_user_id).where(r.token_id == token_id))})
 
-    def follow_new_user_id(self, old: str, new: str, occurred: datetime) -> list[str] | None:
+    def follow_new_user_id(self, old: str, new: str, occurred: datetime, now: datetime) -> FollowedUserId | None:
         """Move the old user ID's invites, licences and retirements to the new one, token by token, Apple still knowing
         the user by the ``clientUserId`` it registered; the old ID is then gone (as if deleted, so a late, older
         event does not bring it back).
 
-        None, changing nothing, when the roster changed either ID after ``occurred`` (a late, older event). Otherwise
-        the tokens where the new ID has rows of its own (another Apple user): there the old ID's rows stay as they
-        are, and the old ID stays known, so that neither Apple user is taken for the other nor for a stranger."""
+        A late event follows what the roster did since: when the new ID was itself renamed, the rows go to the ID
+        the user has now; when it was deleted, the old ID is retired as the user would have been. None, changing
+        nothing, when the roster changed the old ID after ``occurred``, or the user has it again now (a late, older
+        event)."""
         c = t.known_users.c
-        if self.session.execute(sa.select(c.user_id).where(
-                c.user_id.in_([old, new]), c.changed_at > occurred).limit(1)).first() is not None:
+        if self.session.execute(sa.select(c.user_id).where(c.user_id == old, c.changed_at > occurred)).first():
             return None
-        kept, theirs = [], self._tokens_of_user(new)
+        current = self.current_user_id(new, occurred)
+        if current == old:
+            return None
+        if current is None:
+            self.forget_user(old, occurred)
+            self.request_retirements(old, now)
+            return FollowedUserId(None, [])
+        kept, theirs = [], self._tokens_of_user(current)
         for token_id in sorted(self._tokens_of_user(old)):
             if token_id in theirs:
                 kept.append(token_id)
             else:
-                self._move_user(token_id, old, new)
+                self._move_user(token_id, old, current)
         if not kept:
-            self.forget_user(old, occurred)
-        return kept
+            self.forget_user(old, occurred, renamed_to=current)
+        return FollowedUserId(current, kept)
 
     def _tokens_of_user(self, user_id: str) -> set[str]:
         """The tokens where the user has an invite, a licence, a retirement or Apple's clientUserId recorded."""
@@ -608,6 +642,9 @@ class VppRepository:
         self.mark_invites(token_id, ids, status=InviteStatus.REVOKED.value, apple_state="retired", apple_error=None)
         r = t.user_retirements.c
         self.session.execute(t.user_retirements.delete().where(r.token_id == token_id, r.user_id.in_(ids)))
+        # Apple's user is retired: its clientUserId is free again, for a user of that ID as for any retired user's
+        n = t.renamed_users.c
+        self.session.execute(t.renamed_users.delete().where(n.token_id == token_id, n.user_id.in_(ids)))
 
     def retirements_failed(self, token_id: str, user_ids: Sequence[str], error: str, now: datetime) -> None:
         """Try again later, waiting longer after every failure (30 s doubling, at most an hour)."""

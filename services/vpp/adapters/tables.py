@@ -105,6 +105,8 @@ known_users = sa.Table(
     # the roster deleted the user, or gave them a new user ID (the row stays, so a late, older event does not bring
     # them back)
     sa.Column("deleted_at", UtcDateTime, nullable=True),
+    # the new user ID, when that is how the user went: a late rename to this ID follows them there
+    sa.Column("renamed_to", sa.String(200), nullable=True),
 )
 
 # users the roster deleted, still to be retired at Apple for this token (their licences revoked first)
