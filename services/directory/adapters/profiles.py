@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from services.directory.adapters import advisory_locks
+from shared import advisory_locks
 from services.directory.adapters.tables import ldap_profiles
 from services.directory.domain.profile import LdapProfile, parse_profile, profile_view
 from shared.errors import Conflict, NotFound

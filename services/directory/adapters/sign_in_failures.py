@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from services.directory.adapters import advisory_locks
+from shared import advisory_locks
 from services.directory.adapters.tables import sign_in_failures as failures
 
 
