@@ -234,7 +234,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         actor = self.auth.require("enrollment:write")
         row = self._token_for_write(actor, token_id)
         profile = validated_profile(profile)
-        answer = self._apple(lambda: self._client(self._credentials(row)).define_profile(profile), stored_token_id=row.id)
+        answer = self._apple(lambda: self._client(self._credentials(row)).define_profile(profile), stored=row)
         profile_uuid = answer.get("profile_uuid")
         if not isinstance(profile_uuid, str) or not profile_uuid:
             raise UpstreamError("Apple accepted the profile but returned no profile_uuid; define it again.")
@@ -248,13 +248,15 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         actor = self.auth.require("enrollment:write")
         row = self._token_for_write(actor, token_id)
         serials = _checked_serials(serial_numbers)
+        if profile_uuid is not None and not (isinstance(profile_uuid, str) and 0 < len(profile_uuid) <= 64):
+            raise ValidationError("profile_uuid must be the profile_uuid Apple gave a defined profile (at most 64 "
+                                  "characters), or left out for the token's profile.")
         profile_uuid = profile_uuid or row.default_profile_uuid
         if not isinstance(profile_uuid, str):
             raise ValidationError("No profile to assign: define the enrollment profile first, or name a profile_uuid.")
         devices = DeviceRepository(self.db.session, row.id, assigned_by=actor.id)
         assigner = ClientAssigner(self._client(self._credentials(row)))
-        outcome = self._apple(lambda: assign_profile(assigner, devices, profile_uuid, serials, utc_now()),
-                              stored_token_id=row.id)
+        outcome = self._apple(lambda: assign_profile(assigner, devices, profile_uuid, serials, utc_now()), stored=row)
         self._sync_by_next_profile_retry(row, devices)
         self.db.audit(actor, "profile.assigned", f"server_token:{row.id}",
                       {"profile_uuid": profile_uuid, "devices": len(serials), "error": outcome.error})
@@ -274,8 +276,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             raise ValidationError("cursor must be the string an earlier page returned")
         if not isinstance(sync, bool):
             raise ValidationError("sync must be true or false")
-        page = self._apple(lambda: self._client(self._credentials(row)).roster_page(kind, cursor, sync=sync),
-                           stored_token_id=row.id)
+        page = self._apple(lambda: self._client(self._credentials(row)).roster_page(kind, cursor, sync=sync), stored=row)
         return {"kind": kind, "items": page.items, "cursor": page.cursor, "more_to_follow": page.more_to_follow}
 
     # --- scheduled and triggered syncs -------------------------------------------------------
@@ -378,6 +379,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                 pages=ClientPages(client), store=devices,
                 cursors=TokenCursorStore(session, row.id, self.db.commit), events=DeviceEventOutbox(self.db.publish, row.id),
                 assigner=ClientAssigner(client), default_profile_uuid=row.default_profile_uuid, progress=progress,
+                checkpoint=self.db.commit,
             )
             with leases.renewed(lambda: self._renew_sync_lease(row.id, holder),
                                 self.sync_lease.total_seconds() / 3) as heartbeat:
@@ -388,6 +390,8 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         except DepError as exc:
             session.rollback()  # the page in progress is redone next time: its cursor was not saved
             error, refusal = str(exc), _refusal_status(exc)
+            if refusal and not self._holds_credentials_of(row):
+                refusal, error = None, f"{error} The token was renewed meanwhile: the next sync uses its new credentials."
             if isinstance(exc, Throttled) and exc.retry_after:
                 apple_wait = timedelta(seconds=exc.retry_after)
         except BaseException:
@@ -401,7 +405,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         now = utc_now()
         outcome = "error" if error else "ok"
         next_sync_at = _next_sync(FAILED_SYNC_RETRY if error and refusal is None else SYNC_EVERY)
-        retry = devices.next_profile_retry()
+        retry = devices.next_profile_retry() if error is None else None  # a failed run is retried as such
         if retry is not None:  # throttled profile assignments are retried by the sync: run it when they are due
             next_sync_at = min(next_sync_at, retry)
         next_sync_at = max(next_sync_at, now + apple_wait)  # sooner would only be throttled again
@@ -501,23 +505,29 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                                    "ask an administrator to renew that one instead.")
                 raise Conflict(f"This MDM server is already connected as server token '{other.name}'; renew that one instead.")
 
-    def _apple(self, call: Any, *, stored_token_id: str | None = None) -> Any:
+    def _apple(self, call: Any, *, stored: Any = None) -> Any:
         """Run an Apple call for an RPC caller: Apple's refusals become errors the caller can type-check.
 
-        When the call used the token's stored credentials (``stored_token_id``) and Apple refuses the token
-        itself, the token's status says so at once, as a sync would, not only after its next sync.
+        When the call used the token's stored credentials (``stored``, the token's row) and Apple refuses the
+        token itself, the token's status says so at once, as a sync would, not only after its next sync; unless
+        the token was renewed meanwhile: Apple refused the credentials it replaced.
         """
+        self.db.commit()  # read only so far: no database connection held while Apple answers (SQLite has one)
         try:
             return call()
         except CursorError as exc:
             raise Conflict(f"{exc} Start again without a cursor.") from None
         except DepError as exc:
             refusal = _refusal_status(exc)
-            if stored_token_id and refusal:
-                self.db.session.rollback()  # nothing else of this call is kept: it fails
-                TokenRepository(self.db.session).update(stored_token_id, apple_refusal=refusal)
+            if stored is not None and refusal:
+                # kept with the status: what the call recorded before Apple refused (earlier batches' results)
+                if self._holds_credentials_of(stored):
+                    TokenRepository(self.db.session).update(stored.id, apple_refusal=refusal)
                 self.db.commit()
             raise UpstreamError(str(exc)) from None
+
+    def _holds_credentials_of(self, row: Any) -> bool:
+        return TokenRepository(self.db.session).holds_credentials(row.id, row.sealed_credentials)
 
 
 def _refusal_status(error: DepError) -> str | None:

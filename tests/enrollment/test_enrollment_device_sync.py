@@ -15,7 +15,9 @@ from services.enrollment.domain.device_sync import (
     latest_per_serial,
 )
 from services.enrollment.domain.devices import DepDevice, status_colour
-from services.enrollment.domain.errors import AccessDenied, CursorExhausted, CursorExpired, DepError, Throttled
+from services.enrollment.domain.errors import (
+    AccessDenied, CursorExhausted, CursorExpired, DepError, TermsNotAccepted, Throttled,
+)
 
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -268,6 +270,15 @@ def test_a_batch_apple_fails_keeps_the_results_of_the_batches_before_it():
     throttled = RecordingAssigner(failures={1: Throttled("still throttled after 5 attempts")})
     assert set(assign_profile(throttled, store, "P", serials[:10], NOW).statuses.values()) == {"THROTTLED"}
     assert store.assignments["S0000"] == ("P", "THROTTLED", NOW + timedelta(seconds=60))  # retried, not failed
+
+
+def test_a_refused_token_ends_an_assignment_and_keeps_the_results_of_the_batches_before_it():
+    serials = [f"S{i:04d}" for i in range(2500)]
+    store = MemoryStore()
+    with pytest.raises(TermsNotAccepted):
+        assign_profile(RecordingAssigner(failures={2: TermsNotAccepted("T_C_NOT_SIGNED")}), store, "P", serials, NOW)
+    assert store.assignments["S0999"] == ("P", "SUCCESS", None)  # Apple assigned it before refusing
+    assert store.assignments["S1000"] == store.assignments["S2499"] == ("P", "FAILED", None)
 
 
 def test_a_throttled_assignment_waits_as_long_as_apples_retry_after():

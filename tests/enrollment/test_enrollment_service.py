@@ -282,15 +282,32 @@ def test_a_throttled_assignment_is_retried_with_its_own_profile_when_apple_said(
         due_in = datetime.fromisoformat(rpc.enrollment.get_server_token(token["id"])["next_sync_at"]) - datetime.now(timezone.utc)
         assert timedelta(minutes=9) < due_in <= timedelta(minutes=10)
 
+        for wrong in ("", "x" * 65, 7):
+            with pytest.raises(ValidationError, match="profile_uuid must be"):
+                rpc.enrollment.assign_profile(token["id"], [serial], profile_uuid=wrong)
+
         engine = create_engine_for(enrollment["SERVICES"]["enrollment"]["database_url"])
         with engine.begin() as connection:  # ten minutes pass
             connection.execute(dep_devices.update().values(assign_retry_at=datetime.now(timezone.utc)))
         engine.dispose()
+        # a sync that fails (here on unsigned terms) is booked as a failed one, not for the retry already due
+        dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": False})
+        assert "accept" in rpc.enrollment.sync_devices(token["id"])["error"]
+        due_in = datetime.fromisoformat(rpc.enrollment.get_server_token(token["id"])["next_sync_at"]) - datetime.now(timezone.utc)
+        assert due_in > timedelta(hours=1)
+        dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": True})
+
         run = rpc.enrollment.sync_devices(token["id"])
         assert run["error"] is None
         assert dep_sandbox.device(server["server_uuid"], serial)["profile_uuid"] == chosen  # not the newer default
         device = rpc.enrollment.list_devices(token["id"])["devices"][0]
         assert (device["assign_result"], device["assign_retry_at"]) == ("SUCCESS", None)
+
+        # Apple refusing the token mid-assignment: the devices' results say so
+        dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": False})
+        with pytest.raises(UpstreamError, match="accept"):
+            rpc.enrollment.assign_profile(token["id"], [serial])
+        assert rpc.enrollment.list_devices(token["id"])["devices"][0]["assign_result"] == "FAILED"
 
 
 def test_a_sync_books_its_next_run_by_its_outcome_and_by_the_wait_apple_asks_for(enrollment, rpc_as, dep_sandbox):

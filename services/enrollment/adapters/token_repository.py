@@ -40,6 +40,14 @@ class TokenRepository:
     def add(self, **values: Any) -> None:
         self.session.execute(server_tokens.insert().values(**values))
 
+    def holds_credentials(self, token_id: str, sealed_credentials: str | None) -> bool:
+        """Whether the token still holds these credentials (not renewed or deleted since). The token stays locked
+        until the transaction ends, so a renewal waits until what Apple said of the old ones is recorded."""
+        c = server_tokens.c
+        stored = self.session.execute(
+            sa.select(c.sealed_credentials).where(c.id == token_id).with_for_update()).first()
+        return stored is not None and stored.sealed_credentials == sealed_credentials
+
     def update(self, token_id: str, **values: Any) -> None:
         self.session.execute(server_tokens.update().where(server_tokens.c.id == token_id).values(**values))
 

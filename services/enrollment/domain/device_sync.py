@@ -131,11 +131,17 @@ class DeviceSync:
     default_profile_uuid: str | None = None
     now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
     progress: Callable[[SyncCounts], None] | None = None
+    # ends the store's unit of work, so that nothing of the database is held while Apple answers
+    checkpoint: Callable[[], None] = lambda: None
 
     def run(self, *, full: bool = False) -> SyncCounts:
         counts = SyncCounts()
-        self._retry_throttled_assignments(counts)
         state = None if full else self.cursors.load()
+        due = self.store.due_profile_retries(self.now(), PROFILE_RETRY_BATCH) if self.assigner else []
+        self.checkpoint()
+        if due:
+            self._retry_throttled_assignments(due, counts)
+            self.checkpoint()  # the retried assignments' results stand, whatever the pages bring
         if state is None:
             state = self._fetch(None, counts)
         elif state.phase == PHASE_FETCH:
@@ -220,13 +226,12 @@ class DeviceSync:
         outcome = assign_profile(self.assigner, self.store, profile_uuid, serial_numbers, self.now())
         counts.assign_statuses.update(outcome.statuses.values())
 
-    def _retry_throttled_assignments(self, counts: SyncCounts) -> None:
-        if self.assigner:
-            by_profile: dict[str, list[str]] = {}
-            for serial, profile_uuid in self.store.due_profile_retries(self.now(), PROFILE_RETRY_BATCH):
-                by_profile.setdefault(profile_uuid, []).append(serial)
-            for profile_uuid, serials in by_profile.items():
-                self._assign(profile_uuid, serials, counts)
+    def _retry_throttled_assignments(self, due: list[tuple[str, str]], counts: SyncCounts) -> None:
+        by_profile: dict[str, list[str]] = {}
+        for serial, profile_uuid in due:
+            by_profile.setdefault(profile_uuid, []).append(serial)
+        for profile_uuid, serials in by_profile.items():
+            self._assign(profile_uuid, serials, counts)
 
 
 def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: str, serial_numbers: list[str],
@@ -235,7 +240,8 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
 
     Apple failing a batch does not lose the results of the batches before it: that batch and the
     rest are THROTTLED (retried with the same profile when Apple said, or in a minute) if Apple
-    throttled, FAILED otherwise. A revoked token or unsigned terms end it: nothing more can succeed.
+    throttled, FAILED otherwise. A revoked token or unsigned terms end it, nothing more can succeed:
+    the results so far are kept, the rest FAILED, and the refusal is raised.
     The retry waits for the longest time Apple gave, per serial or in a 429's Retry-After.
     """
     statuses: dict[str, str] = {}
@@ -248,6 +254,8 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
             try:
                 outcome = assigner.assign(profile_uuid, batch)
             except _FATAL:
+                statuses.update(dict.fromkeys(serial_numbers[start:], "FAILED"))
+                store.record_assign_results(profile_uuid, statuses, None)
                 raise
             except Throttled as exc:
                 error, unsent_status = str(exc), "THROTTLED"
