@@ -6,6 +6,7 @@ import pytest
 from services.enrollment.adapters.dep_client import Page
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
 from services.enrollment.domain.device_sync import (
+    WAITING_ASSIGN_RESULTS,
     AssignOutcome,
     CursorState,
     DevicePage,
@@ -51,11 +52,11 @@ class MemoryStore:
 
     def record_assign_results(self, profile_uuid, statuses, retry_at):
         for serial, status in statuses.items():
-            self.assignments[serial] = (profile_uuid, status, retry_at if status == "THROTTLED" else None)
+            self.assignments[serial] = (profile_uuid, status, retry_at if status in WAITING_ASSIGN_RESULTS else None)
 
     def due_profile_retries(self, now, limit):
         return [(s, profile) for s, (profile, status, at) in self.assignments.items()
-                if status == "THROTTLED" and at <= now][:limit]
+                if status in WAITING_ASSIGN_RESULTS and at <= now][:limit]
 
 
 class MemoryCursors:
@@ -270,6 +271,26 @@ def test_a_batch_apple_fails_keeps_the_results_of_the_batches_before_it():
     throttled = RecordingAssigner(failures={1: Throttled("still throttled after 5 attempts")})
     assert set(assign_profile(throttled, store, "P", serials[:10], NOW).statuses.values()) == {"THROTTLED"}
     assert store.assignments["S0000"] == ("P", "THROTTLED", NOW + timedelta(seconds=60))  # retried, not failed
+
+
+def test_a_new_devices_profile_is_asked_of_apple_once_its_page_is_committed():
+    """Nothing of the database is held while Apple answers; a run that dies before leaves the device due."""
+    store, cursors = MemoryStore(), MemoryCursors(CursorState("s1", "sync"))
+    pages = ScriptedPages({("sync", "s1"): [Page([device("NEW", "added", "2026-02-01T00:00:00Z")], "s2", False)]})
+    committed_before_apple = []
+
+    class DyingAssigner:
+        def assign(self, profile_uuid, serials):
+            committed_before_apple.append((cursors.state.cursor, store.assignments["NEW"]))
+            raise RuntimeError("the process dies while Apple answers")
+
+    with pytest.raises(RuntimeError):
+        make_sync(pages, store=store, cursors=cursors, assigner=DyingAssigner(), profile="P").run()
+    assert committed_before_apple == [("s2", ("P", "QUEUED", NOW))]
+
+    assigner = RecordingAssigner()
+    make_sync(ScriptedPages({("sync", "s2"): []}), store=store, cursors=cursors, assigner=assigner, profile="P").run()
+    assert assigner.calls == [["NEW"]] and store.assignments["NEW"] == ("P", "SUCCESS", None)
 
 
 def test_a_refused_token_ends_an_assignment_and_keeps_the_results_of_the_batches_before_it():

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.tables import dep_devices, server_tokens
-from services.enrollment.domain.device_sync import CursorState, KnownDevice
+from services.enrollment.domain.device_sync import WAITING_ASSIGN_RESULTS, CursorState, KnownDevice
 from services.enrollment.domain.devices import DepDevice
 from shared import json_text
 from shared.contracts.enrollment import MAX_DEVICES_PER_EVENT, AssignedDevice, DevicesAssigned, DevicesRemoved
@@ -102,7 +102,7 @@ class DeviceRepository:
         c = dep_devices.c
         for status in set(statuses.values()):
             serials = [serial for serial, value in statuses.items() if value == status]
-            throttled = status == "THROTTLED"
+            throttled = status in WAITING_ASSIGN_RESULTS
             values: dict[str, Any] = {"assign_result": status, "updated_at": now,
                                       "assign_retry_at": retry_at if throttled else None,
                                       "assign_retry_profile_uuid": profile_uuid if throttled else None}
@@ -125,7 +125,8 @@ class DeviceRepository:
 
     def _throttled(self) -> sa.ColumnElement[bool]:
         c = dep_devices.c
-        return sa.and_(c.token_id == self.token_id, c.assign_result == "THROTTLED", c.assign_retry_profile_uuid.is_not(None))
+        return sa.and_(c.token_id == self.token_id, c.assign_result.in_(WAITING_ASSIGN_RESULTS),
+                       c.assign_retry_profile_uuid.is_not(None))
 
     def _fills_empty_token(self, generation: str) -> bool:
         """Whether this page belongs to a full fetch that began with no device stored for the token.

@@ -36,6 +36,10 @@ PHASE_SYNC = "sync"
 PROFILE_RETRY_BATCH = 1000
 PROFILE_ASSIGN_BATCH = 1000  # serials per request to Apple
 DEFAULT_ASSIGN_RETRY = timedelta(seconds=60)  # when Apple throttles without saying how long to wait
+# a new device stored with its page, its profile asked of Apple once the page is committed; a run that dies first
+# leaves it due, and the next sync assigns it
+ASSIGN_QUEUED = "QUEUED"
+WAITING_ASSIGN_RESULTS = ("THROTTLED", ASSIGN_QUEUED)  # what the sync asks Apple again, when due
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class DeviceStore(Protocol):
     def remove_unseen(self, generation: str) -> list[str]: ...
     def record_assign_results(
         self, profile_uuid: str, statuses: dict[str, str], retry_at: datetime | None
-    ) -> None: ...  # a THROTTLED device keeps profile_uuid, to be retried with it at retry_at
+    ) -> None: ...  # a THROTTLED or QUEUED device keeps profile_uuid, to be assigned with it at retry_at
     def due_profile_retries(self, now: datetime, limit: int) -> list[tuple[str, str]]: ...  # (serial, profile uuid)
 
 
@@ -164,10 +168,11 @@ class DeviceSync:
         generation = resume.generation if resume and resume.generation else uuid.uuid4().hex
         state = resume or CursorState("", PHASE_FETCH, generation)
         for page in self.pages.fetch(resume.cursor if resume else None):
-            self._apply(page, counts, generation)
+            queued = self._apply(page, counts, generation)
             if page.cursor:
                 state = CursorState(page.cursor, PHASE_FETCH, generation)
                 self.cursors.save(state)
+            self._assign_queued(queued, counts)
         return self._finish_fetch(state, counts)
 
     def _finish_fetch(self, state: CursorState, counts: SyncCounts) -> CursorState:
@@ -182,11 +187,13 @@ class DeviceSync:
 
     def _sync(self, state: CursorState, counts: SyncCounts) -> None:
         for page in self.pages.sync(state.cursor):
-            self._apply(page, counts, None)
+            queued = self._apply(page, counts, None)
             if page.cursor:
                 self.cursors.save(CursorState(page.cursor, PHASE_SYNC))
+            self._assign_queued(queued, counts)
 
-    def _apply(self, page: DevicePage, counts: SyncCounts, generation: str | None) -> None:
+    def _apply(self, page: DevicePage, counts: SyncCounts, generation: str | None) -> list[str]:
+        """Store the page; the new devices the default profile is to be assigned to (queued with the page)."""
         records = latest_per_serial(page.devices)
         # only a dated record can be older than what we stored, and only a stored device can be deleted;
         # the rest (a whole fetch page: Apple dates sync records only) are stored without a lookup
@@ -215,10 +222,20 @@ class DeviceSync:
         counts.deleted += len(deletes)
         counts.pages += 1
         profile = self.default_profile_uuid
-        if profile and self.assigner:
-            self._assign(profile, [d.serial_number for d in new if d.profile_uuid != profile], counts)
+        queued = [d.serial_number for d in new if d.profile_uuid != profile] if profile and self.assigner else []
+        if queued:
+            self.store.record_assign_results(profile, dict.fromkeys(queued, ASSIGN_QUEUED), self.now())
         if self.progress:
             self.progress(counts)
+        return queued
+
+    def _assign_queued(self, serial_numbers: list[str], counts: SyncCounts) -> None:
+        """Ask Apple for the page's queued assignments once the page is committed: nothing of the database is held
+        while Apple answers, and the results are committed before the next page."""
+        if serial_numbers and self.default_profile_uuid:
+            self.checkpoint()
+            self._assign(self.default_profile_uuid, serial_numbers, counts)
+            self.checkpoint()
 
     def _assign(self, profile_uuid: str, serial_numbers: list[str], counts: SyncCounts) -> None:
         if not serial_numbers or self.assigner is None:

@@ -7,7 +7,6 @@ from typing import Any
 PROFILE_STATUSES = ("empty", "assigned", "pushed", "removed")
 # what the admin sees at a glance: green and cyan go through Remote Management, yellow and grey will not
 PROFILE_STATUS_COLOURS = {"empty": "yellow", "assigned": "green", "pushed": "cyan", "removed": "grey"}
-ASSIGN_STATUSES = ("SUCCESS", "NOT_ACCESSIBLE", "FAILED", "THROTTLED")
 
 
 @dataclass(slots=True)  # not frozen: a frozen init costs twice as much, and a full sync builds 100,000 of them
