@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,10 +16,19 @@ from services.push.domain.certificates import (
     certificate_status,
     check_renewal,
     days_left,
+    private_key_id,
     read_pem_certificate,
     read_pkcs12,
 )
 from shared.errors import Conflict, ValidationError
+from tests.push.unsupported_keys import (
+    SECP112R1,
+    SM2,
+    ec_private_key_pem,
+    pkcs12_b64_with_ec_key,
+    unknown_algorithm_key_pem,
+    with_ec_public_key,
+)
 
 NOW = datetime.now(timezone.utc)
 
@@ -270,3 +280,39 @@ def test_a_topic_the_store_cannot_hold_is_refused(push_keys, topic):
     pem = self_signed(push_keys[0], [(NameOID.USER_ID, topic), (NameOID.COMMON_NAME, "APSP:1")])
     with pytest.raises(ValidationError, match="topic is longer than 200 characters or holds control characters"):
         read_pem_certificate(pem)
+
+
+@pytest.mark.parametrize("key_pem, named", [
+    (ec_private_key_pem(SECP112R1), "Curve 1.3.132.0.6 is not supported"),
+    (ec_private_key_pem(SM2), "Curve 1.2.156.10197.1.301 is not supported"),
+    (unknown_algorithm_key_pem(), "Unknown key type: 1.3.6.1.4.1.99999.1"),
+])
+def test_a_key_of_a_kind_cryptography_cannot_read_is_refused(issue_push, key_pem, named):
+    with pytest.raises(ValidationError, match=rf"private key is of a kind Orchard cannot read \({named}\).*RSA"):
+        read_pem_certificate(issue_push().certificate_pem, key_pem)
+    with pytest.raises(ValidationError, match="cannot read"):
+        read_pem_certificate(issue_push().certificate_pem + key_pem)
+
+
+def test_a_pkcs12_holding_a_key_of_a_kind_cryptography_cannot_read_is_refused(issue_push):
+    with pytest.raises(ValidationError, match=r"private key is of a kind Orchard cannot read \(Curve 1.3.132.0.6"):
+        read_pkcs12(pkcs12_b64_with_ec_key(SECP112R1, issue_push().certificate_pem), None)
+
+
+def test_a_certificate_whose_public_key_cryptography_cannot_read_is_refused(issue_push):
+    issued = issue_push()
+    unreadable = with_ec_public_key(issued.certificate_pem, SECP112R1)
+    for upload in ((unreadable,), (unreadable, issued.private_key_pem)):
+        with pytest.raises(ValidationError, match=r"certificate's public key is of a kind Orchard cannot read \(Curve"):
+            read_pem_certificate(*upload)
+    # in a bundle with the push certificate, it is just not the key's certificate
+    bundle = unreadable.replace("com.apple.mgmt", "com.example") + issued.certificate_pem
+    assert read_pem_certificate(bundle, issued.private_key_pem).topic == read_pem_certificate(issued.certificate_pem).topic
+
+
+def test_the_public_key_hash_pairs_a_certificate_with_its_key(issue_push):
+    issued = issue_push()
+    public_der = serialization.load_pem_private_key(issued.private_key_pem.encode(), None).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert read_pem_certificate(issued.certificate_pem).public_key_sha256 == hashlib.sha256(public_der).hexdigest()
+    assert private_key_id(issued.private_key_pem) == hashlib.sha256(public_der).hexdigest()

@@ -4,13 +4,17 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.push.adapters.repository import PushRepository
 from services.push.domain.certificates import read_pem_certificate
 from shared.errors import NotFound
+from shared.green import spawn
 from shared.migrations import upgrade
 from shared.storage import create_engine_for
+from tests.conftest import postgres_database
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +88,53 @@ def test_a_late_unregistered_for_an_old_token_leaves_the_re_enrolled_device_alon
     repository.record_push_results([{"udid": "U1", "push_token": "bb" * 32, "outcome": "Unregistered",
                                      "disable_reason": "Unregistered"}], NOW + timedelta(seconds=7))
     assert repository.push_targets(["U1"])["U1"].push_disabled_reason == "Unregistered"
+
+
+def enroll_at(seconds: int, token: str):
+    return lambda repository: repository.enroll_device(
+        {**device("RACE", "com.apple.mgmt.External.school", token=token), "enrolled_at": NOW + timedelta(seconds=seconds)})
+
+
+def remove_at(seconds: int):
+    return lambda repository: repository.remove_device("RACE", NOW + timedelta(seconds=seconds))
+
+
+@pytest.mark.parametrize("before, first, second, expected_token", [
+    # a check-out handled while the device's first enrollment is uncommitted still removes it
+    ([], enroll_at(1, "aa" * 32), remove_at(2), None),
+    # of two enrollments at once, the newer token stays, whichever commits first
+    ([enroll_at(0, "00" * 32)], enroll_at(2, "bb" * 32), enroll_at(1, "aa" * 32), "bb" * 32),
+    ([], enroll_at(2, "bb" * 32), enroll_at(1, "aa" * 32), "bb" * 32),
+    # two check-outs at once both record theirs (no duplicate removal row)
+    ([enroll_at(0, "00" * 32)], remove_at(1), remove_at(2), None),
+], ids=["check-out during the first enrollment", "older token second", "older first enrollment second",
+        "two check-outs"])
+def test_changes_to_one_device_at_once_on_postgresql_apply_as_if_one_after_the_other(
+        before, first, second, expected_token):
+    """Two handlers (two queues, or two replicas) writing one device: the second waits for the first's commit."""
+    with postgres_database() as url:
+        engine = create_engine_for(url)
+        upgrade(engine, "services.push.migrations")
+        try:
+            with Session(engine) as setup:
+                for change in before:
+                    change(PushRepository(setup))
+                setup.commit()
+            with Session(engine) as one, Session(engine) as other:
+                first(PushRepository(one))  # not committed yet
+                racing = spawn(lambda: (second(PushRepository(other)), other.commit()))
+                wait_for(lambda: racing.dead or _waiting_for_a_lock(engine), what="the second change to run or wait")
+                one.commit()
+                racing.wait()
+            with Session(engine) as check:
+                stored = PushRepository(check).push_targets(["RACE"]).get("RACE")
+                assert (stored.push_token if stored else None) == expected_token
+        finally:
+            engine.dispose()
+
+
+def _waiting_for_a_lock(engine) -> bool:
+    with engine.connect() as connection:
+        return bool(connection.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar_one())

@@ -6,9 +6,11 @@ import csv
 import io
 import logging
 import secrets
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 
+import eventlet
 import httpx
 import pytest
 from cryptography import x509
@@ -24,6 +26,7 @@ from shared.auth import Actor
 from shared.contracts.enrollment import DeviceEnrolled, DeviceUnenrolled
 from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from tests.conftest import free_port, replicas_on_postgresql, settle
+from tests.push.unsupported_keys import SECP112R1, with_ec_public_key
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -139,6 +142,8 @@ def test_each_bad_upload_is_named_and_changes_nothing(push_service, rpc_as, issu
             (lambda: rpc.push.upload_certificate(good.certificate_pem, other_key), "does not belong"),
             (lambda: rpc.push.upload_certificate(good.certificate_pem[:300]), "truncated"),
             (lambda: rpc.push.upload_certificate(good.certificate_pem), "without its private key"),
+            (lambda: rpc.push.upload_certificate(with_ec_public_key(good.certificate_pem, SECP112R1)),
+             "public key is of a kind Orchard cannot read"),
             (lambda: rpc.push.upload_certificate("A" * 10_000_000), "10.0 MB"),
             (lambda: rpc.push.upload_certificate(42), "must be text"),
             (lambda: rpc.push.upload_certificate_pkcs12(base64.b64encode(p12).decode(), "wrong"), "password is wrong"),
@@ -166,6 +171,29 @@ def test_vendor_signed_request_pairs_with_the_certificate_apple_issues(push_serv
         assert renewed["topic"] == stored["topic"] and renewed["serial_number"] != stored["serial_number"]
         entries = rpc.push.audit_log(f"push_certificate:{stored['id']}")
         assert [e["details"]["paired_with_signing_request"] for e in entries] == [True, True]
+
+
+def test_private_keys_are_read_off_the_event_loop(push_service, rpc_as, apple_ca, issue_push, monkeypatch):
+    """Loading an RSA key checks it, tens of milliseconds of CPU: on the hub, every other call would wait."""
+    real_thread = eventlet.patcher.original("threading")
+    hub_thread, loads, load = real_thread.get_ident(), [], serialization.load_pem_private_key
+
+    def watched_load(*args, **kwargs):
+        caller = sys._getframe(1)
+        if caller.f_globals["__name__"].startswith("services.push."):
+            loads.append((caller.f_code.co_name, "on the hub" if real_thread.get_ident() == hub_thread else "off"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", watched_load)
+    with rpc_as() as rpc:
+        request = rpc.push.create_signing_request()
+        rpc.push.upload_certificate(sign_push_request(apple_ca, request["signing_request_b64"]))
+        first = issue_push(key_index=1)
+        stored = rpc.push.upload_certificate(first.certificate_pem, first.private_key_pem)
+        # no key with the renewal: the stored one belongs to it
+        renewal = issue_push(topic=stored["topic"], not_after=NOW + timedelta(days=400), key_index=1)
+        assert rpc.push.renew_certificate(stored["id"], renewal.certificate_pem)["days_left"] >= 399
+    assert loads and {where for _, where in loads} == {"off"}, loads
 
 
 def test_enrollment_events_drive_the_device_count_and_the_export(push_service, push_config, rpc_as, issue_push):

@@ -61,6 +61,7 @@ def test_portal_issues_a_certificate_that_pairs_with_the_kept_key(signing_reques
     certificate_pem = sign_push_request(apple_ca, signing_request.request_b64)
     pushed = read_pem_certificate(certificate_pem, signing_request.private_key_pem)
     assert pushed.topic.startswith("com.apple.mgmt.External.")
+    assert pushed.public_key_sha256 == signing_request.public_key_sha256  # how the kept key is found again
     assert pushed.common_name == "APSP:" + pushed.topic.removeprefix("com.apple.mgmt.External.")
     subject = x509.load_pem_x509_certificate(certificate_pem.encode()).subject
     assert subject.get_attributes_for_oid(NameOID.COUNTRY_NAME)[0].value == "US"

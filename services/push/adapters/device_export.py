@@ -1,4 +1,9 @@
-"""The devices of one push certificate as a CSV or Excel file."""
+"""The devices of one push certificate as a CSV or Excel file.
+
+UDIDs and serial numbers come from the devices themselves, so a spreadsheet must never run one as a
+formula: XLSX cells are always text, and a CSV value that a spreadsheet would read as a formula
+(starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is prefixed with ``'``.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,10 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from openpyxl import Workbook
+from openpyxl.cell import WriteOnlyCell
 
 COLUMNS = ("udid", "serial_number", "enrolled_at", "last_push_at", "last_push_result", "push_disabled_reason")
 HEADINGS = ("UDID", "Serial number", "Enrolled at", "Last push at", "Last push result", "Push disabled because")
 FORMATS = ("csv", "xlsx")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def export_devices(rows: Iterable[Any], file_format: str) -> bytes:
@@ -34,8 +41,16 @@ def _csv(rows: Iterable[Any]) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow(HEADINGS)
     for row in rows:
-        writer.writerow(["" if value is None else value for value in _values(row)])
+        writer.writerow([_csv_value(value) for value in _values(row)])
     return buffer.getvalue().encode("utf-8")
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value  # the usual CSV-injection guard: spreadsheets show the value as text
+    return value
 
 
 def _xlsx(rows: Iterable[Any]) -> bytes:
@@ -43,7 +58,15 @@ def _xlsx(rows: Iterable[Any]) -> bytes:
     sheet = workbook.create_sheet("Devices")
     sheet.append(HEADINGS)
     for row in rows:
-        sheet.append(_values(row))
+        sheet.append([_xlsx_cell(sheet, value) for value in _values(row)])
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
+
+
+def _xlsx_cell(sheet: Any, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    cell = WriteOnlyCell(sheet, value)
+    cell.data_type = "s"  # openpyxl would store text starting with "=" as a formula
+    return cell

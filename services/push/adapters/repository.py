@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from services.push.adapters.tables import certificates, device_removals, devices, signing_keys
 from services.push.domain.certificates import PushCertificate
 from services.push.domain.pushes import PushTarget
+from shared import advisory_locks
 from shared.errors import NotFound
 
 _BATCH = 1000
@@ -82,6 +83,7 @@ class PushRepository:
         Events can arrive out of order: an enrollment older than the stored one or than the
         device's last check-out changes nothing. Returns whether the device was written.
         """
+        self._hold_device(fields["udid"])
         enrolled_at = fields["enrolled_at"]
         removed_at = self.session.execute(
             sa.select(device_removals.c.removed_at).where(device_removals.c.udid == fields["udid"])).scalar()
@@ -99,6 +101,7 @@ class PushRepository:
 
     def remove_device(self, udid: str, removed_at: datetime) -> bool:
         """Forget a device that checked out at ``removed_at``, unless it enrolled again after that."""
+        self._hold_device(udid)
         previous = self.session.execute(
             sa.select(device_removals.c.removed_at).where(device_removals.c.udid == udid)).scalar()
         if previous is None:
@@ -109,6 +112,11 @@ class PushRepository:
         deleted = self.session.execute(
             devices.delete().where(devices.c.udid == udid, devices.c.enrolled_at <= removed_at))
         return deleted.rowcount > 0
+
+    def _hold_device(self, udid: str) -> None:
+        # held until the commit, so two handlers of one device run one after the other: each decides its writes on
+        # what it reads, and under READ COMMITTED the other's uncommitted first enrollment or removal is invisible
+        advisory_locks.hold(self.session, f"push.device:{udid}")
 
     def push_targets(self, udids: list[str]) -> dict[str, PushTarget]:
         targets = {}

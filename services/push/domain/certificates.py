@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
@@ -58,6 +59,7 @@ class PushCertificate:
     common_name: str | None
     apple_id: str | None
     certificate_pem: str
+    public_key_sha256: str  # pairs the certificate with a key Orchard kept from its own signing request
     private_key_pem: str | None = field(default=None, repr=False)
 
 
@@ -120,6 +122,8 @@ def read_pkcs12(p12_b64: str | bytes, password: str | None, *, now: datetime | N
     secret = password.encode() if password else None
     try:
         key, certificate, _ = pkcs12.load_key_and_certificates(data, secret)
+    except UnsupportedAlgorithm as exc:
+        raise _unsupported_key("The PKCS#12 file's private key", exc) from None
     except ValueError:
         raise ValidationError("The PKCS#12 password is wrong (or the file is damaged). Check the password and try again.") from None
     if certificate is None:
@@ -171,7 +175,7 @@ def _has_topic(certificate: x509.Certificate) -> bool:
 def _public_key_der_or_none(certificate: x509.Certificate) -> bytes | None:
     try:
         return _public_key_der(certificate)
-    except ValueError:  # an unsupported or damaged key: not the push certificate's
+    except (ValueError, UnsupportedAlgorithm):  # an unsupported or damaged key: not the push certificate's
         return None
 
 
@@ -192,7 +196,8 @@ def _checked(certificate: x509.Certificate, private_key, now: datetime) -> PushC
             f"The certificate for topic '{topic}' expired on {not_after.isoformat()}. Renew it in Apple Push "
             "Certificates Portal with the same Apple Account and upload the renewed certificate."
         )
-    if private_key is not None and _public_key_der(private_key) != _public_key_der(certificate):
+    public_key_der = _certificate_public_key_der(certificate)
+    if private_key is not None and _public_key_der(private_key) != public_key_der:
         raise ValidationError(
             "The private key does not belong to this certificate. Upload the key that was used to create "
             "the certificate's signing request."
@@ -211,6 +216,7 @@ def _checked(certificate: x509.Certificate, private_key, now: datetime) -> PushC
         common_name=_fitting(_first_attribute(certificate.subject, NameOID.COMMON_NAME), "common name", MAX_NAME_LENGTH),
         apple_id=_fitting(_first_attribute(certificate.subject, NameOID.EMAIL_ADDRESS), "Apple Account", MAX_NAME_LENGTH),
         certificate_pem=certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        public_key_sha256=_sha256_hex(public_key_der),
         private_key_pem=key_pem,
     )
 
@@ -265,6 +271,8 @@ def _single_key_block(data: bytes) -> bytes:
 def _load_private_key(block: bytes):
     try:
         return serialization.load_pem_private_key(block, password=None)
+    except UnsupportedAlgorithm as exc:
+        raise _unsupported_key("The private key", exc) from None
     except TypeError:
         raise ValidationError(
             "The private key is protected by a password. Upload it unencrypted, or upload a PKCS#12 (.p12) "
@@ -272,6 +280,24 @@ def _load_private_key(block: bytes):
         ) from None
     except ValueError:
         raise ValidationError("The private key is damaged and cannot be decoded.") from None
+
+
+def _unsupported_key(what: str, exc: UnsupportedAlgorithm) -> ValidationError:
+    return ValidationError(f"{what} is of a kind Orchard cannot read ({_first_line(exc)}). An Apple push certificate's "
+                           "key is an RSA key: upload the key that was used to create the certificate's signing request.")
+
+
+def _certificate_public_key_der(certificate: x509.Certificate) -> bytes:
+    try:
+        return _public_key_der(certificate)
+    except UnsupportedAlgorithm as exc:  # read only when asked: checked here, or one uploaded alone fails when paired
+        raise ValidationError(f"The certificate's public key is of a kind Orchard cannot read ({_first_line(exc)}): "
+                              f"Apple Push Certificates Portal issues certificates for RSA keys. {_PORTAL_HINT}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    # cryptography adds advice about PEM labels on further lines, which does not apply here
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _looks_like_pkcs12(data: bytes) -> bool:
@@ -315,13 +341,15 @@ def _public_key_der(holder) -> bytes:
     )
 
 
-def certificate_key_id(certificate_pem: str) -> str:
-    """SHA-256 of the certificate's public key: pairs a certificate with a key Orchard holds."""
-    return _sha256_hex(_public_key_der(x509.load_pem_x509_certificate(certificate_pem.encode())))
+def public_key_sha256(holder) -> str:
+    """SHA-256 of a key's or certificate's public key (DER): pairs a certificate with a key Orchard holds."""
+    return _sha256_hex(_public_key_der(holder))
 
 
 def private_key_id(private_key_pem: str) -> str:
-    return _sha256_hex(_public_key_der(serialization.load_pem_private_key(private_key_pem.encode(), password=None)))
+    """``public_key_sha256`` of a PEM private key. Loading an RSA key checks it (tens of milliseconds of CPU):
+    callers on an event loop run this in a worker thread."""
+    return public_key_sha256(serialization.load_pem_private_key(private_key_pem.encode(), password=None))
 
 
 def _sha256_hex(data: bytes) -> str:

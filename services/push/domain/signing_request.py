@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
+from services.push.domain.certificates import public_key_sha256
 from shared.errors import ValidationError
 
 KEY_SIZE = 2048
@@ -29,6 +30,7 @@ KEY_SIZE = 2048
 class SigningRequest:
     csr_der: bytes
     request_b64: str  # upload this to Apple Push Certificates Portal
+    public_key_sha256: str  # the key's id, read here so that the caller need not load the key again
     private_key_pem: str = field(repr=False)
 
 
@@ -69,7 +71,8 @@ def create_signing_request(
     key_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    return SigningRequest(csr_der=csr_der, request_b64=base64.b64encode(plist).decode(), private_key_pem=key_pem)
+    return SigningRequest(csr_der=csr_der, request_b64=base64.b64encode(plist).decode(),
+                          public_key_sha256=public_key_sha256(private_key), private_key_pem=key_pem)
 
 
 def _vendor_credentials(certificate_pem: str, private_key_pem: str):
