@@ -22,6 +22,9 @@ _APPLE_DOCTYPE = re.compile(
     rb'"http://www\.apple\.com/DTDs/PropertyList-1\.0\.dtd"\s*>'
 )
 _XML_START = re.compile(rb"^(\xef\xbb\xbf)?\s*<(\?xml|!DOCTYPE|plist)")
+# a device's UDID is hex with dashes and its serial number letters and digits; anything else (a control character, a
+# spreadsheet formula) would reach logs, exports and certificates' subjects
+_IDENTIFIER = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class MalformedCheckin(ValidationError):
@@ -77,12 +80,12 @@ def parse_checkin(body: bytes) -> CheckinMessage:
     """The check-in message in ``body``; ``MalformedCheckin`` for anything else."""
     message = safe_plist(body)
     kind = message.get("MessageType")
-    udid = _required_str(message, "UDID", MAX_UDID_LENGTH)
+    udid = _identifier(message, "UDID", MAX_UDID_LENGTH, _required_str)
     if kind == "Authenticate":
         return Authenticate(
             udid=udid,
             topic=_required_str(message, "Topic"),
-            serial_number=_optional_str(message, "SerialNumber", MAX_SERIAL_LENGTH),
+            serial_number=_identifier(message, "SerialNumber", MAX_SERIAL_LENGTH, _optional_str),
             model=_optional_str(message, "Model"),
             model_name=_optional_str(message, "ModelName"),
             product_name=_optional_str(message, "ProductName"),
@@ -145,6 +148,13 @@ def _required_str(message: dict, key: str, limit: int = MAX_TEXT_LENGTH) -> str:
 def _optional_str(message: dict, key: str, limit: int = MAX_TEXT_LENGTH) -> str | None:
     value = message.get(key)
     return _within(value, key, limit) if isinstance(value, str) else None
+
+
+def _identifier(message: dict, key: str, limit: int, read) -> str | None:
+    value = read(message, key, limit)
+    if value is not None and not _IDENTIFIER.fullmatch(value):
+        raise MalformedCheckin(f"The check-in's {key} holds characters a device's {key} never does.")
+    return value
 
 
 def _within(value: str, key: str, limit: int) -> str:
