@@ -16,13 +16,6 @@ def hold(session: Session, name: str) -> None:
         session.execute(sa.select(sa.func.pg_advisory_xact_lock(_key(name))))
 
 
-def try_hold(session: Session, name: str) -> bool:
-    """Hold ``name`` unless another transaction does (then False, at once)."""
-    if _on_postgresql(session):
-        return bool(session.execute(sa.select(sa.func.pg_try_advisory_xact_lock(_key(name)))).scalar_one())
-    return True
-
-
 def _on_postgresql(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 

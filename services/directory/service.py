@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
@@ -13,8 +14,9 @@ from nameko.extensions import DependencyProvider
 from services.directory import metrics
 from services.directory.adapters import tables
 from services.directory.adapters.ldap_directory import LdapDirectory
-from services.directory.adapters.profiles import ProfileRepository, StoredProfile
+from services.directory.adapters.profiles import ProfileRepository, StoredProfile, no_such_profile
 from services.directory.adapters.sign_in_failures import SqlFailureLog
+from services.directory.adapters.sync_lease import sync_lease
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.egress import egress_addresses
@@ -25,7 +27,8 @@ from services.directory.domain.sync import profile_source, read_import_batch
 from shared.arguments import row_id
 from shared.config import service_settings
 from shared.entrypoints import ServiceRpc, periodic, rpc
-from shared.errors import Conflict, NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.errors import NotFound, OrchardError, PermissionDenied, ValidationError
+from shared.leases import Heartbeat
 from shared.metrics import GaugesFromDatabase
 from shared.secrets import Secrets
 from shared.service import OrchardService
@@ -111,6 +114,7 @@ class DirectoryService(OrchardService):
             if not isinstance(test_username, str) or not isinstance(test_password, str):
                 raise ValidationError("give both test_username and test_password, or neither")
             test_user = (test_username, test_password)
+        self.db.commit()  # nothing held while the directory answers: a test searches every filter
         directory = LdapDirectory(stored.profile.connection, profile=str(stored.id))
         steps = run_connection_test(directory, stored.profile, time.monotonic, test_user)
         self._remember_certificate(stored, directory)
@@ -122,7 +126,11 @@ class DirectoryService(OrchardService):
         self.auth.require("directory:write")
         if not isinstance(apply, bool):
             raise ValidationError("apply must be true or false")
-        return self._sync(self._profiles().get(row_id(profile_id, "profile_id")), apply, trigger="manual")
+        profile_id = row_id(profile_id, "profile_id")
+        with self._sync_lease(profile_id) as (stored, heartbeat):
+            if stored is None:
+                raise no_such_profile(profile_id)
+            return self._sync(stored, heartbeat, apply, trigger="manual")
 
     @rpc(sensitive_arguments=("password",))
     def authenticate(self, username: str, password: str, profile_id: int | None = None) -> dict[str, Any]:
@@ -140,6 +148,7 @@ class DirectoryService(OrchardService):
             raise
         except OrchardError:
             metrics.AUTH_ATTEMPTS.labels("error").inc()
+            self.db.commit()  # the failures recorded before a directory failed count: the error must not undo them
             raise
         metrics.AUTH_ATTEMPTS.labels("success" if result.authenticated else "failure").inc()
         return result.to_dict()
@@ -148,29 +157,47 @@ class DirectoryService(OrchardService):
     def run_daily_syncs(self) -> None:
         """Apply each profile's sync once a day, at or after its daily sync time (UTC); a failed one is tried again."""
         now = utc_now()
-        profiles = self._profiles()
-        for stored in profiles.list():
-            failed_at = stored.last_sync_at if stored.last_sync_outcome == "failed" else None
-            if daily_sync_due(stored.profile.sync.daily_sync_time, stored.last_scheduled_on, now, failed_at):
-                try:
-                    self._sync(stored, apply=True, trigger="scheduled", scheduled_on=now.date().isoformat())
-                except OrchardError as exc:  # recorded on the profile; the next profile still runs
-                    log.warning("scheduled sync of LDAP profile %s failed (%s): %s", stored.id,
-                                "tried again later today" if worth_retrying(exc) else "not tried again today", exc)
-                self.db.commit()
+        for profile_id in [stored.id for stored in self._profiles().list() if _daily_sync_due(stored, now)]:
+            try:
+                with self._sync_lease(profile_id) as (stored, heartbeat):
+                    # as it is now, not as listed: an administrator may have changed or deleted it during the
+                    # syncs before it, which can take minutes each
+                    if stored is not None and _daily_sync_due(stored, now):
+                        self._sync(stored, heartbeat, apply=True, trigger="scheduled",
+                                   scheduled_on=now.date().isoformat())
+            except OrchardError as exc:  # recorded on the profile; the next profile still runs
+                log.warning("scheduled sync of LDAP profile %s failed (%s): %s", profile_id,
+                            "tried again later today" if worth_retrying(exc) else "not tried again today", exc)
 
     # -- internals --
 
     def _profiles(self) -> ProfileRepository:
         return ProfileRepository(self.db.session, self.secrets)
 
-    def _sync(self, stored: StoredProfile, apply: bool, trigger: str,
+    @contextmanager
+    def _sync_lease(self, profile_id: int) -> Iterator[tuple[StoredProfile | None, Heartbeat]]:
+        """Hold the profile's sync lease (``Conflict`` at once while another sync holds it: not a wait, a sync can
+        take minutes) and yield the profile as stored once it is held, or None if it is gone.
+
+        No database connection is held meanwhile, only while something is read or written: on SQLite the process
+        has one, which sign-ins and every other request need while the directory and the roster work.
+        """
+        self.db.commit()  # the lease is taken and given up on connections of its own
+        with sync_lease(self.db.session.get_bind(), profile_id) as heartbeat:
+            try:
+                stored = self._profiles().find(profile_id)
+                self.db.commit()
+                yield stored, heartbeat
+                self.db.commit()
+            except BaseException:
+                self.db.session.rollback()  # a failed sync has committed its record already
+                raise
+
+    def _sync(self, stored: StoredProfile, heartbeat: Heartbeat, apply: bool, trigger: str,
               scheduled_on: str | None = None) -> dict[str, Any]:
         """``scheduled_on`` marks that day's scheduled sync done, unless it failed in a way worth retrying."""
         mode = "apply" if apply else "preview"
         started = time.perf_counter()
-        if not self._profiles().claim_sync(stored.id):  # not a wait: a directory sync can take minutes
-            raise Conflict(f"a sync of LDAP profile {stored.id} is already running; try again once it has finished")
         directory = LdapDirectory(stored.profile.connection, profile=str(stored.id))
         try:
             with directory.bound():
@@ -182,6 +209,7 @@ class DirectoryService(OrchardService):
             options = {"only_add_new": stored.profile.sync.only_add_new}
             payload = tpool.execute(batch.to_dict)  # tens of thousands of records: off the event loop
             plan = self.roster.preview_records(payload, options)
+            heartbeat.check()  # the lease ran out meanwhile and another sync of the profile took it: that one applies
             applied = self.roster.apply_plan(plan["plan_id"]) if apply else None
         except OrchardError as exc:
             metrics.SYNC_RUNS.labels(str(stored.id), trigger, mode, "error").inc()
@@ -198,7 +226,6 @@ class DirectoryService(OrchardService):
 
     def _record_sync(self, stored: StoredProfile, directory: LdapDirectory, outcome: str, message: str,
                      scheduled_on: str | None) -> None:
-        # written last: the sync's transaction, open while the roster works, locks what it writes until it ends
         self._remember_certificate(stored, directory)
         self._profiles().record_sync(stored.id, outcome, message, scheduled_on)
 
@@ -229,3 +256,8 @@ class DirectoryService(OrchardService):
         if not enabled:
             raise NotFound("no LDAP profile validates passwords; enable authentication on one first")
         return enabled
+
+
+def _daily_sync_due(stored: StoredProfile, now: datetime) -> bool:
+    failed_at = stored.last_sync_at if stored.last_sync_outcome == "failed" else None
+    return daily_sync_due(stored.profile.sync.daily_sync_time, stored.last_scheduled_on, now, failed_at)

@@ -12,6 +12,7 @@ from ldap3.core.exceptions import LDAPConfidentialityRequiredResult
 
 from services.directory.adapters.ldap_directory import LdapDirectory, _decoded
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
+from tests.directory.scripted_ldaps import scripted_ldaps
 from tests.directory.memory_failure_log import MemoryFailureLog
 from services.directory.domain.connection_test import run_connection_test
 from services.directory.domain.profile import parse_profile
@@ -279,3 +280,26 @@ def test_a_partial_ranged_attribute_stops_the_read_instead_of_dropping_members()
     assert _decoded({"member": [b"CN=a"]}) == {"member": ["CN=a"]}
     with pytest.raises(UpstreamError, match=r"only part of member \(member;range=0-1499\)"):
         _decoded({"member;range=0-1499": [b"CN=a"] * 1500})
+
+
+#: answers ldap3 does not raise for, even with raise_exceptions: referral, saslBindInProgress, timeLimitExceeded,
+#: sizeLimitExceeded, compareFalse, compareTrue
+UNRAISED_BIND_RESULTS = (10, 14, 3, 4, 5, 6)
+
+
+@pytest.mark.parametrize("result_code, referrals", [(code, ()) for code in UNRAISED_BIND_RESULTS]
+                         + [(10, ("ldap://dc2.school.example/",))])
+def test_a_bind_the_directory_neither_accepts_nor_refuses_is_never_a_success(profile_data, result_code, referrals):
+    """Against a server answering every bind so, a password check and the service account's bind are errors of
+    the directory's: never a right password, nor a bind step that passed (nor, for a referral naming servers,
+    ldap3's own KeyError, an internal error that would end a round of scheduled syncs)."""
+    with scripted_ldaps(result_code, referrals=referrals) as server:
+        profile = parse_profile(profile_data(host=server.host, port=server.port, ca_pem=server.ca_pem))
+        with pytest.raises(UpstreamError, match="the directory failed while checking the password: "):
+            LdapDirectory(profile.connection).password_matches("CN=t00001,OU=Teachers,DC=orchard,DC=test", "a guess")
+        with pytest.raises(UpstreamError, match="the directory failed while binding as the service account: "):
+            with LdapDirectory(profile.connection).bound():
+                pass
+        steps = run_connection_test(LdapDirectory(profile.connection), profile, time.monotonic)
+    assert [(s.step, s.ok) for s in steps] == [("connect", True), ("tls", True), ("bind", False)]
+

@@ -125,3 +125,52 @@ def test_moving_the_password_to_another_server_or_account_needs_it_again(changes
     moved_profile = apply_changes(profile, {**changes, "bind_password": "for the new server"})
     assert moved_profile.connection.bind_password.reveal() == "for the new server"
     assert apply_changes(profile, {"host": " dc1.school.example "}).connection.bind_password.reveal() == "s3cret!"
+
+
+@pytest.mark.parametrize("users_filter, problem", [
+    ("(cn=a)(cn=b)", "more after the filter's last ')'; combine filters with (&...) or (|...) (at character 7)"),
+    ("(&)", "'&' needs at least one filter after it"),
+    ("(cn)", "'(cn)' is not an assertion"),
+    ("(=x)", "must start with an attribute name"),
+    ("((cn=a))", "needs '&', '|' or '!' before it"),
+    ("(!(cn=a)(cn=b))", "'!' takes exactly one filter"),
+    ("(&(objectClass=user)x)", "'x' where a '(' or ')' should be"),
+    ("(cn=Smith\\, John)", "a '\\' in a value must start an escape of two hex digits"),
+    ("(cn>=a*)", "'*' matches anything only after '='"),
+    ("(:dn:=x)", "not an extensible match"),
+    ("(&(objectClass=user)", "a '(' is not closed"),
+    ("objectClass=user", "must be enclosed in parentheses"),
+])
+def test_a_filter_that_is_not_ldap_is_refused_when_saved_not_at_the_next_sync(users_filter, problem):
+    with pytest.raises(ValidationError, match=re.escape(f"sync.users.filter is not an LDAP filter: ") + ".*"
+                       + re.escape(problem)):
+        parse_profile(request(sync={"users": {"filter": users_filter}}))
+    with pytest.raises(ValidationError, match=re.escape("sync.classes.filter is not an LDAP filter")):
+        apply_changes(parse_profile(request()), {"sync": {"classes": {"filter": users_filter}}})
+
+
+@pytest.mark.parametrize("users_filter", [
+    AD_USER_FILTER,
+    "(&(objectCategory=person)(objectClass=user)(!(userAccountControl:1.2.840.113556.1.4.803:=2)))",
+    "(memberOf:1.2.840.113556.1.4.1941:=CN=Grade 9,OU=Groups,DC=school,DC=example)",
+    "(|(sAMAccountName=s*)(mail=*@school.example)(cn=*van*der*))",
+    "(cn=Smith\\2c John)",
+    "(&\n  (objectClass=user)\n  (employeeType=student)\n)",
+    "(cn:dn:=Lincoln High)",
+    "(2.5.4.3=Grade 9)",
+    "(displayName=Zoë)",
+])
+def test_filters_schools_write_are_accepted(users_filter):
+    assert parse_profile(request(sync={"users": {"filter": users_filter}})).sync.users.filter == users_filter.strip()
+
+
+def test_a_saved_filter_an_earlier_check_let_through_still_loads_and_is_refused_at_the_next_update():
+    """A profile stored before filters were checked must stay readable, or it could be neither listed nor fixed."""
+    saved = {**profile_view(parse_profile(request())), "bind_password": "s3cret!"}
+    saved["sync"]["users"]["filter"] = "(cn=a)(cn=b)"
+    profile = parse_profile(saved, saved=True)
+    assert profile.sync.users.filter == "(cn=a)(cn=b)"
+    with pytest.raises(ValidationError, match=re.escape("sync.users.filter is not an LDAP filter")):
+        apply_changes(profile, {"sync": {"daily_sync_time": "03:00"}})
+    fixed = apply_changes(profile, {"sync": {"users": {"filter": "(|(cn=a)(cn=b))"}}})
+    assert fixed.sync.users.filter == "(|(cn=a)(cn=b))"

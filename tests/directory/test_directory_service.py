@@ -14,9 +14,9 @@ from services.directory.adapters.tables import ldap_profiles
 from services.directory.service import DirectoryService
 from shared.auth import Actor
 from shared.config import DEFAULT_CONFIG_PATH, load_config
-from shared.errors import Conflict, NotFound, PermissionDenied, ValidationError
+from shared.errors import Conflict, NotFound, PermissionDenied, UpstreamError, ValidationError
 from shared.storage import create_engine_for
-from tests.conftest import replicas_on_postgresql, settle
+from tests.conftest import free_port, replicas_on_postgresql, settle
 from tests.directory.conftest import metric_value, metrics_text
 
 pytestmark = pytest.mark.integration
@@ -212,6 +212,19 @@ def test_sign_in_against_the_directory(directory_service, directory_config, rpc_
     after = auth_attempts(directory_config)
     assert {result: after[result] - before.get(result, 0) for result in after} == {
         "success": 2, "failure": 7, "refused": 1, "rate_limited": 1}
+
+
+def test_the_sign_in_limit_holds_while_another_directory_is_down(directory_service, rpc_as, profile_data):
+    """A wrong guess answered by the first directory counts though the second one's failure is the reply, and
+    the RPC's error does not undo it."""
+    with rpc_as() as rpc:
+        rpc.directory.add_ldap_profile(profile_data())
+        rpc.directory.add_ldap_profile(profile_data(name="second school, domain controller down", port=free_port()))
+        for guess in range(5):
+            with pytest.raises(UpstreamError, match="the directory failed while connecting"):
+                rpc.directory.authenticate("t00001", f"guess {guess}")
+        with pytest.raises(PermissionDenied, match="too many failed sign-ins"):
+            rpc.directory.authenticate("t00001", "correct horse battery")
 
 
 def test_the_sign_in_limit_holds_across_replicas(runner_factory, directory_config, rpc_as, profile_data):

@@ -1,11 +1,15 @@
-"""Directory syncs into the real roster service over RabbitMQ: preview, apply, only-add-new, guards, schedule."""
+"""Directory syncs into the real roster service over RabbitMQ: preview, apply, only-add-new, guards, schedule;
+and, with a roster that holds its answers (``HeldRoster``), what other requests see while a sync runs."""
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 
+import eventlet
 import pytest
 from cryptography.fernet import Fernet
 from nameko.events import event_handler
+from nameko.rpc import rpc
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_container
 
@@ -34,6 +38,38 @@ class ImportedUsers:
     @event_handler("roster", "UserImported")
     def user_imported(self, payload):
         IMPORTED.append(payload)
+
+
+class HeldRoster:
+    """The roster service, answering each preview only once the test lets it: a sync as long as a test needs."""
+    name = "roster"
+    previews: list[tuple[str, bool]] = []  # each preview's source and only_add_new, in the order asked
+    previewing = threading.Event()
+    released = threading.Event()
+
+    @rpc
+    def preview_records(self, payload, options):
+        HeldRoster.previews.append((payload["source"], options["only_add_new"]))
+        HeldRoster.previewing.set()
+        HeldRoster.released.wait(timeout=60)
+        return {"plan_id": f"plan {len(HeldRoster.previews)}", "counts": {}, "total_changes": 0}
+
+    @rpc
+    def apply_plan(self, plan_id):
+        return {"plan_id": plan_id, "status": "applied"}
+
+
+@pytest.fixture
+def held_roster(runner_factory, orchard_config):
+    """The directory service (on SQLite) and a ``HeldRoster``."""
+    orchard_config["SECRET_KEY"] = Fernet.generate_key().decode()
+    HeldRoster.previews.clear()
+    HeldRoster.previewing.clear()
+    HeldRoster.released.clear()
+    runner = runner_factory(orchard_config, DirectoryService, HeldRoster)
+    runner.start()
+    yield runner
+    HeldRoster.released.set()  # a test that failed midway leaves no worker waiting
 
 
 @pytest.fixture
@@ -192,3 +228,40 @@ def test_a_second_sync_of_a_profile_while_one_runs_is_refused_at_once(runner_fac
             assert sum(isinstance(o, dict) and o["read"]["users"] == len(slapd.tree.people) for o in outcomes) == 1, outcomes
             assert f"a sync of LDAP profile {profile_id} is already running" in str(outcomes)
             assert rpc.directory.sync_ldap_profile(profile_id)["plan"]["counts"]["user"]["add"] == len(slapd.tree.people)
+
+
+def test_a_running_sync_keeps_no_one_waiting_for_the_database(held_roster, rpc_as, profile_data):
+    """On SQLite the process has one database connection: a sync takes it only to read or write, not while the
+    directory and the roster work (sign-ins at the enrollment page would wait minutes behind it), and a second
+    sync of the profile is refused at once there too."""
+    with rpc_as() as rpc, rpc_as(timeout=5) as quick:
+        profile_id = rpc.directory.add_ldap_profile(with_users_filter(profile_data(), TEACHERS))["id"]
+        syncing = rpc.directory.sync_ldap_profile.call_async(profile_id)
+        assert HeldRoster.previewing.wait(timeout=20)
+        assert quick.directory.get_ldap_profile(profile_id)["id"] == profile_id
+        assert quick.directory.authenticate("t00001", "correct horse battery")["authenticated"] is True
+        with pytest.raises(Conflict, match=f"a sync of LDAP profile {profile_id} is already running"):
+            quick.directory.sync_ldap_profile(profile_id)
+        HeldRoster.released.set()
+        assert syncing.result()["plan"]["plan_id"] == "plan 1"
+        assert rpc.directory.get_ldap_profile(profile_id)["last_sync"]["outcome"] == "previewed"
+        assert rpc.directory.sync_ldap_profile(profile_id)["plan"]["plan_id"] == "plan 2"  # the lease was given up
+
+
+def test_each_daily_sync_uses_its_profile_as_it_is_when_its_turn_comes(held_roster, rpc_as, profile_data):
+    """Profiles sync one after the other, each taking minutes in a large district: one an administrator changes or
+    deletes meanwhile is synced as it is by then, or not at all, never with the settings the round began with."""
+    with rpc_as() as rpc:
+        first, deleted, changed = (
+            rpc.directory.add_ldap_profile(with_users_filter(profile_data(name=name), TEACHERS,
+                                                             daily_sync_time="00:00"))["id"]
+            for name in ("first", "deleted meanwhile", "changed meanwhile"))
+    with entrypoint_hook(get_container(held_roster, DirectoryService), "run_daily_syncs") as run_daily_syncs:
+        round_of_syncs = eventlet.spawn(run_daily_syncs)
+        assert HeldRoster.previewing.wait(timeout=20)  # the first profile's sync is running
+        with rpc_as() as rpc:
+            rpc.directory.delete_ldap_profile(deleted)
+            rpc.directory.update_ldap_profile(changed, {"sync": {"only_add_new": True}})
+        HeldRoster.released.set()
+        round_of_syncs.wait()
+    assert HeldRoster.previews == [(f"ldap:{first}", False), (f"ldap:{changed}", True)]

@@ -71,7 +71,7 @@ class LdapDirectory:
     def bind(self) -> None:
         """Bind as the service account on the secured connection."""
         try:
-            self._connection.bind()
+            _bind(self._connection, "binding as the service account")
         except ldap_errors.LDAPInvalidCredentialsResult:
             BIND_FAILURES.labels(self.profile).inc()
             raise BindRefused(f"the directory refused the bind as {self.settings.bind_dn}: the bind DN or "
@@ -148,7 +148,7 @@ class LdapDirectory:
         connection = self._new_connection(dn, password)
         try:
             self._open_secure(connection)
-            connection.bind()
+            _bind(connection, "checking the password")
             return True
         except ldap_errors.LDAPInvalidCredentialsResult:
             return False
@@ -186,6 +186,26 @@ class LdapDirectory:
         if self._connection is None or not self._connection.bound:
             raise RuntimeError("search before bind: use LdapDirectory.bound()")
         return self._connection
+
+
+def _bind(connection: Connection, doing: str) -> None:
+    """A simple bind that succeeded, or ``LDAPException`` as ldap3 raises it, or ``UpstreamError``.
+
+    Even with ``raise_exceptions`` ldap3 only returns False for some answers (a referral,
+    saslBindInProgress, and codes 3 to 6): none of them is a bind that succeeded. A referral
+    naming servers makes ldap3 itself fail (a KeyError), which is no fault of Orchard's.
+    """
+    try:
+        bound = connection.bind()
+    except ldap_errors.LDAPException:
+        raise
+    except Exception as exc:
+        raise UpstreamError(f"the directory failed while {doing}: its answer could not be read "
+                            f"({type(exc).__name__}: {_reason(exc)})") from None
+    if not bound:
+        result = connection.result or {}
+        raise UpstreamError(f"the directory failed while {doing}: it answered {result.get('description')} "
+                            f"(result code {result.get('result')}) instead of accepting or refusing the bind")
 
 
 def _close(connection: Connection) -> None:

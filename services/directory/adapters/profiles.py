@@ -9,7 +9,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from shared import advisory_locks
 from services.directory.adapters.tables import ldap_profiles
 from services.directory.domain.profile import LdapProfile, parse_profile, profile_view
 from shared.errors import Conflict, NotFound
@@ -54,10 +53,14 @@ class ProfileRepository:
         return self.get(result.inserted_primary_key[0])
 
     def get(self, profile_id: int) -> StoredProfile:
+        stored = self.find(profile_id)
+        if stored is None:
+            raise no_such_profile(profile_id)
+        return stored
+
+    def find(self, profile_id: int) -> StoredProfile | None:
         row = self.session.execute(sa.select(ldap_profiles).where(ldap_profiles.c.id == profile_id)).first()
-        if row is None:
-            raise NotFound(f"there is no LDAP profile {profile_id}; `orchard directory profile list` shows them")
-        return self._stored(row)
+        return None if row is None else self._stored(row)
 
     def list(self) -> list[StoredProfile]:
         rows = self.session.execute(sa.select(ldap_profiles).order_by(ldap_profiles.c.id))
@@ -80,10 +83,6 @@ class ProfileRepository:
             values["last_scheduled_on"] = scheduled_on
         self.session.execute(ldap_profiles.update().where(ldap_profiles.c.id == profile_id).values(**values))
 
-    def claim_sync(self, profile_id: int) -> bool:
-        """Hold the profile's sync until this transaction ends; False while another sync of it runs."""
-        return advisory_locks.try_hold(self.session, f"directory.sync:{profile_id}")
-
     def record_certificate(self, profile_id: int, not_after: datetime) -> None:
         self.session.execute(ldap_profiles.update().where(ldap_profiles.c.id == profile_id)
                              .values(certificate_not_after=not_after))
@@ -101,9 +100,14 @@ class ProfileRepository:
             raise Conflict(f"an LDAP profile named '{name}' already exists; choose another name or update that one")
 
     def _stored(self, row: Any) -> StoredProfile:
-        profile = parse_profile({**row.settings, "bind_password": self.secrets.open(row.sealed_bind_password)})
+        profile = parse_profile({**row.settings, "bind_password": self.secrets.open(row.sealed_bind_password)},
+                                saved=True)
         return StoredProfile(row.id, profile, row.last_sync_at, row.last_sync_outcome, row.last_sync_message,
                              row.last_scheduled_on, row.certificate_not_after)
+
+
+def no_such_profile(profile_id: int) -> NotFound:
+    return NotFound(f"there is no LDAP profile {profile_id}; `orchard directory profile list` shows them")
 
 
 def certificate_expiries(engine: Engine) -> dict[str, float]:

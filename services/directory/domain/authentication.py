@@ -83,25 +83,35 @@ def authenticate(candidates: Iterable[tuple[PasswordDirectory, LdapProfile]], li
     ``candidates`` are the directories that validate passwords, tried in order (opened
     lazily, after the input is checked). An empty password is refused before any bind:
     LDAP treats a simple bind with a DN and no password as an unauthenticated bind,
-    which "succeeds". An unknown user, and an account whose budget another spelling of its
-    name used up, cost the same bind as a wrong password and get the same answer.
+    which "succeeds". An unknown user, an entry without the user-ID attribute, and an account
+    whose budget another spelling of its name used up, cost the same bind as a wrong password
+    and get the same answer. When a directory fails after an earlier one checked the password,
+    the failures are recorded before the error is raised: the caller must keep them (commit).
     """
     username = _checked_username(username)
     _check_password(password)
     typed = _username_key(username)
     limiter.check(typed)  # keyed by what was typed, known user or not: this refusal reveals nothing
     failed = [typed]
-    for directory, profile in candidates:
-        found = directory.find_user(profile.sync.users.filter, profile.authentication.login_attribute,
-                                    username, profile.sync.users.user_id)
-        account = _account_key(found.dn) if found is not None else None
-        if account is None or limiter.exhausted(account):
-            directory.password_matches(_absent_dn(profile), password)  # a bind all the same: timing tells nothing
-        elif directory.password_matches(found.dn, password):
-            limiter.reset(typed, account)
-            return AuthenticationResult(True, found.user_id)
-        else:
-            failed.append(account)
+    tried = False  # whether a directory has checked this password yet
+    try:
+        for directory, profile in candidates:
+            found = directory.find_user(profile.sync.users.filter, profile.authentication.login_attribute,
+                                        username, profile.sync.users.user_id)
+            # an entry without a user ID signs in as nobody: it is treated as an unknown user, never as a success
+            account = _account_key(found.dn) if found is not None and found.user_id else None
+            if account is None or limiter.exhausted(account):
+                directory.password_matches(_absent_dn(profile), password)  # a bind all the same: timing tells nothing
+            elif directory.password_matches(found.dn, password):
+                limiter.reset(typed, account)
+                return AuthenticationResult(True, found.user_id)
+            else:
+                failed.append(account)
+            tried = True
+    except Exception:
+        if tried:  # a later directory failing must not make the guesses an earlier one answered free
+            limiter.record_failure(*failed)
+        raise
     limiter.record_failure(*failed)
     return AuthenticationResult(False)
 

@@ -99,7 +99,8 @@ def _authenticate(probe, profile, limiter, username, password) -> StepResult:
     result = authenticate([(probe, profile)], limiter, username, password)
     if result.authenticated:
         return StepResult("authenticate", True, f"signed in as {result.user_id}", {"user_id": result.user_id})
-    return StepResult("authenticate", False, "the username or password is wrong (or the user is outside the user filter)")
+    return StepResult("authenticate", False, "the username or password is wrong (or the user is outside the user "
+                                             f"filter, or has no {profile.sync.users.user_id} to sign in as)")
 
 
 class _NothingRemembered:

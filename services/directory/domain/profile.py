@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from cryptography import x509
 
+from services.directory.domain.ldap_filter import OID, filter_problem
 from services.directory.domain.secret import Secret
 from shared.contracts.roster import USER_TYPES
 from shared.errors import ValidationError
@@ -27,7 +28,7 @@ PASSWORD_DESTINATION = ("host", "bind_dn")
 
 AD_USER_FILTER = "(&(objectCategory=person)(objectClass=user))"
 
-_ATTRIBUTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)$")
+_ATTRIBUTE = re.compile(rf"^{OID}$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]+$|^\[?[0-9A-Fa-f:.]+\]?$")
 _TIME = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
@@ -108,8 +109,13 @@ class LdapProfile:
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
 
 
-def parse_profile(data: Any) -> LdapProfile:
-    """Check a whole profile request; raises ``ValidationError`` naming the first problem."""
+def parse_profile(data: Any, *, saved: bool = False) -> LdapProfile:
+    """Check a whole profile request; raises ``ValidationError`` naming the first problem.
+
+    ``saved``: a profile read back from the database. Its filters were checked when it was saved, by
+    the rules of that day: one an earlier Orchard let through still loads (to be listed, fixed or
+    deleted), and its next update must fix it.
+    """
     data = _section(data, "", ("name", *_keys(ConnectionSettings), "sync", "authentication"))
     name = _text(data, "name", "the profile")
     if len(name) > MAX_NAME_LENGTH:
@@ -119,7 +125,7 @@ def parse_profile(data: Any) -> LdapProfile:
     return LdapProfile(
         name=name,
         connection=_connection(data),
-        sync=_sync(sync),
+        sync=_sync(sync, check_filters=not saved),
         authentication=AuthenticationSettings(
             enabled=_flag(auth, "enabled", "authentication"),
             login_attribute=_attribute(auth, "login_attribute", "authentication", "sAMAccountName"),
@@ -214,7 +220,7 @@ def _connection(data: Mapping[str, Any]) -> ConnectionSettings:
     )
 
 
-def _sync(data: Mapping[str, Any]) -> SyncSettings:
+def _sync(data: Mapping[str, Any], check_filters: bool) -> SyncSettings:
     users = _section(data.get("users") or {}, "sync.users", _keys(UserMapping))
     grades = _section(data.get("grade_levels") or {}, "sync.grade_levels", _keys(GradeLevelMapping))
     classes = _section(data.get("classes") or {}, "sync.classes", _keys(ClassMapping))
@@ -226,7 +232,7 @@ def _sync(data: Mapping[str, Any]) -> SyncSettings:
         raise ValidationError(f"sync.daily_sync_time must be a 24-hour time HH:MM (UTC) or null, not {daily!r}")
     return SyncSettings(
         users=UserMapping(
-            filter=_filter(users, "filter", "sync.users", AD_USER_FILTER),
+            filter=_filter(users, "filter", "sync.users", AD_USER_FILTER, check_filters),
             user_id=_attribute(users, "user_id", "sync.users", "sAMAccountName"),
             email=_optional_attribute(users, "email", "sync.users", "mail"),
             display_name=_optional_attribute(users, "display_name", "sync.users", "displayName"),
@@ -238,12 +244,12 @@ def _sync(data: Mapping[str, Any]) -> SyncSettings:
             grade_level=_optional_attribute(users, "grade_level", "sync.users", None),
         ),
         grade_levels=GradeLevelMapping(
-            filter=_filter(grades, "filter", "sync.grade_levels", None),
+            filter=_filter(grades, "filter", "sync.grade_levels", None, check_filters),
             name=_attribute(grades, "name", "sync.grade_levels", "cn"),
             members=_attribute(grades, "members", "sync.grade_levels", "member"),
         ),
         classes=ClassMapping(
-            filter=_filter(classes, "filter", "sync.classes", None),
+            filter=_filter(classes, "filter", "sync.classes", None, check_filters),
             class_id=_attribute(classes, "class_id", "sync.classes", "sAMAccountName"),
             name=_attribute(classes, "name", "sync.classes", "description"),
             members=_attribute(classes, "members", "sync.classes", "member"),
@@ -331,27 +337,19 @@ def _optional_attribute(data: Mapping[str, Any], key: str, where: str, default: 
     return _attribute(data, key, where, default or "cn")
 
 
-def _filter(data: Mapping[str, Any], key: str, where: str, default: str | None) -> str | None:
+def _filter(data: Mapping[str, Any], key: str, where: str, default: str | None, check: bool) -> str | None:
     value = data.get(key, default)
     if value in (None, ""):
         if default is not None:
             raise ValidationError(f"{where}.{key} cannot be empty; the default is {default}")
         return None
-    if not isinstance(value, str) or not _balanced_filter(value.strip()):
-        raise ValidationError(f"{where}.{key} is not an LDAP filter: it must be enclosed in parentheses, "
-                              f"with every '(' closed, e.g. {AD_USER_FILTER}")
+    if not isinstance(value, str):
+        raise ValidationError(f"{where}.{key} must be an LDAP filter (text), e.g. {AD_USER_FILTER}")
+    problem = filter_problem(value.strip()) if check else None
+    if problem:
+        # here, not at the next sync: there it would be a failure of the directory's, retried all day
+        raise ValidationError(f"{where}.{key} is not an LDAP filter: {problem}")
     return value.strip()
-
-
-def _balanced_filter(text: str) -> bool:
-    if not (text.startswith("(") and text.endswith(")")):
-        return False
-    depth = 0
-    for char in text:
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth < 0:
-            return False
-    return depth == 0
 
 
 def _seconds(data: Mapping[str, Any], key: str, default: float, limit: float) -> float:
