@@ -28,7 +28,7 @@ from shared.arguments import row_id
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
-from shared.errors import EXPECTED_ERRORS, Conflict, NotFound, PermissionDenied, ValidationError
+from shared.errors import EXPECTED_ERRORS, NeedsApproval, NotFound, PermissionDenied, ValidationError
 from shared.mail import Mailer
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -78,7 +78,7 @@ class RosterService(OrchardService):
     def spreadsheet_template(self, fmt: str = "xlsx") -> dict[str, str]:
         """The import template: ``{"filename", "content_b64"}`` (XLSX, or a zip of CSV files)."""
         self.auth.require("roster:read")
-        content = spreadsheets.spreadsheet_template(fmt)
+        content = tpool.execute(spreadsheets.spreadsheet_template, fmt)  # openpyxl: ~0.6 s of CPU, off the hub
         extension = "xlsx" if fmt == "xlsx" else "zip"
         return {"filename": f"orchard-roster-template.{extension}",
                 "content_b64": base64.b64encode(content).decode()}
@@ -167,7 +167,9 @@ class RosterService(OrchardService):
         summary = self._preview_asm(token_id, actor)
         try:
             result = self._runner().apply(summary["plan_id"], actor=actor)
-        except Conflict as refused:  # the deletion guard: a person must look at this plan
+        # the deletion guard: a person must look at this plan; any other Conflict (another apply landed since the
+        # preview) fails the run, which is tried again minutes later
+        except NeedsApproval as refused:
             self.db.audit(actor, "asm.sync_stopped", f"server_token:{token_id}",
                           {"plan_id": summary["plan_id"], "reason": refused.message})
             return f"stopped before applying plan {summary['plan_id']}: {refused.message}"
@@ -341,12 +343,15 @@ class RosterService(OrchardService):
         return ImportRunner(self.db.session, self.db.publish)
 
     def _api(self) -> MosyleApi:
-        return MosyleApi(self.db.session, self.db.publish, self.db.audit, self._preassign_devices, self.refusal_audits)
+        return MosyleApi(self.db.session, self.db.publish, self.db.audit, self._assign_devices, self.refusal_audits)
 
     def _preassign_devices(self, plan_id: str) -> tuple[int, list[DeviceAssignmentFailure]]:
-        """Hand the serial numbers listed for the plan's users to enrollment, once the users are committed
-        (enrollment looks each user up in this roster)."""
-        pairs = device_assignments(self._runner().plans.changes(plan_id, entity=planning.DEVICES))
+        """Hand the serial numbers listed for the plan's users to enrollment."""
+        return self._assign_devices(device_assignments(self._runner().plans.changes(plan_id, entity=planning.DEVICES)))
+
+    def _assign_devices(self, pairs: list[tuple[str, str]]) -> tuple[int, list[DeviceAssignmentFailure]]:
+        """Hand ``(serial number, user ID)`` pairs to enrollment, once the users are committed (enrollment looks
+        each user up in this roster)."""
         if not pairs:
             return 0, []
         self.db.commit()

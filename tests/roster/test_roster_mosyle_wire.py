@@ -7,6 +7,7 @@ import pytest
 
 from services.roster.domain import mosyle_api as m
 from services.roster.domain import planning
+from services.roster.domain.device_preassignment import DeviceAssignmentFailure
 from services.roster.domain.mosyle_openapi import openapi_document
 from shared.contracts.roster import ClassRecord, LocationRecord, UserRecord
 
@@ -210,3 +211,53 @@ def test_deleting_what_does_not_exist_is_an_error_of_that_element(hierarchy):
     classes = m.class_write_request({"accessToken": "t", "elements": [{"operation": "delete", "id": "k9"}]}, {})
     response = m.write_response(classes, plan_for(hierarchy, classes).summary.rejected)["response"]
     assert response[0]["error"] == "class 'k9' does not exist; check the ID (nothing was deleted)"
+
+
+def test_a_location_named_by_its_id_is_that_location_and_is_never_renamed(hierarchy):
+    north = (LocationRecord(location_id="north", name="North Middle School"), "csv")  # the template's location
+    hierarchy.location_rows["north"] = north
+    names = {"North Middle School": "north"}
+    refused = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "s9", "type": "S", "name": "Sam", "email": "not-an-address", "locations": [{"name": "north"}]}]}, names)
+    plan = plan_for(hierarchy, refused)
+    assert [r["status"] for r in m.write_response(refused, plan.summary.rejected)["response"]] == ["ERROR"]
+    assert plan.changes == [] and refused.batch.locations == []
+
+    accepted = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "s9", "type": "S", "name": "Sam", "locations": [{"name": "north"}]}]}, names)
+    classes = m.class_write_request({"accessToken": "t", "elements": [
+        {"id": "k1", "class_name": "Art", "location": "north"}]}, names)
+    list(planning.apply_plan(plan_for(hierarchy, accepted).changes, hierarchy, "api"))
+    list(planning.apply_plan(plan_for(hierarchy, classes).changes, hierarchy, "api"))
+    assert hierarchy.location_rows == {"north": north}
+    assert hierarchy.users()[0].record.locations == ["north"] and hierarchy.classes()[0].record.location_id == "north"
+
+
+def test_assign_device_is_an_operation_of_its_own_and_its_refusals_name_their_elements():
+    request = m.user_write_request({"accessToken": "t", "elements": [
+        {"id": "user.staff.1", "operation": "assign_device", "serial_number": " aaaaaaaaaaaa "},
+        {"id": "s1", "name": "Ann", "type": "S", "assign_device": {"serial_number": "b1"}},
+        {"id": "s1", "operation": "assign_device", "serial_number": "C1"},  # a user the request saves
+        {"id": "s2", "operation": "assign_device"},
+        {"id": "s3", "operation": "assign_device", "serial_number": "X" * 65},
+        {"id": "u" * 129, "operation": "assign_device", "serial_number": "D1"},
+    ]}, {})
+    assert request.device_assignments == {1: ("AAAAAAAAAAAA", "user.staff.1"), 3: ("C1", "s1")}
+    assert [u.user_id for u in request.batch.users] == ["s1"] and request.delete_ids == []
+    assert request.errors == {
+        4: "serial_number is missing; assign_device names the device by its serial number",
+        5: "serial_number is 65 characters long; at most 64 are allowed",
+        6: "id is 129 characters long; at most 128 are allowed"}
+    refused = [DeviceAssignmentFailure("user.staff.1", "AAAAAAAAAAAA", "enrollment knows no device AAAAAAAAAAAA"),
+               DeviceAssignmentFailure("s1", "B1", "enrollment knows no device B1")]
+    response = m.write_response(request, m.device_refusals(request, refused))["response"]
+    assert [(r["operation"], r["status"], r.get("error")) for r in response[:3]] == [
+        ("assign_device", "ERROR", "device AAAAAAAAAAAA was not assigned: enrollment knows no device AAAAAAAAAAAA"),
+        ("save", "ERROR", "saved, but device B1 was not assigned: enrollment knows no device B1"),
+        ("assign_device", "OK", None)]
+
+    classes = m.class_write_request({"accessToken": "t", "elements": [
+        {"id": "k1", "operation": "assign_device", "serial_number": "C1"}]}, {})
+    assert classes.errors == {1: "operation 'assign_device' is not save or delete"}
+    document = openapi_document()["components"]["schemas"]["User"]["properties"]
+    assert "assign_device" in document["operation"]["enum"] and "serial_number" in document

@@ -5,7 +5,7 @@ import pytest
 
 from services.roster.domain import planning as p
 from shared.contracts.roster import (
-    ClassImported, ClassRecord, ClassUpdated, GradeLevelRecord, ImportBatch, LocationRecord,
+    ClassImported, ClassRecord, ClassUpdated, GradeLevelRecord, ImportBatch, LocationRecord, RejectedRow,
     UserDeleted, UserImported, UserRecord, UserUpdated,
 )
 from shared.errors import Conflict, ValidationError
@@ -374,3 +374,54 @@ def test_a_scoped_import_measures_deletions_against_its_own_locations(hierarchy)
     assert plan.summary.needs_mass_delete_approval  # half the leader's users, not 5 % of all
     with pytest.raises(Conflict, match="allow_mass_delete"):
         apply(hierarchy, plan)
+
+
+SOUTH = LocationRecord(location_id="L2", name="South")
+
+
+def location_deletions(plan):
+    return [c.natural_id for c in plan.changes if (c.entity, c.action) == ("location", "delete")]
+
+
+def test_a_location_is_kept_while_users_of_another_source_or_kept_for_rejected_rows_are_in_it(hierarchy):
+    apply(hierarchy, p.build_plan(hierarchy, batch([user("s1"), user("s2")], locations=[*LOC, SOUTH])))
+    api_user = UserRecord(user_id="w", user_type="staff", name="Wes", locations=["L2"])
+    apply(hierarchy, p.build_plan(hierarchy, batch([api_user], source="api", locations=[]),
+                                  p.PlanOptions(delete_missing=False)))
+    plan = p.build_plan(hierarchy, batch([user("s1"), user("s2")]))  # the file no longer lists L2
+    assert plan.changes == [] and location_deletions(plan) == []
+    assert "location 'L2' is no longer listed but still in use, so it is kept" in plan.summary.warnings
+
+    # s3, in L2, is kept because its row was rejected (a formula, say): so is L2
+    apply(hierarchy, p.build_plan(hierarchy, batch([], source="api", locations=[]),
+                                  p.PlanOptions(delete_user_ids=("w",), delete_missing=False, max_user_delete_share=1)))
+    south = UserRecord(user_id="s3", user_type="student", name="Sue", locations=["L2"])
+    apply(hierarchy, p.build_plan(hierarchy, batch([user("s1"), user("s2"), south], locations=[*LOC, SOUTH])))
+    rejected = ImportBatch(source="csv", locations=LOC, users=[user("s1"), user("s2")],
+                           rejected=[RejectedRow(sheet="Users", row=4, reason="holds a formula", id="s3")])
+    plan = p.build_plan(hierarchy, rejected)
+    assert location_deletions(plan) == [] and [c.action for c in plan.changes] == []
+    # once s3 is gone, so is L2
+    plan = p.build_plan(hierarchy, batch([user("s1"), user("s2")]), p.PlanOptions(max_user_delete_share=1))
+    assert [(c.entity, c.action, c.natural_id) for c in plan.changes] == [
+        ("user", "delete", "s3"), ("location", "delete", "L2")]
+
+
+def test_a_location_deletion_takes_no_grade_level_the_plan_does_not_list(hierarchy):
+    grades = [GradeLevelRecord(name="7", location_id="L2"), GradeLevelRecord(name="8", location_id="L2")]
+    apply(hierarchy, p.build_plan(hierarchy, batch([user("s1")], locations=[*LOC, SOUTH], grades=grades)))
+    # a grade level the file still lists keeps its location
+    plan = p.build_plan(hierarchy, batch([user("s1")], grades=grades[:1]))
+    assert location_deletions(plan) == []
+    assert [(c.entity, c.action, c.natural_id) for c in plan.changes] == [("grade_level", "delete", "L2/8")]
+    assert "location 'L2' is no longer listed but still in use, so it is kept" in plan.summary.warnings
+    # and so does one of another source
+    hierarchy.grade_rows[("9", "L2")] = (GradeLevelRecord(name="9", location_id="L2"), "asm")
+    plan = p.build_plan(hierarchy, batch([user("s1")]))
+    assert location_deletions(plan) == [] and sorted(c.natural_id for c in plan.changes) == ["L2/7", "L2/8"]
+    # once none is left, the location goes, each of its grade levels in the plan
+    del hierarchy.grade_rows[("9", "L2")]
+    plan = p.build_plan(hierarchy, batch([user("s1")]))
+    assert [(c.entity, c.action, c.natural_id) for c in plan.changes] == [
+        ("grade_level", "delete", "L2/7"), ("grade_level", "delete", "L2/8"), ("location", "delete", "L2")]
+    assert plan.summary.counts["grade_level"]["delete"] == 2

@@ -141,6 +141,34 @@ def test_spreadsheet_preview_apply_events_and_idempotence(roster, rpc_as):
     assert imported["s1"]["locations"] == ["north"] and imported["s1"]["v"] == 1
 
 
+def test_the_template_is_built_off_the_event_loop():
+    """openpyxl takes most of a second of CPU to write it: the worker's heartbeats and the other workers go on."""
+    import time
+
+    import eventlet
+    from nameko.testing.services import worker_factory
+
+    beats: list[float] = []
+
+    def beat():
+        while True:
+            beats.append(time.monotonic())
+            eventlet.sleep(0.01)
+
+    service = worker_factory(RosterService)
+    beating = eventlet.spawn(beat)
+    eventlet.sleep(0)
+    try:
+        started = time.monotonic()
+        template = service.spreadsheet_template("xlsx")
+        ended = time.monotonic()
+    finally:
+        beating.kill()
+    assert template["filename"] == "orchard-roster-template.xlsx"
+    during = [started] + [at for at in beats if started < at < ended] + [ended]
+    assert max(b - a for a, b in zip(during, during[1:])) < 0.3, f"the hub stood still for {ended - started:.2f} s"
+
+
 def test_renamed_user_is_updated_and_mass_delete_needs_consent(roster, rpc_as):
     users = [user_row(f"s{i}") for i in range(10)]
     with rpc_as() as rpc:
@@ -412,6 +440,34 @@ def test_a_daily_asm_sync_that_fails_unexpectedly_is_recorded_backs_off_and_hold
     with rpc_as() as rpc:
         again = rpc.roster.get_asm_preferences("tok-faulty")
         assert FAULTY_CALLS == ["location", "location"] and again["retry_at"] > faulty["retry_at"]
+
+
+def test_a_daily_asm_sync_whose_plan_went_stale_is_tried_again_soon(roster, rpc_as, roster_container, monkeypatch):
+    from nameko.testing.services import entrypoint_hook
+
+    from services.roster.adapters.hierarchy import SqlHierarchy
+    from services.roster.adapters.imports import ImportRunner
+
+    ASM_PAGES.update({"location": [{"unique_identifier": "L1", "name": "North"}], "course": [], "class": [],
+                      "person": []})
+    preview = ImportRunner.preview
+
+    def another_apply_lands(self, *args, **kwargs):  # between the sync's preview and its apply
+        summary = preview(self, *args, **kwargs)
+        SqlHierarchy(self.session).claim_version(summary["base_version"])
+        return summary
+
+    monkeypatch.setattr(ImportRunner, "preview", another_apply_lands)
+    with rpc_as() as rpc:
+        rpc.roster.set_asm_preferences("tok-raced", {"sync_time": "00:00"})
+    with entrypoint_hook(roster_container, "daily_asm_sync") as daily_sync:
+        daily_sync()
+    with rpc_as() as rpc:
+        status = rpc.roster.get_asm_preferences("tok-raced")
+        assert status["last_sync_outcome"].startswith("failed: the roster changed since this plan was previewed")
+        assert status["retry_at"] is not None  # minutes from now, not tomorrow
+        actions = [e["action"] for e in rpc.roster.audit_log()]
+        assert "asm.sync_failed" in actions and "asm.sync_stopped" not in actions
 
 
 def test_bad_rpc_arguments_are_refused_with_typed_errors(roster, rpc_as):

@@ -316,3 +316,28 @@ def test_grade_level_rejections_name_their_sheet_rows(hierarchy):
     rejected = {r.row: r.reason for r in plan.summary.rejected}
     assert sorted(rejected) == [4, 5]  # the empty row 3 and the header count; row 6 repeats row 2, harmlessly
     assert "nowhere" in rejected[4] and "300 characters" in rejected[5]
+
+
+def test_error_values_are_rejected_per_row_not_read_as_empty(hierarchy):
+    # what Excel leaves after pasting the values of a lookup that failed: cells of type "e" (openpyxl writes
+    # "#N/A" so), which calamine reads as empty
+    first = s.read_spreadsheet("a.xlsx", workbook(users=[student("s1"), student("s2"), student("s3")]))
+    list(planning.apply_plan(planning.build_plan(hierarchy, first.batch).changes, hierarchy, "xlsx"))
+    data = workbook(users=[student("s1", Email="#N/A"), student("s2", **{"Grade Level": "#REF!"}),
+                           student("s3") + ["#DIV/0!"]])  # a column beyond the template's is not read
+    result = s.read_spreadsheet("b.xlsx", data)
+    assert reasons(result) == {
+        ("Users", 2): "column 'Email' holds an error value (#N/A); correct the cell and import again",
+        ("Users", 3): "column 'Grade Level' holds an error value (#REF!); correct the cell and import again"}
+    plan = planning.build_plan(hierarchy, result.batch, row_numbers=result.row_numbers)
+    assert plan.changes == []  # nothing cleared, nothing deleted
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"])
+def test_a_csv_cell_holding_a_unicode_line_boundary_stays_in_its_record(separator):
+    users = (",".join(HEADERS["Users"]) + f"\ns-1,Student,Ada{separator}Marie,Lovelace,ada@x.org,,north,7,\r\n"
+             "s-2,Student,\"Bo\nB\",Lee,bo@x.org,,north,7,\n").encode()
+    batch = s.read_spreadsheet("roster.zip", csv_zip(minimal_csv_files(users))).batch
+    assert batch.rejected == []
+    assert [(u.user_id, u.first_name, u.email) for u in batch.users] == [
+        ("s-1", f"Ada{separator}Marie", "ada@x.org"), ("s-2", "Bo\nB", "bo@x.org")]

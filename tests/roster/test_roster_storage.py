@@ -1,15 +1,22 @@
 """The import pipeline against SQLite and PostgreSQL: stored plans, batched writes, outbox."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
 
 from services.roster.adapters import tables
 from services.roster.adapters.api_tokens import ApiTokens
 from services.roster.adapters.hierarchy import SqlHierarchy
 from services.roster.adapters.imports import ImportRunner
+from services.roster.adapters.mosyle_http import MosyleApi
+from services.roster.domain.device_preassignment import DeviceAssignmentFailure
 from services.roster.domain.planning import PlanOptions
+from services.roster.domain.refusal_audits import RefusalAuditBudget
 from shared.auth import Actor
 from shared.contracts.roster import (
     ClassRecord, GradeLevelRecord, ImportBatch, LocationRecord, UserRecord,
@@ -234,3 +241,41 @@ def test_the_planner_limits_every_text_column_an_apply_writes():
                 assert max(map(len, chosen[column.name])) <= column.type.length, column
             else:
                 assert limits.get(column.name, planning.MAX_NAME_LENGTH) == column.type.length, column
+
+
+def test_a_location_goes_only_once_nothing_is_left_in_it_and_takes_nothing_along(unit):
+    north, south = LocationRecord(location_id="L1", name="North"), LocationRecord(location_id="L2", name="South")
+    run(unit, ImportBatch(source="csv", locations=[north, south], users=[person("s1")],
+                          grade_levels=[GradeLevelRecord(name="7", location_id="L2")]))
+    run(unit, ImportBatch(source="asm", grade_levels=[GradeLevelRecord(name="9", location_id="L2")]),
+        PlanOptions(delete_missing=False))
+    summary, _ = run(unit, ImportBatch(source="csv", locations=[north], users=[person("s1")]))
+    # the file's grade level of L2 goes, listed; Apple School Manager's keeps L2
+    assert summary["counts"]["grade_level"]["delete"] == 1 and summary["counts"]["location"]["delete"] == 0
+    hierarchy = SqlHierarchy(unit.session)
+    assert [(g.record.name, g.record.location_id) for g in hierarchy.grade_levels()] == [("9", "L2")]
+    assert sorted(loc.record.location_id for loc in hierarchy.locations()) == ["L1", "L2"]
+
+
+def test_an_api_assign_device_operation_hands_its_pair_to_enrollment(unit):
+    _, token = ApiTokens(unit.session).create("sis", None, "admin")
+    handed: list[list[tuple[str, str]]] = []
+
+    def assign_devices(pairs):  # enrollment's answer: it knows the device, but no user "ghost"
+        handed.append(pairs)
+        refused = [DeviceAssignmentFailure(user_id, serial, f"there is no user '{user_id}' in your locations")
+                   for serial, user_id in pairs if user_id == "ghost"]
+        return len(pairs) - len(refused), refused
+
+    api = MosyleApi(unit.session, unit.publish, unit.audit, assign_devices, RefusalAuditBudget())
+    request = Request(EnvironBuilder(method="POST", json={"accessToken": token, "elements": [
+        {"id": "user.staff.1", "operation": "assign_device", "serial_number": "AAAAAAAAAAAA"},
+        {"id": "user.staff.1", "name": "Sam", "type": "STAFF", "assign_device": {"serial_number": "BBBB"}},
+        {"id": "ghost", "operation": "assign_device", "serial_number": "CCCC"}]}).get_environ())
+    answer = json.loads(api.handle(request, "users").get_data())
+    # the saved user's device first, then the operations', once the user is written
+    assert handed == [[("BBBB", "user.staff.1"), ("AAAAAAAAAAAA", "user.staff.1"), ("CCCC", "ghost")]]
+    assert [(r["id"], r["operation"], r["status"], r.get("error")) for r in answer["response"]] == [
+        ("user.staff.1", "assign_device", "OK", None), ("user.staff.1", "save", "OK", None),
+        ("ghost", "assign_device", "ERROR", "device CCCC was not assigned: there is no user 'ghost' in your locations")]
+    assert [u.record.user_id for u in SqlHierarchy(unit.session).users()] == ["user.staff.1"]

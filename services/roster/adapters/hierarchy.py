@@ -161,8 +161,8 @@ class SqlHierarchy:
             [{"key": c.natural_id, "new_name": c.after["name"]} for c in changes])
 
     def _location_delete(self, changes: list[Change], source: str) -> None:
+        # only the location: the planner deletes one that nothing stays in, its grade levels in rows of their own
         ids = [c.natural_id for c in changes]
-        self.session.execute(t.grade_levels.delete().where(t.grade_levels.c.location_id.in_(ids)))
         self.session.execute(t.locations.delete().where(t.locations.c.location_id.in_(ids)))
 
     def _grade_level_add(self, changes: list[Change], source: str) -> None:

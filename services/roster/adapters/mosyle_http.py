@@ -19,6 +19,8 @@ from services.roster.adapters.api_tokens import ApiTokens, ip_allowed
 from services.roster.adapters.imports import ImportRunner
 from services.roster.adapters.queries import RosterQueries
 from services.roster.domain import mosyle_api as wire
+from services.roster.domain.device_preassignment import device_assignments
+from services.roster.domain.planning import DEVICES
 from services.roster.domain.refusal_audits import RefusalAuditBudget
 from shared.auth import Actor
 from shared.contracts.roster import RejectedRow
@@ -49,12 +51,12 @@ class RefusalAudits(DependencyProvider):
 
 
 class MosyleApi:
-    def __init__(self, session: Any, publish: Any, audit: Any, preassign_devices: Any,
+    def __init__(self, session: Any, publish: Any, audit: Any, assign_devices: Any,
                  refusal_audits: RefusalAuditBudget):
         self.session = session
         self.audit = audit
         self.refusal_audits = refusal_audits
-        self.preassign_devices = preassign_devices  # plan id -> (assigned, failures), after the apply
+        self.assign_devices = assign_devices  # [(serial, user ID)] -> (assigned, failures), after the apply
         self.tokens = ApiTokens(session)
         self.queries = RosterQueries(session)
         self.runner = ImportRunner(session, publish)
@@ -125,12 +127,10 @@ class MosyleApi:
         except Conflict as exc:  # another import won the race: nothing of this one was written
             return wire.write_response(request, [], failed=exc.message)
         rejected = [RejectedRow.from_dict(r) for r in summary["rejected"]]
-        _, failures = self.preassign_devices(summary["plan_id"])
-        elements = request.row_numbers.get("Users", {})
-        rejected += [RejectedRow(sheet="Users", row=elements[f.user_id],
-                                 reason=f"saved, but device {f.serial_number} was not assigned: {f.reason}")
-                     for f in failures if f.user_id in elements]
-        return wire.write_response(request, rejected)
+        # the devices the saved users list, then the assign_device operations' (their users may be new)
+        pairs = device_assignments(self.runner.plans.changes(summary["plan_id"], entity=DEVICES))
+        _, failures = self.assign_devices(pairs + list(request.device_assignments.values()))
+        return wire.write_response(request, rejected + wire.device_refusals(request, failures))
 
     def _location_ids_by_name(self) -> dict[str, str]:
         return {name: location_id for location_id, name in self.queries.location_names().items()}

@@ -11,7 +11,6 @@ and reason, and the rest of the file stands.
 """
 from __future__ import annotations
 
-import codecs
 import csv
 import datetime as dt
 import io
@@ -218,6 +217,15 @@ class FormulaCells(list):
     """The cells of a row holding a formula (their cached values): rejected, yet what it names is known."""
 
 
+class ErrorCells(list):
+    """The cells of a row holding error values (#N/A, #REF!), which calamine reads as empty: a value pasted
+    from a lookup that failed must not read as a field left empty, which would clear it."""
+
+    def __init__(self, cells: list[Any], errors: dict[int, str]):
+        super().__init__(cells)
+        self.errors = errors  # column index -> the error value
+
+
 def read_spreadsheet(filename: str, content: bytes) -> SpreadsheetImport:
     """Read a filled template into records, rejected rows and their row numbers."""
     fmt = detect_format(filename, content)
@@ -249,6 +257,9 @@ class _Reader:
         for number, cells in rows:
             if isinstance(cells, FormulaCells):
                 self._reject(sheet, number, "holds a formula; paste values only", columns, cells)
+                continue
+            if isinstance(cells, ErrorCells) and (problem := _error_value(columns, cells.errors)):
+                self._reject(sheet, number, problem, columns, cells)
                 continue
             try:
                 values = _values(columns, cells)
@@ -360,6 +371,15 @@ def _values(columns: dict[str, int], cells: list[Any]) -> dict[str, str | None]:
     return values
 
 
+def _error_value(columns: dict[str, int], errors: dict[int, str]) -> str | None:
+    """Why a row with error cells is rejected; None when they are all outside the template's columns."""
+    for name, index in columns.items():
+        if index in errors:
+            shown = f" ({errors[index]})" if errors[index] else ""
+            return f"column '{name}' holds an error value{shown}; correct the cell and import again"
+    return None
+
+
 def _required(values: dict[str, str | None], name: str) -> str:
     value = values[name]
     if value is None:
@@ -410,18 +430,28 @@ def _xlsx_tables(filename: str, content: bytes) -> dict[str, RowSource]:
     tables = {}
     for sheet in SHEETS:
         with _unreadable_is_damaged(filename, "xlsx", f"sheet '{sheet}'"):
-            formula_rows = _formula_rows(archive, sheet_paths[sheet])
-        tables[sheet] = _calamine_rows(filename, book, sheet, formula_rows)
+            marks = _marked_rows(archive, sheet_paths[sheet])
+        tables[sheet] = _calamine_rows(filename, book, sheet, marks)
     return tables
 
 
-def _calamine_rows(filename: str, book: Any, sheet: str, formula_rows: set[int]) -> RowSource:
+@dataclass
+class _MarkedRows:
+    """What calamine's values do not tell about a sheet's rows."""
+
+    formulas: set[int] = field(default_factory=set)  # rows holding a formula
+    errors: dict[int, dict[int, str]] = field(default_factory=dict)  # row -> column index -> error value
+
+
+def _calamine_rows(filename: str, book: Any, sheet: str, marks: _MarkedRows) -> RowSource:
     with _unreadable_is_damaged(filename, "xlsx", f"sheet '{sheet}'"):  # calamine parses it here
         worksheet = book.get_sheet_by_name(sheet)
     first_row = worksheet.start[0] + 1 if worksheet.start else 1
     for number, cells in enumerate(worksheet.iter_rows(), start=first_row):
-        if number in formula_rows:
+        if number in marks.formulas:
             yield number, FormulaCells(cells)
+        elif number in marks.errors:
+            yield number, ErrorCells(cells, marks.errors[number])
         else:
             yield number, cells  # empty cells come as "", which reads as missing
 
@@ -429,8 +459,9 @@ def _calamine_rows(filename: str, book: Any, sheet: str, formula_rows: set[int])
 _NS = {"m": "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
        "r": "http://schemas.openxmlformats.org/officeDocument/2006/relationships",
        "rel": "http://schemas.openxmlformats.org/package/2006/relationships"}
-# a formula is an <f> element (<x:f> with a namespace prefix); a false hit only costs a parse
-_FORMULA_MARKERS = (b"<f>", b"<f ", b"<f/", b":f>", b":f ")
+# a formula is an <f> element (<x:f> with a namespace prefix), an error value a cell of type "e";
+# a false hit only costs a parse
+_MARKERS = (b"<f>", b"<f ", b"<f/", b":f>", b":f ", b'"e"', b"'e'")
 
 
 def _xlsx_sheet_paths(archive: zipfile.ZipFile) -> dict[str, str]:
@@ -445,31 +476,39 @@ def _xlsx_sheet_paths(archive: zipfile.ZipFile) -> dict[str, str]:
     return paths
 
 
-def _formula_rows(archive: zipfile.ZipFile, path: str) -> set[int]:
-    """Rows holding formulas: a byte scan first, an XML parse only if one may be there."""
+def _marked_rows(archive: zipfile.ZipFile, path: str) -> _MarkedRows:
+    """Rows holding formulas or error values: a byte scan first, an XML parse only if one may be there."""
+    marks = _MarkedRows()
     with archive.open(path) as part:
         tail = b""
         while chunk := part.read(1 << 20):
             window = tail + chunk
-            if any(marker in window for marker in _FORMULA_MARKERS):
+            if any(marker in window for marker in _MARKERS):
                 break
             tail = chunk[-16:]
         else:
-            return set()
-    rows = set()
+            return marks
     with archive.open(path) as part:
-        row = 0
+        row = column = 0
         for event, element in ElementTree.iterparse(part, events=("start", "end")):
             tag = element.tag.rsplit("}", 1)[-1]
             if event == "end":
                 if tag == "row":
                     element.clear()
+                elif tag == "c" and element.get("t") == "e":
+                    value = next((child.text for child in element if child.tag.rsplit("}", 1)[-1] == "v"), None)
+                    marks.errors.setdefault(row, {})[column] = value or ""
             elif tag == "row":
-                # rows without a number follow the previous one, as in Excel
+                # rows and cells without a reference follow the previous one, as in Excel
                 row = int(element.get("r") or row + 1)
+                column = -1
+            elif tag == "c":
+                reference = element.get("r")
+                column = (openpyxl.utils.column_index_from_string(reference.rstrip("0123456789")) - 1
+                          if reference else column + 1)
             elif tag == "f":
-                rows.add(row)
-    return rows
+                marks.formulas.add(row)
+    return marks
 
 
 # ---------------------------------------------------------------- CSV
@@ -493,8 +532,9 @@ def _csv_tables(filename: str, content: bytes) -> dict[str, RowSource]:
 def _csv_rows(filename: str, archive: zipfile.ZipFile, member: str) -> RowSource:
     # outside the try below: a UnicodeDecodeError is a ValueError, but means something else
     with _unreadable_is_damaged(filename, "csv", f"'{member}'"), archive.open(member) as raw:
-        # utf-8-sig drops the byte order mark Excel writes at the start of "CSV UTF-8"
-        text = codecs.getreader("utf-8-sig")(raw)
+        # utf-8-sig drops the byte order mark Excel writes at the start of "CSV UTF-8"; newline="" leaves
+        # line ends to the csv module, so U+2028, NEL, VT or FF in a cell does not end the record there
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         try:
             first_line = text.readline()
             delimiter = _delimiter(first_line)

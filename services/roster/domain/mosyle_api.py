@@ -2,7 +2,8 @@
 
 Client scripts written for that API send ``{"accessToken": ..., "options": {...}}`` to
 list and ``{"accessToken": ..., "elements": [{"operation": "save"|"delete", ...}]}``
-to write, either as a JSON body or as a form field ``content`` holding the JSON. This
+to write (users also ``"assign_device"``, with ``id`` and ``serial_number``), either as a
+JSON body or as a form field ``content`` holding the JSON. This
 module turns such payloads into roster records and roster data into responses; the
 HTTP adapter only moves bytes.
 """
@@ -13,7 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from services.roster.domain.planning import PlanOptions
+from services.roster.domain.device_preassignment import DeviceAssignmentFailure
+from services.roster.domain.planning import MAX_ID_LENGTH, PlanOptions
 from shared.contracts.roster import ClassRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord
 from shared.errors import ValidationError
 from shared.unicode_text import may_hold_unstorable_text, refuse_unstorable_text
@@ -27,6 +29,9 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 MAX_PAGE = 1_000_000  # keeps the offset far inside SQL's integers
 MAX_ELEMENTS = 5000
+SAVE, DELETE, ASSIGN_DEVICE = "save", "delete", "assign_device"
+# enrollment's longest serial number: it echoes a longer one cut short, which would name no element
+MAX_SERIAL_LENGTH = 64
 # a page number sent as text: ASCII digits only ("²".isdigit() is true, int("²") fails),
 # and few enough of them for int()
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -166,6 +171,8 @@ class WriteRequest:
     Elements are numbered from 1; ``row_numbers`` lets the planner's rejections name
     the element they came from, ``errors`` holds the elements refused while parsing.
     ``sheet`` is the planner's name for the elements' kind ("Users" or "Classes").
+    ``device_assignments`` are the ``assign_device`` operations: element -> (serial number,
+    user ID), handed to enrollment once the rest is applied, as the plan's own devices are.
     """
 
     sheet: str
@@ -175,6 +182,7 @@ class WriteRequest:
     operations: list[str | None]
     errors: dict[int, str] = field(default_factory=dict)
     row_numbers: dict[str, dict[str, int]] = field(default_factory=dict)
+    device_assignments: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def plan_options(self) -> PlanOptions:
         """A write touches only what its elements name: nothing is deleted as missing, the deletions
@@ -196,7 +204,8 @@ def _elements(payload: Mapping[str, Any]) -> list[Any]:
 def user_write_request(payload: Mapping[str, Any],
                        location_ids_by_name: Mapping[str, str]) -> WriteRequest:
     """Parse ``/v2/users`` elements; locations are named, and created if missing."""
-    request, users, locations = _write_request(payload, "Users", "user", _user_from_wire, location_ids_by_name)
+    request, users, locations = _write_request(payload, "Users", "user", _user_from_wire, location_ids_by_name,
+                                               (SAVE, DELETE, ASSIGN_DEVICE))
     request.batch = ImportBatch(source="api", users=users, locations=locations)
     return request
 
@@ -210,17 +219,21 @@ def class_write_request(payload: Mapping[str, Any],
 
 
 def _write_request(payload: Mapping[str, Any], sheet: str, noun: str, parse: Callable[..., Any],
-                   location_ids_by_name: Mapping[str, str]) -> tuple[WriteRequest, list[Any], list[LocationRecord]]:
+                   location_ids_by_name: Mapping[str, str], operations: tuple[str, ...] = (SAVE, DELETE),
+                   ) -> tuple[WriteRequest, list[Any], list[LocationRecord]]:
     """Each element's operation and record; a bad element gets its own error and the rest stand."""
     request = _new_request(sheet, len(_elements(payload)))
     records: list[Any] = []
-    new_locations: dict[str, LocationRecord] = {}
+    named = _NamedLocations(location_ids_by_name)
     for number, element in enumerate(payload["elements"], start=1):
         try:
-            operation, record_id = _operation_and_id(element)
+            operation, record_id = _operation_and_id(element, operations)
             request.element_ids[number - 1], request.operations[number - 1] = record_id, operation
-            record = None if operation == "delete" else parse(
-                element, record_id, location_ids_by_name, new_locations)
+            if operation == ASSIGN_DEVICE:  # no record: the user may be saved by another element of the request
+                request.device_assignments[number] = (_serial_number(element.get("serial_number")),
+                                                      _user_id(record_id))
+                continue
+            record = None if operation == DELETE else parse(element, record_id, named)
         except WireError as exc:
             request.errors[number] = exc.message
             continue
@@ -232,7 +245,7 @@ def _write_request(payload: Mapping[str, Any], sheet: str, noun: str, parse: Cal
             request.delete_ids.append(record_id)
         else:
             records.append(record)
-    return request, records, list(new_locations.values())
+    return request, records, list(named.new.values())
 
 
 def _new_request(sheet: str, count: int) -> WriteRequest:
@@ -268,12 +281,31 @@ def write_response(request: WriteRequest, rejected: Iterable[RejectedRow],
     return {"status": "OK", "response": results}
 
 
-def _operation_and_id(element: Any) -> tuple[str, str]:
+def device_refusals(request: WriteRequest, failures: Iterable[DeviceAssignmentFailure]) -> list[RejectedRow]:
+    """The devices enrollment refused, on the elements that named them: an ``assign_device`` operation, or
+    a save with ``assign_device`` inside, whose user is saved all the same."""
+    operations: dict[tuple[str, str], list[int]] = {}
+    for number, pair in request.device_assignments.items():
+        operations.setdefault(pair, []).append(number)
+    saved = request.row_numbers.get(request.sheet, {})
+    refusals = []
+    for failure in failures:
+        numbers = operations.get((failure.serial_number, failure.user_id))
+        if numbers:
+            refusals += [RejectedRow(sheet=request.sheet, row=number, reason=(
+                f"device {failure.serial_number} was not assigned: {failure.reason}")) for number in numbers]
+        elif failure.user_id in saved:
+            refusals.append(RejectedRow(sheet=request.sheet, row=saved[failure.user_id], reason=(
+                f"saved, but device {failure.serial_number} was not assigned: {failure.reason}")))
+    return refusals
+
+
+def _operation_and_id(element: Any, operations: tuple[str, ...]) -> tuple[str, str]:
     if not isinstance(element, dict):
         raise WireError("an element must be an object")
-    operation = element.get("operation", "save")
-    if operation not in ("save", "delete"):
-        raise WireError(f"operation '{operation}' is not save or delete")
+    operation = element.get("operation", SAVE)
+    if operation not in operations:
+        raise WireError(f"operation '{operation}' is not {', '.join(operations[:-1])} or {operations[-1]}")
     element_id = element.get("id")
     if isinstance(element_id, int) and not isinstance(element_id, bool):
         element_id = str(element_id)
@@ -291,18 +323,27 @@ def _optional_str(element: Mapping[str, Any], key: str) -> str | None:
     return value.strip() or None
 
 
-def _location_id(name: str, location_ids_by_name: Mapping[str, str],
-                 new_locations: dict[str, LocationRecord]) -> str:
-    if name in location_ids_by_name:
-        return location_ids_by_name[name]
-    # a location the API names for the first time is created, its name doubling as ID
-    new_locations.setdefault(name, LocationRecord(location_id=name, name=name))
-    return name
+class _NamedLocations:
+    """The locations a request's elements name: by name, as the API does, or by ID, else new."""
+
+    def __init__(self, ids_by_name: Mapping[str, str]):
+        self.ids_by_name = ids_by_name
+        self.ids = set(ids_by_name.values())
+        self.new: dict[str, LocationRecord] = {}
+
+    def location_id(self, name: str) -> str:
+        if name in self.ids_by_name:
+            return self.ids_by_name[name]
+        # a name that is an existing location's ID is that location (the template's "north"): were it
+        # new, its record would rename that location to its ID
+        if name in self.ids:
+            return name
+        # a location the API names for the first time is created, its name doubling as ID
+        self.new.setdefault(name, LocationRecord(location_id=name, name=name))
+        return name
 
 
-def _user_from_wire(element: Mapping[str, Any], user_id: str,
-                    location_ids_by_name: Mapping[str, str],
-                    new_locations: dict[str, LocationRecord]) -> UserRecord:
+def _user_from_wire(element: Mapping[str, Any], user_id: str, named: _NamedLocations) -> UserRecord:
     wire_type = element.get("type")
     if not isinstance(wire_type, str) or wire_type.upper() not in WIRE_TO_TYPE:
         raise WireError(f"type '{wire_type}' is not one of S, T, STAFF")
@@ -326,11 +367,11 @@ def _user_from_wire(element: Mapping[str, Any], user_id: str,
             raise WireError("a location has no name")
         if grade is not None and not isinstance(grade, (str, int)):
             raise WireError("grade_level must be a string")
-        locations.append(_location_id(loc_name.strip(), location_ids_by_name, new_locations))
+        locations.append(named.location_id(loc_name.strip()))
         if grade not in (None, "") and grade_level is None:
             grade_level = str(grade)
     serials = []
-    assign = element.get("assign_device")
+    assign = element.get("assign_device")  # a save may assign a device too
     if assign is not None:
         if not isinstance(assign, dict) or not isinstance(assign.get("serial_number"), str):
             raise WireError("assign_device must be {\"serial_number\": ...}")
@@ -348,9 +389,22 @@ def _user_from_wire(element: Mapping[str, Any], user_id: str,
         welcome_email=welcome)
 
 
-def _class_from_wire(element: Mapping[str, Any], class_id: str,
-                     location_ids_by_name: Mapping[str, str],
-                     new_locations: dict[str, LocationRecord]) -> ClassRecord:
+def _user_id(user_id: str) -> str:
+    if len(user_id) > MAX_ID_LENGTH:  # no user's: the roster's user IDs are no longer
+        raise WireError(f"id is {len(user_id)} characters long; at most {MAX_ID_LENGTH} are allowed")
+    return user_id
+
+
+def _serial_number(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise WireError("serial_number is missing; assign_device names the device by its serial number")
+    if len(value.strip()) > MAX_SERIAL_LENGTH:
+        raise WireError(f"serial_number is {len(value.strip())} characters long; at most {MAX_SERIAL_LENGTH} "
+                        f"are allowed")
+    return value.strip().upper()
+
+
+def _class_from_wire(element: Mapping[str, Any], class_id: str, named: _NamedLocations) -> ClassRecord:
     class_name = _optional_str(element, "class_name") or _optional_str(element, "course_name")
     if class_name is None:
         raise WireError("class_name is missing")
@@ -363,7 +417,7 @@ def _class_from_wire(element: Mapping[str, Any], class_id: str,
     teachers = ([teacher] if teacher else []) + [c for c in coordinators if c != teacher]
     return ClassRecord(
         class_id=class_id, name=class_name, course_name=_optional_str(element, "course_name"),
-        location_id=_location_id(location, location_ids_by_name, new_locations),
+        location_id=named.location_id(location),
         room=_optional_str(element, "room"), teacher_ids=teachers, student_ids=students)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.roster.domain.mosyle_api import (
-    CLASS_COLUMNS, DEFAULT_PAGE_SIZE, MAX_ELEMENTS, MAX_PAGE_SIZE, USER_COLUMNS,
+    CLASS_COLUMNS, DEFAULT_PAGE_SIZE, MAX_ELEMENTS, MAX_PAGE_SIZE, MAX_SERIAL_LENGTH, USER_COLUMNS,
 )
 
 
@@ -92,7 +92,9 @@ def _write_operation(summary: str, key: str, element: str,
 
 def openapi_document(server_url: str = "/") -> dict[str, Any]:
     user = {"type": "object", "required": ["id"], "properties": {
-        "operation": {"type": "string", "enum": ["save", "delete"], "default": "save"},
+        "operation": {"type": "string", "enum": ["save", "delete", "assign_device"], "default": "save",
+                      "description": "assign_device hands the device serial_number to the user id, who must be "
+                                     "in the roster (or saved by another element of the request)"},
         "id": {"type": "string", "description": "the user ID"},
         "name": {"type": "string"},
         "type": {"type": "string", "enum": ["S", "T", "STAFF"],
@@ -107,7 +109,10 @@ def openapi_document(server_url: str = "/") -> dict[str, Any]:
                                                   "grade_level": {"type": "string"}}},
                 {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 2}]}},
         "welcome_email": {"type": "boolean"},
-        "assign_device": {"type": "object", "properties": {"serial_number": {"type": "string"}}},
+        "assign_device": {"type": "object", "properties": {"serial_number": {"type": "string"}},
+                          "description": "with save: a device to assign to the user as well"},
+        "serial_number": {"type": "string", "maxLength": MAX_SERIAL_LENGTH,
+                          "description": "with operation assign_device: the device's serial number"},
         "serial_numbers": {**_string_list(), "readOnly": True},
     }}
     cls = {"type": "object", "required": ["id"], "properties": {

@@ -426,7 +426,8 @@ class _Planner:
         return set(stored) | seen
 
     def _plan_grade_levels(self, location_ids: set[str]) -> None:
-        stored = {(s.record.name, s.record.location_id): s for s in self.hierarchy.grade_levels()}
+        self.stored_grade_levels = list(self.hierarchy.grade_levels())
+        stored = {(s.record.name, s.record.location_id): s for s in self.stored_grade_levels}
         seen: set[tuple[str, str | None]] = set()
         for position, grade in enumerate(self.batch.grade_levels, start=1):
             key = (grade.name, grade.location_id)
@@ -462,7 +463,7 @@ class _Planner:
 
     def _plan_users(self, location_ids: set[str]) -> set[str]:
         """Plan user changes; returns the user IDs that exist once the plan is applied."""
-        stored_users = list(self.hierarchy.users())
+        stored_users = self.stored_users = list(self.hierarchy.users())
         # the share of deletions is of the users this import may delete (a leader's: their locations')
         self.summary.existing_users = (
             len(stored_users) if self.options.locations is None
@@ -650,7 +651,7 @@ class _Planner:
                 self._count_memberships(before, {})
         self._kept_for_rejected_rows(CLASS, kept)
         self._reject_unknown_deletions(CLASS, self.options.delete_class_ids, set(stored))
-        self._plan_location_deletions(stored, seen)
+        self._plan_location_deletions(stored)
 
     def _drop_unused_new_locations(self) -> None:
         """Add only the new locations that a user or class this plan writes is in."""
@@ -693,20 +694,10 @@ class _Planner:
             counts[ADD] += len(new - old)
             counts[DELETE] += len(old - new)
 
-    def _plan_location_deletions(self, stored_classes: Mapping[str, StoredClass],
-                                 kept_class_ids: set[str]) -> None:
+    def _plan_location_deletions(self, stored_classes: Mapping[str, StoredClass]) -> None:
         if not self.missing_locations:
             return
-        # a location still used by a class or user that stays is kept
-        in_use: set[str] = set()
-        deleted_classes = {c.natural_id for c in self.phases[(CLASS, DELETE)]}
-        for class_id, stored in stored_classes.items():
-            if class_id not in deleted_classes:
-                in_use.add(stored.record.location_id)
-        for change in self.phases[(CLASS, ADD)] + self.phases[(CLASS, UPDATE)]:
-            in_use.add(change.after["location_id"])
-        for user in self.batch.users:
-            in_use.update(user.locations)
+        in_use = self._locations_in_use(stored_classes)
         for stored in self.missing_locations:
             lid = stored.record.location_id
             if lid in in_use:
@@ -714,6 +705,29 @@ class _Planner:
                     f"location '{lid}' is no longer listed but still in use, so it is kept")
             elif not self._skip_deletion():
                 self._emit(Change(LOCATION, DELETE, lid, before=stored.record.to_dict()))
+
+    def _locations_in_use(self, stored_classes: Mapping[str, StoredClass]) -> set[str | None]:
+        """The locations of the users, classes and grade levels there are once the plan is applied, of any
+        source (the users kept for their rejected rows too), and those the batch's user rows name.
+
+        A location deleted is empty: nothing is left pointing at it, and no deletion happens that the plan
+        does not list (deleting it does not take its grade levels along)."""
+        users_changed = {c.target for phase in ((USER, UPDATE), (USER, DELETE)) for c in self.phases[phase]}
+        classes_changed = {c.natural_id for phase in ((CLASS, UPDATE), (CLASS, DELETE)) for c in self.phases[phase]}
+        grades_deleted = {c.natural_id for c in self.phases[(GRADE_LEVEL, DELETE)]}
+        in_use: set[str | None] = {lid for user in self.batch.users for lid in user.locations}
+        in_use.update(lid for stored in self.stored_users if stored.key not in users_changed
+                      for lid in stored.record.locations)
+        in_use.update(lid for phase in ((USER, ADD), (USER, UPDATE)) for change in self.phases[phase]
+                      for lid in change.after["locations"])
+        in_use.update(stored.record.location_id for class_id, stored in stored_classes.items()
+                      if class_id not in classes_changed)
+        in_use.update(change.after["location_id"] for phase in ((CLASS, ADD), (CLASS, UPDATE))
+                      for change in self.phases[phase])
+        in_use.update(stored.record.location_id for stored in self.stored_grade_levels
+                      if grade_level_id(stored.record) not in grades_deleted)
+        in_use.update(change.after["location_id"] for change in self.phases[(GRADE_LEVEL, ADD)])
+        return in_use
 
 
 # the order in which changes are written: classes (with their members) go before what
