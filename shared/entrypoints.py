@@ -130,8 +130,9 @@ class OrchardRpc(Rpc):
 
     def handle_result(self, message: Any, worker_ctx: Any, result: Any, exc_info: Any) -> Any:
         if exc_info is None:
-            # a programming error; Nameko's own answer to it would quote the value, which can hold anything
-            exc_info = _unsendable(result, message)
+            # committed only once the reply is known to be sendable: an error then means nothing was changed. An
+            # unsendable result is a programming error; Nameko's own answer to it would quote the value
+            exc_info = _unsendable(result, message) or _committed(worker_ctx)
             result = None if exc_info else result
         if exc_info is not None:
             exc = exc_info[1]
@@ -143,6 +144,15 @@ class OrchardRpc(Rpc):
                 exc = shared_type(str(exc))
             exc_info = (type(exc), exc, None)
         return super().handle_result(message, worker_ctx, result, exc_info)
+
+
+def _committed(worker_ctx: Any) -> Any:
+    """Commit the worker's unit of work; the exception if that failed (a lost race on a unique key, say)."""
+    try:
+        worker_ctx.service.db.commit()
+    except Exception:
+        return sys.exc_info()
+    return None
 
 
 def _unsendable(result: Any, message: Any) -> Any:
@@ -157,7 +167,8 @@ def _unsendable(result: Any, message: Any) -> Any:
 def rpc(fn: Callable | None = None, *, sensitive_arguments: tuple[str, ...] = ()) -> Any:
     """``@rpc`` or ``@rpc(sensitive_arguments=("password",))`` (redacted from traces)."""
     def decorate(method: Callable) -> Callable:
-        return OrchardRpc.decorator(sensitive_arguments=sensitive_arguments)(_committing(method))
+        # committed by ``OrchardRpc.handle_result``, once the reply is known to be sendable
+        return OrchardRpc.decorator(sensitive_arguments=sensitive_arguments)(method)
 
     return decorate(fn) if fn is not None else decorate
 
@@ -276,17 +287,11 @@ def event_handler(event_cls: type[Event]) -> Callable[[Callable], Callable]:
         @functools.wraps(fn)
         def handle_once(self: Any, payload: Any) -> Any:
             event = event_cls.from_payload(payload)
-            if not self.db.claim_event(handler, event.event_id):
+            if not self.db.claim_events(handler, [event.event_id]):
                 metrics.EVENTS_DUPLICATE.labels(self.name, handler).inc()
                 return None
-            committed = self.db.commits
-            try:
-                result = fn(self, event)
-            except BaseException:
-                if self.db.commits != committed:  # part of the work was committed, and the claim with it
-                    self.db.unclaim_event(handler, event.event_id)
-                raise
-            self.db.commit()
+            result = fn(self, event)
+            self.db.finish_events()
             return result
 
         return OrchardEventHandler.decorator(event_cls.SOURCE, event_cls.TYPE)(handle_once)

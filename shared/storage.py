@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import json_text, runtime
+from shared.errors import Conflict
 from shared.auth import Actor
 from shared.config import service_settings
 from shared.contracts.base import MAX_EVENT_ID_LENGTH, Event
@@ -241,7 +242,7 @@ class UnitOfWork:
         self._after_commit = after_commit
         self._session: Session | None = None
         self._published = 0
-        self.commits = 0  # how many times this worker committed: an event handler that fails after one must be rerun
+        self._claims: list[tuple[str, list[str]]] = []  # (handler, event ids) being handled, claimed but not done
 
     @property
     def session(self) -> Session:
@@ -276,23 +277,40 @@ class UnitOfWork:
             for row in self.session.execute(query)
         ]
 
-    def claim_event(self, handler: str, event_id: str) -> bool:
-        """Record that ``handler`` handles ``event_id``; False if it already did (a redelivery)."""
-        return bool(claim_events(self.session, self._kernel.inbox, handler, [event_id]))
+    def claim_events(self, handler: str, event_ids: list[str]) -> set[str]:
+        """Record in the inbox that ``handler`` handles these events; the ids it had not handled before.
 
-    def unclaim_event(self, handler: str, event_id: str) -> None:
-        """Undo a committed ``claim_event``: the handler failed after committing part of its work (and the claim
-        with it), so its retry must run it again, not be skipped as a duplicate."""
-        inbox = self._kernel.inbox
-        self.session.rollback()
-        self.session.execute(inbox.delete().where(inbox.c.handler == handler, inbox.c.event_id == event_id))
+        The claim is committed with the handler's end (``finish_events``), never with a step the handler commits
+        before it: a handler that fails, or whose process dies, after a step is run again by the retry or the
+        redelivery, not skipped as a duplicate (its committed steps must be safe to repeat)."""
+        fresh = claim_events(self.session, self._kernel.inbox, handler, event_ids)
+        if fresh:
+            self._claims.append((handler, sorted(fresh)))
+        return fresh
+
+    def finish_events(self) -> None:
+        """Commit the handler's last step together with its claims: the events are handled."""
+        self._claims = []
         self.commit()
 
     def commit(self) -> None:
+        """Commit the work so far; the claims of events still being handled stay out of it (``claim_events``)."""
         if self._session is None:
             return
+        if not self._claims:
+            self._commit()
+            return
+        inbox = self._kernel.inbox
+        for handler, event_ids in self._claims:
+            self._session.execute(inbox.delete().where(inbox.c.handler == handler, inbox.c.event_id.in_(event_ids)))
+        self._commit()
+        for handler, event_ids in self._claims:
+            if claim_events(self._session, inbox, handler, event_ids) != set(event_ids):
+                raise Conflict(f"another worker took over {handler}'s events while this one committed a step; "
+                               "the retry finds them handled, or handles them")
+
+    def _commit(self) -> None:
         self._session.commit()
-        self.commits += 1
         if self._published:
             self._published = 0
             self._after_commit()
@@ -302,6 +320,7 @@ class UnitOfWork:
             self._session.close()  # rolls back anything not committed
             self._session = None
             self._published = 0
+        self._claims = []
 
 
 class Database(DependencyProvider):

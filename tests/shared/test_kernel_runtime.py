@@ -161,7 +161,7 @@ def test_a_result_that_cannot_be_sent_reaches_callers_as_an_internal_error_witho
     with rpc_as() as rpc:
         with pytest.raises(InternalError) as raised:
             rpc.notes.return_unsendable()
-        assert rpc.notes.count() == 0  # the service goes on answering
+        assert rpc.notes.count() == 0  # the service goes on answering, and what the call wrote was rolled back
     assert "secret-looking" not in str(raised.value) and "reference" in str(raised.value)
 
 

@@ -21,7 +21,6 @@ from nameko.exceptions import ContainerBeingKilled
 from shared import metrics
 from shared.contracts.base import Event
 from shared.entrypoints import OrchardEventHandler, ParkingQueueConsumer
-from shared.storage import claim_events
 
 PREFETCH = 1000
 
@@ -145,19 +144,15 @@ def batched_event_handler(event_cls: type[Event], inbox: sa.Table, batch_size: i
         @functools.wraps(fn)
         def handle_batch(self: Any, payloads: list[Any]) -> Any:
             events = list({e.event_id: e for e in (event_cls.from_payload(p) for p in payloads)}.values())
-            fresh = _claim(self.db.session, inbox, handler, events)
+            claimed = self.db.claim_events(handler, [e.event_id for e in events])
+            fresh = [e for e in events if e.event_id in claimed]
             if len(fresh) < len(payloads):
                 metrics.EVENTS_DUPLICATE.labels(self.name, handler).inc(len(payloads) - len(fresh))
             result = fn(self, fresh) if fresh else None
-            self.db.commit()
+            self.db.finish_events()
             return result
 
         return BatchedEventHandler.decorator(event_cls.SOURCE, event_cls.TYPE, batch_size=batch_size)(handle_batch)
 
     return decorate
 
-
-def _claim(session: Any, inbox: sa.Table, handler: str, events: list[Event]) -> list[Event]:
-    """Record the events in the inbox; those already there (redeliveries) are left out."""
-    fresh = claim_events(session, inbox, handler, [e.event_id for e in events])
-    return [e for e in events if e.event_id in fresh]

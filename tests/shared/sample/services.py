@@ -81,6 +81,7 @@ class NotesService(OrchardService):
 
     @rpc
     def return_unsendable(self) -> object:
+        self.db.session.execute(notes.insert().values(note_id="unsent", text="rolled back with the failed reply"))
         return {"secret-looking": object()}  # nothing JSON can carry
 
     @http("PUT", "/notes/<note_id>")
