@@ -78,8 +78,8 @@ def call(service: str, method: str, *args: Any, timeout: float = 60, **kwargs: A
             raise click.ClickException(f"the {service} service is not running (start it with `make run`)") from None
         except RpcTimeout:
             raise click.ClickException(
-                f"the {service} service did not answer within {timeout:g} s: a request it had not started is "
-                f"withdrawn, but one it had started may still complete, so check (e.g. list again) before retrying"
+                f"the {service} service did not answer within {timeout:g} s: a request still queued is withdrawn, "
+                f"but one a replica had taken may still complete, so check (e.g. list again) before retrying"
             ) from None
         except RemoteError as exc:
             raise click.ClickException(f"{service}.{method} failed: {exc.value}") from None

@@ -474,8 +474,8 @@ class _TimedServiceProxy:
                 ) from None
             except (eventlet.Timeout, RpcTimeout):
                 raise errors.UpstreamError(
-                    f"the {self._service} service did not answer {method} within {self._timeout:g} s (a call it had "
-                    f"not started by then is withdrawn); check that it is running"
+                    f"the {self._service} service did not answer {method} within {self._timeout:g} s (a call still "
+                    f"queued by then is withdrawn); check that it is running"
                 ) from None
             except (OSError, AMQPError, OperationalError):
                 log.warning("could not call %s.%s through RabbitMQ", self._service, method, exc_info=True)

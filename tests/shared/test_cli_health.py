@@ -97,7 +97,7 @@ def test_a_request_no_service_took_is_withdrawn_when_the_caller_gives_up(runner_
     runner.start()
     runner.stop()  # its request queue outlives it, unread
     result = cli_env.invoke(cli, ["health", "--timeout", "1"])
-    assert re.search(r"^roster +error .*did not answer within 1 s: a request it had not started is withdrawn",
+    assert re.search(r"^roster +error .*did not answer within 1 s: a request still queued is withdrawn",
                      result.output, re.M), result.output
 
     def queued() -> int:
