@@ -27,9 +27,14 @@ class RunningServer:
         self.thread.join(timeout=5)
 
 
+STOP_POLL_SECONDS = 0.02
+
+
 def serve_wsgi(app, host: str = "127.0.0.1", port: int = 0) -> RunningServer:
     """Serve ``app`` on ``host:port`` (0 picks a free port) until ``stop()``."""
     server = make_server(host, port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name=f"sandbox:{server.server_address[1]}", daemon=True)
+    # a short poll: ``stop()`` waits for the loop's next look at the shutdown flag (half a second by default)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_SECONDS},
+                              name=f"sandbox:{server.server_address[1]}", daemon=True)
     thread.start()
     return RunningServer(server, thread)

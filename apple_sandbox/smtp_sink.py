@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 
+from apple_sandbox.server import STOP_POLL_SECONDS
+
 
 @dataclass
 class ReceivedMail:
@@ -91,7 +93,8 @@ def serve_smtp(host: str = "127.0.0.1", port: int = 0) -> SmtpSink:
     handler = type("SinkSession", (_Session,), {})
     server = socketserver.ThreadingTCPServer((host, port), handler)
     server.daemon_threads = True
-    sink = SmtpSink(server, threading.Thread(target=server.serve_forever, name="smtp-sink", daemon=True))
+    sink = SmtpSink(server, threading.Thread(target=server.serve_forever, kwargs={"poll_interval": STOP_POLL_SECONDS},
+                                             name="smtp-sink", daemon=True))
     handler.sink = sink
     sink.thread.start()
     return sink
