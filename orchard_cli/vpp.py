@@ -134,6 +134,6 @@ def invites(token_id: str, status: str | None, export_file: str | None) -> None:
         write_output(export_file, call("vpp", "export_invites", token_id))
         click.echo(f"wrote {export_file}")
         return
-    rows = [{**row, "problem": row["error"] or row["mail_error"]}
+    rows = [{**row, "problem": row["error"] or row["mail_error"] or row.get("invite_url_error")}
             for row in call("vpp", "list_invites", token_id, status=status)]
     print_table(rows, ["user_id", "name", "method", "status", "registration", "mail", "invite_url", "problem"])

@@ -25,11 +25,11 @@ import sqlalchemy as sa
 from services.vpp import metrics
 from services.vpp.adapters import tables
 from services.vpp.adapters.apple_client import (
-    AppsAndBooksClient, AssetMetadata, ContentTokenRevoked, EventResult, Listing, ManagedByAnotherMdm,
+    AppsAndBooksClient, AssetMetadata, ContentTokenExpired, ContentTokenRevoked, EventResult, Listing, ManagedByAnotherMdm,
 )
 from services.vpp.adapters.repository import VppRepository
 from services.vpp.domain.apple_users import AppleUserIds
-from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url
+from services.vpp.domain.invites import InviteMethod, InviteStatus, invite_email, invite_url, invite_url_template
 from services.vpp.domain.licences import Asset, LicenceBatch, Limits, chunks
 from shared import green, leases
 from shared.backoff import doubling_delay
@@ -166,26 +166,39 @@ class VppOperations:
 
     # --- sync -------------------------------------------------------------------------------
     def sync(self, token: Any) -> dict[str, int]:
-        """Read assets, assignments and users from Apple (each listing at one ``versionId``)."""
+        """Read assets, assignments and users from Apple (each listing at one ``versionId``) and store them.
+
+        An asset whose licences a change here wrote after the reads began keeps what the change wrote: Apple's
+        listing may be older. Whatever fails is recorded on the token (``last_sync_error``, an internal error as
+        one), so the scheduled sync tries it again within minutes."""
         client = self.client_for(token)
         now = utc_now()
         self.repo.update_token(token.id, sync_attempted_at=now)
+        read_from = self.repo.database_time()  # changes written from then on may be missing from Apple's listings
         self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
+        try:
+            return self._store_listings(client, token, now, read_from)
+        except Exception as exc:
+            self.db.session.rollback()  # what Apple said about the token itself is committed already (``apple``)
+            self.repo.update_token(token.id, last_sync_error=_failure_reason(exc)[:1000])
+            self.db.commit()
+            raise
+
+    def _store_listings(self, client: AppsAndBooksClient, token: Any, now: datetime, read_from: datetime) -> dict[str, int]:
         with self.apple(token):
-            try:
-                assets = client.assets()
-                assignments = client.assignments()
-                users = client.users(include_retired=True)
-            except OrchardError as exc:
-                self.repo.update_token(token.id, last_sync_error=str(exc)[:1000])
-                self.db.commit()
-                raise
+            assets = client.assets()
+            assignments = client.assignments()
+            users = client.users(include_retired=True)
         names = self._look_up_names(client, token, [str(a["adamId"]) for a in assets], now)
         repo = self.repo
-        repo.replace_assets(token.id, assets.items, now)
-        repo.store_asset_metadata(token.id, names, now)
-        held = repo.replace_assignments(token.id, assignments.items)
         repo.apply_apple_users(token.id, users.items, now)
+        changed = repo.licences_changed_since(token.id, read_from)  # and no change starts until this is committed
+        if changed:
+            log.info("content token %s: %d asset(s) whose licences changed while Apple was read keep what the change "
+                     "wrote until the next sync", token.id, len(changed))
+        repo.replace_assets(token.id, assets.items, now, keep=changed)
+        repo.store_asset_metadata(token.id, names, now)
+        held = repo.replace_assignments(token.id, assignments.items, keep=changed)
         repo.update_token(token.id, last_sync_at=now, last_sync_error=None, conflict_with=None, users_version=users.version_id)
         return {"assets": len(assets), "assignments": held, "users": len(users)}
 
@@ -289,7 +302,7 @@ class VppOperations:
         ``register_queued``."""
         invitable = set(self.repo.invitable(token.id, [invite["user_id"] for invite in invites]))
         asked = [invite for invite in invites if invite["user_id"] in invitable]
-        refused = _unusable(token)
+        refused = _unusable(token, utc_now())
         created = self._create_users(token, asked) if asked and not refused else []
         listing = self._users_changed(token) if created and _by_email(asked) else None  # the e-mails' invite codes
         invited = self.repo.queue_invites(invites, invited_again=True)
@@ -304,19 +317,43 @@ class VppOperations:
 
     def register_queued(self, limit: int = 5000) -> dict[str, int]:
         """Register queued invites with Apple in ``users/create`` batches, several in flight at once; each token's
-        outcome is written once Apple answered."""
+        outcome is written and committed once Apple answered. A token whose registration fails as a whole (Apple
+        away, the token refused) is tried again later, its invites saying why, and the other tokens' go on."""
         by_token: dict[str, list[Any]] = defaultdict(list)
-        for invite in self.repo.queued_invites(limit):
+        for invite in self.repo.queued_invites(limit, utc_now()):
             by_token[invite["token_id"]].append(invite)
         totals = {"registered": 0, "failed": 0}
         for tid, invites in by_token.items():
-            registered, failed = self._register(self.repo.token(tid), invites)
+            token = self.repo.token(tid)
+            try:
+                registered, failed = self._register(token, invites)
+            except Exception as exc:  # whatever it was, it was this token's: one failing never holds up the others
+                self.db.session.rollback()  # what the attempt wrote and had not committed is not kept
+                self._registration_failed(token, [i["user_id"] for i in invites], exc)
+                continue
+            if token.registration_attempts:
+                self.repo.update_token(tid, registration_attempts=0, registration_retry_at=None)
+            self.db.commit()
             totals["registered"] += registered
             totals["failed"] += failed
         return totals
 
+    def _registration_failed(self, token: Any, user_ids: list[str], exc: Exception) -> None:
+        """Record why registering these invites of the token failed: for good when the token itself is refused (revoked
+        or expired, as Apple said, or another MDM took the location: renewing it queues them again), or for now, the
+        token's invites waiting longer after every failure in a row."""
+        now = utc_now()
+        refused = _unusable(self.repo.token(token.id), now)  # Apple's refusal is recorded on the token (``apple``)
+        if refused or isinstance(exc, ContentTokenExpired):
+            self.repo.mark_failed(token.id, user_ids, refused or str(exc))
+        else:
+            retry_at = self.repo.registration_failed(token, user_ids, _failure_reason(exc), now)
+            log.warning("%d invite(s) of content token %s wait until %s to be registered: %s", len(user_ids), token.id,
+                        retry_at.isoformat(timespec="seconds"), exc, exc_info=not isinstance(exc, OrchardError))
+        self.db.commit()
+
     def _register(self, token: Any, invites: list[Any]) -> tuple[int, int]:
-        refused = _unusable(token)
+        refused = _unusable(token, utc_now())
         if refused:
             self.repo.mark_failed(token.id, [i["user_id"] for i in invites], refused)
             return 0, len(invites)
@@ -420,7 +457,8 @@ class VppOperations:
         self.repo.update_token(token.id, users_version=listing.version_id)
 
     def invite_url_template(self, token: Any) -> str:
-        return self.client_for(token).invitation_url_template()
+        """Apple's template of invite links (``UpstreamError`` when none can be read)."""
+        return invite_url_template(self.client_for(token).invitation_url_template())
 
     def email_invites(self, invites: Sequence[Any], *, resend: bool = False) -> MailOutcome:
         """Mail these due invites' links (or, ``resend``, these invites' links again), recording and committing each
@@ -499,10 +537,18 @@ def _give_up_turn(engine: Any, turns: Any, name: str, holder: str) -> None:
         log.warning("could not give up the licence turn %s; it lapses within %s", name, LICENCE_TURN, exc_info=True)
 
 
-def _unusable(token: Any) -> str | None:
+def _failure_reason(exc: Exception) -> str:
+    """What to record about a failure: an expected error's message; for any other, where to look (the caller logs
+    it with its traceback, or the RPC entrypoint does)."""
+    return exc.message if isinstance(exc, OrchardError) else "An internal error of Orchard's; see the vpp service's log."
+
+
+def _unusable(token: Any, now: datetime) -> str | None:
     """Why Apple cannot register users with this token now, if it cannot."""
     if token.revoked:
         return "the content token is revoked; renew it to register the user"
+    if token.expires_at <= now:
+        return f"the content token expired on {token.expires_at:%Y-%m-%d}; renew it to register the user"
     if token.conflict_with:
         return (f"another MDM ({token.conflict_with}) manages this location; renew the content token with take_over "
                 "to claim it back")

@@ -8,8 +8,9 @@ import logging
 import secrets as token_generator
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from services.vpp.adapters import tables
 from services.vpp.adapters.apple_client import ManagedByAnotherMdm
@@ -41,6 +42,7 @@ from shared.settings import ServiceSettings
 from shared.storage import Database, utc_now
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
 MAX_IDS_PER_CALL = 20_000
@@ -50,6 +52,7 @@ RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_user
 DEFAULT_SYNC_HOURS = 2.5
 # a sync that failed (Apple away) is tried again soon, not hours later; a dozen requests an hour is no storm
 FAILED_SYNC_RETRY = timedelta(minutes=5)
+NOTIFICATIONS_KEPT = timedelta(days=14)  # how long a notification Apple sends again is known as handled
 MAX_COUNT_DELTA = 1_000_000_000  # licences one ASSET_COUNT may add or take: well within the 32-bit counts
 NAME_LENGTH = tables.content_tokens.c.location_name.type.length  # org and location names as stored
 REGISTERED_MEANWHILE = "Apple registered this invite while the others were revoked; revoke it again to retire the user."
@@ -289,8 +292,10 @@ class VppService(OrchardService):
         for token_id in self.repo.tokens_due_for_sync(now - timedelta(hours=hours), now - FAILED_SYNC_RETRY):
             try:
                 self.ops.sync(self.repo.token(token_id))
-            except OrchardError:
-                pass  # recorded on the token (last_sync_error / status); tried again after FAILED_SYNC_RETRY
+            except Exception as exc:  # recorded on the token (last_sync_error / status); tried again after
+                # FAILED_SYNC_RETRY, and the tokens after it still sync
+                if not isinstance(exc, OrchardError):
+                    log.error("the scheduled sync of content token %s failed", token_id, exc_info=True)
             self.db.commit()
 
     @rpc
@@ -440,6 +445,7 @@ class VppService(OrchardService):
         if lacking:
             raise ValidationError(f"{len(lacking)} user(s) have no {field.replace('_', ' ')} in the roster "
                                   f"({', '.join(lacking[:10])}); add it there or use the other invite method.")
+        self._require_within_token(row, [], wanted, [])  # as for licences: a token of some locations serves theirs
         now = utc_now()
         # new invites, and revoked or failed ones invited again; what this call queued, not what it read: a
         # concurrent call for the same users queues each once. Written once Apple registered them, so an error
@@ -464,15 +470,35 @@ class VppService(OrchardService):
 
     @rpc
     def list_invites(self, token_id: Any, status: Any = None) -> list[dict[str, Any]]:
+        """The token's invites (a location leader's: those of users in their locations), with their links. When Apple
+        cannot be asked (the token revoked or expired, Apple away), the stored invites are listed all the same, and
+        those whose link is missing say why (``invite_url_error``)."""
         actor = self.auth.require("vpp:read")
         row = self._token(actor, token_id)
         wanted = InviteStatus.parse(status).value if status is not None else None
+        unavailable = None
         if self.repo.invites_missing_codes(row.id):
-            self.ops.refresh_invites(row)
+            _, unavailable = self._from_apple(row, lambda: self.ops.refresh_invites(row))
         rows = self.repo.invites(row.id, wanted)
+        if actor.is_location_bound:
+            where = self.repo.invited_user_locations(row.id)
+            rows = [r for r in rows if visible(actor, where.get(r.user_id, []))]
         self.db.commit()  # read only: no database connection held while Apple answers
-        template = self.ops.invite_url_template(row) if any(r.invite_code for r in rows) else None
-        return [invite_view(r, template) for r in rows]
+        template = None
+        if any(r.invite_code for r in rows):
+            template, failed = self._from_apple(row, lambda: self.ops.invite_url_template(row))
+            unavailable = unavailable or failed
+        return [invite_view(r, template, unavailable) for r in rows]
+
+    @staticmethod
+    def _from_apple(row: Any, read: Callable[[], T]) -> tuple[T | None, str | None]:
+        """What ``read`` got from Apple, or None and why Apple could not be asked (logged): a read answers from what
+        is stored."""
+        try:
+            return read(), None
+        except OrchardError as exc:
+            log.warning("the invites of content token %s are listed as stored: %s", row.id, exc)
+            return None, exc.message
 
     @rpc
     def export_invites(self, token_id: Any) -> str:
@@ -533,7 +559,7 @@ class VppService(OrchardService):
         if error:
             log.warning("invite e-mails wait for a later run: %s", error)
 
-    @batched_event_handler(UserImported, tables.metadata.tables["inbox"])
+    @batched_event_handler(UserImported)
     def on_user_imported(self, events: list[UserImported]) -> None:
         """Remember imported users; tokens with auto-invite register them with Apple (see ``register_invites``)."""
         repo = self.repo
@@ -558,7 +584,7 @@ class VppService(OrchardService):
                              "apple_state": "queued", "invited_at": now})
         repo.queue_invites(rows)
 
-    @batched_event_handler(UserUpdated, tables.metadata.tables["inbox"])
+    @batched_event_handler(UserUpdated)
     def on_user_updated(self, events: list[UserUpdated]) -> None:
         """Keep users' details current (the address an invite is mailed to when the user is invited again), and follow
         a new user ID (``previous_user_id``): the user's invites, licences and retirements move to it, while Apple
@@ -683,8 +709,19 @@ class VppService(OrchardService):
             body = json.loads(request.get_data() or b"{}")
         except ValueError:
             raise ValidationError("The notification body is not JSON.") from None
-        self._apply_notification(row, body if isinstance(body, dict) else {})
+        body = body if isinstance(body, dict) else {}
+        if self._first_delivery(row, body):
+            self._apply_notification(row, body)
         return 200, ""
+
+    def _first_delivery(self, row: Any, body: dict[str, Any]) -> bool:
+        """False for a notification handled before: Apple sends one again when our answer did not reach it, and an
+        ASSET_COUNT applied twice would count its licences twice. Its ``notificationId`` is recorded in the same
+        transaction as its effects, and kept two weeks."""
+        notification_id = _note_text(body, "notificationId", 200)
+        now = utc_now()
+        return notification_id is None or self.repo.first_notification(row.id, notification_id, now,
+                                                                       now - NOTIFICATIONS_KEPT)
 
     def _apply_notification(self, row: Any, body: dict[str, Any]) -> None:
         kind, note, now = body.get("notificationType"), body.get("notification") or {}, utc_now()
@@ -693,6 +730,8 @@ class VppService(OrchardService):
         repo = self.repo
         if kind in ("ASSET_MANAGEMENT", "USER_MANAGEMENT") and note.get("eventId"):
             status = "COMPLETE" if note.get("result") == "SUCCESS" else "FAILED"
+            if note.get("error") is not None and not isinstance(note["error"], dict):
+                raise ValidationError("The notification's error is not a JSON object.")
             failures = [note["error"]] if note.get("error") else []
             event_type = _note_text(note, "type", 20) or kind
             repo.record_event(row.id, _note_text(note, "eventId", 64), event_type, status, failures, now)

@@ -45,12 +45,16 @@ def asset_view(row: Any) -> dict[str, Any]:
     }
 
 
-def invite_view(row: Any, url_template: str | None) -> dict[str, Any]:
+def invite_view(row: Any, url_template: str | None, unavailable: str | None = None) -> dict[str, Any]:
+    """``unavailable``: why Apple could not be asked for invite codes or links just now; told on the pending,
+    registered invites left without their link."""
     url = invite_url(url_template, row.invite_code) if url_template and row.invite_code and row.status == "pending" else None
+    linkless = url is None and row.status == "pending" and row.apple_state == "registered"
     return {
         "user_id": row.user_id, "name": row.name, "email": row.email, "managed_apple_id": row.managed_apple_id,
         "method": row.method, "status": row.status, "registration": row.apple_state, "error": row.apple_error,
-        "invite_url": url, "invited_at": _iso(row.invited_at), "emailed_at": _iso(row.emailed_at),
+        "invite_url": url, "invite_url_error": unavailable if linkless else None,
+        "invited_at": _iso(row.invited_at), "emailed_at": _iso(row.emailed_at),
         "accepted_at": _iso(row.accepted_at), "mail": _mail_state(row), "mail_error": row.mail_error,
         "mail_retry_at": _iso(row.mail_retry_at),
     }

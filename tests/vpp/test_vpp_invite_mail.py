@@ -2,6 +2,7 @@
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_container
 
@@ -150,3 +151,59 @@ def test_an_address_changed_in_the_roster_is_the_one_an_invite_is_mailed_to(vpp_
     run_mail_job(vpp_runner)
     wait_for(lambda: smtp_sink.messages, what="the invite mailed")
     assert [m.recipients for m in smtp_sink.messages] == [["amy@new.example"]]
+
+
+def test_a_token_apple_keeps_refusing_waits_and_the_other_tokens_invites_are_registered_and_mailed(
+        vpp_sandbox, vpp_config, vpp_runner, rpc_as, smtp_sink):
+    """Apple refuses one token, the first of the round, whatever it is asked (9622): its invite waits, saying why, and
+    is not asked for again at once; the other token's is registered and mailed. A token Apple says expired, or whose
+    stored date has passed, fails its invites (renewing it queues them again)."""
+    from services.vpp.adapters.tables import content_tokens
+    from shared.secrets import SecretBox
+
+    with rpc_as() as rpc:
+        failing_id, other_id = (rpc.vpp.add_content_token(vpp_sandbox.issue_token(locationName=name))["id"]
+                                for name in ("North Campus", "South Campus"))
+    first = "00000000-0000-4000-8000-000000000000"  # a round takes the tokens in the order of their ids
+    engine = create_engine_for(vpp_config["SERVICES"]["vpp"]["database_url"])
+    tokens = content_tokens.c
+    with engine.begin() as connection:
+        sealed = connection.execute(sa.select(tokens.sealed_stoken).where(tokens.id == failing_id)).scalar_one()
+        unknown = SecretBox(vpp_config["SECRET_KEY"]).seal("a content token Apple does not know")
+        connection.execute(content_tokens.update().where(tokens.id == failing_id).values(id=first, sealed_stoken=unknown))
+        connection.execute(invites.insert(), [
+            {"token_id": token_id, "user_id": user_id, "method": method, "name": user_id.title(), "email": email,
+             "managed_apple_id": None, "status": "pending", "apple_state": "queued", "invited_at": utc_now()}
+            for token_id, user_id, method, email in ((first, "ann", "managed_apple_id", None),
+                                                     (other_id, "dan", "email", "dan@home.example"))])
+
+    def queue_ann_again(**token) -> None:
+        with engine.begin() as connection:
+            connection.execute(invites.update().where(invites.c.user_id == "ann")
+                               .values(status="pending", apple_state="queued", apple_error=None))
+            connection.execute(content_tokens.update().where(tokens.id == first).values(**token))
+
+    def ann() -> tuple[str, str, str]:
+        (invite,) = rpc.vpp.list_invites(first)
+        return invite["status"], invite["registration"], invite["error"] or ""
+
+    wait_for(lambda: smtp_sink.messages, timeout=10, what="dan's invite registered and mailed")
+    with rpc_as() as rpc:
+        status, registration, error = ann()
+        assert (status, registration) == ("pending", "queued") and "does not accept" in error and "Tried again at" in error
+        asked = vpp_sandbox.requests("users/create")
+        run_mail_job(vpp_runner, times=1)
+        assert vpp_sandbox.requests("users/create") == asked  # the token waits before it is tried again
+
+        vpp_sandbox.fault("users/create", kind="error", errorNumber=9621)  # Apple says the token expired
+        queue_ann_again(sealed_stoken=sealed, registration_retry_at=None)
+        status, registration, error = wait_for(lambda: ann()[1] != "queued" and ann(), what="ann's invite failed")
+        assert (status, registration) == ("failed", "failed") and "expired" in error and "renew" in error
+
+        queue_ann_again(expires_at=utc_now())  # the date stored with the token has passed: Apple is not asked
+        asked = vpp_sandbox.requests("users/create")
+        status, registration, error = wait_for(lambda: ann()[1] != "queued" and ann(), what="ann's invite failed")
+        assert (status, registration) == ("failed", "failed") and "expired on" in error
+        assert vpp_sandbox.requests("users/create") == asked
+    engine.dispose()
+    assert [m.recipients for m in smtp_sink.messages] == [["dan@home.example"]]

@@ -3,11 +3,12 @@ applied in the order they happened, invites queued again."""
 from contextlib import contextmanager
 from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from services.vpp.adapters import tables as t
-from services.vpp.adapters.repository import VppRepository
+from services.vpp.adapters.repository import VppRepository, asset_from_row
 from shared.storage import create_engine_for, utc_now
 
 
@@ -151,3 +152,102 @@ def test_invites_invited_again_start_afresh_with_the_details_given(database_url)
         assert (rows["cat"].email, rows["cat"].mail_refused_at is not None) == ("cat@old.example", True)
         assert (rows["dan"].mail_attempts, rows["dan"].mail_error) == (1, "the relay is down")
     engine.dispose()
+
+
+def test_a_sync_keeps_the_licences_a_change_wrote_after_it_read_apple(database_url):
+    """A sync reads Apple, then stores what it read: a licence change written in between (its asset stamped by the
+    database's clock) is kept, and the assets no change touched take Apple's listing."""
+    with token_repository(database_url) as (repo, session, now):
+        listed = [{"adamId": "111", "totalCount": 5, "assignedCount": 0, "availableCount": 5, "deviceAssignable": True,
+                   "revocable": True}, {"adamId": "222", "totalCount": 2, "assignedCount": 1, "availableCount": 1}]
+        repo.replace_assets("tok", listed, now)
+        repo.replace_assignments("tok", [{"adamId": "222", "serialNumber": "OLD"}])
+        session.commit()
+
+        read_from = repo.database_time()  # the sync begins reading Apple
+        session.commit()
+        repo.apply_licence_change("tok", asset_from_row(repo.asset("tok", "111")), ["S1"], [], added=True)
+        session.commit()  # the change is done while the sync still waits for Apple
+
+        changed = repo.licences_changed_since("tok", read_from)
+        assert changed == {("111", "STDQ")}
+        apple = [{**listed[0], "totalCount": 6, "availableCount": 6}, {**listed[1], "assignedCount": 0, "availableCount": 2},
+                 {"adamId": "333", "totalCount": 1, "assignedCount": 0, "availableCount": 1}]
+        repo.replace_assets("tok", apple, now, keep=changed)
+        repo.replace_assignments("tok", [], keep=changed)  # read before S1 was assigned, after OLD was revoked
+        session.commit()
+        counts = {r.adam_id: (r.total_count, r.assigned_count, r.available_count) for r in repo.assets("tok")}
+        assert counts == {"111": (5, 1, 4), "222": (2, 0, 2), "333": (1, 0, 1)}
+        assert [(a.adam_id, a.serial_number) for a in repo.all_assignments("tok")] == [("111", "S1")]
+
+        assert repo.licences_changed_since("tok", repo.database_time()) == set()  # the next sync takes Apple's
+
+
+def test_an_import_newer_than_a_deletion_calls_off_the_users_retirement(database_url):
+    """ann is deleted and imported again before her retirement ran: she stays registered, her queued invite waits for
+    Apple again. A late, older import calls nothing off, and neither does one of a user whose retirement an invite's
+    revocation asked for (the roster never deleted bob)."""
+    with token_repository(database_url) as (repo, session, now):
+        later, latest = now + timedelta(minutes=1), now + timedelta(minutes=2)
+
+        def known(user_id, at):
+            return {"user_id": user_id, "name": "N", "email": None, "managed_apple_id": f"{user_id}@appleid.example",
+                    "locations": ["north"], "changed_at": at}
+
+        repo.remember_users([known("ann", now), known("bob", now), known("cat", now)])
+        for token_id, state in (("tok", "registered"), ("tok2", "queued")):
+            if token_id == "tok2":
+                session.execute(t.content_tokens.insert().values(
+                    id="tok2", name="South", sealed_stoken="sealed", fingerprint="f", org_name="District",
+                    location_uid="2", location_name="South Campus", expires_at=now, locations=[],
+                    allow_teacher_study_apps=False, revoked=False, added_by="admin", added_at=now))
+            repo.queue_invites([{"token_id": token_id, "user_id": u, "method": "managed_apple_id", "name": "N", "email": None,
+                                 "managed_apple_id": f"{u}@appleid.example", "status": "pending", "apple_state": state,
+                                 "invited_at": now} for u in ("ann", "bob", "cat")])
+        for user_id in ("ann", "cat"):
+            assert repo.forget_user(user_id, later)
+            repo.request_retirements(user_id, later)
+        repo.mark_invites("tok", ["bob"], status="revoked", apple_state="withdrawn")
+        repo.request_retirements("bob", later, "tok")  # Apple registered bob as his invite was revoked
+        session.commit()
+
+        repo.remember_users([known("ann", now)])  # older than her deletion: changes nothing
+        assert len(session.execute(sa.select(t.user_retirements)).all()) == 5
+        repo.remember_users([known("ann", latest), known("bob", latest)])
+        session.commit()
+        retiring = session.execute(sa.select(t.user_retirements.c.token_id, t.user_retirements.c.user_id)).all()
+        assert sorted(retiring) == [("tok", "bob"), ("tok", "cat"), ("tok2", "cat")]
+        states = {(r.token_id, r.user_id): r.apple_state for r in session.execute(sa.select(t.invites))}
+        assert (states[("tok", "ann")], states[("tok2", "ann")], states[("tok2", "cat")]) == ("registered", "queued", "retiring")
+
+        # cat comes back while Apple retires her: Apple did, so her invites are registered again
+        due = repo.due_retirements(latest, 10)
+        repo.remember_users([known("cat", latest)])
+        for token_id in ("tok", "tok2"):
+            repo.complete_retirements(token_id, [u for u in due[token_id] if u == "cat"])
+        session.commit()
+        cat = {r.token_id: (r.status, r.apple_state) for r in repo.invites("tok") + repo.invites("tok2") if r.user_id == "cat"}
+        assert cat == {"tok": ("pending", "queued"), "tok2": ("pending", "queued")}
+        assert [r.user_id for r in session.execute(sa.select(t.user_retirements))] == ["bob"]
+
+
+def test_a_sync_writing_its_listing_waits_for_a_licence_change_being_written(database_url):
+    """On PostgreSQL a sync's write and a change committing at the same moment take turns on the asset's row, so
+    the sync neither overwrites the change nor collides with its assignment rows."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time")
+    with token_repository(database_url) as (repo, session, now):
+        repo.replace_assets("tok", [{"adamId": "111", "totalCount": 5, "availableCount": 5}], now)
+        session.commit()
+        read_from = repo.database_time()
+        session.commit()
+        with Session(session.get_bind()) as changing:
+            VppRepository(changing).apply_licence_change("tok", asset_from_row(repo.asset("tok", "111")), ["S1"], [],
+                                                         added=True)
+            session.commit()
+            session.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                repo.licences_changed_since("tok", read_from)  # the change is still being written
+            session.rollback()
+            changing.commit()
+        assert repo.licences_changed_since("tok", read_from) == {("111", "STDQ")}

@@ -264,7 +264,8 @@ def test_the_scheduled_sync_reads_due_tokens_and_records_failures(vpp_sandbox, v
     assert vpp_sandbox.state()["requests"]["assets"] == requests
 
 
-def test_a_token_whose_scheduled_sync_failed_is_tried_again_minutes_later(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+def test_a_token_whose_scheduled_sync_failed_is_tried_again_minutes_later(vpp_sandbox, vpp_config, vpp_runner, rpc_as,
+                                                                          monkeypatch):
     from nameko.testing.services import entrypoint_hook
     from nameko.testing.utils import get_container
 
@@ -293,13 +294,17 @@ def test_a_token_whose_scheduled_sync_failed_is_tried_again_minutes_later(vpp_sa
     assert last_synced() == []  # never synced: the alert has nothing to count from yet
     assert scheduled_sync() == failed  # not again at once
 
+    from services.vpp.adapters.repository import VppRepository
     from services.vpp.adapters.tables import content_tokens
 
-    engine = sa.create_engine(vpp_config["SERVICES"]["vpp"]["database_url"])
-    with engine.begin() as connection:  # six minutes pass
-        connection.execute(content_tokens.update().where(content_tokens.c.id == token_id)
-                           .values(sync_attempted_at=utc_now() - timedelta(minutes=6)))
-    engine.dispose()
+    def minutes_pass(minutes: int) -> None:
+        engine = sa.create_engine(vpp_config["SERVICES"]["vpp"]["database_url"])
+        with engine.begin() as connection:
+            connection.execute(content_tokens.update().where(content_tokens.c.id == token_id)
+                               .values(sync_attempted_at=utc_now() - timedelta(minutes=minutes)))
+        engine.dispose()
+
+    minutes_pass(6)
     scheduled_sync()
     with rpc_as() as rpc:
         token = rpc.vpp.get_content_token(token_id)
@@ -307,6 +312,21 @@ def test_a_token_whose_scheduled_sync_failed_is_tried_again_minutes_later(vpp_sa
         assert [a["adam_id"] for a in rpc.vpp.list_assets(token_id)] == ["111"]
     (line,) = last_synced()
     assert abs(float(line.rsplit(" ", 1)[1]) - utc_now().timestamp()) < 60
+
+    # an error of Orchard's own is recorded as well, and tried again minutes later, not hours
+    def broken(*args, **kwargs):
+        raise RuntimeError("a fault of Orchard's")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(VppRepository, "replace_assignments", broken)
+        minutes_pass(3 * 60)
+        scheduled_sync()
+    with rpc_as() as rpc:
+        assert "internal error" in rpc.vpp.get_content_token(token_id)["last_sync_error"]
+    minutes_pass(6)
+    scheduled_sync()
+    with rpc_as() as rpc:
+        assert rpc.vpp.get_content_token(token_id)["last_sync_error"] is None
 
 
 def test_a_token_revoked_between_licence_batches_keeps_what_apple_did_and_is_marked(vpp_sandbox, vpp_runner, rpc_as):

@@ -78,6 +78,18 @@ def test_a_user_imported_again_after_deletion_is_invited_again(vpp_sandbox, vpp_
         wait_for(lambda: [(i["status"], i["registration"]) for i in rpc.vpp.list_invites(token_id)] == [
             ("pending", "registered")], what="the invite pending again")
 
+        # deleted again, and imported again before Apple let her retirement through: she is not retired
+        vpp_sandbox.fault("users/retire", status=503, retryAfter=0, times=4)  # the first try and the client's 3 retries
+        event_dispatcher(vpp_config)(UserDeleted.SOURCE, UserDeleted.TYPE, deleted("ann").to_payload())
+        wait_for(lambda: count_rows(vpp_config, "user_retirements where attempts > 0"), what="the retirement put off")
+        publish(vpp_config, user("ann"))
+        wait_for(lambda: count_rows(vpp_config, "inbox") == 5, what="the newer import handled")
+        assert count_rows(vpp_config, "user_retirements") == 0  # called off
+        with entrypoint_hook(get_container(vpp_runner, VppService), "retire_deleted_users") as retire_deleted_users:
+            retire_deleted_users()
+        assert vpp_sandbox.user(stoken, "ann")["user"]["status"] == "Registered"
+        assert [(i["status"], i["registration"]) for i in rpc.vpp.list_invites(token_id)] == [("pending", "registered")]
+
 
 def test_a_late_import_of_a_user_who_moved_invites_nothing_where_they_were(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
     from datetime import datetime, timedelta, timezone

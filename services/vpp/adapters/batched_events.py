@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import eventlet
-import sqlalchemy as sa
 from nameko.exceptions import ContainerBeingKilled
 
 from shared import metrics
@@ -136,7 +135,7 @@ class BatchedEventHandler(OrchardEventHandler):
         return result, exc_info
 
 
-def batched_event_handler(event_cls: type[Event], inbox: sa.Table, batch_size: int = 200) -> Callable[[Callable], Callable]:
+def batched_event_handler(event_cls: type[Event], batch_size: int = 200) -> Callable[[Callable], Callable]:
     """Handle ``event_cls`` events in batches: the method gets the list of events not handled before."""
     def decorate(fn: Callable) -> Callable:
         handler = fn.__name__

@@ -1,7 +1,7 @@
 """Reading and writing the vpp tables; every method works inside the caller's session."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,6 +16,7 @@ from services.vpp.domain.invites import AutoInvitePolicy, InviteMethod, InviteSt
 from services.vpp.domain.licences import Asset, Assignment, ProductType
 from shared.backoff import doubling_delay
 from shared.errors import NotFound
+from shared.storage import database_now
 
 HOLDER_KINDS = {"serial": "serial_number", "user": "client_user_id"}
 # what an invite queued again starts from: no code, no mail sent or refused, no error
@@ -50,6 +51,11 @@ def _queued_again(invited_again: bool) -> sa.ColumnElement[bool]:
         # no IN (…) here: an expanding list cannot go into a many-row statement
         queued_again = queued_again | (c.status == InviteStatus.REVOKED.value) | (c.status == InviteStatus.FAILED.value)
     return queued_again
+
+
+def _other_assets(c: Any, keep: Collection[tuple[str, str]]) -> list[sa.ColumnElement[bool]]:
+    """A condition leaving out the rows (of ``assets`` or ``assignments``) of the assets ``keep`` names."""
+    return [sa.not_(sa.and_(c.adam_id == adam_id, c.pricing_param == pricing_param)) for adam_id, pricing_param in sorted(keep)]
 
 
 def asset_from_row(row: Any) -> Asset:
@@ -99,7 +105,8 @@ class VppRepository:
         self.session.execute(t.content_tokens.update().where(t.content_tokens.c.id == token_id).values(**values))
 
     def delete_token(self, token_id: str) -> None:
-        for table in (t.apple_events, t.user_retirements, t.renamed_users, t.invites, t.assignments, t.assets):
+        for table in (t.apple_notifications, t.apple_events, t.user_retirements, t.renamed_users, t.invites, t.assignments,
+                      t.assets):
             self.session.execute(table.delete().where(table.c.token_id == token_id))
         self.session.execute(t.content_tokens.delete().where(t.content_tokens.c.id == token_id))
 
@@ -119,18 +126,37 @@ class VppRepository:
         return [AutoInvitePolicy(r.id, True, InviteMethod(r.auto_invite_method), tuple(r.locations or ())) for r in rows]
 
     # --- assets and assignments -------------------------------------------------------------
-    def replace_assets(self, token_id: str, fresh: Sequence[dict[str, Any]], now: datetime) -> None:
-        """Store Apple's asset list, keeping what only Orchard knows (hidden, names, waiting assignments)."""
+    def licences_changed_since(self, token_id: str, since: datetime) -> set[tuple[str, str]]:
+        """The token's assets (adamId, pricing) whose licences a change here wrote at ``since`` or later (the
+        database's clock, ``database_time``), every asset of the token locked until the transaction ends: a change
+        still being written is waited for and none starts (each locks its asset first, ``apply_licence_change``),
+        so a sync's write that follows neither overwrites a change nor collides with one."""
+        c = t.assets.c
+        rows = self.session.execute(sa.select(c.adam_id, c.pricing_param, c.licences_changed_at)
+                                    .where(c.token_id == token_id).order_by(c.adam_id, c.pricing_param).with_for_update())
+        return {(r.adam_id, r.pricing_param) for r in rows if r.licences_changed_at and r.licences_changed_at >= since}
+
+    def database_time(self) -> datetime:
+        """Now by the database's clock, which replicas share (``licences_changed_since``)."""
+        return self.session.execute(sa.select(database_now(self.session.get_bind().dialect.name))).scalar_one()
+
+    def replace_assets(self, token_id: str, fresh: Sequence[dict[str, Any]], now: datetime,
+                       keep: Collection[tuple[str, str]] = ()) -> None:
+        """Store Apple's asset list, keeping what only Orchard knows (hidden, names, waiting assignments), and the
+        assets ``keep`` names as they are (their licences changed here since Apple's list was read)."""
         c = t.assets.c
         kept = {(r.adam_id, r.pricing_param): r for r in self.session.execute(
             sa.select(c.adam_id, c.pricing_param, c.hidden, c.name, c.kind, c.artwork_url, c.metadata_at, c.refused_for_licences)
             .where(c.token_id == token_id))}
-        self.session.execute(t.assets.delete().where(c.token_id == token_id))
+        self.session.execute(t.assets.delete().where(c.token_id == token_id, *_other_assets(c, keep)))
         rows = []
         for a in fresh:
-            old = kept.get((str(a["adamId"]), a.get("pricingParam", "STDQ")))
+            key = (str(a["adamId"]), a.get("pricingParam", "STDQ"))
+            if key in keep:
+                continue
+            old = kept.get(key)
             rows.append({
-                "token_id": token_id, "adam_id": str(a["adamId"]), "pricing_param": a.get("pricingParam", "STDQ"),
+                "token_id": token_id, "adam_id": key[0], "pricing_param": key[1],
                 "product_type": a.get("productType", "App"), "name": old.name if old else None,
                 "kind": old.kind if old else None, "artwork_url": old.artwork_url if old else None,
                 "metadata_at": old.metadata_at if old else None,
@@ -197,18 +223,20 @@ class VppRepository:
     def adjust_asset_count(self, token_id: str, adam_id: str, pricing_param: str, delta: int) -> None:
         c = t.assets.c
         self.session.execute(t.assets.update().where(c.token_id == token_id, c.adam_id == adam_id, c.pricing_param == pricing_param)
-                             .values(total_count=c.total_count + delta, available_count=c.available_count + delta))
+                             .values(total_count=c.total_count + delta, available_count=c.available_count + delta,
+                                     licences_changed_at=database_now(self.session.get_bind().dialect.name)))
 
-    def replace_assignments(self, token_id: str, fresh: Iterable[dict[str, Any]]) -> int:
-        """Store Apple's assignments, users by their user ID."""
+    def replace_assignments(self, token_id: str, fresh: Iterable[dict[str, Any]], keep: Collection[tuple[str, str]] = ()) -> int:
+        """Store Apple's assignments, users by their user ID; those of the assets ``keep`` names stay as they are."""
         ids = self.apple_user_ids(token_id)
-        self.session.execute(t.assignments.delete().where(t.assignments.c.token_id == token_id))
+        c = t.assignments.c
+        self.session.execute(t.assignments.delete().where(c.token_id == token_id, *_other_assets(c, keep)))
         rows = {}
         for a in fresh:
             kind, holder = ("serial", a["serialNumber"]) if a.get("serialNumber") else ("user", a.get("clientUserId"))
             if kind == "user" and holder:
                 holder = ids.user_id(holder)
-            if holder:
+            if holder and (str(a["adamId"]), a.get("pricingParam", "STDQ")) not in keep:
                 key = (str(a["adamId"]), a.get("pricingParam", "STDQ"), kind, holder)
                 rows[key] = dict(zip(("adam_id", "pricing_param", "holder_kind", "holder"), key), token_id=token_id)
         batch = list(rows.values())
@@ -236,6 +264,12 @@ class VppRepository:
                 for kind, holders in (("serial", serials), ("user", users)) for holder in holders]
         if not rows:
             return
+        a = t.assets.c
+        # the asset first: a sync writing this token's listing meanwhile is waited for, and one that read Apple
+        # before this change keeps it (``licences_changed_since``)
+        self.session.execute(
+            t.assets.update().where(a.token_id == token_id, a.adam_id == asset.adam_id, a.pricing_param == asset.pricing_param)
+            .values(licences_changed_at=database_now(self.session.get_bind().dialect.name)))
         c = t.assignments.c
         if added:
             _insert_many(self.session, _insert(self.session, t.assignments).on_conflict_do_nothing(), rows)
@@ -246,26 +280,39 @@ class VppRepository:
                     c.holder_kind == row["holder_kind"], c.holder == row["holder"]))
         held = self.session.execute(sa.select(sa.func.count()).select_from(t.assignments).where(
             c.token_id == token_id, c.adam_id == asset.adam_id, c.pricing_param == asset.pricing_param)).scalar_one()
-        a = t.assets.c
         self.session.execute(
             t.assets.update().where(a.token_id == token_id, a.adam_id == asset.adam_id, a.pricing_param == asset.pricing_param)
             .values(assigned_count=held, available_count=a.total_count - held))
 
     # --- what Orchard knows -----------------------------------------------------------------
     def remember_users(self, users: Sequence[dict[str, Any]]) -> None:
-        """Store imported users' details; an import newer than a deletion brings the user back."""
+        """Store imported users' details; an import newer than a deletion brings the user back, calling off the
+        retirement the deletion asked for if it has not run yet."""
         if users:
             columns = ("name", "email", "managed_apple_id", "locations", "changed_at", "deleted_at", "renamed_to")
-            self._write_newer(t.known_users, columns, [{**u, "deleted_at": None, "renamed_to": None} for u in users])
+            written = self._write_newer(t.known_users, columns, [{**u, "deleted_at": None, "renamed_to": None} for u in users])
+            self._call_off_retirements([key.user_id for key in written])
 
-    def _write_newer(self, table: sa.Table, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    def _write_newer(self, table: sa.Table, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[Any]:
         """Insert the rows, or write ``columns`` over a stored row whose ``changed_at`` is not newer: a late, older
-        event changes nothing."""
+        event changes nothing. The primary keys of the rows written."""
         insert = _insert(self.session, table)
         stored = table.c.changed_at
-        _insert_many(self.session, insert.on_conflict_do_update(
+        return _insert_many(self.session, insert.on_conflict_do_update(
             index_elements=list(table.primary_key.columns), set_={k: insert.excluded[k] for k in columns},
             where=stored.is_(None) | (stored <= insert.excluded.changed_at)), rows)
+
+    def _call_off_retirements(self, user_ids: Sequence[str]) -> None:
+        """These users are in the roster again: the retirements their deletion asked for are called off, and their
+        invites that were to be retired wait for Apple again. (Written after the user's row, which a deletion handled
+        at the same time writes too: on PostgreSQL the one waits for the other, and whichever is newer wins.)"""
+        r, c = t.user_retirements.c, t.invites.c
+        for start in range(0, len(user_ids), 500):
+            called_off = self.session.execute(t.user_retirements.delete().where(
+                r.user_id.in_(user_ids[start:start + 500]), r.roster_deleted.is_(True)).returning(r.token_id, r.user_id))
+            for token_id, user_id in called_off.all():
+                self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id == user_id,
+                                                              c.apple_state == "retiring").values(apple_state="queued"))
 
     def superseded_users(self, occurred: dict[str, datetime]) -> set[str]:
         """Users whose stored details are newer than the import that ``occurred`` (a later import, or a deletion)."""
@@ -360,6 +407,13 @@ class VppRepository:
             index_elements=[c.token_id, c.user_id], set_={**{k: insert.excluded[k] for k in again}, **FRESH_INVITE},
             where=_queued_again(invited_again)), rows)}
 
+    def invited_user_locations(self, token_id: str) -> dict[str, list[str]]:
+        """The roster locations of the token's invited users, as the roster last told us."""
+        c, k = t.invites.c, t.known_users.c
+        return {user_id: list(locations or []) for user_id, locations in self.session.execute(
+            sa.select(c.user_id, k.locations).join_from(t.invites, t.known_users, k.user_id == c.user_id)
+            .where(c.token_id == token_id))}
+
     def invitable(self, token_id: str, user_ids: Sequence[str]) -> list[str]:
         """Those of ``user_ids`` whose invite ``queue_invites(..., invited_again=True)`` would queue now."""
         c = t.invites.c
@@ -391,11 +445,27 @@ class VppRepository:
             query = query.where(c.user_id.in_(list(user_ids)))
         return list(self.session.execute(query.order_by(c.user_id)))
 
-    def queued_invites(self, limit: int) -> list[Any]:
-        """The invites waiting to be registered with Apple, each a mapping (as the invites ``invite_users`` queues)."""
-        c = t.invites.c
-        query = sa.select(c.token_id, c.user_id, c.email, c.managed_apple_id, c.method).where(c.apple_state == "queued")
+    def queued_invites(self, limit: int, now: datetime) -> list[Any]:
+        """The invites waiting to be registered with Apple, each a mapping (as the invites ``invite_users`` queues),
+        apart from those of tokens waiting to try again (``registration_failed``)."""
+        c, k = t.invites.c, t.content_tokens.c
+        query = (sa.select(c.token_id, c.user_id, c.email, c.managed_apple_id, c.method)
+                 .join_from(t.invites, t.content_tokens, k.id == c.token_id)
+                 .where(c.apple_state == "queued", k.registration_retry_at.is_(None) | (k.registration_retry_at <= now)))
         return list(self.session.execute(query.order_by(c.token_id, c.invited_at).limit(limit)).mappings())
+
+    def registration_failed(self, token: Any, user_ids: Sequence[str], error: str, now: datetime) -> datetime:
+        """Registering the token's queued invites failed for the token itself: they stay queued, saying why, and the
+        token's are tried again later, waiting longer after every failure in a row (30 s doubling, at most an hour).
+        When they are tried again."""
+        retry_at = now + doubling_delay(token.registration_attempts)
+        self.update_token(token.id, registration_attempts=token.registration_attempts + 1, registration_retry_at=retry_at)
+        c = t.invites.c
+        for start in range(0, len(user_ids), 500):
+            self.session.execute(t.invites.update().where(
+                c.token_id == token.id, c.user_id.in_(user_ids[start:start + 500]), c.apple_state == "queued")
+                .values(apple_error=f"{error[:400]} Tried again at {retry_at:%Y-%m-%d %H:%M:%S} UTC."))
+        return retry_at
 
     def mark_registered(self, token_id: str, user_ids: Sequence[str]) -> list[str]:
         """Record that Apple registered these users; those whose invite stopped waiting meanwhile (the roster deleted
@@ -598,8 +668,11 @@ class VppRepository:
         if token_id is not None:
             tokens &= {token_id}
         if tokens:
-            rows = [{"token_id": token_id, "user_id": user_id, "requested_at": now, "attempts": 0, "next_attempt_at": now}
-                    for token_id in sorted(tokens)]
+            # the roster deleted them (a newer import calls it off), or an invite was revoked (it stays asked for)
+            deleted = self.session.execute(sa.select(t.known_users.c.user_id).where(
+                t.known_users.c.user_id == user_id, t.known_users.c.deleted_at.is_not(None))).first() is not None
+            rows = [{"token_id": token_id, "user_id": user_id, "requested_at": now, "attempts": 0, "next_attempt_at": now,
+                     "roster_deleted": deleted} for token_id in sorted(tokens)]
             _insert_many(self.session, _insert(self.session, t.user_retirements).on_conflict_do_nothing(), rows)
             # queued invites are not registered any more
             c = t.invites.c
@@ -625,22 +698,29 @@ class VppRepository:
         return sorted(self.session.execute(query).scalars())
 
     def complete_retirements(self, token_id: str, user_ids: Sequence[str]) -> None:
-        """Apple retired these users: their revocable licences are gone, their invites revoked."""
+        """Apple retired these users: their revocable licences are gone, their invites revoked. A user the roster
+        brought back while Apple retired them (the retirement called off meanwhile) has their invite queued again."""
         if not user_ids:
             return
         ids = list(user_ids)
-        a = t.assignments.c
+        a, r = t.assignments.c, t.user_retirements.c
         held = self.session.execute(sa.select(a.adam_id, a.pricing_param, a.holder).where(
             a.token_id == token_id, a.holder_kind == "user", a.holder.in_(ids)))
         assets = self.assets_by_key(token_id)
         by_asset: dict[tuple[str, str], list[str]] = {}
         for adam_id, pricing_param, holder in held:
             by_asset.setdefault((adam_id, pricing_param), []).append(holder)
-        for key, holders in by_asset.items():
+        for key, holders in sorted(by_asset.items()):  # in the order a sync locks them (``licences_changed_since``)
             if key in assets and assets[key].revocable:  # books stay with the user
                 self.apply_licence_change(token_id, assets[key], [], holders, added=False)
-        self.mark_invites(token_id, ids, status=InviteStatus.REVOKED.value, apple_state="retired", apple_error=None)
-        r = t.user_retirements.c
+        asked = set(self.session.execute(sa.select(r.user_id).where(r.token_id == token_id, r.user_id.in_(ids))).scalars())
+        self.mark_invites(token_id, [u for u in ids if u in asked], status=InviteStatus.REVOKED.value,
+                          apple_state="retired", apple_error=None)
+        c = t.invites.c
+        self.session.execute(t.invites.update().where(
+            c.token_id == token_id, c.user_id.in_([u for u in ids if u not in asked]),
+            c.apple_state.in_(["queued", "registered", "retiring"])).values(
+            status=InviteStatus.PENDING.value, apple_state="queued", **FRESH_INVITE))
         self.session.execute(t.user_retirements.delete().where(r.token_id == token_id, r.user_id.in_(ids)))
         # Apple's user is retired: its clientUserId is free again, for a user of that ID as for any retired user's
         n = t.renamed_users.c
@@ -655,6 +735,16 @@ class VppRepository:
                 attempts=attempts + 1, last_error=error[:1000], next_attempt_at=now + doubling_delay(attempts)))
 
     # --- Apple events -----------------------------------------------------------------------
+    def first_notification(self, token_id: str, notification_id: str, now: datetime, kept_since: datetime) -> bool:
+        """Record that Apple's notification ``notification_id`` is handled; False if it was before (Apple sent it
+        again). Those received before ``kept_since`` are forgotten. The record is one statement: the same notification
+        handled at the same moment on PostgreSQL waits for the other's commit and is then left out."""
+        n = t.apple_notifications.c
+        self.session.execute(t.apple_notifications.delete().where(n.received_at < kept_since))
+        first = self.session.execute(_insert(self.session, t.apple_notifications).on_conflict_do_nothing().returning(n.token_id),
+                                     [{"token_id": token_id, "notification_id": notification_id, "received_at": now}])
+        return first.first() is not None
+
     def record_event(self, token_id: str, event_id: str, event_type: str, status: str, failures: list, now: datetime) -> None:
         """Record an Apple event's outcome, its failures naming users by user ID."""
         if failures:

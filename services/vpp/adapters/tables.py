@@ -30,6 +30,10 @@ content_tokens = sa.Table(
     sa.Column("sync_attempted_at", UtcDateTime, nullable=True),
     sa.Column("last_sync_error", sa.Text, nullable=True),
     sa.Column("users_version", sa.String(64), nullable=True),
+    # registering queued invites failed for the token as a whole (Apple away, or refusing the token without saying it
+    # is revoked or expired) this many times in a row: its invites wait until registration_retry_at; the others go on
+    sa.Column("registration_attempts", sa.Integer, nullable=False, default=0, server_default="0"),
+    sa.Column("registration_retry_at", UtcDateTime, nullable=True),
     sa.UniqueConstraint("location_uid", "location_name", name="uq_content_tokens_location"),
 )
 
@@ -51,6 +55,9 @@ assets = sa.Table(
     sa.Column("hidden", sa.Boolean, nullable=False, default=False),
     sa.Column("refused_for_licences", sa.Integer, nullable=False, default=0),  # assignments waiting for licences
     sa.Column("synced_at", UtcDateTime, nullable=False),
+    # when a licence change here last wrote the asset's licences (the database's clock): a sync that read Apple
+    # before then keeps what the change wrote
+    sa.Column("licences_changed_at", UtcDateTime, nullable=True),
 )
 
 assignments = sa.Table(
@@ -118,6 +125,9 @@ user_retirements = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_at", UtcDateTime, nullable=False, index=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    # asked for because the roster deleted the user (a newer import calls it off), not because an invite was revoked
+    sa.Column("roster_deleted", sa.Boolean, nullable=False, default=True, server_default=sa.true()),
+    sa.Index("ix_user_retirements_user", "user_id"),
 )
 
 # users the roster gave a new user ID: Apple knows them by the clientUserId they had (registered, or queued to be), which
@@ -148,4 +158,13 @@ apple_events = sa.Table(
     sa.Column("failures", sa.JSON, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("completed_at", UtcDateTime, nullable=True),
+)
+
+# Apple's notifications handled, by notificationId: one Apple sends again (our answer did not reach it) changes nothing
+# more; kept two weeks
+apple_notifications = sa.Table(
+    "apple_notifications", metadata,
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("content_tokens.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("notification_id", sa.String(200), primary_key=True),
+    sa.Column("received_at", UtcDateTime, nullable=False, index=True),
 )

@@ -65,11 +65,16 @@ def can_resend(status: InviteStatus) -> bool:
     return status is InviteStatus.PENDING
 
 
-def invite_url(template: str, invite_code: str) -> str:
-    """Build the invite link from ``service/config.urls.invitationEmail``."""
+def invite_url_template(template: str) -> str:
+    """``service/config.urls.invitationEmail``, if invite links can be built from it."""
     if INVITE_CODE_PLACEHOLDER not in template:
         raise UpstreamError("Apple's service configuration has no usable invitation URL; try again later.")
-    return template.replace(INVITE_CODE_PLACEHOLDER, invite_code)
+    return template
+
+
+def invite_url(template: str, invite_code: str) -> str:
+    """Build the invite link from ``service/config.urls.invitationEmail``."""
+    return invite_url_template(template).replace(INVITE_CODE_PLACEHOLDER, invite_code)
 
 
 @dataclass(frozen=True)
