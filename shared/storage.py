@@ -242,7 +242,8 @@ class UnitOfWork:
         self._after_commit = after_commit
         self._session: Session | None = None
         self._published = 0
-        self._claims: list[tuple[str, list[str]]] = []  # (handler, event ids) being handled, claimed but not done
+        self._claims: list[tuple[str, list[str]]] = []  # (handler, event ids) being handled, claimed in this transaction
+        self._withdrawn: list[tuple[str, list[str]]] = []  # claims kept out of a step's commit, put back at the end
 
     @property
     def session(self) -> Session:
@@ -290,24 +291,24 @@ class UnitOfWork:
 
     def finish_events(self) -> None:
         """Commit the handler's last step together with its claims: the events are handled."""
-        self._claims = []
+        withdrawn, self._withdrawn, self._claims = self._withdrawn, [], []
+        for handler, event_ids in withdrawn:
+            if claim_events(self.session, self._kernel.inbox, handler, event_ids) != set(event_ids):
+                raise Conflict(f"another worker handled {handler}'s events while this one was at it; nothing of its "
+                               "last step is kept")
         self.commit()
 
     def commit(self) -> None:
-        """Commit the work so far; the claims of events still being handled stay out of it (``claim_events``)."""
+        """Commit the work so far; the claims of events still being handled stay out of it (``claim_events``), and
+        out of the transactions after it until the handler's end, which keeps no connection while it waits."""
         if self._session is None:
-            return
-        if not self._claims:
-            self._commit()
             return
         inbox = self._kernel.inbox
         for handler, event_ids in self._claims:
             self._session.execute(inbox.delete().where(inbox.c.handler == handler, inbox.c.event_id.in_(event_ids)))
+        self._withdrawn += self._claims
+        self._claims = []
         self._commit()
-        for handler, event_ids in self._claims:
-            if claim_events(self._session, inbox, handler, event_ids) != set(event_ids):
-                raise Conflict(f"another worker took over {handler}'s events while this one committed a step; "
-                               "the retry finds them handled, or handles them")
 
     def _commit(self) -> None:
         self._session.commit()
@@ -320,7 +321,7 @@ class UnitOfWork:
             self._session.close()  # rolls back anything not committed
             self._session = None
             self._published = 0
-        self._claims = []
+        self._claims, self._withdrawn = [], []
 
 
 class Database(DependencyProvider):

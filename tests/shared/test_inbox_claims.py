@@ -42,6 +42,7 @@ def test_a_handler_dying_after_a_committed_step_is_run_again(units):
     assert first.claim_events(HANDLER, ["e1", "e2"]) == {"e1", "e2"}
     first.session.execute(steps.insert().values(name="step 1"))
     first.commit()  # a step of its own
+    assert not first.session.in_transaction()  # nothing held while it waits for something else (one SQLite connection)
     first.session.execute(steps.insert().values(name="step 2"))
     first.close()  # the process dies, or the last commit fails: what it did not commit is rolled back
 
