@@ -5,7 +5,9 @@
 ``nameko run`` parses every substituted ``${VAR}`` as YAML, so ``VPP_MDM_ID=0123`` would become the
 octal number 83 and ``VPP_MDM_NAME="Acme: North"`` a mapping, and a variable without a default that is
 not set would become nothing at all. ``shared.config`` keeps such values the text they are and refuses a
-missing one by name. Everything else (signals, graceful stop, logging from ``LOGGING``) is Nameko's.
+missing one by name. Services run as ``nameko run`` runs them (graceful stop on SIGTERM or Ctrl-C, a
+second Ctrl-C kills), except that further SIGTERMs during the stop change nothing: Nameko would start a
+second stop of the same containers, which never ends.
 """
 from __future__ import annotations
 
@@ -19,13 +21,17 @@ import eventlet  # noqa: E402
 eventlet.monkey_patch()  # noqa: E402  before anything opens a socket
 
 import argparse  # noqa: E402
+import errno  # noqa: E402
 import logging  # noqa: E402
 import logging.config  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
-from nameko.cli.run import import_service, run  # noqa: E402
+from nameko.cli.run import import_service  # noqa: E402
 from nameko.exceptions import CommandError  # noqa: E402
+from nameko.runners import ServiceRunner  # noqa: E402
 
 from shared.config import load_config  # noqa: E402
 from shared.errors import ValidationError  # noqa: E402
@@ -56,11 +62,47 @@ def main(argv: list[str]) -> int:
     try:
         for service in services:
             require_sqlite_file_free(database_url_for(config, service.name))
-        run(services, config)
+        serve(services, config)
     except DatabaseInUse as problem:
         print(f"cannot start: {problem}", file=sys.stderr)
         return 2
     return 0
+
+
+def serve(services: list[Any], config: dict[str, Any]) -> None:
+    """Run the services until they are stopped: by SIGTERM (once, however many arrive) or Ctrl-C."""
+    runner = ServiceRunner(config)
+    for service in services:
+        runner.add_service(service)
+    stopping = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            eventlet.spawn_n(runner.stop)  # a signal handler runs outside the hub: it cannot wait for the stop
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    runner.start()
+    waiting = eventlet.spawn(runner.wait)  # a signal interrupts the main greenlet's wait, not this one
+    while True:
+        try:
+            waiting.wait()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINTR:  # EINTR: a signal arrived; its handler has done what it does
+                raise
+        except KeyboardInterrupt:
+            print()  # after the ^C the terminal shows
+            try:
+                if stopping:
+                    runner.kill()
+                else:
+                    stopping = True
+                    runner.stop()
+            except KeyboardInterrupt:
+                print()
+                runner.kill()
 
 
 if __name__ == "__main__":
