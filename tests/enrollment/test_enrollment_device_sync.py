@@ -296,9 +296,11 @@ def test_a_new_devices_profile_is_asked_of_apple_once_its_page_is_committed():
 def test_a_refused_token_ends_an_assignment_and_keeps_the_results_of_the_batches_before_it():
     serials = [f"S{i:04d}" for i in range(2500)]
     store = MemoryStore()
+    refusing = RecordingAssigner({"S0001": "THROTTLED"}, retry_after=120, failures={2: TermsNotAccepted("T_C_NOT_SIGNED")})
     with pytest.raises(TermsNotAccepted):
-        assign_profile(RecordingAssigner(failures={2: TermsNotAccepted("T_C_NOT_SIGNED")}), store, "P", serials, NOW)
+        assign_profile(refusing, store, "P", serials, NOW)
     assert store.assignments["S0999"] == ("P", "SUCCESS", None)  # Apple assigned it before refusing
+    assert store.assignments["S0001"] == ("P", "THROTTLED", NOW + timedelta(seconds=120))  # retried when Apple said
     assert store.assignments["S1000"] == store.assignments["S2499"] == ("P", "FAILED", None)
 
 

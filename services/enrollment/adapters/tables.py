@@ -54,7 +54,7 @@ sync_runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
 )
 
-_THROTTLED = sa.text("assign_result = 'THROTTLED'")
+_WAITING_ASSIGN = sa.text("assign_result IN ('THROTTLED', 'QUEUED')")  # device_sync.WAITING_ASSIGN_RESULTS
 
 # no foreign key to server_tokens: TokenRepository.delete removes a token's devices and a sync stops when
 # its token is gone (TokenCursorStore), while checking the key for every inserted row cost a third of
@@ -82,8 +82,9 @@ dep_devices = sa.Table(
     sa.Column("assigned_by", sa.String(200), nullable=True),  # who assigned our profile (system for automatic)
     sa.Column("updated_at", UtcDateTime, nullable=False),
     sa.Index("ix_dep_devices_token_status", "token_id", "profile_status"),
-    # only throttled assignments are retried: the index leaves out every other device
-    sa.Index("ix_dep_devices_throttled", "token_id", "assign_retry_at", postgresql_where=_THROTTLED, sqlite_where=_THROTTLED),
+    # only throttled and queued assignments are asked again: the index leaves out every other device
+    sa.Index("ix_dep_devices_waiting_assign", "token_id", "assign_retry_at", postgresql_where=_WAITING_ASSIGN,
+             sqlite_where=_WAITING_ASSIGN),
 )
 
 checkins = sa.Table(

@@ -272,7 +272,7 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
                 outcome = assigner.assign(profile_uuid, batch)
             except _FATAL:
                 statuses.update(dict.fromkeys(serial_numbers[start:], "FAILED"))
-                store.record_assign_results(profile_uuid, statuses, None)
+                _record(store, profile_uuid, statuses, retry_after, now)
                 raise
             except Throttled as exc:
                 error, unsent_status = str(exc), "THROTTLED"
@@ -286,11 +286,17 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
                     retry_after = max(retry_after or 0, outcome.retry_after_seconds)
                 continue
         statuses.update(dict.fromkeys(batch, unsent_status))
+    _record(store, profile_uuid, statuses, retry_after, now)
+    return AssignOutcome(statuses, retry_after, error)
+
+
+def _record(store: DeviceStore, profile_uuid: str, statuses: dict[str, str], retry_after: int | None,
+            now: datetime) -> None:
+    """Keep every device's result; THROTTLED ones are retried when Apple said, or in a minute."""
     retry_at = None
     if "THROTTLED" in statuses.values():
         retry_at = now + (timedelta(seconds=retry_after) if retry_after else DEFAULT_ASSIGN_RETRY)
     store.record_assign_results(profile_uuid, statuses, retry_at)
-    return AssignOutcome(statuses, retry_after, error)
 
 
 def latest_per_serial(records: Iterable[DepDevice]) -> list[DepDevice]:
