@@ -171,16 +171,16 @@ class VppOperations:
         An asset whose licences a change here wrote after the reads began keeps what the change wrote: Apple's
         listing may be older. Whatever fails is recorded on the token (``last_sync_error``, an internal error as
         one), so the scheduled sync tries it again within minutes."""
-        client = self.client_for(token)
         now = utc_now()
         self.repo.update_token(token.id, sync_attempted_at=now)
-        read_from = self.repo.database_time()  # changes written from then on may be missing from Apple's listings
-        self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
         try:
+            client = self.client_for(token)  # the stored sToken unsealed: a key rotated away fails here
+            read_from = self.repo.database_time()  # changes written from then on may be missing from Apple's listings
+            self.db.commit()  # no database connection held while Apple answers (SQLite has one per process)
             return self._store_listings(client, token, now, read_from)
         except Exception as exc:
             self.db.session.rollback()  # what Apple said about the token itself is committed already (``apple``)
-            self.repo.update_token(token.id, last_sync_error=_failure_reason(exc)[:1000])
+            self.repo.update_token(token.id, sync_attempted_at=now, last_sync_error=_failure_reason(exc)[:1000])
             self.db.commit()
             raise
 
@@ -191,8 +191,9 @@ class VppOperations:
             users = client.users(include_retired=True)
         names = self._look_up_names(client, token, [str(a["adamId"]) for a in assets], now)
         repo = self.repo
-        repo.apply_apple_users(token.id, users.items, now)
+        # the assets first, then the invites: the order a retirement locks them in, or the two could deadlock
         changed = repo.licences_changed_since(token.id, read_from)  # and no change starts until this is committed
+        repo.apply_apple_users(token.id, users.items, now)
         if changed:
             log.info("content token %s: %d asset(s) whose licences changed while Apple was read keep what the change "
                      "wrote until the next sync", token.id, len(changed))

@@ -260,7 +260,8 @@ class VppService(OrchardService):
             row.id, sealed_stoken=self.secrets.seal(token.stoken), fingerprint=token.fingerprint, expires_at=token.expires_at,
             org_name=token.org_name[:NAME_LENGTH], location_name=location_name, revoked=False, conflict_with=None,
             notification_auth_hash=auth_hash, country=config.get("countryISO2ACode") or row.country,
-            default_platform=config.get("defaultPlatform") or row.default_platform)
+            default_platform=config.get("defaultPlatform") or row.default_platform,
+            registration_attempts=0, registration_retry_at=None)  # its queued invites go to Apple at the next round
         requeued = self.repo.requeue_failed_invites(row.id, now)
         target = f"content_token:{row.id}"
         self.db.audit(actor, "content_token.renewed", target,

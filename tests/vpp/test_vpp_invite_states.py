@@ -1,9 +1,13 @@
 """Invites revoked before or after Apple registered them, and registrations Apple failed (the running service)."""
+from datetime import timedelta
+
 import pytest
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_container
 
+from services.vpp.adapters.tables import content_tokens
 from services.vpp.service import VppService
+from shared.storage import create_engine_for, utc_now
 from tests.vpp.test_vpp_service_invites import count_rows, known_to_vpp, metric, publish, user
 from tests.waiting import wait_for
 
@@ -85,6 +89,11 @@ def test_renewing_a_revoked_token_registers_the_invites_it_could_not(vpp_sandbox
         assert metric(vpp_config, "orchard_vpp_invites{") == [
             f'orchard_vpp_invites{{status="failed",token_id="{token_id}"}} 1.0']
 
+        engine = create_engine_for(vpp_config["SERVICES"]["vpp"]["database_url"])
+        with engine.begin() as connection:  # failures before had made its registrations wait an hour
+            connection.execute(content_tokens.update().values(registration_attempts=7,
+                                                              registration_retry_at=utc_now() + timedelta(hours=1)))
+        engine.dispose()
         renewed = rpc.vpp.renew_content_token(token_id, vpp_sandbox.issue_token(locationName="North Campus"))
         assert renewed["status"] == "ok"
         wait_for(lambda: [(i["status"], i["registration"]) for i in rpc.vpp.list_invites(token_id)] == [

@@ -3,6 +3,7 @@ applied in the order they happened, invites queued again."""
 from contextlib import contextmanager
 from datetime import timedelta
 
+import eventlet
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -251,3 +252,29 @@ def test_a_sync_writing_its_listing_waits_for_a_licence_change_being_written(dat
             session.rollback()
             changing.commit()
         assert repo.licences_changed_since("tok", read_from) == {("111", "STDQ")}
+
+
+def test_a_retirement_completing_while_an_import_brings_the_user_back_waits_and_queues_their_invite(database_url):
+    """On PostgreSQL the retirement job takes the retirement rows it completes: an import calling dan's off at the
+    same moment goes first, and the job then finds dan back, so his invite is registered again."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time")
+    with token_repository(database_url) as (repo, session, now):
+        dan = {"user_id": "dan", "name": "Dan", "email": None, "managed_apple_id": "dan@appleid.example",
+               "locations": ["north"], "changed_at": now}
+        repo.remember_users([dan])
+        repo.queue_invites([{"token_id": "tok", "user_id": "dan", "method": "managed_apple_id", "name": "Dan",
+                             "email": None, "managed_apple_id": "dan@appleid.example", "status": "pending",
+                             "apple_state": "registered", "invited_at": now}])
+        repo.forget_user("dan", now + timedelta(minutes=1))
+        repo.request_retirements("dan", now + timedelta(minutes=1))
+        session.commit()
+        with Session(session.get_bind()) as importing:
+            VppRepository(importing).remember_users([{**dan, "changed_at": now + timedelta(minutes=2)}])
+            # Apple retired him; the job records it while the import is still being written
+            job = eventlet.spawn(lambda: (repo.complete_retirements("tok", ["dan"]), session.commit()))
+            eventlet.sleep(0.5)
+            assert not job.dead  # it waits for the import
+            importing.commit()
+            job.wait()
+        assert [(r.status, r.apple_state) for r in repo.invites("tok")] == [("pending", "queued")]

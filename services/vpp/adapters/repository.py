@@ -713,7 +713,9 @@ class VppRepository:
         for key, holders in sorted(by_asset.items()):  # in the order a sync locks them (``licences_changed_since``)
             if key in assets and assets[key].revocable:  # books stay with the user
                 self.apply_licence_change(token_id, assets[key], [], holders, added=False)
-        asked = set(self.session.execute(sa.select(r.user_id).where(r.token_id == token_id, r.user_id.in_(ids))).scalars())
+        # locked: an import bringing a user back deletes their row in a transaction this one then waits for
+        asked = set(self.session.execute(sa.select(r.user_id).where(r.token_id == token_id, r.user_id.in_(ids))
+                                         .with_for_update()).scalars())
         self.mark_invites(token_id, [u for u in ids if u in asked], status=InviteStatus.REVOKED.value,
                           apple_state="retired", apple_error=None)
         c = t.invites.c
