@@ -10,6 +10,8 @@ from services.directory.domain.profile import AD_USER_FILTER, apply_changes, par
 from shared.errors import ValidationError
 
 CA_PEM = trustme.CA().cert_pem.bytes().decode()
+#: as Active Directory writes a group's DN, and ldap3 sends it (a value with a DN's escape goes as written)
+MEMBER_OF_DN_ESCAPES = "(&(objectClass=user)(memberOf=CN=Smith\\, John,OU=Staff,DC=school,DC=example))"
 
 
 def request(**overrides):
@@ -135,7 +137,12 @@ def test_moving_the_password_to_another_server_or_account_needs_it_again(changes
     ("((cn=a))", "needs '&', '|' or '!' before it"),
     ("(!(cn=a)(cn=b))", "'!' takes exactly one filter"),
     ("(&(objectClass=user)x)", "'x' where a '(' or ')' should be"),
-    ("(cn=Smith\\, John)", "a '\\' in a value must start an escape of two hex digits"),
+    ("(cn=Smith\\ John)", "a '\\' in a value must start an escape of two hex digits, or a DN's escape "
+                          "(\\, \\+ \\\" \\# \\\\ \\< \\> \\; \\=): write '\\' as \\5c"),
+    ("(cn=Smith\\)", "')' as \\29 (at character 10)"),  # at the end: ldap3 would send a '\' of the value's
+    ("(cn=Smith\\4g)", "')' as \\29 (at character 10)"),
+    ("(cn=Smith\\*)", "')' as \\29 (at character 10)"),
+    ("(cn=a\\\\\\)", "')' as \\29 (at character 8)"),  # '\\' is one escape, the next '\' none
     ("(cn>=a*)", "'*' matches anything only after '='"),
     ("(:dn:=x)", "not an extensible match"),
     ("(&(objectClass=user)", "a '(' is not closed"),
@@ -155,6 +162,8 @@ def test_a_filter_that_is_not_ldap_is_refused_when_saved_not_at_the_next_sync(us
     "(memberOf:1.2.840.113556.1.4.1941:=CN=Grade 9,OU=Groups,DC=school,DC=example)",
     "(|(sAMAccountName=s*)(mail=*@school.example)(cn=*van*der*))",
     "(cn=Smith\\2c John)",
+    MEMBER_OF_DN_ESCAPES,
+    '(memberOf=CN=\\#1 \\"Lab\\" \\+ Staff\\; Kitchen \\<A\\> \\= \\\\ \\28old\\29,OU=Groups,DC=school,DC=example)',
     "(&\n  (objectClass=user)\n  (employeeType=student)\n)",
     "(cn:dn:=Lincoln High)",
     "(2.5.4.3=Grade 9)",
@@ -162,6 +171,15 @@ def test_a_filter_that_is_not_ldap_is_refused_when_saved_not_at_the_next_sync(us
 ])
 def test_filters_schools_write_are_accepted(users_filter):
     assert parse_profile(request(sync={"users": {"filter": users_filter}})).sync.users.filter == users_filter.strip()
+
+
+def test_a_profile_saved_with_a_dn_s_escapes_in_its_filter_can_be_renamed():
+    """Any update checks every filter again: one refused then, the profile could never be changed."""
+    saved = {**profile_view(parse_profile(request())), "bind_password": "s3cret!"}
+    saved["sync"]["users"]["filter"] = MEMBER_OF_DN_ESCAPES
+    renamed = apply_changes(parse_profile(saved, saved=True), {"name": "District AD (staff)"})
+    assert renamed.name == "District AD (staff)"
+    assert renamed.sync.users.filter == MEMBER_OF_DN_ESCAPES
 
 
 def test_a_saved_filter_an_earlier_check_let_through_still_loads_and_is_refused_at_the_next_update():

@@ -333,6 +333,33 @@ def test_error_values_are_rejected_per_row_not_read_as_empty(hierarchy):
     assert plan.changes == []  # nothing cleared, nothing deleted
 
 
+def starting_in_column_b(data: bytes) -> bytes:
+    """The workbook with every sheet moved one column right, as when column A is left empty."""
+    book = openpyxl.load_workbook(io.BytesIO(data))
+    for sheet in book:
+        sheet.insert_cols(1)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def test_error_values_are_found_in_their_column_when_the_data_starts_in_column_b():
+    # calamine's cells begin at the first column used, the sheet's cell references at A
+    data = starting_in_column_b(workbook(users=[
+        student("s1", **{"Device Serial Numbers": "#REF!"}), student("s2", Email="#N/A"),
+        student("s3", **{"Last Name": "=UPPER(D4)"}), student("s4", **{"Device Serial Numbers": "c02xyz"})]))
+    result = s.read_spreadsheet("b.xlsx", data)
+    assert reasons(result) == {
+        ("Users", 2): "column 'Device Serial Numbers' holds an error value (#REF!); correct the cell and import "
+                      "again",
+        ("Users", 3): "column 'Email' holds an error value (#N/A); correct the cell and import again",
+        ("Users", 4): "holds a formula; paste values only"}
+    assert [(r.row, r.id) for r in result.batch.rejected] == [(2, "s1"), (3, "s2"), (4, "s3")]
+    assert [(u.user_id, u.email, u.serial_numbers) for u in result.batch.users] == [("s4", "s4@x.edu", ["C02XYZ"])]
+    with pytest.raises(ValidationError, match=r"the header 'Email' twice \(columns F and K\)"):
+        s.read_spreadsheet("b.xlsx", starting_in_column_b(workbook(headers={"Users": HEADERS["Users"] + ["Email"]})))
+
+
 @pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"])
 def test_a_csv_cell_holding_a_unicode_line_boundary_stays_in_its_record(separator):
     users = (",".join(HEADERS["Users"]) + f"\ns-1,Student,Ada{separator}Marie,Lovelace,ada@x.org,,north,7,\r\n"

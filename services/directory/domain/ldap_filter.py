@@ -1,9 +1,15 @@
-"""The grammar of LDAP search filters (RFC 4515), checked when a profile is saved.
+r"""The grammar of LDAP search filters (RFC 4515), checked when a profile is saved.
 
 A filter the directory cannot take would otherwise be found out only when a sync or a sign-in
 sends it, as a failure of the directory's. Whitespace between the parts of a filter is allowed, so
 a filter may be written over several lines: the LDAP client sends a filter encoded part by part,
 and the spaces never reach the server.
+
+In a value, a ``\`` starts an escape of two hex digits (RFC 4515: ``\2c``) or one of a DN's (RFC 4514:
+``\,`` ``\+`` ``\"`` ``\#`` ``\\`` ``\<`` ``\>`` ``\;`` ``\=``), as in a ``memberOf`` filter copied from
+Active Directory. ldap3 sends a value holding a DN's escape as it is written, and the directory reads
+it as a DN. Any other ``\`` (at a value's end, ``\4g``, ``\*``) is refused: ldap3 would send it as a
+``\`` of the value's own, never as the escape meant.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ MAX_DEPTH = 50
 
 _ATTRIBUTE_DESCRIPTION = re.compile(rf"{OID}(?:;[A-Za-z0-9-]+)*")  # with options, e.g. userCertificate;binary
 _MATCHING_RULE = re.compile(OID)
-_BAD_ESCAPE = re.compile(r"\\(?![0-9A-Fa-f]{2})")
+# what a DN escapes with '\' (RFC 4514), as in memberOf=CN=Smith\, John,OU=Staff,...
+_DN_ESCAPED = ',+"#\\<>;='
+_ESCAPE = re.compile(r"\\(?:[0-9A-Fa-f]{2}|[" + re.escape(_DN_ESCAPED) + r"])|(\\)")  # group 1: one that is neither
 _WHITESPACE = " \t\r\n"
 _ESCAPES = r"write '\' as \5c, '*' as \2a, '(' as \28 and ')' as \29"
 
@@ -118,9 +126,11 @@ def _no_wildcard(value: str, at: int) -> None:
 
 
 def _escapes(value: str, at: int) -> None:
-    bad = _BAD_ESCAPE.search(value)
+    bad = next((escape for escape in _ESCAPE.finditer(value) if escape.group(1)), None)
     if bad:
-        raise _Invalid(f"a '\\' in a value must start an escape of two hex digits: {_ESCAPES}", at + bad.start())
+        dn = " ".join("\\" + character for character in _DN_ESCAPED)
+        raise _Invalid(f"a '\\' in a value must start an escape of two hex digits, or a DN's escape ({dn}): "
+                       f"{_ESCAPES}", at + bad.start())
     if "\x00" in value:
         raise _Invalid("a value cannot hold a NUL character; write it as \\00", at + value.index("\x00"))
 

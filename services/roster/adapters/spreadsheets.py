@@ -446,8 +446,13 @@ class _MarkedRows:
 def _calamine_rows(filename: str, book: Any, sheet: str, marks: _MarkedRows) -> RowSource:
     with _unreadable_is_damaged(filename, "xlsx", f"sheet '{sheet}'"):  # calamine parses it here
         worksheet = book.get_sheet_by_name(sheet)
-    first_row = worksheet.start[0] + 1 if worksheet.start else 1
-    for number, cells in enumerate(worksheet.iter_rows(), start=first_row):
+    # calamine's rows and cells begin at the sheet's first used row and column; with the cells before
+    # them as empty, a cell's index is its column counted from A, as the sheet's references (and marks) count
+    first_row, first_column = worksheet.start if worksheet.start else (0, 0)
+    padding = [""] * first_column
+    for number, cells in enumerate(worksheet.iter_rows(), start=first_row + 1):
+        if padding:
+            cells = padding + cells
         if number in marks.formulas:
             yield number, FormulaCells(cells)
         elif number in marks.errors:
