@@ -301,8 +301,8 @@ def test_a_replica_that_dies_has_its_periodic_job_taken_over_once_its_lease_runs
     eventlet.sleep(0.5)
     runner_factory(orchard_config, TickerService).start()  # a second replica, waiting
     eventlet.sleep(0.5)
+    killed = time.monotonic()  # before the kill, which may take a while: the lease was renewed at a tick before it
     first.kill()  # no clean stop: the lease stays with the dead replica until its term ends
-    killed = time.monotonic()
     (holder,) = set(job_runs(replicas_database))
     wait_for(lambda: set(job_runs(replicas_database)) - {holder}, what="the second replica to run the job",
              timeout=15)
