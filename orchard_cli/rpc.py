@@ -18,6 +18,7 @@ from nameko.standalone.rpc import StandaloneProxyBase
 import shared.entrypoints  # noqa: F401  registers Orchard's error types for deserialisation
 from orchard_cli.files import problem
 from shared.auth import Actor
+from shared.call_deadlines import deadline_after
 from shared.config import DEFAULT_CONFIG_PATH, load_config
 from shared.errors import OrchardError, ValidationError
 
@@ -58,7 +59,8 @@ def broker() -> Iterator[dict]:
 class _ExpiringRpcProxy(StandaloneProxyBase):
     """A proxy to one service whose requests expire unread after ``timeout``: the request queue is durable, so a
     request the caller gave up on would otherwise run whenever the service comes back. (Nameko's standalone
-    proxies take no publish options.)"""
+    proxies take no publish options.) The context's deadline covers a request a replica took but had no free
+    worker for in time."""
 
     def __init__(self, config: dict, service: str, context_data: dict, timeout: float):
         super().__init__(config, context_data=context_data, timeout=timeout)
@@ -68,7 +70,7 @@ class _ExpiringRpcProxy(StandaloneProxyBase):
 def call(service: str, method: str, *args: Any, timeout: float = 60, **kwargs: Any) -> Any:
     """Call ``service.method``; a failure prints one readable line and exits non-zero."""
     with broker() as config:
-        context = {"actor": current_actor().to_context()}
+        context = {"actor": current_actor().to_context(), **deadline_after(timeout)}  # the deadline: see the proxy
         try:
             with _ExpiringRpcProxy(config, service, context, timeout) as proxy:
                 return getattr(proxy, method)(*args, **kwargs)
@@ -78,8 +80,8 @@ def call(service: str, method: str, *args: Any, timeout: float = 60, **kwargs: A
             raise click.ClickException(f"the {service} service is not running (start it with `make run`)") from None
         except RpcTimeout:
             raise click.ClickException(
-                f"the {service} service did not answer within {timeout:g} s: a request still queued is withdrawn, "
-                f"but one a replica had taken may still complete, so check (e.g. list again) before retrying"
+                f"the {service} service did not answer within {timeout:g} s: a request not started by then is not "
+                f"run, but one already running may still complete, so check (e.g. list again) before retrying"
             ) from None
         except RemoteError as exc:
             raise click.ClickException(f"{service}.{method} failed: {exc.value}") from None

@@ -39,7 +39,7 @@ from nameko.events import EventHandler
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.extensions import DependencyProvider
 from nameko.messaging import QueueConsumer
-from nameko.rpc import Rpc, RpcProxy
+from nameko.rpc import ReplyListener, Rpc, RpcProxy, ServiceProxy
 from nameko.timer import Timer
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, parse_address
@@ -48,6 +48,7 @@ from werkzeug.wrappers import Response
 
 from shared import errors, leases, logs, metrics
 from shared.auth import Actor, actor_from_context, require, system_actor
+from shared.call_deadlines import DeadlineMethodProxy
 from shared.config import service_settings
 from shared.contracts.base import Event
 from shared.dead_letters import dead_letter_queue_name
@@ -459,29 +460,58 @@ class Auth(DependencyProvider):
             worker_ctx.data["actor"] = system_actor(self.container.service_name).to_context()
 
 
+class _AwaitedReply:
+    """The reply listener as one call sees it, remembering the reply that call awaits.
+
+    Nameko's listener keeps an entry per call until its reply arrives; a call that
+    timed out, expired in its queue or was never published would keep one for good,
+    so the call takes its entry back when it stops waiting.
+    """
+
+    def __init__(self, listener: ReplyListener):
+        self._listener = listener
+        self._correlation_id: str | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return self._listener.routing_key
+
+    def get_reply_event(self, correlation_id: str) -> Any:
+        self._correlation_id = correlation_id
+        return self._listener.get_reply_event(correlation_id)
+
+    def forget(self) -> None:
+        self._listener._reply_events.pop(self._correlation_id, None)  # already gone when the reply came
+
+
 class _TimedServiceProxy:
-    def __init__(self, proxy: Any, service: str, timeout: float):
-        self._proxy, self._service, self._timeout = proxy, service, timeout
+    def __init__(self, proxy: ServiceProxy, timeout: float):
+        self._proxy, self._service, self._timeout = proxy, proxy.service_name, timeout
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
+            awaited = _AwaitedReply(self._proxy.reply_listener)
+            method_proxy = DeadlineMethodProxy(self._proxy.worker_ctx, self._service, method, awaited,
+                                               timeout=self._timeout, **self._proxy.options)
             try:
                 with eventlet.Timeout(self._timeout):  # the publish too: a broker under an alarm blocks publishers
-                    return getattr(self._proxy, method).call_async(*args, **kwargs).result()
+                    return method_proxy.call_async(*args, **kwargs).result()
             except UnknownService:
                 raise errors.UpstreamError(
                     f"the {self._service} service is not running (its RPC queue does not exist); start it"
                 ) from None
             except (eventlet.Timeout, RpcTimeout):
                 raise errors.UpstreamError(
-                    f"the {self._service} service did not answer {method} within {self._timeout:g} s (a call still "
-                    f"queued by then is withdrawn); check that it is running"
+                    f"the {self._service} service did not answer {method} within {self._timeout:g} s (a call not "
+                    f"started by then is not run); check that it is running"
                 ) from None
             except (OSError, AMQPError, OperationalError):
                 log.warning("could not call %s.%s through RabbitMQ", self._service, method, exc_info=True)
                 raise errors.UpstreamError(
                     f"could not call the {self._service} service: RabbitMQ is out of reach; try again shortly"
                 ) from None
+            finally:
+                awaited.forget()
 
         return call
 
@@ -501,4 +531,4 @@ class ServiceRpc(RpcProxy):
         self.options["expiration"] = self.timeout
 
     def get_dependency(self, worker_ctx: Any) -> _TimedServiceProxy:
-        return _TimedServiceProxy(super().get_dependency(worker_ctx), self.target_service, self.timeout)
+        return _TimedServiceProxy(super().get_dependency(worker_ctx), self.timeout)

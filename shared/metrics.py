@@ -42,6 +42,11 @@ ENTRYPOINT_DURATION = Histogram(
     "orchard_entrypoint_duration_seconds", "Time spent in an entrypoint.",
     ["service", "entrypoint", "kind"], buckets=LATENCY_BUCKETS,
 )
+RPC_CALLS_ABANDONED = Counter(
+    "orchard_rpc_calls_abandoned",
+    "RPC requests not run because their caller had stopped waiting before a worker was free (a sign of overload).",
+    ["service", "method"],
+)
 WORKERS_IN_FLIGHT = Gauge("orchard_workers_in_flight", "Workers running now.", ["service"])
 MAX_WORKERS = Gauge("orchard_max_workers", "Configured worker pool size.", ["service"])
 SERVICE_INFO = Gauge("orchard_service_info", "Always 1; labels say which service and version run.", ["service", "version"])

@@ -5,6 +5,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from shared.call_deadlines import CallerDeadline
 from shared.entrypoints import Auth, rpc
 from shared.errors import ValidationError
 from shared.metrics import Metrics, orchard_version
@@ -16,6 +17,7 @@ class OrchardService:
     name: str
     auth = Auth()
     metrics = Metrics()
+    caller_deadline = CallerDeadline()
 
     @rpc
     def health(self) -> dict[str, Any]:

@@ -7,9 +7,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from kombu import Connection
+from nameko.standalone.rpc import ClusterRpcProxy
 
 from orchard_cli.main import cli
+from orchard_cli.rpc import call
 from services.roster.service import RosterService
+from shared.call_deadlines import DEADLINE_KEY
+from tests.conftest import ADMIN
+from tests.shared.sample.services import BusyNotesService, NotesService
 from tests.shared.test_kernel_services import ALL_SERVICES
 from tests.waiting import wait_for
 
@@ -97,7 +102,7 @@ def test_a_request_no_service_took_is_withdrawn_when_the_caller_gives_up(runner_
     runner.start()
     runner.stop()  # its request queue outlives it, unread
     result = cli_env.invoke(cli, ["health", "--timeout", "1"])
-    assert re.search(r"^roster +error .*did not answer within 1 s: a request still queued is withdrawn",
+    assert re.search(r"^roster +error .*did not answer within 1 s: a request not started by then is not run",
                      result.output, re.M), result.output
 
     def queued() -> int:
@@ -118,3 +123,21 @@ def test_every_command_has_help_and_the_environment_is_listed():
     shown = CliRunner().invoke(cli, ["--help"]).output
     for variable in ("AMQP_URI", "ORCHARD_CONFIG", "ORCHARD_ACTOR_ID", "ORCHARD_ACTOR_ROLE", "ORCHARD_ACTOR_LOCATIONS"):
         assert variable in shown
+
+
+def test_a_command_whose_call_a_replica_took_only_after_it_gave_up_is_not_run(
+        runner_factory, orchard_config, cli_env, rpc_as):
+    """The replica's only worker is busy past the command's timeout: the command fails, and its call is not run."""
+    runner_factory({**orchard_config, "max_workers": 1}, BusyNotesService).start()
+    with pytest.raises(click.ClickException, match="did not answer within 1 s"):
+        call("notes", "take_many", "late", 1, timeout=1)
+    with rpc_as() as rpc:
+        assert rpc.notes.count() == 0
+
+
+def test_a_deadline_that_cannot_be_read_does_not_stop_a_call(runner_factory, orchard_config):
+    runner_factory(orchard_config, NotesService).start()
+    context = {"actor": ADMIN.to_context(), DEADLINE_KEY: "whenever"}
+    with ClusterRpcProxy(orchard_config, context_data=context, timeout=20) as rpc:
+        rpc.notes.take_many("read", 1)
+        assert rpc.notes.count() == 1

@@ -12,7 +12,7 @@ from shared.storage import create_engine_for
 from tests.reliability.fault_proxy import FaultProxy
 from tests.shared.sample.services import CallerService, ListenerService, NoteTaken, NotesService, notes
 from tests.service_processes import kill, service_process, wait_until_serving
-from tests.shared.test_kernel_runtime import peek
+from tests.shared.test_kernel_runtime import peek, replies_awaited
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -83,11 +83,13 @@ def test_a_call_to_another_service_without_the_broker_is_an_upstream_error(runne
     try:
         caller_config = {**orchard_config, "AMQP_URI": proxy.url_for(orchard_config["AMQP_URI"])}
         runner_factory(orchard_config, NotesService).start()
-        runner_factory(caller_config, CallerService).start()
+        caller = runner_factory(caller_config, CallerService)
+        caller.start()
         proxy.mode = "reset"
         answer = httpx.post(f"http://{orchard_config['SERVICES']['caller']['http_address']}/take/x", timeout=60)
         assert answer.status_code == 502, answer.text
         assert "RabbitMQ is out of reach" in answer.json()["message"]
+        assert replies_awaited(caller) == 0  # the call was never published: no reply is awaited
     finally:
         proxy.close()
 

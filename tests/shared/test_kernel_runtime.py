@@ -13,7 +13,9 @@ import sqlalchemy as sa
 from kombu import Connection, Queue
 from nameko.amqp.publish import Publisher
 from nameko.events import get_event_exchange
+from nameko.rpc import ReplyListener
 from nameko.testing.utils import get_container
+from prometheus_client import REGISTRY
 
 from shared.dead_letters import list_dead_letters, replay_dead_letters
 from shared.entrypoints import Periodic
@@ -22,8 +24,8 @@ from shared.logs import JsonFormatter
 from shared.storage import Database, create_engine_for
 from tests.conftest import ADMIN, postgres_database
 from tests.shared.sample import services as sample_services
-from tests.shared.sample.services import (CallerService, ListenerService, NoteTaken, NotesService, SlowTickerService,
-                                          StepsService, TickerService, notes)
+from tests.shared.sample.services import (BusyNotesService, CallerService, ListenerService, NoteTaken, NotesService,
+                                          SlowTickerService, StepsService, TickerService, notes)
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -132,18 +134,43 @@ def test_event_retry_delays_that_cannot_be_read_stop_the_service_at_start(runner
         runner.start()
 
 
+def replies_awaited(runner) -> int:
+    (container,) = runner.containers
+    return sum(len(extension._reply_events) for extension in container.extensions
+               if isinstance(extension, ReplyListener))
+
+
 def test_a_call_whose_caller_gave_up_is_not_run_later(runner_factory, orchard_config, rpc_as):
     notes_replica = runner_factory(orchard_config, NotesService)
     notes_replica.start()
     notes_replica.stop()  # its queue stays; nobody consumes it
-    runner_factory(orchard_config, CallerService).start()
+    caller = runner_factory(orchard_config, CallerService)
+    caller.start()
     with rpc_as() as rpc:
         with pytest.raises(UpstreamError, match="did not answer take_many within 1 s"):
             rpc.caller.take_one("late")
+        assert replies_awaited(caller) == 0  # the caller stopped waiting for the reply, and forgot it
         eventlet.sleep(1.5)
         runner_factory(orchard_config, NotesService).start()
         rpc.notes.take_note("marker", "now")  # handled after anything older still queued
         assert rpc.notes.count() == 1
+
+
+def calls_abandoned(method: str) -> float:
+    return REGISTRY.get_sample_value("orchard_rpc_calls_abandoned_total", {"service": "notes", "method": method}) or 0
+
+
+def test_a_call_taken_only_after_its_caller_gave_up_is_not_run(runner_factory, orchard_config, rpc_as):
+    """The replica takes the request from its queue at once, but its only worker is busy with a scheduled job
+    until after the caller's timeout: it does not run the call then."""
+    before = calls_abandoned("take_many")
+    runner_factory({**orchard_config, "max_workers": 1}, BusyNotesService).start()
+    runner_factory(orchard_config, CallerService).start()
+    with rpc_as() as rpc:
+        with pytest.raises(UpstreamError, match="did not answer take_many within 1 s"):
+            rpc.caller.take_one("late")
+        assert rpc.notes.count() == 0  # answered after the late call had its worker
+    assert calls_abandoned("take_many") == before + 1
 
 
 def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runner_factory, orchard_config, rpc_as):

@@ -97,6 +97,34 @@ class NotesService(OrchardService):
         return row.text
 
 
+BUSY_NAP_SECONDS = 2.5
+
+
+class Once(DependencyProvider):
+    """``taken()`` is False the first time in a container, True ever after."""
+
+    def setup(self) -> None:
+        self.used = False
+
+    def get_dependency(self, worker_ctx) -> "Once":
+        return self
+
+    def taken(self) -> bool:
+        used, self.used = self.used, True
+        return used
+
+
+class BusyNotesService(NotesService):
+    """The notes service, whose first scheduled job takes a worker for ``BUSY_NAP_SECONDS`` as it starts."""
+
+    nap_once = Once()
+
+    @periodic(interval=0.5, jitter=0.0, eager=True)
+    def nap(self) -> None:
+        if not self.nap_once.taken():
+            eventlet.sleep(BUSY_NAP_SECONDS)
+
+
 class ListenerService(OrchardService):
     name = "listener"
     db = Database(metadata, migrations="tests.shared.sample.migrations")
