@@ -38,6 +38,10 @@ def test_bulk_invite_writes_and_apples_users_applied(database_url):
                                  "invited_at": now} for n in range(1200)])
             repo.queue_invites([{"token_id": "tok", "user_id": "u0", "method": "email", "name": "N", "email": None,
                                  "managed_apple_id": None, "status": "pending", "apple_state": "queued", "invited_at": now}])
+            # Orchard's own since Apple's listing was read: retired (it lists her associated still), queued again
+            # after an earlier registration was retired (it lists him retired still)
+            repo.mark_invites("tok", ["u1098"], status="revoked", apple_state="retired")
+            repo.mark_invites("tok", ["u1148"], apple_state="queued")
             apple = ([{"clientUserId": f"u{n}", "status": "Registered", "inviteCode": f"code-{n}"} for n in range(1000)]
                      + [{"clientUserId": f"u{n}", "status": "Associated"} for n in range(1000, 1100)]
                      + [{"clientUserId": f"u{n}", "status": "Retired"} for n in range(1100, 1150)])
@@ -49,6 +53,7 @@ def test_bulk_invite_writes_and_apples_users_applied(database_url):
             assert (invites["u5"].status, invites["u5"].invite_code, invites["u5"].accepted_at) == ("pending", "code-5", None)
             assert (invites["u1050"].status, invites["u1050"].accepted_at) == ("accepted", now)
             assert invites["u1120"].status == "revoked"
+            assert (invites["u1098"].status, invites["u1148"].status) == ("revoked", "pending")
             assert (invites["u1199"].status, invites["u1199"].invite_code) == ("pending", None)
             assert len(repo.known_users([f"u{n}" for n in range(1200)])) == 1200
         if engine.dialect.name == "postgresql":

@@ -105,8 +105,9 @@ class VppRepository:
         self.session.execute(t.content_tokens.update().where(t.content_tokens.c.id == token_id).values(**values))
 
     def delete_token(self, token_id: str) -> None:
-        for table in (t.apple_notifications, t.apple_events, t.user_retirements, t.renamed_users, t.invites, t.assignments,
-                      t.assets):
+        # the assets first, the order a sync and a retirement lock rows in: a deletion meeting either waits for it
+        for table in (t.assets, t.assignments, t.user_retirements, t.invites, t.renamed_users, t.apple_events,
+                      t.apple_notifications):
             self.session.execute(table.delete().where(table.c.token_id == token_id))
         self.session.execute(t.content_tokens.delete().where(t.content_tokens.c.id == token_id))
 
@@ -496,16 +497,23 @@ class VppRepository:
                                  .values(**values))
 
     def apply_apple_users(self, token_id: str, users: Iterable[dict[str, Any]], now: datetime) -> None:
-        """Bring invites in line with Apple's users (named by clientUserId): invite codes, accepted, retired."""
+        """Bring invites in line with Apple's users (named by clientUserId): invite codes, accepted, retired.
+
+        Only invites Apple holds Orchard's registration for follow it. One queued again, retiring or retired is
+        Orchard's to change, and what Apple listed for it may predate that (a listing read before a retirement
+        finished, or an earlier registration's "Retired" for a user imported again).
+        """
         c = t.invites.c
         apple_ids = self.apple_user_ids(token_id)
         by_user = {apple_ids.user_id(u["clientUserId"]): u for u in users if u.get("clientUserId")}
         ids = list(by_user)
         current = {}
+        # checked again as each row is written: a retirement may finish between the read and the write
+        follows_apple = sa.and_(c.token_id == token_id, c.apple_state == "registered")
         for start in range(0, len(ids), 1000):
             current.update((r.user_id, r) for r in self.session.execute(
                 sa.select(c.user_id, c.status, c.invite_code, c.accepted_at)
-                .where(c.token_id == token_id, c.user_id.in_(ids[start:start + 1000]))))
+                .where(follows_apple, c.user_id.in_(ids[start:start + 1000]))))
         changes = []
         for user_id, user in by_user.items():
             row = current.get(user_id)
@@ -520,7 +528,7 @@ class VppRepository:
             return
         if self.session.get_bind().dialect.name != "postgresql":  # SQLite runs an executemany in-process
             self.session.execute(
-                t.invites.update().where(c.token_id == token_id, c.user_id == sa.bindparam("uid"))
+                t.invites.update().where(follows_apple, c.user_id == sa.bindparam("uid"))
                 .values(status=sa.bindparam("new_status"), invite_code=sa.bindparam("code"), accepted_at=sa.bindparam("accepted")),
                 changes)
             return
@@ -531,7 +539,7 @@ class VppRepository:
             changed = sa.values(sa.column("uid", sa.String), sa.column("new_status", sa.String), sa.column("code", sa.String),
                                 sa.column("accepted", c.accepted_at.type), name="changed").data(
                 [(ch["uid"], ch["new_status"], ch["code"], ch["accepted"]) for ch in changes[start:start + 1000]])
-            self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id == changed.c.uid).values(
+            self.session.execute(t.invites.update().where(follows_apple, c.user_id == changed.c.uid).values(
                 status=changed.c.new_status, invite_code=sa.cast(changed.c.code, c.invite_code.type),
                 accepted_at=sa.cast(changed.c.accepted, c.accepted_at.type)))
 
