@@ -183,6 +183,76 @@ def test_client_per_topic_is_reused_and_replaced_on_renewal(push_certificate, ap
         clients.close()
 
 
+def clients_for(push_certificate, apns_sandbox, **options) -> tuple[ApnsClients, dict]:
+    """Clients for the stand-in, and the credentials ``for_certificate`` takes besides a serial number."""
+    clients = ApnsClients(base_url=apns_sandbox.url, ca_file=apns_sandbox.ca_file, **options)
+    credentials = dict(topic=push_certificate.topic, certificate_pem=push_certificate.certificate_pem,
+                       private_key_pem=push_certificate.private_key_pem)
+    return clients, credentials
+
+
+def test_pushes_in_flight_when_the_certificate_is_renewed_finish_on_the_replaced_client(push_certificate, apns_sandbox):
+    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY)
+    try:
+        replaced = clients.for_certificate(serial_number="01", **credentials)
+        replaced.send_one(Push(token(), "warm-up"))  # connected before the batch starts
+        apns_sandbox.script("*", delay=0.5, times=None)  # answers slow enough that the renewal comes mid-batch
+        devices = [token() for _ in range(50)]
+        batch = eventlet.spawn(replaced.send, [Push(device, "m") for device in devices])
+        eventlet.sleep(0.1)  # every push is on its stream
+        renewed = clients.for_certificate(serial_number="02", **credentials)  # the next call after the renewal
+        assert renewed is not replaced
+        assert renewed.send_one(Push(token(), "m")).delivered
+        results = batch.wait()
+        assert all(r.delivered and r.attempts == 1 for r in results)
+        warm_up, *received = apns_sandbox.requests()
+        on_the_old_connection = [r["device_token"] for r in received if r["connection"] == warm_up["connection"]]
+        assert sorted(on_the_old_connection) == sorted(devices)  # each sent once, there, under the old certificate
+        # its batch over, the replaced client keeps nothing open
+        assert replaced.closed and not renewed.closed
+        assert replaced.send_one(Push(token(), "m")).reason.startswith("the client was closed")
+    finally:
+        clients.close()
+
+
+def test_a_client_replaced_twice_in_a_row_closes_by_its_batch_deadline_at_the_latest(push_certificate, apns_sandbox):
+    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30, batch_seconds=1)
+    try:
+        first = clients.for_certificate(serial_number="01", **credentials)
+        first.send_one(Push(token(), "warm-up"))
+        apns_sandbox.script("*", delay=30, times=None)  # no answer within the batch
+        batch = eventlet.spawn(first.send, [Push(token(), "m") for _ in range(10)])
+        eventlet.sleep(0.1)
+        second = clients.for_certificate(serial_number="02", **credentials)
+        third = clients.for_certificate(serial_number="03", **credentials)
+        assert second.closed  # no send ever ran on it
+        assert not first.closed  # its batch still runs
+        started = time.monotonic()
+        results = batch.wait()
+        assert time.monotonic() - started < 1.5
+        # the pushes ran out of time waiting for APNs, not because their client was closed under them
+        assert all(r.status is None and r.reason.startswith("no answer within") for r in results)
+        assert first.closed
+        assert clients.for_certificate(serial_number="03", **credentials) is third and not third.closed
+    finally:
+        clients.close()
+
+
+def test_shutting_down_closes_a_replaced_client_still_sending(push_certificate, apns_sandbox):
+    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30, batch_seconds=30)
+    replaced = clients.for_certificate(serial_number="01", **credentials)
+    replaced.send_one(Push(token(), "warm-up"))
+    apns_sandbox.script("*", delay=30, times=None)
+    batch = eventlet.spawn(replaced.send, [Push(token(), "m") for _ in range(10)])
+    eventlet.sleep(0.1)
+    clients.for_certificate(serial_number="02", **credentials)
+    clients.close()
+    assert replaced.closed
+    started = time.monotonic()
+    assert all(r.status is None for r in batch.wait())
+    assert time.monotonic() - started < 1  # its pushes end at once, not after the 30 s batch
+
+
 def test_closed_connection_refuses_new_requests(push_certificate, apns_sandbox):
     context = client_tls_context(push_certificate.certificate_pem, push_certificate.private_key_pem, apns_sandbox.ca_file)
     host, port = apns_sandbox.url.removeprefix("https://").split(":")
@@ -297,7 +367,7 @@ def test_a_graceful_goaway_in_a_busy_connection_fails_only_the_streams_after_it(
 
 
 def test_a_client_closed_while_it_connects_keeps_no_connection_open(client, apns_sandbox):
-    """A renewed certificate closes the old client; a connection its attempt makes afterwards is closed too."""
+    """A client closed (retired, or at shutdown) while it connects closes the connection it gets afterwards."""
     pushing = eventlet.spawn(client.send_one, Push(token(), "m"))
     eventlet.sleep(0)  # the push starts connecting
     client.close()

@@ -17,6 +17,10 @@ and takes its outcome; a failed attempt is remembered until the pushes it failed
 retry (a refused certificate for 30 s), so a batch costs one attempt per retry, not one per
 device. A batch ends within ``batch_seconds`` however APNs behaves: a device not answered by
 then is reported with status None and what went wrong.
+
+A renewed certificate (a new serial) gets a new client at once, and the one it replaces is
+retired rather than closed: the batches already running on it finish there, on the old
+certificate, still valid, and it closes when the last of them ends (by its batch's deadline).
 """
 from __future__ import annotations
 
@@ -134,6 +138,8 @@ class ApnsClient:
         self._failure: _ConnectFailure | None = None  # the last connection attempt's, while remembered
         self._failed_attempts = 0  # connection attempts failed in a row
         self._closed = False
+        self._retired = False  # replaced by a renewed certificate's client: closes when no send runs here
+        self._sending = 0  # send() and send_one() calls running
         self._static_headers = [
             (b"apns-topic", topic.encode()),
             (b"apns-push-type", b"mdm"),
@@ -145,10 +151,30 @@ class ApnsClient:
         """Push every device concurrently; results in the order given, all within ``batch_seconds``."""
         deadline = time.monotonic() + self._batch_seconds
         pool = eventlet.GreenPool(self._concurrency)
-        return list(pool.imap(functools.partial(self.send_one, deadline=deadline), pushes))
+        with self._in_use():
+            return list(pool.imap(functools.partial(self._send_one, deadline=deadline), pushes))
 
     def send_one(self, push: Push, deadline: float | None = None) -> PushResult:
         """Push one device, retrying what may pass, until APNs answers or ``deadline`` (monotonic) passes."""
+        with self._in_use():
+            return self._send_one(push, deadline)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def retire(self) -> None:
+        """Replaced by a renewed certificate's client: close once the sends running here have ended.
+
+        Their pushes are in flight on this connection, under the old certificate, which is still valid:
+        closing now would fail every one of them. Each send ends by its batch's deadline, so this closes
+        by then at the latest; a client no send is using closes at once.
+        """
+        self._retired = True
+        if not self._sending:
+            self.close()
+
+    def _send_one(self, push: Push, deadline: float | None = None) -> PushResult:
         started = time.monotonic()
         deadline = started + self._batch_seconds if deadline is None else deadline
         path = b"/3/device/" + push.device_token.encode()
@@ -170,6 +196,16 @@ class ApnsClient:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
+        self._sending += 1
+        try:
+            yield
+        finally:
+            self._sending -= 1
+            if self._retired and not self._sending:
+                self.close()
 
     def _attempt(self, path: bytes, body: bytes, deadline: float) -> tuple[int | None, str | None, str | None, bool]:
         headers = [*self._static_headers, (b"apns-expiration", b"%d" % (time.time() + self._expiration_seconds))]
@@ -236,7 +272,7 @@ class ApnsClient:
         finally:
             self._connecting = None
             self._connect_attempts += 1
-        if self._closed:  # replaced meanwhile (a renewed certificate): nothing else would ever close it
+        if self._closed:  # closed meanwhile (retired, or at shutdown): nothing else would ever close it
             connection.close()
             return _ConnectFailure(CLOSED, False, time.monotonic())
         previous, self._connection = self._connection, connection
@@ -247,13 +283,14 @@ class ApnsClient:
 
 
 class ApnsClients:
-    """One long-lived client per topic; a renewed certificate (new serial) replaces its client."""
+    """One long-lived client per topic; a renewed certificate (new serial) replaces its client, which retires."""
 
     def __init__(self, *, base_url: str = PRODUCTION_URL, ca_file: str | None = None, **client_options):
         self._base_url = base_url
         self._ca_file = ca_file
         self._client_options = client_options
         self._clients: dict[str, tuple[str, ApnsClient]] = {}
+        self._retired: list[ApnsClient] = []  # replaced, maybe still finishing a batch: closed at shutdown too
         self._lock = eventlet.semaphore.Semaphore(1)
 
     def for_certificate(self, *, topic: str, serial_number: str, certificate_pem: str, private_key_pem: str) -> ApnsClient:
@@ -266,14 +303,18 @@ class ApnsClients:
                 base_url=self._base_url, ca_file=self._ca_file, **self._client_options,
             )
             self._clients[topic] = (serial_number, client)
+            self._retired = [retired for retired in self._retired if not retired.closed]
+            if cached is not None:
+                self._retired.append(cached[1])
         if cached is not None:
-            cached[1].close()
+            cached[1].retire()
         return client
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for _, client in clients:
+            clients = [client for _, client in self._clients.values()] + self._retired
+            self._clients, self._retired = {}, []
+        for client in clients:
             client.close()
 
 
