@@ -28,7 +28,7 @@ from shared.arguments import row_id
 from shared.auth import Actor, require_locations, visible
 from shared.contracts.roster import USER_TYPES, ImportBatch
 from shared.entrypoints import ServiceRpc, http, periodic, rpc
-from shared.errors import EXPECTED_ERRORS, NeedsApproval, NotFound, PermissionDenied, ValidationError
+from shared.errors import EXPECTED_ERRORS, NotFound, PermissionDenied, ValidationError
 from shared.mail import Mailer
 from shared.service import OrchardService
 from shared.storage import Database, utc_now
@@ -164,17 +164,16 @@ class RosterService(OrchardService):
 
     def _sync_asm(self, token_id: str, actor: Actor) -> str:
         """Preview and apply a token's roster; returns the outcome to record."""
-        summary = self._preview_asm(token_id, actor)
-        try:
-            result = self._runner().apply(summary["plan_id"], actor=actor)
-        # the deletion guard: a person must look at this plan; any other Conflict (another apply landed since the
-        # preview) fails the run, which is tried again minutes later
-        except NeedsApproval as refused:
+        # one attempt: a plan another apply made stale (a Conflict) fails the run, which is tried again minutes
+        # later, rather than fetching the whole roster from Apple again at once
+        run = self._runner().preview_and_apply(lambda: self._preview_asm(token_id, actor), actor=actor, attempts=1)
+        plan_id = run.summary["plan_id"]
+        if run.stopped is not None:  # the deletion guard: a person must look at this plan
             self.db.audit(actor, "asm.sync_stopped", f"server_token:{token_id}",
-                          {"plan_id": summary["plan_id"], "reason": refused.message})
-            return f"stopped before applying plan {summary['plan_id']}: {refused.message}"
-        self.db.audit(actor, "import.applied", f"plan:{summary['plan_id']}", {"applied": result["applied"]})
-        return f"applied plan {summary['plan_id']}: {summary['total_changes']} change(s)"
+                          {"plan_id": plan_id, "reason": run.stopped.message})
+            return f"stopped before applying plan {plan_id}: {run.stopped.message}"
+        self.db.audit(actor, "import.applied", f"plan:{plan_id}", {"applied": run.applied["applied"]})
+        return f"applied plan {plan_id}: {run.summary['total_changes']} change(s)"
 
     def _preview_asm(self, token_id: str, actor: Actor) -> dict[str, Any]:
         prefs = asm.AsmPreferenceStore(self.db.session).get(token_id)

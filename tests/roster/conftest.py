@@ -64,7 +64,9 @@ class InMemoryHierarchy:
     def _location_add(self, c, source):
         self.location_rows[c.natural_id] = (LocationRecord.from_dict(c.after), source)
 
-    _location_update = _location_add
+    # an update keeps the row's source (its creator's), as the database does
+    def _location_update(self, c, source):
+        self.location_rows[c.natural_id] = (LocationRecord.from_dict(c.after), self.location_rows[c.natural_id][1])
 
     def _location_delete(self, c, source):
         del self.location_rows[c.natural_id]
@@ -80,7 +82,7 @@ class InMemoryHierarchy:
         self.user_rows[next(self._keys)] = (UserRecord.from_dict(c.after), source)
 
     def _user_update(self, c, source):
-        self.user_rows[c.target] = (UserRecord.from_dict(c.after), source)
+        self.user_rows[c.target] = (UserRecord.from_dict(c.after), self.user_rows[c.target][1])
 
     def _user_delete(self, c, source):
         del self.user_rows[c.target]
@@ -95,6 +97,12 @@ class InMemoryHierarchy:
         self.identifiers[key] = identifier
 
     def _class_add(self, c, source):
+        self._set_class(c, source)
+
+    def _class_update(self, c, source):
+        self._set_class(c, self.class_rows[c.natural_id][1])
+
+    def _set_class(self, c, source):
         data = {k: v for k, v in c.after.items() if k not in ("class_id", "teacher_ids", "student_ids")}
         self.class_rows[c.natural_id] = (data, source)
         self.memberships = {m: at for m, at in self.memberships.items() if m[0] != c.natural_id}
@@ -102,8 +110,6 @@ class InMemoryHierarchy:
         for role in ("teacher", "student"):
             for position, user_id in enumerate(c.after[f"{role}_ids"]):
                 self.memberships[(c.natural_id, keys[user_id], role)] = position
-
-    _class_update = _class_add
 
     def _class_delete(self, c, source):
         del self.class_rows[c.natural_id]

@@ -1,6 +1,8 @@
 """The import pipeline: plans, applying them, and the events they publish."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from services.roster.domain import planning as p
@@ -130,6 +132,22 @@ def test_mass_delete_guard(hierarchy):
     assert len(hierarchy.user_rows) == 17
 
 
+def test_the_mass_delete_guard_measures_against_the_users_the_import_may_delete(hierarchy):
+    staff = [UserRecord(user_id=f"a{i}", user_type="staff", name="Asa", locations=["L1"]) for i in range(100)]
+    apply(hierarchy, p.build_plan(hierarchy, batch(staff, source="asm")))
+    apply(hierarchy, p.build_plan(hierarchy, batch([user(f"x{i}") for i in range(20)], source="xlsx")))
+    # a spreadsheet listing half the users spreadsheets created: 10 of 20, not 10 of all 120
+    plan = p.build_plan(hierarchy, batch([user(f"x{i}") for i in range(10)], source="csv"))
+    assert plan.summary.counts["user"]["delete"] == 10 and plan.summary.existing_users == 20
+    assert plan.summary.needs_mass_delete_approval
+    with pytest.raises(Conflict, match="deletes 10 of the 20 users it may delete"):
+        apply(hierarchy, plan)
+    # deleting by ID may name any user, whatever source created them
+    named = p.build_plan(hierarchy, batch([], source="api", locations=[]),
+                         p.PlanOptions(delete_missing=False, delete_user_ids=("a1",)))
+    assert named.summary.existing_users == 120 and not named.summary.needs_mass_delete_approval
+
+
 def test_mass_delete_share_is_configurable(hierarchy):
     apply(hierarchy, p.build_plan(hierarchy, batch([user(f"s{i}") for i in range(10)])))
     plan = p.build_plan(hierarchy, batch([user(f"s{i}") for i in range(8)]),
@@ -146,6 +164,31 @@ def test_deletions_stay_within_the_source(hierarchy):
     # a CSV import is the same source family as XLSX
     plan = p.build_plan(hierarchy, batch([user("s2")], source="csv"))
     assert [c.natural_id for c in plan.changes if c.action == "delete"] == ["s1"]
+
+
+def test_an_update_never_takes_over_what_another_source_created(hierarchy):
+    maths = ClassRecord(class_id="C1", name="Maths", location_id="L1", teacher_ids=["t1"], student_ids=["s1"])
+    asm = [user("t1", kind="teacher"), *(user(f"s{i}") for i in range(1, 5))]
+    apply(hierarchy, p.build_plan(hierarchy, batch(asm, [maths], source="asm")))
+    # a spreadsheet pre-assigns devices to s1 and s2, renames the school and moves the class
+    renamed = [LocationRecord(location_id="L1", name="North Middle")]
+    moved = replace(maths, room="B12")
+    devices = batch([user("s1", serial_numbers=["SER1"]), user("s2", serial_numbers=["SER2"])], [moved],
+                    source="xlsx", locations=renamed)
+    plan = p.build_plan(hierarchy, devices)
+    assert {(c.entity, c.action) for c in plan.changes if c.entity != "devices"} == {
+        ("location", "update"), ("user", "update"), ("class", "update")}
+    apply(hierarchy, plan)
+    assert {source for _, source in hierarchy.user_rows.values()} == {"asm"}
+    assert hierarchy.class_rows["C1"][1] == "asm" and hierarchy.location_rows["L1"][1] == "asm"
+
+    # the next spreadsheet, for s3's devices, deletes nothing Apple School Manager created
+    plan = p.build_plan(hierarchy, batch([user("s3", serial_numbers=["SER3"])], source="csv", locations=renamed))
+    assert [c.action for c in plan.changes if c.entity != "devices"] == ["update"]
+    assert plan.summary.existing_users == 0 and not plan.summary.needs_mass_delete_approval
+    # while Apple School Manager, which created them, still deletes those it no longer lists
+    plan = p.build_plan(hierarchy, batch(asm[:-1], [maths], source="asm"), p.PlanOptions(max_user_delete_share=1))
+    assert [c.natural_id for c in plan.changes if c.action == "delete"] == ["s4"]
 
 
 def test_partial_batches_delete_only_what_they_name(hierarchy):

@@ -368,3 +368,36 @@ def test_a_csv_cell_holding_a_unicode_line_boundary_stays_in_its_record(separato
     assert batch.rejected == []
     assert [(u.user_id, u.first_name, u.email) for u in batch.users] == [
         ("s-1", f"Ada{separator}Marie", "ada@x.org"), ("s-2", "Bo\nB", "bo@x.org")]
+
+
+def with_replaced_text(data: bytes, old: bytes, new: bytes) -> bytes:
+    """The workbook with ``old`` replaced in its parts, for what openpyxl refuses to write."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            target.writestr(item, source.read(item).replace(old, new))
+    return out.getvalue()
+
+
+def two_students(fmt: str, first_name: str) -> bytes:
+    if fmt == "xlsx":
+        return workbook(users=[student("s1", **{"First Name": first_name}), student("s2")])
+    users = (",".join(HEADERS["Users"]) + f"\ns1,Student,{first_name},Lee,s1@x.edu,,north,7,\n"
+             "s2,Student,Ann,Lee,s2@x.edu,,north,7,\n").encode()
+    return csv_zip(minimal_csv_files(users))
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_a_nul_character_rejects_its_row_naming_the_column(fmt, hierarchy):
+    first = s.read_spreadsheet(f"a.{fmt}", two_students(fmt, "Ada"))
+    list(planning.apply_plan(planning.build_plan(hierarchy, first.batch).changes, hierarchy, fmt))
+    if fmt == "xlsx":  # XLSX holds a control character as an escape, _x0000_; openpyxl refuses to write it
+        data = with_replaced_text(two_students(fmt, "AdaNUL"), b"AdaNUL", b"Ada_x0000_")
+    else:
+        data = two_students(fmt, "Ada\x00")
+    result = s.read_spreadsheet(f"b.{fmt}", data)
+    assert reasons(result) == {("Users", 2): "column 'First Name' holds a NUL character, which no text can be "
+                                             "stored with; remove it from the cell and import again"}
+    assert [u.user_id for u in result.batch.users] == ["s2"]
+    plan = planning.build_plan(hierarchy, result.batch, row_numbers=result.row_numbers)
+    assert plan.changes == []  # s1 is kept as it is, not deleted as missing

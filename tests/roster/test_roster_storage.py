@@ -13,7 +13,7 @@ from services.roster.adapters import tables
 from services.roster.adapters.api_tokens import ApiTokens
 from services.roster.adapters.hierarchy import SqlHierarchy
 from services.roster.adapters.imports import ImportRunner
-from services.roster.adapters.mosyle_http import MosyleApi
+from services.roster.adapters.mosyle_http import WRITE_ATTEMPTS, MosyleApi
 from services.roster.domain.device_preassignment import DeviceAssignmentFailure
 from services.roster.domain.planning import PlanOptions
 from services.roster.domain.refusal_audits import RefusalAuditBudget
@@ -121,6 +121,24 @@ def test_a_plan_that_changes_nothing_leaves_the_plans_previewed_beside_it_curren
     assert runner.apply(pending["plan_id"], actor=ADMIN)["applied"]["user"]["update"] == 1
     unit.commit()
     assert [u.record.grade_level for u in SqlHierarchy(unit.session).users()] == ["8"]
+
+
+def test_an_update_keeps_the_source_that_created_the_row(unit):
+    maths = ClassRecord(class_id="c1", name="Maths", location_id="L1", teacher_ids=["t1"], student_ids=["s1"])
+    users = [person("t1", kind="teacher"), person("s1"), person("s2")]
+    run(unit, ImportBatch(source="asm", locations=[LocationRecord(location_id="L1", name="North")],
+                          users=users, classes=[maths]))
+    # a spreadsheet pre-assigns a device, renames the school and moves the class to another room
+    summary, _ = run(unit, ImportBatch(
+        source="xlsx", locations=[LocationRecord(location_id="L1", name="North Middle")],
+        users=[person("s1", serial_numbers=["SER1"])], classes=[ClassRecord(**{**maths.to_dict(), "room": "B12"})]))
+    assert [summary["counts"][entity]["update"] for entity in ("location", "user", "class")] == [1, 1, 1]
+    for table in (tables.locations, tables.users, tables.classes):
+        assert set(unit.session.execute(sa.select(table.c.source)).scalars()) == {"asm"}, table.name
+    # so the next spreadsheet, listing other students, deletes none of them
+    summary, _ = run(unit, ImportBatch(source="csv", locations=[LocationRecord(location_id="L1", name="North Middle")],
+                                       users=[person("s2", serial_numbers=["SER2"])]))
+    assert all(actions["delete"] == 0 for actions in summary["counts"].values())
 
 
 def test_a_person_is_one_user_whatever_the_order_identifiers_move_in(unit):
@@ -279,3 +297,35 @@ def test_an_api_assign_device_operation_hands_its_pair_to_enrollment(unit):
         ("user.staff.1", "assign_device", "OK", None), ("user.staff.1", "save", "OK", None),
         ("ghost", "assign_device", "ERROR", "device CCCC was not assigned: there is no user 'ghost' in your locations")]
     assert [u.record.user_id for u in SqlHierarchy(unit.session).users()] == ["user.staff.1"]
+
+
+def test_an_api_write_is_previewed_again_when_another_apply_lands_before_its_own(unit):
+    _, token = ApiTokens(unit.session).create("sis", None, "admin")
+    unit.commit()
+    api = MosyleApi(unit.session, unit.publish, unit.audit, lambda pairs: (0, []), RefusalAuditBudget())
+    preview, stale_previews = api.runner.preview, 0
+
+    def another_apply_lands(*args, **kwargs):  # between the write's preview and its apply, stale_previews times
+        nonlocal stale_previews
+        summary = preview(*args, **kwargs)
+        if stale_previews:
+            stale_previews -= 1
+            SqlHierarchy(unit.session).claim_version(summary["base_version"])
+        return summary
+
+    def save(user_id):
+        request = Request(EnvironBuilder(method="POST", json={"accessToken": token, "elements": [
+            {"id": user_id, "name": "Sam", "type": "STAFF"}]}).get_environ())
+        answer = json.loads(api.handle(request, "users").get_data())
+        unit.commit()
+        return [(r["status"], r.get("error")) for r in answer["response"]]
+
+    api.runner.preview = another_apply_lands
+    stale_previews = 1  # the first attempt goes stale, the second is applied
+    assert save("a") == [("OK", None)]
+    stale_previews = WRITE_ATTEMPTS  # every attempt goes stale: the client is told to retry
+    assert save("b") == [("ERROR", "the roster was being changed by other imports and nothing of this request "
+                                   "was saved; send the same request again")]
+    assert [u.record.user_id for u in SqlHierarchy(unit.session).users()] == ["a"]
+    (used,) = ApiTokens(unit.session).all()
+    assert used.last_used_at is not None  # recorded once the work is done, which a retry rolls back before

@@ -146,6 +146,8 @@ class SqlHierarchy:
         return members
 
     # ---------------------------------------------------------- writer
+    # an add records its import's source; an update leaves it as it is, since it names the creator, the only
+    # source whose imports may delete the row as missing (see planning.HierarchyWriter)
 
     def write(self, entity: str, action: str, changes: list[Change], source: str) -> None:
         getattr(self, f"_{entity}_{action}")(changes, source)
@@ -157,7 +159,7 @@ class SqlHierarchy:
     def _location_update(self, changes: list[Change], source: str) -> None:
         self.session.execute(
             t.locations.update().where(t.locations.c.location_id == sa.bindparam("key"))
-            .values(name=sa.bindparam("new_name"), source=source),
+            .values(name=sa.bindparam("new_name")),
             [{"key": c.natural_id, "new_name": c.after["name"]} for c in changes])
 
     def _location_delete(self, changes: list[Change], source: str) -> None:
@@ -200,7 +202,7 @@ class SqlHierarchy:
                 for c in changes]
         self.session.execute(
             t.users.update().where(t.users.c.id == sa.bindparam("key")).values(
-                source=source, serial_numbers=sa.bindparam("new_serial_numbers"),
+                serial_numbers=sa.bindparam("new_serial_numbers"),
                 **{col: sa.bindparam(f"new_{col}") for col in USER_COLUMNS}),
             rows)
         for c in changes:
@@ -245,7 +247,7 @@ class SqlHierarchy:
     def _class_update(self, changes: list[Change], source: str) -> None:
         self.session.execute(
             t.classes.update().where(t.classes.c.class_id == sa.bindparam("key")).values(
-                source=source, **{col: sa.bindparam(f"new_{col}") for col in CLASS_COLUMNS}),
+                **{col: sa.bindparam(f"new_{col}") for col in CLASS_COLUMNS}),
             [{"key": c.natural_id, **{f"new_{col}": c.after.get(col) for col in CLASS_COLUMNS}}
              for c in changes])
         self._set_members(changes, replace=True)

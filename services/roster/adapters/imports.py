@@ -8,6 +8,7 @@ relay publishes them after the commit, so the apply never waits on the broker.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import eventlet
@@ -23,10 +24,19 @@ from services.roster.domain.welcome import welcome_emails
 from shared.auth import Actor, require_locations
 from shared.contracts.base import Event
 from shared.contracts.roster import ImportBatch, UserImported
-from shared.errors import Conflict
+from shared.errors import Conflict, NeedsApproval
 from shared.storage import utc_now
 
 APPLY_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class ImportRun:
+    """A plan previewed and applied at once (a daily sync, an API write), or stopped by the deletion guard."""
+
+    summary: dict[str, Any]  # the plan's preview, with its plan_id
+    applied: dict[str, Any] | None  # what the apply answered; None when the guard stopped it
+    stopped: NeedsApproval | None = None  # the guard's refusal: a person must look at the plan
 
 
 class ImportRunner:
@@ -93,6 +103,24 @@ class ImportRunner:
         metrics.PLAN_TO_APPLY.observe((utc_now() - row.created_at).total_seconds())
         return {"plan_id": plan_id, "status": APPLIED, "already_applied": False,
                 "applied": summary.counts, "events": published}
+
+    def preview_and_apply(self, preview: Callable[[], dict[str, Any]], *, actor: Actor, attempts: int) -> ImportRun:
+        """Apply at once the plan that ``preview`` stores (it returns the plan's summary, as ``self.preview`` does).
+
+        A plan another apply made stale in between is rolled back and previewed again, ``attempts`` times in all;
+        the last one's ``Conflict`` is raised. The deletion guard stops the run at its first plan: previewing
+        again would not pass it."""
+        for attempt in range(1, attempts + 1):
+            summary = preview()
+            try:
+                return ImportRun(summary, self.apply(summary["plan_id"], actor=actor))
+            except NeedsApproval as refused:
+                return ImportRun(summary, None, refused)
+            except Conflict:
+                if attempt == attempts:
+                    raise
+                self.session.rollback()  # nothing of the stale plan is kept
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
 
     def _flush(self, pending: list[Event], welcomes: list[UserImported]) -> int:
         count = len(pending)

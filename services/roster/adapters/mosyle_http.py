@@ -9,7 +9,7 @@ Writes run the import pipeline and are applied at once.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 from nameko.extensions import DependencyProvider
 from werkzeug.wrappers import Request, Response
@@ -27,6 +27,10 @@ from shared.contracts.roster import RejectedRow
 from shared.errors import Conflict, ValidationError
 
 ANONYMOUS = Actor(id="api:unknown-token", role="system")
+# a write previewed and applied again when another import lands between the two, before the client is told to retry
+WRITE_ATTEMPTS = 3
+ROSTER_BUSY = ("the roster was being changed by other imports and nothing of this request was saved; "
+               "send the same request again")
 
 
 def json_response(status: int, body: Any) -> Response:
@@ -62,19 +66,25 @@ class MosyleApi:
         self.runner = ImportRunner(session, publish)
 
     def handle(self, request: Request, endpoint: str) -> Response:
+        token_id = None
         try:
             payload = request_payload(request)
-            actor = self._authenticate(payload["accessToken"], request.remote_addr, endpoint)
-            if isinstance(actor, Response):
-                response = actor
+            allowed = self._authenticate(payload["accessToken"], request.remote_addr, endpoint)
+            if isinstance(allowed, Response):
+                response = allowed
             else:
+                token_id = allowed
+                actor = Actor(id=f"api_token:{token_id}", role="system")
                 response = json_response(200, getattr(self, f"_{endpoint}")(payload, actor))
         except ValidationError as exc:
             response = json_response(400, wire.error_response(exc.message))
+        if token_id is not None:  # once the work is done: a write whose plan went stale rolls back what came before
+            self.tokens.touch(token_id)
         metrics.API_REQUESTS.labels(endpoint, str(response.status_code)).inc()
         return response
 
-    def _authenticate(self, token: str, address: str | None, endpoint: str) -> Actor | Response:
+    def _authenticate(self, token: str, address: str | None, endpoint: str) -> int | Response:
+        """The id of the access token, or the response refusing it."""
         row = self.tokens.find(token)
         if row is None or row.revoked_at is not None:
             reason = "unknown access token" if row is None else "revoked access token"
@@ -85,8 +95,7 @@ class MosyleApi:
             self._refused(row, endpoint, address, "address not allowed")
             return json_response(403, wire.error_response(
                 f"this access token may not be used from {address}"))
-        self.tokens.touch(row.id)
-        return Actor(id=f"api_token:{row.id}", role="system")
+        return row.id
 
     def _refused(self, row: Any, endpoint: str, address: str | None, reason: str) -> None:
         target = f"api_token:{row.id}" if row else None
@@ -114,18 +123,27 @@ class MosyleApi:
             total, options)
 
     def _users(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
-        return self._write(wire.user_write_request(payload, self._location_ids_by_name()), actor)
+        return self._write(lambda: wire.user_write_request(payload, self._location_ids_by_name()), actor)
 
     def _classes(self, payload: dict[str, Any], actor: Actor) -> dict[str, Any]:
-        return self._write(wire.class_write_request(payload, self._location_ids_by_name()), actor)
+        return self._write(lambda: wire.class_write_request(payload, self._location_ids_by_name()), actor)
 
-    def _write(self, request: wire.WriteRequest, actor: Actor) -> dict[str, Any]:
-        summary = self.runner.preview(request.batch, request.plan_options(), actor=actor, origin=actor.id,
-                                      row_numbers=request.row_numbers)
+    def _write(self, parse: Callable[[], wire.WriteRequest], actor: Actor) -> dict[str, Any]:
+        requests: list[wire.WriteRequest] = []
+
+        def preview() -> dict[str, Any]:
+            # parsed for each attempt: the elements' location names are resolved against the roster as it is now
+            requests.append(request := parse())
+            return self.runner.preview(request.batch, request.plan_options(), actor=actor, origin=actor.id,
+                                       row_numbers=request.row_numbers)
+
         try:
-            self.runner.apply(summary["plan_id"], actor=actor)
-        except Conflict as exc:  # another import won the race: nothing of this one was written
-            return wire.write_response(request, [], failed=exc.message)
+            run = self.runner.preview_and_apply(preview, actor=actor, attempts=WRITE_ATTEMPTS)
+        except Conflict:  # other imports landed before every attempt's apply: nothing of this one was written
+            return wire.write_response(requests[-1], [], failed=ROSTER_BUSY)
+        request, summary = requests[-1], run.summary
+        if run.stopped is not None:
+            return wire.write_response(request, [], failed=run.stopped.message)
         rejected = [RejectedRow.from_dict(r) for r in summary["rejected"]]
         # the devices the saved users list, then the assign_device operations' (their users may be new)
         pairs = device_assignments(self.runner.plans.changes(summary["plan_id"], entity=DEVICES))

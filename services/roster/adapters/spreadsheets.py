@@ -32,6 +32,7 @@ from shared.contracts.roster import (
     ClassRecord, GradeLevelRecord, ImportBatch, LocationRecord, RejectedRow, UserRecord,
 )
 from shared.errors import ValidationError
+from shared.unicode_text import refuse_unstorable_text
 
 USERS, LOCATIONS, GRADE_LEVELS, CLASSES = (
     SHEET_OF["user"], SHEET_OF["location"], SHEET_OF["grade_level"], SHEET_OF["class"])
@@ -361,6 +362,10 @@ def _values(columns: dict[str, int], cells: list[Any]) -> dict[str, str | None]:
     for name, index in columns.items():
         value = cells[index] if index < count else None
         if value.__class__ is str:  # the common case, kept cheap
+            # NUL, in a CSV cell or an XLSX one as _x0000_, which PostgreSQL refuses in any text; the readers
+            # decode strict UTF-8, so no lone surrogate gets this far
+            if "\x00" in value:
+                _refuse_unstorable(name, value)
             value = value.strip() or None
         elif value is not None:
             try:
@@ -369,6 +374,13 @@ def _values(columns: dict[str, int], cells: list[Any]) -> dict[str, str | None]:
                 raise _RowProblem(f"column '{name}': {problem}") from None
         values[name] = value
     return values
+
+
+def _refuse_unstorable(name: str, value: str) -> None:
+    try:
+        refuse_unstorable_text(value, f"column '{name}'")
+    except ValidationError as refused:
+        raise _RowProblem(f"{refused.message}; remove it from the cell and import again") from None
 
 
 def _error_value(columns: dict[str, int], errors: dict[int, str]) -> str | None:

@@ -154,6 +154,8 @@ class HierarchySnapshot:
 class HierarchyWriter(Protocol):
     """Writes one run of changes of the same entity and action, in one batch.
 
+    An add records ``source`` on the row; an update leaves the row's source as it is: it names the creator,
+    the only source whose imports delete the row as missing, so updating a row never takes it over.
     A class add or update sets the class's members to ``after["teacher_ids"]`` and
     ``after["student_ids"]`` (user IDs as they are once the users are written); deleting
     a user or a class removes its memberships. Recording a source identifier gives it to the user
@@ -228,7 +230,7 @@ class PlanSummary:
     skipped_updates: int = 0
     skipped_deletions: int = 0
     unchanged_users: int = 0
-    existing_users: int = 0
+    existing_users: int = 0  # the stored users this import may delete, whom the deletion guard's share is of
     rejected: list[RejectedRow] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     max_user_delete_share: float = DEFAULT_MAX_USER_DELETE_SHARE
@@ -373,6 +375,13 @@ class _Planner:
         return (self.options.delete_missing and source_family(source) == self.family
                 and self._in_scope(locations))
 
+    def _may_delete_user(self, stored: StoredUser) -> bool:
+        """Whether this import could delete the stored user, were its source to stop listing them or name them
+        for deletion: the users the deletion guard's share is of. A deletion by ID may name any user in scope."""
+        if self.options.delete_user_ids:
+            return self._in_scope(stored.record.locations)
+        return self._may_delete(stored.source, stored.record.locations)
+
     def _in_scope(self, locations: Iterable[str | None]) -> bool:
         """Within the import's locations: always, unless the import is limited to some."""
         scope = self.options.locations
@@ -464,10 +473,8 @@ class _Planner:
     def _plan_users(self, location_ids: set[str]) -> set[str]:
         """Plan user changes; returns the user IDs that exist once the plan is applied."""
         stored_users = self.stored_users = list(self.hierarchy.users())
-        # the share of deletions is of the users this import may delete (a leader's: their locations')
-        self.summary.existing_users = (
-            len(stored_users) if self.options.locations is None
-            else sum(1 for s in stored_users if self._in_scope(s.record.locations)))
+        # the share of deletions is of the users this import may delete, not of every user stored
+        self.summary.existing_users = sum(1 for stored in stored_users if self._may_delete_user(stored))
         by_id = {s.record.user_id: s for s in stored_users}
         by_email = {s.record.email.lower(): s for s in stored_users if s.record.email}
         by_identifier = {s.source_identifier: s for s in stored_users if s.source_identifier}
@@ -848,8 +855,8 @@ def check_can_apply(summary: PlanSummary, current_version: int, *,
     """Refuse a plan that is stale or deletes too many users without explicit consent."""
     if summary.needs_mass_delete_approval and not allow_mass_delete:
         raise NeedsApproval(
-            f"this plan deletes {summary.counts[USER][DELETE]} of {summary.existing_users} "
-            f"users ({summary.user_delete_share:.0%}), more than the allowed "
+            f"this plan deletes {summary.counts[USER][DELETE]} of the {summary.existing_users} "
+            f"users it may delete ({summary.user_delete_share:.0%}), more than the allowed "
             f"{summary.max_user_delete_share:.0%}; check the source, then, if the deletions are intended, "
             f"apply again with --allow-mass-delete (`orchard roster apply` or `orchard roster import --apply`) "
             f"or allow_mass_delete=True (the apply_plan RPC)")
