@@ -39,7 +39,7 @@ from services.enrollment.domain.checkin import (
     parse_checkin,
 )
 from services.enrollment.domain.device_identity import CheckinRejected, authorize_checkin
-from services.enrollment.domain.device_sync import DeviceSync, SyncCounts, assign_profile
+from services.enrollment.domain.device_sync import ASSIGN_QUEUED, DeviceSync, SyncCounts, assign_profile
 from services.enrollment.domain.devices import PROFILE_STATUSES
 from services.enrollment.domain.errors import AccessDenied, CursorError, DepError, TermsNotAccepted, Throttled
 from services.enrollment.domain.locations import require_roster_locations
@@ -260,6 +260,13 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         self._sync_by_next_profile_retry(row, devices)
         self.db.audit(actor, "profile.assigned", f"server_token:{row.id}",
                       {"profile_uuid": profile_uuid, "devices": len(serials), "error": outcome.error})
+        if outcome.apple_failed:
+            # the caller learns that Apple failed; what Apple did answer is kept, and the rest wait for the sync
+            self.db.commit()
+            waiting = sum(1 for status in outcome.statuses.values() if status == ASSIGN_QUEUED)
+            raise UpstreamError(f"{outcome.error} {waiting} of the {len(serials)} device(s) were not assigned: "
+                                "the next sync asks Apple again for them within minutes (list_devices shows each "
+                                "device's result).")
         return {"profile_uuid": profile_uuid, "devices": outcome.statuses,
                 "retry_after_seconds": outcome.retry_after_seconds, "error": outcome.error}
 
@@ -371,6 +378,7 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
                 runs.progress(run_id, counts)
 
         started, error, refusal = time.monotonic(), None, None
+        apple_answered = False  # Apple served the device pages: the token and the terms are fine
         apple_wait = timedelta(0)  # how long Apple asked us not to call again
         devices = DeviceRepository(session, row.id, assigned_by=f"system:{self.name}")
         try:
@@ -384,6 +392,10 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
             with leases.renewed(lambda: self._renew_sync_lease(row.id, holder),
                                 self.sync_lease.total_seconds() / 3) as heartbeat:
                 latest = sync.run(full=full)
+            apple_answered = True
+            if latest.assign_error:  # the pages are stored; the devices Apple failed to assign wait for the next sync
+                error = (f"{latest.assign_error} The next sync, within minutes, asks Apple again for the enrollment "
+                         "profile of the devices waiting for it.")
         except leases.LeaseLost:
             session.rollback()
             return self._lost_sync_lease(row.id, run_id, latest, started)
@@ -412,9 +424,12 @@ class EnrollmentService(PairingPage, DevicePeopleEntrypoints, OrchardService):
         if apple_wait:
             error = f"{error} The next scheduled sync runs at {next_sync_at:%Y-%m-%d %H:%M:%S} UTC."
         values: dict[str, Any] = {
-            "last_sync_at": now, "last_sync_result": outcome, "last_sync_error": error, "apple_refusal": refusal,
-            "next_sync_at": next_sync_at,
+            "last_sync_at": now, "last_sync_result": outcome, "last_sync_error": error, "next_sync_at": next_sync_at,
         }
+        # a refusal is recorded when Apple refuses, and cleared only by Apple answering (or a renewal): a run that
+        # failed otherwise (Apple away a moment, a timeout) says nothing of the terms or the token
+        if refusal or apple_answered:
+            values["apple_refusal"] = refusal
         if error is None:
             values["last_successful_sync_at"] = now
         if not self._release_sync_lease(row.id, holder, **values):

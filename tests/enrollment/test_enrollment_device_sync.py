@@ -6,6 +6,7 @@ import pytest
 from services.enrollment.adapters.dep_client import Page
 from services.enrollment.adapters.dep_ports import ClientAssigner, ClientPages
 from services.enrollment.domain.device_sync import (
+    ASSIGN_RETRY_AFTER_FAILURE,
     WAITING_ASSIGN_RESULTS,
     AssignOutcome,
     CursorState,
@@ -254,23 +255,56 @@ class FailingAssigner:
 def test_assign_failure_is_recorded_but_a_revoked_token_stops_the_run():
     page = {("fetch", None): [Page([device("A")], "c1", False)], ("sync", "c1"): []}
     store = MemoryStore()
-    make_sync(ScriptedPages(page), store=store, assigner=FailingAssigner(DepError("boom")), profile="P").run()
-    assert store.assignments["A"] == ("P", "FAILED", None)
+    refused = DepError("Apple answered 400 PROFILE_NOT_FOUND on /profile/devices.", status_code=400)
+    make_sync(ScriptedPages(page), store=store, assigner=FailingAssigner(refused), profile="P").run()
+    assert store.assignments["A"] == ("P", "FAILED", None)  # asking again would be refused again
     with pytest.raises(AccessDenied):
         make_sync(ScriptedPages(page), assigner=FailingAssigner(AccessDenied("revoked")), profile="P").run()
 
 
-def test_a_batch_apple_fails_keeps_the_results_of_the_batches_before_it():
+@pytest.mark.parametrize("failure", [
+    DepError("Apple answered 500 INTERNAL_SERVER_ERROR on /profile/devices.", status_code=500),
+    DepError("Could not reach Apple's device enrollment service (ReadTimeout); try again later."),
+], ids=["5xx", "no answer"])
+def test_a_batch_apple_fails_waits_with_the_rest_and_the_batches_before_it_keep_their_results(failure):
     serials = [f"S{i:04d}" for i in range(2500)]
     store = MemoryStore()
-    failed = assign_profile(RecordingAssigner(failures={2: DepError("Apple is down")}), store, "P", serials, NOW)
-    assert failed.error == "Apple is down"
-    assert [failed.statuses[s] for s in ("S0000", "S0999", "S1000", "S2499")] == ["SUCCESS", "SUCCESS", "FAILED", "FAILED"]
-    assert store.assignments["S0999"] == ("P", "SUCCESS", None) and store.assignments["S1000"] == ("P", "FAILED", None)
+    failed = assign_profile(RecordingAssigner(failures={2: failure}), store, "P", serials, NOW)
+    assert (failed.error, failed.apple_failed) == (str(failure), True)
+    assert [failed.statuses[s] for s in ("S0000", "S0999", "S1000", "S2499")] == ["SUCCESS", "SUCCESS", "QUEUED", "QUEUED"]
+    assert store.assignments["S0999"] == ("P", "SUCCESS", None)
+    # not FAILED for good: the sync asks Apple again once the wait is over
+    assert store.assignments["S1000"] == store.assignments["S2499"] == ("P", "QUEUED", NOW + ASSIGN_RETRY_AFTER_FAILURE)
+    assert store.due_profile_retries(NOW, 5000) == []
+    assert len(store.due_profile_retries(NOW + ASSIGN_RETRY_AFTER_FAILURE, 5000)) == 1500
+
+    refused = DepError("Apple answered 400 MALFORMED_REQUEST_BODY on /profile/devices.", status_code=400)
+    outcome = assign_profile(RecordingAssigner(failures={1: refused}), store, "P", ["R1"], NOW)
+    assert (outcome.statuses, outcome.apple_failed) == ({"R1": "FAILED"}, False)
 
     throttled = RecordingAssigner(failures={1: Throttled("still throttled after 5 attempts")})
     assert set(assign_profile(throttled, store, "P", serials[:10], NOW).statuses.values()) == {"THROTTLED"}
     assert store.assignments["S0000"] == ("P", "THROTTLED", NOW + timedelta(seconds=60))  # retried, not failed
+
+
+def test_a_sync_whose_assignment_apple_fails_says_so_and_a_later_sync_assigns_the_waiting_devices():
+    store, cursors = MemoryStore(), MemoryCursors(CursorState("s1", "sync"))
+    pages = ScriptedPages({("sync", "s1"): [Page([device("NEW1", "added", "2026-02-01T00:00:00Z")], "s2", True),
+                                            Page([device("NEW2", "added", "2026-02-01T00:00:00Z")], "s3", False)]})
+    failing = RecordingAssigner(failures={1: DepError("Apple answered 503 on /profile/devices.", status_code=503)})
+    counts = make_sync(pages, store=store, cursors=cursors, assigner=failing, profile="P").run()
+    assert counts.assign_error == "Apple answered 503 on /profile/devices."  # the run is not a success
+    assert failing.calls == [["NEW1"]]  # the next page's devices are not sent to an Apple that just failed
+    retry_at = NOW + ASSIGN_RETRY_AFTER_FAILURE
+    assert store.assignments == {"NEW1": ("P", "QUEUED", retry_at), "NEW2": ("P", "QUEUED", retry_at)}
+    assert cursors.state.cursor == "s3"  # the devices themselves are stored
+
+    assigner = RecordingAssigner()
+    later = DeviceSync(pages=ScriptedPages({("sync", "s3"): []}), store=store, cursors=cursors, events=RecordedEvents(),
+                       assigner=assigner, default_profile_uuid="P", now=lambda: retry_at)
+    assert later.run().assign_error is None
+    assert assigner.calls == [["NEW1", "NEW2"]]
+    assert store.assignments == {"NEW1": ("P", "SUCCESS", None), "NEW2": ("P", "SUCCESS", None)}
 
 
 def test_a_new_devices_profile_is_asked_of_apple_once_its_page_is_committed():

@@ -310,6 +310,44 @@ def test_a_throttled_assignment_is_retried_with_its_own_profile_when_apple_said(
         assert rpc.enrollment.list_devices(token["id"])["devices"][0]["assign_result"] == "FAILED"
 
 
+def test_an_assignment_apple_fails_waits_for_the_next_sync_and_the_caller_is_told(enrollment, rpc_as, dep_sandbox):
+    from services.enrollment.adapters.tables import dep_devices
+    from shared.storage import create_engine_for
+
+    with rpc_as() as rpc:
+        token, server = connect(rpc, dep_sandbox)
+        rpc.enrollment.define_profile(token["id"], PROFILE)
+        dep_sandbox.server(server["server_uuid"], "devices/generate", {"count": 3})
+        dep_sandbox.script("PUT /profile/devices", "internal_server_error")
+        before = datetime.now(timezone.utc)
+        run = rpc.enrollment.sync_devices(token["id"])
+        assert run["added"] == 3 and "500" in run["error"] and "asks Apple again" in run["error"]
+        shown = rpc.enrollment.get_server_token(token["id"])
+        assert (shown["status"], shown["last_sync_result"]) == ("ok", "error")
+        assert timedelta(minutes=4) < datetime.fromisoformat(shown["next_sync_at"]) - before < timedelta(minutes=11)
+        devices = rpc.enrollment.list_devices(token["id"])["devices"]
+        assert [d["assign_result"] for d in devices] == ["QUEUED"] * 3  # waiting, not FAILED for good
+        assert all(timedelta(minutes=4) < datetime.fromisoformat(d["assign_retry_at"]) - before < timedelta(minutes=6)
+                   for d in devices)
+
+        # asked for by hand: the caller is told, and the device waits all the same
+        serial = devices[0]["serial_number"]
+        dep_sandbox.script("PUT /profile/devices", "internal_server_error")
+        with pytest.raises(UpstreamError, match="500.* 1 of the 1 device"):
+            rpc.enrollment.assign_profile(token["id"], [serial])
+        assert rpc.enrollment.list_devices(token["id"], limit=1)["devices"][0]["assign_result"] == "QUEUED"
+
+        engine = create_engine_for(enrollment["SERVICES"]["enrollment"]["database_url"])
+        with engine.begin() as connection:  # five minutes pass
+            connection.execute(dep_devices.update().values(assign_retry_at=datetime.now(timezone.utc)))
+        engine.dispose()
+        assert rpc.enrollment.sync_devices(token["id"])["error"] is None
+        devices = rpc.enrollment.list_devices(token["id"])["devices"]
+        assert [(d["assign_result"], d["profile_status"]) for d in devices] == [("SUCCESS", "assigned")] * 3
+        assert all(dep_sandbox.device(server["server_uuid"], d["serial_number"])["profile_status"] == "assigned"
+                   for d in devices)
+
+
 def test_a_sync_books_its_next_run_by_its_outcome_and_by_the_wait_apple_asks_for(enrollment, rpc_as, dep_sandbox):
     with rpc_as() as rpc:
         token, server = connect(rpc, dep_sandbox, devices=2)
@@ -372,6 +410,13 @@ def test_apple_refusals_set_the_status_without_a_retry_storm(enrollment, rpc_as,
         run = rpc.enrollment.sync_devices(token["id"])
         assert "accept" in run["error"]
         assert rpc.enrollment.get_server_token(token["id"])["status"] == "terms_not_accepted"
+        # Apple failing for a moment says nothing of the terms: the status stays until a sync goes through
+        dep_sandbox.script("POST /devices/sync", "internal_server_error")
+        assert "500" in rpc.enrollment.sync_devices(token["id"])["error"]
+        assert rpc.enrollment.get_server_token(token["id"])["status"] == "terms_not_accepted"
+        dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": True})
+        assert rpc.enrollment.sync_devices(token["id"])["error"] is None
+        assert rpc.enrollment.get_server_token(token["id"])["status"] == "ok"
 
         dep_sandbox.server(server["server_uuid"], "settings", {"terms_signed": True, "revoked": True})
         before = dep_sandbox.counts().get("GET /session", 0)

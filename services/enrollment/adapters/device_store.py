@@ -4,7 +4,8 @@ A page of devices is written with one ``INSERT ... ON CONFLICT DO UPDATE``. On P
 the page travels as one JSON parameter, an array of arrays read as ``jsonb`` (a third of the size
 of one object per device, and a third of the server's time; as ``json`` every ``->>`` would
 parse its element again: five times slower), and the same statement tells which
-devices are new (``xmax = 0`` marks a row this statement inserted): one round trip per page.
+devices are new (``xmax = 0`` marks a row this statement inserted): one round trip per page, besides
+taking the token's row first (``hold_token``).
 While a full fetch fills a token that had no devices, a page is a plain ``INSERT`` instead: every
 device is new, and skipping the conflict check takes a quarter off the database's time per page.
 A serial already stored (Apple listing a device twice) fails that insert; the page is redone as an
@@ -25,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.enrollment.adapters.tables import dep_devices, server_tokens
+from services.enrollment.adapters.token_repository import hold_token
 from services.enrollment.domain.device_sync import WAITING_ASSIGN_RESULTS, CursorState, KnownDevice
 from services.enrollment.domain.devices import DepDevice
 from shared import json_text
@@ -48,7 +50,8 @@ _PG_PUT = (f"WITH stored AS ({_PG_INSERT}"
 
 
 class DeviceRepository:
-    """``DeviceStore`` for one token."""
+    """``DeviceStore`` for one token. Each write takes the token's row first (``hold_token``): a delete of the
+    token then waits for the write's transaction, or the write for the delete, never each for the other."""
 
     def __init__(self, session: Session, token_id: str, *, assigned_by: str):
         self.session = session
@@ -65,6 +68,7 @@ class DeviceRepository:
         return {serial: KnownDevice(serial, op_date) for serial, op_date in rows}
 
     def put_many(self, devices: list[DepDevice], generation: str | None) -> set[str]:
+        hold_token(self.session, self.token_id)
         updated = _UPDATED + (("seen_generation",) if generation else ())
         if self._dialect == "postgresql":
             page = {"token_id": self.token_id, "generation": generation, "updated_at": utc_now(),
@@ -86,10 +90,12 @@ class DeviceRepository:
         return {d.serial_number for d in devices} - known
 
     def delete_many(self, serial_numbers: list[str]) -> None:
+        hold_token(self.session, self.token_id)
         c = dep_devices.c
         self.session.execute(dep_devices.delete().where(c.token_id == self.token_id, c.serial_number.in_(serial_numbers)))
 
     def remove_unseen(self, generation: str) -> list[str]:
+        hold_token(self.session, self.token_id)
         c = dep_devices.c
         unseen = sa.and_(c.token_id == self.token_id, sa.or_(c.seen_generation.is_(None), c.seen_generation != generation))
         gone = list(self.session.scalars(sa.select(c.serial_number).where(unseen)))
@@ -98,6 +104,7 @@ class DeviceRepository:
         return gone
 
     def record_assign_results(self, profile_uuid: str, statuses: dict[str, str], retry_at: datetime | None) -> None:
+        hold_token(self.session, self.token_id)
         now = utc_now()
         c = dep_devices.c
         for status in set(statuses.values()):

@@ -57,7 +57,7 @@ sync_runs = sa.Table(
 _WAITING_ASSIGN = sa.text("assign_result IN ('THROTTLED', 'QUEUED')")  # device_sync.WAITING_ASSIGN_RESULTS
 
 # no foreign key to server_tokens: TokenRepository.delete removes a token's devices and a sync stops when
-# its token is gone (TokenCursorStore), while checking the key for every inserted row cost a third of
+# its token is gone (hold_token, TokenCursorStore), while checking the key for every inserted row cost a third of
 # the database's time in a full sync
 dep_devices = sa.Table(
     "dep_devices", metadata,

@@ -21,6 +21,19 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def hold_token(session: Session, token_id: str | sa.ScalarSelect[Any]) -> None:
+    """Lock the token's row before writing its devices or sync runs; NotFound once the token is deleted.
+
+    A delete takes the token row first, then its runs and devices. A writer holding some of those rows while it
+    waits for the token row (a sync page saving its cursor, an assignment bringing the next sync forward) would
+    deadlock with it on PostgreSQL: taking the token row first, the two queue on that one row instead. FOR KEY
+    SHARE, as a foreign key would: the sync's own cursor and lease updates of the row go on beside it.
+    """
+    c = server_tokens.c
+    if session.execute(sa.select(c.id).where(c.id == token_id).with_for_update(key_share=True)).first() is None:
+        raise NotFound("The server token was deleted meanwhile; list the tokens to find the id.")
+
+
 class TokenRepository:
     def __init__(self, session: Session):
         self.session = session
@@ -52,8 +65,8 @@ class TokenRepository:
         self.session.execute(server_tokens.update().where(server_tokens.c.id == token_id).values(**values))
 
     def delete(self, token_id: str) -> None:
-        # the token row first: a sync saving its cursor waits for this delete and then stops (TokenCursorStore),
-        # and the devices of any page it committed before are seen and removed below
+        # the token row first, as every writer of its devices and runs takes it first (hold_token): a sync's page
+        # waits for this delete and then stops, and the devices of any page it committed before are seen and removed
         self.session.execute(server_tokens.delete().where(server_tokens.c.id == token_id))
         self.session.execute(dep_devices.delete().where(dep_devices.c.token_id == token_id))
         self.session.execute(sync_runs.delete().where(sync_runs.c.token_id == token_id))
@@ -109,6 +122,7 @@ class SyncRunRepository:
 
     def start(self, token_id: str, trigger: str, kind: str) -> int:
         """A new run; called with the token's sync lease held, so an unfinished earlier run died with its process."""
+        hold_token(self.session, token_id)
         now = utc_now()
         self.session.execute(sync_runs.update().where(
             sync_runs.c.token_id == token_id, sync_runs.c.finished_at.is_(None),
@@ -118,12 +132,18 @@ class SyncRunRepository:
         return int(result.inserted_primary_key[0])
 
     def progress(self, run_id: int, counts: SyncCounts) -> None:
-        self.session.execute(sync_runs.update().where(sync_runs.c.id == run_id).values(
-            kind=counts.kind, pages=counts.pages, added=counts.added, modified=counts.modified, deleted=counts.deleted))
+        """Written with a page, which then saves its cursor on the token row: that row is taken first."""
+        hold_token(self.session, sa.select(sync_runs.c.token_id).where(sync_runs.c.id == run_id).scalar_subquery())
+        self._write(run_id, counts)
 
     def finish(self, run_id: int, counts: SyncCounts, error: str | None) -> None:
-        self.progress(run_id, counts)
-        self.session.execute(sync_runs.update().where(sync_runs.c.id == run_id).values(finished_at=utc_now(), error=error))
+        """Written after the token's lease is released (or with the token gone): no token row to wait for after it."""
+        self._write(run_id, counts, finished_at=utc_now(), error=error)
+
+    def _write(self, run_id: int, counts: SyncCounts, **values: Any) -> None:
+        self.session.execute(sync_runs.update().where(sync_runs.c.id == run_id).values(
+            kind=counts.kind, pages=counts.pages, added=counts.added, modified=counts.modified, deleted=counts.deleted,
+            **values))
 
     def get(self, run_id: int) -> dict[str, Any]:
         return run_summary(self.session.execute(sa.select(sync_runs).where(sync_runs.c.id == run_id)).one())

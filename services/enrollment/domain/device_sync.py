@@ -36,8 +36,10 @@ PHASE_SYNC = "sync"
 PROFILE_RETRY_BATCH = 1000
 PROFILE_ASSIGN_BATCH = 1000  # serials per request to Apple
 DEFAULT_ASSIGN_RETRY = timedelta(seconds=60)  # when Apple throttles without saying how long to wait
+# when Apple failed an assignment request (a 5xx, no answer): its devices wait that long, and the sync then asks again
+ASSIGN_RETRY_AFTER_FAILURE = timedelta(minutes=5)
 # a new device stored with its page, its profile asked of Apple once the page is committed; a run that dies first
-# leaves it due, and the next sync assigns it
+# leaves it due, and the next sync assigns it (as it does a device whose request Apple failed, once that is due)
 ASSIGN_QUEUED = "QUEUED"
 WAITING_ASSIGN_RESULTS = ("THROTTLED", ASSIGN_QUEUED)  # what the sync asks Apple again, when due
 
@@ -98,7 +100,8 @@ class DeviceStore(Protocol):
 class AssignOutcome:
     statuses: dict[str, str]
     retry_after_seconds: int | None = None
-    error: str | None = None  # why some devices were not sent (they are FAILED, or THROTTLED to be retried)
+    error: str | None = None  # why some devices were not sent (they are FAILED, or THROTTLED or QUEUED to be retried)
+    apple_failed: bool = False  # Apple failed a request (a 5xx, no answer): the devices not sent are QUEUED
 
 
 class ProfileAssigner(Protocol):
@@ -119,6 +122,8 @@ class SyncCounts:
     refetched: bool = False
     kind: str = PHASE_SYNC  # "fetch" when the run listed every device
     assign_statuses: Counter = field(default_factory=Counter)
+    # Apple failed a profile assignment: the run asks it nothing more, and the devices wait for a later sync
+    assign_error: str | None = None
 
 
 # Apple refusals that end the run: retrying them only makes noise
@@ -224,7 +229,9 @@ class DeviceSync:
         profile = self.default_profile_uuid
         queued = [d.serial_number for d in new if d.profile_uuid != profile] if profile and self.assigner else []
         if queued:
-            self.store.record_assign_results(profile, dict.fromkeys(queued, ASSIGN_QUEUED), self.now())
+            # once Apple failed an assignment, this run asks no more: the devices wait as long as those it failed
+            due = self.now() if counts.assign_error is None else self.now() + ASSIGN_RETRY_AFTER_FAILURE
+            self.store.record_assign_results(profile, dict.fromkeys(queued, ASSIGN_QUEUED), due)
         if self.progress:
             self.progress(counts)
         return queued
@@ -238,10 +245,12 @@ class DeviceSync:
             self.checkpoint()
 
     def _assign(self, profile_uuid: str, serial_numbers: list[str], counts: SyncCounts) -> None:
-        if not serial_numbers or self.assigner is None:
-            return
+        if not serial_numbers or self.assigner is None or counts.assign_error:
+            return  # after a failure Apple is not asked again within the run (each try could wait out a timeout)
         outcome = assign_profile(self.assigner, self.store, profile_uuid, serial_numbers, self.now())
         counts.assign_statuses.update(outcome.statuses.values())
+        if outcome.apple_failed:
+            counts.assign_error = outcome.error
 
     def _retry_throttled_assignments(self, due: list[tuple[str, str]], counts: SyncCounts) -> None:
         by_profile: dict[str, list[str]] = {}
@@ -257,8 +266,11 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
 
     Apple failing a batch does not lose the results of the batches before it: that batch and the
     rest are THROTTLED (retried with the same profile when Apple said, or in a minute) if Apple
-    throttled, FAILED otherwise. A revoked token or unsigned terms end it, nothing more can succeed:
-    the results so far are kept, the rest FAILED, and the refusal is raised.
+    throttled; QUEUED (asked again by a sync in a few minutes, ``apple_failed``) if Apple failed
+    (a 5xx, no answer, an answer that cannot be read); FAILED if Apple refused the request itself
+    (a 4xx such as PROFILE_NOT_FOUND, which asking again would not change). A revoked token or
+    unsigned terms end it, nothing more can succeed: the results so far are kept, the rest FAILED,
+    and the refusal is raised.
     The retry waits for the longest time Apple gave, per serial or in a 429's Retry-After.
     """
     statuses: dict[str, str] = {}
@@ -279,7 +291,7 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
                 if exc.retry_after is not None:
                     retry_after = max(retry_after or 0, math.ceil(exc.retry_after))
             except DepError as exc:
-                error, unsent_status = str(exc), "FAILED"
+                error, unsent_status = str(exc), ASSIGN_QUEUED if _apple_failed(exc) else "FAILED"
             else:
                 statuses.update(outcome.statuses)
                 if outcome.retry_after_seconds is not None:
@@ -287,15 +299,24 @@ def assign_profile(assigner: ProfileAssigner, store: DeviceStore, profile_uuid: 
                 continue
         statuses.update(dict.fromkeys(batch, unsent_status))
     _record(store, profile_uuid, statuses, retry_after, now)
-    return AssignOutcome(statuses, retry_after, error)
+    return AssignOutcome(statuses, retry_after, error, apple_failed=unsent_status == ASSIGN_QUEUED)
+
+
+def _apple_failed(error: DepError) -> bool:
+    """Apple failed rather than refused: no answer (no status), a 5xx, or a success we could not read.
+    A 4xx refuses the request itself (PROFILE_NOT_FOUND, MALFORMED_REQUEST_BODY): it would be refused again."""
+    return error.status_code is None or not 400 <= error.status_code < 500
 
 
 def _record(store: DeviceStore, profile_uuid: str, statuses: dict[str, str], retry_after: int | None,
             now: datetime) -> None:
-    """Keep every device's result; THROTTLED ones are retried when Apple said, or in a minute."""
+    """Keep every device's result; THROTTLED ones are retried when Apple said, or in a minute, and QUEUED ones
+    (Apple failed) in a few minutes."""
     retry_at = None
     if "THROTTLED" in statuses.values():
         retry_at = now + (timedelta(seconds=retry_after) if retry_after else DEFAULT_ASSIGN_RETRY)
+    if ASSIGN_QUEUED in statuses.values():
+        retry_at = max(retry_at or now, now + ASSIGN_RETRY_AFTER_FAILURE)
     store.record_assign_results(profile_uuid, statuses, retry_at)
 
 
