@@ -70,9 +70,7 @@ class DirectoryService(OrchardService):
     @rpc(sensitive_arguments=("changes",))
     def update_ldap_profile(self, profile_id: int, changes: Any) -> dict[str, Any]:
         actor = self.auth.require("directory:write")
-        profiles = self._profiles()
-        current = profiles.get(row_id(profile_id, "profile_id"))
-        stored = profiles.replace(current.id, apply_changes(current.profile, changes))
+        stored = self._profiles().update(row_id(profile_id, "profile_id"), lambda profile: apply_changes(profile, changes))
         fields = sorted(changes) if isinstance(changes, dict) else []
         self.db.audit(actor, "ldap_profile.updated", f"ldap_profile:{stored.id}", {"fields": fields})
         return stored.view()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -52,19 +52,26 @@ class ProfileRepository:
             created_by=created_by, created_at=now, updated_at=now, **self._columns(profile)))
         return self.get(result.inserted_primary_key[0])
 
-    def get(self, profile_id: int) -> StoredProfile:
-        stored = self.find(profile_id)
+    def get(self, profile_id: int, for_update: bool = False) -> StoredProfile:
+        stored = self.find(profile_id, for_update)
         if stored is None:
             raise no_such_profile(profile_id)
         return stored
 
-    def find(self, profile_id: int) -> StoredProfile | None:
-        row = self.session.execute(sa.select(ldap_profiles).where(ldap_profiles.c.id == profile_id)).first()
+    def find(self, profile_id: int, for_update: bool = False) -> StoredProfile | None:
+        query = sa.select(ldap_profiles).where(ldap_profiles.c.id == profile_id)
+        row = self.session.execute(query.with_for_update() if for_update else query).first()
         return None if row is None else self._stored(row)
 
     def list(self) -> list[StoredProfile]:
         rows = self.session.execute(sa.select(ldap_profiles).order_by(ldap_profiles.c.id))
         return [self._stored(row) for row in rows]
+
+    def update(self, profile_id: int, change: Callable[[LdapProfile], LdapProfile]) -> StoredProfile:
+        """The stored profile changed by ``change``; locked meanwhile, since each change writes back the whole
+        profile: two at once would otherwise each undo the other."""
+        current = self.get(profile_id, for_update=True)
+        return self.replace(current.id, change(current.profile))
 
     def replace(self, profile_id: int, profile: LdapProfile) -> StoredProfile:
         self._require_unique_name(profile.name, except_id=profile_id)

@@ -20,6 +20,8 @@ ldap_profiles = sa.Table(
     sa.Column("last_sync_message", sa.Text, nullable=True),
     sa.Column("last_scheduled_on", sa.String(10), nullable=True),  # UTC date (YYYY-MM-DD) of the last daily sync
     sa.Column("certificate_not_after", UtcDateTime, nullable=True),  # the server's, when last connected
+    # an id names its users' source in the roster: SQLite must never hand a deleted profile's id out again
+    sqlite_autoincrement=True,
 )
 
 # failed sign-ins per limiter key, kept for the limiter's window only
