@@ -11,11 +11,10 @@ to keep time (NTP), which puts their difference far below any RPC timeout.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 from nameko.extensions import DependencyProvider
 from nameko.rpc import MethodProxy, Rpc
@@ -61,14 +60,18 @@ class CallerDeadline(DependencyProvider):
             return
         service, method = self.container.service_name, worker_ctx.entrypoint.method_name
         metrics.RPC_CALLS_ABANDONED.labels(service, method).inc()
+        worker_ctx.data[metrics.ABANDONED] = True
         log.warning("%s.%s was not run: its caller had stopped waiting %.1f s before a worker was free",
                     service, method, late)
         # the worker's own service instance: Nameko looks the method up on it after this setup
-        setattr(worker_ctx.service, method, functools.partial(_not_run, method, late))
+        setattr(worker_ctx.service, method, _not_run(method, late))
 
 
-def _not_run(method: str, late: float, *args: Any, **kwargs: Any) -> NoReturn:
-    raise errors.UpstreamError(f"{method} was not run: its caller had stopped waiting {late:.1f} s before")
+def _not_run(method: str, late: float) -> Callable[..., NoReturn]:
+    """What runs instead of ``method``, whatever arguments it is given."""
+    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
+        raise errors.UpstreamError(f"{method} was not run: its caller had stopped waiting {late:.1f} s before")
+    return refuse
 
 
 def _seconds(value: Any) -> float | None:

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 ENTRYPOINT_CALLS = Counter(
-    "orchard_entrypoint_calls", "Entrypoint calls by outcome (success, expected_error, error).",
+    "orchard_entrypoint_calls",
+    "Entrypoint calls by outcome (success, expected_error, error; abandoned: not run, its caller had given up).",
     ["service", "entrypoint", "kind", "outcome"],
 )
 ENTRYPOINT_DURATION = Histogram(
@@ -110,6 +111,10 @@ def entrypoint_kind(entrypoint: Any) -> str:
     return "other"
 
 
+# set in a worker's context data for an RPC not run because its caller had given up (``shared.call_deadlines``)
+ABANDONED = "orchard_abandoned"
+
+
 def outcome_of(exc_info: Any) -> str:
     if exc_info is None:
         return "success"
@@ -147,6 +152,9 @@ class Metrics(DependencyProvider):
         entrypoint = worker_ctx.entrypoint
         kind = entrypoint_kind(entrypoint)
         name = entrypoint.method_name
+        if worker_ctx.data.get(ABANDONED):  # not run: no duration of the method's to observe
+            ENTRYPOINT_CALLS.labels(self.service, name, kind, "abandoned").inc()
+            return
         ENTRYPOINT_CALLS.labels(self.service, name, kind, outcome_of(exc_info)).inc()
         if started is not None:
             ENTRYPOINT_DURATION.labels(self.service, name, kind).observe(time.perf_counter() - started)

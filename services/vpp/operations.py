@@ -424,8 +424,8 @@ class VppOperations:
 
     def retire_invited(self, token: Any, user_ids: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
         """Retire invited users at Apple, a batch at a time, each batch's outcome committed before the next is sent.
-        The invites of those Apple retired (or never knew) are revoked; the others stay as they are. Returns the
-        users revoked and the failures, with Apple's reason."""
+        The invites of those Apple retired (or never knew) are revoked, and the revocable licences they held are free
+        again; the others stay as they are. Returns the users revoked and the failures, with Apple's reason."""
         client = self.client_for(token)
         ids = self.repo.apple_user_ids(token.id)
         batches = chunks(user_ids, self.limits(token).max_users)
@@ -438,7 +438,11 @@ class VppOperations:
                                               "requests)"):
                     failed = _ask_for_users(client.retire_users, client, batch, ids)
                 done = [u for u in batch if u not in failed]
-                self.repo.mark_invites(token.id, done, status=InviteStatus.REVOKED.value)
+                self.repo.release_licences(token.id, done)
+                # no longer Apple's registration to follow (a listing read before, a notification sent again):
+                # withdrawn, as an invite revoked before Apple registered it, which is not sent again unasked
+                self.repo.mark_invites(token.id, done, status=InviteStatus.REVOKED.value, apple_state="withdrawn",
+                                       apple_error=None)
                 revoked += done
                 failures += [{"user_id": user_id, "message": reason} for user_id, reason in failed.items()]
         return revoked, failures

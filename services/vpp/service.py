@@ -20,7 +20,7 @@ from services.vpp.adapters.repository import VppRepository, asset_from_row
 from services.vpp.domain.invites import InviteMethod, InviteStatus, invites_csv, plan_auto_invites
 from services.vpp.domain.licence_reach import LicenceTarget, require_within_token
 from services.vpp.domain.licences import (
-    Asset, LicencePlan, NotEnoughLicences, ProductType, plan_assignment, plan_revocation, revocation_batches,
+    Asset, LicencePlan, NotEnoughLicences, ProductType, chunks, plan_assignment, plan_revocation, revocation_batches,
     revoke_all_selection, revoke_unknown_selection,
 )
 from services.vpp.domain.tokens import ContentToken, check_renewal, decode_content_token
@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
 MAX_IDS_PER_CALL = 20_000
+SCOPE_DEVICES_PER_CALL = 10_000  # the devices one enrollment.resolve_scope call may name
 REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight together
 REGISTRATION_TICK_SECONDS = 5.0  # a tick that still finds work goes on this long (the lease holds 12 s)
 RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_users
@@ -316,9 +317,23 @@ class VppService(OrchardService):
         row = self._token(actor, token_id)
         asset = self.repo.asset(row.id, adam_id)
         holders = self.repo.holders(row.id, asset_from_row(asset))
-        return {**asset_view(asset),
-                "serial_numbers": sorted(h.serial_number for h in holders if h.serial_number),
-                "user_ids": sorted(h.client_user_id for h in holders if h.client_user_id)}
+        serials = sorted(h.serial_number for h in holders if h.serial_number)
+        user_ids = sorted(h.client_user_id for h in holders if h.client_user_id)
+        if actor.is_location_bound:
+            serials, user_ids = self._holders_visible_to(actor, serials, user_ids)
+        return {**asset_view(asset), "serial_numbers": serials, "user_ids": user_ids}
+
+    def _holders_visible_to(self, actor: Actor, serials: list[str], user_ids: list[str]) -> tuple[list[str], list[str]]:
+        """The holders in a location leader's locations (as ``list_invites`` shows only their users' invites):
+        users where the roster puts them, devices where enrollment does."""
+        where = self.repo.user_locations(user_ids)
+        users = [user_id for user_id in user_ids if visible(actor, where.get(user_id, []))]
+        self.db.commit()  # read only so far: no database connection held while enrollment answers
+        shown: set[str] = set()
+        for batch in chunks(serials, SCOPE_DEVICES_PER_CALL):
+            shown.update(device["serial_number"] for device in self.enrollment.resolve_scope({"devices": batch})
+                         if visible(actor, device["locations"]))
+        return [serial for serial in serials if serial in shown], users
 
     @rpc
     def set_asset_hidden(self, token_id: Any, adam_id: Any, hidden: Any) -> dict[str, Any]:

@@ -156,8 +156,14 @@ def test_a_call_whose_caller_gave_up_is_not_run_later(runner_factory, orchard_co
         assert rpc.notes.count() == 1
 
 
-def calls_abandoned(method: str) -> float:
-    return REGISTRY.get_sample_value("orchard_rpc_calls_abandoned_total", {"service": "notes", "method": method}) or 0
+def calls_abandoned(method: str) -> tuple[float, float, float]:
+    """Counted as abandoned, as entrypoint calls abandoned, and the method's observed durations."""
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, {"service": "notes", **labels}) or 0
+    entrypoint = {"entrypoint": method, "kind": "rpc"}
+    return (sample("orchard_rpc_calls_abandoned_total", method=method),
+            sample("orchard_entrypoint_calls_total", outcome="abandoned", **entrypoint),
+            sample("orchard_entrypoint_duration_seconds_count", **entrypoint))
 
 
 def test_a_call_taken_only_after_its_caller_gave_up_is_not_run(runner_factory, orchard_config, rpc_as):
@@ -170,7 +176,8 @@ def test_a_call_taken_only_after_its_caller_gave_up_is_not_run(runner_factory, o
         with pytest.raises(UpstreamError, match="did not answer take_many within 1 s"):
             rpc.caller.take_one("late")
         assert rpc.notes.count() == 0  # answered after the late call had its worker
-    assert calls_abandoned("take_many") == before + 1
+    abandoned, abandoned_calls, durations = calls_abandoned("take_many")
+    assert (abandoned, abandoned_calls, durations) == (before[0] + 1, before[1] + 1, before[2])  # it never ran
 
 
 def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runner_factory, orchard_config, rpc_as):

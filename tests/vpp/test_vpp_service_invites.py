@@ -134,7 +134,11 @@ def test_invites_stay_within_the_tokens_locations_and_a_leader_lists_those_of_th
         north_id = rpc.vpp.add_content_token(north_only, locations=["north"])["id"]
         both_id = rpc.vpp.add_content_token(both, locations=["north", "south"])["id"]
         assert rpc.vpp.invite_users(both_id, ["ann", "bob"])["registered"] == 2
+        vpp_sandbox.add_asset(both, "111", 3)
+        rpc.vpp.sync_assets(both_id)
+        rpc.vpp.assign_licenses(both_id, "111", user_ids=["ann", "bob"])
     with rpc_as(Actor("leader@school.example", "location_leader", ("north",))) as rpc:
+        assert rpc.vpp.get_asset(both_id, "111")["user_ids"] == ["ann"]  # bob holds one too, at his location
         with pytest.raises(PermissionDenied, match="user bob is at location\\(s\\) south"):
             rpc.vpp.invite_users(north_id, ["ann", "bob"])
         assert rpc.vpp.list_invites(north_id) == [] and vpp_sandbox.state(north_only)["users"] == 0
@@ -239,6 +243,24 @@ def test_a_count_notification_makes_the_token_due_for_a_sync(notified_token, vpp
     with entrypoint_hook(container, "sync_due_tokens") as sync_due_tokens:
         sync_due_tokens()
     assert vpp_sandbox.requests("assets") > reads
+
+
+def test_revoking_a_registered_invite_frees_its_licences_and_apple_s_late_word_does_not_bring_it_back(
+        notified_token, vpp_sandbox, vpp_config, rpc_as):
+    stoken, token_id, url = notified_token
+    known_to_vpp(vpp_config, user("ann"), user("bob"))
+    with rpc_as() as rpc:
+        rpc.vpp.invite_users(token_id, ["ann", "bob"])
+        rpc.vpp.assign_licenses(token_id, "111", user_ids=["ann", "bob"])
+        assert rpc.vpp.revoke_invites(token_id, ["ann"]) == {"revoked": 1, "failures": []}
+        asset = rpc.vpp.get_asset(token_id, "111")  # Apple took back the licence of the user it retired
+        assert (asset["assigned"], asset["available"], asset["user_ids"]) == (1, 2, ["bob"])
+        # a notification from before, sent again (our answer did not reach Apple), says she accepted
+        late = {"notificationType": "USER_ASSOCIATED", "notification": {"associatedUsers": [{"clientUserId": "ann"}]}}
+        secret = notification_secret(vpp_sandbox, stoken)
+        assert httpx.post(url, json=late, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+        rpc.vpp.sync_assets(token_id)
+        assert {i["user_id"]: i["status"] for i in rpc.vpp.list_invites(token_id)} == {"ann": "revoked", "bob": "pending"}
 
 
 def test_malformed_notifications_are_refused_and_change_nothing(notified_token, vpp_sandbox, rpc_as):

@@ -705,22 +705,27 @@ class VppRepository:
                  .where(a.token_id == token_id, a.holder_kind == "user", a.holder.in_(list(user_ids)), s.revocable.is_(True)))
         return sorted(self.session.execute(query).scalars())
 
+    def release_licences(self, token_id: str, user_ids: Sequence[str]) -> None:
+        """Apple retired these users, which took back their revocable licences (books stay with the user)."""
+        a = t.assignments.c
+        held = self.session.execute(sa.select(a.adam_id, a.pricing_param, a.holder).where(
+            a.token_id == token_id, a.holder_kind == "user", a.holder.in_(list(user_ids))))
+        assets = self.assets_by_key(token_id)
+        by_asset: dict[tuple[str, str], list[str]] = {}
+        for adam_id, pricing_param, holder in held:
+            by_asset.setdefault((adam_id, pricing_param), []).append(holder)
+        for key, holders in sorted(by_asset.items()):  # in the order a sync locks them (``licences_changed_since``)
+            if key in assets and assets[key].revocable:
+                self.apply_licence_change(token_id, assets[key], [], holders, added=False)
+
     def complete_retirements(self, token_id: str, user_ids: Sequence[str]) -> None:
         """Apple retired these users: their revocable licences are gone, their invites revoked. A user the roster
         brought back while Apple retired them (the retirement called off meanwhile) has their invite queued again."""
         if not user_ids:
             return
         ids = list(user_ids)
-        a, r = t.assignments.c, t.user_retirements.c
-        held = self.session.execute(sa.select(a.adam_id, a.pricing_param, a.holder).where(
-            a.token_id == token_id, a.holder_kind == "user", a.holder.in_(ids)))
-        assets = self.assets_by_key(token_id)
-        by_asset: dict[tuple[str, str], list[str]] = {}
-        for adam_id, pricing_param, holder in held:
-            by_asset.setdefault((adam_id, pricing_param), []).append(holder)
-        for key, holders in sorted(by_asset.items()):  # in the order a sync locks them (``licences_changed_since``)
-            if key in assets and assets[key].revocable:  # books stay with the user
-                self.apply_licence_change(token_id, assets[key], [], holders, added=False)
+        r = t.user_retirements.c
+        self.release_licences(token_id, ids)
         # locked: an import bringing a user back deletes their row in a transaction this one then waits for
         asked = set(self.session.execute(sa.select(r.user_id).where(r.token_id == token_id, r.user_id.in_(ids))
                                          .with_for_update()).scalars())
