@@ -51,6 +51,13 @@ class DeadlineMethodProxy(MethodProxy):
 class CallerDeadline(DependencyProvider):
     """Does not run an RPC whose caller had stopped waiting by the time a worker took it up."""
 
+    def setup(self) -> None:
+        # each method's count exists from the start, at zero: Prometheus's increase() takes a series' first value
+        # as its start, so the first calls abandoned would not count
+        for entrypoint in self.container.entrypoints:
+            if isinstance(entrypoint, Rpc):
+                metrics.RPC_CALLS_ABANDONED.labels(self.container.service_name, entrypoint.method_name)
+
     def worker_setup(self, worker_ctx: Any) -> None:
         deadline = _seconds(worker_ctx.data.pop(DEADLINE_KEY, None))  # popped: not passed on to calls it makes
         if deadline is None or not isinstance(worker_ctx.entrypoint, Rpc):

@@ -157,11 +157,26 @@ class DevicePeopleEntrypoints:
         """Devices the actor may see: known to enrollment, and an ADE device's server token in their locations."""
         repository = AssignmentRepository(self.db.session)
         require_known(repository, serials)
-        hidden = sorted(serial for serial, locations in repository.device_token_locations(serials).items()
-                        if not visible(actor, locations))
+        hidden = _hidden_serials(repository, actor, serials)
         if hidden:
             raise NotFound(f"enrollment knows no device {', '.join(hidden[:10])} in your locations")
         return serials
+
+    @rpc
+    def device_locations(self, serial_numbers: list[str]) -> list[dict[str, Any]]:
+        """``[{serial_number, locations}]``: the locations of each device's user or group (none while it is
+        assigned to nobody), for those of these devices the caller may see. Devices unknown here or hidden from
+        the caller are left out, not refused, so that a list such as an app's licence holders can be shown in part.
+        """
+        actor = self.auth.require("enrollment:resolve_scope")
+        serials = list(parse_scope({"devices": serial_numbers}).devices)
+        repository = AssignmentRepository(self.db.session)
+        left_out = {*repository.unknown_serials(serials), *_hidden_serials(repository, actor, serials)}
+        shown = [serial for serial in serials if serial not in left_out]
+        assignments = repository.assignments(shown)
+        return [{"serial_number": serial,
+                 "locations": list(assignments[serial].locations) if serial in assignments else []}
+                for serial in shown]
 
     # --- shared device groups --------------------------------------------------------------
 
@@ -278,6 +293,12 @@ class DevicePeopleEntrypoints:
         if devices:
             devices.update(repository.assignments(self._visible_serials(actor, list(devices))))
         return resolved_devices(user_locations, [*reached, *explicit_users], groups, devices)
+
+
+def _hidden_serials(repository: AssignmentRepository, actor: Actor, serials: list[str]) -> list[str]:
+    """The ADE devices whose server token is outside the actor's locations."""
+    return sorted(serial for serial, locations in repository.device_token_locations(serials).items()
+                  if not visible(actor, locations))
 
 
 def _unassigned(serial: str) -> dict[str, Any]:

@@ -439,6 +439,7 @@ class VppOperations:
                     failed = _ask_for_users(client.retire_users, client, batch, ids)
                 done = [u for u in batch if u not in failed]
                 self.repo.release_licences(token.id, done)
+                self.repo.forget_renames(token.id, done)
                 # no longer Apple's registration to follow (a listing read before, a notification sent again):
                 # withdrawn, as an invite revoked before Apple registered it, which is not sent again unasked
                 self.repo.mark_invites(token.id, done, status=InviteStatus.REVOKED.value, apple_state="withdrawn",

@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 NOTIFICATION_TYPES = ["ASSET_MANAGEMENT", "ASSET_COUNT", "USER_MANAGEMENT", "USER_ASSOCIATED"]
 MAX_IDS_PER_CALL = 20_000
-SCOPE_DEVICES_PER_CALL = 10_000  # the devices one enrollment.resolve_scope call may name
+SCOPE_DEVICES_PER_CALL = 10_000  # the devices one enrollment.device_locations call may name
 REGISTRATION_ROUND = 1_600  # invites per round: 16 users/create calls in flight together
 REGISTRATION_TICK_SECONDS = 5.0  # a tick that still finds work goes on this long (the lease holds 12 s)
 RETIREMENT_ROUND = 1_000  # deleted users retired per run of retire_deleted_users
@@ -331,7 +331,7 @@ class VppService(OrchardService):
         self.db.commit()  # read only so far: no database connection held while enrollment answers
         shown: set[str] = set()
         for batch in chunks(serials, SCOPE_DEVICES_PER_CALL):
-            shown.update(device["serial_number"] for device in self.enrollment.resolve_scope({"devices": batch})
+            shown.update(device["serial_number"] for device in self.enrollment.device_locations(batch)
                          if visible(actor, device["locations"]))
         return [serial for serial in serials if serial in shown], users
 

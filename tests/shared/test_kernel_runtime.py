@@ -178,6 +178,8 @@ def test_a_call_taken_only_after_its_caller_gave_up_is_not_run(runner_factory, o
         assert rpc.notes.count() == 0  # answered after the late call had its worker
     abandoned, abandoned_calls, durations = calls_abandoned("take_many")
     assert (abandoned, abandoned_calls, durations) == (before[0] + 1, before[1] + 1, before[2])  # it never ran
+    # every method's count is there from the start, so that Prometheus's increase() counts the first one
+    assert REGISTRY.get_sample_value("orchard_rpc_calls_abandoned_total", {"service": "notes", "method": "explode"}) == 0
 
 
 def test_unexpected_errors_reach_callers_as_internal_errors_without_details(runner_factory, orchard_config, rpc_as):

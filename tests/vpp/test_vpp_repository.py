@@ -283,3 +283,30 @@ def test_a_retirement_completing_while_an_import_brings_the_user_back_waits_and_
             importing.commit()
             job.wait()
         assert [(r.status, r.apple_state) for r in repo.invites("tok")] == [("pending", "queued")]
+
+
+def test_invites_revoked_after_apple_registered_them_are_withdrawn_by_the_migration(tmp_path):
+    """They were stored still registered, so a sync or a notification could bring them back."""
+    from alembic import command
+
+    from shared.migrations import alembic_config, upgrade
+
+    engine = create_engine_for(f"sqlite:///{tmp_path}/vpp.db")
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config("services.vpp.migrations", connection), "e796576a8b4c")
+            command.upgrade(alembic_config("services.vpp.migrations", connection), "kernel@head")
+        now = utc_now()
+        with Session(engine) as session:
+            add_token(session, now)
+            VppRepository(session).queue_invites([
+                {"token_id": "tok", "user_id": user_id, "method": "managed_apple_id", "name": "N", "email": None,
+                 "managed_apple_id": f"{user_id}@appleid.example", "status": status, "apple_state": "registered",
+                 "invited_at": now} for user_id, status in (("ann", "revoked"), ("bob", "pending"))])
+            session.commit()
+        upgrade(engine, "services.vpp.migrations")
+        with Session(engine) as session:
+            states = {r.user_id: r.apple_state for r in session.execute(sa.select(t.invites))}
+        assert states == {"ann": "withdrawn", "bob": "registered"}
+    finally:
+        engine.dispose()

@@ -125,3 +125,17 @@ def test_a_teacher_installs_study_apps_on_their_class_devices(district, vpp_sand
     with rpc_as(Actor("t-other", "teacher", ("A",))) as rpc:
         with pytest.raises(PermissionDenied, match="you do not teach class\\(es\\) maths-7a"):
             rpc.enrollment.resolve_scope({"classes": ["maths-7a"]})
+
+
+def test_a_leader_sees_only_the_licence_holders_at_their_locations(district, vpp_sandbox, rpc_as):
+    both = vpp_sandbox.issue_token(locationName="District Office")
+    vpp_sandbox.add_asset(both, "222", 10)
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(both, name="District", locations=["A", "B"])["id"]
+        vpp_sandbox.post("assignments", sToken=both, adamId="222", serialNumbers=["OLDMDM1"])  # a previous MDM's
+        rpc.vpp.sync_assets(token_id)
+        rpc.vpp.assign_licenses(token_id, "222", serial_numbers=["SER7A1", "SER7B1"])
+        assert rpc.vpp.get_asset(token_id, "222")["serial_numbers"] == ["OLDMDM1", "SER7A1", "SER7B1"]
+    with rpc_as(Actor("leader@school.example", "location_leader", ("A",))) as rpc:
+        # SER7B1's user is at B; enrollment knows nothing of OLDMDM1
+        assert rpc.vpp.get_asset(token_id, "222")["serial_numbers"] == ["SER7A1"]

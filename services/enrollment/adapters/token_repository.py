@@ -30,7 +30,7 @@ def hold_token(session: Session, token_id: str | sa.ScalarSelect[Any]) -> None:
     SHARE, as a foreign key would: the sync's own cursor and lease updates of the row go on beside it.
     """
     c = server_tokens.c
-    if session.execute(sa.select(c.id).where(c.id == token_id).with_for_update(key_share=True)).first() is None:
+    if session.execute(sa.select(c.id).where(c.id == token_id).with_for_update(read=True, key_share=True)).first() is None:
         raise NotFound("The server token was deleted meanwhile; list the tokens to find the id.")
 
 

@@ -19,8 +19,9 @@ device. A batch ends within ``batch_seconds`` however APNs behaves: a device not
 then is reported with status None and what went wrong.
 
 A renewed certificate (a new serial) gets a new client at once, and the one it replaces is
-retired rather than closed: the batches already running on it finish there, on the old
-certificate, still valid, and it closes when the last of them ends (by its batch's deadline).
+retired rather than closed: the batches already running on it, or about to, finish there, on
+the old certificate, still valid, and it closes once they have ended and one batch's time has
+passed.
 """
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ class ApnsClient:
         self._failure: _ConnectFailure | None = None  # the last connection attempt's, while remembered
         self._failed_attempts = 0  # connection attempts failed in a row
         self._closed = False
-        self._retired = False  # replaced by a renewed certificate's client: closes when no send runs here
+        # replaced by a renewed certificate's client a batch's time ago: closes when no send runs here
+        self._retirement_over = False
         self._sending = 0  # send() and send_one() calls running
         self._static_headers = [
             (b"apns-topic", topic.encode()),
@@ -164,13 +166,18 @@ class ApnsClient:
         return self._closed
 
     def retire(self) -> None:
-        """Replaced by a renewed certificate's client: close once the sends running here have ended.
+        """Replaced by a renewed certificate's client: close once the sends running here have ended, and no
+        sooner than one batch's time from now.
 
         Their pushes are in flight on this connection, under the old certificate, which is still valid:
-        closing now would fail every one of them. Each send ends by its batch's deadline, so this closes
-        by then at the latest; a client no send is using closes at once.
+        closing now would fail every one of them. A caller handed this client just before it was replaced
+        may not have started its send yet: the batch's time covers it. Each send ends by its batch's
+        deadline, so this closes within two batches' time at the latest.
         """
-        self._retired = True
+        eventlet.spawn_after(self._batch_seconds, self._end_retirement)
+
+    def _end_retirement(self) -> None:
+        self._retirement_over = True
         if not self._sending:
             self.close()
 
@@ -204,7 +211,7 @@ class ApnsClient:
             yield
         finally:
             self._sending -= 1
-            if self._retired and not self._sending:
+            if self._retirement_over and not self._sending:
                 self.close()
 
     def _attempt(self, path: bytes, body: bytes, deadline: float) -> tuple[int | None, str | None, str | None, bool]:

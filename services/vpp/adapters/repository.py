@@ -737,9 +737,13 @@ class VppRepository:
             c.apple_state.in_(["queued", "registered", "retiring"])).values(
             status=InviteStatus.PENDING.value, apple_state="queued", **FRESH_INVITE))
         self.session.execute(t.user_retirements.delete().where(r.token_id == token_id, r.user_id.in_(ids)))
-        # Apple's user is retired: its clientUserId is free again, for a user of that ID as for any retired user's
+        self.forget_renames(token_id, ids)
+
+    def forget_renames(self, token_id: str, user_ids: Sequence[str]) -> None:
+        """Apple retired these users: the clientUserIds they went by are free again, for a user of that ID as for
+        any retired user's."""
         n = t.renamed_users.c
-        self.session.execute(t.renamed_users.delete().where(n.token_id == token_id, n.user_id.in_(ids)))
+        self.session.execute(t.renamed_users.delete().where(n.token_id == token_id, n.user_id.in_(list(user_ids))))
 
     def retirements_failed(self, token_id: str, user_ids: Sequence[str], error: str, now: datetime) -> None:
         """Try again later, waiting longer after every failure (30 s doubling, at most an hour)."""
