@@ -307,6 +307,7 @@ class VppOperations:
         created = self._create_users(token, asked) if asked and not refused else []
         listing = self._users_changed(token) if created and _by_email(asked) else None  # the e-mails' invite codes
         invited = self.repo.queue_invites(invites, invited_again=True)
+        self.repo.call_off_revocations(token.id, sorted(invited))
         if refused:
             self.repo.mark_failed(token.id, sorted(invited), refused)
             return invited, {"registered": 0, "failed": len(invited)}

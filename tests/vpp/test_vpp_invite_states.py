@@ -2,10 +2,11 @@
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from nameko.testing.services import entrypoint_hook
 from nameko.testing.utils import get_container
 
-from services.vpp.adapters.tables import content_tokens
+from services.vpp.adapters.tables import content_tokens, user_retirements
 from services.vpp.service import VppService
 from shared.storage import create_engine_for, utc_now
 from tests.vpp.test_vpp_service_invites import count_rows, known_to_vpp, metric, publish, user
@@ -99,3 +100,27 @@ def test_renewing_a_revoked_token_registers_the_invites_it_could_not(vpp_sandbox
         wait_for(lambda: [(i["status"], i["registration"]) for i in rpc.vpp.list_invites(token_id)] == [
             ("pending", "registered")], what="ann registered with the renewed token")
     assert vpp_sandbox.state(stoken)["users"] == 1
+
+
+def test_inviting_again_calls_off_the_retirement_a_revoked_invite_still_asked_for(vpp_sandbox, vpp_config, vpp_runner,
+                                                                                 rpc_as):
+    """Apple registered ann while her invite was being revoked, so her retirement was asked for; it waits, Apple
+    failing. Invited again, she must not be retired by it later."""
+    stoken = vpp_sandbox.issue_token(locationName="North Campus")
+    known_to_vpp(vpp_config, user("ann"))
+    with rpc_as() as rpc:
+        token_id = rpc.vpp.add_content_token(stoken)["id"]
+        assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 1
+    engine = create_engine_for(vpp_config["SERVICES"]["vpp"]["database_url"])
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE invites SET status = 'revoked', apple_state = 'withdrawn'"))
+            connection.execute(user_retirements.insert().values(
+                token_id=token_id, user_id="ann", requested_at=utc_now(), attempts=1, roster_deleted=False,
+                next_attempt_at=utc_now() + timedelta(seconds=2)))
+    finally:
+        engine.dispose()
+    with rpc_as() as rpc:
+        assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 1
+        assert count_rows(vpp_config, "user_retirements") == 0  # nothing is left to retire her
+        assert [(i["user_id"], i["status"]) for i in rpc.vpp.list_invites(token_id)] == [("ann", "pending")]

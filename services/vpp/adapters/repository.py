@@ -315,6 +315,16 @@ class VppRepository:
                 self.session.execute(t.invites.update().where(c.token_id == token_id, c.user_id == user_id,
                                                               c.apple_state == "retiring").values(apple_state="queued"))
 
+    def call_off_revocations(self, token_id: str, user_ids: Sequence[str]) -> None:
+        """These users are invited again with this token: the retirements a revoked invite of theirs still asked for
+        (Apple registered it while it was withdrawn) are called off, or they would retire the new registration.
+        Those a deletion from the roster asked for are left: only the roster's import calls them off."""
+        r = t.user_retirements.c
+        ids = list(user_ids)
+        for start in range(0, len(ids), 500):
+            self.session.execute(t.user_retirements.delete().where(
+                r.token_id == token_id, r.user_id.in_(ids[start:start + 500]), r.roster_deleted.is_(False)))
+
     def superseded_users(self, occurred: dict[str, datetime]) -> set[str]:
         """Users whose stored details are newer than the import that ``occurred`` (a later import, or a deletion)."""
         c = t.known_users.c
