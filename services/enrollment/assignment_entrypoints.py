@@ -167,8 +167,9 @@ class DevicePeopleEntrypoints:
         """``[{serial_number, locations}]``: the locations of each device's user or group (none while it is
         assigned to nobody), for those of these devices the caller may see. Devices unknown here or hidden from
         the caller are left out, not refused, so that a list such as an app's licence holders can be shown in part.
+        Readers of enrollment only: a teacher names classes, never devices (``resolve_scope``).
         """
-        actor = self.auth.require("enrollment:resolve_scope")
+        actor = self.auth.require("enrollment:read")
         serials = list(parse_scope({"devices": serial_numbers}).devices)
         repository = AssignmentRepository(self.db.session)
         left_out = {*repository.unknown_serials(serials), *_hidden_serials(repository, actor, serials)}

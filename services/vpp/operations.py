@@ -307,7 +307,6 @@ class VppOperations:
         created = self._create_users(token, asked) if asked and not refused else []
         listing = self._users_changed(token) if created and _by_email(asked) else None  # the e-mails' invite codes
         invited = self.repo.queue_invites(invites, invited_again=True)
-        self.repo.call_off_revocations(token.id, sorted(invited))
         if refused:
             self.repo.mark_failed(token.id, sorted(invited), refused)
             return invited, {"registered": 0, "failed": len(invited)}
@@ -391,8 +390,11 @@ class VppOperations:
             reasons = {user_id: reason for user_id, reason in not_registered.items() if user_id in members}
             done = [i for i in batch if i["user_id"] not in reasons]
             # deleted from the roster, or the invite revoked, while Apple registered them: retired here again
-            for user_id in self.repo.mark_registered(token.id, [i["user_id"] for i in done]):
+            retired_again = self.repo.mark_registered(token.id, [i["user_id"] for i in done])
+            for user_id in retired_again:
                 self.repo.request_retirements(user_id, utc_now(), token.id)
+            # invited again: a retirement an earlier, revoked invite asked for would retire this registration
+            self.repo.call_off_revocations(token.id, [i["user_id"] for i in done if i["user_id"] not in retired_again])
             for user_id, reason in reasons.items():
                 self.repo.mark_failed(token.id, [user_id], reason)
             for method in {i["method"] for i in done}:

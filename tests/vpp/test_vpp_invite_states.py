@@ -102,10 +102,9 @@ def test_renewing_a_revoked_token_registers_the_invites_it_could_not(vpp_sandbox
     assert vpp_sandbox.state(stoken)["users"] == 1
 
 
-def test_inviting_again_calls_off_the_retirement_a_revoked_invite_still_asked_for(vpp_sandbox, vpp_config, vpp_runner,
-                                                                                 rpc_as):
+def revoked_with_a_retirement_asked_for(vpp_sandbox, vpp_config, rpc_as) -> str:
     """Apple registered ann while her invite was being revoked, so her retirement was asked for; it waits, Apple
-    failing. Invited again, she must not be retired by it later."""
+    having failed it once. The token's id."""
     stoken = vpp_sandbox.issue_token(locationName="North Campus")
     known_to_vpp(vpp_config, user("ann"))
     with rpc_as() as rpc:
@@ -117,10 +116,31 @@ def test_inviting_again_calls_off_the_retirement_a_revoked_invite_still_asked_fo
             connection.execute(sa.text("UPDATE invites SET status = 'revoked', apple_state = 'withdrawn'"))
             connection.execute(user_retirements.insert().values(
                 token_id=token_id, user_id="ann", requested_at=utc_now(), attempts=1, roster_deleted=False,
-                next_attempt_at=utc_now() + timedelta(seconds=2)))
+                next_attempt_at=utc_now() + timedelta(seconds=30)))
     finally:
         engine.dispose()
+    return token_id
+
+
+def test_inviting_again_calls_off_the_retirement_a_revoked_invite_still_asked_for(vpp_sandbox, vpp_config, vpp_runner,
+                                                                                 rpc_as):
+    """Else the retirement would retire the new registration later."""
+    token_id = revoked_with_a_retirement_asked_for(vpp_sandbox, vpp_config, rpc_as)
     with rpc_as() as rpc:
         assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 1
         assert count_rows(vpp_config, "user_retirements") == 0  # nothing is left to retire her
         assert [(i["user_id"], i["status"]) for i in rpc.vpp.list_invites(token_id)] == [("ann", "pending")]
+
+
+def test_an_invite_apple_did_not_register_leaves_that_retirement_asked_for(vpp_sandbox, vpp_config, vpp_runner, rpc_as):
+    """The token refused: ann stays registered at Apple from before, and only the retirement would retire her."""
+    token_id = revoked_with_a_retirement_asked_for(vpp_sandbox, vpp_config, rpc_as)
+    engine = create_engine_for(vpp_config["SERVICES"]["vpp"]["database_url"])
+    try:
+        with engine.begin() as connection:
+            connection.execute(content_tokens.update().values(revoked=True))
+    finally:
+        engine.dispose()
+    with rpc_as() as rpc:
+        assert rpc.vpp.invite_users(token_id, ["ann"])["registered"] == 0
+    assert count_rows(vpp_config, "user_retirements") == 1

@@ -302,11 +302,12 @@ def test_invites_revoked_after_apple_registered_them_are_withdrawn_by_the_migrat
             VppRepository(session).queue_invites([
                 {"token_id": "tok", "user_id": user_id, "method": "managed_apple_id", "name": "N", "email": None,
                  "managed_apple_id": f"{user_id}@appleid.example", "status": status, "apple_state": "registered",
-                 "invited_at": now} for user_id, status in (("ann", "revoked"), ("bob", "pending"))])
+                 "invited_at": now} for user_id, status in (("ann", "revoked"), ("bob", "pending"), ("cat", "revoked"))])
+            VppRepository(session).mark_invites("tok", ["cat"], apple_state="retiring")  # the roster had deleted her
             session.commit()
         upgrade(engine, "services.vpp.migrations")
         with Session(engine) as session:
             states = {r.user_id: r.apple_state for r in session.execute(sa.select(t.invites))}
-        assert states == {"ann": "withdrawn", "bob": "registered"}
+        assert states == {"ann": "withdrawn", "bob": "registered", "cat": "withdrawn"}
     finally:
         engine.dispose()

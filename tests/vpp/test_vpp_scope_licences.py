@@ -139,3 +139,6 @@ def test_a_leader_sees_only_the_licence_holders_at_their_locations(district, vpp
     with rpc_as(Actor("leader@school.example", "location_leader", ("A",))) as rpc:
         # SER7B1's user is at B; enrollment knows nothing of OLDMDM1
         assert rpc.vpp.get_asset(token_id, "222")["serial_numbers"] == ["SER7A1"]
+    with rpc_as(Actor("t7a@school.example", "teacher", ("A",))) as rpc:
+        with pytest.raises(PermissionDenied):  # a teacher names classes, never devices
+            rpc.enrollment.device_locations(["SER7B1"])

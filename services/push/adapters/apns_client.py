@@ -141,6 +141,7 @@ class ApnsClient:
         self._closed = False
         # replaced by a renewed certificate's client a batch's time ago: closes when no send runs here
         self._retirement_over = False
+        self._retirement: eventlet.greenthread.GreenThread | None = None  # ends the retirement a batch's time on
         self._sending = 0  # send() and send_one() calls running
         self._static_headers = [
             (b"apns-topic", topic.encode()),
@@ -174,7 +175,7 @@ class ApnsClient:
         may not have started its send yet: the batch's time covers it. Each send ends by its batch's
         deadline, so this closes within two batches' time at the latest.
         """
-        eventlet.spawn_after(self._batch_seconds, self._end_retirement)
+        self._retirement = eventlet.spawn_after(self._batch_seconds, self._end_retirement)
 
     def _end_retirement(self) -> None:
         self._retirement_over = True
@@ -199,6 +200,8 @@ class ApnsClient:
         return PushResult(push.device_token, status, reason, apns_id, attempt, time.monotonic() - started)
 
     def close(self) -> None:
+        if self._retirement is not None:
+            self._retirement.cancel()  # nothing left to wait for (no effect when it is the one closing)
         self._closed = True  # an attempt still connecting closes what it gets
         if self._connection is not None:
             self._connection.close()

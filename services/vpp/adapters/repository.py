@@ -316,9 +316,9 @@ class VppRepository:
                                                               c.apple_state == "retiring").values(apple_state="queued"))
 
     def call_off_revocations(self, token_id: str, user_ids: Sequence[str]) -> None:
-        """These users are invited again with this token: the retirements a revoked invite of theirs still asked for
-        (Apple registered it while it was withdrawn) are called off, or they would retire the new registration.
-        Those a deletion from the roster asked for are left: only the roster's import calls them off."""
+        """Apple registered these users' new invites with this token: the retirements a revoked invite of theirs
+        still asked for (Apple registered it while it was withdrawn) are called off, or they would retire the new
+        registration. Those a deletion from the roster asked for are left: only the roster's import calls them off."""
         r = t.user_retirements.c
         ids = list(user_ids)
         for start in range(0, len(ids), 500):

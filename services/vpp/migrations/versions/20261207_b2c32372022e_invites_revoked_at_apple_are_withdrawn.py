@@ -4,8 +4,9 @@ Revision ID: b2c32372022e
 Revises: e796576a8b4c
 Created: 2026-12-07 01:20:00.000000
 
-An invite revoked after Apple registered it kept ``apple_state = 'registered'``, so a sync
-or a notification could bring it back. Such invites are ``withdrawn`` now, as one revoked
+An invite revoked after Apple registered it kept its ``apple_state`` (``registered``, or
+``retiring`` when the roster had deleted its user), so a sync or a notification could bring it
+back, or the user's import again queue it. Such invites are ``withdrawn`` now, as one revoked
 before Apple registered it: Apple's user is retired either way.
 """
 from alembic import op
@@ -18,7 +19,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("UPDATE invites SET apple_state = 'withdrawn' WHERE status = 'revoked' AND apple_state = 'registered'")
+    op.execute("UPDATE invites SET apple_state = 'withdrawn' "
+               "WHERE status = 'revoked' AND apple_state IN ('registered', 'retiring')")
 
 
 def downgrade() -> None:
