@@ -15,7 +15,7 @@ from services.directory import metrics
 from services.directory.adapters import tables
 from services.directory.adapters.ldap_directory import LdapDirectory
 from services.directory.adapters.profiles import ProfileRepository, StoredProfile, no_such_profile
-from services.directory.adapters.sign_in_failures import SqlFailureLog
+from services.directory.adapters.sign_in_failures import sign_in_failure_log
 from services.directory.adapters.sync_lease import sync_lease
 from services.directory.domain.authentication import FailedSignInLimiter, authenticate
 from services.directory.domain.connection_test import run_connection_test
@@ -134,10 +134,12 @@ class DirectoryService(OrchardService):
     def authenticate(self, username: str, password: str, profile_id: int | None = None) -> dict[str, Any]:
         """``{authenticated, user_id}``: the same answer whether the user is unknown or the password wrong."""
         self.auth.require("directory:authenticate")
-        candidates = self._bound_directories(self._sign_in_profiles(profile_id))
+        profiles = self._sign_in_profiles(profile_id)
+        self.db.commit()  # read: no database connection is held while the directories answer
         try:
-            limiter = FailedSignInLimiter(SqlFailureLog(self.db.session), time.time)
-            result = authenticate(candidates, limiter, username, password)
+            with sign_in_failure_log(self.db.session, self.db.commit) as failure_log:
+                limiter = FailedSignInLimiter(failure_log, time.time)
+                result = authenticate(self._bound_directories(profiles), limiter, username, password)
         except PermissionDenied:
             metrics.AUTH_ATTEMPTS.labels("rate_limited").inc()
             raise

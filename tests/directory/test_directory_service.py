@@ -1,10 +1,13 @@
 """The directory service over the real broker: profiles, connection test, sign-in, metrics."""
 from __future__ import annotations
 
+import socket
+import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Iterator
 
+import eventlet
 import pytest
 import sqlalchemy as sa
 from cryptography import x509
@@ -249,6 +252,36 @@ def test_any_username_sign_in_accepts_fits_the_database(runner_factory, director
         # the longest names, grown by case folding (ß -> ss) or NFKC (one character -> 18), still fit
         for username in ("ß" * 320, "\ufdfa" * 320):
             assert rpc.directory.authenticate(username, "incorrect") == {"authenticated": False, "user_id": None}
+
+
+def test_on_sqlite_sign_ins_of_one_username_at_once_count_against_one_limit(directory_service, rpc_as, profile_data):
+    """The process holds each name while its sign-in runs, not the database: the failures are counted all the same."""
+    with rpc_as() as rpc:
+        rpc.directory.add_ldap_profile(profile_data())
+        replies = [rpc.directory.authenticate.call_async("t00004", f"guess {n}") for n in range(10)]
+        outcomes = settle(replies, PermissionDenied)
+        refused = [o for o in outcomes if "too many failed sign-ins" in str(o)]
+        assert outcomes.count({"authenticated": False, "user_id": None}) == 5 and len(refused) == 5, outcomes
+
+
+def test_on_sqlite_other_calls_are_answered_while_a_sign_in_waits_for_a_directory(directory_service, rpc_as,
+                                                                                 profile_data):
+    """A domain controller that accepts the connection and then says nothing: the sign-in waits its timeout out,
+    holding no database connection, which is the process's only one on SQLite."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        with rpc_as() as rpc:
+            rpc.directory.add_ldap_profile(profile_data(port=silent.getsockname()[1], connect_timeout=4,
+                                                        operation_timeout=4))
+            signing_in = rpc.directory.authenticate.call_async("t00001", "a guess")
+            eventlet.sleep(0.5)
+            started = time.monotonic()
+            assert len(rpc.directory.list_ldap_profiles()) == 1
+            assert time.monotonic() - started < 2
+            with pytest.raises(UpstreamError):
+                signing_in.result()
+    finally:
+        silent.close()
 
 
 def test_sign_ins_of_one_username_at_once_count_against_one_limit(runner_factory, directory_config, rpc_as, profile_data):
