@@ -5,6 +5,8 @@ import json
 import secrets
 import socket
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import eventlet
 import pytest
@@ -184,17 +186,21 @@ def test_client_per_topic_is_reused_and_replaced_on_renewal(push_certificate, ap
         clients.close()
 
 
-def clients_for(push_certificate, apns_sandbox, **options) -> tuple[ApnsClients, dict]:
-    """Clients for the stand-in, and the credentials ``for_certificate`` takes besides a serial number."""
+@contextmanager
+def clients_for(push_certificate, apns_sandbox, **options) -> Iterator[tuple[ApnsClients, dict]]:
+    """Clients for the stand-in, and the credentials ``for_certificate`` takes besides a serial number; closed after."""
     clients = ApnsClients(base_url=apns_sandbox.url, ca_file=apns_sandbox.ca_file, **options)
     credentials = dict(topic=push_certificate.topic, certificate_pem=push_certificate.certificate_pem,
                        private_key_pem=push_certificate.private_key_pem)
-    return clients, credentials
+    try:
+        yield clients, credentials
+    finally:
+        clients.close()
 
 
 def test_pushes_in_flight_when_the_certificate_is_renewed_finish_on_the_replaced_client(push_certificate, apns_sandbox):
-    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, batch_seconds=2)
-    try:
+    with clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY,
+                     batch_seconds=2) as (clients, credentials):
         replaced = clients.for_certificate(serial_number="01", **credentials)
         replaced.send_one(Push(token(), "warm-up"))  # connected before the batch starts
         apns_sandbox.script("*", delay=0.5, times=None)  # answers slow enough that the renewal comes mid-batch
@@ -213,25 +219,21 @@ def test_pushes_in_flight_when_the_certificate_is_renewed_finish_on_the_replaced
         wait_for(lambda: replaced.closed, timeout=5, what="the replaced client closed")
         assert not renewed.closed
         assert replaced.send_one(Push(token(), "m")).reason.startswith("the client was closed")
-    finally:
-        clients.close()
 
 
 def test_a_client_handed_out_just_before_it_was_replaced_still_sends(push_certificate, apns_sandbox):
     """One call gets the client, another renews the certificate before the first call's send has begun."""
-    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30, batch_seconds=2)
-    try:
+    with clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30,
+                     batch_seconds=2) as (clients, credentials):
         handed_out = clients.for_certificate(serial_number="01", **credentials)
         assert clients.for_certificate(serial_number="02", **credentials) is not handed_out
         assert [r.delivered for r in handed_out.send([Push(token(), "m") for _ in range(3)])] == [True] * 3
         wait_for(lambda: handed_out.closed, timeout=5, what="the replaced client closed once a batch's time passed")
-    finally:
-        clients.close()
 
 
 def test_a_client_replaced_twice_in_a_row_closes_within_two_batches_time(push_certificate, apns_sandbox):
-    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30, batch_seconds=1)
-    try:
+    with clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30,
+                     batch_seconds=1) as (clients, credentials):
         first = clients.for_certificate(serial_number="01", **credentials)
         first.send_one(Push(token(), "warm-up"))
         apns_sandbox.script("*", delay=30, times=None)  # no answer within the batch
@@ -247,23 +249,22 @@ def test_a_client_replaced_twice_in_a_row_closes_within_two_batches_time(push_ce
         assert all(r.status is None and r.reason.startswith("no answer within") for r in results)
         wait_for(lambda: first.closed and second.closed, timeout=3, what="both replaced clients closed")
         assert clients.for_certificate(serial_number="03", **credentials) is third and not third.closed
-    finally:
-        clients.close()
 
 
 def test_shutting_down_closes_a_replaced_client_still_sending(push_certificate, apns_sandbox):
-    clients, credentials = clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30, batch_seconds=30)
-    replaced = clients.for_certificate(serial_number="01", **credentials)
-    replaced.send_one(Push(token(), "warm-up"))
-    apns_sandbox.script("*", delay=30, times=None)
-    batch = eventlet.spawn(replaced.send, [Push(token(), "m") for _ in range(10)])
-    eventlet.sleep(0.1)
-    clients.for_certificate(serial_number="02", **credentials)
-    clients.close()
-    assert replaced.closed
-    started = time.monotonic()
-    assert all(r.status is None for r in batch.wait())
-    assert time.monotonic() - started < 1  # its pushes end at once, not after the 30 s batch
+    with clients_for(push_certificate, apns_sandbox, retry=FAST_RETRY, timeout=30,
+                     batch_seconds=30) as (clients, credentials):
+        replaced = clients.for_certificate(serial_number="01", **credentials)
+        replaced.send_one(Push(token(), "warm-up"))
+        apns_sandbox.script("*", delay=30, times=None)
+        batch = eventlet.spawn(replaced.send, [Push(token(), "m") for _ in range(10)])
+        eventlet.sleep(0.1)
+        clients.for_certificate(serial_number="02", **credentials)
+        clients.close()
+        assert replaced.closed
+        started = time.monotonic()
+        assert all(r.status is None for r in batch.wait())
+        assert time.monotonic() - started < 1  # its pushes end at once, not after the 30 s batch
 
 
 def test_closed_connection_refuses_new_requests(push_certificate, apns_sandbox):
